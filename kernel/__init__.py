@@ -1,0 +1,73 @@
+"""kerna: an embeddable asyncio kernel for multi-agent systems.
+
+The public API is re-exported here; everything else lives in private modules.
+"""
+
+from ._agent import Agent, handler
+from ._blocking import BlockingKernel, BlockingRef
+from ._envelope import Envelope
+from ._errors import (
+    ActivationFailed,
+    AskTimeout,
+    CircuitOpen,
+    ConfigError,
+    Conflict,
+    DeadlockError,
+    DecodeError,
+    Fenced,
+    KernaError,
+    KernaInternalError,
+    KernelStopped,
+    MailboxFull,
+    RegistrationError,
+    RemoteError,
+    StateError,
+    TransportError,
+    Unavailable,
+    UnhandledMessage,
+    UnknownAgent,
+)
+from ._ids import AgentId
+from ._kernel import Kernel, KernelStats, Subscription
+from ._message import DeadLetter, Message
+from ._ref import AgentRef
+from ._registry import TypeStats
+from ._timers import Timer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationFailed",
+    "Agent",
+    "AgentId",
+    "AgentRef",
+    "AskTimeout",
+    "BlockingKernel",
+    "BlockingRef",
+    "CircuitOpen",
+    "ConfigError",
+    "Conflict",
+    "DeadLetter",
+    "DeadlockError",
+    "DecodeError",
+    "Envelope",
+    "Fenced",
+    "KernaError",
+    "KernaInternalError",
+    "Kernel",
+    "KernelStats",
+    "KernelStopped",
+    "MailboxFull",
+    "Message",
+    "RegistrationError",
+    "RemoteError",
+    "StateError",
+    "Subscription",
+    "Timer",
+    "TransportError",
+    "TypeStats",
+    "Unavailable",
+    "UnhandledMessage",
+    "UnknownAgent",
+    "handler",
+]

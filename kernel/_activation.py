@@ -1,0 +1,332 @@
+"""One live agent: its mailbox, its worker, its lifecycle.
+
+Invariants (the whole module is built on them, single-threaded on the event loop):
+
+- An activation has a worker task exactly while it has work: messages to handle, a
+  pending start, or a requested deactivation. An idle activation owns no task and no
+  mailbox buffer, so a hundred thousand idle agents cost only their objects.
+- ``put`` appends and, if no worker runs, spawns one in the kernel's task group. The
+  worker drains the mailbox in order, one message at a time, then exits.
+- A ``wait`` mailbox that is full parks the sender with its envelope in ``waiters``;
+  every pop hands the oldest parked envelope straight into the mailbox (FIFO, no
+  barging), so a slot is never free while someone waits for one.
+- Deactivation runs ``on_stop`` in the worker after the mailbox drained; messages that
+  arrive meanwhile move, in order, to the next activation of the same id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from collections import deque
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, TypeVar
+
+from ._envelope import TELL, Envelope
+from ._errors import ActivationFailed, KernelStopped, MailboxFull, RemoteError
+from ._timers import Timer
+
+if TYPE_CHECKING:
+    from ._agent import Agent
+    from ._ids import AgentId
+    from ._kernel import Kernel
+    from ._message import Message
+    from ._registry import AgentType
+
+__all__ = ["Activation", "current_activation", "remote_error"]
+
+log = logging.getLogger("kerna.activation")
+
+# The activation whose worker runs the current task: sends made from inside a handler
+# read it to inherit correlation, causation, deadline and ask chain. Set once per worker.
+current_activation: ContextVar[Activation | None] = ContextVar("kerna_activation", default=None)
+
+
+E = TypeVar("E", bound=RemoteError)
+
+
+def remote_error(exc: BaseException, cls: type[E]) -> E:
+    """Wrap a handler's exception for its asker: type name, message and traceback."""
+    t = type(exc)
+    name = t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+    return cls(name, str(exc), "".join(traceback.format_exception(exc)))
+
+
+class Activation:
+    """The kernel's record of one live agent (see the module docstring)."""
+
+    __slots__ = (
+        "agent",
+        "atype",
+        "closed",
+        "closing",
+        "current",
+        "deactivating",
+        "failure",
+        "id",
+        "kernel",
+        "last_active",
+        "mailbox",
+        "on_closed",
+        "task",
+        "timers",
+        "waiters",
+    )
+
+    def __init__(self, kernel: Kernel, atype: AgentType, agent_id: AgentId) -> None:
+        self.kernel = kernel
+        self.atype = atype
+        self.id = agent_id
+        self.agent: Agent | None = None  # created and started by the worker
+        self.mailbox: deque[Envelope] | None = None
+        self.waiters: deque[tuple[Envelope, asyncio.Future[None]]] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.current: Envelope | None = None
+        self.failure: ActivationFailed | None = None
+        self.timers: set[Timer] | None = None
+        self.on_closed: asyncio.Future[None] | None = None
+        self.last_active = kernel.loop.time()
+        self.deactivating = False
+        self.closing = False
+        self.closed = False
+
+    # -- intake ------------------------------------------------------------------------
+
+    def put(self, env: Envelope, may_wait: bool = True) -> asyncio.Future[None] | None:
+        """Enqueue ``env``; return a future to await when the sender must wait for room.
+
+        Raises:
+            MailboxFull: the mailbox is full and the policy is ``reject``, or the sender
+                may not wait (timers, dead letters), or the agent is telling itself.
+        """
+        mailbox = self.mailbox
+        if mailbox is None:
+            mailbox = self.mailbox = deque()
+        if len(mailbox) < self.atype.capacity and not self.waiters:
+            mailbox.append(env)
+            if self.task is None:
+                self.kernel._spawn(self)
+            return None
+        return self._overflow(mailbox, env, may_wait)
+
+    def _overflow(
+        self, mailbox: deque[Envelope], env: Envelope, may_wait: bool
+    ) -> asyncio.Future[None] | None:
+        atype = self.atype
+        policy = atype.overflow
+        if policy == "drop_oldest":
+            oldest = mailbox.popleft()
+            mailbox.append(env)
+            atype.stats.dropped += 1
+            self.kernel._undeliverable(
+                oldest, self.id, "dropped_oldest", MailboxFull(self._full_text())
+            )
+            return None
+        if policy == "reject" or not may_wait:
+            atype.stats.rejected += 1
+            raise MailboxFull(self._full_text())
+        if current_activation.get() is self:
+            raise MailboxFull(
+                f"{self.id} told itself into its own full mailbox: waiting would deadlock"
+            )
+        waiter: asyncio.Future[None] = self.kernel.loop.create_future()
+        if self.waiters is None:
+            self.waiters = deque()
+        self.waiters.append((env, waiter))
+        return waiter
+
+    def _full_text(self) -> str:
+        atype = self.atype
+        return (
+            f"mailbox of {self.id} is full ({atype.capacity} messages, overflow={atype.overflow})"
+        )
+
+    def _admit_waiter(self, mailbox: deque[Envelope]) -> None:
+        waiters = self.waiters
+        while waiters:
+            env, waiter = waiters.popleft()
+            if not waiter.done():  # a cancelled sender's message is not delivered
+                mailbox.append(env)
+                waiter.set_result(None)
+                return
+
+    # -- the worker ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The worker: start if needed, drain the mailbox, deactivate if asked."""
+        current_activation.set(self)
+        try:
+            if self.agent is None and self.mailbox and not await self._start():
+                return
+            if self.mailbox:
+                await self._drain()
+            if self.deactivating:
+                await self._close()
+        except asyncio.CancelledError:
+            self._abort(KernelStopped(f"kernel stopped while {self.id} was busy"))
+            raise
+        finally:
+            self.task = None
+            self.current = None
+            self.last_active = self.kernel.loop.time()
+            self.kernel._worker_exited()
+
+    async def _start(self) -> bool:
+        atype = self.atype
+        attempt = 0
+        while True:
+            agent = None
+            try:
+                agent = atype.cls()
+                agent._activation = self
+                await agent.on_start()
+            except Exception as exc:
+                if attempt >= atype.max_restarts:
+                    self.failure = remote_error(exc, ActivationFailed)
+                    log.warning("%s failed to start %d times: %r", self.id, attempt + 1, exc)
+                    self._fail_all("activation_failed")
+                    return False
+                delay = atype.restart_backoff * (2**attempt)
+                attempt += 1
+                atype.stats.restarts += 1
+                log.info("%s on_start failed (%r); retry %d in %.3fs", self.id, exc, attempt, delay)
+                await asyncio.sleep(delay)
+            else:
+                self.agent = agent
+                return True
+
+    async def _drain(self) -> None:
+        mailbox = self.mailbox
+        assert mailbox is not None
+        agent = self.agent
+        atype = self.atype
+        handlers = atype.handlers
+        stats = atype.stats
+        kernel = self.kernel
+        while mailbox:
+            env = mailbox.popleft()
+            if self.waiters:
+                self._admit_waiter(mailbox)
+            self.current = env
+            message = env.payload
+            fn = handlers.get(type(message)) or atype.handler_for(type(message))
+            if fn is None:  # events are checked here; tell and ask at the sender
+                kernel._unhandled(env, self.id, atype)
+                continue
+            reply = env.reply
+            try:
+                if atype.cancel_at_deadline and env.deadline is not None:
+                    async with asyncio.timeout_at(env.deadline):
+                        result = await fn(agent, message)
+                else:
+                    result = await fn(agent, message)
+            except Exception as exc:
+                stats.failed += 1
+                if reply is None:
+                    kernel._dead_letter(env, self.id, "handler_failed", exc, atype)
+                elif reply.done():
+                    stats.late_replies += 1
+                else:
+                    reply.set_exception(remote_error(exc, RemoteError))
+            else:
+                stats.handled += 1
+                if reply is not None:
+                    if reply.done():
+                        stats.late_replies += 1
+                    else:
+                        reply.set_result(result)
+        self.mailbox = None
+
+    async def _close(self) -> None:
+        """Run ``on_stop`` and leave the directory; later messages go to a successor."""
+        self.closing = True
+        agent = self.agent
+        if agent is not None:
+            try:
+                await agent.on_stop()
+            except Exception as exc:
+                self.atype.stats.failed += 1
+                log.warning("%s on_stop raised %r", self.id, exc, exc_info=exc)
+        self.kernel._retire(self)
+        if self.mailbox or self.waiters:
+            self.kernel._hand_over(self)
+
+    def _fail_all(self, reason: str) -> None:
+        """Fail every queued and parked message with this activation's failure."""
+        for env in self._take_all():
+            self.kernel._undeliverable(env, self.id, reason, self.copy_failure())
+
+    def _abort(self, error: KernelStopped) -> None:
+        """Cancelled by the kernel's stop: nothing queued here will be handled."""
+        current = self.current
+        if current is not None and current.reply is not None and not current.reply.done():
+            current.reply.set_exception(error)
+        for env in self._take_all():
+            self.kernel._undeliverable(env, self.id, "kernel_stopped", error)
+
+    def _take_all(self) -> list[Envelope]:
+        taken = list(self.mailbox or ())
+        self.mailbox = None
+        for env, waiter in self.waiters or ():
+            if not waiter.done():
+                taken.append(env)
+                waiter.set_result(None)  # the sender's message is accepted, then failed
+        self.waiters = None
+        return taken
+
+    def copy_failure(self) -> ActivationFailed:
+        """A fresh copy of the failure (one exception object per raise)."""
+        f = self.failure
+        assert f is not None
+        return ActivationFailed(f.type_name, f.message, f.traceback)
+
+    # -- lifecycle requests ------------------------------------------------------------
+
+    def request_deactivation(self) -> None:
+        """Deactivate once the mailbox is empty; idempotent."""
+        if self.closed or self.deactivating:
+            return
+        self.deactivating = True
+        if self.task is None:
+            self.kernel._spawn(self)
+
+    def schedule(self, delay: float, message: Message, *, repeat: bool) -> Timer:
+        if delay < 0 or (repeat and delay == 0):
+            raise ValueError(f"timer delay must be > 0 (or >= 0 once), got {delay!r}")
+        timer = Timer(self, delay, message, repeat)
+        if self.timers is None:
+            self.timers = set()
+        self.timers.add(timer)
+        return timer
+
+    def deliver_tick(self, timer: Timer, message: Message) -> None:
+        """A timer fired: enqueue ``message`` to self without ever blocking."""
+        kernel = self.kernel
+        if self.closing or self.closed or kernel._intake_closed:
+            timer.cancel()
+            return
+        msg_id = next(kernel._ids)
+        env = Envelope(msg_id, TELL, self.id, message, self.id, msg_id)
+        try:
+            self.put(env, may_wait=False)
+        except MailboxFull as exc:
+            kernel._dead_letter(env, self.id, "mailbox_full", exc, self.atype)
+
+    def cancel_timers(self) -> None:
+        for timer in list(self.timers or ()):
+            timer.cancel()
+        self.timers = None
+
+    def time_left(self) -> float | None:
+        current = self.current
+        if current is None or current.deadline is None:
+            return None
+        return max(0.0, current.deadline - self.kernel.loop.time())
+
+    def queued(self) -> int:
+        return len(self.mailbox or ()) + len(self.waiters or ())
+
+    def __repr__(self) -> str:
+        state = "failed" if self.failure else "running" if self.task else "idle"
+        return f"<Activation {self.id} {state} queued={self.queued()}>"

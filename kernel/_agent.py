@@ -1,0 +1,118 @@
+"""Agents: subclass ``Agent``, mark ``async`` methods with ``@handler``.
+
+Each handler takes one message, annotated with its Message type, and may return a reply
+(for ``ask``). The kernel creates agents itself (``cls()``), one activation per
+``AgentId`` at a time, and feeds each one message at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._registry import HANDLER_MARK
+
+if TYPE_CHECKING:
+    from ._activation import Activation
+    from ._ids import AgentId
+    from ._kernel import Kernel
+    from ._message import Message
+    from ._ref import AgentRef
+    from ._timers import Timer
+
+__all__ = ["Agent", "handler"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handler(fn: F) -> F:
+    """Mark an ``async`` method as the handler of the Message type it is annotated with.
+
+    Example::
+
+        class Echo(Agent):
+            @handler
+            async def ping(self, msg: Ping) -> Pong:
+                return Pong(n=msg.n)
+
+    Checks (async, one annotated Message parameter, one handler per type) run when the
+    class is registered, and raise ``RegistrationError``.
+    """
+    setattr(fn, HANDLER_MARK, True)
+    return fn
+
+
+class Agent:
+    """Base class of agents.
+
+    The kernel sets ``self.id`` and ``self.kernel`` before ``on_start`` runs. Sends made
+    from inside a handler (``self.ref(...).ask(...)``, ``self.publish(...)``, or any ref's
+    ``tell``/``ask``) carry the handled message's correlation id, its id as causation id,
+    its deadline and the ask chain, automatically.
+    """
+
+    # The activation is the only per-instance slot kerna adds: id and kernel live on it.
+    __slots__ = ("_activation",)
+    _activation: Activation
+
+    @property
+    def id(self) -> AgentId:
+        """This agent's identity."""
+        return self._activation.id
+
+    @property
+    def kernel(self) -> Kernel:
+        """The kernel hosting this agent."""
+        return self._activation.kernel
+
+    async def on_start(self) -> None:
+        """Called once per activation, before the first message.
+
+        If it raises, the kernel retries it with exponential backoff, up to the type's
+        ``max_restarts``; then the activation is marked failed (``ActivationFailed``).
+        """
+
+    async def on_stop(self) -> None:
+        """Called once per activation when it is deactivated or the kernel stops.
+
+        Not called for an activation whose ``on_start`` never succeeded.
+        """
+
+    def ref(self, agent_type: type[Agent] | str, key: str) -> AgentRef:
+        """A reference to another agent (shortcut for ``self.kernel.ref``)."""
+        return self._activation.kernel.ref(agent_type, key)
+
+    async def publish(self, topic: str, message: Message) -> None:
+        """Publish an event; it carries the current message's correlation id."""
+        await self._activation.kernel.publish(topic, message)
+
+    def schedule(self, delay: float, message: Message, *, repeat: bool = False) -> Timer:
+        """Deliver ``message`` to this agent after ``delay`` seconds (every ``delay`` if
+        ``repeat``).
+
+        The timer dies with the activation; ``timer.cancel()`` stops it earlier. A tick
+        that finds the mailbox full is dropped (and counted as a dead letter) rather than
+        blocking. Timers do not keep an agent active: an idle agent is deactivated
+        between ticks spaced wider than its idle timeout.
+
+        Raises:
+            ValueError: ``delay`` is negative, or zero with ``repeat``.
+        """
+        return self._activation.schedule(delay, message, repeat=repeat)
+
+    def time_left(self) -> float | None:
+        """Seconds until the deadline of the message being handled (None: no deadline)."""
+        return self._activation.time_left()
+
+    @property
+    def correlation_id(self) -> int:
+        """Correlation id of the message being handled (0 outside a handler)."""
+        current = self._activation.current
+        return 0 if current is None else current.correlation_id
+
+    def deactivate_on_idle(self) -> None:
+        """Deactivate this agent once its mailbox is empty (after ``on_stop``).
+
+        Safe to call from a handler: unlike ``await ref.deactivate()`` it does not wait.
+        """
+        self._activation.request_deactivation()

@@ -1,0 +1,149 @@
+"""kerna's errors: one hierarchy, named for what happened.
+
+::
+
+    KernaError
+    ├── RegistrationError      bad agent/handler/state definition, duplicate registration
+    ├── ConfigError            bad URL, config value, missing extra
+    ├── UnknownAgent           no such agent type registered
+    ├── UnhandledMessage       the agent has no handler for this message type
+    ├── MailboxFull            no room: overflow="reject", dropped, or a self-tell
+    ├── AskTimeout             also a TimeoutError
+    ├── DeadlockError          an ask whose target is already in the current ask chain
+    ├── RemoteError            a handler raised: .type_name, .message, .traceback
+    │   └── ActivationFailed   on_start kept failing until the restart budget ran out
+    ├── KernelStopped          sent after stop, or pending when the kernel stopped
+    ├── StateError
+    │   ├── Conflict           compare-and-swap lost
+    │   ├── Fenced             a write from an activation that no longer owns the agent
+    │   ├── Unavailable        the backend cannot be reached (fail closed)
+    │   └── DecodeError        stored or received bytes do not decode into the type
+    ├── TransportError
+    └── CircuitOpen
+    KernaInternalError         a bug in kerna, never the user's fault
+
+This module imports nothing from kerna, so that ``kerna.state`` and
+``kerna.transports`` may use it without pulling in the kernel.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ActivationFailed",
+    "AskTimeout",
+    "CircuitOpen",
+    "ConfigError",
+    "Conflict",
+    "DeadlockError",
+    "DecodeError",
+    "Fenced",
+    "KernaError",
+    "KernaInternalError",
+    "KernelStopped",
+    "MailboxFull",
+    "RegistrationError",
+    "RemoteError",
+    "StateError",
+    "TransportError",
+    "Unavailable",
+    "UnhandledMessage",
+    "UnknownAgent",
+]
+
+
+class KernaError(Exception):
+    """Base class of every error kerna raises on purpose."""
+
+
+class RegistrationError(KernaError):
+    """An agent type, handler or state definition is invalid, or registered twice."""
+
+
+class ConfigError(KernaError):
+    """A URL, configuration value or option is invalid, or an extra is missing."""
+
+
+class UnknownAgent(KernaError):
+    """A message was addressed to an agent type that is not registered."""
+
+
+class UnhandledMessage(KernaError):
+    """The target agent type has no handler for the message's type."""
+
+
+class MailboxFull(KernaError):
+    """The target's mailbox is full and its policy refuses to wait.
+
+    Raised for ``overflow="reject"``, for an ask that ``overflow="drop_oldest"`` pushed
+    out, and for an agent telling itself into its own full ``wait`` mailbox (waiting
+    would deadlock it).
+    """
+
+
+class AskTimeout(KernaError, TimeoutError):
+    """No reply arrived before the ask's deadline."""
+
+
+class DeadlockError(KernaError):
+    """An ask's target is already waiting further up the same ask chain."""
+
+
+class RemoteError(KernaError):
+    """A handler raised; the asker gets this, the agent lives on.
+
+    Attributes:
+        type_name: qualified name of the original exception type.
+        message: ``str()`` of the original exception.
+        traceback: the formatted traceback, as a string.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+
+
+class ActivationFailed(RemoteError):
+    """The agent's ``on_start`` kept failing until its restart budget ran out.
+
+    The activation is marked failed: messages to it fail fast with this error until it
+    is deactivated (``await ref.deactivate()``), after which the next message tries a
+    fresh activation.
+    """
+
+
+class KernelStopped(KernaError):
+    """The kernel is stopping or stopped: the message was refused or left pending."""
+
+
+class StateError(KernaError):
+    """Base class for state backend errors."""
+
+
+class Conflict(StateError):
+    """A compare-and-swap lost: someone else wrote first."""
+
+
+class Fenced(StateError):
+    """A write came from an activation that no longer owns the agent."""
+
+
+class Unavailable(StateError):
+    """The state backend cannot be reached; kerna fails closed."""
+
+
+class DecodeError(StateError):
+    """Stored or received bytes do not decode into the expected type."""
+
+
+class TransportError(KernaError):
+    """A transport failed to carry a frame."""
+
+
+class CircuitOpen(KernaError):
+    """A circuit breaker is open: the call was not attempted."""
+
+
+class KernaInternalError(Exception):
+    """A bug in kerna, never the user's fault. Please report it."""

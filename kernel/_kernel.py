@@ -1,0 +1,623 @@
+"""The Kernel: hosts agents in one asyncio event loop and routes messages between them.
+
+Ownership: ``start()`` creates one root task that holds an ``asyncio.TaskGroup``; every
+agent worker is a child of that group, so nothing kerna starts outlives the kernel.
+Idle detection is a loop timer, not a task. ``stop()`` closes intake, lets mailboxes
+drain within the grace period, cancels what is left, runs ``on_stop`` once per
+activation and then ends the root task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from ._activation import Activation, current_activation
+from ._agent import Agent
+from ._envelope import EVENT, Envelope
+from ._errors import KernelStopped, MailboxFull, RegistrationError, UnhandledMessage
+from ._ids import AgentId
+from ._message import DeadLetter, Message
+from ._ref import AgentRef
+from ._registry import OVERFLOW_POLICIES, AgentType, TypeStats
+
+__all__ = ["Kernel", "KernelStats", "Subscription"]
+
+log = logging.getLogger("kerna.kernel")
+
+_UNSET: Any = object()
+_ON_STOP_BATCH = 1000
+
+
+class KernelStats(msgspec.Struct):
+    """A snapshot of the kernel's counters (``Kernel.stats()``).
+
+    Attributes:
+        types: per registered agent type name, its counters.
+        dead_letters: all dead letters, including those for unknown agent types.
+        running: agent workers running right now.
+    """
+
+    types: dict[str, TypeStats]
+    dead_letters: int
+    running: int
+
+
+class Subscription:
+    """A topic bound to an agent type; ``key(message)`` picks the agent per event."""
+
+    __slots__ = ("_last", "_last_key", "key", "topic", "type_name")
+
+    def __init__(self, topic: str, type_name: str, key: Callable[[Any], str]) -> None:
+        self.topic = topic
+        self.type_name = type_name
+        self.key = key
+        self._last_key: str | None = None  # one-entry cache: most topics hit few keys
+        self._last: Activation | None = None
+
+    def __repr__(self) -> str:
+        return f"Subscription({self.topic!r} -> {self.type_name})"
+
+
+def _check_positive(name: str, value: float | None, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+
+
+class Kernel:
+    """An in-process agent runtime.
+
+    Use it as an async context manager (or ``await start()`` / ``await stop()``)::
+
+        async with Kernel() as kernel:
+            kernel.register(Echo)
+            pong = await kernel.ref(Echo, "a").ask(Ping(n=1), timeout=1.0)
+
+    Args:
+        ask_timeout: default ``ask`` timeout in seconds (no ask is unbounded).
+        mailbox_size: default mailbox capacity per agent (1000).
+        overflow: default overflow policy: ``"wait"`` (backpressure), ``"reject"``
+            (``MailboxFull``) or ``"drop_oldest"`` (counted in ``stats``).
+        idle_timeout: seconds without messages after which an agent is deactivated;
+            ``None`` keeps agents until stopped. Default 300.
+        stop_grace: default seconds ``stop()`` lets mailboxes drain.
+        max_restarts: default number of ``on_start`` retries before an activation fails.
+        restart_backoff: first retry delay in seconds; doubles per retry.
+
+    Raises:
+        ValueError: an option is out of range.
+    """
+
+    DEAD_LETTERS = "kerna.dead_letters"
+    """Topic on which undeliverable messages are published as ``DeadLetter`` events."""
+
+    def __init__(
+        self,
+        *,
+        ask_timeout: float = 30.0,
+        mailbox_size: int = 1000,
+        overflow: str = "wait",
+        idle_timeout: float | None = 300.0,
+        stop_grace: float = 10.0,
+        max_restarts: int = 3,
+        restart_backoff: float = 0.05,
+    ) -> None:
+        _check_positive("ask_timeout", ask_timeout)
+        _check_positive("idle_timeout", idle_timeout, allow_none=True)
+        _check_mailbox(mailbox_size, overflow)
+        _check_restarts(max_restarts, restart_backoff)
+        if not (isinstance(stop_grace, int | float) and stop_grace >= 0):
+            raise ValueError(f"stop_grace must be >= 0 seconds, got {stop_grace!r}")
+        self.ask_timeout = float(ask_timeout)
+        self.mailbox_size = mailbox_size
+        self.overflow = overflow
+        self.idle_timeout = idle_timeout
+        self.stop_grace = float(stop_grace)
+        self.max_restarts = max_restarts
+        self.restart_backoff = float(restart_backoff)
+        self._types: dict[str, AgentType] = {}
+        self._directory: dict[AgentId, Activation] = {}
+        self._topics: dict[str, list[Subscription]] = {}
+        self._ids = itertools.count(1)
+        self._dead_letters = 0
+        self._busy = 0
+        self._tg: asyncio.TaskGroup | None = None
+        self._root: asyncio.Task[None] | None = None
+        self._closing: asyncio.Future[None] | None = None
+        self._quiet: asyncio.Future[None] | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._state = "new"
+        self._stopped_event = asyncio.Event()
+        self._intake_closed = False
+        self._stopped = False
+        self.loop: asyncio.AbstractEventLoop = _UNSET
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def __aenter__(self) -> Kernel:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Start the kernel in the running event loop.
+
+        Raises:
+            RuntimeError: already started.
+        """
+        if self._state != "new":
+            raise RuntimeError(f"kernel already {self._state}")
+        self.loop = loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        self._closing = loop.create_future()
+        self._root = loop.create_task(self._supervise(ready), name="kerna-kernel")
+        await ready
+        self._state = "running"
+        self._schedule_sweep()
+
+    async def _supervise(self, ready: asyncio.Future[None]) -> None:
+        assert self._closing is not None
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            ready.set_result(None)
+            await self._closing
+        self._tg = None
+
+    @property
+    def running(self) -> bool:
+        """True between ``start()`` and the beginning of ``stop()``."""
+        return self._state == "running" and not self._intake_closed
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop gracefully; idempotent and safe to call concurrently.
+
+        Refuses new messages from outside agents at once (``KernelStopped``), lets agents
+        finish their queued work (and the messages they send each other) for up to
+        ``grace`` seconds, then cancels what is still running. Pending asks and parked
+        senders get ``KernelStopped``; unhandled tells become dead letters. Finally
+        ``on_stop`` runs once for every activation that started, and no task of the
+        kernel is left.
+        """
+        if self._state in ("new", "stopped"):
+            self._state = "stopped"
+            self._intake_closed = self._stopped = True
+            return
+        if self._state == "stopping":
+            await self._stopped_event.wait()
+            return
+        self._state = "stopping"
+        try:
+            await self._shutdown(self.stop_grace if grace is None else grace)
+        finally:
+            self._state = "stopped"
+            self._stopped_event.set()
+
+    async def _shutdown(self, grace: float) -> None:
+        loop = self.loop
+        deadline = loop.time() + max(0.0, grace)
+        self._intake_closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for act in self._directory.values():
+            if act.timers:
+                act.cancel_timers()
+        if self._busy and not await self._wait_quiet(deadline):
+            log.warning(
+                "stop: %d agents still busy after %.3gs grace; cancelling", self._busy, grace
+            )
+        self._stopped = True
+        if self._busy:
+            for act in list(self._directory.values()):
+                if act.task is not None:
+                    act.task.cancel()
+            if not await self._wait_quiet(loop.time() + 5.0):
+                log.error("stop: %d agents ignore cancellation", self._busy)
+        await self._stop_all(max(deadline, loop.time() + 1.0))
+        assert self._closing is not None
+        assert self._root is not None
+        self._closing.set_result(None)
+        await self._root
+
+    async def _wait_quiet(self, deadline: float) -> bool:
+        """Wait until no worker runs, or the deadline; True when quiet."""
+        self._quiet = self.loop.create_future()
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._quiet
+        except TimeoutError:
+            return False
+        finally:
+            self._quiet = None
+        return True
+
+    async def _stop_all(self, deadline: float) -> None:
+        """Run ``on_stop`` once for every started activation still in the directory."""
+        pending = [a for a in self._directory.values() if a.agent is not None and not a.closing]
+        try:
+            async with asyncio.timeout_at(deadline):
+                for i in range(0, len(pending), _ON_STOP_BATCH):
+                    batch = pending[i : i + _ON_STOP_BATCH]
+                    await asyncio.gather(*(self._final_stop(a) for a in batch))
+        except TimeoutError:
+            log.warning("stop: on_stop did not finish for every agent in time")
+        for act in list(self._directory.values()):
+            self._retire(act)
+
+    async def _final_stop(self, act: Activation) -> None:
+        act.closing = True
+        if not act.atype.has_on_stop or act.agent is None:
+            return
+        try:
+            await act.agent.on_stop()
+        except Exception as exc:
+            act.atype.stats.failed += 1
+            log.warning("%s on_stop raised %r", act.id, exc, exc_info=exc)
+
+    # -- registration and references -------------------------------------------------
+
+    def register(
+        self,
+        agent_class: type[Agent],
+        *,
+        name: str | None = None,
+        mailbox_size: int | None = None,
+        overflow: str | None = None,
+        idle_timeout: float | None = _UNSET,
+        max_restarts: int | None = None,
+        restart_backoff: float | None = None,
+        cancel_at_deadline: bool = False,
+    ) -> str:
+        """Register an agent class; returns its type name.
+
+        Args:
+            agent_class: an ``Agent`` subclass; the kernel creates instances as ``cls()``.
+            name: the agent type name (default: the class name).
+            mailbox_size, overflow, idle_timeout, max_restarts, restart_backoff: override
+                the kernel's defaults for this type.
+            cancel_at_deadline: cancel a running handler when its message's deadline
+                passes (default: let it finish; its late reply is dropped and counted).
+
+        Raises:
+            RegistrationError: not an Agent subclass, the name is taken, or a handler is
+                invalid (not async, no Message annotation, two handlers for one type).
+            ValueError: an option is out of range.
+        """
+        if not (isinstance(agent_class, type) and issubclass(agent_class, Agent)):
+            raise RegistrationError(f"register() takes an Agent subclass, got {agent_class!r}")
+        name = agent_class.__name__ if name is None else name
+        if not isinstance(name, str) or not name or "/" in name:
+            raise RegistrationError(
+                f"agent type name must be a non-empty str without '/': {name!r}"
+            )
+        if name in self._types:
+            raise RegistrationError(
+                f"agent type {name!r} is already registered "
+                f"(by {self._types[name].cls.__qualname__})"
+            )
+        capacity = self.mailbox_size if mailbox_size is None else mailbox_size
+        policy = self.overflow if overflow is None else overflow
+        _check_mailbox(capacity, policy)
+        idle = self.idle_timeout if idle_timeout is _UNSET else idle_timeout
+        _check_positive("idle_timeout", idle, allow_none=True)
+        restarts = self.max_restarts if max_restarts is None else max_restarts
+        backoff = self.restart_backoff if restart_backoff is None else restart_backoff
+        _check_restarts(restarts, backoff)
+        self._types[name] = AgentType(
+            agent_class,
+            name,
+            capacity=capacity,
+            overflow=policy,
+            idle_timeout=idle,
+            max_restarts=restarts,
+            restart_backoff=float(backoff),
+            cancel_at_deadline=bool(cancel_at_deadline),
+            has_on_stop=agent_class.on_stop is not Agent.on_stop,
+        )
+        if self._state == "running":
+            self._schedule_sweep()
+        return name
+
+    def ref(self, agent_type: type[Agent] | str, key: str) -> AgentRef:
+        """A reference to the agent ``AgentId(type, key)``; does not activate it.
+
+        ``agent_type`` is a registered class (its registered name is used) or a name.
+
+        Raises:
+            TypeError: ``key`` is not a string.
+        """
+        if not isinstance(key, str):
+            raise TypeError(f"agent key must be a str, got {type(key).__qualname__}")
+        return AgentRef(self, AgentId(self._type_name(agent_type), key))
+
+    def _type_name(self, agent_type: type[Agent] | str) -> str:
+        if isinstance(agent_type, str):
+            return agent_type
+        if isinstance(agent_type, type):
+            for name, atype in self._types.items():
+                if atype.cls is agent_type:
+                    return name
+            return agent_type.__name__
+        raise TypeError(f"agent type must be an Agent class or a name, got {agent_type!r}")
+
+    # -- pub/sub ---------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        topic: str,
+        agent_type: type[Agent] | str,
+        *,
+        key: Callable[[Any], str] | None = None,
+    ) -> Subscription:
+        """Deliver every event published on ``topic`` to an agent of ``agent_type``.
+
+        ``key(event)`` picks the agent key per event (default: always ``"default"``).
+        Every subscription gets the same event object. Returns a handle for
+        ``unsubscribe``.
+
+        Raises:
+            TypeError: ``topic`` is not a string or ``key`` is not callable.
+        """
+        if not isinstance(topic, str) or not topic:
+            raise TypeError(f"topic must be a non-empty str, got {topic!r}")
+        if key is not None and not callable(key):
+            raise TypeError(f"key must be a callable event -> str, got {key!r}")
+        sub = Subscription(topic, self._type_name(agent_type), key or _default_key)
+        self._topics.setdefault(topic, []).append(sub)
+        return sub
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Remove a subscription; unknown ones are ignored."""
+        subs = self._topics.get(subscription.topic)
+        if subs and subscription in subs:
+            subs.remove(subscription)
+            if not subs:
+                del self._topics[subscription.topic]
+
+    async def publish(self, topic: str, message: Message) -> None:
+        """Publish an event to every subscription of ``topic``.
+
+        One envelope, shared by reference, reaches every subscriber. Waits for room in
+        ``wait`` mailboxes; a subscriber that cannot take the event (unknown type, no
+        handler, ``reject`` mailbox full, failed activation, key function raising)
+        gets nothing and the event becomes a dead letter for it: the other subscribers
+        still receive it.
+
+        Raises:
+            TypeError: ``message`` is not a kerna.Message.
+            KernelStopped: the kernel is stopping.
+        """
+        sender = current_activation.get()
+        if self._intake_closed and (sender is None or self._stopped):
+            raise KernelStopped(f"kernel is stopping: event on {topic!r} not published")
+        if not isinstance(message, Message):
+            raise TypeError(
+                f"events must be kerna.Message instances, got {type(message).__qualname__}"
+            )
+        subs = self._topics.get(topic)
+        if not subs:
+            return
+        env = self._event_envelope(topic, message, sender)
+        for sub in subs if len(subs) == 1 else tuple(subs):
+            act = self._subscriber(sub, env)
+            if act is None:
+                continue
+            try:
+                waiter = act.put(env)
+            except MailboxFull as exc:
+                self._dead_letter(env, act.id, "mailbox_full", exc, act.atype)
+                continue
+            if waiter is not None:
+                await waiter
+
+    def _event_envelope(self, topic: str, message: Message, sender: Activation | None) -> Envelope:
+        msg_id = next(self._ids)
+        if sender is None:
+            return Envelope(msg_id, EVENT, topic, message, None, msg_id)
+        parent = sender.current
+        if parent is None:
+            return Envelope(msg_id, EVENT, topic, message, sender.id, msg_id)
+        return Envelope(msg_id, EVENT, topic, message, sender.id, parent.correlation_id, parent.id)
+
+    def _subscriber(self, sub: Subscription, env: Envelope) -> Activation | None:
+        """The activation that receives ``env`` through ``sub``, or None (dead-lettered)."""
+        try:
+            key: object = sub.key(env.payload)
+        except Exception as exc:
+            self._dead_letter(env, sub.type_name, "subscription_key_failed", exc)
+            return None
+        last = sub._last
+        if last is not None and key == sub._last_key and not last.closed:
+            act = last
+        else:
+            atype = self._types.get(sub.type_name)
+            if atype is None:
+                self._dead_letter(env, sub.type_name, "unknown_agent", None)
+                return None
+            if not isinstance(key, str):
+                self._dead_letter(
+                    env,
+                    sub.type_name,
+                    "subscription_key_failed",
+                    TypeError(
+                        f"key function of {sub!r} returned {type(key).__qualname__}, not str"
+                    ),
+                )
+                return None
+            act = self._activation(AgentId(sub.type_name, key), atype)
+            sub._last, sub._last_key = act, key
+        if act.failure is not None:
+            self._dead_letter(env, act.id, "activation_failed", act.copy_failure(), act.atype)
+            return None
+        return act
+
+    # -- introspection -----------------------------------------------------------------
+
+    def stats(self) -> KernelStats:
+        """A snapshot of per-agent-type counters, queue depths and dead letters."""
+        queued: dict[str, int] = dict.fromkeys(self._types, 0)
+        for act in self._directory.values():
+            if act.mailbox or act.waiters:
+                queued[act.atype.name] += act.queued()
+        types = {
+            name: msgspec.structs.replace(atype.stats, queued=queued[name])
+            for name, atype in self._types.items()
+        }
+        return KernelStats(types=types, dead_letters=self._dead_letters, running=self._busy)
+
+    # -- machinery used by activations and refs ----------------------------------------
+
+    def _activation(self, agent_id: AgentId, atype: AgentType) -> Activation:
+        act = self._directory.get(agent_id)
+        if act is None:
+            act = self._directory[agent_id] = Activation(self, atype, agent_id)
+            atype.stats.active += 1
+            atype.stats.activations += 1
+        return act
+
+    def _spawn(self, act: Activation) -> None:
+        tg = self._tg
+        if tg is None:
+            raise KernelStopped("kernel is not running: use 'async with Kernel()' or start()")
+        self._busy += 1
+        act.task = tg.create_task(act.run())
+
+    def _worker_exited(self) -> None:
+        self._busy -= 1
+        if self._busy == 0 and self._quiet is not None and not self._quiet.done():
+            self._quiet.set_result(None)
+
+    def _retire(self, act: Activation) -> None:
+        """Remove a closed activation from the directory."""
+        if act.closed:
+            return
+        act.closed = True
+        act.cancel_timers()
+        if self._directory.get(act.id) is act:
+            del self._directory[act.id]
+        act.atype.stats.active -= 1
+        if act.on_closed is not None and not act.on_closed.done():
+            act.on_closed.set_result(None)
+
+    def _hand_over(self, old: Activation) -> None:
+        """Move messages that reached a closing activation to its successor, in order."""
+        if self._stopped:
+            old._abort(KernelStopped(f"kernel stopped before {old.id} could handle them"))
+            return
+        new = self._activation(old.id, old.atype)
+        new.mailbox, new.waiters = old.mailbox, old.waiters
+        old.mailbox = old.waiters = None
+        self._spawn(new)
+
+    def _undeliverable(
+        self, env: Envelope, target: AgentId | str, reason: str, error: Exception
+    ) -> None:
+        """An accepted message will not be handled: fail its asker or dead-letter it."""
+        reply = env.reply
+        if reply is not None:
+            if not reply.done():
+                reply.set_exception(error)
+            return
+        atype = self._types.get(target.type) if isinstance(target, AgentId) else None
+        self._dead_letter(env, target, reason, error, atype)
+
+    def _unhandled(self, env: Envelope, target: AgentId, atype: AgentType) -> None:
+        error = UnhandledMessage(
+            f"agent type {atype.name!r} has no handler for {type(env.payload).__qualname__}"
+        )
+        self._undeliverable(env, target, "unhandled_message", error)
+
+    def _dead_letter(
+        self,
+        env: Envelope,
+        target: AgentId | str,
+        reason: str,
+        error: BaseException | None,
+        atype: AgentType | None = None,
+    ) -> None:
+        """Count a dead letter and publish it on ``DEAD_LETTERS`` (never blocking)."""
+        self._dead_letters += 1
+        if atype is not None:
+            atype.stats.dead_letters += 1
+        log.debug("dead letter for %s (%s): %r", target, reason, error)
+        message = env.payload
+        subs = self._topics.get(self.DEAD_LETTERS)
+        if not subs or isinstance(message, DeadLetter) or self._stopped:
+            return  # a dead letter about a dead letter would loop
+        dead = DeadLetter(
+            target=str(target),
+            message=message,
+            reason=reason,
+            error=None if error is None else f"{type(error).__name__}: {error}",
+            correlation_id=env.correlation_id,
+        )
+        dl_env = Envelope(
+            next(self._ids), EVENT, self.DEAD_LETTERS, dead, None, env.correlation_id, env.id
+        )
+        for sub in tuple(subs):
+            act = self._subscriber(sub, dl_env)
+            if act is not None:
+                try:
+                    act.put(dl_env, may_wait=False)
+                except MailboxFull:
+                    self._dead_letters += 1
+
+    # -- idle deactivation -----------------------------------------------------------
+
+    def _schedule_sweep(self) -> None:
+        """(Re)arm the idle sweep timer at a quarter of the shortest idle timeout."""
+        timeouts = [t.idle_timeout for t in self._types.values() if t.idle_timeout is not None]
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        if timeouts and not self._intake_closed:
+            self._sweeper = self.loop.call_later(min(timeouts) / 4, self._sweep)
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for act in list(self._directory.values()):
+            timeout = act.atype.idle_timeout
+            if (
+                timeout is None
+                or act.task is not None
+                or act.mailbox
+                or act.closed
+                or now - act.last_active < timeout
+            ):
+                continue
+            if act.atype.has_on_stop and act.agent is not None:
+                act.request_deactivation()
+            else:
+                self._retire(act)  # nothing to run: leave without a task
+        self._schedule_sweep()
+
+
+def _default_key(_: Any) -> str:
+    return "default"
+
+
+def _check_mailbox(capacity: int, overflow: str) -> None:
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+        raise ValueError(f"mailbox_size must be an int >= 1, got {capacity!r}")
+    if overflow not in OVERFLOW_POLICIES:
+        raise ValueError(
+            f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}; got {overflow!r}"
+        )
+
+
+def _check_restarts(max_restarts: int, backoff: float) -> None:
+    if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+        raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
+    if not (isinstance(backoff, int | float) and backoff >= 0 and math.isfinite(backoff)):
+        raise ValueError(f"restart_backoff must be >= 0 seconds, got {backoff!r}")

@@ -1,0 +1,170 @@
+"""Agent types: the handler table of an Agent class and its per-type options and counters.
+
+Registration validates a class once, so that dispatch is a dict lookup: the table maps
+a message type to the plain function that handles it; a subclass of a handled type
+falls back to its nearest handled base, and the answer is cached.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, Union
+
+import msgspec
+
+from ._errors import RegistrationError
+from ._message import Message
+
+__all__ = ["AgentType", "HandlerFn", "Overflow", "TypeStats", "build_handler_table"]
+
+Overflow = Literal["wait", "reject", "drop_oldest"]
+OVERFLOW_POLICIES: tuple[str, ...] = ("wait", "reject", "drop_oldest")
+HandlerFn = Callable[[Any, Any], Awaitable[Any]]
+HANDLER_MARK = "__kerna_handler__"
+
+
+class TypeStats(msgspec.Struct):
+    """Counters of one agent type, as returned by ``Kernel.stats()``.
+
+    Attributes:
+        active: activations alive now.
+        queued: messages waiting in mailboxes now.
+        handled: messages whose handler returned.
+        failed: messages whose handler raised.
+        dead_letters: messages that could not be delivered or handled.
+        late_replies: replies that came after their asker gave up.
+        dropped: messages pushed out by ``overflow="drop_oldest"``.
+        rejected: sends refused by ``overflow="reject"``.
+        restarts: ``on_start`` retries.
+        activations: activations created since the kernel started.
+    """
+
+    active: int = 0
+    queued: int = 0
+    handled: int = 0
+    failed: int = 0
+    dead_letters: int = 0
+    late_replies: int = 0
+    dropped: int = 0
+    rejected: int = 0
+    restarts: int = 0
+    activations: int = 0
+
+
+def _message_types(annotation: Any, where: str) -> tuple[type[Message], ...]:
+    """The Message classes an annotation names (a class or a union of classes)."""
+    if isinstance(annotation, type):
+        candidates: tuple[Any, ...] = (annotation,)
+    elif typing.get_origin(annotation) in (Union, types.UnionType):
+        candidates = typing.get_args(annotation)
+    else:
+        candidates = (annotation,)
+    for candidate in candidates:
+        if not (isinstance(candidate, type) and issubclass(candidate, Message)):
+            raise RegistrationError(
+                f"{where}: the message parameter must be annotated with a kerna.Message "
+                f"subclass (or a union of them), not {candidate!r}"
+            )
+    return typing.cast(tuple[type[Message], ...], candidates)
+
+
+def build_handler_table(cls: type) -> dict[type, HandlerFn]:
+    """Collect ``@handler`` methods of ``cls`` (inherited ones included) into a table.
+
+    Raises:
+        RegistrationError: a handler is not ``async``, lacks a Message annotation, or two
+            handlers claim one message type.
+    """
+    methods: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        for name, value in vars(klass).items():
+            if getattr(value, HANDLER_MARK, False):
+                methods[name] = value
+            elif name in methods:  # overridden by a plain attribute: no longer a handler
+                del methods[name]
+    table: dict[type, HandlerFn] = {}
+    owners: dict[type, str] = {}
+    for name, fn in methods.items():
+        where = f"{cls.__qualname__}.{name}"
+        if not inspect.iscoroutinefunction(fn):
+            raise RegistrationError(f"{where}: a handler must be 'async def'")
+        params = list(inspect.signature(fn).parameters.values())
+        if len(params) != 2:
+            raise RegistrationError(
+                f"{where}: a handler takes exactly one message argument after self"
+            )
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception as exc:  # a forward reference that does not resolve
+            raise RegistrationError(f"{where}: cannot resolve annotations: {exc}") from exc
+        if params[1].name not in hints:
+            raise RegistrationError(
+                f"{where}: annotate the message parameter {params[1].name!r} with its "
+                "kerna.Message type"
+            )
+        for message_type in _message_types(hints[params[1].name], where):
+            if message_type in table:
+                raise RegistrationError(
+                    f"{cls.__qualname__}: two handlers for {message_type.__qualname__}: "
+                    f"{owners[message_type]} and {name}"
+                )
+            table[message_type] = fn
+            owners[message_type] = name
+    return table
+
+
+class AgentType:
+    """A registered agent class with its options, handler table and counters."""
+
+    __slots__ = (
+        "cancel_at_deadline",
+        "capacity",
+        "cls",
+        "handlers",
+        "has_on_stop",
+        "idle_timeout",
+        "max_restarts",
+        "name",
+        "overflow",
+        "restart_backoff",
+        "stats",
+    )
+
+    def __init__(
+        self,
+        cls: type,
+        name: str,
+        *,
+        capacity: int,
+        overflow: str,
+        idle_timeout: float | None,
+        max_restarts: int,
+        restart_backoff: float,
+        cancel_at_deadline: bool,
+        has_on_stop: bool,
+    ) -> None:
+        self.cls = cls
+        self.name = name
+        self.handlers = build_handler_table(cls)
+        self.capacity = capacity
+        self.overflow = overflow
+        self.idle_timeout = idle_timeout
+        self.max_restarts = max_restarts
+        self.restart_backoff = restart_backoff
+        self.cancel_at_deadline = cancel_at_deadline
+        self.has_on_stop = has_on_stop
+        self.stats = TypeStats()
+
+    def handler_for(self, message_type: type) -> HandlerFn | None:
+        """The handler for ``message_type``, falling back to its nearest handled base."""
+        fn = self.handlers.get(message_type)
+        if fn is None:
+            for base in message_type.__mro__[1:]:
+                fn = self.handlers.get(base)
+                if fn is not None:
+                    self.handlers[message_type] = fn  # cache the fallback
+                    break
+        return fn

@@ -1,0 +1,52 @@
+"""Timers: messages an agent schedules to itself, once or periodically.
+
+A timer belongs to its activation and dies with it. Durable reminders, which survive
+deactivation and restarts, come with state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._activation import Activation
+    from ._message import Message
+
+__all__ = ["Timer"]
+
+
+class Timer:
+    """Handle of a scheduled self-message; ``cancel()`` stops it."""
+
+    __slots__ = ("_activation", "_handle", "_message", "cancelled", "interval", "repeat")
+
+    def __init__(self, activation: Activation, delay: float, message: Message, repeat: bool):
+        self._activation = activation
+        self._message = message
+        self.interval = delay
+        self.repeat = repeat
+        self.cancelled = False
+        loop = activation.kernel.loop
+        self._handle: asyncio.TimerHandle = loop.call_at(loop.time() + delay, self._fire)
+
+    def _fire(self) -> None:
+        activation = self._activation
+        if self.repeat:
+            # Fixed rate from the planned time, so ticks do not drift with handler time.
+            loop = activation.kernel.loop
+            self._handle = loop.call_at(self._handle.when() + self.interval, self._fire)
+        else:
+            self.cancelled = True
+            if activation.timers is not None:
+                activation.timers.discard(self)
+        activation.deliver_tick(self, self._message)
+
+    def cancel(self) -> None:
+        """Stop the timer; a tick already delivered is still handled."""
+        if not self.cancelled:
+            self.cancelled = True
+            self._handle.cancel()
+        timers = self._activation.timers
+        if timers is not None:
+            timers.discard(self)
