@@ -47,9 +47,21 @@ E = TypeVar("E", bound=RemoteError)
 
 
 def remote_error(exc: BaseException, cls: type[E]) -> E:
-    """Wrap a handler's exception for its asker: type name, message and traceback."""
+    """Wrap a handler's exception for its asker: type name, message and traceback.
+
+    A RemoteError that a handler let through from a nested ask keeps its origin's type
+    name and message, so the root cause reaches the first asker unwrapped.
+    """
+    if isinstance(exc, RemoteError):
+        return cls(exc.type_name, exc.message, exc.traceback)
     t = type(exc)
-    name = t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+    module = t.__module__
+    if module == "builtins":
+        name = t.__qualname__
+    elif module.startswith("kerna._"):  # kerna's own errors by their public name
+        name = f"kerna.{t.__qualname__}"
+    else:
+        name = f"{module}.{t.__qualname__}"
     return cls(name, str(exc), "".join(traceback.format_exception(exc)))
 
 

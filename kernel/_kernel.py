@@ -138,8 +138,9 @@ class Kernel:
         self._sweeper: asyncio.TimerHandle | None = None
         self._state = "new"
         self._stopped_event = asyncio.Event()
-        self._intake_closed = False
-        self._stopped = False
+        # Closed until start(): sends before start or after stop raise KernelStopped.
+        self._intake_closed = True
+        self._stopped = True
         self.loop: asyncio.AbstractEventLoop = _UNSET
 
     # -- lifecycle -------------------------------------------------------------------
@@ -165,6 +166,7 @@ class Kernel:
         self._root = loop.create_task(self._supervise(ready), name="kerna-kernel")
         await ready
         self._state = "running"
+        self._intake_closed = self._stopped = False
         self._schedule_sweep()
 
     async def _supervise(self, ready: asyncio.Future[None]) -> None:
@@ -400,7 +402,7 @@ class Kernel:
         """
         sender = current_activation.get()
         if self._intake_closed and (sender is None or self._stopped):
-            raise KernelStopped(f"kernel is stopping: event on {topic!r} not published")
+            raise self._refusal(f"event on {topic!r} not published")
         if not isinstance(message, Message):
             raise TypeError(
                 f"events must be kerna.Message instances, got {type(message).__qualname__}"
@@ -477,6 +479,13 @@ class Kernel:
         return KernelStats(types=types, dead_letters=self._dead_letters, running=self._busy)
 
     # -- machinery used by activations and refs ----------------------------------------
+
+    def _refusal(self, what: str) -> KernelStopped:
+        if self._state == "new":
+            return KernelStopped(
+                f"kernel is not running ({what}): use 'async with Kernel()' or start()"
+            )
+        return KernelStopped(f"kernel is {self._state} ({what})")
 
     def _activation(self, agent_id: AgentId, atype: AgentType) -> Activation:
         act = self._directory.get(agent_id)

@@ -16,7 +16,6 @@ from ._envelope import ASK, TELL, Envelope
 from ._errors import (
     AskTimeout,
     DeadlockError,
-    KernelStopped,
     UnhandledMessage,
     UnknownAgent,
 )
@@ -61,7 +60,7 @@ class AgentRef:
         """The activation to deliver ``message`` to, checking everything a sender can fix."""
         kernel = self._kernel
         if kernel._intake_closed and (sender is None or kernel._stopped):
-            raise KernelStopped(f"kernel is stopping: {type(message).__qualname__} not sent")
+            raise kernel._refusal(f"{type(message).__qualname__} not sent")
         act = self._activation
         if act is None or act.closed:
             atype = kernel._types.get(self.id.type)
