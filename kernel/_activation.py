@@ -38,6 +38,10 @@ __all__ = ["Activation", "current_activation", "remote_error"]
 
 log = logging.getLogger("kerna.activation")
 
+# Workers a sender may spawn without yielding before it gives them a turn (see
+# ``Kernel._unstarted``): bounds pending tasks when one loop wakes many agents.
+SPAWN_BURST = 256
+
 # The activation whose worker runs the current task: sends made from inside a handler
 # read it to inherit correlation, causation, deadline and ask chain. Set once per worker.
 current_activation: ContextVar[Activation | None] = ContextVar("kerna_activation", default=None)
@@ -168,6 +172,7 @@ class Activation:
     async def run(self) -> None:
         """The worker: start if needed, drain the mailbox, deactivate if asked."""
         current_activation.set(self)
+        self.kernel._unstarted -= 1
         try:
             if self.agent is None and self.mailbox and not await self._start():
                 return
@@ -216,7 +221,15 @@ class Activation:
         handlers = atype.handlers
         stats = atype.stats
         kernel = self.kernel
-        while mailbox:
+        while True:
+            if not mailbox:
+                # Linger one loop iteration before giving the task up: a caller woken by
+                # the reply just set usually sends its next message in that iteration,
+                # which then needs no new task (the sequential-ask fast path).
+                self.current = None
+                await asyncio.sleep(0)
+                if not mailbox:
+                    break
             env = mailbox.popleft()
             if self.waiters:
                 self._admit_waiter(mailbox)

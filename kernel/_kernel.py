@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from ._activation import Activation, current_activation
+from ._activation import SPAWN_BURST, Activation, current_activation
 from ._agent import Agent
 from ._envelope import EVENT, Envelope
 from ._errors import KernelStopped, MailboxFull, RegistrationError, UnhandledMessage
@@ -131,6 +131,10 @@ class Kernel:
         self._ids = itertools.count(1)
         self._dead_letters = 0
         self._busy = 0
+        # Workers spawned but not yet run. A sender that activates agents in a tight loop
+        # yields once this passes SPAWN_BURST, so pending tasks stay bounded (and so does
+        # memory) however many agents it wakes without awaiting.
+        self._unstarted = 0
         self._tg: asyncio.TaskGroup | None = None
         self._root: asyncio.Task[None] | None = None
         self._closing: asyncio.Future[None] | None = None
@@ -422,6 +426,8 @@ class Kernel:
                 continue
             if waiter is not None:
                 await waiter
+        if self._unstarted > SPAWN_BURST:
+            await asyncio.sleep(0)
 
     def _event_envelope(self, topic: str, message: Message, sender: Activation | None) -> Envelope:
         msg_id = next(self._ids)
@@ -500,6 +506,7 @@ class Kernel:
         if tg is None:
             raise KernelStopped("kernel is not running: use 'async with Kernel()' or start()")
         self._busy += 1
+        self._unstarted += 1
         act.task = tg.create_task(act.run())
 
     def _worker_exited(self) -> None:

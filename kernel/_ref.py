@@ -11,7 +11,7 @@ import asyncio
 import math
 from typing import TYPE_CHECKING, Any
 
-from ._activation import current_activation
+from ._activation import SPAWN_BURST, current_activation
 from ._envelope import ASK, TELL, Envelope
 from ._errors import (
     AskTimeout,
@@ -108,6 +108,8 @@ class AgentRef:
         waiter = act.put(env)
         if waiter is not None:
             await waiter
+        elif kernel._unstarted > SPAWN_BURST:
+            await asyncio.sleep(0)  # let the workers this sender woke run (see Kernel)
 
     async def ask(self, message: Message, *, timeout: float | None = None) -> Any:
         """Send ``message`` and wait for the handler's return value.
