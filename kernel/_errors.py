@@ -17,7 +17,10 @@
     │   ├── Conflict           compare-and-swap lost
     │   ├── Fenced             a write from an activation that no longer owns the agent
     │   ├── Unavailable        the backend cannot be reached (fail closed)
-    │   └── DecodeError        stored or received bytes do not decode into the type
+    │   ├── DecodeError        stored or received bytes do not decode into the type
+    │   ├── Compacted          a watch or read asked for history the backend compacted
+    │   ├── LeaseLost          the lease expired or was revoked
+    │   └── OwnedElsewhere     another kernel holds the agent's activation claim
     ├── TransportError
     └── CircuitOpen
     KernaInternalError         a bug in kerna, never the user's fault
@@ -32,6 +35,7 @@ __all__ = [
     "ActivationFailed",
     "AskTimeout",
     "CircuitOpen",
+    "Compacted",
     "ConfigError",
     "Conflict",
     "DeadlockError",
@@ -40,7 +44,9 @@ __all__ = [
     "KernaError",
     "KernaInternalError",
     "KernelStopped",
+    "LeaseLost",
     "MailboxFull",
+    "OwnedElsewhere",
     "RegistrationError",
     "RemoteError",
     "StateError",
@@ -135,6 +141,26 @@ class Unavailable(StateError):
 
 class DecodeError(StateError):
     """Stored or received bytes do not decode into the expected type."""
+
+
+class Compacted(StateError):
+    """The requested revision was compacted away; resync from a fresh read.
+
+    Attributes:
+        compact_revision: the oldest revision still available (0 if unknown).
+    """
+
+    def __init__(self, message: str, compact_revision: int = 0) -> None:
+        super().__init__(message)
+        self.compact_revision = compact_revision
+
+
+class LeaseLost(StateError):
+    """A lease expired or was revoked: what it held is gone."""
+
+
+class OwnedElsewhere(StateError):
+    """Another kernel holds this agent's activation claim; it cannot activate here."""
 
 
 class TransportError(KernaError):
