@@ -21,10 +21,17 @@ import logging
 import traceback
 from collections import deque
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._envelope import TELL, Envelope
-from ._errors import ActivationFailed, KernelStopped, MailboxFull, RemoteError
+from ._errors import (
+    ActivationFailed,
+    Conflict,
+    DecodeError,
+    KernelStopped,
+    MailboxFull,
+    RemoteError,
+)
 from ._timers import Timer
 
 if TYPE_CHECKING:
@@ -32,7 +39,7 @@ if TYPE_CHECKING:
     from ._ids import AgentId
     from ._kernel import Kernel
     from ._message import Message
-    from ._registry import AgentType
+    from ._registry import AgentType, HandlerFn
 
 __all__ = ["Activation", "current_activation", "remote_error"]
 
@@ -85,8 +92,12 @@ class Activation:
         "last_active",
         "mailbox",
         "on_closed",
+        "seq",
+        "state",
+        "state_rev",
         "task",
         "timers",
+        "token",
         "waiters",
     )
 
@@ -106,6 +117,10 @@ class Activation:
         self.deactivating = False
         self.closing = False
         self.closed = False
+        self.state: Any = None  # the agent's state (stateful types), as last read or saved
+        self.state_rev = 0  # revision of the state key that ``state`` came from
+        self.token = 0  # fencing token: create revision of this activation's claim
+        self.seq = 0  # event-sourced types: last event sequence number applied
 
     # -- intake ------------------------------------------------------------------------
 
@@ -195,11 +210,16 @@ class Activation:
         while True:
             agent = None
             try:
+                if atype.state_spec is not None:
+                    await self.kernel._store().activate(self, atype.state_spec)
                 agent = atype.cls()
                 agent._activation = self
                 await agent.on_start()
             except Exception as exc:
-                if attempt >= atype.max_restarts:
+                if self.token:
+                    await self.kernel._store().release(self)
+                # An undecodable stored state or event will not decode on a retry either.
+                if attempt >= atype.max_restarts or isinstance(exc, DecodeError):
                     self.failure = remote_error(exc, ActivationFailed)
                     log.warning("%s failed to start %d times: %r", self.id, attempt + 1, exc)
                     self._fail_all("activation_failed")
@@ -241,11 +261,10 @@ class Activation:
                 continue
             reply = env.reply
             try:
-                if atype.cancel_at_deadline and env.deadline is not None:
-                    async with asyncio.timeout_at(env.deadline):
-                        result = await fn(agent, message)
-                else:
+                if atype.plain:
                     result = await fn(agent, message)
+                else:
+                    result = await self._call(fn, env)
             except Exception as exc:
                 stats.failed += 1
                 if reply is None:
@@ -263,6 +282,21 @@ class Activation:
                         reply.set_result(result)
         self.mailbox = None
 
+    async def _call(self, fn: HandlerFn, env: Envelope) -> Any:
+        """A handler call with the type's options: deadline scope, Conflict re-runs."""
+        atype = self.atype
+        retries = atype.conflict_retries
+        while True:
+            try:
+                if atype.cancel_at_deadline and env.deadline is not None:
+                    async with asyncio.timeout_at(env.deadline):
+                        return await fn(self.agent, env.payload)
+                return await fn(self.agent, env.payload)
+            except Conflict:
+                if retries <= 0:
+                    raise
+                retries -= 1  # save() reloaded self.state: run the handler again on it
+
     async def _close(self) -> None:
         """Run ``on_stop`` and leave the directory; later messages go to a successor."""
         self.closing = True
@@ -273,6 +307,8 @@ class Activation:
             except Exception as exc:
                 self.atype.stats.failed += 1
                 log.warning("%s on_stop raised %r", self.id, exc, exc_info=exc)
+        if self.token:
+            await self.kernel._store().release(self)
         self.kernel._retire(self)
         if self.mailbox or self.waiters:
             self.kernel._hand_over(self)

@@ -54,6 +54,27 @@ class Agent:
     # The activation is the only per-instance slot kerna adds: id and kernel live on it.
     __slots__ = ("_activation",)
     _activation: Activation
+    __kerna_state__: type[Any] | None = None
+    __kerna_event_sourced__: bool = False
+    __kerna_snapshot_every__: int = 1000
+
+    def __init_subclass__(
+        cls,
+        *,
+        state: type[Any] | None = None,
+        event_sourced: bool = False,
+        snapshot_every: int = 1000,
+        **kwargs: Any,
+    ) -> None:
+        """Class options: ``class Counter(Agent, state=Count)``; event-sourced agents add
+        ``event_sourced=True`` (and ``snapshot_every=N``, default 1000) and define
+        ``@staticmethod apply(state, event) -> state``."""
+        super().__init_subclass__(**kwargs)
+        if state is not None:
+            cls.__kerna_state__ = state
+        if event_sourced:
+            cls.__kerna_event_sourced__ = True
+            cls.__kerna_snapshot_every__ = snapshot_every
 
     @property
     def id(self) -> AgentId:
@@ -109,6 +130,68 @@ class Agent:
         """Correlation id of the message being handled (0 outside a handler)."""
         current = self._activation.current
         return 0 if current is None else current.correlation_id
+
+    # -- state (for classes declared with state=...) ----------------------------------------
+
+    @property
+    def state(self) -> Any:
+        """The agent's state: a local read of its last committed value (no I/O)."""
+        return self._activation.state
+
+    async def save(self, new_state: Any) -> None:
+        """Write ``new_state`` (compare-and-swap on the revision read); then
+        ``self.state == new_state``.
+
+        Raises:
+            Conflict: the stored state changed since it was read; ``self.state`` now holds
+                the stored value. Register with ``conflict_retries=N`` to have the kernel
+                re-run the handler (on the reloaded state) instead.
+            Fenced: this activation lost its claim (its lease lapsed); it will deactivate.
+            Unavailable: the backend could not be reached; the write did not happen, or
+                (``ambiguous``) could not be confirmed either way.
+            TypeError: ``new_state`` is not of the declared state type.
+        """
+        act = self._activation
+        spec = act.atype.state_spec
+        if spec is None or spec.sourcing is not None:
+            raise TypeError(f"{type(self).__name__}.save() needs class option state=<Struct>")
+        await act.kernel._store().save(act, spec, new_state)
+
+    async def emit(self, *events: Any) -> None:
+        """Event-sourced agents: append ``events`` to the log and fold them into
+        ``self.state`` with ``apply``. Atomic: all or none are appended.
+
+        Raises:
+            Conflict: another writer appended first (the state is reloaded).
+            Fenced, Unavailable: as for ``save``.
+        """
+        act = self._activation
+        spec = act.atype.state_spec
+        if spec is None or spec.sourcing is None:
+            raise TypeError(f"{type(self).__name__}.emit() needs class option event_sourced=True")
+        if not events:
+            return
+        current = act.current
+        correlation = (0, 0) if current is None else (current.correlation_id, current.id)
+        await act.kernel._store().emit(act, spec, events, correlation)
+
+    async def reload(self, *, linearizable: bool = True) -> Any:
+        """Re-read the state from the backend (a quorum read when ``linearizable``)."""
+        act = self._activation
+        spec = act.atype.state_spec
+        if spec is None:
+            raise TypeError(f"{type(self).__name__} declares no state")
+        if spec.sourcing is not None:
+            from kerna.state._eventlog import EventLog
+
+            store = act.kernel._store()
+            log = EventLog(
+                store.backend, spec.sourcing, act.id.type, act.id.key, layout=store.layout
+            )
+            act.state, act.seq = await log.load()
+        else:
+            await act.kernel._store().load(act, spec, linearizable=linearizable)
+        return act.state
 
     def deactivate_on_idle(self) -> None:
         """Deactivate this agent once its mailbox is empty (after ``on_stop``).

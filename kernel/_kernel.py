@@ -17,6 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
+from kerna.state import StateBackend
+from kerna.state._layout import Layout
 
 from ._activation import SPAWN_BURST, Activation, current_activation
 from ._agent import Agent
@@ -24,8 +26,9 @@ from ._envelope import EVENT, Envelope
 from ._errors import KernelStopped, MailboxFull, RegistrationError, UnhandledMessage
 from ._ids import AgentId
 from ._message import DeadLetter, Message
+from ._persistence import Persistence
 from ._ref import AgentRef
-from ._registry import OVERFLOW_POLICIES, AgentType, TypeStats
+from ._registry import OVERFLOW_POLICIES, AgentType, TypeStats, build_state_spec
 
 __all__ = ["Kernel", "KernelStats", "Subscription"]
 
@@ -93,6 +96,12 @@ class Kernel:
         stop_grace: default seconds ``stop()`` lets mailboxes drain.
         max_restarts: default number of ``on_start`` retries before an activation fails.
         restart_backoff: first retry delay in seconds; doubles per retry.
+        state: where agent state lives: a URL (``memory://`` by default, private to
+            this kernel; ``sqlite:///path.db``; ``etcd://h1:2379,h2:2379``) or a
+            ``StateBackend`` the caller owns (then the kernel does not close it).
+        state_prefix: key prefix of this kernel's data in the backend.
+        lease_ttl: seconds the kernel's lease (which holds its activation claims)
+            survives without a keepalive.
 
     Raises:
         ValueError: an option is out of range.
@@ -111,8 +120,15 @@ class Kernel:
         stop_grace: float = 10.0,
         max_restarts: int = 3,
         restart_backoff: float = 0.05,
+        state: str | StateBackend = "memory://",
+        state_prefix: str = "kerna/",
+        lease_ttl: float = 10.0,
     ) -> None:
         _check_positive("ask_timeout", ask_timeout)
+        _check_positive("lease_ttl", lease_ttl)
+        if not isinstance(state, str | StateBackend):
+            raise ValueError(f"state must be a URL or a StateBackend, got {state!r}")
+        Layout(state_prefix)  # validates the prefix
         _check_positive("idle_timeout", idle_timeout, allow_none=True)
         _check_mailbox(mailbox_size, overflow)
         _check_restarts(max_restarts, restart_backoff)
@@ -125,6 +141,11 @@ class Kernel:
         self.stop_grace = float(stop_grace)
         self.max_restarts = max_restarts
         self.restart_backoff = float(restart_backoff)
+        self.state_url = state
+        self.state_prefix = state_prefix
+        self.lease_ttl = float(lease_ttl)
+        self._persistence: Persistence | None = None
+        self._lease_keeper: asyncio.Task[None] | None = None
         self._types: dict[str, AgentType] = {}
         self._directory: dict[AgentId, Activation] = {}
         self._topics: dict[str, list[Subscription]] = {}
@@ -165,6 +186,9 @@ class Kernel:
         if self._state != "new":
             raise RuntimeError(f"kernel already {self._state}")
         self.loop = loop = asyncio.get_running_loop()
+        self._persistence = await Persistence.open(
+            self.state_url, prefix=self.state_prefix, lease_ttl=self.lease_ttl
+        )
         ready: asyncio.Future[None] = loop.create_future()
         self._closing = loop.create_future()
         self._root = loop.create_task(self._supervise(ready), name="kerna-kernel")
@@ -177,6 +201,8 @@ class Kernel:
         assert self._closing is not None
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
+            assert self._persistence is not None
+            self._lease_keeper = tg.create_task(self._persistence.keep_lease_alive())
             ready.set_result(None)
             await self._closing
         self._tg = None
@@ -231,6 +257,10 @@ class Kernel:
             if not await self._wait_quiet(loop.time() + 5.0):
                 log.error("stop: %d agents ignore cancellation", self._busy)
         await self._stop_all(max(deadline, loop.time() + 1.0))
+        if self._lease_keeper is not None:
+            self._lease_keeper.cancel()
+        if self._persistence is not None:
+            await self._persistence.close()  # releases every claim with the lease
         assert self._closing is not None
         assert self._root is not None
         self._closing.set_result(None)
@@ -284,6 +314,7 @@ class Kernel:
         max_restarts: int | None = None,
         restart_backoff: float | None = None,
         cancel_at_deadline: bool = False,
+        conflict_retries: int = 0,
     ) -> str:
         """Register an agent class; returns its type name.
 
@@ -294,6 +325,9 @@ class Kernel:
                 the kernel's defaults for this type.
             cancel_at_deadline: cancel a running handler when its message's deadline
                 passes (default: let it finish; its late reply is dropped and counted).
+            conflict_retries: re-run a handler up to this many times when its
+                ``self.save`` loses a compare-and-swap (``Conflict``); the state is
+                reloaded before each re-run. Default 0: the asker gets the Conflict.
 
         Raises:
             RegistrationError: not an Agent subclass, the name is taken, or a handler is
@@ -320,6 +354,11 @@ class Kernel:
         restarts = self.max_restarts if max_restarts is None else max_restarts
         backoff = self.restart_backoff if restart_backoff is None else restart_backoff
         _check_restarts(restarts, backoff)
+        if isinstance(conflict_retries, bool) or not isinstance(conflict_retries, int):
+            raise ValueError(f"conflict_retries must be an int >= 0, got {conflict_retries!r}")
+        if conflict_retries < 0:
+            raise ValueError(f"conflict_retries must be an int >= 0, got {conflict_retries!r}")
+        state_spec = build_state_spec(agent_class, agent_class.__qualname__)
         self._types[name] = AgentType(
             agent_class,
             name,
@@ -330,6 +369,8 @@ class Kernel:
             restart_backoff=float(backoff),
             cancel_at_deadline=bool(cancel_at_deadline),
             has_on_stop=agent_class.on_stop is not Agent.on_stop,
+            state_spec=state_spec,
+            conflict_retries=conflict_retries,
         )
         if self._state == "running":
             self._schedule_sweep()
@@ -485,6 +526,17 @@ class Kernel:
         return KernelStats(types=types, dead_letters=self._dead_letters, running=self._busy)
 
     # -- machinery used by activations and refs ----------------------------------------
+
+    def _store(self) -> Persistence:
+        persistence = self._persistence
+        if persistence is None:
+            raise self._refusal("state is not available")
+        return persistence
+
+    @property
+    def state_backend(self) -> StateBackend:
+        """The state backend (available once started)."""
+        return self._store().backend
 
     def _refusal(self, what: str) -> KernelStopped:
         if self._state == "new":

@@ -11,12 +11,15 @@ import inspect
 import types
 import typing
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import msgspec
 
 from ._errors import RegistrationError
 from ._message import Message
+
+if TYPE_CHECKING:
+    from ._persistence import StateSpec
 
 __all__ = ["AgentType", "HandlerFn", "Overflow", "TypeStats", "build_handler_table"]
 
@@ -123,13 +126,16 @@ class AgentType:
         "cancel_at_deadline",
         "capacity",
         "cls",
+        "conflict_retries",
         "handlers",
         "has_on_stop",
         "idle_timeout",
         "max_restarts",
         "name",
         "overflow",
+        "plain",
         "restart_backoff",
+        "state_spec",
         "stats",
     )
 
@@ -145,6 +151,8 @@ class AgentType:
         restart_backoff: float,
         cancel_at_deadline: bool,
         has_on_stop: bool,
+        state_spec: StateSpec | None = None,
+        conflict_retries: int = 0,
     ) -> None:
         self.cls = cls
         self.name = name
@@ -156,6 +164,10 @@ class AgentType:
         self.restart_backoff = restart_backoff
         self.cancel_at_deadline = cancel_at_deadline
         self.has_on_stop = has_on_stop
+        self.state_spec = state_spec
+        self.conflict_retries = conflict_retries
+        # Handlers of a "plain" type are awaited directly: no deadline scope, no retries.
+        self.plain = not cancel_at_deadline and not conflict_retries
         self.stats = TypeStats()
 
     def handler_for(self, message_type: type) -> HandlerFn | None:
@@ -168,3 +180,57 @@ class AgentType:
                     self.handlers[message_type] = fn  # cache the fallback
                     break
         return fn
+
+
+def build_state_spec(cls: type, where: str) -> StateSpec | None:
+    """The state declaration of an agent class (``class A(Agent, state=S)``), checked.
+
+    Raises:
+        RegistrationError: the state type is not a frozen msgspec Struct, its initial
+            value cannot be built, or an event-sourced class has no usable ``apply``.
+    """
+    from kerna.state._eventlog import EventSourcing
+
+    from ._persistence import StateSpec
+
+    state_type = getattr(cls, "__kerna_state__", None)
+    if state_type is None:
+        if getattr(cls, "__kerna_event_sourced__", False):
+            raise RegistrationError(f"{where}: event_sourced=True needs state=<Struct type>")
+        return None
+    if not (isinstance(state_type, type) and issubclass(state_type, msgspec.Struct)):
+        raise RegistrationError(f"{where}: state must be a msgspec.Struct type, got {state_type!r}")
+    if not state_type.__struct_config__.frozen:
+        raise RegistrationError(
+            f"{where}: state type {state_type.__qualname__} must be frozen "
+            "(class S(msgspec.Struct, frozen=True)): self.state is shared, never mutated"
+        )
+    initial = getattr(cls, "initial_state", None) or state_type
+    try:
+        first = initial()
+    except Exception as exc:
+        raise RegistrationError(
+            f"{where}: cannot build the initial state: {exc}; give the state's fields "
+            "defaults or define a staticmethod initial_state()"
+        ) from exc
+    if type(first) is not state_type:
+        raise RegistrationError(f"{where}: initial_state() must return a {state_type.__qualname__}")
+    sourcing = None
+    if getattr(cls, "__kerna_event_sourced__", False):
+        owner = next((k for k in cls.__mro__ if "apply" in vars(k)), None)
+        if owner is None or not isinstance(vars(owner)["apply"], staticmethod):
+            raise RegistrationError(
+                f"{where}: an event-sourced agent needs "
+                "'@staticmethod def apply(state: S, event: E) -> S'"
+            )
+        apply: Any = vars(owner)["apply"].__func__
+        try:
+            sourcing = EventSourcing(
+                state_type,
+                apply,
+                initial=initial,
+                snapshot_every=getattr(cls, "__kerna_snapshot_every__", 1000),
+            )
+        except TypeError as exc:
+            raise RegistrationError(f"{where}: {exc}") from exc
+    return StateSpec(state_type, initial, sourcing)
