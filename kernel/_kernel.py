@@ -17,13 +17,15 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
+
 from kerna.state import StateBackend
-from kerna.state._layout import Layout
+from kerna.state._layout import Layout, unescape
+from kerna.state._replica import Replica
 
 from ._activation import SPAWN_BURST, Activation, current_activation
 from ._agent import Agent
 from ._envelope import EVENT, Envelope
-from ._errors import KernelStopped, MailboxFull, RegistrationError, UnhandledMessage
+from ._errors import KernelStopped, MailboxFull, RegistrationError, UnhandledMessage, UnknownAgent
 from ._ids import AgentId
 from ._message import DeadLetter, Message
 from ._persistence import Persistence
@@ -537,6 +539,38 @@ class Kernel:
     def state_backend(self) -> StateBackend:
         """The state backend (available once started)."""
         return self._store().backend
+
+    def replica(self, agent_type: type[Agent] | str) -> Replica[Any]:
+        """A local mirror of every stored state of ``agent_type`` (keyed by agent key),
+        kept fresh by a watch: writes from any kernel on the same backend show up.
+
+        Use it as an async context manager (``async with kernel.replica(Counter) as r``);
+        ``r.get(key)`` returns the decoded state or None.
+
+        Raises:
+            UnknownAgent: the type is not registered here.
+            TypeError: the type declares no state.
+        """
+        name = self._type_name(agent_type)
+        atype = self._types.get(name)
+        if atype is None:
+            raise UnknownAgent(f"no agent type {name!r} is registered")
+        spec = atype.state_spec
+        if spec is None:
+            raise TypeError(f"agent type {name!r} declares no state")
+        store = self._store()
+        prefix = store.layout.states_of(name)
+        sourcing = spec.sourcing
+        decoder = spec.decoder
+
+        def decode(data: bytes) -> Any:
+            if sourcing is not None:  # event-sourced: the state key holds a snapshot
+                return sourcing.decode_snapshot(data, name)[0]
+            return decoder.decode(data)
+
+        return Replica(
+            store.backend, prefix, decode=decode, key_of=lambda k: unescape(k[len(prefix) :])
+        )
 
     def _refusal(self, what: str) -> KernelStopped:
         if self._state == "new":

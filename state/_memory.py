@@ -235,7 +235,9 @@ class MemoryBackend(StateBackend):
             return TxnResult(succeeded, store.revision, tuple(gets))
 
     async def watch(self, prefix: str, from_revision: int) -> AsyncIterator[WatchEvent]:
-        store = self._check_open()
+        if self._closed:
+            return  # a watch ends when its backend is closed
+        store = self._store
         watcher = _Watcher(prefix, asyncio.get_running_loop())
         with store.lock:
             if from_revision < store.compacted or (from_revision <= 0):

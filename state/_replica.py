@@ -47,6 +47,8 @@ class Replica(Generic[T]):
         decode: turns stored bytes into values (default: keep the bytes). A value that
             fails to decode is logged with its key and left out; the replica goes on.
         on_change: called as ``on_change(key, value_or_None)`` for every applied change.
+        key_of: maps a stored key to the key that ``get`` and ``items`` use (default:
+            the stored key itself).
     """
 
     def __init__(
@@ -56,9 +58,11 @@ class Replica(Generic[T]):
         *,
         decode: Callable[[bytes], T] = _identity,
         on_change: Callable[[str, T | None], None] | None = None,
+        key_of: Callable[[str], str] | None = None,
     ) -> None:
         self.backend = backend
         self.prefix = prefix
+        self._key_of = key_of or (lambda key: key)
         self._decode = decode
         self._on_change = on_change
         self._kvs: dict[str, KeyValue] = {}
@@ -97,9 +101,9 @@ class Replica(Generic[T]):
     def get(self, key: str) -> T | None:
         return self._values.get(key)
 
-    def kv(self, key: str) -> KeyValue | None:
-        """The raw entry with its revisions."""
-        return self._kvs.get(key)
+    def kv(self, stored_key: str) -> KeyValue | None:
+        """The raw entry (with its revisions) at a stored key."""
+        return self._kvs.get(stored_key)
 
     def __contains__(self, key: object) -> bool:
         return key in self._values
@@ -182,25 +186,24 @@ class Replica(Generic[T]):
         current = self._kvs.get(kv.key)
         if current is not None and current.mod_revision >= kv.mod_revision:
             return
+        key = self._key_of(kv.key)
         try:
             value = self._decode(kv.value)
         except Exception as exc:
             log.error(
-                "replica: value at %r (revision %d) does not decode: %s",
-                kv.key,
-                kv.mod_revision,
-                exc,
+                "replica: %r at revision %d does not decode: %s", kv.key, kv.mod_revision, exc
             )
             self._kvs.pop(kv.key, None)
-            self._values.pop(kv.key, None)
+            self._values.pop(key, None)
             return
         self._kvs[kv.key] = kv
-        self._values[kv.key] = value
+        self._values[key] = value
         if self._on_change is not None:
-            self._on_change(kv.key, value)
+            self._on_change(key, value)
 
-    def _apply_delete(self, key: str) -> None:
-        self._kvs.pop(key, None)
+    def _apply_delete(self, stored_key: str) -> None:
+        key = self._key_of(stored_key)
+        self._kvs.pop(stored_key, None)
         self._values.pop(key, None)
         if self._on_change is not None:
             self._on_change(key, None)

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import msgspec
 import pytest
+
 from kerna import (
     ActivationFailed,
     Agent,

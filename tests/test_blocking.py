@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+
 from kerna import BlockingKernel, RemoteError, UnknownAgent
 
 from .agents import Boom, Echo, Ping, Pong

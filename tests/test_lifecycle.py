@@ -6,6 +6,7 @@ import asyncio
 from typing import ClassVar
 
 import pytest
+
 from kerna import (
     ActivationFailed,
     Agent,

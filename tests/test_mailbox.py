@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from kerna import Agent, DeadLetter, Kernel, MailboxFull, Message, handler
 
 from .agents import Ping, Pong

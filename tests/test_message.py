@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+
 from kerna import Agent, Kernel, Message, handler
 
 pytestmark = pytest.mark.anyio

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from kerna import Agent, Kernel, Message, handler
 
 

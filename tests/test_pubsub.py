@@ -6,6 +6,7 @@ import asyncio
 from typing import ClassVar
 
 import pytest
+
 from kerna import Agent, DeadLetter, Kernel, Message, handler
 
 from .agents import Boom, Echo, Ping, Pong

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from kerna import Agent, Kernel, Message, RegistrationError, handler
 
 from .agents import Echo, Ping, Pong

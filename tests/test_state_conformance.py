@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
 from kerna import Compacted, Conflict, LeaseLost
 from kerna.state import Compare, Delete, Get, Put, StateBackend, WatchEvent, connect
 

@@ -1,0 +1,236 @@
+"""Event-sourced agents: append with optimistic sequence numbers, snapshots, replay,
+audit trail and time travel."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kerna import ActivationFailed, Agent, Kernel, Message, RegistrationError, handler
+from kerna.state import connect
+from kerna.state._eventlog import EventLog, EventSourcing
+from kerna.state._layout import Layout
+
+pytestmark = pytest.mark.anyio
+_names = itertools.count()
+
+
+class Balance(msgspec.Struct, frozen=True):
+    amount: int = 0
+    ops: int = 0
+
+
+class Deposited(Message, tag="acct.deposited"):
+    amount: int
+
+
+class Withdrawn(Message, tag="acct.withdrawn"):
+    amount: int
+
+
+class Deposit(Message):
+    amount: int
+
+
+class Withdraw(Message):
+    amount: int
+
+
+class Get(Message):
+    pass
+
+
+class Account(Agent, state=Balance, event_sourced=True, snapshot_every=5):
+    @staticmethod
+    def apply(state: Balance, event: Deposited | Withdrawn) -> Balance:
+        if isinstance(event, Deposited):
+            return Balance(state.amount + event.amount, state.ops + 1)
+        return Balance(state.amount - event.amount, state.ops + 1)
+
+    @handler
+    async def deposit(self, msg: Deposit) -> int:
+        await self.emit(Deposited(amount=msg.amount))
+        return int(self.state.amount)
+
+    @handler
+    async def withdraw(self, msg: Withdraw) -> int:
+        if msg.amount > self.state.amount:
+            raise ValueError("insufficient funds")
+        await self.emit(Withdrawn(amount=msg.amount))
+        return int(self.state.amount)
+
+    @handler
+    async def get(self, msg: Get) -> Balance:
+        return self.state  # type: ignore[no-any-return]
+
+
+def sourcing() -> EventSourcing[Balance]:
+    return EventSourcing(Balance, Account.apply, snapshot_every=5)
+
+
+def url() -> str:
+    return f"memory://es-{next(_names)}"
+
+
+async def test_emit_folds_events_and_survives_restart() -> None:
+    u = url()
+    async with Kernel(state=u) as kernel:
+        kernel.register(Account)
+        ref = kernel.ref(Account, "a1")
+        for amount in (10, 20, 30):
+            await ref.ask(Deposit(amount=amount))
+        assert await ref.ask(Withdraw(amount=15)) == 45
+    async with Kernel(state=u) as kernel:
+        kernel.register(Account)
+        assert await kernel.ref(Account, "a1").ask(Get()) == Balance(45, 4)
+
+
+async def test_snapshots_bound_replay_and_equal_full_replay() -> None:
+    u = url()
+    async with Kernel(state=u) as kernel:
+        kernel.register(Account)
+        ref = kernel.ref(Account, "a")
+        for i in range(12):
+            await ref.ask(Deposit(amount=i))
+        backend = kernel.state_backend
+        snapshot = await backend.get(Layout().state("Account", "a"))
+        assert snapshot is not None  # written at seq 5 and 10
+        log = EventLog(backend, sourcing(), "Account", "a")
+        loaded = await log.load()
+        full = await log.state_at()
+        assert loaded == full == (Balance(sum(range(12)), 12), 12)
+
+
+async def test_audit_trail_lists_events_with_ids_and_time_travel() -> None:
+    async with Kernel(state=url()) as kernel:
+        kernel.register(Account)
+        ref = kernel.ref(Account, "a")
+        await ref.ask(Deposit(amount=100))
+        await ref.ask(Withdraw(amount=30))
+        await ref.ask(Deposit(amount=5))
+        log = EventLog(kernel.state_backend, sourcing(), "Account", "a")
+        records = [r async for r in log.events()]
+        assert [r.seq for r in records] == [1, 2, 3]
+        assert records[1].event == Withdrawn(amount=30)
+        assert all(r.correlation_id > 0 and r.causation_id > 0 for r in records)
+        assert records[0].correlation_id != records[1].correlation_id  # separate asks
+        assert records[0].time <= records[2].time
+        assert await log.state_at(1) == (Balance(100, 1), 1)
+        assert await log.state_at(2) == (Balance(70, 2), 2)
+        assert [r.seq async for r in log.events(after=1, upto=2)] == [2]
+
+
+async def test_two_writers_cannot_take_one_sequence_number() -> None:
+    backend = await connect("memory://")
+    log = EventLog(backend, sourcing(), "Account", "x")
+    assert await log.append([Deposited(amount=1)], expected_seq=0, state_after=Balance(1, 1)) == 1
+    from kerna import Conflict
+
+    with pytest.raises(Conflict, match="sequence 1 is already taken"):
+        await log.append([Deposited(amount=2)], expected_seq=0, state_after=Balance(2, 1))
+    assert await log.state_at() == (Balance(1, 1), 1)
+    await backend.aclose()
+
+
+class DepositedV2(Message, tag="acct.deposited"):
+    amount: int
+    memo: str = ""  # added later, with a default: old events still decode
+
+
+class AccountV2(Agent, state=Balance, event_sourced=True):
+    @staticmethod
+    def apply(state: Balance, event: DepositedV2 | Withdrawn) -> Balance:
+        sign = 1 if isinstance(event, DepositedV2) else -1
+        return Balance(state.amount + sign * event.amount, state.ops + 1)
+
+    @handler
+    async def get(self, msg: Get) -> Balance:
+        return self.state  # type: ignore[no-any-return]
+
+
+async def test_a_compatibly_evolved_event_type_still_replays() -> None:
+    u = url()
+    async with Kernel(state=u) as kernel:
+        kernel.register(Account, name="Acct")
+        await kernel.ref("Acct", "a").ask(Deposit(amount=7))
+    async with Kernel(state=u) as kernel:
+        kernel.register(AccountV2, name="Acct")
+        assert await kernel.ref("Acct", "a").ask(Get()) == Balance(7, 1)
+
+
+class Renamed(Message, tag="acct.renamed"):
+    amount: int
+
+
+class AccountV3(Agent, state=Balance, event_sourced=True):
+    @staticmethod
+    def apply(state: Balance, event: Renamed) -> Balance:
+        return Balance(state.amount + event.amount, state.ops + 1)
+
+    @handler
+    async def get(self, msg: Get) -> Balance:
+        return self.state  # type: ignore[no-any-return]
+
+
+async def test_an_undecodable_event_stops_activation_naming_agent_seq_and_type() -> None:
+    u = url()
+    async with Kernel(state=u) as kernel:
+        kernel.register(Account, name="Acct")
+        await kernel.ref("Acct", "a").ask(Deposit(amount=7))
+        await kernel.ref("Acct", "a").ask(Withdraw(amount=2))
+    async with Kernel(state=u) as kernel:
+        kernel.register(AccountV3, name="Acct")
+        with pytest.raises(ActivationFailed) as info:
+            await kernel.ref("Acct", "a").ask(Get())
+        assert info.value.type_name == "kerna.DecodeError"
+        assert "Acct/a seq 1" in info.value.message
+        assert "'acct.deposited'" in info.value.message
+        log = EventLog(kernel.state_backend, sourcing(), "Acct", "a")
+        assert [r.seq async for r in log.events()] == [1, 2]  # nothing was lost
+
+
+async def test_event_sourcing_definition_errors() -> None:
+    class NoApply(Agent, state=Balance, event_sourced=True):
+        pass
+
+    class NotStatic(Agent, state=Balance, event_sourced=True):
+        def apply(self, state: Balance, event: Deposited) -> Balance:
+            return state
+
+    class NoState(Agent, event_sourced=True):
+        pass
+
+    async with Kernel() as kernel:
+        for cls, text in [
+            (NoApply, "needs '@staticmethod def apply"),
+            (NotStatic, "needs '@staticmethod def apply"),
+            (NoState, "needs state="),
+        ]:
+            with pytest.raises(RegistrationError, match=text):
+                kernel.register(cls)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    amounts=st.lists(st.integers(-50, 100), min_size=0, max_size=40),
+    every=st.integers(1, 10),
+)
+def test_snapshot_plus_replay_equals_full_replay(amounts: list[int], every: int) -> None:
+    async def run() -> None:
+        backend = await connect("memory://")
+        spec = EventSourcing(Balance, Account.apply, snapshot_every=every)
+        log = EventLog(backend, spec, "Account", "p", page_size=7)
+        state, seq = Balance(), 0
+        for amount in amounts:
+            event = Deposited(amount=amount) if amount >= 0 else Withdrawn(amount=-amount)
+            state = Account.apply(state, event)
+            seq = await log.append([event], expected_seq=seq, state_after=state)
+        assert await log.load() == await log.state_at() == (state, seq)
+        await backend.aclose()
+
+    asyncio.run(run())
