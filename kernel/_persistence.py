@@ -26,6 +26,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+
 from kerna.state import StateBackend, connect
 from kerna.state._eventlog import EventLog, EventSourcing
 from kerna.state._layout import Layout

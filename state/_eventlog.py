@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import msgspec
+
 from kerna._errors import Conflict, DecodeError, Fenced
 
 from ._backend import StateBackend
