@@ -5,7 +5,7 @@ BENCH_VENV := .venv-bench
 STAMP := $(VENV)/.installed
 SOURCES := $(shell find kernel state transports plugins -name '*.py' 2>/dev/null | sort)
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test lint typecheck pytest bench clean servers
 
 # Re-install (strict editable mode: a tree of links mypy and pytest both see) whenever
 # pyproject.toml changes or a module is added or removed.
@@ -30,7 +30,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy -p kerna
 
-pytest: $(STAMP)
+# The servers the integration tests start themselves: installed here when missing (as
+# root); otherwise those tests skip with the reason (or fail under KERNA_REQUIRE_SERVERS=1).
+servers:
+	@command -v etcd >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -qq etcd-server etcd-client >/dev/null 2>&1 || \
+	     (apt-get update -qq && apt-get install -y -qq etcd-server etcd-client)) ; \
+	  else echo "etcd is not installed and this is not root: etcd tests will skip"; fi; }
+
+pytest: $(STAMP) servers
 	$(VENV)/bin/python -m pytest -q
 
 test: lint typecheck pytest

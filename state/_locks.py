@@ -1,0 +1,224 @@
+"""Leases kept alive, locks and leader election, written once on the StateBackend
+primitives so that every backend gets them.
+
+- ``KeptLease``: a lease plus the task that refreshes it every third of its TTL.
+  ``lost`` is set if a refresh finds the lease gone.
+- ``Lock``: a mutex. Acquiring creates ``{prefix}lock/{name}`` if absent under a kept
+  lease; a waiter watches the key and retries when it is deleted (released, or expired
+  with its holder's lease). ``token`` is the key's create revision: a fencing token to
+  compare in the transactions the lock protects.
+- ``Election``: a lock whose value names the leader; ``leader()`` reads it and
+  ``observe()`` follows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from kerna._errors import LeaseLost, Unavailable
+
+from ._backend import StateBackend
+from ._layout import escape
+from ._types import Compare, Delete, Put
+
+__all__ = ["Election", "KeptLease", "Lock"]
+
+log = logging.getLogger("kerna.state.locks")
+
+
+class KeptLease:
+    """A lease refreshed in the background until ``revoke()``.
+
+    Use ``async with KeptLease(backend, ttl) as lease:``; ``lease.id`` is the lease id.
+    """
+
+    def __init__(self, backend: StateBackend, ttl: float) -> None:
+        if not ttl > 0:
+            raise ValueError(f"lease ttl must be > 0 seconds, got {ttl!r}")
+        self.backend = backend
+        self.ttl = ttl
+        self.id = 0
+        self.lost = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> KeptLease:
+        await self.grant()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.revoke()
+
+    async def grant(self) -> int:
+        self.id = await self.backend.lease_grant(self.ttl)
+        self._task = asyncio.get_running_loop().create_task(self._refresh())
+        return self.id
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            try:
+                await self.backend.lease_keepalive(self.id)
+            except LeaseLost:
+                log.warning("lease %d lost", self.id)
+                self.lost.set()
+                return
+            except Unavailable as exc:
+                log.warning("lease %d keepalive failed (%s); retrying", self.id, exc)
+
+    async def revoke(self) -> None:
+        """Stop refreshing and revoke the lease (deleting the keys attached to it)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        if self.id:
+            lease, self.id = self.id, 0
+            try:
+                await self.backend.lease_revoke(lease)
+            except Unavailable as exc:
+                log.warning("could not revoke lease %d (it will expire): %s", lease, exc)
+
+
+class Lock:
+    """A distributed mutex: ``async with Lock(backend, "jobs", ttl=10) as lock: ...``.
+
+    Args:
+        backend: the state backend.
+        name: the lock's name (any string).
+        ttl: seconds the lock outlives its holder if the holder stops refreshing.
+        value: what to store in the lock key (who holds it).
+        prefix: the key prefix (default ``"kerna/"``).
+    """
+
+    def __init__(
+        self,
+        backend: StateBackend,
+        name: str,
+        *,
+        ttl: float = 10.0,
+        value: bytes = b"",
+        prefix: str = "kerna/",
+    ) -> None:
+        self.backend = backend
+        self.key = f"{prefix}lock/{escape(name)}"
+        self.value = value
+        self._lease = KeptLease(backend, ttl)
+        self.token = 0
+
+    async def __aenter__(self) -> Lock:
+        await self.acquire()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.release()
+
+    @property
+    def lost(self) -> asyncio.Event:
+        """Set if the lock's lease was lost while held: stop relying on the lock."""
+        return self._lease.lost
+
+    async def try_acquire(self) -> bool:
+        """Take the lock if it is free; True if taken."""
+        if self.token:
+            return True
+        if not self._lease.id:
+            await self._lease.grant()
+        result = await self.backend.txn(
+            [Compare.absent(self.key)], [Put(self.key, self.value, self._lease.id)]
+        )
+        if result.succeeded:
+            self.token = result.revision
+        return bool(self.token)
+
+    async def acquire(self, timeout: float | None = None) -> None:
+        """Wait for the lock (at most ``timeout`` seconds).
+
+        Raises:
+            TimeoutError: not acquired in time.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                while not await self.try_acquire():
+                    await self._wait_for_release()
+        except BaseException:
+            if not self.token:
+                await self._lease.revoke()
+            raise
+
+    async def _wait_for_release(self) -> None:
+        current = await self.backend.get(self.key)
+        if current is None:
+            return
+        async for event in self.backend.watch(self.key, current.mod_revision + 1):
+            if event.kind == "delete" and event.kv.key == self.key:
+                return
+
+    async def release(self) -> None:
+        """Release the lock (if still ours) and end its lease; idempotent."""
+        token, self.token = self.token, 0
+        try:
+            if token:
+                await self.backend.txn([Compare.created_at(self.key, token)], [Delete(self.key)])
+        finally:
+            await self._lease.revoke()
+
+
+class Election:
+    """Leader election among candidates that share ``name``.
+
+    ``await campaign()`` returns once this candidate leads; ``resign()`` steps down.
+    ``leader()`` reads the current leader's value; ``observe()`` yields it on change.
+    """
+
+    def __init__(
+        self,
+        backend: StateBackend,
+        name: str,
+        candidate: str,
+        *,
+        ttl: float = 10.0,
+        prefix: str = "kerna/",
+    ) -> None:
+        self.backend = backend
+        self._lock = Lock(
+            backend, f"election/{name}", ttl=ttl, value=candidate.encode(), prefix=prefix
+        )
+        self.candidate = candidate
+
+    @property
+    def is_leader(self) -> bool:
+        return bool(self._lock.token) and not self._lock.lost.is_set()
+
+    @property
+    def token(self) -> int:
+        """Fencing token of this leadership term (0 when not leading)."""
+        return self._lock.token
+
+    async def campaign(self, timeout: float | None = None) -> None:
+        await self._lock.acquire(timeout)
+
+    async def resign(self) -> None:
+        await self._lock.release()
+
+    async def leader(self) -> str | None:
+        kv = await self.backend.get(self._lock.key)
+        return None if kv is None else kv.value.decode()
+
+    async def observe(self) -> AsyncIterator[str | None]:
+        """The current leader, then every change of leader (None: no leader)."""
+        kv = await self.backend.get(self._lock.key)
+        revision = (await self.backend.range(self._lock.key, limit=1)).revision
+        last = None if kv is None else kv.value.decode()
+        yield last
+        async for event in self.backend.watch(self._lock.key, revision + 1):
+            if event.kv.key != self._lock.key:
+                continue
+            now = event.kv.value.decode() if event.kind == "put" else None
+            if now != last:
+                last = now
+                yield now
