@@ -19,8 +19,7 @@ from kerna import (
     RemoteError,
     handler,
 )
-from kerna.state import StateBackend, connect
-from kerna.state._layout import Layout
+from kerna.state import Layout, StateBackend, connect
 
 pytestmark = pytest.mark.anyio
 _names = itertools.count()

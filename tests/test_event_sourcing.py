@@ -12,9 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kerna import ActivationFailed, Agent, Kernel, Message, RegistrationError, handler
-from kerna.state import connect
-from kerna.state._eventlog import EventLog, EventSourcing
-from kerna.state._layout import Layout
+from kerna.state import EventLog, EventSourcing, Layout, connect
 
 pytestmark = pytest.mark.anyio
 _names = itertools.count()

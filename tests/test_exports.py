@@ -26,3 +26,12 @@ def test_errors_form_one_hierarchy() -> None:
                 assert issubclass(obj, kerna.KernaError), name
     assert issubclass(kerna.AskTimeout, TimeoutError)
     assert issubclass(kerna.Conflict, kerna.StateError)
+
+
+def test_state_all_lists_exactly_the_public_names() -> None:
+    import kerna.state
+
+    public = {n for n in vars(kerna.state) if not n.startswith("_")}
+    modules = {n for n in public if type(getattr(kerna.state, n)).__name__ == "module"}
+    assert sorted(public - modules) == sorted(kerna.state.__all__)
+    assert list(kerna.state.__all__) == sorted(kerna.state.__all__)

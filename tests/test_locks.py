@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kerna.state import StateBackend, connect
-from kerna.state._locks import Election, KeptLease, Lock
+from kerna.state import Election, KeptLease, Lock, StateBackend, connect
 
 pytestmark = pytest.mark.anyio
 

@@ -10,8 +10,7 @@ import msgspec
 import pytest
 
 from kerna import Agent, Kernel, Message, handler
-from kerna.state import connect
-from kerna.state._replica import Replica
+from kerna.state import Replica, connect
 
 pytestmark = pytest.mark.anyio
 _names = itertools.count()
