@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import traceback
 from collections import deque
 from contextvars import ContextVar
@@ -69,8 +70,8 @@ def remote_error(exc: BaseException, cls: type[E]) -> E:
     module = t.__module__
     if module == "builtins":
         name = t.__qualname__
-    elif module.startswith("kerna._"):  # kerna's own errors by their public name
-        name = f"kerna.{t.__qualname__}"
+    elif module.startswith("kerna._") and getattr(sys.modules["kerna"], t.__name__, None) is t:
+        name = f"kerna.{t.__qualname__}"  # kerna's own errors by their public name
     else:
         name = f"{module}.{t.__qualname__}"
     return cls(name, str(exc), "".join(traceback.format_exception(exc)))
@@ -212,7 +213,9 @@ class Activation:
             try:
                 if atype.state_spec is not None:
                     await self.kernel._store().activate(self, atype.state_spec)
-                agent = atype.cls()
+                agent = atype.factory()
+                if not isinstance(agent, atype.cls):
+                    raise TypeError(f"factory of {atype.name} returned {agent!r}")
                 agent._activation = self
                 await agent.on_start()
             except Exception as exc:

@@ -194,7 +194,17 @@ class Kernel:
         ready: asyncio.Future[None] = loop.create_future()
         self._closing = loop.create_future()
         self._root = loop.create_task(self._supervise(ready), name="kerna-kernel")
-        await ready
+        try:
+            await ready
+        except asyncio.CancelledError:  # cancelled while starting: leave nothing behind
+            self._root.cancel()
+            try:
+                await self._root
+            except asyncio.CancelledError:
+                pass
+            self._state = "stopped"
+            await self._persistence.close()
+            raise
         self._state = "running"
         self._intake_closed = self._stopped = False
         self._schedule_sweep()
@@ -205,7 +215,8 @@ class Kernel:
             self._tg = tg
             assert self._persistence is not None
             self._lease_keeper = tg.create_task(self._persistence.keep_lease_alive())
-            ready.set_result(None)
+            if not ready.done():
+                ready.set_result(None)
             await self._closing
         self._tg = None
 
@@ -317,6 +328,7 @@ class Kernel:
         restart_backoff: float | None = None,
         cancel_at_deadline: bool = False,
         conflict_retries: int = 0,
+        factory: Callable[[], Agent] | None = None,
     ) -> str:
         """Register an agent class; returns its type name.
 
@@ -327,6 +339,9 @@ class Kernel:
                 the kernel's defaults for this type.
             cancel_at_deadline: cancel a running handler when its message's deadline
                 passes (default: let it finish; its late reply is dropped and counted).
+            factory: builds the agent instead of ``agent_class()``, e.g. to inject
+                dependencies (``factory=lambda: Indexer(client)``); must return an
+                instance of ``agent_class``.
             conflict_retries: re-run a handler up to this many times when its
                 ``self.save`` loses a compare-and-swap (``Conflict``); the state is
                 reloaded before each re-run. Default 0: the asker gets the Conflict.
@@ -360,6 +375,8 @@ class Kernel:
             raise ValueError(f"conflict_retries must be an int >= 0, got {conflict_retries!r}")
         if conflict_retries < 0:
             raise ValueError(f"conflict_retries must be an int >= 0, got {conflict_retries!r}")
+        if factory is not None and not callable(factory):
+            raise RegistrationError(f"factory must be a callable returning an agent: {factory!r}")
         state_spec = build_state_spec(agent_class, agent_class.__qualname__)
         self._types[name] = AgentType(
             agent_class,
@@ -373,6 +390,7 @@ class Kernel:
             has_on_stop=agent_class.on_stop is not Agent.on_stop,
             state_spec=state_spec,
             conflict_retries=conflict_retries,
+            factory=factory,
         )
         if self._state == "running":
             self._schedule_sweep()

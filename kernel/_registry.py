@@ -19,6 +19,7 @@ from ._errors import RegistrationError
 from ._message import Message
 
 if TYPE_CHECKING:
+    from ._agent import Agent
     from ._persistence import StateSpec
 
 __all__ = ["AgentType", "HandlerFn", "Overflow", "TypeStats", "build_handler_table"]
@@ -127,6 +128,7 @@ class AgentType:
         "capacity",
         "cls",
         "conflict_retries",
+        "factory",
         "handlers",
         "has_on_stop",
         "idle_timeout",
@@ -141,7 +143,7 @@ class AgentType:
 
     def __init__(
         self,
-        cls: type,
+        cls: type[Agent],
         name: str,
         *,
         capacity: int,
@@ -153,6 +155,7 @@ class AgentType:
         has_on_stop: bool,
         state_spec: StateSpec | None = None,
         conflict_retries: int = 0,
+        factory: Callable[[], Agent] | None = None,
     ) -> None:
         self.cls = cls
         self.name = name
@@ -166,6 +169,7 @@ class AgentType:
         self.has_on_stop = has_on_stop
         self.state_spec = state_spec
         self.conflict_retries = conflict_retries
+        self.factory: Callable[[], Agent] = factory or cls
         # Handlers of a "plain" type are awaited directly: no deadline scope, no retries.
         self.plain = not cancel_at_deadline and not conflict_retries
         self.stats = TypeStats()

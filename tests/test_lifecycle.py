@@ -272,3 +272,57 @@ async def test_bad_timer_delays(kernel: Kernel) -> None:
     kernel.register(Bad)
     text = await kernel.ref(Bad, "b").ask(Ping(n=0))
     assert text.count("timer delay must be > 0") == 2
+
+
+async def test_factory_injects_dependencies(kernel: Kernel) -> None:
+    class Configured(Agent):
+        def __init__(self, greeting: str) -> None:
+            self.greeting = greeting
+
+        @handler
+        async def ping(self, msg: Ping) -> str:
+            return f"{self.greeting} {self.id.key}"
+
+    kernel.register(Configured, factory=lambda: Configured("hello"))
+    assert await kernel.ref(Configured, "bob").ask(Ping(n=0)) == "hello bob"
+
+
+async def test_a_factory_returning_the_wrong_thing_fails_activation(kernel: Kernel) -> None:
+    kernel.register(Life, factory=lambda: object(), max_restarts=0)  # type: ignore[arg-type,return-value]
+    with pytest.raises(ActivationFailed, match="factory of Life returned"):
+        await kernel.ref(Life, "x").ask(Ping(n=0))
+    from kerna import RegistrationError
+
+    with pytest.raises(RegistrationError, match="factory must be a callable"):
+        kernel.register(Life, name="L2", factory="nope")  # type: ignore[arg-type]
+
+
+async def test_user_error_types_keep_their_module_in_remote_errors(kernel: Kernel) -> None:
+    class LocalError(Exception):
+        pass
+
+    class Raiser(Agent):
+        @handler
+        async def ping(self, msg: Ping) -> None:
+            raise LocalError("x")
+
+    kernel.register(Raiser)
+    from kerna import RemoteError
+
+    with pytest.raises(RemoteError) as info:
+        await kernel.ref(Raiser, "r").ask(Ping(n=0))
+    assert info.value.type_name.startswith(f"{__name__}.")  # not shortened to kerna.*
+    assert info.value.type_name.endswith(".LocalError")
+
+
+async def test_cancelled_start_leaves_nothing_behind() -> None:
+    before = asyncio.all_tasks()
+    kernel = Kernel()
+    starting = asyncio.ensure_future(kernel.start())
+    await asyncio.sleep(0)
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    from .conftest import assert_no_stray_tasks
+
+    assert_no_stray_tasks(before)
