@@ -1,0 +1,333 @@
+"""The ``kerna`` command line (console script ``kerna``, or ``python -m kerna``).
+
+Commands::
+
+    kerna demo [--docs N] [--seed S] [--loop auto|asyncio|uvloop] ...
+    kerna --version
+
+Only this module imports rich (the ``cli`` extra), and only when it draws: without
+rich, or with ``--plain``, progress is a plain text line and the summary plain text.
+Exit codes: 0 success, 1 the run failed, 2 bad arguments (argparse), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TextIO
+
+from . import __version__
+from ._errors import ConfigError
+
+if TYPE_CHECKING:
+    from ._demo import DemoReport
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("kerna.cli")
+
+ProgressFn = Callable[[int, int], None]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``kerna`` command line; returns the process exit code.
+
+    Raises:
+        SystemExit: for ``--help``, ``--version`` and bad arguments (code 2), as argparse
+            does.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command: Callable[[argparse.Namespace], int] | None = getattr(args, "run", None)
+    if command is None:
+        parser.print_help()
+        return 0
+    logging.basicConfig(
+        level=max(logging.DEBUG, logging.WARNING - 10 * getattr(args, "verbose", 0)),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return command(args)
+    except KeyboardInterrupt:
+        print("kerna: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``kerna`` and its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="kerna",
+        description="kerna: an embeddable asyncio kernel for multi-agent systems.",
+    )
+    parser.add_argument("--version", action="version", version=f"kerna {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_demo(commands)
+    return parser
+
+
+# -- kerna demo --------------------------------------------------------------------------
+
+
+def _add_demo(commands: Any) -> None:
+    demo: argparse.ArgumentParser = commands.add_parser(
+        "demo",
+        help="run the document pipeline demo, in process, and print its numbers",
+        description=(
+            "Upload synthetic documents to a document pipeline of agents: text, entity "
+            "and classification agents react to each upload in parallel (choreography) "
+            "while an orchestrator asks a summarizer and an indexer in sequence, each "
+            "with a timeout (orchestration). A few documents are corrupted or stall, on "
+            "purpose, so the summary shows failures. Deterministic for a given --seed; "
+            "no network, no server."
+        ),
+    )
+    demo.add_argument(
+        "--docs", type=_positive_int, default=20_000, metavar="N",
+        help="documents to upload (default: %(default)s)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--seed", type=int, default=0, metavar="S",
+        help="seed of the corpus and of the injected faults (default: %(default)s)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+        help="event loop; auto takes uvloop when installed (default: %(default)s)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--concurrency", type=_positive_int, default=64, metavar="N",
+        help="documents in flight on the orchestrated path (default: %(default)s)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--step-timeout", type=_positive_seconds, default=0.5, metavar="SECONDS",
+        help="timeout of each orchestrated step (default: %(default)s)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--corrupt-rate", type=_rate, default=0.005, metavar="RATE",
+        help="fraction of corrupted documents, 0..1 (default: %(default)s)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--stall-rate", type=_rate, default=0.001, metavar="RATE",
+        help="fraction of documents whose indexing stalls, 0..1 (default: %(default)s)",
+    )  # fmt: skip
+    demo.add_argument("--json", action="store_true", help="print the report as JSON")
+    demo.add_argument(
+        "--plain", action="store_true", help="plain text output even when rich is installed"
+    )
+    demo.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
+    demo.set_defaults(run=lambda args: _demo(args, demo))
+
+
+def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from ._demo import loop_factory, run_demo  # here, so `kerna --version` stays instant
+
+    if args.corrupt_rate + args.stall_rate > 1:
+        parser.error("argument --stall-rate: --corrupt-rate + --stall-rate must not exceed 1")
+    try:
+        loop_factory(args.loop)
+    except ConfigError as exc:
+        parser.error(f"argument --loop: {exc}")
+    rich_lib = None if args.plain else _import_rich()
+    try:
+        with _progress(rich_lib, args.docs) as progress:
+            report = run_demo(
+                args.docs,
+                args.seed,
+                loop=args.loop,
+                concurrency=args.concurrency,
+                step_timeout=args.step_timeout,
+                corrupt_rate=args.corrupt_rate,
+                stall_rate=args.stall_rate,
+                progress=progress,
+            )
+    except Exception as exc:
+        if args.verbose:
+            raise
+        print(
+            f"kerna demo: failed: {_first_error(exc)!r} (-v shows the traceback)", file=sys.stderr
+        )
+        return 1
+    if args.json:
+        import msgspec
+
+        sys.stdout.write(msgspec.json.format(msgspec.json.encode(report)).decode() + "\n")
+    elif rich_lib is not None:
+        _print_rich(report)
+    else:
+        sys.stdout.write(format_plain(report))
+    if report.lost:
+        print(f"kerna demo: {report.lost} documents were never accounted for", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}")
+    return value
+
+
+def _first_error(exc: BaseException) -> BaseException:
+    """The first leaf of an exception group (task groups wrap what they collect)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+# -- output --------------------------------------------------------------------------------
+
+
+def _import_rich() -> Any:
+    try:
+        import rich
+    except ImportError:
+        return None
+    return rich
+
+
+@contextmanager
+def _progress(rich_lib: Any, total: int) -> Iterator[ProgressFn]:
+    """A ``progress(done, total)`` callback drawing a bar on stderr while the run lasts."""
+    if rich_lib is None:
+        plain = _PlainProgress(sys.stderr)
+        try:
+            yield plain
+        finally:
+            plain.close()
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    columns = ("documents", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task("documents", total=total)
+        yield lambda done, _total: bar.update(task, completed=done)
+
+
+class _PlainProgress:
+    """Progress without rich: one rewritten line on a terminal, else a line per 10%."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.shown = -1
+        self.open_line = False
+
+    def __call__(self, done: int, total: int) -> None:
+        percent = 100 * done // total if total else 100
+        if self.tty:
+            self.stream.write(f"\rdocuments {done:,}/{total:,} ({percent}%)")
+            self.open_line = True
+        elif percent // 10 > self.shown // 10:
+            self.stream.write(f"documents {done:,}/{total:,} ({percent}%)\n")
+        else:
+            return
+        self.shown = percent
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.open_line:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def summary_rows(report: DemoReport) -> list[tuple[str, str]]:
+    """The summary as (label, text) rows, shared by the plain and the rich output."""
+    r = report
+    return [
+        ("loop", r.loop),
+        ("documents", f"{r.docs:,} uploaded: {r.completed:,} completed, {r.failed:,} failed"
+         + (f", {r.lost:,} LOST" if r.lost else "")),
+        ("choreography", f"{r.aggregated:,} aggregated, {r.choreography_failed:,} failed a "
+         "stage (dead letters)"),
+        ("orchestration", f"{r.orchestrated:,} answered ok, {r.orchestration_errors:,} "
+         f"RemoteError, {r.orchestration_timeouts:,} AskTimeout"),
+        ("failures", f"{r.failed:,} documents; injected: {r.injected_corrupt:,} corrupted, "
+         f"{r.injected_stalls:,} stalled"),
+        ("messages", f"{r.messages:,} handled in {r.wall_s:.2f} s = {r.msgs_per_s:,.0f} msgs/s"),
+        ("kernel", f"{r.dead_letters:,} dead letters, {r.handler_failures:,} handler "
+         f"failures, {r.late_replies:,} late replies"),
+    ]  # fmt: skip
+
+
+def _title(report: DemoReport) -> str:
+    plural = "" if report.docs == 1 else "s"
+    return f"kerna demo: {report.docs:,} document{plural}, seed {report.seed}"
+
+
+_LATENCY_HEADER = ("latency since upload (ms)", "count", "p50", "p95", "p99", "max")
+
+
+def _latency_rows(report: DemoReport) -> list[tuple[str, ...]]:
+    return [
+        (s.stage.replace("_", "-"), f"{s.count:,}", f"{s.p50_ms:.2f}", f"{s.p95_ms:.2f}",
+         f"{s.p99_ms:.2f}", f"{s.max_ms:.2f}")
+        for s in report.latencies
+    ]  # fmt: skip
+
+
+def format_plain(report: DemoReport) -> str:
+    """The summary as plain text (no rich needed)."""
+    lines = [_title(report)]
+    lines += [f"  {label:<14}{text}" for label, text in summary_rows(report)]
+    lines.append("")
+    table = [_LATENCY_HEADER, *_latency_rows(report)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(_LATENCY_HEADER))]
+    for row in table:
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        lines.append("  " + "  ".join(cells))
+    if report.errors:
+        lines.append("")
+        lines += [f"  e.g. {text}" for text in report.errors[:3]]
+    return "\n".join(lines) + "\n"
+
+
+def _print_rich(report: DemoReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(_title(report), style="bold", highlight=False)
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    for label, text in summary_rows(report):
+        grid.add_row(label, text)
+    console.print(grid)
+    table = Table(*_LATENCY_HEADER[:1], show_edge=False)
+    for name in _LATENCY_HEADER[1:]:
+        table.add_column(name, justify="right")
+    for row in _latency_rows(report):
+        table.add_row(*row)
+    console.print(table)
+    for text in report.errors[:3]:
+        console.print(f"  e.g. {text}", style="dim", markup=False, highlight=False, soft_wrap=True)

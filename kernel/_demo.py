@@ -1,0 +1,451 @@
+"""``kerna demo``: drive the document pipeline of ``_demo_agents`` and measure it.
+
+``run_demo(docs)`` generates a synthetic corpus from a seed, starts a ``Kernel``, and
+lets a fixed set of driver workers feed it: each worker publishes a document's
+``DocumentUploaded`` event (``await publish`` waits while the stages' mailboxes are full:
+that is the backpressure) and then asks the Orchestrator to process the same document,
+while the choreographed stages work on it concurrently. The Collector sets an event when
+every document is accounted for; the driver waits on that event (no polling), reads the
+kernel's counters and returns a ``DemoReport``.
+
+Everything is deterministic except timing: which documents fail, and how, follows from
+the seed (``fault_plan``), so a test can predict the failure counts exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import msgspec
+
+from ._demo_agents import (
+    CATEGORIES,
+    LATENCY_STAGES,
+    UPLOADED,
+    DocumentUploaded,
+    Orchestrated,
+    ProcessDocument,
+    Tally,
+    install,
+)
+from ._errors import ConfigError, KernaError
+from ._kernel import Kernel
+from ._ref import AgentRef
+
+__all__ = [
+    "LOOPS",
+    "DemoReport",
+    "StageLatency",
+    "demo",
+    "fault_plan",
+    "loop_factory",
+    "make_corpus",
+    "run_demo",
+]
+
+log = logging.getLogger("kerna.demo")
+
+LOOPS = ("auto", "asyncio", "uvloop")
+ProgressFn = Callable[[int, int], None]
+"""Called as ``progress(accounted, docs)`` a few times a second and once at the end."""
+
+
+class StageLatency(msgspec.Struct, frozen=True):
+    """Latency percentiles of one stage, in milliseconds since the document's upload."""
+
+    stage: str
+    count: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+class DemoReport(msgspec.Struct, frozen=True):
+    """The numbers of one demo run (``kerna demo`` formats them).
+
+    Attributes:
+        docs: documents uploaded.
+        completed: documents whose two paths both succeeded.
+        failed: documents where either path failed (``completed + failed + lost == docs``).
+        lost: documents never accounted for before ``settle_timeout`` (0 unless broken).
+        aggregated / choreography_failed: how the choreographed path settled.
+        orchestrated / orchestration_errors / orchestration_timeouts: how the
+            orchestrated path answered (ok, ``RemoteError``, ``AskTimeout``).
+        injected_corrupt / injected_stalls: faults the corpus carries (``fault_plan``).
+        messages: messages handled (sum of ``TypeStats.handled``), ``msgs_per_s`` per
+            second of ``wall_s`` (first upload to last document accounted for).
+        dead_letters, handler_failures, late_replies: kernel counters.
+        latencies: per-stage percentiles; ``errors``: a few example failures.
+    """
+
+    docs: int
+    seed: int
+    loop: str
+    wall_s: float
+    messages: int
+    msgs_per_s: float
+    completed: int
+    failed: int
+    lost: int
+    aggregated: int
+    choreography_failed: int
+    orchestrated: int
+    orchestration_errors: int
+    orchestration_timeouts: int
+    injected_corrupt: int
+    injected_stalls: int
+    dead_letters: int
+    handler_failures: int
+    late_replies: int
+    latencies: tuple[StageLatency, ...]
+    errors: tuple[str, ...]
+
+
+# -- the corpus ------------------------------------------------------------------------
+
+_VOCAB = [
+    "the",
+    "and",
+    "for",
+    "with",
+    "this",
+    "that",
+    "from",
+    "will",
+    "are",
+    "data",
+    "system",
+    "customer",
+    "order",
+    "project",
+    "service",
+    "account",
+    "review",
+    "policy",
+    "product",
+    "market",
+    "office",
+    "support",
+    "quality",
+    "process",
+    "change",
+    "request",
+    "record",
+    "detail",
+    "period",
+    "budget",
+    "total",
+    "status",
+    "client",
+    "value",
+]
+_FIRST = ("Ada", "Alan", "Grace", "Edsger", "Barbara", "Donald", "Frances", "Ken")
+_LAST = ("Lovelace", "Turing", "Hopper", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson")
+_LABELS = sorted(CATEGORIES)
+# Per category: its keywords (each four times as likely as a common word), then the rest.
+_POOLS = {label: (*sorted(CATEGORIES[label]), *_VOCAB) for label in _LABELS}
+_CUM_WEIGHTS = {
+    label: list(itertools.accumulate(4.0 if word in CATEGORIES[label] else 1.0 for word in pool))
+    for label, pool in _POOLS.items()
+}
+
+
+def fault_plan(
+    docs: int, seed: int = 0, corrupt_rate: float = 0.005, stall_rate: float = 0.001
+) -> list[str]:
+    """The fault of each document: ``""``, ``"corrupt"`` or ``"stall"``.
+
+    Its own random stream (seeded from ``seed``), so predicting faults does not need the
+    text. A corrupted document fails its Classifier (dead letter) and its Summarizer
+    (``RemoteError``); a stalled one times out in the Indexer (``AskTimeout``).
+    """
+    rng = random.Random(f"kerna-demo:{seed}:faults")
+    plan = []
+    for _ in range(docs):
+        roll = rng.random()
+        plan.append(
+            "corrupt"
+            if roll < corrupt_rate
+            else "stall"
+            if roll < corrupt_rate + stall_rate
+            else ""
+        )
+    return plan
+
+
+def make_corpus(
+    docs: int, seed: int = 0, corrupt_rate: float = 0.005, stall_rate: float = 0.001
+) -> list[tuple[int, str]]:
+    """``docs`` synthetic ``(doc_id, body)`` documents, the same for the same arguments."""
+    rng = random.Random(f"kerna-demo:{seed}:text")
+    corpus = []
+    for doc_id, fault in enumerate(fault_plan(docs, seed, corrupt_rate, stall_rate)):
+        label = rng.choice(_LABELS)
+        words = rng.choices(_POOLS[label], cum_weights=_CUM_WEIGHTS[label], k=rng.randint(30, 56))
+        half = len(words) // 2
+        person = f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
+        email = f"{person.split()[0].lower()}@example.com"
+        amount = f"${rng.randint(10, 99_999):,}.{rng.randint(0, 99):02d}"
+        date = f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+        body = (
+            f'<doc id="{doc_id}" tier="{"cold" if fault == "stall" else "hot"}">'
+            f"<p>{' '.join(words[:half])} {person}</p>"
+            f"<p>{' '.join(words[half:])} {amount} by {date}, contact {email}</p></doc>"
+        )
+        if fault == "corrupt":
+            cut = rng.randrange(len(body))
+            body = body[:cut] + "\x00\x00\x7f" + body[cut:]
+        corpus.append((doc_id, body))
+    return corpus
+
+
+# -- the driver ------------------------------------------------------------------------
+
+
+async def demo(
+    docs: int,
+    *,
+    seed: int = 0,
+    concurrency: int = 64,
+    step_timeout: float = 0.5,
+    corrupt_rate: float = 0.005,
+    stall_rate: float = 0.001,
+    settle_timeout: float = 60.0,
+    progress: ProgressFn | None = None,
+) -> DemoReport:
+    """Run the demo in the running event loop (``run_demo`` picks and runs the loop).
+
+    Args:
+        docs: number of documents.
+        seed: seed of the corpus and of the fault plan.
+        concurrency: driver workers, each with one document in flight on the
+            orchestrated path at a time.
+        step_timeout: seconds each orchestrated step may take.
+        corrupt_rate, stall_rate: fraction of documents with each injected fault.
+        settle_timeout: give up waiting for stragglers after this many seconds once
+            every document was sent (they are reported as ``lost``).
+        progress: optional ``progress(accounted, docs)`` callback.
+
+    Raises:
+        ValueError: an argument is out of range.
+    """
+    _check_args(docs, concurrency, step_timeout, corrupt_rate, stall_rate, settle_timeout)
+    corpus = make_corpus(docs, seed, corrupt_rate, stall_rate)
+    faults = Counter(fault_plan(docs, seed, corrupt_rate, stall_rate))
+    tally = Tally(docs)
+    # A Ctrl-C during the (synchronous) generation lands here, not inside Kernel.start():
+    # a start() cancelled while its root task is being created leaves that task behind.
+    await asyncio.sleep(0)
+    async with Kernel() as kernel:
+        collector = install(kernel, tally, step_timeout=step_timeout)
+        started = time.perf_counter()
+        async with asyncio.TaskGroup() as tg:
+            ticker = tg.create_task(_tick(tally, progress)) if progress else None
+            shared = iter(corpus)  # each worker takes the next document: one consumer each
+            async with asyncio.TaskGroup() as workers:
+                for n in range(min(concurrency, docs)):
+                    orchestrator = kernel.ref("Orchestrator", f"w{n}")
+                    workers.create_task(
+                        _worker(kernel, orchestrator, collector, shared, 2 * step_timeout + 5)
+                    )
+            try:
+                async with asyncio.timeout(settle_timeout):
+                    await tally.done.wait()
+            except TimeoutError:
+                log.error(
+                    "%d of %d documents not accounted for after %gs",
+                    docs - tally.accounted,
+                    docs,
+                    settle_timeout,
+                )
+            wall = time.perf_counter() - started
+            if ticker is not None:
+                ticker.cancel()
+        stats = kernel.stats()
+    if progress is not None:
+        progress(tally.accounted, docs)
+    types = stats.types.values()
+    messages = sum(t.handled for t in types)
+    return DemoReport(
+        docs=docs,
+        seed=seed,
+        loop=loop_name(asyncio.get_running_loop()),
+        wall_s=wall,
+        messages=messages,
+        msgs_per_s=messages / wall if wall > 0 else 0.0,
+        completed=tally.completed,
+        failed=tally.failed,
+        lost=docs - tally.accounted,
+        aggregated=tally.aggregated,
+        choreography_failed=tally.choreography_failed,
+        orchestrated=tally.outcomes["ok"],
+        orchestration_errors=tally.outcomes["error"],
+        orchestration_timeouts=tally.outcomes["timeout"],
+        injected_corrupt=faults["corrupt"],
+        injected_stalls=faults["stall"],
+        dead_letters=stats.dead_letters,
+        handler_failures=sum(t.failed for t in types),
+        late_replies=sum(t.late_replies for t in types),
+        latencies=tuple(_percentiles(stage, tally.latencies[stage]) for stage in LATENCY_STAGES),
+        errors=tuple(tally.errors.values()),
+    )
+
+
+async def _worker(
+    kernel: Kernel,
+    orchestrator: AgentRef,
+    collector: AgentRef,
+    corpus: Iterator[tuple[int, str]],
+    ask_timeout: float,
+) -> None:
+    """Upload documents one at a time: publish the event, then ask the Orchestrator."""
+    for doc_id, body in corpus:
+        uploaded_at = time.perf_counter()
+        await kernel.publish(
+            UPLOADED, DocumentUploaded(doc_id=doc_id, body=body, uploaded_at=uploaded_at)
+        )
+        try:
+            await orchestrator.ask(
+                ProcessDocument(doc_id=doc_id, body=body, uploaded_at=uploaded_at),
+                timeout=ask_timeout,
+            )
+        except KernaError as exc:
+            # The Orchestrator itself failed (it reports its steps' failures itself):
+            # still account for the document, so the run ends.
+            log.warning("orchestrator failed on document %d: %r", doc_id, exc)
+            await collector.tell(
+                Orchestrated(
+                    doc_id=doc_id,
+                    uploaded_at=uploaded_at,
+                    finished_at=time.perf_counter(),
+                    outcome="error",
+                    error=f"orchestrator: {exc!r}",
+                )
+            )
+
+
+async def _tick(tally: Tally, progress: ProgressFn, interval: float = 0.1) -> None:
+    """Refresh the progress display on a timer (display only: completion is an event)."""
+    while True:
+        progress(tally.accounted, tally.docs)
+        await asyncio.sleep(interval)
+
+
+def _percentiles(stage: str, samples: list[float]) -> StageLatency:
+    """Nearest-rank percentiles, so ``p50 <= p95 <= p99 <= max`` always holds."""
+    if not samples:
+        return StageLatency(stage, 0, 0.0, 0.0, 0.0, 0.0)
+    ordered = sorted(samples)
+    n = len(ordered)
+
+    def rank(q: float) -> float:
+        return ordered[min(n - 1, max(0, math.ceil(q * n) - 1))] * 1000.0
+
+    return StageLatency(stage, n, rank(0.50), rank(0.95), rank(0.99), ordered[-1] * 1000.0)
+
+
+def _check_args(
+    docs: int,
+    concurrency: int,
+    step_timeout: float,
+    corrupt_rate: float,
+    stall_rate: float,
+    settle_timeout: float,
+) -> None:
+    for name, value in (("docs", docs), ("concurrency", concurrency)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    for name, seconds in (("step_timeout", step_timeout), ("settle_timeout", settle_timeout)):
+        if not (seconds > 0 and math.isfinite(seconds)):
+            raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
+    for name, rate in (("corrupt_rate", corrupt_rate), ("stall_rate", stall_rate)):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"{name} must be between 0 and 1, got {rate!r}")
+    if corrupt_rate + stall_rate > 1.0:
+        raise ValueError(
+            f"corrupt_rate + stall_rate must be at most 1, got {corrupt_rate + stall_rate!r}"
+        )
+
+
+# -- event loops -----------------------------------------------------------------------
+
+
+def loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop factory for ``choice`` (None: asyncio's default loop).
+
+    ``"auto"`` takes uvloop when it is importable, else asyncio.
+
+    Raises:
+        ConfigError: unknown choice, or ``"uvloop"`` without uvloop installed.
+    """
+    if choice not in LOOPS:
+        raise ConfigError(f"loop must be one of {', '.join(LOOPS)}; got {choice!r}")
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("uvloop is not installed: pip install 'kerna[uvloop]'") from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """``"uvloop <version>"`` or ``"asyncio"``: what the summary says it ran on."""
+    if type(loop).__module__.startswith("uvloop"):
+        from importlib.metadata import version
+
+        return f"uvloop {version('uvloop')}"
+    return "asyncio"
+
+
+def run_demo(
+    docs: int,
+    seed: int = 0,
+    *,
+    loop: str = "auto",
+    concurrency: int = 64,
+    step_timeout: float = 0.5,
+    corrupt_rate: float = 0.005,
+    stall_rate: float = 0.001,
+    settle_timeout: float = 60.0,
+    progress: ProgressFn | None = None,
+) -> DemoReport:
+    """Run the document pipeline demo on a fresh event loop and return its numbers.
+
+    Example::
+
+        report = run_demo(500, seed=1)
+        assert report.completed + report.failed == 500
+
+    See ``demo`` for the arguments; ``loop`` is ``"auto"``, ``"asyncio"`` or ``"uvloop"``.
+
+    Raises:
+        ConfigError: ``loop`` is unknown or not installed.
+        ValueError: another argument is out of range.
+        RuntimeError: called from a running event loop (``await demo(...)`` there).
+    """
+    factory = loop_factory(loop)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(
+            demo(
+                docs,
+                seed=seed,
+                concurrency=concurrency,
+                step_timeout=step_timeout,
+                corrupt_rate=corrupt_rate,
+                stall_rate=stall_rate,
+                settle_timeout=settle_timeout,
+                progress=progress,
+            )
+        )

@@ -1,0 +1,558 @@
+"""The agents of ``kerna demo``: one document pipeline, run two ways at once.
+
+Choreography (nobody is in charge; agents react to an event)::
+
+    driver --publish--> "documents.uploaded" --> TextExtractor/s<k>   --tell--+
+                                             --> EntityExtractor/s<k> --tell--+
+                                             --> Classifier/s<k>      --tell--+
+                                                                              v
+    stage raised --> "kerna.dead_letters" --> DeadLetterWatcher --tell--> DocumentAggregate/<doc>
+                                                                              | all parts in
+                                                                              v
+                                                                          Collector
+
+Orchestration (one agent in charge, asking in sequence, each step with a timeout)::
+
+    driver --ask--> Orchestrator/w<n> --ask--> Summarizer/s<k>
+                                      --ask--> Indexer/s<k> (hot tier) or Archive/<doc> (cold)
+                                      --tell--> Collector
+
+Stages are sharded over a few keys (``s0``..``s3``, by document id), so several
+activations of one type take turns on the loop; aggregates are one virtual agent per
+document and deactivate themselves once settled, so 20,000 of them never pile up.
+
+The work is deterministic and local: regexes, word counts and hashes over synthetic text.
+Faults are part of the text the driver generates: a *corrupted* document (NUL bytes)
+makes the Classifier and the Summarizer raise; a document on the *cold* tier goes to the
+Archive, which never answers: the Orchestrator's ask times out (``AskTimeout``) and the
+kernel cancels the stuck handler at that same deadline (``cancel_at_deadline=True``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import time
+from collections import Counter
+from typing import ClassVar, TypeVar, cast
+
+from ._agent import Agent, handler
+from ._errors import AskTimeout, RemoteError
+from ._kernel import Kernel
+from ._message import DeadLetter, Message
+from ._ref import AgentRef
+
+__all__ = [
+    "LATENCY_STAGES",
+    "STAGES",
+    "UPLOADED",
+    "Archive",
+    "Classifier",
+    "Collector",
+    "CorruptDocument",
+    "DeadLetterWatcher",
+    "DocumentAggregate",
+    "DocumentUploaded",
+    "EntityExtractor",
+    "Indexer",
+    "Orchestrator",
+    "ProcessDocument",
+    "ProcessResult",
+    "Summarizer",
+    "Tally",
+    "TextExtractor",
+    "install",
+]
+
+log = logging.getLogger("kerna.demo")
+
+UPLOADED = "documents.uploaded"
+"""The topic the driver publishes ``DocumentUploaded`` events on."""
+STAGES = ("extract", "entities", "classify")
+"""The choreographed stages; a document's aggregate settles when each has reported."""
+LATENCY_STAGES = (*STAGES, "aggregate", "orchestrated", "end_to_end")
+"""What the Collector times, each from the document's upload."""
+SHARDS = ("s0", "s1", "s2", "s3")
+"""Keys the stage agents are sharded over (by document id)."""
+COLLECTOR = "Collector"
+
+A = TypeVar("A", bound=Agent)
+
+
+# -- messages --------------------------------------------------------------------------
+
+
+class DocumentUploaded(Message, tag="demo.doc.uploaded"):
+    """A document arrived; ``uploaded_at`` is ``time.perf_counter()`` at publish time."""
+
+    doc_id: int
+    body: str
+    uploaded_at: float
+
+
+class StagePart(Message, tag="demo.doc.part"):
+    """What one stage contributes to a document's aggregate (base class)."""
+
+    stage: ClassVar[str] = ""
+    doc_id: int
+    uploaded_at: float
+    done_at: float
+
+
+class TextExtracted(StagePart, tag="demo.doc.text"):
+    stage: ClassVar[str] = "extract"
+    words: int
+    digest: str
+
+
+class EntitiesFound(StagePart, tag="demo.doc.entities"):
+    stage: ClassVar[str] = "entities"
+    entities: tuple[str, ...]
+
+
+class Classified(StagePart, tag="demo.doc.classified"):
+    stage: ClassVar[str] = "classify"
+    label: str
+
+
+class PartFailed(StagePart, tag="demo.doc.part_failed"):
+    """A stage failed on the document (learnt from the dead-letter topic)."""
+
+    failed_stage: str
+    error: str
+
+
+class DocumentSettled(Message, tag="demo.doc.settled"):
+    """Every stage reported: ``latencies`` holds (stage, seconds since upload) pairs."""
+
+    doc_id: int
+    uploaded_at: float
+    settled_at: float
+    latencies: tuple[tuple[str, float], ...]
+    errors: tuple[str, ...]
+
+
+class ProcessDocument(Message, tag="demo.doc.process"):
+    doc_id: int
+    body: str
+    uploaded_at: float
+
+
+class ProcessResult(Message, tag="demo.doc.result"):
+    """The Orchestrator's answer: ``outcome`` is ``"ok"``, ``"error"`` or ``"timeout"``."""
+
+    doc_id: int
+    outcome: str
+    step: str | None = None
+    error: str | None = None
+    keywords: tuple[str, ...] = ()
+
+
+class Summarize(Message, tag="demo.doc.summarize"):
+    doc_id: int
+    body: str
+
+
+class Summary(Message, tag="demo.doc.summary"):
+    doc_id: int
+    keywords: tuple[str, ...]
+    tier: str
+
+
+class IndexDocument(Message, tag="demo.doc.index"):
+    doc_id: int
+    keywords: tuple[str, ...]
+    tier: str
+
+
+class Indexed(Message, tag="demo.doc.indexed"):
+    doc_id: int
+    index_key: str
+
+
+class Orchestrated(Message, tag="demo.doc.orchestrated"):
+    """How the orchestrated path ended for a document (sent to the Collector)."""
+
+    doc_id: int
+    uploaded_at: float
+    finished_at: float
+    outcome: str
+    error: str | None = None
+
+
+# -- deterministic "work" ----------------------------------------------------------------
+
+_MARKUP = re.compile(r"<[^>]*>")
+_ENTITY = re.compile(
+    r"[A-Z][a-z]+ [A-Z][a-z]+"  # a person: two capitalised words
+    r"|[$\d][\d,.-]{7,}\d"  # an amount ($1,234.56) or a date (2024-03-01)
+    r"|\b[a-z]+@[a-z.]+[a-z]"  # an email address
+)
+_TIER = re.compile(r'tier="(\w+)"')
+CATEGORIES: dict[str, frozenset[str]] = {
+    "invoice": frozenset({"invoice", "payment", "amount", "due", "billing"}),
+    "contract": frozenset({"agreement", "party", "clause", "term", "signed"}),
+    "report": frozenset({"quarter", "revenue", "growth", "analysis", "forecast"}),
+    "memo": frozenset({"meeting", "team", "schedule", "update", "reminder"}),
+}
+_STOPWORDS = frozenset({"the", "and", "for", "with", "this", "that", "from", "will", "are"})
+
+
+class CorruptDocument(ValueError):
+    """The document body holds bytes no text could contain (the injected fault)."""
+
+
+def _check_intact(doc_id: int, body: str) -> None:
+    if "\x00" in body:
+        raise CorruptDocument(f"document {doc_id} is corrupted (NUL bytes in the body)")
+
+
+def tokens(body: str) -> list[str]:
+    """The words of a document: markup stripped, split on whitespace."""
+    return _MARKUP.sub(" ", body).split()
+
+
+def classify(doc_id: int, body: str) -> str:
+    """The category whose keywords occur most often (ties: the first category)."""
+    _check_intact(doc_id, body)
+    counts = Counter(tokens(body))
+    scores = {label: sum(counts[k] for k in keys) for label, keys in CATEGORIES.items()}
+    return max(scores, key=scores.__getitem__)
+
+
+def keywords(doc_id: int, body: str, top: int = 5) -> tuple[str, ...]:
+    """The ``top`` most frequent content words (ties: first occurrence wins)."""
+    _check_intact(doc_id, body)
+    counts = Counter(tokens(body.lower()))
+    ranked = (w for w, _ in counts.most_common()[: 3 * top])
+    return tuple(w for w in ranked if len(w) > 3 and w not in _STOPWORDS)[:top]
+
+
+# -- agents ------------------------------------------------------------------------------
+
+
+class _Stage(Agent):
+    """Shared plumbing of the choreographed stages: send a part to the doc's aggregate."""
+
+    async def contribute(self, part: StagePart) -> None:
+        await self.ref(DocumentAggregate, str(part.doc_id)).tell(part)
+
+
+class TextExtractor(_Stage):
+    """Strips the markup, counts the words and fingerprints the text."""
+
+    @handler
+    async def on_upload(self, msg: DocumentUploaded) -> None:
+        words = tokens(msg.body)
+        text = " ".join(words).lower().encode("utf-8", "replace")
+        digest = hashlib.blake2b(text, digest_size=8).hexdigest()
+        await self.contribute(
+            TextExtracted(
+                doc_id=msg.doc_id,
+                uploaded_at=msg.uploaded_at,
+                done_at=time.perf_counter(),
+                words=len(words),
+                digest=digest,
+            )
+        )
+
+
+class EntityExtractor(_Stage):
+    """Finds people, emails, amounts and dates with one regular expression."""
+
+    @handler
+    async def on_upload(self, msg: DocumentUploaded) -> None:
+        found = tuple(dict.fromkeys(_ENTITY.findall(msg.body)))
+        await self.contribute(
+            EntitiesFound(
+                doc_id=msg.doc_id,
+                uploaded_at=msg.uploaded_at,
+                done_at=time.perf_counter(),
+                entities=found,
+            )
+        )
+
+
+class Classifier(_Stage):
+    """Labels the document by keyword counts; raises ``CorruptDocument`` on bad input.
+
+    Nobody asked, so nobody gets the error: the kernel counts it as failed and publishes
+    a ``DeadLetter`` on ``Kernel.DEAD_LETTERS``, which the DeadLetterWatcher turns into
+    a ``PartFailed`` for the document's aggregate.
+    """
+
+    @handler
+    async def on_upload(self, msg: DocumentUploaded) -> None:
+        label = classify(msg.doc_id, msg.body)
+        await self.contribute(
+            Classified(
+                doc_id=msg.doc_id,
+                uploaded_at=msg.uploaded_at,
+                done_at=time.perf_counter(),
+                label=label,
+            )
+        )
+
+
+class DocumentAggregate(Agent):
+    """One per document (key = doc id): joins the stages' parts, then goes away.
+
+    When every stage has reported (a result or a failure), it tells the Collector and
+    asks the kernel to deactivate it once its mailbox is empty.
+    """
+
+    def __init__(self) -> None:
+        self.latencies: dict[str, float] = {}
+        self.errors: dict[str, str] = {}
+
+    @handler
+    async def on_part(self, msg: StagePart) -> None:
+        if isinstance(msg, PartFailed):
+            self.errors[msg.failed_stage] = msg.error
+        else:
+            self.latencies[msg.stage] = msg.done_at - msg.uploaded_at
+        if len(self.latencies) + len(self.errors) < len(STAGES):
+            return
+        now = time.perf_counter()
+        await self.ref(COLLECTOR, "default").tell(
+            DocumentSettled(
+                doc_id=msg.doc_id,
+                uploaded_at=msg.uploaded_at,
+                settled_at=now,
+                latencies=tuple(self.latencies.items()),
+                errors=tuple(f"{stage}: {err}" for stage, err in self.errors.items()),
+            )
+        )
+        self.deactivate_on_idle()
+
+
+_STAGE_OF_TYPE = {
+    "TextExtractor": "extract",
+    "EntityExtractor": "entities",
+    "Classifier": "classify",
+}
+
+
+class DeadLetterWatcher(Agent):
+    """Subscribed to ``Kernel.DEAD_LETTERS``: a failed stage still settles its document."""
+
+    @handler
+    async def on_dead_letter(self, msg: DeadLetter) -> None:
+        original = msg.message
+        if not isinstance(original, DocumentUploaded):
+            log.warning("dead letter for %s (%s): %s", msg.target, msg.reason, msg.error)
+            return
+        agent_type = msg.target.partition("/")[0]
+        await self.ref(DocumentAggregate, str(original.doc_id)).tell(
+            PartFailed(
+                doc_id=original.doc_id,
+                uploaded_at=original.uploaded_at,
+                done_at=time.perf_counter(),
+                failed_stage=_STAGE_OF_TYPE.get(agent_type, agent_type),
+                error=msg.error or msg.reason,
+            )
+        )
+
+
+class Summarizer(Agent):
+    """Answers ``Summarize`` with the top keywords and the storage tier of a document."""
+
+    @handler
+    async def summarize(self, msg: Summarize) -> Summary:
+        match = _TIER.search(msg.body)
+        tier = match.group(1) if match else "hot"
+        return Summary(doc_id=msg.doc_id, keywords=keywords(msg.doc_id, msg.body), tier=tier)
+
+
+def index_key(keywords: tuple[str, ...]) -> str:
+    """Where a document's keywords land in the (imaginary) index."""
+    joined = "\x1f".join(keywords).encode()
+    return hashlib.blake2b(joined, digest_size=6, salt=b"kerna").hexdigest()
+
+
+class Indexer(Agent):
+    """Answers ``IndexDocument`` with an index key; sharded, for hot documents."""
+
+    @handler
+    async def index(self, msg: IndexDocument) -> Indexed:
+        return Indexed(doc_id=msg.doc_id, index_key=index_key(msg.keywords))
+
+
+class Archive(Agent):
+    """Indexes cold documents, one activation per document, and is far too slow.
+
+    Registered with ``cancel_at_deadline=True``: the kernel cancels the handler when its
+    message's deadline passes, and the asker gets ``AskTimeout``. One agent per document,
+    so a stuck write delays nobody else (a sharded agent would hold up every document
+    queued behind it).
+    """
+
+    @handler
+    async def index(self, msg: IndexDocument) -> Indexed:
+        self.deactivate_on_idle()  # single use, whether it finishes or is cancelled
+        await asyncio.Event().wait()  # the tape robot never comes back
+        return Indexed(doc_id=msg.doc_id, index_key=index_key(msg.keywords))
+
+
+class Orchestrator(Agent):
+    """Drives the second path: asks the Summarizer, then the Indexer, each with a timeout.
+
+    A step's failure (``RemoteError``) or silence (``AskTimeout``) becomes the result's
+    ``outcome``; either way the Collector hears how it ended.
+    """
+
+    step_timeout: ClassVar[float] = 0.5
+    """Seconds each step may take; set per run with ``configured()``."""
+
+    async def on_start(self) -> None:
+        self._summarizers = [self.ref(Summarizer, key) for key in SHARDS]
+        self._indexers = [self.ref(Indexer, key) for key in SHARDS]
+        self._collector = self.ref(COLLECTOR, "default")
+
+    @handler
+    async def process(self, msg: ProcessDocument) -> ProcessResult:
+        shard = msg.doc_id % len(SHARDS)
+        step = "summarize"
+        try:
+            summary: Summary = await self._summarizers[shard].ask(
+                Summarize(doc_id=msg.doc_id, body=msg.body), timeout=self.step_timeout
+            )
+            step = "index"
+            indexer = self._indexers[shard] if summary.tier == "hot" else self._archive(msg)
+            await indexer.ask(
+                IndexDocument(doc_id=msg.doc_id, keywords=summary.keywords, tier=summary.tier),
+                timeout=self.step_timeout,
+            )
+        except AskTimeout as exc:
+            result = ProcessResult(msg.doc_id, "timeout", step, str(exc))
+        except RemoteError as exc:
+            result = ProcessResult(msg.doc_id, "error", step, f"{exc.type_name}: {exc.message}")
+        else:
+            result = ProcessResult(msg.doc_id, "ok", keywords=summary.keywords)
+        await self._collector.tell(
+            Orchestrated(
+                doc_id=msg.doc_id,
+                uploaded_at=msg.uploaded_at,
+                finished_at=time.perf_counter(),
+                outcome=result.outcome,
+                error=None if result.error is None else f"{step}: {result.error}",
+            )
+        )
+        return result
+
+    def _archive(self, msg: ProcessDocument) -> AgentRef:
+        return self.ref(Archive, str(msg.doc_id))
+
+
+class Tally:
+    """What the Collector learns; the driver reads it (one writer, one loop).
+
+    A document is *accounted for* once both of its outcomes arrived: the aggregate's
+    ``DocumentSettled`` and the orchestrated path's ``Orchestrated``. It is *completed*
+    when both succeeded, *failed* otherwise. ``done`` is set when every document is
+    accounted for: the driver waits on it instead of polling.
+    """
+
+    def __init__(self, docs: int) -> None:
+        self.docs = docs
+        self.completed = 0
+        self.failed = 0
+        self.aggregated = 0
+        self.choreography_failed = 0
+        self.outcomes: Counter[str] = Counter()
+        self.latencies: dict[str, list[float]] = {stage: [] for stage in LATENCY_STAGES}
+        self.errors: dict[str, str] = {}
+        self.done = asyncio.Event()
+        self._first: dict[int, tuple[str, bool, float]] = {}  # doc -> (path, ok, finished)
+
+    @property
+    def accounted(self) -> int:
+        return self.completed + self.failed
+
+    def outcome(
+        self, doc_id: int, path: str, ok: bool, uploaded_at: float, finished_at: float
+    ) -> None:
+        """Record how one ``path`` ended for a document; the second path accounts for it."""
+        first = self._first.get(doc_id)
+        if first is None:
+            self._first[doc_id] = (path, ok, finished_at)
+            return
+        if first[0] == path:  # cannot happen unless an agent reports twice: keep the first
+            log.warning("document %d: second %s outcome ignored", doc_id, path)
+            return
+        del self._first[doc_id]
+        if ok and first[1]:
+            self.completed += 1
+            self.latencies["end_to_end"].append(max(finished_at, first[2]) - uploaded_at)
+        else:
+            self.failed += 1
+        if self.accounted == self.docs:
+            self.done.set()
+
+    def error(self, kind: str, text: str) -> None:
+        """Keep the first failure of each kind, as an example for the summary."""
+        self.errors.setdefault(kind, text)
+
+
+class Collector(Agent):
+    """Metrics sink: records latencies and outcomes into the run's ``Tally``.
+
+    The kernel builds agents as ``cls()``, so the tally is a class attribute bound per
+    run by ``configured(Collector, tally=...)``.
+    """
+
+    tally: ClassVar[Tally]
+
+    @handler
+    async def on_settled(self, msg: DocumentSettled) -> None:
+        tally = self.tally
+        for stage, seconds in msg.latencies:
+            tally.latencies[stage].append(seconds)
+        ok = not msg.errors
+        if ok:
+            tally.aggregated += 1
+            tally.latencies["aggregate"].append(msg.settled_at - msg.uploaded_at)
+        else:
+            tally.choreography_failed += 1
+            tally.error("choreography", f"doc {msg.doc_id}: {'; '.join(msg.errors)}")
+        tally.outcome(msg.doc_id, "choreography", ok, msg.uploaded_at, msg.settled_at)
+
+    @handler
+    async def on_orchestrated(self, msg: Orchestrated) -> None:
+        tally = self.tally
+        tally.outcomes[msg.outcome] += 1
+        ok = msg.outcome == "ok"
+        if ok:
+            tally.latencies["orchestrated"].append(msg.finished_at - msg.uploaded_at)
+        else:
+            tally.error(msg.outcome, f"doc {msg.doc_id}: orchestration {msg.outcome}: {msg.error}")
+        tally.outcome(msg.doc_id, "orchestration", ok, msg.uploaded_at, msg.finished_at)
+
+
+def configured(cls: type[A], **attrs: object) -> type[A]:
+    """A subclass of ``cls`` with class attributes set: per-run settings for agents that
+    the kernel constructs itself (as ``cls()``, without arguments)."""
+    return cast(type[A], type(cls.__name__, (cls,), attrs))
+
+
+def install(kernel: Kernel, tally: Tally, *, step_timeout: float) -> AgentRef:
+    """Register the pipeline's agents and subscriptions; returns the Collector's ref."""
+    for stage in (TextExtractor, EntityExtractor, Classifier):
+        kernel.register(stage)
+        kernel.subscribe(UPLOADED, stage, key=_shard_key)
+    kernel.register(DocumentAggregate, mailbox_size=len(STAGES) + 1)
+    kernel.register(configured(Collector, tally=tally), name=COLLECTOR)
+    # Dead letters are offered without waiting: give the watcher room for bursts.
+    kernel.register(DeadLetterWatcher, mailbox_size=100_000)
+    kernel.subscribe(kernel.DEAD_LETTERS, DeadLetterWatcher)
+    kernel.register(Summarizer)
+    kernel.register(Indexer)
+    kernel.register(Archive, cancel_at_deadline=True)
+    kernel.register(configured(Orchestrator, step_timeout=step_timeout), name="Orchestrator")
+    return kernel.ref(COLLECTOR, "default")
+
+
+def _shard_key(msg: DocumentUploaded) -> str:
+    return SHARDS[msg.doc_id % len(SHARDS)]

@@ -1,0 +1,247 @@
+"""``kerna demo``: every document accounted for, failures as the seed predicts, CLI contract.
+
+The numbers checked here are counts, never timings: which documents fail, and how,
+follows from the seed (``fault_plan``); only the latencies vary between runs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from kerna import ConfigError, __version__
+from kerna._cli import format_plain, main
+from kerna._demo import DemoReport, fault_plan, make_corpus, run_demo
+
+DOCS = 500
+SEED = 7
+CORRUPT_RATE, STALL_RATE = 0.02, 0.01  # enough faults of each kind in 500 docs
+
+
+@pytest.fixture(scope="module")
+def report() -> DemoReport:
+    return run_demo(
+        DOCS,
+        seed=SEED,
+        loop="asyncio",
+        step_timeout=1.0,  # generous: only the stalled documents may time out
+        corrupt_rate=CORRUPT_RATE,
+        stall_rate=STALL_RATE,
+    )
+
+
+@pytest.fixture(scope="module")
+def plan() -> Counter[str]:
+    return Counter(fault_plan(DOCS, SEED, CORRUPT_RATE, STALL_RATE))
+
+
+def test_every_document_is_accounted_for(report: DemoReport) -> None:
+    assert report.docs == DOCS
+    assert report.lost == 0
+    assert report.completed + report.failed == DOCS
+    assert report.aggregated + report.choreography_failed == DOCS
+
+
+def test_failures_are_the_injected_ones(report: DemoReport, plan: Counter[str]) -> None:
+    corrupt, stalled = plan["corrupt"], plan["stall"]
+    assert corrupt > 0
+    assert stalled > 0
+    assert (report.injected_corrupt, report.injected_stalls) == (corrupt, stalled)
+    # A corrupted document fails its Classifier (no asker: a dead letter) and its
+    # Summarizer (the Orchestrator gets a RemoteError); a stalled one times out.
+    assert report.choreography_failed == corrupt
+    assert report.dead_letters == corrupt
+    assert report.orchestration_errors == corrupt
+    assert report.orchestration_timeouts == stalled
+    assert report.failed == corrupt + stalled
+    assert report.handler_failures >= 2 * corrupt
+    assert len(report.errors) == 3  # one example per kind: choreography, error, timeout
+
+
+def test_orchestrated_path_answered_every_document(report: DemoReport) -> None:
+    answered = report.orchestrated + report.orchestration_errors + report.orchestration_timeouts
+    assert answered == DOCS
+    assert report.orchestrated == DOCS - report.failed
+
+
+def test_messages_and_rates(report: DemoReport) -> None:
+    assert report.messages > DOCS * 5
+    assert report.wall_s > 0
+    assert report.msgs_per_s == pytest.approx(report.messages / report.wall_s)
+    assert report.loop == "asyncio"
+
+
+def test_latency_percentiles_are_ordered(report: DemoReport) -> None:
+    stages = {s.stage: s for s in report.latencies}
+    assert list(stages) == [
+        "extract",
+        "entities",
+        "classify",
+        "aggregate",
+        "orchestrated",
+        "end_to_end",
+    ]
+    for s in report.latencies:
+        assert 0 <= s.p50_ms <= s.p95_ms <= s.p99_ms <= s.max_ms, s
+    assert stages["extract"].count == DOCS
+    assert stages["classify"].count == DOCS - report.choreography_failed
+    assert stages["aggregate"].count == report.aggregated
+    assert stages["orchestrated"].count == report.orchestrated
+    assert stages["end_to_end"].count == report.completed
+
+
+def test_the_corpus_follows_the_seed() -> None:
+    assert make_corpus(50, seed=1) == make_corpus(50, seed=1)
+    assert make_corpus(50, seed=1) != make_corpus(50, seed=2)
+    plan = fault_plan(2000, seed=1, corrupt_rate=0.1, stall_rate=0.1)
+    corpus = make_corpus(2000, seed=1, corrupt_rate=0.1, stall_rate=0.1)
+    for fault, (_, body) in zip(plan, corpus, strict=True):
+        assert ("\x00" in body) == (fault == "corrupt")
+        assert ('tier="cold"' in body) == (fault == "stall")
+
+
+def test_run_demo_without_faults_completes_everything() -> None:
+    report = run_demo(100, seed=3, loop="asyncio", corrupt_rate=0.0, stall_rate=0.0)
+    assert report.completed == 100
+    assert report.failed == report.dead_letters == report.handler_failures == 0
+    assert report.errors == ()
+
+
+def test_run_demo_on_uvloop() -> None:
+    pytest.importorskip("uvloop")
+    report = run_demo(50, loop="uvloop")
+    assert report.loop.startswith("uvloop ")
+    assert report.completed + report.failed == 50
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"docs": 0}, "docs must be an int >= 1"),
+        ({"docs": 10, "concurrency": 0}, "concurrency"),
+        ({"docs": 10, "step_timeout": 0.0}, "step_timeout"),
+        ({"docs": 10, "corrupt_rate": 1.5}, "corrupt_rate"),
+        ({"docs": 10, "corrupt_rate": 0.6, "stall_rate": 0.6}, "at most 1"),
+    ],
+)
+def test_run_demo_rejects_bad_arguments(kwargs: dict[str, Any], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        run_demo(**kwargs)
+
+
+def test_run_demo_rejects_an_unknown_loop() -> None:
+    with pytest.raises(ConfigError, match="loop must be one of"):
+        run_demo(10, loop="trio")
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def test_console_script_runs_the_demo() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "kerna", "demo", "--docs", "200", "--loop", "asyncio"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "200 uploaded" in out
+    for word in ("completed", "failed", "msgs/s", "p50", "p95", "p99", "end-to-end", "asyncio"):
+        assert word in out, (word, out)
+
+
+@pytest.mark.parametrize(
+    ("argv", "argument"),
+    [
+        (["demo", "--docs", "-5"], "--docs"),
+        (["demo", "--docs", "abc"], "--docs"),
+        (["demo", "--docs", "0"], "--docs"),
+        (["demo", "--seed", "x"], "--seed"),
+        (["demo", "--loop", "trio"], "--loop"),
+        (["demo", "--step-timeout", "0"], "--step-timeout"),
+        (["demo", "--corrupt-rate", "2"], "--corrupt-rate"),
+        (["demo", "--corrupt-rate", "0.6", "--stall-rate", "0.6"], "--stall-rate"),
+        (["bogus"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_exit_2_naming_the_argument(
+    argv: list[str], argument: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc_info:
+        main(argv)
+    assert exc_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: " in err
+    assert argument in err
+
+
+def test_bad_arguments_in_a_subprocess() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "kerna", "demo", "--docs", "-5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "argument --docs" in proc.stderr
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "usage: kerna" in out
+    assert "demo" in out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc_info:
+        main(["--version"])
+    assert exc_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"kerna {__version__}"
+
+
+def test_plain_output_without_rich(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [m for m in sys.modules if m == "rich" or m.startswith("rich.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "rich", None)  # `import rich` now raises ImportError
+    assert main(["demo", "--docs", "60", "--loop", "asyncio", "--stall-rate", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "latency since upload (ms)" in captured.out
+    assert "60 uploaded" in captured.out
+    assert "documents 60/60 (100%)" in captured.err  # the plain progress line
+
+
+def test_missing_uvloop(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # `import uvloop` now raises ImportError
+    with pytest.raises(SystemExit) as exc_info:
+        main(["demo", "--docs", "10", "--loop", "uvloop"])
+    assert exc_info.value.code == 2
+    assert "argument --loop: uvloop is not installed" in capsys.readouterr().err
+    assert run_demo(10, loop="auto").loop == "asyncio"
+
+
+def test_json_output(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["demo", "--docs", "40", "--json", "--plain", "--seed", "5", "--stall-rate", "0"]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["docs"] == 40
+    assert data["seed"] == 5
+    assert data["completed"] + data["failed"] == 40
+
+
+def test_format_plain_lists_every_stage(report: DemoReport) -> None:
+    text = format_plain(report)
+    for stage in ("extract", "entities", "classify", "aggregate", "orchestrated", "end-to-end"):
+        assert f"\n  {stage} " in text
+    assert "RemoteError" in text
+    assert "AskTimeout" in text
