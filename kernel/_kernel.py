@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -22,15 +21,17 @@ from kerna.state import StateBackend
 from kerna.state._layout import Layout, unescape
 from kerna.state._replica import Replica
 
-from ._activation import SPAWN_BURST, Activation, current_activation
+from ._activation import Activation, current_activation
 from ._agent import Agent
-from ._envelope import EVENT, Envelope
-from ._errors import KernelStopped, MailboxFull, RegistrationError, UnhandledMessage, UnknownAgent
+from ._envelope import Envelope
+from ._errors import KernelStopped, RegistrationError, UnhandledMessage, UnknownAgent
 from ._ids import AgentId
-from ._message import DeadLetter, Message
+from ._message import Message
+from ._options import check_mailbox, check_positive, check_restarts
 from ._persistence import Persistence
 from ._ref import AgentRef
-from ._registry import OVERFLOW_POLICIES, AgentType, TypeStats, build_state_spec
+from ._registry import AgentType, TypeStats, build_state_spec
+from ._topics import DEAD_LETTERS, Subscription, Topics
 
 __all__ = ["Kernel", "KernelStats", "Subscription"]
 
@@ -52,31 +53,6 @@ class KernelStats(msgspec.Struct):
     types: dict[str, TypeStats]
     dead_letters: int
     running: int
-
-
-class Subscription:
-    """A topic bound to an agent type; ``key(message)`` picks the agent per event."""
-
-    __slots__ = ("_last", "_last_key", "key", "topic", "type_name")
-
-    def __init__(self, topic: str, type_name: str, key: Callable[[Any], str]) -> None:
-        self.topic = topic
-        self.type_name = type_name
-        self.key = key
-        self._last_key: str | None = None  # one-entry cache: most topics hit few keys
-        self._last: Activation | None = None
-
-    def __repr__(self) -> str:
-        return f"Subscription({self.topic!r} -> {self.type_name})"
-
-
-def _check_positive(name: str, value: float | None, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
 
 
 class Kernel:
@@ -109,7 +85,7 @@ class Kernel:
         ValueError: an option is out of range.
     """
 
-    DEAD_LETTERS = "kerna.dead_letters"
+    DEAD_LETTERS = DEAD_LETTERS
     """Topic on which undeliverable messages are published as ``DeadLetter`` events."""
 
     def __init__(
@@ -126,14 +102,14 @@ class Kernel:
         state_prefix: str = "kerna/",
         lease_ttl: float = 10.0,
     ) -> None:
-        _check_positive("ask_timeout", ask_timeout)
-        _check_positive("lease_ttl", lease_ttl)
+        check_positive("ask_timeout", ask_timeout)
+        check_positive("lease_ttl", lease_ttl)
         if not isinstance(state, str | StateBackend):
             raise ValueError(f"state must be a URL or a StateBackend, got {state!r}")
         Layout(state_prefix)  # validates the prefix
-        _check_positive("idle_timeout", idle_timeout, allow_none=True)
-        _check_mailbox(mailbox_size, overflow)
-        _check_restarts(max_restarts, restart_backoff)
+        check_positive("idle_timeout", idle_timeout, allow_none=True)
+        check_mailbox(mailbox_size, overflow)
+        check_restarts(max_restarts, restart_backoff)
         if not (isinstance(stop_grace, int | float) and stop_grace >= 0):
             raise ValueError(f"stop_grace must be >= 0 seconds, got {stop_grace!r}")
         self.ask_timeout = float(ask_timeout)
@@ -150,7 +126,7 @@ class Kernel:
         self._lease_keeper: asyncio.Task[None] | None = None
         self._types: dict[str, AgentType] = {}
         self._directory: dict[AgentId, Activation] = {}
-        self._topics: dict[str, list[Subscription]] = {}
+        self._topics = Topics(self)
         self._ids = itertools.count(1)
         self._dead_letters = 0
         self._busy = 0
@@ -365,12 +341,12 @@ class Kernel:
             )
         capacity = self.mailbox_size if mailbox_size is None else mailbox_size
         policy = self.overflow if overflow is None else overflow
-        _check_mailbox(capacity, policy)
+        check_mailbox(capacity, policy)
         idle = self.idle_timeout if idle_timeout is _UNSET else idle_timeout
-        _check_positive("idle_timeout", idle, allow_none=True)
+        check_positive("idle_timeout", idle, allow_none=True)
         restarts = self.max_restarts if max_restarts is None else max_restarts
         backoff = self.restart_backoff if restart_backoff is None else restart_backoff
-        _check_restarts(restarts, backoff)
+        check_restarts(restarts, backoff)
         if isinstance(conflict_retries, bool) or not isinstance(conflict_retries, int):
             raise ValueError(f"conflict_retries must be an int >= 0, got {conflict_retries!r}")
         if conflict_retries < 0:
@@ -440,17 +416,11 @@ class Kernel:
             raise TypeError(f"topic must be a non-empty str, got {topic!r}")
         if key is not None and not callable(key):
             raise TypeError(f"key must be a callable event -> str, got {key!r}")
-        sub = Subscription(topic, self._type_name(agent_type), key or _default_key)
-        self._topics.setdefault(topic, []).append(sub)
-        return sub
+        return self._topics.subscribe(topic, self._type_name(agent_type), key)
 
     def unsubscribe(self, subscription: Subscription) -> None:
         """Remove a subscription; unknown ones are ignored."""
-        subs = self._topics.get(subscription.topic)
-        if subs and subscription in subs:
-            subs.remove(subscription)
-            if not subs:
-                del self._topics[subscription.topic]
+        self._topics.unsubscribe(subscription)
 
     async def publish(self, topic: str, message: Message) -> None:
         """Publish an event to every subscription of ``topic``.
@@ -472,64 +442,7 @@ class Kernel:
             raise TypeError(
                 f"events must be kerna.Message instances, got {type(message).__qualname__}"
             )
-        subs = self._topics.get(topic)
-        if not subs:
-            return
-        env = self._event_envelope(topic, message, sender)
-        for sub in subs if len(subs) == 1 else tuple(subs):
-            act = self._subscriber(sub, env)
-            if act is None:
-                continue
-            try:
-                waiter = act.put(env)
-            except MailboxFull as exc:
-                self._dead_letter(env, act.id, "mailbox_full", exc, act.atype)
-                continue
-            if waiter is not None:
-                await waiter
-        if self._unstarted > SPAWN_BURST:
-            await asyncio.sleep(0)
-
-    def _event_envelope(self, topic: str, message: Message, sender: Activation | None) -> Envelope:
-        msg_id = next(self._ids)
-        if sender is None:
-            return Envelope(msg_id, EVENT, topic, message, None, msg_id)
-        parent = sender.current
-        if parent is None:
-            return Envelope(msg_id, EVENT, topic, message, sender.id, msg_id)
-        return Envelope(msg_id, EVENT, topic, message, sender.id, parent.correlation_id, parent.id)
-
-    def _subscriber(self, sub: Subscription, env: Envelope) -> Activation | None:
-        """The activation that receives ``env`` through ``sub``, or None (dead-lettered)."""
-        try:
-            key: object = sub.key(env.payload)
-        except Exception as exc:
-            self._dead_letter(env, sub.type_name, "subscription_key_failed", exc)
-            return None
-        last = sub._last
-        if last is not None and key == sub._last_key and not last.closed:
-            act = last
-        else:
-            atype = self._types.get(sub.type_name)
-            if atype is None:
-                self._dead_letter(env, sub.type_name, "unknown_agent", None)
-                return None
-            if not isinstance(key, str):
-                self._dead_letter(
-                    env,
-                    sub.type_name,
-                    "subscription_key_failed",
-                    TypeError(
-                        f"key function of {sub!r} returned {type(key).__qualname__}, not str"
-                    ),
-                )
-                return None
-            act = self._activation(AgentId(sub.type_name, key), atype)
-            sub._last, sub._last_key = act, key
-        if act.failure is not None:
-            self._dead_letter(env, act.id, "activation_failed", act.copy_failure(), act.atype)
-            return None
-        return act
+        await self._topics.publish(topic, message, sender)
 
     # -- introspection -----------------------------------------------------------------
 
@@ -671,27 +584,8 @@ class Kernel:
         if atype is not None:
             atype.stats.dead_letters += 1
         log.debug("dead letter for %s (%s): %r", target, reason, error)
-        message = env.payload
-        subs = self._topics.get(self.DEAD_LETTERS)
-        if not subs or isinstance(message, DeadLetter) or self._stopped:
-            return  # a dead letter about a dead letter would loop
-        dead = DeadLetter(
-            target=str(target),
-            message=message,
-            reason=reason,
-            error=None if error is None else f"{type(error).__name__}: {error}",
-            correlation_id=env.correlation_id,
-        )
-        dl_env = Envelope(
-            next(self._ids), EVENT, self.DEAD_LETTERS, dead, None, env.correlation_id, env.id
-        )
-        for sub in tuple(subs):
-            act = self._subscriber(sub, dl_env)
-            if act is not None:
-                try:
-                    act.put(dl_env, may_wait=False)
-                except MailboxFull:
-                    self._dead_letters += 1
+        if not self._stopped:
+            self._topics.publish_dead_letter(env, target, reason, error)
 
     # -- idle deactivation -----------------------------------------------------------
 
@@ -721,23 +615,3 @@ class Kernel:
             else:
                 self._retire(act)  # nothing to run: leave without a task
         self._schedule_sweep()
-
-
-def _default_key(_: Any) -> str:
-    return "default"
-
-
-def _check_mailbox(capacity: int, overflow: str) -> None:
-    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-        raise ValueError(f"mailbox_size must be an int >= 1, got {capacity!r}")
-    if overflow not in OVERFLOW_POLICIES:
-        raise ValueError(
-            f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}; got {overflow!r}"
-        )
-
-
-def _check_restarts(max_restarts: int, backoff: float) -> None:
-    if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
-        raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
-    if not (isinstance(backoff, int | float) and backoff >= 0 and math.isfinite(backoff)):
-        raise ValueError(f"restart_backoff must be >= 0 seconds, got {backoff!r}")

@@ -1,0 +1,33 @@
+"""Validation of kernel and registration options: one clear ValueError per bad value."""
+
+from __future__ import annotations
+
+import math
+
+from ._registry import OVERFLOW_POLICIES
+
+__all__ = ["check_mailbox", "check_positive", "check_restarts"]
+
+
+def check_positive(name: str, value: float | None, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+
+
+def check_mailbox(capacity: int, overflow: str) -> None:
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+        raise ValueError(f"mailbox_size must be an int >= 1, got {capacity!r}")
+    if overflow not in OVERFLOW_POLICIES:
+        policies = ", ".join(OVERFLOW_POLICIES)
+        raise ValueError(f"overflow must be one of {policies}; got {overflow!r}")
+
+
+def check_restarts(max_restarts: int, backoff: float) -> None:
+    if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+        raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
+    if not (isinstance(backoff, int | float) and backoff >= 0 and math.isfinite(backoff)):
+        raise ValueError(f"restart_backoff must be >= 0 seconds, got {backoff!r}")
