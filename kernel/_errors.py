@@ -17,6 +17,7 @@
     │   ├── Conflict           compare-and-swap lost
     │   ├── Fenced             a write from an activation that no longer owns the agent
     │   ├── Unavailable        the backend cannot be reached (fail closed)
+    │   │   └── OutcomeUnknown a write may or may not have been applied (re-read it)
     │   ├── DecodeError        stored or received bytes do not decode into the type
     │   ├── Compacted          a watch or read asked for history the backend compacted
     │   ├── LeaseLost          the lease expired or was revoked
@@ -46,6 +47,7 @@ __all__ = [
     "KernelStopped",
     "LeaseLost",
     "MailboxFull",
+    "OutcomeUnknown",
     "OwnedElsewhere",
     "RegistrationError",
     "RemoteError",
@@ -136,7 +138,21 @@ class Fenced(StateError):
 
 
 class Unavailable(StateError):
-    """The state backend cannot be reached; kerna fails closed."""
+    """The state backend cannot be reached; kerna fails closed.
+
+    ``ambiguous`` is False when the operation certainly did not happen.
+    """
+
+    ambiguous = False
+
+
+class OutcomeUnknown(Unavailable):
+    """A write may or may not have been applied (the connection failed after sending).
+
+    kerna re-reads before reporting it; callers of a backend must do the same.
+    """
+
+    ambiguous = True
 
 
 class DecodeError(StateError):

@@ -211,8 +211,10 @@ class Election:
 
     async def observe(self) -> AsyncIterator[str | None]:
         """The current leader, then every change of leader (None: no leader)."""
-        kv = await self.backend.get(self._lock.key)
-        revision = (await self.backend.range(self._lock.key, limit=1)).revision
+        key = self._lock.key
+        page = await self.backend.range(key, limit=1)  # value and revision in one read
+        kv = page.kvs[0] if page.kvs and page.kvs[0].key == key else None
+        revision = page.revision
         last = None if kv is None else kv.value.decode()
         yield last
         async for event in self.backend.watch(self._lock.key, revision + 1):

@@ -124,8 +124,9 @@ class _Store:
         self.history.extend(events)
         self.history_revs.extend(e.revision for e in events)
         if len(self.history) > self.max_history:
-            cut = len(self.history) - self.max_history // 2
-            self.compacted = self.history_revs[cut]
+            keep_from = self.history_revs[len(self.history) - max(1, self.max_history // 2)]
+            cut = bisect.bisect_left(self.history_revs, keep_from)  # whole revisions only
+            self.compacted = keep_from
             del self.history[:cut], self.history_revs[:cut]
         for watcher in tuple(self.watchers):
             matching = [e for e in events if e.kv.key.startswith(watcher.prefix)]
@@ -213,7 +214,9 @@ class MemoryBackend(StateBackend):
             ops = success if succeeded else failure
             if any(isinstance(op, Put) and op.lease and op.lease not in store.leases for op in ops):
                 lease = next(
-                    op.lease for op in ops if isinstance(op, Put) and op.lease not in store.leases
+                    op.lease
+                    for op in ops
+                    if isinstance(op, Put) and op.lease and op.lease not in store.leases
                 )
                 raise LeaseLost(f"lease {lease} not found (expired or revoked)")
             writes = any(isinstance(op, Put | Delete) for op in ops)
@@ -257,7 +260,8 @@ class MemoryBackend(StateBackend):
                 if batch is _CLOSED:
                     return
                 for event in batch:
-                    yield event
+                    if event.revision >= from_revision:  # a watch from a future revision
+                        yield event
         finally:
             with store.lock:
                 store.watchers.discard(watcher)
