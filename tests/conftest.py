@@ -12,7 +12,10 @@ import os
 from collections.abc import AsyncIterator
 
 import pytest
+
 from kerna import Kernel
+
+from .etcd import etcd_cluster, etcd_server  # noqa: F401
 
 REQUIRE_SERVERS = os.environ.get("KERNA_REQUIRE_SERVERS") == "1"
 
