@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from kerna import Compacted, Conflict, Unavailable
+from kerna import Compacted, Conflict, OutcomeUnknown, Unavailable
 from kerna.state import StateBackend, WatchEvent, connect
-from kerna.state._etcd import EtcdBackend, OutcomeUnknown
+from kerna.state._etcd import EtcdBackend
 
 from .etcd import EtcdCluster, EtcdMember
 from .linearizability import Cas, History, Read, check
