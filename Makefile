@@ -17,7 +17,7 @@ FORCE:
 $(STAMP): pyproject.toml $(VENV)/.files
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[test,cli]' --config-settings editable_mode=strict
+	$(VENV)/bin/python -m pip install -q -e '.[test,cli,uvloop]' --config-settings editable_mode=strict
 	touch $(STAMP)
 
 demo: $(STAMP)
