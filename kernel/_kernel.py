@@ -123,7 +123,6 @@ class Kernel:
         self.state_prefix = state_prefix
         self.lease_ttl = float(lease_ttl)
         self._persistence: Persistence | None = None
-        self._lease_keeper: asyncio.Task[None] | None = None
         self._types: dict[str, AgentType] = {}
         self._directory: dict[AgentId, Activation] = {}
         self._topics = Topics(self)
@@ -189,8 +188,6 @@ class Kernel:
         assert self._closing is not None
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
-            assert self._persistence is not None
-            self._lease_keeper = tg.create_task(self._persistence.keep_lease_alive())
             if not ready.done():
                 ready.set_result(None)
             await self._closing
@@ -246,8 +243,6 @@ class Kernel:
             if not await self._wait_quiet(loop.time() + 5.0):
                 log.error("stop: %d agents ignore cancellation", self._busy)
         await self._stop_all(max(deadline, loop.time() + 1.0))
-        if self._lease_keeper is not None:
-            self._lease_keeper.cancel()
         if self._persistence is not None:
             await self._persistence.close()  # releases every claim with the lease
         assert self._closing is not None

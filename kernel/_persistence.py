@@ -1,8 +1,8 @@
 """Agent state on a state backend: activation claims, loading, compare-and-swap saves,
 event appends, and fencing.
 
-One ``Persistence`` per kernel. It holds the kernel's lease (kept alive by a task in the
-kernel's task group) and, per stateful activation, writes through the backend:
+One ``Persistence`` per kernel. It holds the kernel's lease (a ``KeptLease``, refreshed
+in the background) and, per stateful activation, writes through the backend:
 
 - Activating claims ``{prefix}act/{type}/{key}`` create-if-absent under the kernel's
   lease. The claim's create revision is the activation's fencing token: every state
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from kerna.state import StateBackend, connect
+from kerna.state import KeptLease, StateBackend, connect
 from kerna.state._eventlog import EventLog, EventSourcing
 from kerna.state._layout import Layout
 from kerna.state._types import Compare, Delete, Get, Put
@@ -85,7 +85,7 @@ class Persistence:
         self.layout = Layout(prefix)
         self.lease_ttl = lease_ttl
         self.node_id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
-        self.lease = 0
+        self._lease: KeptLease | None = None
         self._lease_ready: asyncio.Lock = asyncio.Lock()
         self._claim_encoder = msgspec.msgpack.Encoder()
         self._claim_decoder = msgspec.msgpack.Decoder(Claim)
@@ -100,44 +100,37 @@ class Persistence:
     async def close(self) -> None:
         """Release every claim at once (revoke the lease) and close an owned backend."""
         try:
-            if self.lease:
-                await self.backend.lease_revoke(self.lease)
-        except Unavailable as exc:
-            log.warning("could not revoke lease %d (claims expire with it): %s", self.lease, exc)
+            if self._lease is not None:
+                await self._lease.revoke()
         finally:
-            self.lease = 0
+            self._lease = None
             if self.owned:
                 await self.backend.aclose()
 
     # -- the kernel's lease --------------------------------------------------------------
 
+    @property
+    def lease(self) -> int:
+        """The id of the lease that holds this kernel's claims (0: none yet)."""
+        lease = self._lease
+        return 0 if lease is None or lease.lost.is_set() else lease.id
+
     async def _ensure_lease(self) -> int:
+        """The kernel's kept-alive lease, granted on first use and again after a loss.
+
+        A lost lease (expired during a pause or partition) took every claim made under
+        it: the activations holding them are fenced on their next write.
+        """
         async with self._lease_ready:
             if not self.lease:
-                self.lease = await self.backend.lease_grant(self.lease_ttl)
+                if self._lease is not None:
+                    log.error(
+                        "lease %d lost: stateful activations on it are fenced", self._lease.id
+                    )
+                    await self._lease.revoke()
+                self._lease = KeptLease(self.backend, self.lease_ttl)
+                await self._lease.grant()
             return self.lease
-
-    async def keep_lease_alive(self) -> None:
-        """Runs in the kernel's task group: refresh the lease every third of its TTL.
-
-        If the lease is lost (expired during a pause or partition), every claim made under
-        it is gone and the activations holding them are fenced; a new lease is granted
-        on the next activation.
-        """
-        interval = self.lease_ttl / 3
-        while True:
-            await asyncio.sleep(interval)
-            lease = self.lease
-            if not lease:
-                continue
-            try:
-                await self.backend.lease_keepalive(lease)
-            except LeaseLost:
-                log.error("lease %d lost: this kernel's stateful activations are fenced", lease)
-                if self.lease == lease:
-                    self.lease = 0
-            except Unavailable as exc:
-                log.warning("lease %d keepalive failed: %s", lease, exc)
 
     # -- activation ------------------------------------------------------------------------
 
@@ -167,7 +160,8 @@ class Persistence:
                     [Compare.absent(claim_key)], [Put(claim_key, value, lease)], [Get(claim_key)]
                 )
             except LeaseLost:
-                self.lease = 0  # expired under us: take a new one and try again
+                if self._lease is not None:
+                    self._lease.lost.set()  # expired under us: take a new one, try again
                 continue
             except Unavailable as exc:
                 if not _ambiguous(exc):
