@@ -81,6 +81,7 @@ class Activation:
     """The kernel's record of one live agent (see the module docstring)."""
 
     __slots__ = (
+        "_state",
         "agent",
         "atype",
         "closed",
@@ -94,7 +95,6 @@ class Activation:
         "mailbox",
         "on_closed",
         "seq",
-        "state",
         "state_rev",
         "task",
         "timers",
@@ -118,10 +118,21 @@ class Activation:
         self.deactivating = False
         self.closing = False
         self.closed = False
-        self.state: Any = None  # the agent's state (stateful types), as last read or saved
+        self._state: Any = None  # the agent's state (stateful types), as last read or saved
         self.state_rev = 0  # revision of the state key that ``state`` came from
         self.token = 0  # fencing token: create revision of this activation's claim
         self.seq = 0  # event-sourced types: last event sequence number applied
+
+    @property
+    def state(self) -> Any:
+        return self._state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        """Keep the agent's ``state`` slot (what handlers read) equal to this."""
+        self._state = value
+        if self.agent is not None:
+            self.agent.state = value
 
     # -- intake ------------------------------------------------------------------------
 
@@ -217,6 +228,8 @@ class Activation:
                 if not isinstance(agent, atype.cls):
                     raise TypeError(f"factory of {atype.name} returned {agent!r}")
                 agent._activation = self
+                if atype.state_spec is not None:
+                    agent.state = self._state
                 await agent.on_start()
             except Exception as exc:
                 if self.token:

@@ -52,8 +52,9 @@ class Agent:
     """
 
     # The activation is the only per-instance slot kerna adds: id and kernel live on it.
-    __slots__ = ("_activation",)
+    __slots__ = ("_activation", "state")
     _activation: Activation
+    state: Any
     __kerna_state__: type[Any] | None = None
     __kerna_event_sourced__: bool = False
     __kerna_snapshot_every__: int = 1000
@@ -132,11 +133,9 @@ class Agent:
         return 0 if current is None else current.correlation_id
 
     # -- state (for classes declared with state=...) ----------------------------------------
-
-    @property
-    def state(self) -> Any:
-        """The agent's state: a local read of its last committed value (no I/O)."""
-        return self._activation.state
+    # ``self.state`` is a slot the kernel keeps equal to the last committed state: a read
+    # costs what a plain attribute read costs (a property would triple it). Treat it as
+    # read-only: assigning to it persists nothing; ``await self.save(new)`` does.
 
     async def save(self, new_state: Any) -> None:
         """Write ``new_state`` (compare-and-swap on the revision read); then

@@ -133,15 +133,18 @@ class _Store:
             if matching:
                 watcher.push(matching)
 
-    def keys_with_prefix(self, prefix: str, start_after: str | None) -> list[str]:
-        lo = bisect.bisect_left(self.sorted_keys, prefix)
+    def keys_with_prefix(
+        self, prefix: str, start_after: str | None, limit: int | None = None
+    ) -> list[str]:
+        """Keys under ``prefix`` after ``start_after``, at most ``limit`` of them."""
+        keys = self.sorted_keys
+        lo = bisect.bisect_left(keys, prefix)
         if start_after is not None and start_after >= prefix:
-            lo = max(lo, bisect.bisect_right(self.sorted_keys, start_after))
-        out = []
-        for key in itertools.islice(self.sorted_keys, lo, None):
-            if not key.startswith(prefix):
-                break
-            out.append(key)
+            lo = max(lo, bisect.bisect_right(keys, start_after))
+        hi = len(keys) if limit is None else min(len(keys), lo + limit)
+        out = keys[lo:hi]
+        if out and not out[-1].startswith(prefix):  # the slice ran past the prefix
+            out = [k for k in out if k.startswith(prefix)]
         return out
 
 
@@ -200,7 +203,7 @@ class MemoryBackend(StateBackend):
         store = self._check_open()
         with store.lock:
             store.expire_leases()
-            keys = store.keys_with_prefix(prefix, start_after)
+            keys = store.keys_with_prefix(prefix, start_after, limit + 1)
             kvs = tuple(store.data[k] for k in keys[:limit])
             return Page(kvs, store.revision, len(keys) > limit)
 
