@@ -26,6 +26,9 @@ Faults are part of the text the driver generates: a *corrupted* document (NUL by
 makes the Classifier and the Summarizer raise; a document on the *cold* tier goes to the
 Archive, which never answers: the Orchestrator's ask times out (``AskTimeout``) and the
 kernel cancels the stuck handler at that same deadline (``cancel_at_deadline=True``).
+
+The messages are defined in ``_demo_messages``, the text work the stages do in
+``_demo_work``.
 """
 
 from __future__ import annotations
@@ -33,15 +36,31 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
 import time
 from collections import Counter
 from typing import ClassVar, TypeVar, cast
 
 from ._agent import Agent, handler
+from ._demo_messages import (
+    Classified,
+    DocumentSettled,
+    DocumentUploaded,
+    EntitiesFound,
+    IndexDocument,
+    Indexed,
+    Orchestrated,
+    PartFailed,
+    ProcessDocument,
+    ProcessResult,
+    StagePart,
+    Summarize,
+    Summary,
+    TextExtracted,
+)
+from ._demo_work import _ENTITY, _TIER, CorruptDocument, classify, index_key, keywords, tokens
 from ._errors import AskTimeout, RemoteError
 from ._kernel import Kernel
-from ._message import DeadLetter, Message
+from ._message import DeadLetter
 from ._ref import AgentRef
 
 __all__ = [
@@ -79,155 +98,6 @@ SHARDS = ("s0", "s1", "s2", "s3")
 COLLECTOR = "Collector"
 
 A = TypeVar("A", bound=Agent)
-
-
-# -- messages --------------------------------------------------------------------------
-
-
-class DocumentUploaded(Message, tag="demo.doc.uploaded"):
-    """A document arrived; ``uploaded_at`` is ``time.perf_counter()`` at publish time."""
-
-    doc_id: int
-    body: str
-    uploaded_at: float
-
-
-class StagePart(Message, tag="demo.doc.part"):
-    """What one stage contributes to a document's aggregate (base class)."""
-
-    stage: ClassVar[str] = ""
-    doc_id: int
-    uploaded_at: float
-    done_at: float
-
-
-class TextExtracted(StagePart, tag="demo.doc.text"):
-    stage: ClassVar[str] = "extract"
-    words: int
-    digest: str
-
-
-class EntitiesFound(StagePart, tag="demo.doc.entities"):
-    stage: ClassVar[str] = "entities"
-    entities: tuple[str, ...]
-
-
-class Classified(StagePart, tag="demo.doc.classified"):
-    stage: ClassVar[str] = "classify"
-    label: str
-
-
-class PartFailed(StagePart, tag="demo.doc.part_failed"):
-    """A stage failed on the document (learnt from the dead-letter topic)."""
-
-    failed_stage: str
-    error: str
-
-
-class DocumentSettled(Message, tag="demo.doc.settled"):
-    """Every stage reported: ``latencies`` holds (stage, seconds since upload) pairs."""
-
-    doc_id: int
-    uploaded_at: float
-    settled_at: float
-    latencies: tuple[tuple[str, float], ...]
-    errors: tuple[str, ...]
-
-
-class ProcessDocument(Message, tag="demo.doc.process"):
-    doc_id: int
-    body: str
-    uploaded_at: float
-
-
-class ProcessResult(Message, tag="demo.doc.result"):
-    """The Orchestrator's answer: ``outcome`` is ``"ok"``, ``"error"`` or ``"timeout"``."""
-
-    doc_id: int
-    outcome: str
-    step: str | None = None
-    error: str | None = None
-    keywords: tuple[str, ...] = ()
-
-
-class Summarize(Message, tag="demo.doc.summarize"):
-    doc_id: int
-    body: str
-
-
-class Summary(Message, tag="demo.doc.summary"):
-    doc_id: int
-    keywords: tuple[str, ...]
-    tier: str
-
-
-class IndexDocument(Message, tag="demo.doc.index"):
-    doc_id: int
-    keywords: tuple[str, ...]
-    tier: str
-
-
-class Indexed(Message, tag="demo.doc.indexed"):
-    doc_id: int
-    index_key: str
-
-
-class Orchestrated(Message, tag="demo.doc.orchestrated"):
-    """How the orchestrated path ended for a document (sent to the Collector)."""
-
-    doc_id: int
-    uploaded_at: float
-    finished_at: float
-    outcome: str
-    error: str | None = None
-
-
-# -- deterministic "work" ----------------------------------------------------------------
-
-_MARKUP = re.compile(r"<[^>]*>")
-_ENTITY = re.compile(
-    r"[A-Z][a-z]+ [A-Z][a-z]+"  # a person: two capitalised words
-    r"|[$\d][\d,.-]{7,}\d"  # an amount ($1,234.56) or a date (2024-03-01)
-    r"|\b[a-z]+@[a-z.]+[a-z]"  # an email address
-)
-_TIER = re.compile(r'tier="(\w+)"')
-CATEGORIES: dict[str, frozenset[str]] = {
-    "invoice": frozenset({"invoice", "payment", "amount", "due", "billing"}),
-    "contract": frozenset({"agreement", "party", "clause", "term", "signed"}),
-    "report": frozenset({"quarter", "revenue", "growth", "analysis", "forecast"}),
-    "memo": frozenset({"meeting", "team", "schedule", "update", "reminder"}),
-}
-_STOPWORDS = frozenset({"the", "and", "for", "with", "this", "that", "from", "will", "are"})
-
-
-class CorruptDocument(ValueError):
-    """The document body holds bytes no text could contain (the injected fault)."""
-
-
-def _check_intact(doc_id: int, body: str) -> None:
-    if "\x00" in body:
-        raise CorruptDocument(f"document {doc_id} is corrupted (NUL bytes in the body)")
-
-
-def tokens(body: str) -> list[str]:
-    """The words of a document: markup stripped, split on whitespace."""
-    return _MARKUP.sub(" ", body).split()
-
-
-def classify(doc_id: int, body: str) -> str:
-    """The category whose keywords occur most often (ties: the first category)."""
-    _check_intact(doc_id, body)
-    counts = Counter(tokens(body))
-    scores = {label: sum(counts[k] for k in keys) for label, keys in CATEGORIES.items()}
-    return max(scores, key=scores.__getitem__)
-
-
-def keywords(doc_id: int, body: str, top: int = 5) -> tuple[str, ...]:
-    """The ``top`` most frequent content words (ties: first occurrence wins)."""
-    _check_intact(doc_id, body)
-    counts = Counter(tokens(body.lower()))
-    ranked = (w for w, _ in counts.most_common()[: 3 * top])
-    return tuple(w for w in ranked if len(w) > 3 and w not in _STOPWORDS)[:top]
 
 
 # -- agents ------------------------------------------------------------------------------
@@ -364,12 +234,6 @@ class Summarizer(Agent):
         match = _TIER.search(msg.body)
         tier = match.group(1) if match else "hot"
         return Summary(doc_id=msg.doc_id, keywords=keywords(msg.doc_id, msg.body), tier=tier)
-
-
-def index_key(keywords: tuple[str, ...]) -> str:
-    """Where a document's keywords land in the (imaginary) index."""
-    joined = "\x1f".join(keywords).encode()
-    return hashlib.blake2b(joined, digest_size=6, salt=b"kerna").hexdigest()
 
 
 class Indexer(Agent):

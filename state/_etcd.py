@@ -31,336 +31,54 @@ What this module adds on top, and why:
   connection is closed, which ends its calls, and the watches move to the next member.
 * **Leases.** etcd counts lease TTLs in whole seconds: a TTL is rounded up. Keeping a
   lease alive is the caller's job (aetcd has no background keepalive).
+
+This module holds ``EtcdBackend`` (failover, retries, the primitives); its parts live
+in ``_etcd_conn`` (channels, options, classifying gRPC errors), ``_etcd_wire``
+(conversions to and from etcd's messages) and ``_etcd_watch`` (watch streams and the
+liveness probe).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import math
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from aetcd import rpc
 
 from kerna._errors import (
     Compacted,
     ConfigError,
-    DecodeError,
     KernaError,
     LeaseLost,
     OutcomeUnknown,
-    StateError,
     Unavailable,
 )
 
 from ._backend import StateBackend
+from ._etcd_conn import (
+    _BACKOFF_MAX,
+    _BACKOFF_MIN,
+    _cancelled,
+    _classify,
+    _Conn,
+    _Fault,
+    _grpc,
+    _NotConnected,
+    _parse_endpoints,
+    _parse_options,
+)
+from ._etcd_watch import _probe_loop, _WatchStream
+from ._etcd_wire import _compare, _kv, _prefix_end, _request_op
 from ._types import Compare, Delete, KeyValue, Op, Page, Put, TxnResult, WatchEvent
 
 __all__ = ["EtcdBackend"]
 
 log = logging.getLogger("kerna.state.etcd")
-_grpc: Any = importlib.import_module("grpc")  # aetcd's dependency; untyped, hence Any
 
 _T = TypeVar("_T")
-_DEFAULT_PORT = 2379
-_BACKOFF_MIN = 0.05
-_BACKOFF_MAX = 0.5
-_CHANNEL_OPTIONS = (
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-)
-_TARGETS = {
-    "version": (rpc.Compare.VERSION, "version"),
-    "create": (rpc.Compare.CREATE, "create_revision"),
-    "mod": (rpc.Compare.MOD, "mod_revision"),
-    "value": (rpc.Compare.VALUE, "value"),
-    "lease": (rpc.Compare.LEASE, "lease"),
-}
-_RESULTS = {
-    "==": rpc.Compare.EQUAL,
-    "!=": rpc.Compare.NOT_EQUAL,
-    "<": rpc.Compare.LESS,
-    ">": rpc.Compare.GREATER,
-}
-
-
-@dataclass(frozen=True)
-class _Options:
-    timeout: float
-    probe_interval: float
-    probe_timeout: float
-    ca_cert: bytes | None
-    cert_key: bytes | None
-    cert_cert: bytes | None
-    username: str | None
-    password: str | None
-
-
-class _NotConnected(Exception):
-    """The channel could not reach its member: nothing was sent."""
-
-
-@dataclass(frozen=True)
-class _Fault:
-    """What went wrong with one attempt, and what that allows."""
-
-    reason: str
-    maybe_applied: bool  # the request may have reached etcd and taken effect
-    broken: bool  # the connection is no good: close it, move to the next member
-
-
-def _cancelled() -> bool:
-    """Whether the current task is being cancelled (as opposed to a gRPC call being
-    cancelled under it because its channel was closed, which also raises
-    ``CancelledError``)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-class _Conn:
-    """One gRPC channel to one member, with its stubs; closed once, never reopened."""
-
-    def __init__(self, endpoint: str, options: _Options) -> None:
-        self.endpoint = endpoint
-        self._options = options
-        if options.ca_cert or options.cert_cert:
-            credentials = _grpc.ssl_channel_credentials(
-                root_certificates=options.ca_cert,
-                private_key=options.cert_key,
-                certificate_chain=options.cert_cert,
-            )
-            self.channel = rpc.secure_channel(endpoint, credentials, options=_CHANNEL_OPTIONS)
-        else:
-            self.channel = rpc.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
-        self.kv = rpc.KVStub(self.channel)
-        self.lease = rpc.LeaseStub(self.channel)
-        self.watch = rpc.WatchStub(self.channel)
-        self.maintenance = rpc.MaintenanceStub(self.channel)
-        self.closed = False
-        self.connected = False  # it was ready once
-        self._token: tuple[tuple[str, str], ...] = ()
-        self._auth_lock = asyncio.Lock()
-
-    @property
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        """Call metadata: the auth token, and "only a member with a leader may answer"
-        (etcd rejects such a request unapplied, or cancels such a stream, when the
-        member has lost its leader)."""
-        return (("hasleader", "true"), *self._token)
-
-    @property
-    def probe_metadata(self) -> tuple[tuple[str, str], ...]:
-        """The auth token alone: a probe asks whether the member answers at all."""
-        return self._token
-
-    async def ready(self, timeout: float) -> None:
-        """Wait until the channel is connected (and authenticated).
-
-        Raises:
-            _NotConnected: the member refused or did not answer within ``timeout``.
-        """
-        ready = _grpc.ChannelConnectivity.READY
-        failed = (_grpc.ChannelConnectivity.TRANSIENT_FAILURE, _grpc.ChannelConnectivity.SHUTDOWN)
-        state = self.channel.get_state(True)
-        if state != ready:
-            try:
-                async with asyncio.timeout(timeout):
-                    while state != ready:
-                        if state in failed:
-                            raise _NotConnected(f"cannot connect to {self.endpoint}")
-                        await self.channel.wait_for_state_change(state)
-                        state = self.channel.get_state(True)
-            except TimeoutError:
-                raise _NotConnected(f"{self.endpoint} did not accept a connection") from None
-        self.connected = True
-        if self._options.username is not None and not self._token:
-            async with self._auth_lock:  # one Authenticate (a raft proposal) per token
-                if not self._token:
-                    request = rpc.AuthenticateRequest(
-                        name=self._options.username, password=self._options.password
-                    )
-                    auth = rpc.AuthStub(self.channel)
-                    response = await auth.Authenticate(request, timeout=timeout)
-                    self._token = (("token", response.token),)
-
-    def forget_token(self) -> None:
-        self._token = ()
-
-    async def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            await self.channel.close()
-
-
-def _parse_endpoints(url: str) -> tuple[str, ...]:
-    scheme, _, rest = url.partition("://")
-    if scheme.lower() != "etcd" or not _:
-        raise ConfigError(f"etcd URL must look like 'etcd://host:port[,host:port...]', got {url!r}")
-    if rest.endswith("/"):
-        rest = rest[:-1]
-    for bad, what in (("/", "a path"), ("?", "a query"), ("#", "a fragment"), ("@", "credentials")):
-        if bad in rest:
-            hint = " (use the username/password options)" if bad == "@" else ""
-            raise ConfigError(f"etcd URL {url!r} must not contain {what}{hint}")
-    if not rest:
-        raise ConfigError(f"etcd URL {url!r} names no endpoint: 'etcd://host:port[,host:port...]'")
-    endpoints = []
-    for item in rest.split(","):
-        host, port = item, str(_DEFAULT_PORT)
-        if item.startswith("["):  # [ipv6]:port
-            close = item.find("]")
-            tail = item[close + 1 :] if close > 0 else "?"
-            if tail and not tail.startswith(":"):
-                raise ConfigError(f"etcd URL {url!r}: bad endpoint {item!r}")
-            host, port = item[: close + 1], tail[1:] or str(_DEFAULT_PORT)
-        elif ":" in item:
-            host, _, port = item.rpartition(":")
-        if not host or host == "[]":
-            raise ConfigError(f"etcd URL {url!r}: endpoint {item!r} has no host")
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"etcd URL {url!r}: endpoint {item!r} has a bad port {port!r}")
-        endpoints.append(f"{host}:{int(port)}")
-    return tuple(endpoints)
-
-
-def _positive(options: dict[str, object], name: str, default: float) -> float:
-    value = options.pop(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(f"etcd option {name} must be a number of seconds > 0, got {value!r}")
-    return float(value)
-
-
-def _pem(options: dict[str, object], name: str) -> bytes | None:
-    value = options.pop(name, None)
-    if value is None:
-        return None
-    if not isinstance(value, str | os.PathLike):
-        raise ConfigError(f"etcd option {name} must be a file path, got {value!r}")
-    try:
-        with open(value, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise ConfigError(f"etcd option {name}: cannot read {os.fspath(value)!r}: {exc}") from exc
-
-
-def _text(options: dict[str, object], name: str) -> str | None:
-    value = options.pop(name, None)
-    if value is not None and (not isinstance(value, str) or not value):
-        raise ConfigError(f"etcd option {name} must be a non-empty string, got {value!r}")
-    return value
-
-
-_KNOWN = "timeout, probe_interval, probe_timeout, ca_cert, cert_key, cert_cert, username, password"
-
-
-def _parse_options(given: Mapping[str, object]) -> _Options:
-    options = dict(given)
-    timeout = _positive(options, "timeout", 5.0)
-    probe_interval = _positive(options, "probe_interval", 1.0)
-    probe_timeout = _positive(options, "probe_timeout", 2.0)
-    ca_cert, cert_key, cert_cert = (_pem(options, n) for n in ("ca_cert", "cert_key", "cert_cert"))
-    username, password = _text(options, "username"), _text(options, "password")
-    if options:
-        raise ConfigError(f"unknown etcd options: {', '.join(sorted(options))} (known: {_KNOWN})")
-    if (cert_key is None) != (cert_cert is None):
-        raise ConfigError("etcd options cert_key and cert_cert go together (client certificate)")
-    if (username is None) != (password is None):
-        raise ConfigError("etcd options username and password go together")
-    return _Options(
-        timeout, probe_interval, probe_timeout, ca_cert, cert_key, cert_cert, username, password
-    )
-
-
-def _prefix_end(prefix: bytes) -> bytes:
-    """The smallest key greater than every key starting with ``prefix`` (etcd's
-    ``range_end``); ``b"\\0"`` means "no end"."""
-    stripped = prefix.rstrip(b"\xff")
-    if not stripped:
-        return b"\0"
-    return stripped[:-1] + bytes([stripped[-1] + 1])
-
-
-def _key(raw: bytes) -> str:
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        raise DecodeError(f"etcd key {raw!r} is not UTF-8") from None
-
-
-def _kv(raw: Any) -> KeyValue:
-    return KeyValue(
-        _key(raw.key), raw.value, raw.create_revision, raw.mod_revision, raw.version, raw.lease
-    )
-
-
-def _event(raw: Any) -> WatchEvent:
-    kv = raw.kv
-    if raw.type == rpc.Event.DELETE:
-        return WatchEvent("delete", KeyValue(_key(kv.key), b"", 0, kv.mod_revision, 0, 0))
-    return WatchEvent("put", _kv(kv))
-
-
-def _compare(c: Compare) -> Any:
-    target, field = _TARGETS[c.target]
-    expected_type = bytes if c.target == "value" else int
-    if type(c.value) is not expected_type:
-        raise TypeError(f"compare {c.target} of {c.key!r} with {c.value!r}")
-    return rpc.Compare(key=c.key.encode(), target=target, result=_RESULTS[c.op], **{field: c.value})
-
-
-def _request_op(op: Op) -> Any:
-    if isinstance(op, Put):
-        return rpc.RequestOp(
-            request_put=rpc.PutRequest(key=op.key.encode(), value=op.value, lease=op.lease)
-        )
-    if isinstance(op, Delete):
-        key = op.key.encode()
-        end = (_prefix_end(key) if key else b"\0") if op.prefix else b""
-        if op.prefix and not key:
-            key = b"\0"
-        return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key, range_end=end))
-    return rpc.RequestOp(request_range=rpc.RangeRequest(key=op.key.encode()))
-
-
-def _classify(exc: Any, sent: bool) -> _Fault:
-    """Turn a gRPC error into a fault to retry or report, or raise the kerna error it
-    definitely means (such an answer came from etcd: nothing ambiguous about it)."""
-    code, details = exc.code(), exc.details() or ""
-    codes = _grpc.StatusCode
-    if code == codes.UNAVAILABLE:
-        if not details.startswith("etcdserver:"):  # a transport failure
-            unsent = "failed to connect" in details
-            return _Fault(details, maybe_applied=sent and not unsent, broken=True)
-        # etcd rejects unapplied when the member has no leader; its timeouts, "leader
-        # changed" and "stopped" may follow a proposal that will still be applied.
-        return _Fault(details, maybe_applied=sent and "no leader" not in details, broken=True)
-    if code == codes.DEADLINE_EXCEEDED:
-        return _Fault(f"no answer in time ({details})", maybe_applied=sent, broken=True)
-    if code == codes.RESOURCE_EXHAUSTED and "too many requests" in details:
-        return _Fault(details, maybe_applied=False, broken=False)
-    if code == codes.UNKNOWN and "proposal dropped" in details:
-        return _Fault(details, maybe_applied=False, broken=True)
-    if code == codes.UNAUTHENTICATED and "invalid auth token" in details:
-        return _Fault(details, maybe_applied=False, broken=False)
-    if code == codes.NOT_FOUND and "lease not found" in details:
-        raise LeaseLost(f"etcd: {details} (expired or revoked)")
-    if code == codes.OUT_OF_RANGE and "compacted" in details:
-        raise Compacted(f"etcd: {details}")
-    if "authentication failed" in details or "authentication is not enabled" in details:
-        raise ConfigError(f"etcd rejected the username/password options: {details}")
-    if code == codes.INVALID_ARGUMENT:
-        raise ValueError(f"etcd rejected the request: {details}")
-    if code == codes.PERMISSION_DENIED:
-        raise StateError(f"etcd denied the request: {details}")
-    if code == codes.RESOURCE_EXHAUSTED:  # e.g. the space quota alarm
-        raise Unavailable(f"etcd refused the request: {details}")
-    return _Fault(f"{code.name}: {details}", maybe_applied=sent, broken=True)
 
 
 class EtcdBackend(StateBackend):
@@ -537,29 +255,8 @@ class EtcdBackend(StateBackend):
     def _start_probe(self) -> None:
         if self._probe is None and not self._closed:
             self._probe = asyncio.get_running_loop().create_task(
-                self._probe_loop(), name=f"kerna.state.etcd probe {self.url}"
+                _probe_loop(self), name=f"kerna.state.etcd probe {self.url}"
             )
-
-    async def _probe_loop(self) -> None:
-        """Every ``probe_interval``, ask the current member for its status; one that
-        does not answer within ``probe_timeout`` is dropped (see the module docstring)."""
-        timeout = self._options.probe_timeout
-        while True:
-            await asyncio.sleep(self._options.probe_interval)
-            conn = self._conn
-            if conn is None:
-                continue
-            try:
-                await conn.maintenance.Status(
-                    rpc.StatusRequest(), timeout=timeout, metadata=conn.probe_metadata
-                )
-            except asyncio.CancelledError:
-                if _cancelled():
-                    raise
-                continue  # closed under us by someone who found it broken
-            except Exception as exc:
-                reason = exc.details() if isinstance(exc, rpc.AioRpcError) else repr(exc)
-                await self._drop(conn, f"failed the liveness probe ({reason})")
 
     # -- primitives --------------------------------------------------------------------
 
@@ -704,122 +401,3 @@ class EtcdBackend(StateBackend):
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await conn.close()  # ends the watch streams on it
-
-
-class _WatchStream:
-    """The etcd side of one ``watch`` iterator: a stream that is re-created, on the
-    current member and from the revision after the last one delivered, whenever its
-    connection is lost. Events of one revision arrive in one response (etcd does not
-    split a revision unless asked to), so resuming at a revision boundary loses and
-    repeats nothing."""
-
-    def __init__(self, backend: EtcdBackend, prefix: str, from_revision: int) -> None:
-        self._backend = backend
-        self._prefix = prefix
-        self._key = prefix.encode() or b"\0"
-        self._end = _prefix_end(self._key) if prefix else b"\0"
-        self._last = from_revision - 1  # every event up to here was delivered
-        self._conn: _Conn | None = None
-        self._call: Any = None
-        self._delay = _BACKOFF_MIN
-
-    def cancel(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
-
-    async def next_batch(self) -> list[WatchEvent] | None:
-        """The next events (those of one etcd response), or None once the backend is
-        closed.
-
-        Raises:
-            Compacted: the revision to resume from was compacted.
-            StateError: etcd cancelled the watch for another reason (permissions).
-            ConfigError: etcd rejected the credentials.
-        """
-        while not self._backend._closed:
-            if self._call is None:
-                await self._open()
-                continue
-            try:
-                response = await self._call.read()
-            except asyncio.CancelledError:
-                if _cancelled():
-                    raise
-                await self._lost("its connection was closed")
-                continue
-            except rpc.AioRpcError as exc:
-                await self._lost(f"the stream failed: {_classify(exc, sent=False).reason}")
-                continue
-            if response is _grpc.aio.EOF:
-                await self._lost("the stream ended")
-                continue
-            self._check(response)
-            events = [_event(e) for e in response.events if e.kv.mod_revision > self._last]
-            if events:
-                self._last = events[-1].revision
-                self._delay = _BACKOFF_MIN
-                return events
-        return None
-
-    def _check(self, response: Any) -> None:
-        if response.compact_revision:
-            self.cancel()
-            raise Compacted(
-                f"etcd watch on {self._prefix!r} cannot resume at revision {self._last + 1}:"
-                f" compacted (oldest kept: {response.compact_revision})",
-                response.compact_revision,
-            )
-        if response.canceled:  # not for a lost leader or connection: those end the stream
-            self.cancel()
-            reason = response.cancel_reason or "no reason given"
-            raise StateError(f"etcd cancelled the watch on {self._prefix!r}: {reason}")
-
-    async def _open(self) -> None:
-        """Create the stream on the current member (or, failing, drop that member and
-        pause before the caller tries again)."""
-        conn = self._backend._current()
-        timeout = self._backend._options.probe_timeout
-        call: Any = None
-        try:
-            await conn.ready(timeout)
-            call = conn.watch.Watch(metadata=conn.metadata)
-            create = rpc.WatchCreateRequest(
-                key=self._key, range_end=self._end, start_revision=self._last + 1
-            )
-            async with asyncio.timeout(timeout):
-                await call.write(rpc.WatchRequest(create_request=create))
-                response = await call.read()
-        except asyncio.CancelledError:
-            if call is not None:
-                call.cancel()
-            if _cancelled():
-                raise
-            reason = "its connection was closed"
-        except TimeoutError:
-            reason = "it did not answer the watch request in time"
-        except _NotConnected as exc:
-            reason = str(exc)
-        except rpc.AioRpcError as exc:
-            reason = f"it refused the watch: {_classify(exc, sent=False).reason}"
-        else:
-            if response is not _grpc.aio.EOF and response.created:
-                self._conn, self._call = conn, call
-                self._check(response)
-                return
-            reason = "it ended the watch stream"
-        if call is not None:
-            call.cancel()
-        self._conn = conn
-        await self._lost(reason)
-
-    async def _lost(self, reason: str) -> None:
-        """The stream is gone: drop its member (if still current) and pause a little."""
-        conn, self._conn = self._conn, None
-        self.cancel()
-        if self._backend._closed:
-            return
-        if conn is not None:
-            await self._backend._drop(conn, f"watch on {self._prefix!r} lost: {reason}")
-        await self._backend._pause(self._delay)
-        self._delay = min(self._delay * 2, _BACKOFF_MAX)
