@@ -65,13 +65,18 @@ def _dec(key: bytes) -> str:
     return key.decode("utf-8", "surrogatepass")
 
 
-def _prefix_where(prefix: str) -> tuple[str, tuple[bytes, ...]]:
-    """A ``WHERE`` fragment selecting keys that start with ``prefix``, as a key range."""
+def _prefix_where(prefix: str, start_after: str | None = None) -> tuple[str, tuple[bytes, ...]]:
+    """A ``WHERE`` fragment selecting keys that start with ``prefix`` (and come after
+    ``start_after``) as one key range: a single lower bound, so that SQLite seeks the
+    index to it instead of scanning from the prefix (paged reads stay linear)."""
     low = _enc(prefix)
-    stripped = low.rstrip(b"\xff")  # never in UTF-8, but keep the bound right anyway
+    lower = "key >= ?"
+    if start_after is not None and _enc(start_after) >= low:
+        low, lower = _enc(start_after), "key > ?"
+    stripped = _enc(prefix).rstrip(b"\xff")  # never in UTF-8, but keep the bound right anyway
     if not stripped:
-        return "key >= ?", (low,)
-    return "key >= ? AND key < ?", (low, stripped[:-1] + bytes([stripped[-1] + 1]))
+        return lower, (low,)
+    return f"{lower} AND key < ?", (low, stripped[:-1] + bytes([stripped[-1] + 1]))
 
 
 def _lease_lost(lease_id: int) -> LeaseLost:
@@ -264,10 +269,7 @@ class _Db:
         return None if row is None else KeyValue(key, *row)
 
     def range(self, prefix: str, start_after: str | None, limit: int) -> Page:
-        where, params = _prefix_where(prefix)
-        if start_after is not None:
-            where += " AND key > ?"
-            params += (_enc(start_after),)
+        where, params = _prefix_where(prefix, start_after)
         rows = self.db.execute(
             "SELECT key, value, create_rev, mod_rev, version, lease FROM kv"
             f" WHERE {where} ORDER BY key LIMIT ?",
