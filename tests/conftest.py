@@ -20,9 +20,21 @@ from .etcd import etcd_cluster, etcd_server  # noqa: F401
 REQUIRE_SERVERS = os.environ.get("KERNA_REQUIRE_SERVERS") == "1"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _one_event_loop_for_the_session() -> AsyncIterator[None]:
+    """Keep anyio's test runner, and so one event loop, for the whole session.
+
+    gRPC's asyncio layer (the etcd client) delivers the completion of a cancelled call
+    some time after the cancel, to the loop that made the call. With a loop per test,
+    that loop can already be closed, and gRPC then raises "Event loop is closed" inside
+    whichever test runs next. One loop, as in an application, avoids that.
+    """
+    yield  # noqa: PT022 - the fixture holds the runner open until the session ends
 
 
 @pytest.fixture
