@@ -7,6 +7,7 @@ declaring an entry point. Modules are imported only when their scheme is used.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from importlib.metadata import entry_points
 
@@ -31,9 +32,16 @@ _BUILTIN = {
 def schemes() -> dict[str, str]:
     """Every known scheme and the ``module:Class`` that serves it."""
     found = dict(_BUILTIN)
-    for ep in entry_points(group=GROUP):
-        found[ep.name] = ep.value
+    found.update(_entry_points())
     return found
+
+
+@functools.cache
+def _entry_points() -> tuple[tuple[str, str], ...]:
+    """The group's entry points, read once per process: reading them costs milliseconds
+    and every ``connect`` (every kernel start) asks. After installing a backend package at
+    run time, call ``_entry_points.cache_clear()``."""
+    return tuple((ep.name, ep.value) for ep in entry_points(group=GROUP))
 
 
 def _split(url: str) -> str:

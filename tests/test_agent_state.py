@@ -232,8 +232,12 @@ async def test_missing_extra_names_the_extra(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setitem(_registry._BUILTIN, "etcd", "kerna_no_such_module:EtcdBackend")
     monkeypatch.setattr(_registry, "entry_points", lambda group: [])
-    with pytest.raises(ConfigError, match=r"pip install 'kerna\[etcd\]'"):
-        await connect("etcd://127.0.0.1:2379")
+    _registry._entry_points.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match=r"pip install 'kerna\[etcd\]'"):
+            await connect("etcd://127.0.0.1:2379")
+    finally:
+        _registry._entry_points.cache_clear()
 
 
 async def test_kernel_on_a_backend_it_does_not_own() -> None:
