@@ -198,10 +198,10 @@ class EventLog(Generic[S]):
         self._where = f"{agent_type}/{key}"
         self._encoder = msgspec.msgpack.Encoder()
 
-    async def events(
+    async def pages(
         self, *, after: int = 0, upto: int | None = None
-    ) -> AsyncIterator[EventRecord]:
-        """The records with ``after < seq <= upto``, in order (paged reads).
+    ) -> AsyncIterator[list[EventRecord]]:
+        """The records with ``after < seq <= upto``, one backend page at a time.
 
         Raises:
             DecodeError: a record does not decode (names agent, sequence and type).
@@ -210,42 +210,53 @@ class EventLog(Generic[S]):
         prefix = layout.log_prefix(self.agent_type, self.key)
         start_after = layout.log(self.agent_type, self.key, after) if after > 0 else None
         decode = self.sourcing.decode_record
+        where = self._where
         while True:
             page = await self.backend.range(prefix, start_after=start_after, limit=self.page_size)
-            for kv in page.kvs:
-                record = decode(kv.value, self._where)
-                if upto is not None and record.seq > upto:
-                    return
-                yield record
+            records = [decode(kv.value, where) for kv in page.kvs]
+            if upto is not None and records and records[-1].seq > upto:
+                yield [r for r in records if r.seq <= upto]
+                return
+            if records:
+                yield records
             if not page.more or not page.kvs:
                 return
             start_after = page.kvs[-1].key
+
+    async def events(
+        self, *, after: int = 0, upto: int | None = None
+    ) -> AsyncIterator[EventRecord]:
+        """The records with ``after < seq <= upto``, in order (paged reads).
+
+        Raises:
+            DecodeError: a record does not decode (names agent, sequence and type).
+        """
+        async for records in self.pages(after=after, upto=upto):
+            for record in records:
+                yield record
 
     async def state_at(self, seq: int | None = None) -> tuple[S, int]:
         """Rebuild the state as of ``seq`` (default: the latest) by full replay.
 
         Returns the state and the sequence number it reflects.
         """
-        state = self.sourcing.initial()
-        last = 0
-        apply = self.sourcing.apply
-        async for record in self.events(upto=seq):
-            state = apply(state, record.event)
-            last = record.seq
-        return state, last
+        return await self._replay(self.sourcing.initial(), 0, upto=seq)
 
     async def load(self) -> tuple[S, int]:
         """Latest snapshot plus replay of the events after it (activation)."""
         key = self.layout.state(self.agent_type, self.key)
         kv = await self.backend.get(key)
         if kv is None:
-            state, seq = self.sourcing.initial(), 0
-        else:
-            state, seq = self.sourcing.decode_snapshot(kv.value, self._where)
+            return await self._replay(self.sourcing.initial(), 0)
+        state, seq = self.sourcing.decode_snapshot(kv.value, self._where)
+        return await self._replay(state, seq)
+
+    async def _replay(self, state: S, seq: int, *, upto: int | None = None) -> tuple[S, int]:
         apply = self.sourcing.apply
-        async for record in self.events(after=seq):
-            state = apply(state, record.event)
-            seq = record.seq
+        async for records in self.pages(after=seq, upto=upto):
+            for record in records:  # a plain loop per page: the hot path of recovery
+                state = apply(state, record.event)
+            seq = records[-1].seq
         return state, seq
 
     async def append(
