@@ -18,6 +18,7 @@ from kerna import Compacted, ConfigError, DecodeError, OutcomeUnknown, Unavailab
 from kerna.state import Put, StateBackend, connect
 from kerna.state._etcd import EtcdBackend
 
+from .conftest import require_server
 from .etcd import EtcdMember, _data_root, free_ports, require_etcd
 
 pytestmark = pytest.mark.anyio
@@ -228,7 +229,7 @@ def secure_etcd() -> Iterator[tuple[EtcdMember, Path]]:
     """A member that requires TLS with client certificates and a password (user root)."""
     require_etcd()
     if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make test certificates")
+        require_server("openssl is needed to make test certificates (apt-get install openssl)")
     root = _data_root()
     certs = root / "certs"
     certs.mkdir()
