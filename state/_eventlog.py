@@ -98,24 +98,17 @@ class EventSourcing(Generic[S]):
         self._event_decoder = msgspec.msgpack.Decoder(self.event_type)
         self._state_decoder = msgspec.msgpack.Decoder(state_type)
         self._snapshot_decoder = msgspec.msgpack.Decoder(_RawSnapshot)
+        # An EventRecord whose ``event`` field is typed: records decode straight into
+        # EventRecord instances (one allocation per event on the replay path).
         typed = msgspec.defstruct(
-            "_TypedRecord",
-            [
-                ("seq", int),
-                ("time", float),
-                ("correlation_id", int),
-                ("causation_id", int),
-                ("event", self.event_type),
-            ],
-            frozen=True,
+            "EventRecord", [("event", self.event_type)], bases=(EventRecord,), frozen=True
         )
-        self._typed_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(typed)
+        self._typed_decoder: msgspec.msgpack.Decoder[EventRecord] = msgspec.msgpack.Decoder(typed)
 
     def decode_record(self, data: bytes, where: str) -> EventRecord:
         """Decode one stored record, naming agent, sequence and event type on failure."""
         try:
-            rec = self._typed_decoder.decode(data)
-            return EventRecord(rec.seq, rec.time, rec.correlation_id, rec.causation_id, rec.event)
+            return self._typed_decoder.decode(data)
         except msgspec.MsgspecError:
             pass  # find out precisely what is wrong, below (the slow path)
         try:
