@@ -21,6 +21,7 @@ from kerna._errors import LeaseLost, Unavailable
 
 from ._backend import StateBackend
 from ._layout import escape
+from ._tasks import cancel_and_wait
 from ._types import Compare, Delete, Put
 
 __all__ = ["Election", "KeptLease", "Lock"]
@@ -70,12 +71,7 @@ class KeptLease:
     async def revoke(self) -> None:
         """Stop refreshing and revoke the lease (deleting the keys attached to it)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(task)
         if self.id:
             lease, self.id = self.id, 0
             try:

@@ -26,6 +26,7 @@ from typing import Any, Generic, TypeVar
 from kerna._errors import Compacted, Unavailable
 
 from ._backend import StateBackend
+from ._tasks import cancel_and_wait
 from ._types import KeyValue, WatchEvent
 
 __all__ = ["Replica"]
@@ -85,12 +86,7 @@ class Replica(Generic[T]):
     async def aclose(self) -> None:
         """Stop following the watch (waits for the watch task to end)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(task)
         for _, waiter in self._waiters:
             if not waiter.done():
                 waiter.cancel()
