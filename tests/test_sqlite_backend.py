@@ -29,21 +29,11 @@ from kerna.state import Compare, Delete, Get, Put, StateBackend, WatchEvent, con
 from kerna.state._memory import MemoryBackend
 from kerna.state._sqlite import SqliteBackend
 
+from .watching import collect
+
 
 def url(path: Path) -> str:
     return f"sqlite://{path}"
-
-
-async def collect(
-    backend: StateBackend, prefix: str, from_revision: int, count: int
-) -> list[WatchEvent]:
-    out: list[WatchEvent] = []
-    async with asyncio.timeout(10):
-        async for event in backend.watch(prefix, from_revision):
-            out.append(event)
-            if len(out) == count:
-                break
-    return out
 
 
 # -- URLs, options, files ----------------------------------------------------------------

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from kerna import Compacted, Conflict, LeaseLost
-from kerna.state import Compare, Delete, Get, Put, StateBackend, WatchEvent, connect
+from kerna.state import Compare, Delete, Get, Put, StateBackend, connect
+
+from .watching import collect
 
 pytestmark = pytest.mark.anyio
 
@@ -157,24 +159,12 @@ async def test_delete_prefix(backend: StateBackend, p: str) -> None:
     assert [kv.key async for kv in backend.scan(p)] == [p + "keep"]
 
 
-async def _collect(
-    backend: StateBackend, prefix: str, from_revision: int, count: int
-) -> list[WatchEvent]:
-    out: list[WatchEvent] = []
-    async with asyncio.timeout(10):
-        async for event in backend.watch(prefix, from_revision):
-            out.append(event)
-            if len(out) == count:
-                break
-    return out
-
-
 async def test_watch_replays_history_then_follows_live(backend: StateBackend, p: str) -> None:
     r1 = await backend.put(p + "w/a", b"1")
     await backend.put(p + "other", b"not watched")
     await backend.put(p + "w/b", b"2")
     await backend.delete(p + "w/a")
-    watcher = asyncio.ensure_future(_collect(backend, p + "w/", r1, 5))
+    watcher = asyncio.ensure_future(collect(backend, p + "w/", r1, 5))
     await asyncio.sleep(0.05)  # let the live part of the watch attach; events race either way
     r5 = await backend.put(p + "w/c", b"3")
     await backend.put(p + "w/c", b"4")
@@ -196,8 +186,8 @@ async def test_watch_replays_history_then_follows_live(backend: StateBackend, p:
 
 async def test_two_watchers_see_the_same_stream(backend: StateBackend, p: str) -> None:
     start = (await backend.range(p)).revision + 1
-    w1 = asyncio.ensure_future(_collect(backend, p, start, 20))
-    w2 = asyncio.ensure_future(_collect(backend, p, start, 20))
+    w1 = asyncio.ensure_future(collect(backend, p, start, 20))
+    w2 = asyncio.ensure_future(collect(backend, p, start, 20))
     for i in range(20):
         await backend.put(f"{p}{i % 4}", str(i).encode())
     e1, e2 = await w1, await w2
@@ -213,9 +203,9 @@ async def test_watch_from_a_compacted_revision(backend: StateBackend, p: str) ->
     r3 = await backend.put(p + "c", b"3")
     await backend.compact(r3)
     with pytest.raises(Compacted) as info:
-        await _collect(backend, p, r1, 1)
+        await collect(backend, p, r1, 1)
     assert info.value.compact_revision >= r3 - 1
-    events = await _collect(backend, p, r3, 1)  # from the compaction point on is fine
+    events = await collect(backend, p, r3, 1)  # from the compaction point on is fine
     assert events[0].kv.value == b"3"
     kv = await backend.get(p + "c")
     assert kv is not None
@@ -231,7 +221,7 @@ async def test_leases(backend: StateBackend, p: str) -> None:
     assert kv.lease == lease
     assert await backend.lease_keepalive(lease) > 0
     start = (await backend.range(p)).revision + 1
-    watcher = asyncio.ensure_future(_collect(backend, p, start, 1))
+    watcher = asyncio.ensure_future(collect(backend, p, start, 1))
     await backend.lease_revoke(lease)
     assert await backend.get(p + "held") is None
     deleted = await watcher
@@ -247,7 +237,7 @@ async def test_lease_expiry_deletes_keys_with_a_watch_event(backend: StateBacken
     lease = await backend.lease_grant(1)
     await backend.put(p + "ttl", b"x", lease=lease)
     start = (await backend.range(p)).revision + 1
-    events = await _collect(backend, p, start, 1)  # nobody keeps it alive
+    events = await collect(backend, p, start, 1)  # nobody keeps it alive
     assert (events[0].kind, events[0].kv.key) == ("delete", p + "ttl")
     assert await backend.get(p + "ttl") is None
 
