@@ -65,10 +65,6 @@ class StateSpec:
         self.decoder = msgspec.msgpack.Decoder(state_type)
 
 
-def _ambiguous(exc: Unavailable) -> bool:
-    return bool(getattr(exc, "ambiguous", False))
-
-
 class Persistence:
     """The kernel's link to its state backend (see the module docstring)."""
 
@@ -164,7 +160,7 @@ class Persistence:
                     self._lease.lost.set()  # expired under us: take a new one, try again
                 continue
             except Unavailable as exc:
-                if not _ambiguous(exc):
+                if not exc.ambiguous:
                     raise
                 current = await self.backend.get(claim_key)
                 if current is None or current.value != value:
@@ -240,7 +236,7 @@ class Persistence:
                 [Get(claim_key), Get(state_key)],
             )
         except Unavailable as exc:
-            if not _ambiguous(exc):
+            if not exc.ambiguous:
                 raise
             current = await self.backend.get(state_key)  # may raise Unavailable: unknown
             if current is not None and current.value == data and current.mod_revision > expected:
@@ -299,7 +295,7 @@ class Persistence:
             act.request_deactivation()
             raise
         except Unavailable as exc:
-            if not _ambiguous(exc):
+            if not exc.ambiguous:
                 raise
             first = await self.backend.get(self.layout.log(act.id.type, act.id.key, expected + 1))
             if first is None:
