@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
-import traceback
 from collections import deque
+from collections.abc import Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from ._envelope import TELL, Envelope
 from ._errors import (
@@ -33,6 +32,7 @@ from ._errors import (
     MailboxFull,
     RemoteError,
 )
+from ._failures import is_failure, remote_error
 from ._timers import Timer
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from ._message import Message
     from ._registry import AgentType, HandlerFn
 
-__all__ = ["Activation", "current_activation", "remote_error"]
+__all__ = ["Activation", "current_activation"]
 
 log = logging.getLogger("kerna.activation")
 
@@ -53,28 +53,6 @@ SPAWN_BURST = 256
 # The activation whose worker runs the current task: sends made from inside a handler
 # read it to inherit correlation, causation, deadline and ask chain. Set once per worker.
 current_activation: ContextVar[Activation | None] = ContextVar("kerna_activation", default=None)
-
-
-E = TypeVar("E", bound=RemoteError)
-
-
-def remote_error(exc: BaseException, cls: type[E]) -> E:
-    """Wrap a handler's exception for its asker: type name, message and traceback.
-
-    A RemoteError that a handler let through from a nested ask keeps its origin's type
-    name and message, so the root cause reaches the first asker unwrapped.
-    """
-    if isinstance(exc, RemoteError):
-        return cls(exc.type_name, exc.message, exc.traceback)
-    t = type(exc)
-    module = t.__module__
-    if module == "builtins":
-        name = t.__qualname__
-    elif module.startswith("kerna._") and getattr(sys.modules["kerna"], t.__name__, None) is t:
-        name = f"kerna.{t.__qualname__}"  # kerna's own errors by their public name
-    else:
-        name = f"{module}.{t.__qualname__}"
-    return cls(name, str(exc), "".join(traceback.format_exception(exc)))
 
 
 class Activation:
@@ -90,6 +68,7 @@ class Activation:
         "deactivating",
         "failure",
         "id",
+        "idle_bucket",
         "kernel",
         "last_active",
         "mailbox",
@@ -115,6 +94,7 @@ class Activation:
         self.timers: set[Timer] | None = None
         self.on_closed: asyncio.Future[None] | None = None
         self.last_active = kernel.loop.time()
+        self.idle_bucket = 0  # the idle collector's bucket this activation is in (0: none)
         self.deactivating = False
         self.closing = False
         self.closed = False
@@ -162,14 +142,17 @@ class Activation:
             oldest = mailbox.popleft()
             mailbox.append(env)
             atype.stats.dropped += 1
-            self.kernel._undeliverable(
+            self.kernel._not_handled(
                 oldest, self.id, "dropped_oldest", MailboxFull(self._full_text())
             )
             return None
-        if policy == "reject" or not may_wait:
+        if not may_wait:  # a timer tick or a dead letter: the caller counts it
+            raise MailboxFull(self._full_text())
+        if policy == "reject":
             atype.stats.rejected += 1
             raise MailboxFull(self._full_text())
         if current_activation.get() is self:
+            atype.stats.rejected += 1
             raise MailboxFull(
                 f"{self.id} told itself into its own full mailbox: waiting would deadlock"
             )
@@ -189,10 +172,20 @@ class Activation:
         waiters = self.waiters
         while waiters:
             env, waiter = waiters.popleft()
-            if not waiter.done():  # a cancelled sender's message is not delivered
-                mailbox.append(env)
-                waiter.set_result(None)
-                return
+            if waiter.done():  # the sender gave up (cancelled, or its ask timed out)
+                self._count_abandoned(env)
+                continue
+            mailbox.append(env)
+            waiter.set_result(None)
+            return
+
+    def _count_abandoned(self, env: Envelope) -> None:
+        """A parked send whose sender gave up before it entered the mailbox."""
+        reply = env.reply
+        if reply is not None and reply.done():
+            self.atype.stats.expired += 1  # an ask that timed out while parked
+        else:
+            self.atype.stats.rejected += 1  # a sender cancelled while parked
 
     # -- the worker ----------------------------------------------------------------------
 
@@ -208,13 +201,18 @@ class Activation:
             if self.deactivating:
                 await self._close()
         except asyncio.CancelledError:
-            self._abort(KernelStopped(f"kernel stopped while {self.id} was busy"))
+            # Only the kernel cancels a worker (at stop): a handler's own CancelledError
+            # was reported as its failure in _drain. The message being handled, if any,
+            # counts as failed; nothing queued here will be handled.
+            if self.current is not None:
+                self.atype.stats.failed += 1
+            self.abort(KernelStopped(f"kernel stopped while {self.id} was busy"))
             raise
         finally:
             self.task = None
             self.current = None
             self.last_active = self.kernel.loop.time()
-            self.kernel._worker_exited()
+            self.kernel._worker_exited(self)
 
     async def _start(self) -> bool:
         atype = self.atype
@@ -231,7 +229,9 @@ class Activation:
                 if atype.state_spec is not None:
                     agent.state = self._state
                 await agent.on_start()
-            except Exception as exc:
+            except BaseException as exc:
+                if not is_failure(exc, self.task):
+                    raise
                 if self.token:
                     await self.kernel._store().release(self)
                 # An undecodable stored state or event will not decode on a retry either.
@@ -269,22 +269,29 @@ class Activation:
             env = mailbox.popleft()
             if self.waiters:
                 self._admit_waiter(mailbox)
+            reply = env.reply
+            if reply is not None and reply.done():
+                stats.expired += 1  # nobody waits for this ask any more: do not run it
+                continue
             self.current = env
             message = env.payload
             fn = handlers.get(type(message)) or atype.handler_for(type(message))
             if fn is None:  # events are checked here; tell and ask at the sender
                 kernel._unhandled(env, self.id, atype)
                 continue
-            reply = env.reply
             try:
                 if atype.plain:
                     result = await fn(agent, message)
                 else:
                     result = await self._call(fn, env)
-            except Exception as exc:
+            except BaseException as exc:
+                # Whatever the handler raised is its failure (see kerna._failures),
+                # except KeyboardInterrupt, SystemExit and the kernel's own cancellation.
+                if not is_failure(exc, self.task):
+                    raise
                 stats.failed += 1
                 if reply is None:
-                    kernel._dead_letter(env, self.id, "handler_failed", exc, atype)
+                    kernel._publish_dead_letter(env, self.id, "handler_failed", exc)
                 elif reply.done():
                     stats.late_replies += 1
                 else:
@@ -316,40 +323,62 @@ class Activation:
     async def _close(self) -> None:
         """Run ``on_stop`` and leave the directory; later messages go to a successor."""
         self.closing = True
-        agent = self.agent
-        if agent is not None:
-            try:
-                await agent.on_stop()
-            except Exception as exc:
-                self.atype.stats.failed += 1
-                log.warning("%s on_stop raised %r", self.id, exc, exc_info=exc)
+        await self.run_on_stop()
         if self.token:
             await self.kernel._store().release(self)
         self.kernel._retire(self)
         if self.mailbox or self.waiters:
             self.kernel._hand_over(self)
 
+    async def run_on_stop(self) -> None:
+        """Call the agent's ``on_stop`` (if it started); what it raises is counted."""
+        agent = self.agent
+        if agent is None or not self.atype.has_on_stop:
+            return
+        try:
+            await agent.on_stop()
+        except BaseException as exc:
+            if not is_failure(exc, asyncio.current_task()):
+                raise
+            self.atype.stats.failed += 1
+            log.warning("%s on_stop raised %r", self.id, exc, exc_info=exc)
+
     def _fail_all(self, reason: str) -> None:
         """Fail every queued and parked message with this activation's failure."""
-        for env in self._take_all():
+        for env in self._take_all(self.copy_failure):
             self.kernel._undeliverable(env, self.id, reason, self.copy_failure())
 
-    def _abort(self, error: KernelStopped) -> None:
-        """Cancelled by the kernel's stop: nothing queued here will be handled."""
+    def abort(self, error: KernelStopped) -> None:
+        """The kernel is stopping: nothing queued here will be handled.
+
+        The asker of the message being handled gets ``error`` now (the handler, if it
+        ever returns, finds its reply taken: a late reply); queued messages become dead
+        letters (their askers get ``error``); parked senders get ``error`` raised.
+        Idempotent.
+        """
         current = self.current
         if current is not None and current.reply is not None and not current.reply.done():
             current.reply.set_exception(error)
-        for env in self._take_all():
+        for env in self._take_all(lambda: error):
             self.kernel._undeliverable(env, self.id, "kernel_stopped", error)
 
-    def _take_all(self) -> list[Envelope]:
-        taken = list(self.mailbox or ())
-        self.mailbox = None
-        for env, waiter in self.waiters or ():
-            if not waiter.done():
-                taken.append(env)
-                waiter.set_result(None)  # the sender's message is accepted, then failed
-        self.waiters = None
+    def _take_all(self, refusal: Callable[[], BaseException]) -> list[Envelope]:
+        """Empty the mailbox (returning its messages) and refuse every parked sender.
+
+        A parked sender's message never entered the mailbox: the sender gets
+        ``refusal()`` raised, and the send counts as rejected.
+        """
+        mailbox, self.mailbox = self.mailbox, None
+        taken = list(mailbox or ())
+        if mailbox:
+            mailbox.clear()  # a worker still draining this deque must find it empty
+        waiters, self.waiters = self.waiters, None
+        for env, waiter in waiters or ():
+            if waiter.done():
+                self._count_abandoned(env)
+            else:
+                self.atype.stats.rejected += 1
+                waiter.set_exception(refusal())
         return taken
 
     def copy_failure(self) -> ActivationFailed:
@@ -388,7 +417,7 @@ class Activation:
         try:
             self.put(env, may_wait=False)
         except MailboxFull as exc:
-            kernel._dead_letter(env, self.id, "mailbox_full", exc, self.atype)
+            kernel._undeliverable(env, self.id, "mailbox_full", exc)
 
     def cancel_timers(self) -> None:
         for timer in list(self.timers or ()):

@@ -74,7 +74,8 @@ class DemoReport(msgspec.Struct, frozen=True):
         injected_corrupt / injected_stalls: faults the corpus carries (``fault_plan``).
         messages: messages handled (sum of ``TypeStats.handled``), ``msgs_per_s`` per
             second of ``wall_s`` (first upload to last document accounted for).
-        dead_letters, handler_failures, late_replies: kernel counters.
+        dead_letters: ``DeadLetter`` records the dead-letter watcher received (a failed
+            tell is one); handler_failures, late_replies: kernel counters.
         latencies: per-stage percentiles; ``errors``: a few example failures.
     """
 
@@ -185,7 +186,7 @@ async def demo(
         orchestration_timeouts=tally.outcomes["timeout"],
         injected_corrupt=faults["corrupt"],
         injected_stalls=faults["stall"],
-        dead_letters=stats.dead_letters,
+        dead_letters=stats.types["DeadLetterWatcher"].handled,
         handler_failures=sum(t.failed for t in types),
         late_replies=sum(t.late_replies for t in types),
         latencies=tuple(_percentiles(stage, tally.latencies[stage]) for stage in LATENCY_STAGES),

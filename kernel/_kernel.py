@@ -2,9 +2,17 @@
 
 Ownership: ``start()`` creates one root task that holds an ``asyncio.TaskGroup``; every
 agent worker is a child of that group, so nothing kerna starts outlives the kernel.
-Idle detection is a loop timer, not a task. ``stop()`` closes intake, lets mailboxes
-drain within the grace period, cancels what is left, runs ``on_stop`` once per
-activation and then ends the root task.
+Idle detection is a loop timer, not a task (``kerna._idle``). ``stop()`` runs the
+shutdown as a task of its own, shielded from the caller's cancellation: it closes
+intake, lets mailboxes drain within the grace period, cancels what is left, runs
+``on_stop`` once per activation, closes the state backend and then ends the root task.
+Every phase after the grace period is bounded by ``cancel_grace``: a task that ignores
+cancellation cannot be killed, so it is named in an ERROR log and abandoned.
+
+Accounting: every message sent to an agent is counted exactly once in its type's
+``TypeStats``: ``rejected`` when the send was refused or abandoned before it entered a
+mailbox, otherwise by its fate (``handled``, ``failed``, ``expired``, ``dropped`` or
+``dead_letters``). A message whose handler never returns is counted when it does.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ from ._activation import Activation, current_activation
 from ._agent import Agent
 from ._envelope import Envelope
 from ._errors import KernelStopped, RegistrationError, UnhandledMessage, UnknownAgent
+from ._failures import describe
+from ._idle import IdleCollector
 from ._ids import AgentId
 from ._message import Message
 from ._options import check_mailbox, check_positive, check_restarts
@@ -72,6 +82,10 @@ class Kernel:
         idle_timeout: seconds without messages after which an agent is deactivated;
             ``None`` keeps agents until stopped. Default 300.
         stop_grace: default seconds ``stop()`` lets mailboxes drain.
+        cancel_grace: seconds ``stop()`` waits, after the grace period, for cancelled
+            handlers to end, and again for ``on_stop`` hooks (1). ``stop(grace)``
+            returns within ``grace + 2 * cancel_grace``, plus the time the state backend
+            takes to close, whatever handlers do.
         max_restarts: default number of ``on_start`` retries before an activation fails.
         restart_backoff: first retry delay in seconds; doubles per retry.
         state: where agent state lives: a URL (``memory://`` by default, private to
@@ -96,6 +110,7 @@ class Kernel:
         overflow: str = "wait",
         idle_timeout: float | None = 300.0,
         stop_grace: float = 10.0,
+        cancel_grace: float = 1.0,
         max_restarts: int = 3,
         restart_backoff: float = 0.05,
         state: str | StateBackend = "memory://",
@@ -110,13 +125,14 @@ class Kernel:
         check_positive("idle_timeout", idle_timeout, allow_none=True)
         check_mailbox(mailbox_size, overflow)
         check_restarts(max_restarts, restart_backoff)
-        if not (isinstance(stop_grace, int | float) and stop_grace >= 0):
-            raise ValueError(f"stop_grace must be >= 0 seconds, got {stop_grace!r}")
+        _check_grace("stop_grace", stop_grace)
+        check_positive("cancel_grace", cancel_grace)
         self.ask_timeout = float(ask_timeout)
         self.mailbox_size = mailbox_size
         self.overflow = overflow
         self.idle_timeout = idle_timeout
         self.stop_grace = float(stop_grace)
+        self.cancel_grace = float(cancel_grace)
         self.max_restarts = max_restarts
         self.restart_backoff = float(restart_backoff)
         self.state_url = state
@@ -137,9 +153,11 @@ class Kernel:
         self._root: asyncio.Task[None] | None = None
         self._closing: asyncio.Future[None] | None = None
         self._quiet: asyncio.Future[None] | None = None
-        self._sweeper: asyncio.TimerHandle | None = None
+        self._quiet_scope: asyncio.Timeout | None = None
+        self._drain_deadline = 0.0
+        self._shutdown_task: asyncio.Task[None] | None = None
+        self._idle: IdleCollector | None = None
         self._state = "new"
-        self._stopped_event = asyncio.Event()
         # Closed until start(): sends before start or after stop raise KernelStopped.
         self._intake_closed = True
         self._stopped = True
@@ -180,9 +198,10 @@ class Kernel:
             self._state = "stopped"
             await self._persistence.close()
             raise
+        self._root.add_done_callback(self._root_ended)
+        self._idle = IdleCollector(self)
         self._state = "running"
         self._intake_closed = self._stopped = False
-        self._schedule_sweep()
 
     async def _supervise(self, ready: asyncio.Future[None]) -> None:
         assert self._closing is not None
@@ -192,6 +211,17 @@ class Kernel:
                 ready.set_result(None)
             await self._closing
         self._tg = None
+
+    def _root_ended(self, root: asyncio.Task[None]) -> None:
+        """The root task ended. Before stop that is never the users' doing (workers
+        report every handler error): it is KeyboardInterrupt or SystemExit on its way
+        out of the loop, or a bug in kerna. Refuse further work instead of failing on
+        a finished task group."""
+        self._tg = None
+        if self._state == "running":
+            self._intake_closed = self._stopped = True
+            if not root.cancelled() and root.exception() is not None:
+                log.error("kernel task ended while running", exc_info=root.exception())
 
     @property
     def running(self) -> bool:
@@ -205,85 +235,171 @@ class Kernel:
         finish their queued work (and the messages they send each other) for up to
         ``grace`` seconds, then cancels what is still running. Pending asks and parked
         senders get ``KernelStopped``; unhandled tells become dead letters. Finally
-        ``on_stop`` runs once for every activation that started, and no task of the
+        ``on_stop`` runs once for every activation that started, the state backend is
+        closed (releasing every claim with the kernel's lease), and no task of the
         kernel is left.
+
+        Bounded: returns within ``grace + 2 * cancel_grace`` plus the backend's close,
+        even when a handler ignores cancellation (such a task cannot be killed: it is
+        named in an ERROR log and abandoned, and its asker gets ``KernelStopped``).
+
+        The shutdown is shielded: if the caller is cancelled (``wait_for(stop(), t)``),
+        it runs on to the end, and a later ``stop()`` waits for it. A later call with
+        a shorter ``grace`` moves the end of the grace period earlier.
+
+        Raises:
+            ValueError: ``grace`` is negative.
         """
-        if self._state in ("new", "stopped"):
+        grace = self.stop_grace if grace is None else grace
+        _check_grace("grace", grace)
+        if self._state == "new":
             self._state = "stopped"
             self._intake_closed = self._stopped = True
             return
-        if self._state == "stopping":
-            await self._stopped_event.wait()
-            return
-        self._state = "stopping"
-        try:
-            await self._shutdown(self.stop_grace if grace is None else grace)
-        finally:
-            self._state = "stopped"
-            self._stopped_event.set()
+        task = self._shutdown_task
+        if task is None:
+            if self._state == "stopped":
+                return
+            self._state = "stopping"
+            task = self._shutdown_task = self.loop.create_task(
+                self._shutdown(float(grace)), name="kerna-stop"
+            )
+        else:
+            self._hurry(float(grace))
+        await asyncio.shield(task)
+
+    def _hurry(self, grace: float) -> None:
+        """A later ``stop(grace)``: end the grace period by then, if that is sooner."""
+        deadline = self.loop.time() + grace
+        if deadline < self._drain_deadline:
+            self._drain_deadline = deadline
+            if self._quiet_scope is not None:
+                self._quiet_scope.reschedule(deadline)
 
     async def _shutdown(self, grace: float) -> None:
         loop = self.loop
-        deadline = loop.time() + max(0.0, grace)
+        self._drain_deadline = loop.time() + grace
         self._intake_closed = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        if self._idle is not None:
+            self._idle.close()
         for act in self._directory.values():
             if act.timers:
                 act.cancel_timers()
-        if self._busy and not await self._wait_quiet(deadline):
-            log.warning(
-                "stop: %d agents still busy after %.3gs grace; cancelling", self._busy, grace
-            )
-        self._stopped = True
-        if self._busy:
+        abandoned: list[Activation] = []
+        try:
+            if self._busy and not await self._wait_quiet():
+                log.warning(
+                    "stop: %d agents still busy after %.3gs grace; cancelling", self._busy, grace
+                )
+            self._stopped = True
+            abandoned = await self._cancel_workers()
+            await self._stop_all(max(self._drain_deadline, loop.time() + self.cancel_grace))
+        finally:
+            # Also when this task is cancelled (the loop is shutting down): refuse
+            # everything, fail what is left, and let go of the state and the lease.
+            self._stopped = True
             for act in list(self._directory.values()):
-                if act.task is not None:
+                if act.task is not None and act not in abandoned:
                     act.task.cancel()
-            if not await self._wait_quiet(loop.time() + 5.0):
-                log.error("stop: %d agents ignore cancellation", self._busy)
-        await self._stop_all(max(deadline, loop.time() + 1.0))
-        if self._persistence is not None:
-            await self._persistence.close()  # releases every claim with the lease
-        assert self._closing is not None
+                act.abort(KernelStopped(f"kernel stopped before {act.id} could handle it"))
+                self._retire(act)
+            try:
+                if self._persistence is not None:
+                    await self._persistence.close()  # releases every claim with the lease
+            finally:
+                self._end_root()
+        if abandoned:
+            return  # the root task ends when the abandoned tasks do
         assert self._root is not None
-        self._closing.set_result(None)
-        await self._root
+        _, pending = await asyncio.wait({self._root}, timeout=self.cancel_grace)
+        if pending:
+            log.error("stop: kernel tasks still running after stop; abandoned")
 
-    async def _wait_quiet(self, deadline: float) -> bool:
-        """Wait until no worker runs, or the deadline; True when quiet."""
+    def _end_root(self) -> None:
+        self._state = "stopped"
+        if self._closing is not None and not self._closing.done():
+            self._closing.set_result(None)
+
+    async def _wait_quiet(self) -> bool:
+        """Wait until no worker runs, or the end of the grace period; True when quiet.
+
+        The deadline is ``_drain_deadline``, which a later ``stop()`` may move earlier.
+        """
         self._quiet = self.loop.create_future()
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(self._drain_deadline) as scope:
+                self._quiet_scope = scope
                 await self._quiet
         except TimeoutError:
             return False
         finally:
-            self._quiet = None
+            self._quiet = self._quiet_scope = None
         return True
 
+    async def _cancel_workers(self) -> list[Activation]:
+        """Cancel every running worker and wait ``cancel_grace`` for them to end.
+
+        Returns the activations whose workers ignored the cancellation (logged); every
+        activation's queue is then failed (``Activation.abort``), including the queues of
+        workers cancelled before they ever ran.
+        """
+        workers = {act.task: act for act in self._directory.values() if act.task is not None}
+        if not workers:
+            return []
+        for task in workers:
+            task.cancel()
+        _, pending = await asyncio.wait(workers, timeout=self.cancel_grace)
+        stuck = [workers[task] for task in pending]
+        if stuck:
+            log.error(
+                "stop: %d agents ignore cancellation after %.3gs: %s. A task that swallows "
+                "CancelledError cannot be killed: it is abandoned and runs on; the messages "
+                "it holds fail with KernelStopped",
+                len(stuck),
+                self.cancel_grace,
+                _names(stuck),
+            )
+        for act in self._directory.values():
+            if act.task is not None and act.task.done():  # cancelled before it started
+                act.task = None
+                self._worker_exited(act)
+            act.abort(KernelStopped(f"kernel stopped while {act.id} was busy"))
+        return stuck
+
     async def _stop_all(self, deadline: float) -> None:
-        """Run ``on_stop`` once for every started activation still in the directory."""
-        pending = [a for a in self._directory.values() if a.agent is not None and not a.closing]
-        try:
-            async with asyncio.timeout_at(deadline):
-                for i in range(0, len(pending), _ON_STOP_BATCH):
-                    batch = pending[i : i + _ON_STOP_BATCH]
-                    await asyncio.gather(*(self._final_stop(a) for a in batch))
-        except TimeoutError:
-            log.warning("stop: on_stop did not finish for every agent in time")
-        for act in list(self._directory.values()):
-            self._retire(act)
+        """Run ``on_stop`` once for every started activation, within ``deadline``."""
+        pending = [
+            a
+            for a in self._directory.values()
+            if a.agent is not None and not a.closing and a.task is None
+        ]
+        tg = self._tg
+        for i in range(0, len(pending), _ON_STOP_BATCH):
+            batch = pending[i : i + _ON_STOP_BATCH]
+            if tg is None:
+                return
+            tasks = {tg.create_task(self._final_stop(a)): a for a in batch}
+            _, late = await asyncio.wait(tasks, timeout=max(0.0, deadline - self.loop.time()))
+            if late:
+                for task in late:
+                    task.cancel()
+                _, stuck = await asyncio.wait(late, timeout=self.cancel_grace)
+                log.warning(
+                    "stop: on_stop did not finish in time for %d agents (%d skipped): %s",
+                    len(late),
+                    len(pending) - i - len(batch),
+                    _names([tasks[t] for t in late]),
+                )
+                if stuck:
+                    log.error(
+                        "stop: on_stop of %s ignores cancellation: abandoned",
+                        _names([tasks[t] for t in stuck]),
+                    )
+                return
 
     async def _final_stop(self, act: Activation) -> None:
         act.closing = True
-        if not act.atype.has_on_stop or act.agent is None:
-            return
-        try:
-            await act.agent.on_stop()
-        except Exception as exc:
-            act.atype.stats.failed += 1
-            log.warning("%s on_stop raised %r", act.id, exc, exc_info=exc)
+        await act.run_on_stop()
 
     # -- registration and references -------------------------------------------------
 
@@ -363,8 +479,6 @@ class Kernel:
             conflict_retries=conflict_retries,
             factory=factory,
         )
-        if self._state == "running":
-            self._schedule_sweep()
         return name
 
     def ref(self, agent_type: type[Agent] | str, key: str) -> AgentRef:
@@ -505,6 +619,13 @@ class Kernel:
             )
         return KernelStopped(f"kernel is {self._state} ({what})")
 
+    def _refuse(self, target: AgentId, what: str) -> KernelStopped:
+        """A send to ``target`` refused because the kernel is not running (counted)."""
+        atype = self._types.get(target.type)
+        if atype is not None:
+            atype.stats.rejected += 1
+        return self._refusal(what)
+
     def _activation(self, agent_id: AgentId, atype: AgentType) -> Activation:
         act = self._directory.get(agent_id)
         if act is None:
@@ -521,10 +642,13 @@ class Kernel:
         self._unstarted += 1
         act.task = tg.create_task(act.run())
 
-    def _worker_exited(self) -> None:
+    def _worker_exited(self, act: Activation) -> None:
         self._busy -= 1
         if self._busy == 0 and self._quiet is not None and not self._quiet.done():
             self._quiet.set_result(None)
+        idle = self._idle
+        if idle is not None:
+            idle.idle(act)
 
     def _retire(self, act: Activation) -> None:
         """Remove a closed activation from the directory."""
@@ -541,7 +665,7 @@ class Kernel:
     def _hand_over(self, old: Activation) -> None:
         """Move messages that reached a closing activation to its successor, in order."""
         if self._stopped:
-            old._abort(KernelStopped(f"kernel stopped before {old.id} could handle them"))
+            old.abort(KernelStopped(f"kernel stopped before {old.id} could handle them"))
             return
         new = self._activation(old.id, old.atype)
         new.mailbox, new.waiters = old.mailbox, old.waiters
@@ -551,14 +675,25 @@ class Kernel:
     def _undeliverable(
         self, env: Envelope, target: AgentId | str, reason: str, error: Exception
     ) -> None:
-        """An accepted message will not be handled: fail its asker or dead-letter it."""
+        """An accepted message will not reach a handler: count it as a dead letter, and
+        fail its asker or publish it on ``DEAD_LETTERS``."""
+        self._dead_letters += 1
+        atype = self._types.get(target.type) if isinstance(target, AgentId) else None
+        if atype is not None:
+            atype.stats.dead_letters += 1
+        self._not_handled(env, target, reason, error)
+
+    def _not_handled(
+        self, env: Envelope, target: AgentId | str, reason: str, error: Exception
+    ) -> None:
+        """Fail ``env``'s asker with ``error``, or publish a tell or an event on
+        ``DEAD_LETTERS`` (the caller has counted it)."""
         reply = env.reply
         if reply is not None:
             if not reply.done():
                 reply.set_exception(error)
             return
-        atype = self._types.get(target.type) if isinstance(target, AgentId) else None
-        self._dead_letter(env, target, reason, error, atype)
+        self._publish_dead_letter(env, target, reason, error)
 
     def _unhandled(self, env: Envelope, target: AgentId, atype: AgentType) -> None:
         error = UnhandledMessage(
@@ -566,47 +701,21 @@ class Kernel:
         )
         self._undeliverable(env, target, "unhandled_message", error)
 
-    def _dead_letter(
-        self,
-        env: Envelope,
-        target: AgentId | str,
-        reason: str,
-        error: BaseException | None,
-        atype: AgentType | None = None,
+    def _publish_dead_letter(
+        self, env: Envelope, target: AgentId | str, reason: str, error: BaseException | None
     ) -> None:
-        """Count a dead letter and publish it on ``DEAD_LETTERS`` (never blocking)."""
-        self._dead_letters += 1
-        if atype is not None:
-            atype.stats.dead_letters += 1
-        log.debug("dead letter for %s (%s): %r", target, reason, error)
+        """Publish a ``DeadLetter`` about ``env`` (never blocking; not while stopping)."""
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("dead letter for %s (%s): %s", target, reason, error and describe(error))
         if not self._stopped:
             self._topics.publish_dead_letter(env, target, reason, error)
 
-    # -- idle deactivation -----------------------------------------------------------
 
-    def _schedule_sweep(self) -> None:
-        """(Re)arm the idle sweep timer at a quarter of the shortest idle timeout."""
-        timeouts = [t.idle_timeout for t in self._types.values() if t.idle_timeout is not None]
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
-        if timeouts and not self._intake_closed:
-            self._sweeper = self.loop.call_later(min(timeouts) / 4, self._sweep)
+def _check_grace(name: str, value: object) -> None:
+    if isinstance(value, bool) or not (isinstance(value, int | float) and value >= 0):
+        raise ValueError(f"{name} must be >= 0 seconds, got {value!r}")
 
-    def _sweep(self) -> None:
-        now = self.loop.time()
-        for act in list(self._directory.values()):
-            timeout = act.atype.idle_timeout
-            if (
-                timeout is None
-                or act.task is not None
-                or act.mailbox
-                or act.closed
-                or now - act.last_active < timeout
-            ):
-                continue
-            if act.atype.has_on_stop and act.agent is not None:
-                act.request_deactivation()
-            else:
-                self._retire(act)  # nothing to run: leave without a task
-        self._schedule_sweep()
+
+def _names(acts: list[Activation], shown: int = 10) -> str:
+    names = ", ".join(str(a.id) for a in acts[:shown])
+    return names if len(acts) <= shown else f"{names} and {len(acts) - shown} more"

@@ -60,7 +60,7 @@ class AgentRef:
         """The activation to deliver ``message`` to, checking everything a sender can fix."""
         kernel = self._kernel
         if kernel._intake_closed and (sender is None or kernel._stopped):
-            raise kernel._refusal(f"{type(message).__qualname__} not sent")
+            raise kernel._refuse(self.id, f"{type(message).__qualname__} not sent")
         act = self._activation
         if act is None or act.closed:
             atype = kernel._types.get(self.id.type)
@@ -73,6 +73,7 @@ class AgentRef:
             if type(message) not in atype.handlers:
                 _check_handled(atype, message)
         if act.failure is not None:
+            atype.stats.rejected += 1
             raise act.copy_failure()
         return act
 

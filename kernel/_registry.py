@@ -33,15 +33,28 @@ HANDLER_MARK = "__kerna_handler__"
 class TypeStats(msgspec.Struct):
     """Counters of one agent type, as returned by ``Kernel.stats()``.
 
+    Every message sent to an agent of the type is counted once, in exactly one of
+    ``handled``, ``failed``, ``expired``, ``dropped``, ``dead_letters`` (its fate once
+    accepted into a mailbox) or ``rejected`` (never accepted); a message whose handler
+    is still running is counted when the handler returns.
+
     Attributes:
         active: activations alive now.
         queued: messages waiting in mailboxes now.
         handled: messages whose handler returned.
-        failed: messages whose handler raised.
-        dead_letters: messages that could not be delivered or handled.
-        late_replies: replies that came after their asker gave up.
+        failed: messages whose handler raised (including a handler interrupted by
+            ``stop``). A failed tell or event is also published as a ``DeadLetter``.
+        dead_letters: accepted messages that never reached a handler: no handler for
+            an event, a failed activation, the kernel stopping, a timer tick into a
+            full mailbox.
+        late_replies: replies that came after their asker gave up (also ``handled``
+            or ``failed``).
         dropped: messages pushed out by ``overflow="drop_oldest"``.
-        rejected: sends refused by ``overflow="reject"``.
+        rejected: sends refused: a full ``reject`` mailbox, an agent telling itself
+            into its full mailbox, a failed activation, a stopping kernel (parked
+            senders included), or a sender that gave up while parked.
+        expired: asks nobody waited for any more when their turn came (their asker
+            timed out or was cancelled): their handler was not run.
         restarts: ``on_start`` retries.
         activations: activations created since the kernel started.
     """
@@ -54,6 +67,7 @@ class TypeStats(msgspec.Struct):
     late_replies: int = 0
     dropped: int = 0
     rejected: int = 0
+    expired: int = 0
     restarts: int = 0
     activations: int = 0
 

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._activation import SPAWN_BURST, Activation
 from ._envelope import EVENT, Envelope
-from ._errors import MailboxFull
+from ._errors import MailboxFull, UnknownAgent
+from ._failures import describe
 from ._ids import AgentId
 from ._message import DeadLetter, Message
 
@@ -81,8 +82,8 @@ class Topics:
                 continue
             try:
                 waiter = act.put(env)
-            except MailboxFull as exc:
-                kernel._dead_letter(env, act.id, "mailbox_full", exc, act.atype)
+            except MailboxFull as exc:  # counted as rejected by the mailbox
+                kernel._publish_dead_letter(env, act.id, "mailbox_full", exc)
                 continue
             if waiter is not None:
                 await waiter
@@ -104,7 +105,7 @@ class Topics:
         try:
             key: object = sub.key(env.payload)
         except Exception as exc:
-            kernel._dead_letter(env, sub.type_name, "subscription_key_failed", exc)
+            kernel._undeliverable(env, sub.type_name, "subscription_key_failed", exc)
             return None
         last = sub._last
         if last is not None and key == sub._last_key and not last.closed:
@@ -112,18 +113,21 @@ class Topics:
         else:
             atype = kernel._types.get(sub.type_name)
             if atype is None:
-                kernel._dead_letter(env, sub.type_name, "unknown_agent", None)
+                error: Exception = UnknownAgent(
+                    f"{sub!r}: no agent type {sub.type_name!r} is registered"
+                )
+                kernel._undeliverable(env, sub.type_name, "unknown_agent", error)
                 return None
             if not isinstance(key, str):
                 error = TypeError(
                     f"key function of {sub!r} returned {type(key).__qualname__}, not str"
                 )
-                kernel._dead_letter(env, sub.type_name, "subscription_key_failed", error)
+                kernel._undeliverable(env, sub.type_name, "subscription_key_failed", error)
                 return None
             act = kernel._activation(AgentId(sub.type_name, key), atype)
             sub._last, sub._last_key = act, key
         if act.failure is not None:
-            kernel._dead_letter(env, act.id, "activation_failed", act.copy_failure(), act.atype)
+            kernel._undeliverable(env, act.id, "activation_failed", act.copy_failure())
             return None
         return act
 
@@ -139,7 +143,7 @@ class Topics:
             target=str(target),
             message=message,
             reason=reason,
-            error=None if error is None else f"{type(error).__name__}: {error}",
+            error=None if error is None else describe(error),
             correlation_id=env.correlation_id,
         )
         kernel = self._kernel

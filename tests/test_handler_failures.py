@@ -1,0 +1,255 @@
+"""Whatever a handler (or a lifecycle hook) raises, the kernel survives it.
+
+A handler may raise any ``BaseException``: its asker gets a ``RemoteError`` (its tell
+becomes a dead letter) and the agent and the kernel live on. Only ``KeyboardInterrupt``
+and ``SystemExit`` propagate, as they do out of any asyncio task; and the kernel's own
+cancellation of a worker (at stop) is told apart from a handler's own ``CancelledError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from kerna import (
+    ActivationFailed,
+    Agent,
+    DeadLetter,
+    Kernel,
+    Message,
+    RemoteError,
+    handler,
+)
+
+from .agents import Ping, Pong
+
+pytestmark = pytest.mark.anyio
+
+
+class Abort(BaseException):
+    """A user's BaseException subclass (not an Exception)."""
+
+
+class RaiseAbort(Message):
+    pass
+
+
+class RaiseGeneratorExit(Message):
+    pass
+
+
+class AwaitCancelled(Message):
+    """The handler awaits a future that somebody else cancels."""
+
+
+class UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ is broken")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("__repr__ is broken")
+
+
+class EndlessError(Exception):
+    def __str__(self) -> str:
+        return str(self)  # RecursionError when formatted
+
+
+class RaiseUnprintable(Message):
+    endless: bool = False
+
+
+class Volatile(Agent):
+    """Raises whatever it is asked to; answers Ping in between."""
+
+    @handler
+    async def ping(self, msg: Ping) -> Pong:
+        return Pong(n=msg.n)
+
+    @handler
+    async def abort(self, msg: RaiseAbort) -> None:
+        raise Abort("stop everything")
+
+    @handler
+    async def generator_exit(self, msg: RaiseGeneratorExit) -> None:
+        raise GeneratorExit
+
+    @handler
+    async def await_cancelled(self, msg: AwaitCancelled) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(future.cancel)
+        await future  # raises CancelledError: the handler's own, not the kernel's
+
+    @handler
+    async def unprintable(self, msg: RaiseUnprintable) -> None:
+        raise EndlessError() if msg.endless else UnprintableError()
+
+
+class DeadLetters(Agent):
+    got: asyncio.Queue[DeadLetter]
+
+    @handler
+    async def on(self, msg: DeadLetter) -> None:
+        DeadLetters.got.put_nowait(msg)
+
+
+async def _next_dead_letter(timeout: float = 5.0) -> DeadLetter:
+    async with asyncio.timeout(timeout):
+        return await DeadLetters.got.get()
+
+
+@pytest.fixture
+def dead_letters(kernel: Kernel) -> asyncio.Queue[DeadLetter]:
+    DeadLetters.got = asyncio.Queue()
+    kernel.register(DeadLetters)
+    kernel.subscribe(Kernel.DEAD_LETTERS, DeadLetters)
+    return DeadLetters.got
+
+
+@pytest.mark.parametrize(
+    ("message", "type_name"),
+    [(RaiseAbort(), "Abort"), (RaiseGeneratorExit(), "GeneratorExit")],
+)
+async def test_a_handler_raising_a_base_exception_fails_its_asker_and_the_kernel_lives_on(
+    kernel: Kernel, message: Message, type_name: str
+) -> None:
+    kernel.register(Volatile)
+    ref = kernel.ref(Volatile, "v")
+    queued = [asyncio.ensure_future(ref.ask(Ping(n=i), timeout=2)) for i in range(3)]
+    with pytest.raises(RemoteError) as info:
+        await ref.ask(message, timeout=2)
+    assert info.value.type_name.endswith(type_name)
+    assert [p.n for p in await asyncio.gather(*queued)] == [0, 1, 2]
+    assert kernel.running
+    assert await ref.ask(Ping(n=7), timeout=2) == Pong(n=7)
+    assert await kernel.ref(Volatile, "other").ask(Ping(n=8), timeout=2) == Pong(n=8)
+    assert kernel.stats().types["Volatile"].failed == 1
+
+
+async def test_a_told_base_exception_becomes_a_dead_letter_and_the_kernel_lives_on(
+    kernel: Kernel, dead_letters: asyncio.Queue[DeadLetter]
+) -> None:
+    kernel.register(Volatile)
+    ref = kernel.ref(Volatile, "v")
+    await ref.tell(RaiseAbort())
+    dead = await _next_dead_letter()
+    assert dead.reason == "handler_failed"
+    assert dead.error is not None
+    assert "Abort" in dead.error
+    assert await ref.ask(Ping(n=1), timeout=2) == Pong(n=1)
+    assert kernel.running
+
+
+async def test_a_handlers_own_cancelled_error_goes_to_its_asker_and_the_queue_survives(
+    kernel: Kernel,
+) -> None:
+    kernel.register(Volatile)
+    ref = kernel.ref(Volatile, "v")
+    first = asyncio.ensure_future(ref.ask(AwaitCancelled(), timeout=2))
+    behind = [asyncio.ensure_future(ref.ask(Ping(n=i), timeout=2)) for i in range(5)]
+    with pytest.raises(RemoteError) as info:
+        await first
+    assert info.value.type_name.endswith("CancelledError")
+    assert [p.n for p in await asyncio.gather(*behind)] == list(range(5))
+    await ref.tell(AwaitCancelled())  # and on the tell path
+    assert await ref.ask(Ping(n=9), timeout=2) == Pong(n=9)
+    stats = kernel.stats().types["Volatile"]
+    assert (stats.failed, stats.handled) == (2, 6)
+    assert kernel.running
+
+
+@pytest.mark.parametrize("endless", [False, True], ids=["raising-str", "recursive-str"])
+async def test_an_error_that_cannot_be_formatted_still_reaches_its_asker(
+    kernel: Kernel, dead_letters: asyncio.Queue[DeadLetter], endless: bool
+) -> None:
+    kernel.register(Volatile)
+    ref = kernel.ref(Volatile, "v")
+    with pytest.raises(RemoteError) as info:
+        await ref.ask(RaiseUnprintable(endless=endless), timeout=2)
+    name = "EndlessError" if endless else "UnprintableError"
+    assert info.value.type_name.endswith(name)
+    assert name in info.value.message  # the fallback names the type
+    await ref.tell(RaiseUnprintable(endless=endless))
+    dead = await _next_dead_letter()
+    assert dead.error is not None
+    assert name in dead.error
+    assert await ref.ask(Ping(n=1), timeout=2) == Pong(n=1)
+    assert kernel.running
+
+
+class StartAbort(Agent):
+    async def on_start(self) -> None:
+        raise Abort("no start")
+
+    @handler
+    async def ping(self, msg: Ping) -> Pong:
+        return Pong(n=msg.n)
+
+
+class StopAbort(Agent):
+    async def on_stop(self) -> None:
+        raise Abort("no stop")
+
+    @handler
+    async def ping(self, msg: Ping) -> Pong:
+        return Pong(n=msg.n)
+
+
+async def test_lifecycle_hooks_raising_base_exceptions_do_not_kill_the_kernel() -> None:
+    kernel = Kernel(max_restarts=1, restart_backoff=0.001)
+    await kernel.start()
+    kernel.register(StartAbort)
+    kernel.register(StopAbort)
+    with pytest.raises(ActivationFailed) as info:
+        await kernel.ref(StartAbort, "s").ask(Ping(n=1), timeout=2)
+    assert info.value.type_name.endswith("Abort")
+    stopper = kernel.ref(StopAbort, "s")
+    assert await stopper.ask(Ping(n=2), timeout=2) == Pong(n=2)
+    await stopper.deactivate()  # on_stop raises Abort: counted, the kernel lives on
+    assert await stopper.ask(Ping(n=3), timeout=2) == Pong(n=3)
+    assert kernel.running
+    async with asyncio.timeout(5):
+        await kernel.stop()  # on_stop raises again at stop: counted, stop completes
+    assert kernel.stats().types["StopAbort"].failed == 2
+
+
+@pytest.mark.parametrize(
+    ("raised", "returncode"), [("SystemExit(3)", 3), ("KeyboardInterrupt()", 130)]
+)
+def test_keyboard_interrupt_and_system_exit_propagate_as_in_asyncio(
+    raised: str, returncode: int
+) -> None:
+    script = textwrap.dedent(
+        f"""
+        import asyncio, signal, sys
+        from kerna import Agent, Kernel, Message, handler
+
+        class Go(Message):
+            pass
+
+        class Quitter(Agent):
+            @handler
+            async def go(self, msg: Go) -> None:
+                raise {raised}
+
+        async def main() -> None:
+            async with Kernel() as kernel:
+                kernel.register(Quitter)
+                await kernel.ref(Quitter, "q").ask(Go(), timeout=5)
+
+        try:
+            asyncio.run(main())
+        except KeyboardInterrupt:
+            sys.exit(130)
+        print("not propagated")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == returncode, done.stdout + done.stderr
+    assert "not propagated" not in done.stdout
