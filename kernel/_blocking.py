@@ -20,6 +20,7 @@ from typing import Any
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._agent import Agent
+from ._errors import KernelStopped
 from ._ids import AgentId
 from ._kernel import Kernel, KernelStats
 from ._message import Message
@@ -29,12 +30,15 @@ __all__ = ["BlockingKernel", "BlockingRef"]
 
 
 class BlockingRef:
-    """The sync twin of ``AgentRef``: each call blocks the calling thread."""
+    """The sync twin of ``AgentRef``: each call blocks the calling thread.
 
-    __slots__ = ("_portal", "_ref")
+    After the kernel stopped, every call raises ``KernelStopped``, as ``AgentRef`` does.
+    """
 
-    def __init__(self, portal: BlockingPortal, ref: AgentRef) -> None:
-        self._portal = portal
+    __slots__ = ("_kernel", "_ref")
+
+    def __init__(self, kernel: BlockingKernel, ref: AgentRef) -> None:
+        self._kernel = kernel
         self._ref = ref
 
     @property
@@ -43,22 +47,23 @@ class BlockingRef:
 
     def tell(self, message: Message) -> None:
         """See ``AgentRef.tell``."""
-        self._portal.call(self._ref.tell, message)
+        self._kernel._call(self._ref.tell, message)
 
     def ask(self, message: Message, *, timeout: float | None = None) -> Any:
         """See ``AgentRef.ask``; raises the same errors in the calling thread."""
-        return self._portal.call(functools.partial(self._ref.ask, message, timeout=timeout))
+        return self._kernel._call(self._ref.ask, message, timeout=timeout)
 
     def deactivate(self) -> None:
         """See ``AgentRef.deactivate``."""
-        self._portal.call(self._ref.deactivate)
+        self._kernel._call(self._ref.deactivate)
 
 
 class BlockingKernel:
     """A ``Kernel`` on its own event-loop thread, driven synchronously.
 
     Takes the same keyword arguments as ``Kernel``. Use as a context manager, or call
-    ``start()`` and ``stop()``.
+    ``start()`` and ``stop()``. Calls before ``start()`` raise ``RuntimeError``; calls
+    after ``stop()`` (or racing with it) raise ``KernelStopped``.
     """
 
     def __init__(self, **kernel_options: Any) -> None:
@@ -66,6 +71,7 @@ class BlockingKernel:
         self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
         self._portal: BlockingPortal | None = None
         self._kernel: Kernel | None = None
+        self._stopped = False
 
     def __enter__(self) -> BlockingKernel:
         self.start()
@@ -96,6 +102,7 @@ class BlockingKernel:
         """Stop the kernel (see ``Kernel.stop``) and end the loop thread; idempotent."""
         if self._portal is None or self._portal_cm is None:
             return
+        self._stopped = True
         try:
             if self._kernel is not None:
                 self._portal.call(functools.partial(self._kernel.stop, grace))
@@ -111,9 +118,18 @@ class BlockingKernel:
         return self._kernel
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if self._portal is None:
+        """Run ``fn(*args, **kwargs)`` on the loop thread and wait for its result."""
+        portal = self._portal
+        if portal is None:
+            if self._stopped:
+                raise KernelStopped("BlockingKernel is stopped")
             raise RuntimeError("BlockingKernel is not started")
-        return self._portal.call(functools.partial(fn, *args, **kwargs))
+        try:
+            return portal.call(functools.partial(fn, *args, **kwargs))
+        except RuntimeError:
+            if self._stopped:  # the portal closed under this call: stop() won the race
+                raise KernelStopped("BlockingKernel is stopped") from None
+            raise
 
     def register(self, agent_class: type[Agent], **options: Any) -> str:
         """See ``Kernel.register``."""
@@ -122,8 +138,7 @@ class BlockingKernel:
     def ref(self, agent_type: type[Agent] | str, key: str) -> BlockingRef:
         """See ``Kernel.ref``."""
         ref: AgentRef = self._call(self.kernel.ref, agent_type, key)
-        assert self._portal is not None
-        return BlockingRef(self._portal, ref)
+        return BlockingRef(self, ref)
 
     def subscribe(self, topic: str, agent_type: type[Agent] | str, **options: Any) -> Any:
         """See ``Kernel.subscribe``."""

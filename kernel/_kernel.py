@@ -261,6 +261,8 @@ class Kernel:
             if self._state == "stopped":
                 return
             self._state = "stopping"
+            self._intake_closed = True  # refuse messages from outside agents at once
+            self._drain_deadline = self.loop.time() + grace
             task = self._shutdown_task = self.loop.create_task(
                 self._shutdown(float(grace)), name="kerna-stop"
             )
@@ -278,7 +280,6 @@ class Kernel:
 
     async def _shutdown(self, grace: float) -> None:
         loop = self.loop
-        self._drain_deadline = loop.time() + grace
         self._intake_closed = True
         if self._idle is not None:
             self._idle.close()
@@ -287,7 +288,7 @@ class Kernel:
                 act.cancel_timers()
         abandoned: list[Activation] = []
         try:
-            if self._busy and not await self._wait_quiet():
+            if self._busy and not await self._wait_quiet() and self._busy:
                 log.warning(
                     "stop: %d agents still busy after %.3gs grace; cancelling", self._busy, grace
                 )

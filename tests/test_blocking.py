@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from kerna import BlockingKernel, RemoteError, UnknownAgent
+from kerna import BlockingKernel, KernelStopped, RemoteError, UnknownAgent
 
 from .agents import Boom, Echo, Ping, Pong
 
@@ -57,3 +57,48 @@ def test_not_started() -> None:
     kernel.stop()  # stopping a kernel that never started is fine
     with pytest.raises(ValueError, match="mailbox_size"):
         BlockingKernel(mailbox_size=0).start()
+
+
+def test_calls_after_stop_raise_kernel_stopped() -> None:
+    kernel = BlockingKernel(ask_timeout=5)
+    kernel.start()
+    kernel.register(Echo)
+    ref = kernel.ref(Echo, "a")
+    assert ref.ask(Ping(n=1)) == Pong(n=1)
+    kernel.stop()
+    with pytest.raises(KernelStopped):
+        ref.ask(Ping(n=2))
+    with pytest.raises(KernelStopped):
+        ref.tell(Ping(n=3))
+    with pytest.raises(KernelStopped):
+        kernel.ref(Echo, "b")
+    with pytest.raises(KernelStopped):
+        kernel.publish("pings", Ping(n=4))
+    kernel.stop()  # still idempotent
+
+
+def test_a_call_racing_with_stop_raises_kernel_stopped_or_succeeds() -> None:
+    kernel = BlockingKernel(ask_timeout=5)
+    kernel.start()
+    kernel.register(Echo)
+    ref = kernel.ref(Echo, "a")
+    outcomes: list[object] = []
+    started = threading.Event()
+
+    def caller() -> None:
+        started.set()
+        for i in range(10_000):
+            try:
+                outcomes.append(ref.ask(Ping(n=i)))
+            except Exception as exc:  # anything but KernelStopped fails the test below
+                outcomes.append(exc)
+                return
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    assert started.wait(5)
+    kernel.stop()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert isinstance(outcomes[-1], KernelStopped), outcomes[-1]  # the caller was stopped
+    assert all(isinstance(o, Pong) for o in outcomes[:-1])

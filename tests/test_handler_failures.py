@@ -9,9 +9,9 @@ cancellation of a worker (at stop) is told apart from a handler's own ``Cancelle
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import textwrap
+from asyncio.subprocess import PIPE
 
 import pytest
 
@@ -220,7 +220,7 @@ async def test_lifecycle_hooks_raising_base_exceptions_do_not_kill_the_kernel() 
 @pytest.mark.parametrize(
     ("raised", "returncode"), [("SystemExit(3)", 3), ("KeyboardInterrupt()", 130)]
 )
-def test_keyboard_interrupt_and_system_exit_propagate_as_in_asyncio(
+async def test_keyboard_interrupt_and_system_exit_propagate_as_in_asyncio(
     raised: str, returncode: int
 ) -> None:
     script = textwrap.dedent(
@@ -248,8 +248,15 @@ def test_keyboard_interrupt_and_system_exit_propagate_as_in_asyncio(
         print("not propagated")
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=PIPE, stderr=PIPE
     )
-    assert done.returncode == returncode, done.stdout + done.stderr
-    assert "not propagated" not in done.stdout
+    try:
+        async with asyncio.timeout(60):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == returncode, (out + err).decode()
+    assert b"not propagated" not in out
