@@ -37,7 +37,13 @@ def _ratio(samples: Samples, a: str, b: str, metric: str) -> float:
 
 
 def _floor_of(system: str) -> str:
+    """The Queue floor on ``system``'s loop (the asyncio one for the peers)."""
     return "floor (uvloop)" if system.endswith("(uvloop)") else "floor"
+
+
+def _lean_of(system: str) -> str:
+    """The lean floor on ``system``'s loop (the asyncio one for the peers)."""
+    return "lean floor (uvloop)" if system.endswith("(uvloop)") else "lean floor"
 
 
 def _rate(x: float) -> str:
@@ -108,7 +114,8 @@ def _environment(runs: int, elapsed: float, argv: list[str]) -> list[str]:
         " min to max in brackets). W1-W3 in one process, a fresh event loop per run; W4 in a"
         " fresh subprocess per run. Default `Kernel()` settings. A ratio is the median over"
         " the runs of the two systems' ratio within one run (they ran seconds apart);"
-        ' "/ floor" compares with the floor on the same loop.',
+        ' "/ floor" compares with the Queue floor, "/ lean floor" with the lean floor, each'
+        ' on the same loop (see benchmarks/README.md, "The floor, and why it is fair").',
         "",
     ]
 
@@ -128,18 +135,21 @@ def _table(
     columns: list[_Column],
     ratio_metric: str,
 ) -> list[str]:
-    """One row per system; the last column is its ``ratio_metric`` over the floor's on
-    the same loop (the asyncio floor for the peers)."""
+    """One row per system; the last two columns are its ``ratio_metric`` over the Queue
+    floor's and over the lean floor's on the same loop (the asyncio floors for the peers)."""
     ratio_title = f"{ratio_metric.split('_')[-2] if ratio_metric.endswith('_us') else 'rate'}"
-    head = ["system", size_title, *(c.title for c in columns), f"{ratio_title} / floor"]
+    head = [
+        "system", size_title, *(c.title for c in columns), f"{ratio_title} / floor",
+        f"{ratio_title} / lean floor",
+    ]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for system in systems:
         cells = [system.name, size(system)]
         for c in columns:
             values = samples[system.name][c.metric]
             cells.append(f"{c.fmt(statistics.median(values))} ({_spread(values, c.fmt)})")
-        ratio = _ratio(samples, system.name, _floor_of(system.name), ratio_metric)
-        cells.append(f"{ratio:.2f}x")
+        for floor in (_floor_of(system.name), _lean_of(system.name)):
+            cells.append(f"{_ratio(samples, system.name, floor, ratio_metric):.2f}x")
         lines.append("| " + " | ".join(cells) + " |")
     return [*lines, ""]
 
@@ -152,15 +162,26 @@ class _Target:
     ok: bool
 
 
+def _against_floors(
+    samples: Samples, kerna: str, metric: str, label: str, op: str, bound: float
+) -> _Target:
+    """A target stated against "the floor": judged on the lean floor (the least work with
+    the same semantics, which is what the floor means), the Queue floor's ratio shown."""
+    loop = kerna.removeprefix("kerna")
+    lean = _ratio(samples, kerna, f"lean floor{loop}", metric)
+    queue = _ratio(samples, kerna, f"floor{loop}", metric)
+    ok = lean >= bound if op == ">=" else lean <= bound
+    shown = f"{lean:.2f}x (Queue floor: {queue:.2f}x)"
+    text = f"{label}: {kerna} {op} {bound:g}x floor{loop} (judged on the lean floor)"
+    return _Target(text, lean, shown, ok)
+
+
 def _targets(samples: Samples) -> list[_Target]:
     out: list[_Target] = []
-    for loop in ("", " (uvloop)"):
-        kerna, floor = f"kerna{loop}", f"floor{loop}"
+    for kerna in ("kerna", "kerna (uvloop)"):
         for metric, label in (("w1_rate", "W1 msgs/s"), ("w3_rate", "W3 deliveries/s")):
-            r = _ratio(samples, kerna, floor, metric)
-            out.append(_Target(f"{label}: {kerna} >= 0.8x {floor}", r, f"{r:.2f}x", r >= 0.8))
-        r = _ratio(samples, kerna, floor, "w2_p50_us")
-        out.append(_Target(f"W2 p50: {kerna} <= 1.3x {floor}", r, f"{r:.2f}x", r <= 1.3))
+            out.append(_against_floors(samples, kerna, metric, label, ">=", 0.8))
+        out.append(_against_floors(samples, kerna, "w2_p50_us", "W2 p50", "<=", 1.3))
     for metric, label in (
         ("w1_rate", "W1 msgs/s"),
         ("w2_rate", "W2 concurrent req/s"),
@@ -170,10 +191,8 @@ def _targets(samples: Samples) -> list[_Target]:
         out.append(_Target(f"{label}: kerna >= 10x autogen-core", r, f"{r:.1f}x", r >= 10))
     r = _ratio(samples, "autogen-core", "kerna", "w2_p50_us")
     out.append(_Target("W2 p50: kerna >= 10x faster than autogen-core", r, f"{r:.1f}x", r >= 10))
-    for loop in ("", " (uvloop)"):
-        kerna, floor = f"kerna{loop}", f"floor{loop}"
-        r = _ratio(samples, kerna, floor, "w4_rate")
-        out.append(_Target(f"W4 agents/s: {kerna} >= {floor}", r, f"{r:.2f}x", r >= 1.0))
+    for kerna in ("kerna", "kerna (uvloop)"):
+        out.append(_against_floors(samples, kerna, "w4_rate", "W4 agents/s", ">=", 1.0))
         b = _median(samples, kerna, "w4_bytes")
         out.append(_Target(f"W4 bytes per idle agent: {kerna} <= 1 KB", b, f"{b:,.0f} B", b <= KB))
     return out
@@ -236,7 +255,15 @@ def render(
         ],
         "w4_rate",
     )  # fmt: skip
-    lines += ["## Targets", "", "| target | measured | verdict |", "|---|---|---|"]
+    lines += [
+        "## Targets",
+        "",
+        'A target stated against "the floor" is judged on the lean floor (the least work'
+        " with kerna's semantics), with the Queue floor's ratio beside it.",
+        "",
+        "| target | measured | verdict |",
+        "|---|---|---|",
+    ]
     for t in _targets(samples):
         lines.append(f"| {t.text} | {t.shown} | {'PASS' if t.ok else 'MISS'} |")
     lines += ["", "## Peers (higher = first system faster)", ""]
@@ -256,6 +283,10 @@ def render(
         " W3 is one `tell` per subscriber actor.",
         "- W4 bytes = RSS growth / N after every agent handled its message (gc.collect()"
         " first), everything the runtime keeps per agent included.",
+        "- Two floors, same semantics (mailbox of 1000, `wait` backpressure, done means"
+        ' handled): "floor" awaits `asyncio.Queue.put`/`get` per message; "lean floor"'
+        " calls `put_nowait`/`get_nowait` when there is room / a message and awaits only to"
+        " wait, as kerna appends to and pops from a deque.",
         "- See benchmarks/README.md for what each workload measures and why the floor is fair.",
         "",
     ]

@@ -9,6 +9,7 @@ objects, ids and keys all included.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import json
 import os
@@ -24,9 +25,11 @@ Activate = Callable[[int], Awaitable[tuple[float, Callable[[], Awaitable[None]]]
 
 
 def _async_activate(system: str) -> Activate:
-    if system == "floor":
-        from ._floor import w4_activate
-    elif system == "kerna":
+    if system in ("floor", "lean-floor"):
+        from ._floor import w4_activate as floor_activate
+
+        return functools.partial(floor_activate, lean=system == "lean-floor")
+    if system == "kerna":
         from ._kerna import w4_activate
     elif system == "autogen-core":
         from ._autogen import w4_activate

@@ -35,16 +35,19 @@ class System:
     w3: Callable[[int, int], float]
 
 
-def _on_loop(name: str, kind: str, mod: ModuleType, loop: LoopName, sizes: Sizes) -> System:
+def _on_loop(
+    name: str, kind: str, mod: ModuleType, loop: LoopName, sizes: Sizes, **options: bool
+) -> System:
+    """``options`` go to every workload function of ``mod`` (the floor's ``lean``)."""
     return System(
         name=name,
         kind=kind,
         loop=loop,
         sizes=sizes,
-        w1=lambda n: mod.w1(n, loop),
-        w2_sequential=lambda n: mod.w2_sequential(n, loop),
-        w2_concurrent=lambda c, k: mod.w2_concurrent(c, k, loop),
-        w3=lambda e, s: mod.w3(e, s, loop),
+        w1=lambda n: mod.w1(n, loop, **options),
+        w2_sequential=lambda n: mod.w2_sequential(n, loop, **options),
+        w2_concurrent=lambda c, k: mod.w2_concurrent(c, k, loop, **options),
+        w3=lambda e, s: mod.w3(e, s, loop, **options),
     )
 
 
@@ -53,8 +56,10 @@ def systems(scale: float = 1.0) -> list[System]:
     full, autogen, pykka = FULL.scaled(scale), AUTOGEN.scaled(scale), PYKKA.scaled(scale)
     return [
         _on_loop("floor", "floor", _floor, "asyncio", full),
+        _on_loop("lean floor", "lean-floor", _floor, "asyncio", full, lean=True),
         _on_loop("kerna", "kerna", _kerna, "asyncio", full),
         _on_loop("floor (uvloop)", "floor", _floor, "uvloop", full),
+        _on_loop("lean floor (uvloop)", "lean-floor", _floor, "uvloop", full, lean=True),
         _on_loop("kerna (uvloop)", "kerna", _kerna, "uvloop", full),
         _on_loop("autogen-core", "autogen-core", _autogen, "asyncio", autogen),
         System(
