@@ -110,10 +110,11 @@ def _environment(runs: int, elapsed: float, argv: list[str]) -> list[str]:
         f"- Python {platform.python_version()} ({platform.python_implementation()});"
         " loops: asyncio default (`asyncio.Runner`) and uvloop where marked",
         f"- Packages: {_versions()}",
-        f"- Method: median of {runs} interleaved runs (each run visits every system in turn;"
-        " min to max in brackets). W1-W3 in one process, a fresh event loop per run; W4 in a"
-        " fresh subprocess per run. Default `Kernel()` settings. A ratio is the median over"
-        " the runs of the two systems' ratio within one run (they ran seconds apart);"
+        f"- Method: every figure is the median of {runs} interleaved runs (each run visits"
+        " every system in turn, starting one system further on per run; min to max in"
+        " brackets). W1-W3 in one process, a fresh event loop per run; W4 in a fresh"
+        " subprocess per run. Default `Kernel()` settings. A ratio is the median over the"
+        " runs of the two systems' ratio within one run (they ran seconds apart);"
         ' "/ floor" compares with the Queue floor, "/ lean floor" with the lean floor, each'
         ' on the same loop (see benchmarks/README.md, "The floor, and why it is fair").',
         "",
@@ -258,8 +259,10 @@ def render(
     lines += [
         "## Targets",
         "",
-        'A target stated against "the floor" is judged on the lean floor (the least work'
-        " with kerna's semantics), with the Queue floor's ratio beside it.",
+        f"Every verdict is on the median of the {runs} runs made (a ratio: the median of the"
+        " per-run ratios); no run is repeated, dropped or picked. A target stated against"
+        ' "the floor" is judged on the lean floor (the least work with kerna\'s semantics),'
+        " with the Queue floor's ratio beside it.",
         "",
         "| target | measured | verdict |",
         "|---|---|---|",

@@ -52,7 +52,8 @@ def _on_loop(
 
 
 def systems(scale: float = 1.0) -> list[System]:
-    """Every system, in the order each run visits them (sizes times ``scale``)."""
+    """Every system, in the order the first run visits them (sizes times ``scale``);
+    each later run starts one system further on."""
     full, autogen, pykka = FULL.scaled(scale), AUTOGEN.scaled(scale), PYKKA.scaled(scale)
     return [
         _on_loop("floor", "floor", _floor, "asyncio", full),

@@ -1,9 +1,10 @@
 """Run every workload against every system, interleaved, and report medians.
 
 ``make bench`` runs ``python -m benchmarks.run_all``: for each workload, five runs, each
-visiting every system in turn (W1-W3 in this process on a fresh event loop per run; W4
-in a fresh subprocess per run so memory growth is isolated). Prints the tables and
-writes benchmarks/RESULTS.md and benchmarks/results.json.
+visiting every system in turn, starting one system further on in each run (W1-W3 in this
+process on a fresh event loop per run; W4 in a fresh subprocess per run so memory growth
+is isolated). Prints the tables and writes benchmarks/RESULTS.md and
+benchmarks/results.json.
 
 Options: ``--runs N`` (default 5), ``--scale F`` (multiply workload sizes, e.g. 0.05 for
 a smoke run; such a run does not overwrite RESULTS.md unless ``--write``).
@@ -67,19 +68,27 @@ def _warm_up(all_systems: list[System]) -> None:
             measure(system, workload)
 
 
+def visiting(all_systems: list[System], workload: str, run: int) -> list[System]:
+    """The systems, in the order ``workload`` visits them in run ``run`` (0-based): each run
+    starts one system further on, so no system always runs first (on a cold loop) or
+    right after the same neighbour."""
+    k = run % len(all_systems)
+    return all_systems[k:] + all_systems[:k]
+
+
 def run(all_systems: list[System], runs: int) -> Samples:
     """Interleaved runs: for each workload, ``runs`` rounds over every system."""
     samples: Samples = {s.name: {} for s in all_systems}
     for workload in WORKLOADS:
         for i in range(1, runs + 1):
-            for system in all_systems:
+            for system in visiting(all_systems, workload, i - 1):
                 t0 = time.perf_counter()
                 metrics = measure(system, workload)
                 for key, value in metrics.items():
                     samples[system.name].setdefault(key, []).append(value)
                 shown = ", ".join(f"{k}={v:,.1f}" for k, v in metrics.items())
                 print(
-                    f"  {workload:<14} run {i}/{runs} {system.name:<15} {shown}"
+                    f"  {workload:<14} run {i}/{runs} {system.name:<19} {shown}"
                     f"  ({time.perf_counter() - t0:.1f}s)",
                     file=sys.stderr,
                     flush=True,
