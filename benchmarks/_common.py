@@ -63,9 +63,12 @@ class Sizes:
     w3_events: int = 20_000
     w3_subscribers: int = 10
     w4_agents: int = 100_000
+    w5_agents: int = 300_000
+    w5_seconds: float = 3.0
 
     def scaled(self, factor: float) -> Sizes:
-        """Every count times ``factor`` (at least 1; callers and subscribers unchanged)."""
+        """Every count times ``factor`` (at least 1; callers and subscribers unchanged);
+        W5's lag window too, but never under half a second (ten 50 ms sweeps)."""
 
         def s(n: int) -> int:
             return max(1, round(n * factor))
@@ -78,6 +81,8 @@ class Sizes:
             w3_events=s(self.w3_events),
             w3_subscribers=self.w3_subscribers,
             w4_agents=s(self.w4_agents),
+            w5_agents=s(self.w5_agents),
+            w5_seconds=max(0.5, self.w5_seconds * factor),
         )
 
 

@@ -13,6 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._sweep import FAST_AGENTS, FAST_IDLE, RETELL
+
 if TYPE_CHECKING:
     from ._systems import System
 
@@ -112,7 +114,7 @@ def _environment(runs: int, elapsed: float, argv: list[str]) -> list[str]:
         f"- Packages: {_versions()}",
         f"- Method: every figure is the median of {runs} interleaved runs (each run visits"
         " every system in turn, starting one system further on per run; min to max in"
-        " brackets). W1-W3 in one process, a fresh event loop per run; W4 in a fresh"
+        " brackets). W1-W3 in one process, a fresh event loop per run; W4 and W5 in a fresh"
         " subprocess per run. Default `Kernel()` settings. A ratio is the median over the"
         " runs of the two systems' ratio within one run (they ran seconds apart);"
         ' "/ floor" compares with the Queue floor, "/ lean floor" with the lean floor, each'
@@ -163,6 +165,10 @@ class _Target:
     ok: bool
 
 
+W5_TARGET_MS = 10.0
+"""ISSUE6 item 15: event-loop lag p99 under the idle sweep."""
+
+
 def _against_floors(
     samples: Samples, kerna: str, metric: str, label: str, op: str, bound: float
 ) -> _Target:
@@ -196,7 +202,60 @@ def _targets(samples: Samples) -> list[_Target]:
         out.append(_against_floors(samples, kerna, "w4_rate", "W4 agents/s", ">=", 1.0))
         b = _median(samples, kerna, "w4_bytes")
         out.append(_Target(f"W4 bytes per idle agent: {kerna} <= 1 KB", b, f"{b:,.0f} B", b <= KB))
+    if "w5_p99_ms" in samples["kerna"]:
+        p99 = _median(samples, "kerna", "w5_p99_ms")
+        out.append(
+            _Target(
+                f"W5 event-loop lag p99 under the idle sweep: kerna < {W5_TARGET_MS:g} ms",
+                p99,
+                f"{p99:.1f} ms",
+                p99 < W5_TARGET_MS,
+            )
+        )
     return out
+
+
+def _w5(systems: list[System], samples: Samples) -> list[str]:
+    """W5's table: the empty loop's lag (the floor) and kerna's, per 1 ms tick."""
+    kerna = next(s for s in systems if s.name == "kerna")
+    got = samples["kerna"]
+    if "w5_p99_ms" not in got:
+        return []
+    ms = _us
+
+    def row(name: str, agents: str, prefix: str) -> str:
+        cells = [name, agents]
+        for metric in ("p50_ms", "p99_ms", "max_ms"):
+            values = got[f"w5_{prefix}{metric}"]
+            cells.append(f"{ms(statistics.median(values))} ({_spread(values, ms)})")
+        cells.append(f"{statistics.median(got[f'w5_{prefix}ticks']):,.0f}")
+        return "| " + " | ".join(cells) + " |"
+
+    n = kerna.sizes.w5_agents
+    activate = got["w5_activate_s"]
+    again = got["w5_fast_reactivations"]
+    return [
+        f"## W5 sweep lag: {n:,} idle agents and {FAST_AGENTS} at `idle_timeout={FAST_IDLE}`",
+        "",
+        f"How late a 1 ms `loop.call_at` ticker runs, over {kerna.sizes.w5_seconds:g} s, in a"
+        f" fresh process: first on the empty loop (the floor), then with a running `Kernel()`"
+        f" holding {n:,} idle agents of one type (default idle timeout, one message each) and"
+        f" {FAST_AGENTS} agents of a type registered with `idle_timeout={FAST_IDLE}`, each told"
+        f" again every {RETELL:g} s so the sweep keeps deactivating them. kerna on the default"
+        " asyncio loop only: no peer has an idle sweep.",
+        "",
+        "| | agents | lag p50 ms | lag p99 ms | lag max ms | ticks |",
+        "|---|---|---|---|---|---|",
+        row("empty loop (floor)", "0", "floor_"),
+        row("kerna", f"{n:,} + {FAST_AGENTS}", ""),
+        "",
+        f"Activating the {n:,} took {statistics.median(activate):.1f} s"
+        f" ({_spread(activate, lambda x: f'{x:.1f}')}); the short-lived agents were"
+        f" re-activated {statistics.median(again):.0f} times per window (median), so the"
+        f" sweep ran; full (generation 2) garbage collections during kerna's windows:"
+        f" {sum(got['w5_gc_gen2']):.0f} in all runs.",
+        "",
+    ]
 
 
 def _peers(samples: Samples) -> list[str]:
@@ -256,6 +315,7 @@ def render(
         ],
         "w4_rate",
     )  # fmt: skip
+    lines += _w5(systems, samples)
     lines += [
         "## Targets",
         "",
@@ -290,6 +350,8 @@ def render(
         ' handled): "floor" awaits `asyncio.Queue.put`/`get` per message; "lean floor"'
         " calls `put_nowait`/`get_nowait` when there is room / a message and awaits only to"
         " wait, as kerna appends to and pops from a deque.",
+        "- W5 lag is per tick (one sample per 1 ms timer), so a sweep that blocks the loop"
+        " for 50 ms shows as one late tick of ~50 ms; its max is about one sweep's cost.",
         "- See benchmarks/README.md for what each workload measures and why the floor is fair.",
         "",
     ]

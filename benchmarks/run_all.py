@@ -2,9 +2,10 @@
 
 ``make bench`` runs ``python -m benchmarks.run_all``: for each workload, five runs, each
 visiting every system in turn, starting one system further on in each run (W1-W3 in this
-process on a fresh event loop per run; W4 in a fresh subprocess per run so memory growth
-is isolated). Prints the tables and writes benchmarks/RESULTS.md and
-benchmarks/results.json.
+process on a fresh event loop per run; W4 and W5 in a fresh subprocess per run so memory
+growth is isolated). W5 (event-loop lag under the idle sweep) runs kerna alone: no peer
+has an idle sweep, and its floor, an empty loop's lag, is measured in the same process.
+Prints the tables and writes benchmarks/RESULTS.md and benchmarks/results.json.
 
 Options: ``--runs N`` (default 5), ``--scale F`` (multiply workload sizes, e.g. 0.05 for
 a smoke run; such a run does not overwrite RESULTS.md unless ``--write``).
@@ -25,21 +26,41 @@ from ._systems import System, systems
 __all__ = ["WORKLOADS", "main", "measure"]
 
 HERE = Path(__file__).resolve().parent
-WORKLOADS = ("W1", "W2 sequential", "W2 concurrent", "W3", "W4")
+WORKLOADS = ("W1", "W2 sequential", "W2 concurrent", "W3", "W4", "W5")
+ONLY = {"W5": ("kerna",)}
+"""Workloads that run on some systems only (the others' metrics are absent)."""
+
+
+def _subprocess(*args: str) -> dict[str, float]:
+    """Run ``python -m benchmarks.<args>`` and return the JSON of its last line."""
+    cmd = [sys.executable, "-m", *args]
+    out = subprocess.run(cmd, cwd=HERE.parent, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr}")
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
 
 def _w4(system: System) -> dict[str, float]:
     n = system.sizes.w4_agents
-    cmd = [sys.executable, "-m", "benchmarks._scale", system.kind, system.loop, str(n)]
-    out = subprocess.run(cmd, cwd=HERE.parent, capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr}")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = _subprocess("benchmarks._scale", system.kind, system.loop, str(n))
     return {
         "w4_seconds": result["seconds"],
         "w4_rate": result["rate"],
         "w4_bytes": result["bytes_per_agent"],
     }
+
+
+W5_METRICS = (
+    "p50_ms", "p99_ms", "max_ms", "ticks", "floor_p50_ms", "floor_p99_ms", "floor_max_ms",
+    "floor_ticks", "activate_s", "fast_reactivations", "gc_gen2",
+)  # fmt: skip
+
+
+def _w5(system: System) -> dict[str, float]:
+    s = system.sizes
+    result = _subprocess("benchmarks._sweep", system.loop, str(s.w5_agents), f"{s.w5_seconds:g}")
+    return {f"w5_{key}": result[key] for key in W5_METRICS}
 
 
 def measure(system: System, workload: str) -> dict[str, float]:
@@ -56,6 +77,8 @@ def measure(system: System, workload: str) -> dict[str, float]:
         return {"w3_rate": system.w3(s.w3_events, s.w3_subscribers)}
     if workload == "W4":
         return _w4(system)
+    if workload == "W5":
+        return _w5(system)
     raise ValueError(f"unknown workload {workload!r}")
 
 
@@ -64,16 +87,18 @@ def _warm_up(all_systems: list[System]) -> None:
     for system in systems(scale=0.05):
         if system.name not in {s.name for s in all_systems}:
             continue
-        for workload in WORKLOADS[:-1]:
+        for workload in WORKLOADS[:4]:
             measure(system, workload)
 
 
 def visiting(all_systems: list[System], workload: str, run: int) -> list[System]:
-    """The systems, in the order ``workload`` visits them in run ``run`` (0-based): each run
+    """The systems ``workload`` runs on, in the order of run ``run`` (0-based): each run
     starts one system further on, so no system always runs first (on a cold loop) or
     right after the same neighbour."""
-    k = run % len(all_systems)
-    return all_systems[k:] + all_systems[:k]
+    names = ONLY.get(workload)
+    chosen = [s for s in all_systems if names is None or s.name in names]
+    k = run % len(chosen)
+    return chosen[k:] + chosen[:k]
 
 
 def run(all_systems: list[System], runs: int) -> Samples:
