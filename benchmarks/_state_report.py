@@ -166,12 +166,15 @@ def targets(samples: Samples) -> list[Target]:
         out.append(
             Target(f"propagation {metric} <= 1.3x raw watch {metric}", f"{r:.2f}x", r <= 1.3)
         )
-    for backend in ("etcd", "sqlite", "memory"):
+    for backend, floor in (
+        ("etcd", " (floor: page ranges bounded to 1,000 keys)"),
+        ("sqlite", " (extra row)"),
+        ("memory", " (extra row)"),
+    ):
         r = ratio(samples, f"rec {backend} floor", f"rec {backend} kerna", "seconds")
-        extra = "" if backend == "etcd" else " (extra row)"
         out.append(
             Target(
-                f"{backend} replay without snapshots: floor / kerna >= 0.5{extra}",
+                f"{backend} replay without snapshots: floor / kerna >= 0.5{floor}",
                 f"{r:.2f}",
                 r >= 0.5,
             )
@@ -343,18 +346,20 @@ def render(samples: Samples, env: Env, profiles: list[tuple[str, str]]) -> str:
         "Seconds of the first ask to the agent in a freshly started kernel: lease, claim,"
         " snapshot read, paged replay (1,000 per page), apply. The floor reads the same"
         " keys in pages of 1,000 with the raw client and msgspec-decodes each record into"
-        " the same struct (typed event), applying nothing. floor / kerna >= 0.5 is the"
-        " target; ratios are per run.",
+        " the same struct (typed event), applying nothing; on etcd each page's range ends"
+        " at its 1,000th key (the least work: with a prefix range and a limit, etcd 3.4"
+        " counts every key left in the range on each page, the alternative row)."
+        " floor / kerna >= 0.5 is the target; ratios are per run.",
         "",
     ]
     rec_rows: list[tuple[str, str]] = []
     for backend, alt in (
-        ("etcd", "floor, each page's range_end bounded to its 1,000 keys"),
+        ("etcd", "floor, prefix range with `limit=1000` (the paged range kerna does)"),
         ("sqlite", "floor, two lower bounds (`key >= prefix AND key < end AND key > last`)"),
         ("memory", ""),
     ):
         floor_name = {
-            "etcd": "floor: raw `KVStub.Range`, prefix range, `limit=1000`",
+            "etcd": "floor: raw `KVStub.Range`, each page's range_end bounded to its 1,000 keys",
             "sqlite": "floor: sqlite3 `WHERE key > last AND key < end LIMIT 1001`",
             "memory": "floor: 1,000-value slices of a sorted list",
         }[backend]
@@ -372,10 +377,15 @@ def render(samples: Samples, env: Env, profiles: list[tuple[str, str]]) -> str:
         ]
 
     def floor_over_kerna(row: str) -> str:
-        if " kerna" not in row or row not in samples:
+        """On a kerna row: its floor over it; on an alternative floor's row: that floor
+        over kerna without snapshots."""
+        if row.endswith(" floor alt"):
+            floor, row = row, row.replace(" floor alt", " kerna")
+        elif " kerna" in row:
+            floor = row.replace(" kerna", " floor")
+        else:
             return ""
-        floor = row.replace(" kerna", " floor")
-        if floor not in samples:
+        if floor not in samples or row not in samples:
             return ""
         return f"{ratio(samples, floor, row, 'seconds'):.2f}"
 
