@@ -8,13 +8,17 @@ import platform
 import sqlite3
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from ._report import _cpu_model, _git
 
-__all__ = ["Env", "Samples", "Target", "kerna_commit", "median", "ratio", "render", "targets"]
+__all__ = [
+    "Env", "Samples", "Target", "from_json", "fs_of", "kerna_commit", "median", "ratio", "render",
+    "targets", "to_json",
+]  # fmt: skip
 
 Samples = dict[str, dict[str, list[float]]]
 """row name -> metric -> one value per run."""
@@ -42,10 +46,27 @@ class Env:
     elapsed: float
     etcd_version: str
     sqlite_dir: Path
+    sqlite_fs: str
+    """The file system the sqlite files were on (``fs_of(sqlite_dir)``)."""
     events: int
+    date: str = field(
+        default_factory=lambda: datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    )
+    load: tuple[float, float, float] = field(default_factory=os.getloadavg)
+    """1/5/15-minute load average when the run ended."""
+    machine: str = field(
+        default_factory=lambda: f"{os.cpu_count()} CPUs ({_cpu_model()}), {platform.platform()}"
+    )
+    software: str = field(
+        default_factory=lambda: (
+            f"Python {platform.python_version()}, default asyncio loop; {_versions()}"
+        )
+    )
+    sqlite_version: str = sqlite3.sqlite_version
 
 
-def _fs_of(path: Path) -> str:
+def fs_of(path: Path) -> str:
+    """The type and mount point of the file system holding ``path``."""
     best, fs = "", "?"
     try:
         with open("/proc/mounts") as f:
@@ -77,27 +98,28 @@ def kerna_commit() -> str:
 
 
 def _environment(env: Env) -> list[str]:
-    load = os.getloadavg()
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load = env.load
     return [
         "# State benchmark results",
         "",
         f"- Command: `{env.command}`",
-        f"- Date: {now}; the whole run took {env.elapsed:.0f} s; load average at the end"
+        f"- Date: {env.date}; the whole run took {env.elapsed:.0f} s; load average at the end"
         f" {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min; the machine is shared)",
         f"- kerna commit: {env.commit} (when the run started)",
-        f"- Machine: {os.cpu_count()} CPUs ({_cpu_model()}), {platform.platform()}",
-        f"- Python {platform.python_version()}, default asyncio loop; {_versions()}",
+        f"- Machine: {env.machine}",
+        f"- {env.software}",
         f"- etcd: {env.etcd_version}, one member started by the benchmark (data directory"
         " on /dev/shm, free 127.0.0.1 ports, default settings), stopped by PID at the end",
-        f"- SQLite {sqlite3.sqlite_version}; database files in {env.sqlite_dir.parent}"
-        f" ({_fs_of(env.sqlite_dir)})",
+        f"- SQLite {env.sqlite_version}; database files in {env.sqlite_dir.parent}"
+        f" ({env.sqlite_fs})",
         f"- Method: medians of {env.runs} interleaved runs ({env.noisy_runs} for the"
         f" 32-writer throughput and propagation, {env.recovery_runs} for recovery); each"
         " run visits every row of a workload in turn, in an order rotated per run; min to"
         " max in brackets. A ratio is the median of the per-run ratios (the pair ran"
         " seconds apart). Each measurement runs on a fresh event loop, with fresh kernels"
-        " (`Kernel(state=url)`, kerna's defaults) and fresh keys.",
+        " (`Kernel(state=url)`, kerna's defaults) and fresh keys. Every run's value is in"
+        " `benchmarks/results-state.json`, from which this file can be re-rendered"
+        " (`python -m benchmarks.state_bench --render benchmarks/results-state.json`).",
         "",
     ]
 
@@ -393,7 +415,15 @@ def render(samples: Samples, env: Env, profiles: list[tuple[str, str]]) -> str:
         samples, [r for r in rec_rows if r[0] in samples], [("seconds", "seconds", _s)],
         ("floor / kerna", floor_over_kerna),
     )  # fmt: skip
-    lines += ["## Targets", "", "| target | measured | verdict |", "|---|---|---|"]
+    lines += [
+        "## Targets",
+        "",
+        "Every verdict is on the median of the runs made (the counts are under Method; a"
+        " ratio is the median of the per-run ratios); no run is repeated, dropped or picked.",
+        "",
+        "| target | measured | verdict |",
+        "|---|---|---|",
+    ]
     for t in targets(samples):
         lines.append(f"| {t.text} | {t.shown} | {'PASS' if t.ok else 'MISS'} |")
     lines += [""]
@@ -423,3 +453,23 @@ def render(samples: Samples, env: Env, profiles: list[tuple[str, str]]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def to_json(samples: Samples, env: Env, profiles: list[tuple[str, str]]) -> dict[str, Any]:
+    """Everything ``render`` needs (every run's value of every row), for
+    results-state.json; the targets are included as rendered, for reading."""
+    return {
+        "env": {**asdict(env), "sqlite_dir": str(env.sqlite_dir)},
+        "targets": [asdict(t) for t in targets(samples)],
+        "samples": samples,
+        "profiles": [list(p) for p in profiles],
+    }
+
+
+def from_json(data: dict[str, Any]) -> tuple[Samples, Env, list[tuple[str, str]]]:
+    """The inverse of ``to_json``: ``render(*from_json(data))`` re-derives the report."""
+    env = dict(data["env"])
+    env["sqlite_dir"] = Path(env["sqlite_dir"])
+    env["load"] = tuple(env["load"])
+    profiles = [(title, text) for title, text in data["profiles"]]
+    return data["samples"], Env(**env), profiles

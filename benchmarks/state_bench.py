@@ -11,7 +11,10 @@ on /dev/shm, free ports; stopped by PID at the end) and runs, interleaved:
 5. recovery: activating an event-sourced agent with 100,000 events, with and
    without snapshots, on etcd, sqlite and memory, vs a raw paged read + decode.
 
-It prints the tables and writes benchmarks/RESULTS-state.md. Options: ``--runs N``
+It prints the tables and writes benchmarks/RESULTS-state.md and, beside it,
+benchmarks/results-state.json: every run's value of every row, the environment and the
+targets, from which ``--render FILE`` re-renders the report (so every ratio can be
+re-derived from the committed data). Options: ``--runs N``
 (default 5), ``--noisy-runs N`` (9: 32-writer throughput and propagation, whose
 figures move most between runs), ``--recovery-runs N`` (3), ``--scale F`` (sizes
 times F, e.g. 0.05 for a smoke run; such a run does not write RESULTS-state.md unless
@@ -24,6 +27,7 @@ import argparse
 import dis
 import inspect
 import io
+import json
 import os
 import platform
 import shutil
@@ -47,7 +51,7 @@ from ._state_etcd import EtcdServer
 from ._state_models import Ledger, LedgerNoSnapshots
 from ._state_profile import cprofile_top, page_costs
 from ._state_read import reads
-from ._state_report import Env, Samples, kerna_commit, render, targets
+from ._state_report import Env, Samples, from_json, fs_of, kerna_commit, render, targets, to_json
 
 __all__ = ["main"]
 
@@ -335,14 +339,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="workload size factor")
     parser.add_argument("--write", action="store_true", help="write RESULTS-state.md at any scale")
     parser.add_argument("--no-profile", action="store_true", help="do not profile misses")
+    parser.add_argument(
+        "--render",
+        metavar="FILE",
+        type=Path,
+        help="print the report of a results-state.json instead of running (nothing written)",
+    )
     cli_args = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(cli_args)
+    if args.render is not None:
+        try:
+            saved = from_json(json.loads(args.render.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            parser.error(f"--render {args.render}: not a results-state.json ({exc!r})")
+        print(render(*saved))
+        return 0
     z = Sizes().scaled(args.scale)
     commit = kerna_commit()
     started = time.time()
     samples: Samples = {}
     profiles: list[tuple[str, str]] = []
     directory = Path(tempfile.mkdtemp(prefix="kerna-bench-sqlite-"))
+    sqlite_fs = fs_of(directory)
     try:
         with EtcdServer() as etcd:
             etcd_version = etcd.version()
@@ -373,13 +391,16 @@ def main(argv: list[str] | None = None) -> int:
         elapsed=time.time() - started,
         etcd_version=etcd_version,
         sqlite_dir=directory,
+        sqlite_fs=sqlite_fs,
         events=z.events,
     )
     report = render(samples, env, profiles)
     print(report)
     if args.scale == 1.0 or args.write:
         (HERE / "RESULTS-state.md").write_text(report)
-        print(f"wrote {HERE / 'RESULTS-state.md'}", file=sys.stderr)
+        data = json.dumps(to_json(samples, env, profiles), indent=1)
+        (HERE / "results-state.json").write_text(data + "\n")
+        print(f"wrote {HERE / 'RESULTS-state.md'} and results-state.json", file=sys.stderr)
     return 0
 
 
