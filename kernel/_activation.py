@@ -28,6 +28,7 @@ from ._errors import (
     ActivationFailed,
     Conflict,
     DecodeError,
+    Fenced,
     KernelStopped,
     MailboxFull,
     RemoteError,
@@ -396,6 +397,31 @@ class Activation:
         self.deactivating = True
         if self.task is None:
             self.kernel._spawn(self)
+
+    def fence(self, error: Fenced) -> None:
+        """This activation lost its claim (the kernel's lease was lost): stop serving.
+
+        Its claim is gone, so another kernel may hold the agent and write it:
+        ``self.state`` can be stale. The asker of the message being handled and every
+        queued message fail with ``error`` now (counted as dead letters; parked senders
+        get it raised), and the activation leaves the directory at once, so the next
+        message activates the agent afresh, with a new claim. ``on_stop`` still runs,
+        once, after the running handler (if any) returns; a write it attempts is
+        fenced.
+        """
+        if self.closed:
+            return
+        self.token = 0  # the claim is someone else's now: never release it
+        current = self.current
+        if current is not None and current.reply is not None and not current.reply.done():
+            current.reply.set_exception(error)
+        for env in self._take_all(lambda: error):
+            self.kernel._undeliverable(env, self.id, "lease_lost", error)
+        self.kernel._retire(self)
+        if self.agent is not None and self.atype.has_on_stop and not self.closing:
+            self.deactivating = True
+            if self.task is None:
+                self.kernel._spawn(self)
 
     def schedule(self, delay: float, message: Message, *, repeat: bool) -> Timer:
         if delay < 0 or (repeat and delay == 0):

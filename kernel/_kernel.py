@@ -32,7 +32,7 @@ from kerna.state._replica import Replica
 from ._activation import Activation, current_activation
 from ._agent import Agent
 from ._envelope import Envelope
-from ._errors import KernelStopped, RegistrationError, UnhandledMessage, UnknownAgent
+from ._errors import Fenced, KernelStopped, RegistrationError, UnhandledMessage, UnknownAgent
 from ._failures import describe
 from ._idle import IdleCollector
 from ._ids import AgentId
@@ -141,6 +141,9 @@ class Kernel:
         self._persistence: Persistence | None = None
         self._types: dict[str, AgentType] = {}
         self._directory: dict[AgentId, Activation] = {}
+        # Activations that left the directory while their worker still runs (a fenced
+        # one finishing its handler and on_stop): stop waits for them too.
+        self._retiring: set[Activation] = set()
         self._topics = Topics(self)
         self._ids = itertools.count(1)
         self._dead_letters = 0
@@ -344,7 +347,8 @@ class Kernel:
         activation's queue is then failed (``Activation.abort``), including the queues of
         workers cancelled before they ever ran.
         """
-        workers = {act.task: act for act in self._directory.values() if act.task is not None}
+        acts = [*self._directory.values(), *self._retiring]
+        workers = {act.task: act for act in acts if act.task is not None}
         if not workers:
             return []
         for task in workers:
@@ -360,7 +364,7 @@ class Kernel:
                 self.cancel_grace,
                 _names(stuck),
             )
-        for act in self._directory.values():
+        for act in acts:
             if act.task is not None and act.task.done():  # cancelled before it started
                 act.task = None
                 self._worker_exited(act)
@@ -627,6 +631,25 @@ class Kernel:
             atype.stats.rejected += 1
         return self._refusal(what)
 
+    def _lease_lost(self) -> None:
+        """The kernel's lease is lost (``Persistence.on_lease_lost``): the claims made
+        under it are gone, so every stateful activation stops serving at once
+        (``Activation.fence``); the next message re-activates with a fresh claim."""
+        fenced = [act for act in self._directory.values() if act.token]
+        if fenced:
+            log.error(
+                "the kernel's lease was lost: %d stateful activations stop serving: %s",
+                len(fenced),
+                _names(fenced),
+            )
+        for act in fenced:
+            act.fence(
+                Fenced(
+                    f"{act.id}: the kernel lost its lease, and with it its claim"
+                    " on the agent; the message was not handled"
+                )
+            )
+
     def _activation(self, agent_id: AgentId, atype: AgentType) -> Activation:
         act = self._directory.get(agent_id)
         if act is None:
@@ -644,6 +667,8 @@ class Kernel:
         act.task = tg.create_task(act.run())
 
     def _worker_exited(self, act: Activation) -> None:
+        if act.closed:
+            self._retiring.discard(act)
         self._busy -= 1
         if self._busy == 0 and self._quiet is not None and not self._quiet.done():
             self._quiet.set_result(None)
@@ -659,6 +684,8 @@ class Kernel:
         act.cancel_timers()
         if self._directory.get(act.id) is act:
             del self._directory[act.id]
+        if act.task is not None:
+            self._retiring.add(act)
         act.atype.stats.active -= 1
         if act.on_closed is not None and not act.on_closed.done():
             act.on_closed.set_result(None)

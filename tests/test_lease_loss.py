@@ -1,0 +1,147 @@
+"""A kernel that lost its lease stops serving the stateful agents it held.
+
+Its claims went with the lease, so another kernel may have taken an agent over and
+written it: answering from the old ``self.state`` would be a zombie read. Activations
+under a lost lease fail their askers with ``Fenced`` and leave; the next message
+re-activates the agent with a fresh claim (which fails while another kernel holds it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+
+from kerna import ActivationFailed, Agent, Fenced, Kernel, Message, handler
+from kerna.state import StateBackend, connect
+
+pytestmark = pytest.mark.anyio
+
+URL = "memory://lease-loss"
+CLAIM = "kerna/act/Counter/c"
+
+
+class Count(msgspec.Struct, frozen=True):
+    n: int = 0
+
+
+class Inc(Message):
+    pass
+
+
+class Read(Message):
+    pass
+
+
+class Hold(Message):
+    pass
+
+
+class Counter(Agent, state=Count):
+    gate: asyncio.Event
+    entered: asyncio.Event
+    stopped: asyncio.Event
+    stops: list[int]
+
+    @handler
+    async def inc(self, msg: Inc) -> int:
+        await self.save(Count(self.state.n + 1))
+        return self.state.n
+
+    @handler
+    async def read(self, msg: Read) -> int:
+        return self.state.n
+
+    @handler
+    async def hold(self, msg: Hold) -> int:
+        Counter.entered.set()
+        await Counter.gate.wait()
+        return self.state.n
+
+    async def on_stop(self) -> None:
+        Counter.stops.append(self.state.n)
+        Counter.stopped.set()
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    Counter.gate, Counter.entered, Counter.stopped = (
+        asyncio.Event(),
+        asyncio.Event(),
+        asyncio.Event(),
+    )
+    Counter.stops = []
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[StateBackend]:
+    backend = await connect(URL)
+    try:
+        yield backend
+    finally:
+        for kv in (await backend.range("kerna/")).kvs:
+            await backend.delete(kv.key)
+        await backend.aclose()
+
+
+async def _stopped() -> None:
+    async with asyncio.timeout(5):
+        await Counter.stopped.wait()
+
+
+async def _lose_lease(store: StateBackend) -> None:
+    """Revoke the lease holding the claim, as an expiry during a partition would."""
+    claim = await store.get(CLAIM)
+    assert claim is not None
+    await store.lease_revoke(claim.lease)
+
+
+async def test_a_kernel_that_lost_its_lease_does_not_answer_from_stale_state(
+    store: StateBackend,
+) -> None:
+    async with (
+        Kernel(state=URL, lease_ttl=0.6, max_restarts=0) as old,
+        Kernel(state=URL, lease_ttl=0.6) as new,
+    ):
+        old.register(Counter)
+        new.register(Counter)
+        assert await old.ref(Counter, "c").ask(Inc(), timeout=5) == 1
+        await _lose_lease(store)
+        assert await new.ref(Counter, "c").ask(Inc(), timeout=5) == 2  # took it over
+        await _stopped()  # within the lease's detection time, the old activation left
+        assert old.stats().types["Counter"].active == 0
+        assert Counter.stops == [1]  # on_stop ran once, on the old activation
+        with pytest.raises(ActivationFailed) as info:
+            await old.ref(Counter, "c").ask(Read(), timeout=5)  # today: answers 1
+        assert info.value.type_name == "kerna.OwnedElsewhere"
+        assert await new.ref(Counter, "c").ask(Read(), timeout=5) == 2
+
+
+async def test_messages_held_by_an_activation_under_a_lost_lease_fail_with_fenced(
+    store: StateBackend,
+) -> None:
+    async with Kernel(state=URL, lease_ttl=0.6) as kernel:
+        kernel.register(Counter)
+        ref = kernel.ref(Counter, "c")
+        assert await ref.ask(Inc(), timeout=5) == 1
+        held = asyncio.ensure_future(ref.ask(Hold(), timeout=30))
+        async with asyncio.timeout(5):
+            await Counter.entered.wait()
+        queued = [asyncio.ensure_future(ref.ask(Read(), timeout=30)) for _ in range(3)]
+        await _lose_lease(store)
+        for pending in (held, *queued):
+            with pytest.raises(Fenced, match="lost its lease"):
+                async with asyncio.timeout(5):
+                    await pending
+        stats = kernel.stats().types["Counter"]
+        assert stats.dead_letters == 3  # the queued asks: accepted, never handled
+        assert not Counter.stopped.is_set()  # on_stop waits for the running handler
+        Counter.gate.set()  # the running handler ends (its reply is late), then on_stop
+        await _stopped()
+        assert kernel.stats().types["Counter"].late_replies == 1
+        # the next message re-activates with a fresh claim (nobody else holds it)
+        assert await ref.ask(Inc(), timeout=5) == 2
+        claim = await store.get(CLAIM)
+        assert claim is not None
