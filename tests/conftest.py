@@ -26,7 +26,7 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
-async def _one_event_loop_for_the_session() -> AsyncIterator[None]:
+async def _one_event_loop_for_the_session(anyio_backend: str) -> AsyncIterator[None]:
     """Keep anyio's test runner, and so one event loop, for the whole session.
 
     gRPC's asyncio layer (the etcd client) delivers the completion of a cancelled call
