@@ -18,6 +18,8 @@ from kerna import ConfigError, __version__
 from kerna._cli import format_plain, main
 from kerna._demo import DemoReport, fault_plan, make_corpus, run_demo
 
+from .conftest import require_module
+
 DOCS = 500
 SEED = 7
 CORRUPT_RATE, STALL_RATE = 0.02, 0.01  # enough faults of each kind in 500 docs
@@ -113,7 +115,7 @@ def test_run_demo_without_faults_completes_everything() -> None:
 
 
 def test_run_demo_on_uvloop() -> None:
-    pytest.importorskip("uvloop")
+    require_module("uvloop", "pip install 'kerna[uvloop]'")
     report = run_demo(50, loop="uvloop")
     assert report.loop.startswith("uvloop ")
     assert report.completed + report.failed == 50
