@@ -18,7 +18,7 @@ from kerna import Compacted, ConfigError, DecodeError, OutcomeUnknown, Unavailab
 from kerna.state import Put, StateBackend, connect
 from kerna.state._etcd import EtcdBackend
 
-from .conftest import require_server
+from .conftest import assert_no_stray_tasks, require_server
 from .etcd import EtcdMember, _data_root, free_ports, require_etcd
 
 pytestmark = pytest.mark.anyio
@@ -82,7 +82,7 @@ async def test_unreachable_endpoint_is_unavailable_within_the_timeout() -> None:
     assert 0.4 < elapsed < 1.5, elapsed
     assert not isinstance(info.value, OutcomeUnknown)
     assert "within 0.5 s" in str(info.value)
-    assert not [t for t in asyncio.all_tasks() - before if not t.done()]
+    assert_no_stray_tasks(before)
     # The process lives on and the next attempt behaves the same.
     with pytest.raises(Unavailable):
         await connect(f"etcd://127.0.0.1:{port}", timeout=0.2)
@@ -153,7 +153,7 @@ async def test_aclose_ends_open_watches_and_the_probe(etcd_server: EtcdMember) -
     async with asyncio.timeout(2):
         await follower  # ended, not cancelled
     assert seen == [rev]
-    assert not [t for t in asyncio.all_tasks() - before if not t.done()]
+    assert_no_stray_tasks(before)
     with pytest.raises(ConfigError, match="closed"):
         await backend.get("closing/a")
 
