@@ -39,6 +39,9 @@ async def _one_event_loop_for_the_session(anyio_backend: str) -> AsyncIterator[N
     some time after the cancel, to the loop that made the call. With a loop per test,
     that loop can already be closed, and gRPC then raises "Event loop is closed" inside
     whichever test runs next. One loop, as in an application, avoids that.
+
+    It takes ``anyio_backend`` so that anyio's plugin sets it up for a sync test too:
+    a run of sync test files alone (``pytest tests/test_demo.py``) errors otherwise.
     """
     yield  # noqa: PT022 - the fixture holds the runner open until the session ends
 
