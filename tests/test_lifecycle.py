@@ -93,21 +93,44 @@ async def test_ref_deactivate_runs_on_stop_and_next_message_reactivates(kernel: 
     await kernel.ref(Life, "never").deactivate()  # not active: nothing to do
 
 
+class Handover(Agent):
+    """Journals which activation handled which Ping; its ``on_stop`` waits for the test."""
+
+    journal: ClassVar[list[tuple[int, int]]] = []  # (n, id of the activation's agent)
+    stopping: ClassVar[asyncio.Event]
+    release: ClassVar[asyncio.Event]
+
+    async def on_stop(self) -> None:
+        Handover.stopping.set()
+        async with asyncio.timeout(5):
+            await Handover.release.wait()
+
+    @handler
+    async def ping(self, msg: Ping) -> int:
+        Handover.journal.append((msg.n, id(self)))
+        return id(self)
+
+
 async def test_messages_during_deactivation_go_to_the_successor_in_order(kernel: Kernel) -> None:
-    kernel.register(Life)
-    ref = kernel.ref(Life, "x")
-    await ref.tell(Ping(n=0))
-    deactivating = asyncio.ensure_future(ref.deactivate())
-    for i in range(5):
+    Handover.journal = []
+    Handover.stopping, Handover.release = asyncio.Event(), asyncio.Event()
+    kernel.register(Handover)
+    ref = kernel.ref(Handover, "x")
+    first = await ref.ask(Ping(n=-1))
+    for i in range(3):  # queued before the request: the old activation handles them
         await ref.tell(Ping(n=i))
-    await deactivating
-    await ref.ask(Ping(n=9))
-    kinds = [e[0] for e in Life.journal]
-    # queued before the request: handled by the old activation, then on_stop, then a new one
-    assert kinds[:2] == ["start", "ping"]
-    assert "stop" in kinds
-    assert kinds.count("start") <= 2
-    assert kinds.count("ping") == 7  # nothing lost
+    deactivating = asyncio.ensure_future(ref.deactivate())
+    async with asyncio.timeout(5):
+        await Handover.stopping.wait()
+    for i in range(3, 20):  # while on_stop runs: they wait for the successor
+        await ref.tell(Ping(n=i))
+    Handover.release.set()
+    await asyncio.wait_for(deactivating, 5)
+    second = await ref.ask(Ping(n=20))
+    assert second != first
+    assert Handover.journal == [(n, first) for n in range(-1, 3)] + [
+        (n, second) for n in range(3, 21)
+    ]
 
 
 async def test_deactivate_on_idle_from_a_handler(kernel: Kernel) -> None:
