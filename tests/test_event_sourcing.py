@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kerna import ActivationFailed, Agent, Kernel, Message, RegistrationError, handler
-from kerna.state import EventLog, EventSourcing, Layout, connect
+from kerna.state import Delete, EventLog, EventSourcing, Layout, connect
 
 pytestmark = pytest.mark.anyio
 _names = itertools.count()
@@ -90,18 +90,32 @@ async def test_emit_folds_events_and_survives_restart() -> None:
 
 async def test_snapshots_bound_replay_and_equal_full_replay() -> None:
     u = url()
+    layout = Layout()
     async with Kernel(state=u) as kernel:
         kernel.register(Account)
         ref = kernel.ref(Account, "a")
         for i in range(12):
             await ref.ask(Deposit(amount=i))
         backend = kernel.state_backend
-        snapshot = await backend.get(Layout().state("Account", "a"))
-        assert snapshot is not None  # written at seq 5 and 10
-        log = EventLog(backend, sourcing(), "Account", "a")
-        loaded = await log.load()
+        spec = sourcing()
+        snapshot = await backend.get(layout.state("Account", "a"))
+        assert snapshot is not None  # written at seq 5, then at seq 10
+        assert spec.decode_snapshot(snapshot.value, "Account/a") == (
+            Balance(sum(range(10)), 10),
+            10,
+        )
+        log = EventLog(backend, spec, "Account", "a")
         full = await log.state_at()
-        assert loaded == full == (Balance(sum(range(12)), 12), 12)
+        assert full == (Balance(sum(range(12)), 12), 12)
+        assert await log.load() == full
+        # load() starts at the snapshot's seq: with the events it covers gone, loading
+        # (and so activating) still gives the whole state; only a full replay lacks them
+        covered = [Delete(layout.log("Account", "a", seq)) for seq in range(1, 11)]
+        assert (await backend.txn([], covered)).succeeded
+        assert await log.state_at() == (Balance(10 + 11, 2), 12)
+        assert await log.load() == full
+        await ref.deactivate()
+        assert await ref.ask(Get()) == full[0]
 
 
 async def test_audit_trail_lists_events_with_ids_and_time_travel() -> None:
