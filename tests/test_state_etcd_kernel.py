@@ -106,28 +106,45 @@ async def test_one_owner_across_kernels_and_fencing_on_etcd(
 
 class Acks:
     """Acknowledged writes as (invoked, acknowledged) times; tests wait on conditions
-    over them, woken by each new acknowledgement."""
+    over them, woken by each new acknowledgement. A writer that meets an error it may
+    not meet records it here: every wait then fails at once with it."""
 
     def __init__(self) -> None:
         self.times: list[tuple[float, float]] = []
+        self.unexpected: RemoteError | None = None
         self._changed = asyncio.Event()
 
     def add(self, invoked: float) -> None:
         self.times.append((invoked, time.monotonic()))
         self._changed.set()
 
+    def fail(self, error: RemoteError) -> None:
+        self.unexpected = self.unexpected or error
+        self._changed.set()
+
     def since(self, moment: float) -> list[tuple[float, float]]:
         """Writes invoked after ``moment`` and acknowledged."""
         return [t for t in self.times if t[0] > moment]
+
+    def check(self) -> None:
+        error = self.unexpected
+        if error is not None:
+            raise AssertionError(
+                f"a write failed with {error.type_name}, neither a definite failure nor an "
+                f"ambiguous outcome: {error.message}"
+            ) from error
 
     async def wait(self, condition: Callable[[], bool], timeout: float) -> bool:
         try:
             async with asyncio.timeout(timeout):
                 while not condition():
+                    self.check()
                     self._changed.clear()
                     await self._changed.wait()
         except TimeoutError:
+            self.check()
             return False
+        self.check()
         return True
 
 
@@ -144,16 +161,18 @@ async def _writer(
         try:
             await ref.ask(SetValue(v=value), timeout=3)
         except RemoteError as exc:
-            if exc.type_name in ("kerna.OutcomeUnknown",):
+            if exc.type_name == "kerna.OutcomeUnknown":
                 op.ambiguous()
             elif exc.type_name in ("kerna.Unavailable", "kerna.Conflict"):
                 op.fail()  # certainly not applied (a Conflict reloads; the next write is fresh)
-            else:
+            else:  # any other error is a bug, not an outage: it fails the test
                 op.ambiguous()
+                acks.fail(exc)
+                return
             await asyncio.sleep(0.01)
             continue
         except TimeoutError:
-            op.ambiguous()
+            op.ambiguous()  # the handler may still be writing
             continue
         op.ok()
         acks.add(invoked)
@@ -213,9 +232,12 @@ async def test_leader_killed_under_agent_write_load(etcd_cluster: EtcdCluster) -
                 recovery = min(done for _, done in acks.since(killed_at)) - killed_at
                 print(f"\nwrites resumed {recovery:.2f} s after kill -9 of the leader")
                 assert recovery < 5.0
-                await acks.wait(lambda: len(acks.since(killed_at)) >= 50, 20)
+                settled = await acks.wait(lambda: len(acks.since(killed_at)) >= 50, 20)
+                assert settled, f"only {len(acks.since(killed_at))} writes after the kill"
                 stop.set()
-                await asyncio.gather(*tasks)
+                async with asyncio.timeout(10):
+                    await asyncio.gather(*tasks)
+                acks.check()
                 leader.start()
                 leader.wait_healthy()
                 # the observer's replica converges to what the store holds
