@@ -221,37 +221,44 @@ async def test_leader_killed_under_agent_write_load(etcd_cluster: EtcdCluster) -
                     asyncio.ensure_future(_writer(kernel, history, k, stop, acks)) for k in keys
                 ]
                 tasks.append(asyncio.ensure_future(_reader(reader_backend, history, keys, stop, p)))
-                steady = await acks.wait(lambda: len(acks.times) >= 100, 20)
-                assert steady, "no steady write load before the kill"
-                leader = etcd_cluster.leader()
-                killed_at = time.monotonic()
-                leader.kill()
-                # recovery: until a write invoked after the kill is acknowledged
-                resumed = await acks.wait(lambda: bool(acks.since(killed_at)), 10)
-                assert resumed, "writes did not resume after the leader was killed"
-                recovery = min(done for _, done in acks.since(killed_at)) - killed_at
-                print(f"\nwrites resumed {recovery:.2f} s after kill -9 of the leader")
-                assert recovery < 5.0
-                settled = await acks.wait(lambda: len(acks.since(killed_at)) >= 50, 20)
-                assert settled, f"only {len(acks.since(killed_at))} writes after the kill"
-                stop.set()
-                async with asyncio.timeout(10):
-                    await asyncio.gather(*tasks)
-                acks.check()
-                leader.start()
-                leader.wait_healthy()
-                # the observer's replica converges to what the store holds
-                layout = Layout(p)
-                decoder = msgspec.msgpack.Decoder(Value)
-                final = {}
-                final_revision = 0
-                for key in keys:
-                    kv = await reader_backend.get(layout.state("Register", key))
-                    assert kv is not None
-                    final[key] = decoder.decode(kv.value)
-                    final_revision = max(final_revision, kv.mod_revision)
-                await replica.wait_for(final_revision, timeout=10)
-                assert {k: replica.get(k) for k in keys} == final
+                try:
+                    steady = await acks.wait(lambda: len(acks.times) >= 100, 20)
+                    assert steady, "no steady write load before the kill"
+                    leader = etcd_cluster.leader()
+                    killed_at = time.monotonic()
+                    leader.kill()
+                    # recovery: until a write invoked after the kill is acknowledged
+                    resumed = await acks.wait(lambda: bool(acks.since(killed_at)), 10)
+                    assert resumed, "writes did not resume after the leader was killed"
+                    recovery = min(done for _, done in acks.since(killed_at)) - killed_at
+                    print(f"\nwrites resumed {recovery:.2f} s after kill -9 of the leader")
+                    assert recovery < 5.0
+                    settled = await acks.wait(lambda: len(acks.since(killed_at)) >= 50, 20)
+                    assert settled, f"only {len(acks.since(killed_at))} writes after the kill"
+                    stop.set()
+                    async with asyncio.timeout(10):
+                        await asyncio.gather(*tasks)
+                    acks.check()
+                    leader.start()
+                    leader.wait_healthy()
+                    # the observer's replica converges to what the store holds
+                    layout = Layout(p)
+                    decoder = msgspec.msgpack.Decoder(Value)
+                    final = {}
+                    final_revision = 0
+                    for key in keys:
+                        kv = await reader_backend.get(layout.state("Register", key))
+                        assert kv is not None
+                        final[key] = decoder.decode(kv.value)
+                        final_revision = max(final_revision, kv.mod_revision)
+                    await replica.wait_for(final_revision, timeout=10)
+                    assert {k: replica.get(k) for k in keys} == final
+                finally:  # a failed assertion must not leave the load running
+                    stop.set()
+                    for task in tasks:
+                        task.cancel()
+                    async with asyncio.timeout(10):
+                        await asyncio.gather(*tasks, return_exceptions=True)
         result = check(history)
         assert result.ok, result.explanation
         print(f"{len(history)} operations, linearizable; {len(acks.times)} acknowledged writes")
