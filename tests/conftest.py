@@ -1,7 +1,11 @@
 """Shared fixtures.
 
 Async tests run on asyncio through anyio's pytest plugin (``pytest.mark.anyio``), all on
-one session event loop.
+one session event loop. Every wait in a test is bounded where it waits (an event, a task
+or future, a deactivation, a stop, a parked send: ``asyncio.wait_for`` or
+``asyncio.timeout``; kerna calls that take a timeout, such as ``ask``, pass one), and
+every async test as a whole runs under ``TEST_DEADLINE``: a regression fails its test
+instead of hanging the suite.
 
 Tests that need a real server or an optional module skip with the reason when it is
 missing, except under ``KERNA_REQUIRE_SERVERS=1`` (set by ``.ci/run``), where a skip
@@ -11,7 +15,9 @@ becomes a failure.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
+import inspect
 import os
 from collections.abc import AsyncIterator
 from types import ModuleType
@@ -24,6 +30,11 @@ from kerna import Kernel
 from .etcd import etcd_cluster, etcd_server  # noqa: F401
 
 REQUIRE_SERVERS = os.environ.get("KERNA_REQUIRE_SERVERS") == "1"
+
+# Below pytest-timeout's limit (pyproject.toml): that one interrupts the event loop from
+# a signal handler, which jams the shared session loop, so pytest never gets to the end.
+# This one cancels the test's task on the loop, so the test fails and the suite goes on.
+TEST_DEADLINE = 60.0
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +57,25 @@ async def _one_event_loop_for_the_session(anyio_backend: str) -> AsyncIterator[N
     yield  # noqa: PT022 - the fixture holds the runner open until the session ends
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> None:
+    """Run each async test under ``TEST_DEADLINE`` (anyio's plugin then runs it).
+
+    Hypothesis tests are left alone: hypothesis wraps them itself (ours are sync and
+    run each example with ``asyncio.run``, on a loop of its own).
+    """
+    test = pyfuncitem.obj
+    if not inspect.iscoroutinefunction(test) or hasattr(test, "hypothesis"):
+        return
+
+    @functools.wraps(test)
+    async def bounded(**kwargs: Any) -> None:
+        async with asyncio.timeout(TEST_DEADLINE):
+            await test(**kwargs)
+
+    pyfuncitem.obj = bounded
+
+
 @pytest.fixture
 async def kernel() -> AsyncIterator[Kernel]:
     """A running kernel with short timeouts; stopped (and checked for leftovers) after."""
@@ -55,7 +85,8 @@ async def kernel() -> AsyncIterator[Kernel]:
     try:
         yield k
     finally:
-        await k.stop()
+        async with asyncio.timeout(10):  # the grace, then the cancel bound, with room
+            await k.stop()
         assert_no_stray_tasks(before)
 
 
