@@ -84,7 +84,7 @@ async def test_state_survives_deactivation() -> None:
         kernel.register(Counter)
         ref = kernel.ref(Counter, "c")
         await ref.ask(Inc(by=5))
-        await ref.deactivate()
+        await asyncio.wait_for(ref.deactivate(), 5)
         assert await ref.ask(Read()) == 5
 
 
@@ -145,7 +145,7 @@ async def test_one_activation_across_kernels_and_fencing() -> None:
         assert "Counter/c is active elsewhere" in info.value.message
         # a's lease lapses (a paused kernel, a partition): its claim disappears ...
         await b.state_backend.lease_revoke(a._store().lease)
-        await b.ref(Counter, "c").deactivate()  # clear b's failed activation
+        await asyncio.wait_for(b.ref(Counter, "c").deactivate(), 5)  # clear b's failure
         assert await b.ref(Counter, "c").ask(Inc()) == Total(n=2)  # ... b takes over
         # ... and a's stale activation cannot overwrite its successor
         with pytest.raises(RemoteError) as fenced:

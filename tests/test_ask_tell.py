@@ -39,8 +39,9 @@ async def test_tells_arrive_in_order(kernel: Kernel) -> None:
     Recorder.log.clear()
     kernel.register(Recorder)
     ref = kernel.ref(Recorder, "r")
-    for i in range(2500):  # more than one mailbox full: senders wait, order holds
-        await ref.tell(Record(sender="s", seq=i))
+    async with asyncio.timeout(10):
+        for i in range(2500):  # more than one mailbox full: senders wait, order holds
+            await ref.tell(Record(sender="s", seq=i))
     await ref.ask(Ping(n=0))
     seqs = [m.seq for m in Recorder.log["r"] if isinstance(m, Record)]
     assert seqs == list(range(2500))
@@ -233,7 +234,7 @@ async def test_send_after_stop_is_refused() -> None:
     await kernel.start()
     kernel.register(Echo)
     ref = kernel.ref(Echo, "a")
-    await kernel.stop()
+    await asyncio.wait_for(kernel.stop(), 5)
     with pytest.raises(KernelStopped):
         await ref.tell(Ping(n=1))
     with pytest.raises(KernelStopped):

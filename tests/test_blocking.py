@@ -46,7 +46,8 @@ def test_calls_from_many_threads() -> None:
         for t in threads:
             t.start()
         for t in threads:
-            t.join()
+            t.join(30)
+            assert not t.is_alive(), f"{t.name} still running"
         assert sorted(results) == sorted(b * 1000 + i for b in range(4) for i in range(50))
 
 

@@ -97,7 +97,7 @@ class Follower:
     async def stop(self) -> None:
         self._task.cancel()
         try:
-            await self._task
+            await asyncio.wait_for(self._task, 5)
         except asyncio.CancelledError:
             pass
 
@@ -182,7 +182,8 @@ async def _leader_kill(
         await asyncio.sleep(0.5)  # some load on the new leader too
     finally:
         stop.set()
-        await asyncio.gather(*workers)
+        async with asyncio.timeout(30):  # each worker finishes the request it is in
+            await asyncio.gather(*workers)
     print(
         f"\nleader kill -9 ({options or 'default options'}):"
         f" writes resumed after {max(recovery):.2f} s"
@@ -323,7 +324,8 @@ async def test_compaction_while_a_watcher_is_away(etcd_cluster: EtcdCluster) -> 
         start = (await writer.range("away/")).revision + 1
         stream = watcher.watch("away/", start).__aiter__()
         first = [await writer.put(f"away/{i}", b"1") for i in range(5)]
-        seen = [(await anext(stream)).revision for _ in first]  # then it stops reading
+        async with asyncio.timeout(5):
+            seen = [(await anext(stream)).revision for _ in first]  # then it stops reading
         assert seen == first
         frozen.sigstop()
         try:

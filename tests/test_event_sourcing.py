@@ -114,7 +114,7 @@ async def test_snapshots_bound_replay_and_equal_full_replay() -> None:
         assert (await backend.txn([], covered)).succeeded
         assert await log.state_at() == (Balance(10 + 11, 2), 12)
         assert await log.load() == full
-        await ref.deactivate()
+        await asyncio.wait_for(ref.deactivate(), 5)
         assert await ref.ask(Get()) == full[0]
 
 

@@ -84,13 +84,13 @@ async def test_ref_deactivate_runs_on_stop_and_next_message_reactivates(kernel: 
     kernel.register(Life)
     ref = kernel.ref(Life, "x")
     first = await ref.ask(Ping(n=0))
-    await ref.deactivate()
+    await asyncio.wait_for(ref.deactivate(), 5)
     assert ("stop", "x", first) in Life.journal
     assert kernel.stats().types["Life"].active == 0
     second = await ref.ask(Ping(n=0))
     assert second != first
     assert kernel.stats().types["Life"].activations == 2
-    await kernel.ref(Life, "never").deactivate()  # not active: nothing to do
+    await asyncio.wait_for(kernel.ref(Life, "never").deactivate(), 5)  # not active: no-op
 
 
 class Handover(Agent):
@@ -138,7 +138,7 @@ async def test_deactivate_on_idle_from_a_handler(kernel: Kernel) -> None:
     ref = kernel.ref(Life, "x")
     await ref.ask(Ping(n=0))
     await ref.tell(Pong(n=0))
-    await Life.stopped.wait()
+    await asyncio.wait_for(Life.stopped.wait(), 5)
     assert kernel.stats().types["Life"].active == 0
 
 
@@ -223,14 +223,14 @@ async def test_on_start_that_keeps_failing_marks_the_agent_failed(kernel: Kernel
     assert info.value.type_name == "ConnectionError"
     assert "backend not ready" in info.value.message
     with pytest.raises(ActivationFailed):
-        await queued
+        await asyncio.wait_for(queued, 5)
     assert Flaky.attempts == 3
     with pytest.raises(ActivationFailed):  # fails fast now, no new attempt
         await ref.tell(Ping(n=3))
     assert Flaky.attempts == 3
     # deactivating clears the failure: the next message tries a fresh activation
     Flaky.failures_left = 0
-    await ref.deactivate()
+    await asyncio.wait_for(ref.deactivate(), 5)
     assert await ref.ask(Ping(n=4)) == Pong(n=4)
     assert await kernel.ref(Flaky, "other").ask(Ping(n=5)) == Pong(n=5)
 
@@ -270,7 +270,7 @@ async def test_timers_once_periodic_and_cancelled(kernel: Kernel) -> None:
     assert Ticker.ticks.count(-1) == 1
     assert 2 not in Ticker.ticks
     # timers die with the activation
-    await ref.deactivate()
+    await asyncio.wait_for(ref.deactivate(), 5)
     count = len(Ticker.ticks)
     await asyncio.sleep(0.02)  # ten periods: a live timer would have ticked
     assert len(Ticker.ticks) == count
@@ -345,7 +345,7 @@ async def test_cancelled_start_leaves_nothing_behind() -> None:
     await asyncio.sleep(0)
     starting.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await starting
+        await asyncio.wait_for(starting, 5)
     from .conftest import assert_no_stray_tasks
 
     assert_no_stray_tasks(before)

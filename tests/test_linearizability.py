@@ -357,7 +357,8 @@ def test_recorder_from_threads() -> None:
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(30)
+        assert not t.is_alive(), f"{t.name} still running"
     ops = h.operations()
     assert len(ops) == 1600
     assert len({o.call for o in ops} | {o.ret for o in ops}) == 3200

@@ -56,7 +56,7 @@ async def test_lock_tokens_increase_and_timeout(
 ) -> None:
     name = f"tok-{request.node.name}"
     first = Lock(backend, name, ttl=5)
-    await first.acquire()
+    await first.acquire(timeout=5)
     second = Lock(backend, name, ttl=5)
     assert not await second.try_acquire()
     with pytest.raises(TimeoutError):
@@ -109,7 +109,7 @@ async def test_election(backend: StateBackend, request: pytest.FixtureRequest) -
     assert b.is_leader
     assert b.token > 0
     await asyncio.wait_for(changed.wait(), 10)
-    await observer
+    await asyncio.wait_for(observer, 5)
     assert seen[-1] == "node-b"
     assert "node-a" in seen
     await b.resign()

@@ -31,7 +31,7 @@ class Gated(Agent):
 
     @handler
     async def wait(self, msg: Gate) -> None:
-        await Gated.gate.wait()
+        await asyncio.wait_for(Gated.gate.wait(), 5)
 
     @handler
     async def item(self, msg: Item) -> int:
@@ -81,7 +81,7 @@ async def test_reject_raises_mailbox_full(kernel: Kernel) -> None:
         await ref.ask(Item(n=100))
     Gated.expect = 3
     Gated.gate.set()
-    await Gated.done.wait()  # drained: there is room again
+    await asyncio.wait_for(Gated.done.wait(), 5)  # drained: there is room again
     assert await ref.ask(Item(n=3)) == 3
     assert Gated.got == [0, 1, 2, 3]  # nothing accepted was lost
     assert kernel.stats().types["Gated"].rejected == 2
@@ -100,10 +100,10 @@ async def test_drop_oldest_drops_and_counts(kernel: Kernel) -> None:
     await ref.tell(Item(n=7))  # drops 4
     await ref.tell(Item(n=8))  # drops the ask: its asker learns at once
     with pytest.raises(MailboxFull):
-        await asked
+        await asyncio.wait_for(asked, 5)
     Gated.expect = 3
     Gated.gate.set()
-    await Gated.done.wait()
+    await asyncio.wait_for(Gated.done.wait(), 5)
     assert await ref.ask(Item(n=9)) == 9
     assert Gated.got == [6, 7, 8, 9]
     stats = kernel.stats().types["Gated"]
@@ -122,7 +122,7 @@ async def test_wait_applies_backpressure(kernel: Kernel) -> None:
     assert not sender.done()  # parked: the mailbox is full
     assert kernel.stats().types["Gated"].queued == 4
     Gated.gate.set()
-    await sender
+    await asyncio.wait_for(sender, 5)
     assert await ref.ask(Item(n=4)) == 4
     assert Gated.got == [0, 1, 2, 3, 4]
 

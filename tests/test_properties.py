@@ -83,7 +83,7 @@ async def _run(senders: list[list[tuple[int, int, int]]], capacity: int, use_ask
 def test_no_loss_no_duplicates_per_sender_order(
     senders: list[list[tuple[int, int, int]]], capacity: int, use_ask: bool
 ) -> None:
-    asyncio.run(_run(senders, capacity, use_ask))
+    asyncio.run(asyncio.wait_for(_run(senders, capacity, use_ask), 20))
 
 
 class Drop(Agent):
@@ -123,4 +123,4 @@ def test_drop_oldest_accounts_for_every_message(works: list[int], capacity: int)
             assert len(Drop.seen) + stats.dropped == len(works)
             assert stats.dead_letters == 0  # a drop is counted once, as dropped
 
-    asyncio.run(run())
+    asyncio.run(asyncio.wait_for(run(), 20))

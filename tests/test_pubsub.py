@@ -99,7 +99,7 @@ async def test_handler_failure_on_tell_goes_to_dead_letters(kernel: Kernel) -> N
     kernel.register(Letters)
     kernel.subscribe(Kernel.DEAD_LETTERS, Letters)
     await kernel.ref(Echo, "e").tell(Boom(text="kaputt"))
-    await Letters.arrived.wait()
+    await asyncio.wait_for(Letters.arrived.wait(), 5)
     dead = Letters.got[0]
     assert dead.reason == "handler_failed"
     assert dead.target == "Echo/e"
@@ -147,7 +147,7 @@ async def test_reject_mailbox_subscriber_loses_the_event_but_publish_goes_on(
     class Stuck(Agent):
         @handler
         async def on(self, msg: Uploaded) -> None:
-            await gate.wait()
+            await asyncio.wait_for(gate.wait(), 5)
 
     kernel.register(Stuck, mailbox_size=1, overflow="reject")
     kernel.register(Other)

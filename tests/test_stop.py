@@ -50,7 +50,7 @@ async def test_stop_drains_queued_work_within_grace() -> None:
     kernel.register(Worker)
     for i in range(10):
         await kernel.ref(Worker, f"w{i % 3}").tell(Work(n=i, seconds=0.001))
-    await kernel.stop(grace=5.0)
+    await asyncio.wait_for(kernel.stop(grace=5.0), 10)
     assert sorted(Worker.done) == sorted([*range(10), 101, 103, 105, 107, 109])
     assert sorted(Worker.stops) == ["peer", "w0", "w1", "w2"]  # once per activation
     assert kernel.stats().types["Worker"].active == 0
@@ -71,11 +71,11 @@ async def test_stop_while_busy_cancels_after_grace_and_fails_pending() -> None:
     await kernel.ref(Worker, "w").ask(Work(n=1))
     await asyncio.sleep(0)
     assert not parked.done()
-    await kernel.stop(grace=0.05)
+    await asyncio.wait_for(kernel.stop(grace=0.05), 5)
     for pending in (running, queued, parked):
         with pytest.raises(KernelStopped):
-            await pending
-    await told
+            await asyncio.wait_for(pending, 5)
+    await asyncio.wait_for(told, 5)
     assert Worker.stops == ["w"]
     assert kernel.stats().dead_letters >= 1  # the accepted tell was not handled
     assert_no_stray_tasks(before)
@@ -86,14 +86,14 @@ async def test_stop_is_idempotent_and_concurrent_stops_share_it() -> None:
     await kernel.start()
     kernel.register(Echo)
     await kernel.ref(Echo, "a").tell(Slow(seconds=0.01))
-    await asyncio.gather(kernel.stop(), kernel.stop(), kernel.stop())
-    await kernel.stop()
+    await asyncio.wait_for(asyncio.gather(kernel.stop(), kernel.stop(), kernel.stop()), 10)
+    await asyncio.wait_for(kernel.stop(), 5)
     assert not kernel.running
 
 
 async def test_stop_before_start_and_double_start() -> None:
     kernel = Kernel()
-    await kernel.stop()
+    await asyncio.wait_for(kernel.stop(), 5)
     with pytest.raises(RuntimeError, match="already stopped"):
         await kernel.start()
     async with Kernel() as running:
@@ -114,7 +114,7 @@ async def test_on_stop_errors_are_counted_not_raised() -> None:
     await kernel.start()
     kernel.register(BadStop)
     await kernel.ref(BadStop, "b").ask(Ping(n=1))
-    await kernel.stop()
+    await asyncio.wait_for(kernel.stop(), 5)
     assert kernel.stats().types["BadStop"].failed == 1
 
 
@@ -131,7 +131,7 @@ async def test_dead_letter_subscribers_do_not_block_stop() -> None:
     kernel.subscribe(Kernel.DEAD_LETTERS, Sink)
     for _ in range(5):
         await kernel.ref(Echo, "e").tell(Boom())
-    await kernel.stop(grace=0.05)
+    await asyncio.wait_for(kernel.stop(grace=0.05), 5)
     assert not kernel.running
 
 
@@ -141,7 +141,7 @@ async def test_stray_task_check_can_fail() -> None:
     await kernel.start()  # the kernel's root task is a kerna task
     with pytest.raises(AssertionError, match="tasks left running"):
         assert_no_stray_tasks(before)
-    await kernel.stop()
+    await asyncio.wait_for(kernel.stop(), 5)
     assert_no_stray_tasks(before)
 
 
@@ -169,7 +169,7 @@ async def test_stray_task_check_counts_only_kernas_own_tasks() -> None:
     release = asyncio.Event()
 
     async def not_kernas() -> None:
-        await release.wait()
+        await asyncio.wait_for(release.wait(), 5)
 
     plain = asyncio.ensure_future(not_kernas())
     frameless = asyncio.ensure_future(_Frameless(not_kernas()))
