@@ -51,7 +51,7 @@ async def test_asks_that_timed_out_in_the_mailbox_are_not_handled(kernel: Kernel
     await _blocked(kernel, "c")
     ref = kernel.ref(Costly, "c")
     asks = [asyncio.ensure_future(ref.ask(Ping(n=i), timeout=0.05)) for i in range(100)]
-    done = await asyncio.gather(*asks, return_exceptions=True)
+    done = await asyncio.wait_for(asyncio.gather(*asks, return_exceptions=True), 5)
     assert all(isinstance(d, AskTimeout) for d in done)
     Costly.gate.set()
     assert await ref.ask(Ping(n=-1), timeout=5) == Pong(n=-1)
@@ -70,7 +70,7 @@ async def test_an_ask_whose_asker_was_cancelled_is_not_handled(kernel: Kernel) -
     await asyncio.sleep(0)  # both are in the mailbox
     gone.cancel()
     Costly.gate.set()
-    assert await kept == Pong(n=2)
+    assert await asyncio.wait_for(kept, 5) == Pong(n=2)
     assert Costly.runs == [2]
     assert kernel.stats().types["Costly"].expired == 1
 

@@ -123,7 +123,7 @@ async def test_a_handler_raising_a_base_exception_fails_its_asker_and_the_kernel
     with pytest.raises(RemoteError) as info:
         await ref.ask(message, timeout=2)
     assert info.value.type_name.endswith(type_name)
-    assert [p.n for p in await asyncio.gather(*queued)] == [0, 1, 2]
+    assert [p.n for p in await asyncio.wait_for(asyncio.gather(*queued), 5)] == [0, 1, 2]
     assert kernel.running
     assert await ref.ask(Ping(n=7), timeout=2) == Pong(n=7)
     assert await kernel.ref(Volatile, "other").ask(Ping(n=8), timeout=2) == Pong(n=8)
@@ -152,9 +152,9 @@ async def test_a_handlers_own_cancelled_error_goes_to_its_asker_and_the_queue_su
     first = asyncio.ensure_future(ref.ask(AwaitCancelled(), timeout=2))
     behind = [asyncio.ensure_future(ref.ask(Ping(n=i), timeout=2)) for i in range(5)]
     with pytest.raises(RemoteError) as info:
-        await first
+        await asyncio.wait_for(first, 5)
     assert info.value.type_name.endswith("CancelledError")
-    assert [p.n for p in await asyncio.gather(*behind)] == list(range(5))
+    assert [p.n for p in await asyncio.wait_for(asyncio.gather(*behind), 5)] == list(range(5))
     await ref.tell(AwaitCancelled())  # and on the tell path
     assert await ref.ask(Ping(n=9), timeout=2) == Pong(n=9)
     stats = kernel.stats().types["Volatile"]
@@ -209,7 +209,9 @@ async def test_lifecycle_hooks_raising_base_exceptions_do_not_kill_the_kernel() 
     assert info.value.type_name.endswith("Abort")
     stopper = kernel.ref(StopAbort, "s")
     assert await stopper.ask(Ping(n=2), timeout=2) == Pong(n=2)
-    await stopper.deactivate()  # on_stop raises Abort: counted, the kernel lives on
+    await asyncio.wait_for(
+        stopper.deactivate(), 5
+    )  # on_stop raises Abort: counted, the kernel lives on
     assert await stopper.ask(Ping(n=3), timeout=2) == Pong(n=3)
     assert kernel.running
     async with asyncio.timeout(5):

@@ -133,8 +133,7 @@ async def test_messages_held_by_an_activation_under_a_lost_lease_fail_with_fence
         await _lose_lease(store)
         for pending in (held, *queued):
             with pytest.raises(Fenced, match="lost its lease"):
-                async with asyncio.timeout(5):
-                    await pending
+                await asyncio.wait_for(pending, 5)
         stats = kernel.stats().types["Counter"]
         assert stats.dead_letters == 3  # the queued asks: accepted, never handled
         assert not Counter.stopped.is_set()  # on_stop waits for the running handler

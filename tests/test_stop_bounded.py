@@ -113,7 +113,7 @@ async def test_stop_is_bounded_when_a_handler_swallows_cancellation(
     assert took < 0.1 + 2 * 0.2 + 0.5, took  # grace + 2 x cancel_grace, with a margin
     for pending in (running, queued):
         with pytest.raises(KernelStopped):
-            await pending
+            await asyncio.wait_for(pending, 5)
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("Stubborn/stuck" in e and "cannot be killed" in e for e in errors), errors
     assert not kernel.running
@@ -137,7 +137,7 @@ async def test_a_cancelled_stop_still_completes_the_shutdown() -> None:
         with pytest.raises(KernelStopped):
             await kernel.ref(Gated, "g").ask(Ping(n=1))
         Gated.gate.set()  # the shutdown went on: the handler finishes within its grace
-        assert await answer == "saved"
+        assert await asyncio.wait_for(answer, 5) == "saved"
         async with asyncio.timeout(5):
             await kernel.stop()  # waits for the shutdown the cancelled stop began
         assert (await backend.range("kerna/act/")).kvs == ()  # the lease was revoked
@@ -159,9 +159,9 @@ async def test_a_second_stop_with_a_shorter_grace_ends_the_grace_period_sooner()
     async with asyncio.timeout(5):
         await kernel.stop(grace=0)
     assert first.done()
-    await first
+    await asyncio.wait_for(first, 5)
     with pytest.raises(KernelStopped):
-        await answer
+        await asyncio.wait_for(answer, 5)
 
 
 async def test_senders_parked_on_a_full_mailbox_get_kernel_stopped() -> None:
@@ -178,9 +178,11 @@ async def test_senders_parked_on_a_full_mailbox_get_kernel_stopped() -> None:
     assert not parked_tell.done()
     await kernel.stop(grace=0.05)
     with pytest.raises(KernelStopped):
-        await parked_tell  # today: returns normally, and the message is dead-lettered
+        await asyncio.wait_for(
+            parked_tell, 5
+        )  # today: returns normally, and the message is dead-lettered
     with pytest.raises(KernelStopped):
-        await parked_ask
+        await asyncio.wait_for(parked_ask, 5)
     stats = kernel.stats().types["Gated"]
     assert (stats.failed, stats.dead_letters, stats.rejected) == (1, 1, 2)
     assert _accounted(stats) == 4
@@ -204,7 +206,7 @@ async def test_every_message_sent_is_accounted_for_after_an_abrupt_stop() -> Non
         sent += 15
     await asyncio.sleep(0)  # the parked senders and the workers run once
     await kernel.stop(grace=0)
-    outcomes = await asyncio.gather(*parked, return_exceptions=True)
+    outcomes = await asyncio.wait_for(asyncio.gather(*parked, return_exceptions=True), 5)
     assert all(o is None or isinstance(o, KernelStopped) for o in outcomes), outcomes
     stats = kernel.stats().types["Gated"]
     refused = sum(isinstance(o, KernelStopped) for o in outcomes)
