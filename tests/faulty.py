@@ -1,0 +1,103 @@
+"""Fault injection around a real backend: ``FaultyBackend`` delegates every call to a
+real ``StateBackend`` (``memory://`` in the tests) and fails the calls a test scripts.
+
+A script lists what the next data calls (``get``, ``range``, ``txn``) do, in order:
+
+- ``"applied"`` (txn only): the transaction runs on the real backend, then the call
+  raises ``OutcomeUnknown``, as when etcd applied a write whose answer was lost;
+- ``"lost"``: raises ``OutcomeUnknown`` without running (the answer and the request
+  were lost);
+- ``"down"``: raises ``Unavailable`` without running (the store cannot be reached);
+- ``"ok"``: runs normally.
+
+Calls past the end of the script run normally. ``keepalive_down`` makes every
+``lease_keepalive`` raise ``Unavailable`` (a partition that only the lease notices).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+
+from kerna import OutcomeUnknown, Unavailable
+from kerna.state import Compare, KeyValue, Op, Page, StateBackend, TxnResult, WatchEvent
+
+__all__ = ["FaultyBackend"]
+
+
+class FaultyBackend(StateBackend):
+    """A real backend whose next data calls fail as scripted (see the module docstring)."""
+
+    def __init__(self, inner: StateBackend) -> None:
+        self.inner = inner
+        self.url = f"faulty+{inner.url}"
+        self.script: deque[str] = deque()
+        self.calls: list[str] = []  # every data call, in order: "get", "range", "txn"
+        self.keepalive_down = False
+        self.keepalives_ok = 0
+        self.keepalive_ok = asyncio.Event()  # set on each successful keepalive
+
+    @classmethod
+    async def from_url(cls, url: str, **options: object) -> FaultyBackend:
+        raise NotImplementedError("wrap a connected backend: FaultyBackend(backend)")
+
+    def plan(self, *steps: str) -> None:
+        """What the next data calls do (appended to what is still planned)."""
+        for step in steps:
+            if step not in ("applied", "lost", "down", "ok"):
+                raise ValueError(f"unknown fault {step!r}")
+        self.script.extend(steps)
+
+    def _next(self, call: str) -> str:
+        self.calls.append(call)
+        step = self.script.popleft() if self.script else "ok"
+        if step == "applied" and call != "txn":
+            raise AssertionError(f"'applied' scripted for a {call}")
+        if step == "lost":
+            raise OutcomeUnknown(f"injected: {call} lost (may or may not have been applied)")
+        if step == "down":
+            raise Unavailable(f"injected: store down for this {call}")
+        return step
+
+    async def get(self, key: str, *, linearizable: bool = True) -> KeyValue | None:
+        self._next("get")
+        return await self.inner.get(key, linearizable=linearizable)
+
+    async def range(
+        self, prefix: str, *, start_after: str | None = None, limit: int = 1000
+    ) -> Page:
+        self._next("range")
+        return await self.inner.range(prefix, start_after=start_after, limit=limit)
+
+    async def txn(
+        self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> TxnResult:
+        step = self._next("txn")
+        result = await self.inner.txn(compares, success, failure)
+        if step == "applied":
+            raise OutcomeUnknown(f"injected: txn applied at {result.revision}, answer lost")
+        return result
+
+    def watch(self, prefix: str, from_revision: int) -> AsyncIterator[WatchEvent]:
+        return self.inner.watch(prefix, from_revision)
+
+    async def lease_grant(self, ttl: float) -> int:
+        return await self.inner.lease_grant(ttl)
+
+    async def lease_keepalive(self, lease_id: int) -> float:
+        if self.keepalive_down:
+            raise Unavailable("injected: keepalive cannot reach the store")
+        ttl = await self.inner.lease_keepalive(lease_id)
+        self.keepalives_ok += 1
+        self.keepalive_ok.set()
+        return ttl
+
+    async def lease_revoke(self, lease_id: int) -> None:
+        await self.inner.lease_revoke(lease_id)
+
+    async def compact(self, revision: int) -> None:
+        await self.inner.compact(revision)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
