@@ -75,6 +75,7 @@ class Activation:
         "mailbox",
         "on_closed",
         "seq",
+        "stale",
         "state_rev",
         "task",
         "timers",
@@ -103,6 +104,8 @@ class Activation:
         self.state_rev = 0  # revision of the state key that ``state`` came from
         self.token = 0  # fencing token: create revision of this activation's claim
         self.seq = 0  # event-sourced types: last event sequence number applied
+        # A write's outcome is unknown: reload the state before the next message.
+        self.stale = False
 
     @property
     def state(self) -> Any:
@@ -307,10 +310,14 @@ class Activation:
         self.mailbox = None
 
     async def _call(self, fn: HandlerFn, env: Envelope) -> Any:
-        """A handler call with the type's options: deadline scope, Conflict re-runs."""
+        """A handler call with the type's options: deadline scope, Conflict re-runs, and
+        (stateful types) a reload first when a write's outcome was left unknown; if the
+        reload fails, the message fails with that error and the next one reloads."""
         atype = self.atype
         retries = atype.conflict_retries
         while True:
+            if self.stale:
+                await self.kernel._store().reload(self)
             try:
                 if atype.cancel_at_deadline and env.deadline is not None:
                     async with asyncio.timeout_at(env.deadline):

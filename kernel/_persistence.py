@@ -11,28 +11,59 @@ in the background) and, per stateful activation, writes through the backend:
   cannot overwrite its successor.
 - ``save`` is a compare-and-swap on the state key's revision as last read; on a lost
   race the activation reloads the state and ``Conflict`` is raised.
-- A write whose outcome is unknown (the backend raised ``Unavailable`` with
-  ``ambiguous=True``) is re-read before anything is reported: if the stored bytes are the
-  ones written, it succeeded.
+
+Writes whose outcome is unknown. When the backend raises ``OutcomeUnknown`` (etcd lost
+the answer to a write, e.g. in a leader failover), the same conditional write is sent
+once more (its compares make the two attempts exclusive: at most one applies). That
+settles the first attempt: a write that etcd commits is ordered after every entry
+already in its leader's log, so the first attempt was applied before it (the second
+then finds its compare false and reads what the first wrote), or is not in that log
+and will not be committed, unless it is still in transit to the leader. A re-read
+would settle less: a linearizable read does not wait for a proposal already in the
+leader's log, which can apply after the read said "not applied". If the second attempt
+fails too, the caller gets ``OutcomeUnknown`` (never a plain ``Unavailable``, which
+would say "certainly not applied") and the activation is marked ``stale``: it reloads
+its state, with a linearizable read, before its next message, so that message sees the
+write if it was applied and its next write does not conflict with it. A lost write
+that applies later still (the rare case above) makes the next write fail its compare:
+``Conflict``, which reloads; nothing is overwritten blindly.
+
+A claim whose outcome stays unknown may exist under the kernel's lease with no
+activation knowing of it, keeping other kernels out. It is remembered as an orphan and
+deleted, by comparing its value (unique: node, lease and time), from a background task
+until that succeeds; an activation of the same agent here first takes it off that
+list, then finds the claim as its own and uses it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
 from kerna.state import KeptLease, StateBackend, connect
 from kerna.state._eventlog import EventLog, EventSourcing
 from kerna.state._layout import Layout
+from kerna.state._tasks import cancel_and_wait
 from kerna.state._types import Compare, Delete, Get, Put
 
-from ._errors import Conflict, DecodeError, Fenced, LeaseLost, OwnedElsewhere, Unavailable
+from ._errors import (
+    ConfigError,
+    Conflict,
+    DecodeError,
+    Fenced,
+    LeaseLost,
+    OutcomeUnknown,
+    OwnedElsewhere,
+    Unavailable,
+)
 
 if TYPE_CHECKING:
     from ._activation import Activation
@@ -40,6 +71,7 @@ if TYPE_CHECKING:
 __all__ = ["Claim", "Persistence", "StateSpec"]
 
 log = logging.getLogger("kerna.state")
+T = TypeVar("T")
 
 
 class Claim(msgspec.Struct, frozen=True):
@@ -85,6 +117,12 @@ class Persistence:
         self._lease_ready: asyncio.Lock = asyncio.Lock()
         self._claim_encoder = msgspec.msgpack.Encoder()
         self._claim_decoder = msgspec.msgpack.Decoder(Claim)
+        # Claims that may exist under our lease with no activation knowing of them
+        # (claim key -> the value written); the janitor deletes them. The lock keeps a
+        # deletion and an activation of the same agent apart.
+        self._orphans: dict[str, bytes] = {}
+        self._orphans_lock = asyncio.Lock()
+        self._janitor: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, state: str | StateBackend, *, prefix: str, lease_ttl: float) -> Persistence:
@@ -96,9 +134,12 @@ class Persistence:
     async def close(self) -> None:
         """Release every claim at once (revoke the lease) and close an owned backend."""
         try:
+            await cancel_and_wait(self._janitor)  # the lease's end deletes the orphans
             if self._lease is not None:
                 await self._lease.revoke()
         finally:
+            self._janitor = None
+            self._orphans.clear()
             self._lease = None
             if self.owned:
                 await self.backend.aclose()
@@ -124,9 +165,26 @@ class Persistence:
                         "lease %d lost: stateful activations on it are fenced", self._lease.id
                     )
                     await self._lease.revoke()
+                    self._orphans.clear()  # they went with the lease
                 self._lease = KeptLease(self.backend, self.lease_ttl)
                 await self._lease.grant()
             return self.lease
+
+    # -- writes whose outcome is unknown ---------------------------------------------------
+
+    async def _again(self, what: str, attempt: Callable[[], Awaitable[T]], first: Unavailable) -> T:
+        """The second attempt of a write whose first attempt's outcome is unknown.
+
+        Raises:
+            OutcomeUnknown: the second attempt failed too (it chains that failure).
+        """
+        try:
+            return await attempt()
+        except Unavailable as again:
+            raise OutcomeUnknown(
+                f"{what} may or may not have been applied ({first}); it could not be"
+                f" confirmed either ({again})"
+            ) from again
 
     # -- activation ------------------------------------------------------------------------
 
@@ -148,31 +206,41 @@ class Persistence:
 
     async def _claim(self, agent_type: str, key: str) -> int:
         claim_key = self.layout.claim(agent_type, key)
+        if claim_key in self._orphans:
+            async with self._orphans_lock:  # no deletion of it is under way after this
+                self._orphans.pop(claim_key, None)  # if it exists, it is ours: used below
         for _ in range(2):
             lease = await self._ensure_lease()
             value = self._claim_encoder.encode(Claim(self.node_id, lease, time.time()))
+            attempt = functools.partial(
+                self.backend.txn,
+                [Compare.absent(claim_key)],
+                [Put(claim_key, value, lease)],
+                [Get(claim_key)],
+            )
             try:
-                result = await self.backend.txn(
-                    [Compare.absent(claim_key)], [Put(claim_key, value, lease)], [Get(claim_key)]
-                )
+                try:
+                    result = await attempt()
+                except Unavailable as exc:
+                    if not exc.ambiguous:
+                        raise
+                    try:
+                        result = await self._again(f"claim {claim_key!r}", attempt, exc)
+                    except OutcomeUnknown:
+                        self._orphan(claim_key, value)
+                        raise
             except LeaseLost:
                 if self._lease is not None:
                     self._lease.lost.set()  # expired under us: take a new one, try again
                 continue
-            except Unavailable as exc:
-                if not exc.ambiguous:
-                    raise
-                current = await self.backend.get(claim_key)
-                if current is None or current.value != value:
-                    raise
-                return current.create_revision
             if result.succeeded:
                 return result.revision
             current = result.gets[0]
             holder = self._holder(current)
             if holder is not None and holder.node == self.node_id and holder.lease == lease:
                 assert current is not None
-                return current.create_revision  # our own claim, not yet released
+                # Our own claim: not yet released, or the first attempt above applied.
+                return current.create_revision
             raise OwnedElsewhere(
                 f"{agent_type}/{key} is active elsewhere "
                 f"(claim {claim_key!r} held by {holder.node if holder else 'unknown'})"
@@ -188,6 +256,35 @@ class Persistence:
             return None
         return claim
 
+    def _orphan(self, claim_key: str, value: bytes) -> None:
+        """Remember a claim that may exist with nobody using it; the janitor deletes it."""
+        self._orphans[claim_key] = value
+        if self._janitor is None or self._janitor.done():
+            self._janitor = asyncio.get_running_loop().create_task(
+                self._clean_orphans(), name="kerna.state orphaned claims"
+            )
+
+    async def _clean_orphans(self) -> None:
+        """Delete every orphaned claim (if still there with the value written), retrying
+        while the backend cannot be reached; ends when none is left."""
+        delay = min(1.0, self.lease_ttl / 3)
+        while self._orphans:
+            async with self._orphans_lock:
+                for claim_key, value in list(self._orphans.items()):
+                    try:
+                        await self.backend.txn(
+                            [Compare(claim_key, "value", "==", value)], [Delete(claim_key)]
+                        )
+                    except Unavailable as exc:  # deleting it again is harmless: retry
+                        log.info("could not delete orphaned claim %r yet: %s", claim_key, exc)
+                        continue
+                    except ConfigError:  # the backend was closed under us
+                        return
+                    if self._orphans.get(claim_key) == value:
+                        del self._orphans[claim_key]
+            if self._orphans:
+                await asyncio.sleep(delay)
+
     async def release(self, act: Activation) -> None:
         """Give up the claim (only if it is still ours)."""
         token = act.token
@@ -200,15 +297,33 @@ class Persistence:
         except Unavailable as exc:
             log.warning("could not release %s (it expires with the lease): %s", act.id, exc)
 
-    # -- plain state -------------------------------------------------------------------------
+    # -- reading the state -----------------------------------------------------------------
 
     async def load(self, act: Activation, spec: StateSpec, *, linearizable: bool = True) -> None:
         key = self.layout.state(act.id.type, act.id.key)
         kv = await self.backend.get(key, linearizable=linearizable)
         if kv is None:
             act.state, act.state_rev = spec.initial(), 0
+        else:
+            act.state, act.state_rev = self._decode(spec, key, kv.value), kv.mod_revision
+        act.stale = False
+
+    async def reload(self, act: Activation) -> None:
+        """Re-read the activation's state (linearizable) after a write whose outcome is
+        unknown; clears ``act.stale``.
+
+        Raises:
+            Unavailable: the backend could not be reached (the activation stays stale).
+            DecodeError: the stored state or an event does not decode.
+        """
+        spec = act.atype.state_spec
+        assert spec is not None
+        if spec.sourcing is None:
+            await self.load(act, spec)
             return
-        act.state, act.state_rev = self._decode(spec, key, kv.value), kv.mod_revision
+        log_ = EventLog(self.backend, spec.sourcing, act.id.type, act.id.key, layout=self.layout)
+        act.state, act.seq = await log_.load()
+        act.stale = False
 
     def _decode(self, spec: StateSpec, key: str, data: bytes) -> Any:
         try:
@@ -217,6 +332,8 @@ class Persistence:
             raise DecodeError(
                 f"state at {key!r} does not decode as {spec.state_type.__qualname__}: {exc}"
             ) from exc
+
+    # -- plain state -------------------------------------------------------------------------
 
     async def save(self, act: Activation, spec: StateSpec, new_state: Any) -> None:
         """Compare-and-swap ``new_state`` over the revision the activation read."""
@@ -229,34 +346,61 @@ class Persistence:
         claim_key = self.layout.claim(act.id.type, act.id.key)
         data = spec.encoder.encode(new_state)
         expected = act.state_rev
+        attempt = functools.partial(
+            self.backend.txn,
+            [Compare.created_at(claim_key, act.token), Compare.mod_is(state_key, expected)],
+            [Put(state_key, data)],
+            [Get(claim_key), Get(state_key)],
+        )
+        first: Unavailable | None = None
         try:
-            result = await self.backend.txn(
-                [Compare.created_at(claim_key, act.token), Compare.mod_is(state_key, expected)],
-                [Put(state_key, data)],
-                [Get(claim_key), Get(state_key)],
-            )
+            result = await attempt()
         except Unavailable as exc:
             if not exc.ambiguous:
                 raise
-            current = await self.backend.get(state_key)  # may raise Unavailable: unknown
-            if current is not None and current.value == data and current.mod_revision > expected:
-                act.state, act.state_rev = new_state, current.mod_revision
-                return
-            raise
+            first = exc
+            try:
+                result = await self._again(f"{act.id}: save", attempt, exc)
+            except OutcomeUnknown:
+                act.stale = True  # reload before the next message
+                raise
         if result.succeeded:
-            act.state, act.state_rev = new_state, result.revision
+            act.state, act.state_rev, act.stale = new_state, result.revision, False
             return
         claim, current = result.gets
+        rev = 0 if current is None else current.mod_revision
+        if first is not None and current is not None and current.value == data and rev > expected:
+            # The first attempt was applied (the second found the state it wrote).
+            act.state, act.state_rev, act.stale = new_state, rev, False
+            if claim is None or claim.create_revision != act.token:
+                self._fenced(act)  # applied, then the claim was lost: deactivate
+            return
+        if first is not None and rev != expected:
+            # Someone else wrote since: the first attempt may have applied before that.
+            self._set_state(act, spec, state_key, current)
+            if claim is None or claim.create_revision != act.token:
+                self._fenced(act)
+            raise OutcomeUnknown(
+                f"{act.id}: save may or may not have been applied ({first}); the state has"
+                f" changed since (now at {rev})"
+            ) from first
         if claim is None or claim.create_revision != act.token:
-            act.token = 0  # the claim is someone else's now: never release it
-            act.request_deactivation()
+            self._fenced(act)
             raise Fenced(f"{act.id}: this activation no longer owns the agent; state not saved")
-        if current is None:
+        self._set_state(act, spec, state_key, current)
+        raise Conflict(f"{act.id}: state changed since it was read (now at {act.state_rev})")
+
+    def _set_state(self, act: Activation, spec: StateSpec, key: str, kv: Any) -> None:
+        if kv is None:
             act.state, act.state_rev = spec.initial(), 0
         else:
-            act.state = self._decode(spec, state_key, current.value)
-            act.state_rev = current.mod_revision
-        raise Conflict(f"{act.id}: state changed since it was read (now at {act.state_rev})")
+            act.state, act.state_rev = self._decode(spec, key, kv.value), kv.mod_revision
+        act.stale = False
+
+    @staticmethod
+    def _fenced(act: Activation) -> None:
+        act.token = 0  # the claim is someone else's now: never release it
+        act.request_deactivation()
 
     # -- event-sourced state ---------------------------------------------------------------
 
@@ -278,33 +422,75 @@ class Persistence:
         eventlog = EventLog(self.backend, sourcing, act.id.type, act.id.key, layout=self.layout)
         claim_key = self.layout.claim(act.id.type, act.id.key)
         expected = act.seq
+        attempt = functools.partial(
+            eventlog.append,
+            events,
+            expected_seq=expected,
+            state_after=state,
+            fence=Compare.created_at(claim_key, act.token),
+            correlation_id=correlation[0],
+            causation_id=correlation[1],
+        )
         try:
-            act.seq = await eventlog.append(
-                events,
-                expected_seq=expected,
-                state_after=state,
-                fence=Compare.created_at(claim_key, act.token),
-                correlation_id=correlation[0],
-                causation_id=correlation[1],
-            )
-        except Conflict:
-            act.state, act.seq = await eventlog.load()  # someone appended: catch up
+            try:
+                act.seq = await attempt()
+            except Unavailable as exc:
+                if not exc.ambiguous:
+                    raise
+                act.seq = await self._append_again(act, eventlog, attempt, exc, events, correlation)
+        except Conflict as exc:
+            try:
+                act.state, act.seq = await eventlog.load()  # someone appended: catch up
+            except Unavailable as again:
+                act.stale = True
+                raise exc from again
+            act.stale = False
             raise
         except Fenced:
-            act.token = 0  # the claim is someone else's now: never release it
-            act.request_deactivation()
+            self._fenced(act)
             raise
-        except Unavailable as exc:
-            if not exc.ambiguous:
+        except OutcomeUnknown:
+            act.stale = True  # reload before the next message
+            raise
+        act.state, act.stale = state, False
+
+    async def _append_again(
+        self,
+        act: Activation,
+        eventlog: EventLog[Any],
+        attempt: Callable[[], Awaitable[int]],
+        first: Unavailable,
+        events: tuple[Any, ...],
+        correlation: tuple[int, int],
+    ) -> int:
+        """The second attempt of an append whose outcome is unknown; the last sequence
+        number if either attempt was applied.
+
+        Raises:
+            OutcomeUnknown: neither attempt could be confirmed.
+            Conflict, Fenced: the sequence number or the claim is someone else's, and the
+                first attempt was not applied.
+        """
+        expected = act.seq
+        try:
+            return await self._again(f"{act.id}: emit", attempt, first)
+        except (Conflict, Fenced) as taken:
+            # The first attempt may be what took the sequence number: read it back.
+            try:
+                kv = await self.backend.get(self.layout.log(act.id.type, act.id.key, expected + 1))
+            except Unavailable as again:
+                raise OutcomeUnknown(
+                    f"{act.id}: emit may or may not have been applied ({first}); it could"
+                    f" not be confirmed either ({again})"
+                ) from again
+            if kv is None:
                 raise
-            first = await self.backend.get(self.layout.log(act.id.type, act.id.key, expected + 1))
-            if first is None:
-                raise
-            record = sourcing.decode_record(first.value, str(act.id))
+            record = eventlog.sourcing.decode_record(kv.value, str(act.id))
             if (record.event, record.correlation_id, record.causation_id) != (
                 events[0],
                 *correlation,
             ):
                 raise
-            act.seq = expected + len(events)
-        act.state = state
+            if isinstance(taken, Fenced):
+                self._fenced(act)  # applied, then the claim was lost: deactivate
+            return expected + len(events)

@@ -184,8 +184,9 @@ class AgentType:
         self.state_spec = state_spec
         self.conflict_retries = conflict_retries
         self.factory: Callable[[], Agent] = factory or cls
-        # Handlers of a "plain" type are awaited directly: no deadline scope, no retries.
-        self.plain = not cancel_at_deadline and not conflict_retries
+        # Handlers of a "plain" type are awaited directly: no deadline scope, no retries,
+        # no state to reload (stateful types go through Activation._call).
+        self.plain = not cancel_at_deadline and not conflict_retries and state_spec is None
         self.stats = TypeStats()
 
     def handler_for(self, message_type: type) -> HandlerFn | None:
