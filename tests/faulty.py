@@ -37,6 +37,7 @@ class FaultyBackend(StateBackend):
         self.keepalive_down = False
         self.keepalives_ok = 0
         self.keepalive_ok = asyncio.Event()  # set on each successful keepalive
+        self.keepalive_refused = asyncio.Event()  # set on each keepalive refused
 
     @classmethod
     async def from_url(cls, url: str, **options: object) -> FaultyBackend:
@@ -87,6 +88,7 @@ class FaultyBackend(StateBackend):
 
     async def lease_keepalive(self, lease_id: int) -> float:
         if self.keepalive_down:
+            self.keepalive_refused.set()
             raise Unavailable("injected: keepalive cannot reach the store")
         ttl = await self.inner.lease_keepalive(lease_id)
         self.keepalives_ok += 1

@@ -1,0 +1,177 @@
+"""A kept lease that cannot be refreshed counts as lost before the store can expire it.
+
+``KeptLease`` used to learn of a loss only from a keepalive answered "lease not found";
+cut off from its store (every keepalive failing with ``Unavailable``) it believed it
+held the lease while the store expired it and a successor took what it held. Now it
+gives up at 90% of the TTL after the last successful refresh was sent, and tells its
+owner (``on_lost``; the kernel's ``Persistence.on_lease_lost``).
+
+Faults are injected around a real ``memory://`` store (tests/faulty.py); the last test
+freezes a real etcd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+
+from kerna import Agent, Kernel, Message, handler
+from kerna.state import KeptLease, connect
+from kerna.state._locks import LOSS_MARGIN
+from kerna.state._memory import MemoryBackend
+
+from .etcd import EtcdMember
+from .faulty import FaultyBackend
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def faulty() -> AsyncIterator[FaultyBackend]:
+    backend = FaultyBackend(MemoryBackend())
+    try:
+        yield backend
+    finally:
+        await backend.aclose()
+
+
+async def test_a_lease_whose_keepalives_fail_is_lost_before_the_store_expires_it(
+    faulty: FaultyBackend,
+) -> None:
+    loop = asyncio.get_running_loop()
+    inner = faulty.inner
+    assert isinstance(inner, MemoryBackend)
+    seen: list[tuple[float, float, float]] = []  # (when, our deadline, the store's deadline)
+    ttl = 0.6
+    lease = KeptLease(faulty, ttl)
+
+    def lost() -> None:
+        store_deadline = inner._store.leases[lease.id].deadline  # monotonic, as the loop's
+        seen.append((loop.time(), lease.deadline, store_deadline))
+
+    lease.on_lost = lost
+    await lease.grant()
+    try:
+        await inner.put("held", b"x", lease=lease.id)
+        async with asyncio.timeout(5):
+            await faulty.keepalive_ok.wait()  # one refresh went through
+        faulty.keepalive_down = True  # from now on, no keepalive reaches the store
+        cut_off = loop.time()
+        async with asyncio.timeout(5):
+            await lease.lost.wait()
+        assert len(seen) == 1
+        when, deadline, store_deadline = seen[0]
+        # the last refresh that went through was sent before the cut-off: the deadline
+        # is at most 90% of a TTL after it, and the loss is not declared before it
+        assert deadline <= cut_off + (1 - LOSS_MARGIN) * ttl
+        assert when >= deadline - 1e-3
+        # the holder's deadline comes a margin before the store's can
+        assert store_deadline - deadline >= LOSS_MARGIN * ttl - 1e-6
+    finally:
+        await lease.revoke()
+    assert await inner.get("held") is None
+
+
+async def test_a_lease_the_store_no_longer_knows_is_lost_and_the_owner_told_once(
+    faulty: FaultyBackend,
+) -> None:
+    calls: list[int] = []
+    lease = KeptLease(faulty, 0.3, on_lost=lambda: calls.append(lease.id))
+    await lease.grant()
+    try:
+        await faulty.inner.lease_revoke(lease.id)  # behind its back
+        async with asyncio.timeout(5):
+            await lease.lost.wait()
+        lease.mark_lost("again")  # idempotent
+        assert calls == [lease.id]
+    finally:
+        await lease.revoke()
+
+
+async def test_a_refresh_that_goes_through_again_keeps_the_lease(faulty: FaultyBackend) -> None:
+    loop = asyncio.get_running_loop()
+    ttl = 0.9
+    async with KeptLease(faulty, ttl) as lease:
+        first = lease.deadline
+        faulty.keepalive_down = True
+        async with asyncio.timeout(5):
+            await faulty.keepalive_refused.wait()  # one refresh failed
+        faulty.keepalive_down = False
+        faulty.keepalive_ok.clear()
+        async with asyncio.timeout(5):
+            await faulty.keepalive_ok.wait()  # the next one went through
+        assert not lease.lost.is_set()
+        assert lease.deadline > first
+        assert lease.deadline > loop.time()
+
+
+class Count(msgspec.Struct, frozen=True):
+    n: int = 0
+
+
+class Inc(Message):
+    pass
+
+
+class Counter(Agent, state=Count):
+    @handler
+    async def inc(self, msg: Inc) -> int:
+        await self.save(Count(self.state.n + 1))
+        return int(self.state.n)
+
+
+async def test_the_kernel_learns_of_each_lost_lease_and_claims_anew_under_a_new_one(
+    faulty: FaultyBackend,
+) -> None:
+    async with Kernel(state=faulty, lease_ttl=0.6) as kernel:
+        kernel.register(Counter)
+        store = kernel._store()
+        losses: list[int] = []
+        lost = asyncio.Event()
+
+        def on_lost() -> None:
+            losses.append(1)
+            lost.set()
+
+        store.on_lease_lost(on_lost)
+        await kernel.ref(Counter, "a").ask(Inc(), timeout=5)
+        first = store.lease
+        assert first
+        faulty.keepalive_down = True
+        async with asyncio.timeout(5):
+            await lost.wait()
+        assert losses == [1]
+        assert store.lease == 0
+        faulty.keepalive_down = False
+        # a new activation claims under a new lease ...
+        assert await kernel.ref(Counter, "b").ask(Inc(), timeout=5) == 1
+        second = store.lease
+        assert second not in (0, first)
+        # ... whose loss is reported too
+        lost.clear()
+        faulty.keepalive_down = True
+        async with asyncio.timeout(5):
+            await lost.wait()
+        assert losses == [1, 1]
+        faulty.keepalive_down = False
+
+
+async def test_a_lease_on_a_frozen_etcd_is_lost_within_its_ttl(etcd_server: EtcdMember) -> None:
+    backend = await connect(etcd_server.url, timeout=5.0, probe_timeout=0.3)
+    loop = asyncio.get_running_loop()
+    try:
+        async with KeptLease(backend, 1) as lease:
+            etcd_server.sigstop()
+            frozen = loop.time()
+            try:
+                async with asyncio.timeout(3):  # a keepalive retries for 5 s: not it
+                    await lease.lost.wait()
+                assert lease.deadline <= frozen + (1 - LOSS_MARGIN) * 1
+            finally:
+                etcd_server.sigcont()
+    finally:
+        etcd_server.ensure_running()
+        await backend.aclose()
