@@ -123,6 +123,7 @@ class Persistence:
         self._orphans: dict[str, bytes] = {}
         self._orphans_lock = asyncio.Lock()
         self._janitor: asyncio.Task[None] | None = None
+        self._lease_lost_callbacks: list[Callable[[], object]] = []
 
     @classmethod
     async def open(cls, state: str | StateBackend, *, prefix: str, lease_ttl: float) -> Persistence:
@@ -152,6 +153,24 @@ class Persistence:
         lease = self._lease
         return 0 if lease is None or lease.lost.is_set() else lease.id
 
+    def on_lease_lost(self, callback: Callable[[], object]) -> None:
+        """Have ``callback()`` called, on the event loop, once for each lease of this
+        kernel that is lost.
+
+        A lease is lost when the store says it is gone, or when no keepalive has
+        succeeded for 90% of ``lease_ttl`` (see ``KeptLease``): from then on another
+        kernel may claim the agents active here, so they must stop serving. What the
+        callback raises is logged. The next claim takes a new lease.
+        """
+        self._lease_lost_callbacks.append(callback)
+
+    def _lease_lost(self) -> None:
+        for callback in list(self._lease_lost_callbacks):
+            try:
+                callback()
+            except Exception:
+                log.exception("lease-lost callback %r raised", callback)
+
     async def _ensure_lease(self) -> int:
         """The kernel's kept-alive lease, granted on first use and again after a loss.
 
@@ -166,7 +185,7 @@ class Persistence:
                     )
                     await self._lease.revoke()
                     self._orphans.clear()  # they went with the lease
-                self._lease = KeptLease(self.backend, self.lease_ttl)
+                self._lease = KeptLease(self.backend, self.lease_ttl, on_lost=self._lease_lost)
                 await self._lease.grant()
             return self.lease
 
@@ -231,7 +250,7 @@ class Persistence:
                         raise
             except LeaseLost:
                 if self._lease is not None:
-                    self._lease.lost.set()  # expired under us: take a new one, try again
+                    self._lease.mark_lost("a claim under it was refused")  # take a new one
                 continue
             if result.succeeded:
                 return result.revision

@@ -2,7 +2,9 @@
 primitives so that every backend gets them.
 
 - ``KeptLease``: a lease plus the task that refreshes it every third of its TTL.
-  ``lost`` is set if a refresh finds the lease gone.
+  ``lost`` is set (and ``on_lost`` called) when a refresh finds the lease gone, or when
+  no refresh has succeeded for nearly a TTL: the holder gives up before the store can
+  hand what the lease held to someone else.
 - ``Lock``: a mutex. Acquiring creates ``{prefix}lock/{name}`` if absent under a kept
   lease; a waiter watches the key and retries when it is deleted (released, or expired
   with its holder's lease). ``token`` is the key's create revision: a fencing token to
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from kerna._errors import LeaseLost, Unavailable
 
@@ -28,21 +30,51 @@ __all__ = ["Election", "KeptLease", "Lock"]
 
 log = logging.getLogger("kerna.state.locks")
 
+# The share of a TTL a holder gives up early (see KeptLease): a lease counts as lost at
+# 90% of its TTL after the last successful refresh was sent.
+LOSS_MARGIN = 0.1
+
 
 class KeptLease:
     """A lease refreshed in the background until ``revoke()``.
 
     Use ``async with KeptLease(backend, ttl) as lease:``; ``lease.id`` is the lease id.
+    A refresh is sent every ``ttl / 3`` seconds.
+
+    ``lost`` is set, ``on_lost()`` is called (once, on the event loop) and refreshing
+    stops when the lease is lost: when a refresh is answered "lease not found", or when
+    no grant or refresh has succeeded for ``ttl * (1 - LOSS_MARGIN)`` seconds, counted
+    from when the last successful one was *sent* (``deadline``). The store counts the
+    TTL from when it received that request, so it cannot expire the lease, and hand
+    what the lease held to a successor, before ``deadline + LOSS_MARGIN * ttl``: the
+    margin (a tenth of the TTL) covers a late timer on a busy event loop and the
+    owner's reaction. So a holder cut off from its store (a partition, a frozen etcd,
+    every keepalive failing with ``Unavailable``) learns of the loss 0.57 to 0.9 TTLs
+    after the cut-off (the last refresh that went through was sent up to a third of a
+    TTL before it), whatever the backend's own timeouts.
+
+    Args:
+        backend: the state backend.
+        ttl: the lease's time to live, in seconds (> 0).
+        on_lost: called with no arguments when the lease is lost (not when revoked).
+            What it raises is logged.
+
+    Raises:
+        ValueError: ``ttl`` is not positive.
     """
 
-    def __init__(self, backend: StateBackend, ttl: float) -> None:
+    def __init__(
+        self, backend: StateBackend, ttl: float, *, on_lost: Callable[[], object] | None = None
+    ) -> None:
         if not ttl > 0:
             raise ValueError(f"lease ttl must be > 0 seconds, got {ttl!r}")
         self.backend = backend
         self.ttl = ttl
         self.id = 0
         self.lost = asyncio.Event()
+        self.on_lost = on_lost
         self._task: asyncio.Task[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> KeptLease:
         await self.grant()
@@ -51,25 +83,76 @@ class KeptLease:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.revoke()
 
+    @property
+    def deadline(self) -> float:
+        """Event-loop time at which the lease counts as lost unless a refresh succeeds
+        first (0 before ``grant``)."""
+        return 0.0 if self._expiry is None else self._expiry.when()
+
     async def grant(self) -> int:
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
         self.id = await self.backend.lease_grant(self.ttl)
-        self._task = asyncio.get_running_loop().create_task(self._refresh())
+        self._renewed(sent)
+        self._task = loop.create_task(self._refresh(), name=f"kerna.state lease {self.id}")
         return self.id
 
+    def _renewed(self, sent: float) -> None:
+        """A grant or refresh sent at loop time ``sent`` succeeded: push the deadline."""
+        if self.lost.is_set():
+            return
+        if self._expiry is not None:
+            self._expiry.cancel()
+        when = sent + self.ttl * (1 - LOSS_MARGIN)
+        self._expiry = asyncio.get_running_loop().call_at(when, self._expired)
+
+    def _expired(self) -> None:
+        self.mark_lost(
+            f"no keepalive succeeded for {self.ttl * (1 - LOSS_MARGIN):.3g} s"
+            f" (ttl {self.ttl:g} s): it may expire any moment"
+        )
+
+    def mark_lost(self, reason: str = "lost") -> None:
+        """Declare the lease lost: set ``lost``, stop refreshing, call ``on_lost`` once.
+
+        The lease's own refreshes call it; an owner that learned of the loss otherwise
+        (a write under the lease answered ``LeaseLost``) calls it too. Idempotent.
+        """
+        if self.lost.is_set():
+            return
+        log.warning("lease %d lost: %s", self.id, reason)
+        self.lost.set()
+        if self._expiry is not None:
+            self._expiry.cancel()
+        task = self._task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()  # revoke() still waits for it
+        if self.on_lost is not None:
+            try:
+                self.on_lost()
+            except Exception:
+                log.exception("on_lost callback of lease %d raised", self.id)
+
     async def _refresh(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.ttl / 3)
+            sent = loop.time()
             try:
                 await self.backend.lease_keepalive(self.id)
             except LeaseLost:
-                log.warning("lease %d lost", self.id)
-                self.lost.set()
+                self.mark_lost("the store no longer knows it (expired or revoked)")
                 return
             except Unavailable as exc:
                 log.warning("lease %d keepalive failed (%s); retrying", self.id, exc)
+            else:
+                self._renewed(sent)
 
     async def revoke(self) -> None:
         """Stop refreshing and revoke the lease (deleting the keys attached to it)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         task, self._task = self._task, None
         await cancel_and_wait(task)
         if self.id:
