@@ -1,5 +1,5 @@
-"""``sqlite://`` specifics: durability across ``kill -9``, restarts (revisions, history,
-leases), URL/option/file errors, single-process locking, shared stores, group commit;
+"""``sqlite://`` specifics: durability across ``kill -9``, restarts (revisions, history;
+leases end), URL/option/file errors, single-process locking, shared stores, group commit;
 and a model check: random operation sequences give identical results on ``memory://``
 and ``sqlite://``, across restarts of the sqlite side too.
 
@@ -275,36 +275,35 @@ async def test_restart_keeps_revisions_and_history(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_leases_survive_a_restart_and_expire_after_it(tmp_path: Path) -> None:
+async def test_leases_end_at_a_restart(tmp_path: Path) -> None:
+    """The file lock admits one process, so whoever held a lease found at open is gone:
+    every lease ends there, its keys deleted with events in the history."""
     path = tmp_path / "s.db"
     async with await connect(url(path)) as backend:
         short = await backend.lease_grant(0.3)
         long = await backend.lease_grant(30)
-        await backend.put("short", b"x", lease=short)
-        rev = await backend.put("long", b"y", lease=long)
-    await asyncio.sleep(0.4)  # the short lease's deadline passes while nothing runs
+        await backend.put("a/short", b"x", lease=short)
+        await backend.put("b/long", b"y", lease=long)
+        await backend.put("c/long", b"z", lease=long)
+        rev = await backend.put("kept", b"k")
     async with await connect(url(path)) as backend:
-        assert await backend.get("short") is None
-        kv = await backend.get("long")
+        assert await backend.get("a/short") is None
+        assert await backend.get("b/long") is None
+        assert await backend.get("c/long") is None
+        kv = await backend.get("kept")
         assert kv is not None
-        assert kv.lease == long
-        [event] = await collect(backend, "", rev + 1, 1)  # expired when opened, in history
-        assert (event.kind, event.kv.key, event.revision) == ("delete", "short", rev + 1)
-        with pytest.raises(LeaseLost):
-            await backend.lease_keepalive(short)
-        assert await backend.lease_keepalive(long) == 30
+        assert kv.value == b"k"
+        events = await collect(backend, "", rev + 1, 3)  # each lease at its own revision
+        assert [(e.kind, e.kv.key, e.revision) for e in events] == [
+            ("delete", "a/short", rev + 1),
+            ("delete", "b/long", rev + 2),
+            ("delete", "c/long", rev + 2),
+        ]
+        assert (await backend.range("")).revision == rev + 2
+        for lease in (short, long):
+            with pytest.raises(LeaseLost):
+                await backend.lease_keepalive(lease)
         assert await backend.lease_grant(5) > long  # ids are never reused
-
-
-@pytest.mark.anyio
-async def test_restored_leases_expire_on_the_timer(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    async with await connect(url(path)) as backend:
-        lease = await backend.lease_grant(1)
-        rev = await backend.put("k", b"x", lease=lease)
-    async with await connect(url(path)) as backend:
-        [event] = await collect(backend, "", rev + 1, 1)  # nobody calls: the timer does it
-        assert (event.kind, event.kv.key) == ("delete", "k")
 
 
 @pytest.mark.anyio
@@ -483,6 +482,8 @@ async def _model_check(steps: list[Any], directory: str) -> None:
             if kind == "restart":
                 await sqlite.aclose()
                 sqlite = await SqliteBackend.from_url(f"sqlite://{path}", synchronous="normal")
+                for granted in sorted(leases):  # leases end with their process
+                    await memory.lease_revoke(granted)
                 continue
             results = []
             for backend in (memory, sqlite):
