@@ -21,10 +21,15 @@ queued while one commits are evaluated in order and committed together (each in 
 own savepoint, so one failing does not undo the others), which amortizes the fsync.
 
 Threads. Every ``sqlite3`` call runs on one thread per database, never on an event
-loop: callers queue jobs and await them. Lease deadlines are wall-clock times stored in
-the database, so leases survive a restart, and those that passed while the process was
-down expire when the database is opened (deleting their keys, with events in the watch
-history); a wall-clock jump forwards expires leases early.
+loop: callers queue jobs and await them.
+
+Leases do not survive a restart: their holder was a process that is gone. The file
+lock admits one process at a time, so every lease found when the database is opened
+belongs to a process that exited or was killed; opening revokes them all (deleting
+their keys, with events in the watch history), so that a restarted process takes over
+its predecessor's activation claims, locks and elections at once instead of waiting
+out their TTL. While the process runs, lease deadlines are ``time.monotonic()`` values:
+a wall-clock jump does not expire them.
 
 Single process. Watches are fed by the writers of this process: a write by another
 process would not reach them, so the database is opened in SQLite's exclusive locking
@@ -124,7 +129,7 @@ class SqliteBackend(StateBackend):
             raise ConfigError(f"synchronous must be 'full' or 'normal', got {synchronous!r}")
         store = await _Store.acquire(path, max_history, str(synchronous))
         backend = cls(store, url)
-        backend._arm_expiry()  # leases restored from the file expire even when idle
+        backend._arm_expiry()  # leases of another connection to the store expire when idle
         return backend
 
     def _check_open(self) -> _Store:
@@ -210,7 +215,7 @@ class SqliteBackend(StateBackend):
         deadline = self._store.db.next_deadline  # a float written by the store's thread
         if self._closed or math.isinf(deadline):
             return
-        delay = max(0.0, deadline - time.time()) + 0.001
+        delay = max(0.0, deadline - time.monotonic()) + 0.001
         self._expiry = asyncio.get_running_loop().call_later(delay, self._on_expiry)
 
     def _on_expiry(self) -> None:

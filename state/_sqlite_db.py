@@ -125,7 +125,7 @@ class _Db:
     # -- open and close ----------------------------------------------------------------
 
     def open(self) -> None:
-        """Connect, lock, check or create the schema, expire overdue leases.
+        """Connect, lock, check or create the schema, end the leases found.
 
         Raises:
             ConfigError: the file cannot be opened, or another process has it open.
@@ -183,7 +183,7 @@ class _Db:
                     f" version {SCHEMA_VERSION}"
                 )
             self.load()
-            self.expire_due()
+            self.end_leases()
             self.commit()
         except BaseException:
             if db.in_transaction:
@@ -420,7 +420,7 @@ class _Db:
         self.next_deadline = math.inf if deadline is None else deadline
 
     def lease_due(self) -> bool:
-        return self.next_deadline <= time.time()
+        return self.next_deadline <= time.monotonic()
 
     def expire_due(self) -> None:
         """Revoke every lease whose deadline passed, oldest id first, each at its own
@@ -428,14 +428,31 @@ class _Db:
         if not self.lease_due():
             return
         rows = self.db.execute(
-            "SELECT id FROM leases WHERE deadline <= ? ORDER BY id", (time.time(),)
+            "SELECT id FROM leases WHERE deadline <= ? ORDER BY id", (time.monotonic(),)
         ).fetchall()
         for (lease_id,) in rows:
             self.revoke(lease_id)
         self.refresh_deadline()
 
+    def end_leases(self) -> None:
+        """At open: revoke every lease in the file, oldest id first, each at its own
+        revision (as expiry would), deleting its keys with events in the history.
+
+        The file lock admits one process, so the holder of any lease found here was a
+        process that is gone (it exited or was killed): nobody can keep it alive, and
+        waiting out its TTL would only keep its claims, locks and elections from their
+        next holder. (Deadlines are ``time.monotonic()`` values, which mean nothing to
+        another process either.)
+        """
+        rows = self.db.execute("SELECT id FROM leases ORDER BY id").fetchall()
+        for (lease_id,) in rows:
+            self.revoke(lease_id)
+        self.refresh_deadline()
+        if rows:
+            log.info("%s: ended %d leases of a previous process", self.path, len(rows))
+
     def grant(self, ttl: float) -> int:
-        deadline = time.time() + ttl
+        deadline = time.monotonic() + ttl
         cursor = self.db.execute(
             "INSERT INTO leases (ttl, deadline) VALUES (?, ?)", (ttl, deadline)
         )
@@ -448,7 +465,7 @@ class _Db:
         if ttl is None:
             raise _lease_lost(lease_id)
         self.db.execute(
-            "UPDATE leases SET deadline = ? WHERE id = ?", (time.time() + ttl, lease_id)
+            "UPDATE leases SET deadline = ? WHERE id = ?", (time.monotonic() + ttl, lease_id)
         )
         self.refresh_deadline()
         return ttl
