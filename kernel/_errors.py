@@ -21,7 +21,8 @@
     │   ├── DecodeError        stored or received bytes do not decode into the type
     │   ├── Compacted          a watch or read asked for history the backend compacted
     │   ├── LeaseLost          the lease expired or was revoked
-    │   └── OwnedElsewhere     another kernel holds the agent's activation claim
+    │   ├── OwnedElsewhere     another kernel holds the agent's activation claim
+    │   └── StoreFailed        the store cannot take writes until an operator acts
     ├── TransportError
     └── CircuitOpen
     KernaInternalError         a bug in kerna, never the user's fault
@@ -52,6 +53,7 @@ __all__ = [
     "RegistrationError",
     "RemoteError",
     "StateError",
+    "StoreFailed",
     "TransportError",
     "Unavailable",
     "UnhandledMessage",
@@ -177,6 +179,16 @@ class LeaseLost(StateError):
 
 class OwnedElsewhere(StateError):
     """Another kernel holds this agent's activation claim; it cannot activate here."""
+
+
+class StoreFailed(StateError):
+    """The store cannot take writes, and retrying will not change that until an
+    operator acts: its file or directory is read-only, or the database file was deleted
+    or replaced while open (writes would go to a file nobody will find again).
+
+    Unlike ``Unavailable`` it is not transient: the write was not applied, and the next
+    ones fail the same way. The message names the file and the reason.
+    """
 
 
 class TransportError(KernaError):

@@ -37,6 +37,17 @@ mode and a second process (or a foreign connection) gets a ``ConfigError``. With
 process, every ``connect`` to the same file shares one store (as ``memory://name``
 does), so kernels in one process may share a file and see each other's writes.
 
+Errors. The database's directory must be writable (SQLite creates ``state.db-wal``
+next to the file): a read-only directory, file or file system is a ``ConfigError`` at
+open, and a write that fails because the file turned read-only is a ``StoreFailed``,
+both naming the file and the reason; ``StoreFailed`` is permanent (not ``Unavailable``:
+retrying does not help until an operator acts). Before each write batch the database
+file and its WAL are checked (a ``stat`` each) to still be the files opened: a
+database deleted or replaced while open fails every later write with ``StoreFailed``
+rather than acknowledging writes that are gone with the file. A corrupt file is a
+``DecodeError``; other I/O errors (a full disk) are ``Unavailable``. SQLite's errors are
+told apart by their primary result code (``SQLITE_IOERR_LOCK`` is an ``SQLITE_IOERR``).
+
 This module holds ``SqliteBackend`` (the event-loop side); the store's thread, its job
 queue and watchers are in ``_sqlite_store``, the schema and SQL in ``_sqlite_db``.
 """
@@ -114,8 +125,8 @@ class SqliteBackend(StateBackend):
             synchronous: ``"full"`` (default: fsync at every commit) or ``"normal"``.
 
         Raises:
-            ConfigError: bad URL or option, missing directory, file in use by another
-                process or not openable.
+            ConfigError: bad URL or option, missing or read-only directory, read-only
+                file, file in use by another process or not openable.
             DecodeError: the file is corrupt or not a kerna state database.
         """
         path = _parse_url(url)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ from kerna._errors import (
     DecodeError,
     LeaseLost,
     StateError,
+    StoreFailed,
     Unavailable,
 )
 
@@ -83,12 +85,57 @@ def _lease_lost(lease_id: int) -> LeaseLost:
     return LeaseLost(f"lease {lease_id} not found (expired or revoked)")
 
 
+def _primary(exc: sqlite3.Error) -> int:
+    """SQLite's primary result code of ``exc`` (the low byte of the extended code: an
+    ``SQLITE_IOERR_LOCK`` is an ``SQLITE_IOERR``), 0 if it carries none."""
+    code: int = getattr(exc, "sqlite_errorcode", 0)
+    return code & 0xFF
+
+
+def _unwritable(path: str) -> str | None:
+    """Why this process cannot write ``path`` or create its ``-wal`` next to it (None:
+    as far as the file system says, it can)."""
+    directory = os.path.dirname(path)
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return f"{directory} is on a read-only file system"
+    except OSError:
+        pass
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return (
+            f"directory {directory} is not writable (SQLite creates"
+            f" {os.path.basename(path)}-wal there)"
+        )
+    if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+        return "the file is not writable (its permissions or an immutable flag)"
+    return None
+
+
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+
+
+_PERMANENT = (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH)
+
+
 def _translate(exc: sqlite3.Error, path: str) -> StateError:
-    """A sqlite3 error met while serving an operation, as a kerna error."""
-    name = getattr(exc, "sqlite_errorname", "")
+    """A sqlite3 error met while serving an operation, as a kerna error: corruption is
+    a ``DecodeError``; a file or directory that turned read-only is a ``StoreFailed``
+    (an operator must act); the rest (I/O errors, a full disk) is ``Unavailable``."""
+    code = _primary(exc)
     err: StateError
-    if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
         err = DecodeError(f"{path}: the database is corrupt ({exc})")
+    elif code in _PERMANENT or code in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN):
+        reason = _unwritable(path)
+        if reason is None and code not in _PERMANENT:
+            err = Unavailable(f"{path}: {exc}")
+        else:
+            reason = reason or "the database is read-only"
+            err = StoreFailed(f"{path}: writes fail: {reason} ({exc})")
     else:
         err = Unavailable(f"{path}: {exc}")
     err.__cause__ = exc
@@ -116,6 +163,9 @@ class _Db:
         self.saved = (1, 0)  # (revision, compacted) as stored in meta
         self.seq = 0
         self.events: list[WatchEvent] = []
+        # (path, st_dev, st_ino) of the database file and its WAL as opened: a write
+        # batch first checks that the paths still lead to them (see check_files).
+        self.files: tuple[tuple[str, int, int], ...] = ()
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -128,29 +178,63 @@ class _Db:
         """Connect, lock, check or create the schema, end the leases found.
 
         Raises:
-            ConfigError: the file cannot be opened, or another process has it open.
+            ConfigError: the file cannot be opened (the message says why: a read-only
+                file, directory or file system...), or another process has it open.
             DecodeError: the file is corrupt or not a kerna state database.
         """
+        if self.path != MEMORY and (reason := _unwritable(self.path)) is not None:
+            raise ConfigError(f"cannot open {self.path} for writing: {reason}")
         try:
             self.conn = sqlite3.connect(self.path, timeout=_LOCK_TIMEOUT, isolation_level=None)
             self._open()
         except sqlite3.Error as exc:
             self.close()
-            name = getattr(exc, "sqlite_errorname", "")
-            if name in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+            code = _primary(exc)
+            if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 raise ConfigError(
                     f"{self.path} is in use by another process (sqlite:// state is single-process)"
                 ) from exc
-            if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+            if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
                 raise DecodeError(
                     f"{self.path} is not a SQLite database or is corrupt: {exc}"
                 ) from exc
-            if name in ("SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_READONLY", "SQLITE_AUTH"):
-                raise ConfigError(f"cannot open {self.path}: {exc}") from exc
+            reason = None if self.path == MEMORY else _unwritable(self.path)
+            if reason is not None or code in (sqlite3.SQLITE_CANTOPEN, *_PERMANENT):
+                raise ConfigError(f"cannot open {self.path}: {reason or exc}") from exc
             raise Unavailable(f"cannot open {self.path}: {exc}") from exc
         except BaseException:
             self.close()
             raise
+        if self.path != MEMORY:
+            self.files = tuple(
+                (p, st.st_dev, st.st_ino)
+                for p in (self.path, f"{self.path}-wal")
+                if (st := _stat(p)) is not None
+            )
+
+    def check_files(self) -> None:
+        """Before a write batch: the database file and its WAL are still the ones
+        opened. One ``stat`` each, so that a file deleted or replaced under the open
+        connection does not keep acknowledging writes that are gone with it.
+
+        Raises:
+            StoreFailed: a path no longer leads to the file opened.
+        """
+        for path, dev, ino in self.files:
+            try:
+                st = _stat(path)
+            except OSError:  # cannot tell (a permission change?): do not block writes
+                continue
+            if st is None:
+                what = "was deleted"
+            elif (st.st_dev, st.st_ino) != (dev, ino):
+                what = "was replaced by another file"
+            else:
+                continue
+            raise StoreFailed(
+                f"{path} {what} while the database was open: writes are refused (they"
+                f" would be lost with it); restart on the restored file {self.path}"
+            )
 
     def _open(self) -> None:
         db = self.db

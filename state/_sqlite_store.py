@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from kerna._errors import ConfigError, Unavailable
+from kerna._errors import ConfigError, StateError, Unavailable
 
 from ._sqlite_db import MEMORY, _Db, _translate
 from ._types import WatchEvent
@@ -71,7 +71,10 @@ class _Store:
     only after ``COMMIT`` returned are their events published and their callers
     resumed (in job order, events first, so a caller that awaited a write finds its
     event already queued for its watchers). A failed commit fails every job of the
-    batch with ``Unavailable``; nothing of it was published.
+    batch (``Unavailable``, or ``StoreFailed`` for a file turned read-only); nothing of
+    it was published. Before a write batch begins, the database file is checked to be
+    the one opened (``_Db.check_files``): a deleted or replaced file fails the batch
+    with ``StoreFailed``.
 
     A watcher is added to ``watchers`` after the job that registered it committed, and
     only takes events above the revision that job saw: history up to it is read from
@@ -207,6 +210,12 @@ class _Store:
                     job.future.set_exception(exc)
                 else:
                     self._resolve(job, result)
+            return
+        try:
+            db.check_files()
+        except StateError as exc:
+            for job in jobs:
+                job.future.set_exception(type(exc)(str(exc)))  # one exception per caller
             return
         outcomes = []
         try:
