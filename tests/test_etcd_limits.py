@@ -85,3 +85,34 @@ async def test_saving_a_10_mib_state_on_etcd_is_value_too_large_naming_size_and_
         assert str(LIMIT) in error.message
         assert await ref.ask(Size(), timeout=5) == 0  # nothing was saved
         assert await ref.ask(Store(size=1000), timeout=5) == 1000  # the agent lives on
+
+
+class Blobbed(Message, tag="limits.blobbed"):
+    data: bytes
+
+
+class Emit(Message):
+    size: int
+
+
+class Journal(Agent, state=Blob, event_sourced=True):
+    @staticmethod
+    def apply(state: Blob, event: Blobbed) -> Blob:
+        return Blob(event.data)
+
+    @handler
+    async def emit_one(self, msg: Emit) -> int:
+        await self.emit(Blobbed(data=b"x" * msg.size))
+        return len(self.state.data)
+
+
+async def test_emitting_a_10_mib_event_on_etcd_is_value_too_large(etcd_server: EtcdMember) -> None:
+    async with Kernel(state=etcd_server.url, state_prefix="limits-journal/") as kernel:
+        kernel.register(Journal)
+        ref = kernel.ref(Journal, "j")
+        with pytest.raises(RemoteError) as info:
+            await ref.ask(Emit(size=10 * 2**20), timeout=10)
+        assert info.value.type_name == "kerna.ValueTooLarge", info.value
+        assert "Journal/j: an append of 1 event is too large" in info.value.message
+        assert str(LIMIT) in info.value.message
+        assert await ref.ask(Emit(size=10), timeout=5) == 10  # nothing else was appended

@@ -26,6 +26,9 @@ def test_errors_form_one_hierarchy() -> None:
                 assert issubclass(obj, kerna.KernaError), name
     assert issubclass(kerna.AskTimeout, TimeoutError)
     assert issubclass(kerna.Conflict, kerna.StateError)
+    for permanent in (kerna.StoreFailed, kerna.ValueTooLarge):  # retrying does not help
+        assert issubclass(permanent, kerna.StateError)
+        assert not issubclass(permanent, kerna.Unavailable)
 
 
 def test_state_all_lists_exactly_the_public_names() -> None:
