@@ -31,6 +31,7 @@ from ._errors import (
     Unavailable,
     UnhandledMessage,
     UnknownAgent,
+    ValueTooLarge,
 )
 from ._ids import AgentId
 from ._kernel import Kernel, KernelStats, Subscription
@@ -79,5 +80,6 @@ __all__ = [
     "Unavailable",
     "UnhandledMessage",
     "UnknownAgent",
+    "ValueTooLarge",
     "handler",
 ]

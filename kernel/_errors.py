@@ -22,7 +22,8 @@
     │   ├── Compacted          a watch or read asked for history the backend compacted
     │   ├── LeaseLost          the lease expired or was revoked
     │   ├── OwnedElsewhere     another kernel holds the agent's activation claim
-    │   └── StoreFailed        the store cannot take writes until an operator acts
+    │   ├── StoreFailed        the store cannot take writes until an operator acts
+    │   └── ValueTooLarge      a write over the store's size limit (etcd's request limit)
     ├── TransportError
     └── CircuitOpen
     KernaInternalError         a bug in kerna, never the user's fault
@@ -58,6 +59,7 @@ __all__ = [
     "Unavailable",
     "UnhandledMessage",
     "UnknownAgent",
+    "ValueTooLarge",
 ]
 
 
@@ -189,6 +191,21 @@ class StoreFailed(StateError):
     Unlike ``Unavailable`` it is not transient: the write was not applied, and the next
     ones fail the same way. The message names the file and the reason.
     """
+
+
+class ValueTooLarge(StateError):
+    """A write is larger than the store accepts (etcd: ``--max-request-bytes``, 1.5 MiB
+    by default); it was not applied, and sending it again will not help.
+
+    Attributes:
+        size: the size of the request, in bytes.
+        limit: the store's limit, in bytes (0 if the store did not say).
+    """
+
+    def __init__(self, message: str, size: int = 0, limit: int = 0) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
 
 
 class TransportError(KernaError):

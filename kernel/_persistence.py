@@ -63,6 +63,7 @@ from ._errors import (
     OutcomeUnknown,
     OwnedElsewhere,
     Unavailable,
+    ValueTooLarge,
 )
 
 if TYPE_CHECKING:
@@ -374,6 +375,8 @@ class Persistence:
         first: Unavailable | None = None
         try:
             result = await attempt()
+        except ValueTooLarge as exc:
+            raise self._too_large(act, f"a state of {len(data)} bytes", exc) from exc
         except Unavailable as exc:
             if not exc.ambiguous:
                 raise
@@ -415,6 +418,12 @@ class Persistence:
         else:
             act.state, act.state_rev = self._decode(spec, key, kv.value), kv.mod_revision
         act.stale = False
+
+    @staticmethod
+    def _too_large(act: Activation, what: str, exc: ValueTooLarge) -> ValueTooLarge:
+        return ValueTooLarge(
+            f"{act.id}: {what} is too large for the store: {exc}", exc.size, exc.limit
+        )
 
     @staticmethod
     def _fenced(act: Activation) -> None:
@@ -468,6 +477,9 @@ class Persistence:
         except Fenced:
             self._fenced(act)
             raise
+        except ValueTooLarge as exc:
+            what = f"an append of {len(events)} event{'s' if len(events) > 1 else ''}"
+            raise self._too_large(act, what, exc) from exc
         except OutcomeUnknown:
             act.stale = True  # reload before the next message
             raise

@@ -101,6 +101,8 @@ class EtcdBackend(StateBackend):
     Raises (from every operation):
         Unavailable: no member answered within ``timeout``; nothing was applied.
         OutcomeUnknown: a transaction's answer was lost; it may have been applied.
+        ValueTooLarge: etcd refused a transaction over its request limit
+            (``--max-request-bytes``, 1.5 MiB by default); nothing was applied.
     """
 
     def __init__(self, endpoints: Sequence[str], **options: object) -> None:
@@ -194,6 +196,7 @@ class EtcdBackend(StateBackend):
         send: Callable[[_Conn, float], Awaitable[_T]],
         *,
         idempotent: bool,
+        size: Callable[[], int] | None = None,
     ) -> _T:
         """Run ``send(conn, attempt_timeout)`` on the current member, moving on to the
         next member on failure, until it answers or ``timeout`` has passed.
@@ -204,7 +207,8 @@ class EtcdBackend(StateBackend):
         how long a write can hang on a follower that forwarded it to a leader that just
         died (etcd drops such a proposal and never answers it): without the bound, a
         write would wait for the whole ``timeout`` before the caller could re-read and
-        try again.
+        try again. ``size`` gives the request's size in bytes, for the
+        ``ValueTooLarge`` of a request etcd refuses as too large.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._options.timeout
@@ -226,7 +230,7 @@ class EtcdBackend(StateBackend):
             except _NotConnected as exc:
                 fault = _Fault(str(exc), maybe_applied=False, broken=True)
             except rpc.AioRpcError as exc:
-                fault = _classify(exc, sent)
+                fault = _classify(exc, sent, size)
                 if "invalid auth token" in fault.reason:
                     conn.forget_token()
             except (KernaError, ValueError, TypeError):
@@ -308,7 +312,7 @@ class EtcdBackend(StateBackend):
             )
             return TxnResult(bool(response.succeeded), response.header.revision, gets)
 
-        return await self._request("txn", send, idempotent=not writes)
+        return await self._request("txn", send, idempotent=not writes, size=request.ByteSize)
 
     async def watch(self, prefix: str, from_revision: int) -> AsyncIterator[WatchEvent]:
         self._current()  # raises if closed

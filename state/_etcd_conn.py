@@ -12,13 +12,21 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from aetcd import rpc
 
-from kerna._errors import Compacted, ConfigError, LeaseLost, StateError, Unavailable
+from kerna._errors import (
+    Compacted,
+    ConfigError,
+    LeaseLost,
+    StateError,
+    Unavailable,
+    ValueTooLarge,
+)
 
 _grpc: Any = importlib.import_module("grpc")  # aetcd's dependency; untyped, hence Any
 
@@ -31,6 +39,9 @@ _CHANNEL_OPTIONS = (
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
 )
+# etcd's gRPC server takes messages up to --max-request-bytes plus this much.
+_GRPC_OVERHEAD = 512 * 1024
+_LARGER_THAN_MAX = re.compile(r"larger than max \((\d+) vs\. (\d+)\)")
 
 
 @dataclass(frozen=True)
@@ -220,11 +231,35 @@ def _parse_options(given: Mapping[str, object]) -> _Options:
     )
 
 
-def _classify(exc: Any, sent: bool) -> _Fault:
+def _too_large(details: str, size: Callable[[], int] | None) -> ValueTooLarge:
+    """etcd refused a request for its size: up to ``_GRPC_OVERHEAD`` over its limit
+    etcd answers "request is too large" (naming neither size); past that its gRPC server
+    refuses the message, naming both ("larger than max (size vs. limit + overhead)")."""
+    match = _LARGER_THAN_MAX.search(details)
+    if match:
+        request, limit = int(match[1]), max(0, int(match[2]) - _GRPC_OVERHEAD)
+    else:
+        request, limit = (size() if size is not None else 0), 0
+    what = f"{limit} bytes" if limit else "1.5 MiB = 1572864 bytes by default"
+    return ValueTooLarge(
+        f"etcd refused a request of {request} bytes: it is over etcd's request limit"
+        f" (--max-request-bytes, {what}); it was not applied: store less per write"
+        f" ({details})",
+        request,
+        limit,
+    )
+
+
+def _classify(exc: Any, sent: bool, size: Callable[[], int] | None = None) -> _Fault:
     """Turn a gRPC error into a fault to retry or report, or raise the kerna error it
-    definitely means (such an answer came from etcd: nothing ambiguous about it)."""
+    definitely means (such an answer came from etcd: nothing ambiguous about it).
+    ``size`` gives the request's size, for a request refused as too large."""
     code, details = exc.code(), exc.details() or ""
     codes = _grpc.StatusCode
+    if (code == codes.INVALID_ARGUMENT and "request is too large" in details) or (
+        code == codes.RESOURCE_EXHAUSTED and _LARGER_THAN_MAX.search(details)
+    ):
+        raise _too_large(details, size)
     if code == codes.UNAVAILABLE:
         if not details.startswith("etcdserver:"):  # a transport failure
             unsent = "failed to connect" in details
