@@ -91,6 +91,20 @@ async def test_a_lease_the_store_no_longer_knows_is_lost_and_the_owner_told_once
         await lease.revoke()
 
 
+async def test_a_lease_whose_backend_was_closed_is_lost_at_the_next_refresh() -> None:
+    backend = await connect("memory://")
+    lease = KeptLease(backend, 0.6)
+    await lease.grant()
+    task = lease._task
+    await backend.aclose()
+    async with asyncio.timeout(5):
+        await lease.lost.wait()
+    assert asyncio.get_running_loop().time() < lease.deadline  # not the local expiry
+    assert task is not None
+    assert task.done()
+    assert task.exception() is None  # ended, not crashed
+
+
 async def test_a_refresh_that_goes_through_again_keeps_the_lease(faulty: FaultyBackend) -> None:
     loop = asyncio.get_running_loop()
     ttl = 0.9

@@ -12,6 +12,7 @@ a read-only bind mount or the immutable flag (``chattr +i``); otherwise with chm
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from kerna import ConfigError, StateError, StoreFailed, Unavailable
+from kerna.state import _sqlite as sqlite_backend
 from kerna.state import connect
 from kerna.state._sqlite_db import _translate
 
@@ -150,6 +152,38 @@ async def test_writes_to_a_database_file_deleted_while_open_fail(tmp_path: Path)
         kv = await backend.get("k")  # what it holds can still be read
         assert kv is not None
         assert (kv.value, kv.mod_revision) == (b"v", rev)
+
+
+async def test_a_lease_due_on_a_deleted_database_neither_blocks_reads_nor_spins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_backend, "_EXPIRY_RETRY", 0.3)
+    loop = asyncio.get_running_loop()
+    path = tmp_path / "state.db"
+    async with await connect(url(path)) as backend:
+        assert isinstance(backend, sqlite_backend.SqliteBackend)
+        lease = await backend.lease_grant(0.05)
+        await backend.put("held", b"x", lease=lease)
+        os.unlink(path)
+        runs: list[float] = []
+        ran = asyncio.Event()
+        on_expiry = backend._on_expiry
+
+        def counted() -> None:
+            runs.append(loop.time())
+            ran.set()
+            on_expiry()
+
+        monkeypatch.setattr(backend, "_on_expiry", counted)
+        async with asyncio.timeout(5):
+            while len(runs) < 2:  # the expiry timer, retrying: it cannot write
+                ran.clear()
+                await ran.wait()
+        assert runs[1] - runs[0] >= 0.25  # backs off instead of spinning
+        kv = await backend.get("held")  # the due lease blocks no read
+        assert kv is not None
+        with pytest.raises(StoreFailed):
+            await backend.lease_keepalive(lease)
 
 
 async def test_writes_to_a_database_file_replaced_while_open_fail(tmp_path: Path) -> None:
