@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 
-from kerna._errors import LeaseLost, Unavailable
+from kerna._errors import ConfigError, LeaseLost, Unavailable
 
 from ._backend import StateBackend
 from ._layout import escape
@@ -142,6 +142,9 @@ class KeptLease:
                 await self.backend.lease_keepalive(self.id)
             except LeaseLost:
                 self.mark_lost("the store no longer knows it (expired or revoked)")
+                return
+            except ConfigError:
+                self.mark_lost("its backend was closed")
                 return
             except Unavailable as exc:
                 log.warning("lease %d keepalive failed (%s); retrying", self.id, exc)

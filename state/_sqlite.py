@@ -77,6 +77,7 @@ log = logging.getLogger("kerna.state.sqlite")
 T = TypeVar("T")
 
 _CLOSED: Any = object()
+_EXPIRY_RETRY = 1.0  # seconds before retrying a lease expiry that could not be written
 
 
 def _parse_url(url: str) -> str:
@@ -217,9 +218,14 @@ class SqliteBackend(StateBackend):
     async def compact(self, revision: int) -> None:
         await self._call(lambda db: db.compact(revision), writes=True)
 
-    def _arm_expiry(self) -> None:
+    def _arm_expiry(self, *, after_expiry: bool = False) -> None:
         """One loop timer per backend, set for the earliest lease deadline, so that keys
-        of an expired lease disappear (with watch events) even when nobody calls."""
+        of an expired lease disappear (with watch events) even when nobody calls.
+
+        ``after_expiry``: the timer just ran; a deadline still past means the expiry
+        could not be written (the file is read-only or gone): try again in a second,
+        not in a busy loop.
+        """
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
@@ -227,6 +233,8 @@ class SqliteBackend(StateBackend):
         if self._closed or math.isinf(deadline):
             return
         delay = max(0.0, deadline - time.monotonic()) + 0.001
+        if after_expiry and delay <= 0.001:
+            delay = _EXPIRY_RETRY
         self._expiry = asyncio.get_running_loop().call_later(delay, self._on_expiry)
 
     def _on_expiry(self) -> None:
@@ -244,7 +252,7 @@ class SqliteBackend(StateBackend):
             if not f.cancelled() and f.exception() is not None:
                 log.warning("%s: lease expiry failed: %s", self.url, f.exception())
             try:
-                loop.call_soon_threadsafe(self._arm_expiry)
+                loop.call_soon_threadsafe(functools.partial(self._arm_expiry, after_expiry=True))
             except RuntimeError:  # the loop is closed
                 pass
 

@@ -200,23 +200,38 @@ class _Store:
         if not jobs:
             return
         db = self.db
-        if not any(job.writes for job in jobs) and not db.lease_due():
-            for job in jobs:
-                try:
-                    result = job.fn(db)
-                except sqlite3.Error as exc:
-                    job.future.set_exception(_translate(exc, self.path))
-                except Exception as exc:
-                    job.future.set_exception(exc)
-                else:
-                    self._resolve(job, result)
+        if any(job.writes for job in jobs) or db.lease_due():
+            try:
+                db.check_files()
+            except StateError as exc:
+                # The file is gone: refuse the writes (and expire nothing); what is
+                # still open can be read.
+                for job in jobs:
+                    if job.writes:
+                        job.future.set_exception(type(exc)(str(exc)))  # one per caller
+                self._run_reads([job for job in jobs if not job.writes])
+            else:
+                self._run_writes(jobs)
             return
-        try:
-            db.check_files()
-        except StateError as exc:
-            for job in jobs:
-                job.future.set_exception(type(exc)(str(exc)))  # one exception per caller
-            return
+        self._run_reads(jobs)
+
+    def _run_reads(self, jobs: list[_Job]) -> None:
+        """Jobs that write nothing, without a transaction."""
+        db = self.db
+        for job in jobs:
+            try:
+                result = job.fn(db)
+            except sqlite3.Error as exc:
+                job.future.set_exception(_translate(exc, self.path))
+            except Exception as exc:
+                job.future.set_exception(exc)
+            else:
+                self._resolve(job, result)
+
+    def _run_writes(self, jobs: list[_Job]) -> None:
+        """Jobs that may write (or a due lease to expire): one transaction, a savepoint
+        per job, one commit."""
+        db = self.db
         outcomes = []
         try:
             db.begin()
