@@ -147,7 +147,10 @@ class Agent:
                 re-run the handler (on the reloaded state) instead.
             Fenced: this activation lost its claim (its lease lapsed); it will deactivate.
             Unavailable: the backend could not be reached; the write did not happen, or
-                (``ambiguous``) could not be confirmed either way.
+                (``OutcomeUnknown``, ``ambiguous``) could not be confirmed either way:
+                the agent then reloads its state before its next message.
+            ValueTooLarge: the state is over the store's size limit (etcd's request
+                limit); not saved.
             TypeError: ``new_state`` is not of the declared state type.
         """
         act = self._activation
@@ -162,7 +165,7 @@ class Agent:
 
         Raises:
             Conflict: another writer appended first (the state is reloaded).
-            Fenced, Unavailable: as for ``save``.
+            Fenced, Unavailable, ValueTooLarge: as for ``save``.
         """
         act = self._activation
         spec = act.atype.state_spec

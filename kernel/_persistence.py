@@ -356,7 +356,17 @@ class Persistence:
     # -- plain state -------------------------------------------------------------------------
 
     async def save(self, act: Activation, spec: StateSpec, new_state: Any) -> None:
-        """Compare-and-swap ``new_state`` over the revision the activation read."""
+        """Compare-and-swap ``new_state`` over the revision the activation read.
+
+        Raises:
+            Conflict: the state changed since it was read (the activation holds it now).
+            Fenced: the activation lost its claim (it deactivates); not saved.
+            OutcomeUnknown: neither attempt could be confirmed: it may have been
+                applied; the activation reloads before its next message.
+            Unavailable: the backend could not be reached; not saved.
+            ValueTooLarge: the state is over the store's size limit; not saved.
+            TypeError: ``new_state`` is not of the declared state type.
+        """
         if type(new_state) is not spec.state_type:
             raise TypeError(
                 f"{act.id}: save() takes a {spec.state_type.__qualname__}, "
@@ -439,6 +449,14 @@ class Persistence:
         events: tuple[Any, ...],
         correlation: tuple[int, int],
     ) -> None:
+        """Append ``events`` after the activation's last sequence number and fold them
+        into its state.
+
+        Raises:
+            Conflict: someone appended first (the activation caught up).
+            Fenced, OutcomeUnknown, Unavailable, ValueTooLarge: as for ``save``.
+            TypeError: an event is not a msgspec Struct.
+        """
         sourcing = spec.sourcing
         assert sourcing is not None
         for event in events:
