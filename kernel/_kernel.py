@@ -187,6 +187,7 @@ class Kernel:
         self._persistence = await Persistence.open(
             self.state_url, prefix=self.state_prefix, lease_ttl=self.lease_ttl
         )
+        self._persistence.on_lease_lost(self._lease_lost)
         ready: asyncio.Future[None] = loop.create_future()
         self._closing = loop.create_future()
         self._root = loop.create_task(self._supervise(ready), name="kerna-kernel")
