@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 import msgspec
 import pytest
 
-from kerna import Agent, Kernel, Message, handler
+from kerna import ActivationFailed, Agent, Kernel, Message, handler
 from kerna.state import KeptLease, connect
 from kerna.state._locks import LOSS_MARGIN
 from kerna.state._memory import MemoryBackend
@@ -171,6 +171,45 @@ async def test_the_kernel_learns_of_each_lost_lease_and_claims_anew_under_a_new_
             await lost.wait()
         assert losses == [1, 1]
         faulty.keepalive_down = False
+
+
+class Read(Message):
+    pass
+
+
+class Reader(Counter):
+    @handler
+    async def read(self, msg: Read) -> int:
+        return int(self.state.n)
+
+
+async def test_a_kernel_cut_off_from_its_store_stops_serving_before_another_takes_over() -> None:
+    name = "memory://kept-lease-cut-off"
+    faulty = FaultyBackend(await connect(name))
+    store = await connect(name)
+    try:
+        async with (
+            Kernel(state=faulty, lease_ttl=0.6, max_restarts=0) as old,
+            Kernel(state=store, lease_ttl=0.6) as new,
+        ):
+            old.register(Reader, name="Counter")
+            new.register(Reader, name="Counter")
+            lost = asyncio.Event()
+            old._store().on_lease_lost(lost.set)  # called after the kernel's own
+            assert await old.ref("Counter", "c").ask(Inc(), timeout=5) == 1
+            faulty.keepalive_down = True  # old can no longer keep its lease alive
+            async with asyncio.timeout(5):
+                await lost.wait()
+            # old gave its activation up (releasing the claim): new takes over and writes
+            assert await new.ref("Counter", "c").ask(Inc(), timeout=5) == 2
+            # old does not answer from its stale state (1): new holds the agent
+            with pytest.raises(ActivationFailed) as info:
+                await old.ref("Counter", "c").ask(Read(), timeout=5)
+            assert info.value.type_name == "kerna.OwnedElsewhere"
+            faulty.keepalive_down = False
+    finally:
+        await faulty.aclose()
+        await store.aclose()
 
 
 async def test_a_lease_on_a_frozen_etcd_is_lost_within_its_ttl(etcd_server: EtcdMember) -> None:
