@@ -321,12 +321,7 @@ class Persistence:
 
     async def load(self, act: Activation, spec: StateSpec, *, linearizable: bool = True) -> None:
         key = self.layout.state(act.id.type, act.id.key)
-        kv = await self.backend.get(key, linearizable=linearizable)
-        if kv is None:
-            act.state, act.state_rev = spec.initial(), 0
-        else:
-            act.state, act.state_rev = self._decode(spec, key, kv.value), kv.mod_revision
-        act.stale = False
+        self._set_state(act, spec, key, await self.backend.get(key, linearizable=linearizable))
 
     async def reload(self, act: Activation) -> None:
         """Re-read the activation's state (linearizable) after a write whose outcome is

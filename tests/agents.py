@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import ClassVar
 
+import msgspec
+
 from kerna import Agent, Message, handler
 
 
@@ -59,3 +61,56 @@ class Recorder(Agent):
     async def ping(self, msg: Ping) -> int:
         Recorder.log.setdefault(self.id.key, []).append(msg)
         return len(Recorder.log[self.id.key])
+
+
+# -- stateful agents -------------------------------------------------------------------
+
+
+class Count(msgspec.Struct, frozen=True):
+    n: int = 0
+
+
+class Inc(Message):
+    pass
+
+
+class Read(Message):
+    pass
+
+
+class Counter(Agent, state=Count):
+    """Counts: ``Inc`` saves n + 1 and returns it; ``Read`` returns n."""
+
+    @handler
+    async def inc(self, msg: Inc) -> int:
+        await self.save(Count(self.state.n + 1))
+        return int(self.state.n)
+
+    @handler
+    async def read(self, msg: Read) -> int:
+        return int(self.state.n)
+
+
+class Value(msgspec.Struct, frozen=True):
+    v: str = ""
+
+
+class SetValue(Message):
+    v: str
+
+
+class GetValue(Message):
+    pass
+
+
+class Register(Agent, state=Value):
+    """A read/write register: ``SetValue`` returns the revision written."""
+
+    @handler
+    async def set(self, msg: SetValue) -> int:
+        await self.save(Value(v=msg.v))
+        return self._activation.state_rev
+
+    @handler
+    async def get(self, msg: GetValue) -> str:
+        return str(self.state.v)

@@ -20,14 +20,17 @@ import importlib
 import inspect
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn
 
 import pytest
 
 from kerna import Kernel
+from kerna.state import StateBackend, connect
 
 from .etcd import etcd_cluster, etcd_server  # noqa: F401
+from .faulty import faulty  # noqa: F401
 
 REQUIRE_SERVERS = os.environ.get("KERNA_REQUIRE_SERVERS") == "1"
 
@@ -74,6 +77,23 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> None:
             await test(**kwargs)
 
     pyfuncitem.obj = bounded
+
+
+@pytest.fixture(params=["memory", "sqlite", "etcd"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateBackend]:
+    """A fresh store of each kind (the etcd server is the session's, shared: work under
+    a key prefix of the test's own)."""
+    if request.param == "memory":
+        url = "memory://"
+    elif request.param == "sqlite":
+        url = f"sqlite://{tmp_path / 'state.db'}"
+    else:
+        url = request.getfixturevalue("etcd_server").url
+    b = await connect(url)
+    try:
+        yield b
+    finally:
+        await b.aclose()
 
 
 @pytest.fixture

@@ -20,8 +20,11 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
+import pytest
+
 from kerna import OutcomeUnknown, Unavailable
 from kerna.state import Compare, KeyValue, Op, Page, StateBackend, TxnResult, WatchEvent
+from kerna.state._memory import MemoryBackend
 
 __all__ = ["FaultyBackend"]
 
@@ -103,3 +106,13 @@ class FaultyBackend(StateBackend):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+@pytest.fixture
+async def faulty() -> AsyncIterator[FaultyBackend]:
+    """A ``FaultyBackend`` around a private ``memory://`` store."""
+    backend = FaultyBackend(MemoryBackend())
+    try:
+        yield backend
+    finally:
+        await backend.aclose()

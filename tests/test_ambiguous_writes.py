@@ -15,43 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
 
 from kerna import Agent, AgentRef, Kernel, Message, RemoteError, Unavailable, handler
 from kerna.state import Layout, StateBackend, connect
-from kerna.state._memory import MemoryBackend
 
+from .agents import GetValue, Register, SetValue, Value
 from .etcd import EtcdCluster
 from .faulty import FaultyBackend
 
 pytestmark = pytest.mark.anyio
 _names = itertools.count()
-
-
-class Value(msgspec.Struct, frozen=True):
-    v: str = ""
-
-
-class SetValue(Message):
-    v: str
-
-
-class GetValue(Message):
-    pass
-
-
-class Register(Agent, state=Value):
-    @handler
-    async def set(self, msg: SetValue) -> int:
-        await self.save(Value(v=msg.v))
-        return self._activation.state_rev
-
-    @handler
-    async def get(self, msg: GetValue) -> str:
-        return str(self.state.v)
 
 
 class Total(msgspec.Struct, frozen=True):
@@ -84,15 +60,6 @@ class Ledger(Agent, state=Total, event_sourced=True):
     @handler
     async def total(self, msg: GetTotal) -> Total:
         return self.state  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-async def faulty() -> AsyncIterator[FaultyBackend]:
-    backend = FaultyBackend(MemoryBackend())
-    try:
-        yield backend
-    finally:
-        await backend.aclose()
 
 
 async def stored_value(backend: StateBackend, key: str) -> tuple[str, int]:

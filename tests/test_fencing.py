@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import ClassVar
 
 import msgspec
 import pytest
 
 from kerna import ActivationFailed, Agent, Kernel, Message, RemoteError, handler
-from kerna.state import EventLog, EventSourcing, Layout, StateBackend, connect
+from kerna.state import EventLog, EventSourcing, Layout, StateBackend
 
 pytestmark = pytest.mark.anyio
 _prefixes = itertools.count()
@@ -87,22 +85,6 @@ class Ledger(Agent, state=Count, event_sourced=True):
 def _gate() -> None:
     Gate.entered = asyncio.Event()
     Gate.release = asyncio.Event()
-
-
-@pytest.fixture(params=["memory", "sqlite", "etcd"])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateBackend]:
-    """One store that both kernels use (each kernel has its own lease on it)."""
-    if request.param == "memory":
-        url = "memory://"
-    elif request.param == "sqlite":
-        url = f"sqlite://{tmp_path / 'state.db'}"
-    else:
-        url = request.getfixturevalue("etcd_server").url
-    b = await connect(url)
-    try:
-        yield b
-    finally:
-        await b.aclose()
 
 
 @pytest.fixture

@@ -13,29 +13,19 @@ freezes a real etcd.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import msgspec
 import pytest
 
-from kerna import ActivationFailed, Agent, Kernel, Message, handler
+from kerna import ActivationFailed, Kernel
 from kerna.state import KeptLease, connect
 from kerna.state._locks import LOSS_MARGIN
 from kerna.state._memory import MemoryBackend
 
+from .agents import Counter, Inc, Read
 from .etcd import EtcdMember
 from .faulty import FaultyBackend
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def faulty() -> AsyncIterator[FaultyBackend]:
-    backend = FaultyBackend(MemoryBackend())
-    try:
-        yield backend
-    finally:
-        await backend.aclose()
 
 
 async def test_a_lease_whose_keepalives_fail_is_lost_before_the_store_expires_it(
@@ -122,21 +112,6 @@ async def test_a_refresh_that_goes_through_again_keeps_the_lease(faulty: FaultyB
         assert lease.deadline > loop.time()
 
 
-class Count(msgspec.Struct, frozen=True):
-    n: int = 0
-
-
-class Inc(Message):
-    pass
-
-
-class Counter(Agent, state=Count):
-    @handler
-    async def inc(self, msg: Inc) -> int:
-        await self.save(Count(self.state.n + 1))
-        return int(self.state.n)
-
-
 async def test_the_kernel_learns_of_each_lost_lease_and_claims_anew_under_a_new_one(
     faulty: FaultyBackend,
 ) -> None:
@@ -173,16 +148,6 @@ async def test_the_kernel_learns_of_each_lost_lease_and_claims_anew_under_a_new_
         faulty.keepalive_down = False
 
 
-class Read(Message):
-    pass
-
-
-class Reader(Counter):
-    @handler
-    async def read(self, msg: Read) -> int:
-        return int(self.state.n)
-
-
 async def test_a_kernel_cut_off_from_its_store_stops_serving_before_another_takes_over() -> None:
     name = "memory://kept-lease-cut-off"
     faulty = FaultyBackend(await connect(name))
@@ -192,8 +157,8 @@ async def test_a_kernel_cut_off_from_its_store_stops_serving_before_another_take
             Kernel(state=faulty, lease_ttl=0.6, max_restarts=0) as old,
             Kernel(state=store, lease_ttl=0.6) as new,
         ):
-            old.register(Reader, name="Counter")
-            new.register(Reader, name="Counter")
+            old.register(Counter, name="Counter")
+            new.register(Counter, name="Counter")
             lost = asyncio.Event()
             old._store().on_lease_lost(lost.set)  # called after the kernel's own
             assert await old.ref("Counter", "c").ask(Inc(), timeout=5) == 1

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import msgspec
 import pytest
 
-from kerna import ActivationFailed, Agent, Fenced, Kernel, Message, handler
+from kerna import ActivationFailed, Fenced, Kernel, Message, handler
 from kerna.state import StateBackend, connect
+
+from . import agents
+from .agents import Inc, Read
 
 pytestmark = pytest.mark.anyio
 
@@ -23,36 +25,17 @@ URL = "memory://lease-loss"
 CLAIM = "kerna/act/Counter/c"
 
 
-class Count(msgspec.Struct, frozen=True):
-    n: int = 0
-
-
-class Inc(Message):
-    pass
-
-
-class Read(Message):
-    pass
-
-
 class Hold(Message):
     pass
 
 
-class Counter(Agent, state=Count):
+class Counter(agents.Counter):
+    """The shared counter, with a handler held on a gate and an on_stop to observe."""
+
     gate: asyncio.Event
     entered: asyncio.Event
     stopped: asyncio.Event
     stops: list[int]
-
-    @handler
-    async def inc(self, msg: Inc) -> int:
-        await self.save(Count(self.state.n + 1))
-        return self.state.n
-
-    @handler
-    async def read(self, msg: Read) -> int:
-        return self.state.n
 
     @handler
     async def hold(self, msg: Hold) -> int:

@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
-from kerna.state import Election, KeptLease, Lock, StateBackend, connect
+from kerna.state import Election, KeptLease, Lock, StateBackend
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["memory", "sqlite", "etcd"])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateBackend]:
-    if request.param == "memory":
-        url = "memory://"
-    elif request.param == "sqlite":
-        url = f"sqlite://{tmp_path / 'locks.db'}"
-    else:
-        url = request.getfixturevalue("etcd_server").url
-    b = await connect(url)
-    try:
-        yield b
-    finally:
-        await b.aclose()
 
 
 async def test_lock_is_mutually_exclusive(

@@ -13,30 +13,16 @@ import time
 from asyncio.subprocess import PIPE
 from pathlib import Path
 
-import msgspec
 import pytest
 
-from kerna import Agent, Kernel, Message, handler
+from kerna import Kernel
 from kerna.state import Lock, connect
+
+from .agents import Counter, Inc
 
 pytestmark = pytest.mark.anyio
 
 TTL = 30.0  # far longer than the test may take: only releasing at open can pass it
-
-
-class Count(msgspec.Struct, frozen=True):
-    n: int = 0
-
-
-class Inc(Message):
-    pass
-
-
-class Counter(Agent, state=Count):
-    @handler
-    async def inc(self, msg: Inc) -> int:
-        await self.save(Count(self.state.n + 1))
-        return int(self.state.n)
 
 
 _CHILD = textwrap.dedent(
@@ -44,7 +30,7 @@ _CHILD = textwrap.dedent(
     import asyncio, sys
     from kerna import Kernel
     from kerna.state import Lock
-    from tests.test_sqlite_restart import Counter, Inc
+    from tests.agents import Counter, Inc
 
     async def main():
         async with Kernel(state=sys.argv[1], lease_ttl={TTL}) as kernel:

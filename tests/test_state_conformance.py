@@ -9,35 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from kerna import Compacted, Conflict, LeaseLost
-from kerna.state import Compare, Delete, Get, Put, StateBackend, connect
+from kerna.state import Compare, Delete, Get, Put, StateBackend
 
 from .watching import collect
 
 pytestmark = pytest.mark.anyio
 
 _prefixes = itertools.count()
-
-
-@pytest.fixture(params=["memory", "sqlite", "etcd"])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateBackend]:
-    if request.param == "memory":
-        url = "memory://"
-    elif request.param == "sqlite":
-        url = f"sqlite://{tmp_path / 'state.db'}"
-    else:
-        server = request.getfixturevalue("etcd_server")
-        url = server.url
-    b = await connect(url)
-    try:
-        yield b
-    finally:
-        await b.aclose()
 
 
 @pytest.fixture

@@ -12,39 +12,17 @@ from collections.abc import Callable
 import msgspec
 import pytest
 
-from kerna import ActivationFailed, Agent, Kernel, Message, RemoteError, handler
+from kerna import ActivationFailed, Kernel, RemoteError
 from kerna.state import Replica, StateBackend, connect
 from kerna.state._layout import Layout
 
+from .agents import GetValue, Register, SetValue, Value
 from .etcd import EtcdCluster, EtcdMember
 from .linearizability import History, Read, Write, check
 
 pytestmark = pytest.mark.anyio
 
 FAST = {"timeout": 1.0, "probe_interval": 0.1, "probe_timeout": 0.3}
-
-
-class Value(msgspec.Struct, frozen=True):
-    v: str = ""
-
-
-class SetValue(Message):
-    v: str
-
-
-class GetValue(Message):
-    pass
-
-
-class Register(Agent, state=Value):
-    @handler
-    async def set(self, msg: SetValue) -> int:
-        await self.save(Value(v=msg.v))
-        return self._activation.state_rev
-
-    @handler
-    async def get(self, msg: GetValue) -> str:
-        return str(self.state.v)
 
 
 def prefix(request: pytest.FixtureRequest) -> str:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import msgspec
 import pytest
 
 from kerna import Agent, ConfigError, Kernel, KernelStopped, Message, TypeStats, handler
 from kerna.state import connect
 
-from .agents import Ping, Pong
+from .agents import Count, Ping, Pong
 from .conftest import assert_no_stray_tasks
 
 pytestmark = pytest.mark.anyio
@@ -57,10 +56,6 @@ class Gated(Agent):
     @handler
     async def ping(self, msg: Ping) -> Pong:
         return Pong(n=msg.n)
-
-
-class Count(msgspec.Struct, frozen=True):
-    n: int = 0
 
 
 class Counter(Agent, state=Count):
