@@ -29,11 +29,12 @@ from ._errors import (
     Conflict,
     DecodeError,
     Fenced,
+    KernaInternalError,
     KernelStopped,
     MailboxFull,
     RemoteError,
 )
-from ._failures import is_failure, remote_error
+from ._failures import describe, is_failure, remote_error
 from ._timers import Timer
 
 if TYPE_CHECKING:
@@ -212,6 +213,15 @@ class Activation:
                 self.atype.stats.failed += 1
             self.abort(KernelStopped(f"kernel stopped while {self.id} was busy"))
             raise
+        except Exception as exc:
+            # Never a handler's error (those go to askers in _drain): a bug in kerna. The
+            # worker is the boundary: its messages fail, the agent leaves, the kernel
+            # and every other agent live on.
+            log.error("%s: internal error in its worker", self.id, exc_info=exc)
+            if self.current is not None:
+                self.atype.stats.failed += 1
+            self.abort(KernaInternalError(f"{self.id}: {describe(exc)}"), "internal_error")
+            self.kernel._retire(self)
         finally:
             self.task = None
             self.current = None
@@ -234,7 +244,7 @@ class Activation:
                     agent.state = self._state
                 await agent.on_start()
             except BaseException as exc:
-                if not is_failure(exc, self.task):
+                if not is_failure(exc, self.task, self.kernel._stopped):
                     raise
                 if self.token:
                     await self.kernel._store().release(self)
@@ -284,14 +294,14 @@ class Activation:
                 kernel._unhandled(env, self.id, atype)
                 continue
             try:
-                if atype.plain:
+                if atype.plain and not self.stale:
                     result = await fn(agent, message)
                 else:
                     result = await self._call(fn, env)
             except BaseException as exc:
                 # Whatever the handler raised is its failure (see kerna._failures),
                 # except KeyboardInterrupt, SystemExit and the kernel's own cancellation.
-                if not is_failure(exc, self.task):
+                if not is_failure(exc, self.task, kernel._stopped):
                     raise
                 stats.failed += 1
                 if reply is None:
@@ -346,7 +356,7 @@ class Activation:
         try:
             await agent.on_stop()
         except BaseException as exc:
-            if not is_failure(exc, asyncio.current_task()):
+            if not is_failure(exc, asyncio.current_task(), self.kernel._stopped):
                 raise
             self.atype.stats.failed += 1
             log.warning("%s on_stop raised %r", self.id, exc, exc_info=exc)
@@ -356,19 +366,19 @@ class Activation:
         for env in self._take_all(self.copy_failure):
             self.kernel._undeliverable(env, self.id, reason, self.copy_failure())
 
-    def abort(self, error: KernelStopped) -> None:
-        """The kernel is stopping: nothing queued here will be handled.
+    def abort(self, error: Exception, reason: str = "kernel_stopped") -> None:
+        """Nothing queued here will be handled (the kernel is stopping, by default).
 
         The asker of the message being handled gets ``error`` now (the handler, if it
         ever returns, finds its reply taken: a late reply); queued messages become dead
-        letters (their askers get ``error``); parked senders get ``error`` raised.
-        Idempotent.
+        letters for ``reason`` (their askers get ``error``); parked senders get
+        ``error`` raised. Idempotent.
         """
         current = self.current
         if current is not None and current.reply is not None and not current.reply.done():
             current.reply.set_exception(error)
         for env in self._take_all(lambda: error):
-            self.kernel._undeliverable(env, self.id, "kernel_stopped", error)
+            self.kernel._undeliverable(env, self.id, reason, error)
 
     def _take_all(self, refusal: Callable[[], BaseException]) -> list[Envelope]:
         """Empty the mailbox (returning its messages) and refuse every parked sender.
@@ -419,16 +429,13 @@ class Activation:
         if self.closed:
             return
         self.token = 0  # the claim is someone else's now: never release it
-        current = self.current
-        if current is not None and current.reply is not None and not current.reply.done():
-            current.reply.set_exception(error)
-        for env in self._take_all(lambda: error):
-            self.kernel._undeliverable(env, self.id, "lease_lost", error)
-        self.kernel._retire(self)
-        if self.agent is not None and self.atype.has_on_stop and not self.closing:
+        self.abort(error, "lease_lost")
+        started = self.agent is not None or self.task is not None  # or starting now
+        if started and self.atype.has_on_stop and not self.closing:
             self.deactivating = True
             if self.task is None:
-                self.kernel._spawn(self)
+                self.kernel._spawn(self)  # before leaving the directory: stop sees it
+        self.kernel._retire(self)
 
     def schedule(self, delay: float, message: Message, *, repeat: bool) -> Timer:
         if delay < 0 or (repeat and delay == 0):

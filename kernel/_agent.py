@@ -183,16 +183,7 @@ class Agent:
         spec = act.atype.state_spec
         if spec is None:
             raise TypeError(f"{type(self).__name__} declares no state")
-        if spec.sourcing is not None:
-            from kerna.state._eventlog import EventLog
-
-            store = act.kernel._store()
-            log = EventLog(
-                store.backend, spec.sourcing, act.id.type, act.id.key, layout=store.layout
-            )
-            act.state, act.seq = await log.load()
-        else:
-            await act.kernel._store().load(act, spec, linearizable=linearizable)
+        await act.kernel._store().reload(act, linearizable=linearizable)
         return act.state
 
     def deactivate_on_idle(self) -> None:

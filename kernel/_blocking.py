@@ -84,6 +84,7 @@ class BlockingKernel:
         """Start the loop thread and the kernel on it."""
         if self._portal is not None:
             raise RuntimeError("BlockingKernel already started")
+        self._stopped = False
         self._portal_cm = start_blocking_portal("asyncio")
         portal = self._portal = self._portal_cm.__enter__()
         try:
@@ -149,6 +150,8 @@ class BlockingKernel:
         self._call(self.kernel.publish, topic, message)
 
     def stats(self) -> KernelStats:
-        """See ``Kernel.stats``."""
+        """See ``Kernel.stats``; after ``stop()``, the final counters."""
+        if self._stopped and self._kernel is not None:
+            return self._kernel.stats()  # the loop thread has ended: nothing changes them
         stats: KernelStats = self._call(self.kernel.stats)
         return stats

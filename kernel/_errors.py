@@ -17,7 +17,7 @@
     │   ├── Conflict           compare-and-swap lost
     │   ├── Fenced             a write from an activation that no longer owns the agent
     │   ├── Unavailable        the backend cannot be reached (fail closed)
-    │   │   └── OutcomeUnknown a write may or may not have been applied (re-read it)
+    │   │   └── OutcomeUnknown a write may or may not have been applied (settle it)
     │   ├── DecodeError        stored or received bytes do not decode into the type
     │   ├── Compacted          a watch or read asked for history the backend compacted
     │   ├── LeaseLost          the lease expired or was revoked
@@ -153,7 +153,10 @@ class Unavailable(StateError):
 class OutcomeUnknown(Unavailable):
     """A write may or may not have been applied (the connection failed after sending).
 
-    kerna re-reads before reporting it; callers of a backend must do the same.
+    A backend raises it; kerna then sends the same conditional write once more to settle
+    it, and raises it to the agent only if that fails too (the activation then reloads
+    its state before its next message). Callers of a backend must settle it themselves
+    (re-send the conditional write, or read again) before retrying.
     """
 
     ambiguous = True

@@ -7,8 +7,9 @@ raises:
   letter), except ``KeyboardInterrupt`` and ``SystemExit``, which propagate as they do
   out of any asyncio task (the loop re-raises them: the application is being asked to
   end), and except the kernel's own cancellation of the worker at ``stop()``. A
-  ``CancelledError`` raised while nobody cancelled the worker task (the handler awaited
-  a future that something else cancelled) is the handler's own failure.
+  ``CancelledError`` raised while the kernel is not stopping (the handler awaited a
+  future that something else cancelled, or cancelled its own task) is the handler's
+  own failure.
 - Formatting an error never raises: an exception whose ``__str__`` or ``__repr__``
   raises, or recurses without end, is described by its type name.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import traceback
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ._errors import RemoteError
 
@@ -27,17 +28,21 @@ __all__ = ["describe", "is_failure", "remote_error", "type_name"]
 E = TypeVar("E", bound=RemoteError)
 
 
-def is_failure(exc: BaseException, worker: asyncio.Task[None] | None) -> bool:
+def is_failure(exc: BaseException, worker: asyncio.Task[Any] | None, stopping: bool) -> bool:
     """Whether ``exc``, raised by user code in ``worker``, is that code's failure.
 
     False for what must propagate: ``KeyboardInterrupt``, ``SystemExit``, and a
-    ``CancelledError`` while ``worker`` is being cancelled (``Task.cancelling()``: the
-    kernel stopping it).
+    ``CancelledError`` while the kernel is ``stopping`` and ``worker`` is being
+    cancelled (``Task.cancelling()``: the kernel's own cancellation). A worker that
+    something else cancelled (a handler cancelling its own task) is uncancelled: that
+    is the handler's failure, and the worker serves on.
     """
     if isinstance(exc, KeyboardInterrupt | SystemExit):
         return False
-    if isinstance(exc, asyncio.CancelledError):
-        return worker is None or worker.cancelling() == 0
+    if isinstance(exc, asyncio.CancelledError) and worker is not None and worker.cancelling():
+        if stopping:
+            return False
+        worker.uncancel()
     return True
 
 

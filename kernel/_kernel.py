@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +38,7 @@ from ._failures import describe
 from ._idle import IdleCollector
 from ._ids import AgentId
 from ._message import Message
-from ._options import check_mailbox, check_positive, check_restarts
+from ._options import check_mailbox, check_positive, check_restarts, check_seconds
 from ._persistence import Persistence
 from ._ref import AgentRef
 from ._registry import AgentType, TypeStats, build_state_spec
@@ -83,9 +84,10 @@ class Kernel:
             ``None`` keeps agents until stopped. Default 300.
         stop_grace: default seconds ``stop()`` lets mailboxes drain.
         cancel_grace: seconds ``stop()`` waits, after the grace period, for cancelled
-            handlers to end, and again for ``on_stop`` hooks (1). ``stop(grace)``
-            returns within ``grace + 2 * cancel_grace``, plus the time the state backend
-            takes to close, whatever handlers do.
+            handlers to end (1); ``on_stop`` hooks get what is left of the grace period
+            or at least that long again. ``stop(grace)`` returns within
+            ``grace + 2 * cancel_grace``, plus the time the state backend takes to
+            close, whatever handlers and hooks do.
         max_restarts: default number of ``on_start`` retries before an activation fails.
         restart_backoff: first retry delay in seconds; doubles per retry.
         state: where agent state lives: a URL (``memory://`` by default, private to
@@ -125,7 +127,7 @@ class Kernel:
         check_positive("idle_timeout", idle_timeout, allow_none=True)
         check_mailbox(mailbox_size, overflow)
         check_restarts(max_restarts, restart_backoff)
-        _check_grace("stop_grace", stop_grace)
+        check_seconds("stop_grace", stop_grace)
         check_positive("cancel_grace", cancel_grace)
         self.ask_timeout = float(ask_timeout)
         self.mailbox_size = mailbox_size
@@ -255,7 +257,7 @@ class Kernel:
             ValueError: ``grace`` is negative.
         """
         grace = self.stop_grace if grace is None else grace
-        _check_grace("grace", grace)
+        check_seconds("grace", grace)
         if self._state == "new":
             self._state = "stopped"
             self._intake_closed = self._stopped = True
@@ -290,21 +292,26 @@ class Kernel:
         for act in self._directory.values():
             if act.timers:
                 act.cancel_timers()
-        abandoned: list[Activation] = []
+        stuck: list[Activation] = []  # workers that ignore cancellation
+        hooks_ended = True
+        end = math.inf
         try:
             if self._busy and not await self._wait_quiet() and self._busy:
                 log.warning(
                     "stop: %d agents still busy after %.3gs grace; cancelling", self._busy, grace
                 )
             self._stopped = True
-            abandoned = await self._cancel_workers()
-            await self._stop_all(max(self._drain_deadline, loop.time() + self.cancel_grace))
+            # Everything after the grace period shares one bound: grace + 2 x cancel_grace.
+            now = loop.time()
+            end = max(self._drain_deadline, now) + 2 * self.cancel_grace
+            stuck = await self._cancel_workers(now + self.cancel_grace)
+            hooks_ended = await self._stop_all(end)
         finally:
             # Also when this task is cancelled (the loop is shutting down): refuse
             # everything, fail what is left, and let go of the state and the lease.
             self._stopped = True
             for act in list(self._directory.values()):
-                if act.task is not None and act not in abandoned:
+                if act.task is not None and act not in stuck:
                     act.task.cancel()
                 act.abort(KernelStopped(f"kernel stopped before {act.id} could handle it"))
                 self._retire(act)
@@ -313,10 +320,10 @@ class Kernel:
                     await self._persistence.close()  # releases every claim with the lease
             finally:
                 self._end_root()
-        if abandoned:
-            return  # the root task ends when the abandoned tasks do
+        if stuck or not hooks_ended:
+            return  # abandoned: the root task ends when they do
         assert self._root is not None
-        _, pending = await asyncio.wait({self._root}, timeout=self.cancel_grace)
+        _, pending = await asyncio.wait({self._root}, timeout=max(end - loop.time(), 0.001))
         if pending:
             log.error("stop: kernel tasks still running after stop; abandoned")
 
@@ -341,8 +348,8 @@ class Kernel:
             self._quiet = self._quiet_scope = None
         return True
 
-    async def _cancel_workers(self) -> list[Activation]:
-        """Cancel every running worker and wait ``cancel_grace`` for them to end.
+    async def _cancel_workers(self, deadline: float) -> list[Activation]:
+        """Cancel every running worker and wait until ``deadline`` for them to end.
 
         Returns the activations whose workers ignored the cancellation (logged); every
         activation's queue is then failed (``Activation.abort``), including the queues of
@@ -354,7 +361,7 @@ class Kernel:
             return []
         for task in workers:
             task.cancel()
-        _, pending = await asyncio.wait(workers, timeout=self.cancel_grace)
+        _, pending = await asyncio.wait(workers, timeout=max(0.0, deadline - self.loop.time()))
         stuck = [workers[task] for task in pending]
         if stuck:
             log.error(
@@ -372,8 +379,13 @@ class Kernel:
             act.abort(KernelStopped(f"kernel stopped while {act.id} was busy"))
         return stuck
 
-    async def _stop_all(self, deadline: float) -> None:
-        """Run ``on_stop`` once for every started activation, within ``deadline``."""
+    async def _stop_all(self, end: float) -> bool:
+        """Run ``on_stop`` once for every started activation, by ``end``.
+
+        Hooks still running half a ``cancel_grace`` before ``end`` are cancelled (the
+        rest are skipped); False if one of them ignores that until ``end``.
+        """
+        deadline = end - self.cancel_grace / 2
         pending = [
             a
             for a in self._directory.values()
@@ -383,13 +395,13 @@ class Kernel:
         for i in range(0, len(pending), _ON_STOP_BATCH):
             batch = pending[i : i + _ON_STOP_BATCH]
             if tg is None:
-                return
+                return True
             tasks = {tg.create_task(self._final_stop(a)): a for a in batch}
             _, late = await asyncio.wait(tasks, timeout=max(0.0, deadline - self.loop.time()))
             if late:
                 for task in late:
                     task.cancel()
-                _, stuck = await asyncio.wait(late, timeout=self.cancel_grace)
+                _, stuck = await asyncio.wait(late, timeout=max(0.0, end - self.loop.time()))
                 log.warning(
                     "stop: on_stop did not finish in time for %d agents (%d skipped): %s",
                     len(late),
@@ -401,7 +413,8 @@ class Kernel:
                         "stop: on_stop of %s ignores cancellation: abandoned",
                         _names([tasks[t] for t in stuck]),
                     )
-                return
+                return not stuck
+        return True
 
     async def _final_stop(self, act: Activation) -> None:
         act.closing = True
@@ -738,11 +751,6 @@ class Kernel:
             log.debug("dead letter for %s (%s): %s", target, reason, error and describe(error))
         if not self._stopped:
             self._topics.publish_dead_letter(env, target, reason, error)
-
-
-def _check_grace(name: str, value: object) -> None:
-    if isinstance(value, bool) or not (isinstance(value, int | float) and value >= 0):
-        raise ValueError(f"{name} must be >= 0 seconds, got {value!r}")
 
 
 def _names(acts: list[Activation], shown: int = 10) -> str:

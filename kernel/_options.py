@@ -6,7 +6,7 @@ import math
 
 from ._registry import OVERFLOW_POLICIES
 
-__all__ = ["check_mailbox", "check_positive", "check_restarts"]
+__all__ = ["check_mailbox", "check_positive", "check_restarts", "check_seconds"]
 
 
 def check_positive(name: str, value: float | None, *, allow_none: bool = False) -> None:
@@ -16,6 +16,14 @@ def check_positive(name: str, value: float | None, *, allow_none: bool = False) 
         raise ValueError(f"{name} must be a positive number, got {value!r}")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
+
+
+def check_seconds(name: str, value: object) -> None:
+    """A duration that may be 0 (a grace period, a backoff)."""
+    if isinstance(value, bool) or not (
+        isinstance(value, int | float) and value >= 0 and math.isfinite(value)
+    ):
+        raise ValueError(f"{name} must be >= 0 seconds, got {value!r}")
 
 
 def check_mailbox(capacity: int, overflow: str) -> None:
@@ -29,5 +37,4 @@ def check_mailbox(capacity: int, overflow: str) -> None:
 def check_restarts(max_restarts: int, backoff: float) -> None:
     if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
         raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
-    if not (isinstance(backoff, int | float) and backoff >= 0 and math.isfinite(backoff)):
-        raise ValueError(f"restart_backoff must be >= 0 seconds, got {backoff!r}")
+    check_seconds("restart_backoff", backoff)

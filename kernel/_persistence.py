@@ -62,6 +62,7 @@ from ._errors import (
     LeaseLost,
     OutcomeUnknown,
     OwnedElsewhere,
+    StateError,
     Unavailable,
     ValueTooLarge,
 )
@@ -229,8 +230,9 @@ class Persistence:
         if claim_key in self._orphans:
             async with self._orphans_lock:  # no deletion of it is under way after this
                 self._orphans.pop(claim_key, None)  # if it exists, it is ours: used below
-        for _ in range(2):
+        for _ in range(3):
             lease = await self._ensure_lease()
+            kept = self._lease  # the KeptLease of ``lease`` (a later loss replaces it)
             value = self._claim_encoder.encode(Claim(self.node_id, lease, time.time()))
             attempt = functools.partial(
                 self.backend.txn,
@@ -250,21 +252,27 @@ class Persistence:
                         self._orphan(claim_key, value)
                         raise
             except LeaseLost:
-                if self._lease is not None:
-                    self._lease.mark_lost("a claim under it was refused")  # take a new one
-                continue
-            if result.succeeded:
-                return result.revision
-            current = result.gets[0]
+                if kept is not None:  # that lease, not one a concurrent claim took since
+                    kept.mark_lost("a claim under it was refused")
+                continue  # under a new lease
+            current = None if result.succeeded else result.gets[0]
             holder = self._holder(current)
-            if holder is not None and holder.node == self.node_id and holder.lease == lease:
+            if result.succeeded:
+                token = result.revision
+            elif holder is not None and holder.node == self.node_id and holder.lease == lease:
                 assert current is not None
                 # Our own claim: not yet released, or the first attempt above applied.
-                return current.create_revision
-            raise OwnedElsewhere(
-                f"{agent_type}/{key} is active elsewhere "
-                f"(claim {claim_key!r} held by {holder.node if holder else 'unknown'})"
-            )
+                token = current.create_revision
+            else:
+                raise OwnedElsewhere(
+                    f"{agent_type}/{key} is active elsewhere "
+                    f"(claim {claim_key!r} held by {holder.node if holder else 'unknown'})"
+                )
+            if kept is None or not kept.lost.is_set():
+                return token
+            # The lease was declared lost while the claim was on its way (the activations
+            # it fenced did not include this one): give the claim up, claim anew.
+            await self._delete_claim(claim_key, token)
         raise LeaseLost(f"could not keep a lease to claim {agent_type}/{key}")
 
     def _holder(self, kv: Any) -> Claim | None:
@@ -298,7 +306,9 @@ class Persistence:
                     except Unavailable as exc:  # deleting it again is harmless: retry
                         log.info("could not delete orphaned claim %r yet: %s", claim_key, exc)
                         continue
-                    except ConfigError:  # the backend was closed under us
+                    except (StateError, ConfigError) as exc:  # failed or closed for good
+                        log.warning("orphaned claims left to expire with the lease: %s", exc)
+                        self._orphans.clear()
                         return
                     if self._orphans.get(claim_key) == value:
                         del self._orphans[claim_key]
@@ -306,16 +316,19 @@ class Persistence:
                 await asyncio.sleep(delay)
 
     async def release(self, act: Activation) -> None:
-        """Give up the claim (only if it is still ours)."""
+        """Give up the claim (only if it is still ours); best effort: a claim that cannot
+        be deleted goes with the kernel's lease."""
         token = act.token
         if not token:
             return
         act.token = 0
-        claim_key = self.layout.claim(act.id.type, act.id.key)
+        await self._delete_claim(self.layout.claim(act.id.type, act.id.key), token)
+
+    async def _delete_claim(self, claim_key: str, token: int) -> None:
         try:
             await self.backend.txn([Compare.created_at(claim_key, token)], [Delete(claim_key)])
-        except Unavailable as exc:
-            log.warning("could not release %s (it expires with the lease): %s", act.id, exc)
+        except (StateError, ConfigError) as exc:  # unreachable, failed or closed store
+            log.warning("could not release %r (it expires with the lease): %s", claim_key, exc)
 
     # -- reading the state -----------------------------------------------------------------
 
@@ -323,9 +336,10 @@ class Persistence:
         key = self.layout.state(act.id.type, act.id.key)
         self._set_state(act, spec, key, await self.backend.get(key, linearizable=linearizable))
 
-    async def reload(self, act: Activation) -> None:
-        """Re-read the activation's state (linearizable) after a write whose outcome is
-        unknown; clears ``act.stale``.
+    async def reload(self, act: Activation, *, linearizable: bool = True) -> None:
+        """Re-read the activation's state (``Agent.reload``, and after a write whose
+        outcome is unknown); clears ``act.stale``. Event-sourced state is always read
+        from the quorum (snapshot and log).
 
         Raises:
             Unavailable: the backend could not be reached (the activation stays stale).
@@ -334,7 +348,7 @@ class Persistence:
         spec = act.atype.state_spec
         assert spec is not None
         if spec.sourcing is None:
-            await self.load(act, spec)
+            await self.load(act, spec, linearizable=linearizable)
             return
         log_ = EventLog(self.backend, spec.sourcing, act.id.type, act.id.key, layout=self.layout)
         act.state, act.seq = await log_.load()
@@ -362,6 +376,8 @@ class Persistence:
             ValueTooLarge: the state is over the store's size limit; not saved.
             TypeError: ``new_state`` is not of the declared state type.
         """
+        if not act.token:  # fenced: a compare on token 0 would mean "no claim exists"
+            raise Fenced(f"{act.id}: this activation no longer owns the agent; state not saved")
         if type(new_state) is not spec.state_type:
             raise TypeError(
                 f"{act.id}: save() takes a {spec.state_type.__qualname__}, "
@@ -454,6 +470,8 @@ class Persistence:
         """
         sourcing = spec.sourcing
         assert sourcing is not None
+        if not act.token:  # fenced: a compare on token 0 would mean "no claim exists"
+            raise Fenced(f"{act.id}: this activation no longer owns the agent; not appended")
         for event in events:
             if not isinstance(event, msgspec.Struct):
                 raise TypeError(f"{act.id}: events must be msgspec Structs, got {event!r}")
@@ -481,11 +499,10 @@ class Persistence:
                 act.seq = await self._append_again(act, eventlog, attempt, exc, events, correlation)
         except Conflict as exc:
             try:
-                act.state, act.seq = await eventlog.load()  # someone appended: catch up
+                await self.reload(act)  # someone appended: catch up
             except Unavailable as again:
                 act.stale = True
                 raise exc from again
-            act.stale = False
             raise
         except Fenced:
             self._fenced(act)

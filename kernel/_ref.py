@@ -56,11 +56,15 @@ class AgentRef:
     def __hash__(self) -> int:
         return hash(self.id)
 
-    def _target(self, message: Any, sender: Activation | None) -> Activation:
-        """The activation to deliver ``message`` to, checking everything a sender can fix."""
+    def _check_open(self, message: Any, sender: Activation | None) -> None:
+        """Refuse a send the kernel does not take now (not started, or stopping)."""
         kernel = self._kernel
         if kernel._intake_closed and (sender is None or kernel._stopped):
             raise kernel._refuse(self.id, f"{type(message).__qualname__} not sent")
+
+    def _target(self, message: Any) -> Activation:
+        """The activation to deliver ``message`` to, checking everything a sender can fix."""
+        kernel = self._kernel
         act = self._activation
         if act is None or act.closed:
             atype = kernel._types.get(self.id.type)
@@ -90,10 +94,13 @@ class AgentRef:
             MailboxFull: the mailbox is full and the policy is ``reject`` (or the agent
                 is telling itself into its own full mailbox).
             ActivationFailed: the agent failed to start.
+            Fenced: a stateful agent's activation lost its claim (the kernel's lease)
+                while this sender waited for room; the next send re-activates it.
             KernelStopped: the kernel is stopping.
         """
         sender = current_activation.get()
-        act = self._target(message, sender)
+        self._check_open(message, sender)
+        act = self._target(message)
         kernel = self._kernel
         msg_id = next(kernel._ids)
         if sender is None:
@@ -126,6 +133,8 @@ class AgentRef:
             RemoteError: the handler raised; carries the original type name, message and
                 traceback.
             DeadlockError: the target is already waiting up this ask chain.
+            Fenced: a stateful agent's activation lost its claim (the kernel's lease)
+                before it answered; the next message re-activates it.
             UnknownAgent, UnhandledMessage, MailboxFull, ActivationFailed, KernelStopped:
                 as for ``tell``.
             ValueError: ``timeout`` is not a positive number.
@@ -137,7 +146,7 @@ class AgentRef:
         elif not (timeout > 0 and math.isfinite(timeout)):
             raise ValueError(f"ask timeout must be a positive number of seconds, got {timeout!r}")
         sender = current_activation.get()
-        act = self._target(message, sender)
+        self._check_open(message, sender)
         deadline = loop.time() + timeout
         msg_id = next(kernel._ids)
         reply: asyncio.Future[Any] = loop.create_future()
@@ -153,6 +162,8 @@ class AgentRef:
                     f"deadline of the message being handled by {sender.id} passed before "
                     f"asking {self.id}"
                 )
+        # The envelope first: an ask refused by its own checks creates no activation.
+        act = self._target(message)
         waiter = act.put(env)
         timer = loop.call_at(deadline, _expire, reply, self.id, message, timeout)
         try:

@@ -44,6 +44,7 @@ class TypeStats(msgspec.Struct):
         handled: messages whose handler returned.
         failed: messages whose handler raised (including a handler interrupted by
             ``stop``). A failed tell or event is also published as a ``DeadLetter``.
+            Also counts ``on_stop`` hooks that raised (not messages).
         dead_letters: accepted messages that never reached a handler: no handler for
             an event, a failed activation, the kernel stopping, a timer tick into a
             full mailbox.
@@ -184,9 +185,10 @@ class AgentType:
         self.state_spec = state_spec
         self.conflict_retries = conflict_retries
         self.factory: Callable[[], Agent] = factory or cls
-        # Handlers of a "plain" type are awaited directly: no deadline scope, no retries,
-        # no state to reload (stateful types go through Activation._call).
-        self.plain = not cancel_at_deadline and not conflict_retries and state_spec is None
+        # Handlers of a "plain" type are awaited directly: no deadline scope, no retries
+        # (a stateful activation whose state must be reloaded first goes through
+        # Activation._call, whatever its type).
+        self.plain = not cancel_at_deadline and not conflict_retries
         self.stats = TypeStats()
 
     def handler_for(self, message_type: type) -> HandlerFn | None:

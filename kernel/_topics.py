@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._activation import SPAWN_BURST, Activation
 from ._envelope import EVENT, Envelope
-from ._errors import MailboxFull, UnknownAgent
+from ._errors import ActivationFailed, Fenced, MailboxFull, UnknownAgent
 from ._failures import describe
 from ._ids import AgentId
 from ._message import DeadLetter, Message
@@ -82,11 +82,12 @@ class Topics:
                 continue
             try:
                 waiter = act.put(env)
+                if waiter is not None:
+                    await waiter
             except MailboxFull as exc:  # counted as rejected by the mailbox
                 kernel._publish_dead_letter(env, act.id, "mailbox_full", exc)
-                continue
-            if waiter is not None:
-                await waiter
+            except (ActivationFailed, Fenced) as exc:  # refused while parked: counted
+                kernel._publish_dead_letter(env, act.id, "not_delivered", exc)
         if kernel._unstarted > SPAWN_BURST:
             await asyncio.sleep(0)
 
@@ -155,5 +156,5 @@ class Topics:
             if act is not None:
                 try:
                     act.put(dl_env, may_wait=False)
-                except MailboxFull:
-                    kernel._dead_letters += 1  # counted; not published again
+                except MailboxFull as exc:  # counted; not published again (a DeadLetter)
+                    kernel._undeliverable(dl_env, act.id, "mailbox_full", exc)

@@ -257,7 +257,9 @@ def _classify(exc: Any, sent: bool, size: Callable[[], int] | None = None) -> _F
     code, details = exc.code(), exc.details() or ""
     codes = _grpc.StatusCode
     if (code == codes.INVALID_ARGUMENT and "request is too large" in details) or (
-        code == codes.RESOURCE_EXHAUSTED and _LARGER_THAN_MAX.search(details)
+        code == codes.RESOURCE_EXHAUSTED
+        and _LARGER_THAN_MAX.search(details)
+        and not details.startswith("Received message")  # a reply over our own limit
     ):
         raise _too_large(details, size)
     if code == codes.UNAVAILABLE:

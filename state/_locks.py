@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 
-from kerna._errors import ConfigError, LeaseLost, Unavailable
+from kerna._errors import ConfigError, LeaseLost, StateError, Unavailable
 
 from ._backend import StateBackend
 from ._layout import escape
@@ -143,11 +143,11 @@ class KeptLease:
             except LeaseLost:
                 self.mark_lost("the store no longer knows it (expired or revoked)")
                 return
-            except ConfigError:
-                self.mark_lost("its backend was closed")
-                return
             except Unavailable as exc:
                 log.warning("lease %d keepalive failed (%s); retrying", self.id, exc)
+            except (StateError, ConfigError) as exc:  # closed, or failed for good
+                self.mark_lost(f"its store cannot keep it ({exc})")
+                return
             else:
                 self._renewed(sent)
 
@@ -162,7 +162,7 @@ class KeptLease:
             lease, self.id = self.id, 0
             try:
                 await self.backend.lease_revoke(lease)
-            except Unavailable as exc:
+            except (StateError, ConfigError) as exc:  # unreachable, failed or closed
                 log.warning("could not revoke lease %d (it will expire): %s", lease, exc)
 
 

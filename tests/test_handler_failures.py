@@ -262,3 +262,86 @@ async def test_keyboard_interrupt_and_system_exit_propagate_as_in_asyncio(
             await proc.wait()
     assert proc.returncode == returncode, (out + err).decode()
     assert b"not propagated" not in out
+
+
+class CancelItself(Message):
+    pass
+
+
+class SelfCancelling(Agent):
+    @handler
+    async def cancel_itself(self, msg: CancelItself) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()  # the handler cancels its own task: its failure, not a kernel stop
+        await asyncio.sleep(0)
+
+    @handler
+    async def ping(self, msg: Ping) -> Pong:
+        return Pong(n=msg.n)
+
+
+async def test_a_handler_that_cancels_its_own_task_fails_alone(kernel: Kernel) -> None:
+    kernel.register(SelfCancelling)
+    ref = kernel.ref(SelfCancelling, "s")
+    first = asyncio.ensure_future(ref.ask(CancelItself(), timeout=2))
+    behind = [asyncio.ensure_future(ref.ask(Ping(n=i), timeout=2)) for i in range(3)]
+    with pytest.raises(RemoteError) as info:
+        await asyncio.wait_for(first, 5)
+    assert info.value.type_name.endswith("CancelledError")
+    assert [p.n for p in await asyncio.wait_for(asyncio.gather(*behind), 5)] == [0, 1, 2]
+    async with asyncio.timeout(2):  # a later timeout in the same worker still works
+        assert await ref.ask(Ping(n=5), timeout=1) == Pong(n=5)
+
+
+class Refusing(Agent):
+    async def on_start(self) -> None:
+        raise RuntimeError("never starts")
+
+    @handler
+    async def on(self, msg: Ping) -> None:
+        pass
+
+
+class Taking(Agent):
+    got: list[int]
+
+    @handler
+    async def on(self, msg: Ping) -> None:
+        Taking.got.append(msg.n)
+
+
+async def test_a_publisher_refused_by_one_subscriber_still_reaches_the_others() -> None:
+    Taking.got = []
+    async with Kernel(max_restarts=0) as kernel:
+        kernel.register(Refusing, mailbox_size=1)
+        kernel.register(Taking)
+        kernel.subscribe("t", Refusing)
+        kernel.subscribe("t", Taking)
+        async with asyncio.timeout(5):
+            for n in range(3):  # the 2nd waits for room at Refusing, which then fails
+                await kernel.publish("t", Ping(n=n))
+        await kernel.ref(Taking, "default").ask(Ping(n=-1), timeout=5)
+        assert Taking.got == [0, 1, 2, -1]
+
+
+class Sink(Agent):
+    gate: asyncio.Event
+
+    @handler
+    async def on(self, msg: DeadLetter) -> None:
+        await Sink.gate.wait()
+
+
+async def test_dead_letters_a_full_watcher_cannot_take_are_counted_on_its_type() -> None:
+    Sink.gate = asyncio.Event()
+    async with Kernel() as kernel:
+        kernel.register(Sink, mailbox_size=1)
+        kernel.register(Volatile)
+        kernel.subscribe(Kernel.DEAD_LETTERS, Sink)
+        for _ in range(20):
+            await kernel.ref(Volatile, "v").tell(RaiseAbort())
+        await kernel.ref(Volatile, "v").ask(Ping(n=0), timeout=5)  # all 20 handled
+        stats = kernel.stats().types["Sink"]
+        assert stats.dead_letters + stats.queued + 1 == 20  # 1 being handled, 1 queued
+        Sink.gate.set()

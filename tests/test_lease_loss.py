@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 
 from kerna import ActivationFailed, Fenced, Kernel, Message, handler
@@ -18,6 +19,7 @@ from kerna.state import StateBackend, connect
 
 from . import agents
 from .agents import Inc, Read
+from .conftest import assert_no_stray_tasks
 
 pytestmark = pytest.mark.anyio
 
@@ -127,3 +129,68 @@ async def test_messages_held_by_an_activation_under_a_lost_lease_fail_with_fence
         assert await ref.ask(Inc(), timeout=5) == 2
         claim = await store.get(CLAIM)
         assert claim is not None
+
+
+class HoldThenInc(Message):
+    pass
+
+
+class Saver(agents.Counter):
+    """Holds a handler on a gate, then writes: the write comes after the lease loss."""
+
+    @handler
+    async def hold_then_inc(self, msg: HoldThenInc) -> int:
+        Counter.entered.set()
+        await Counter.gate.wait()
+        await self.save(agents.Count(self.state.n + 1))
+        return int(self.state.n)
+
+    async def on_stop(self) -> None:
+        Counter.stopped.set()
+
+
+async def test_a_handler_running_when_its_lease_is_lost_cannot_write(
+    store: StateBackend,
+) -> None:
+    async with Kernel(state=URL, lease_ttl=0.6) as kernel:
+        kernel.register(Saver, name="Counter")
+        ref = kernel.ref("Counter", "c")
+        assert await ref.ask(Inc(), timeout=5) == 1
+        held = asyncio.ensure_future(ref.ask(HoldThenInc(), timeout=30))
+        async with asyncio.timeout(5):
+            await Counter.entered.wait()
+        await _lose_lease(store)  # deletes the claim with the lease
+        with pytest.raises(Fenced):
+            await asyncio.wait_for(held, 5)  # the asker is told: not handled
+        assert await store.get(CLAIM) is None
+        Counter.gate.set()  # now the handler writes: it must be fenced, not applied
+        await _stopped()
+        stats = kernel.stats().types["Counter"]
+        assert (stats.failed, stats.late_replies) == (1, 1)  # its save raised Fenced
+        state = await store.get("kerna/state/Counter/c")
+        assert state is not None
+        assert msgspec.msgpack.decode(state.value, type=agents.Count).n == 1
+
+
+class SlowStop(agents.Counter):
+    """An on_stop that waits on the gate (cancellable)."""
+
+    async def on_stop(self) -> None:
+        Counter.entered.set()
+        await Counter.gate.wait()
+
+
+async def test_stop_cancels_the_on_stop_of_an_activation_fenced_while_idle(
+    store: StateBackend,
+) -> None:
+    before = asyncio.all_tasks()
+    kernel = Kernel(state=URL, lease_ttl=0.6, cancel_grace=0.2)
+    await kernel.start()
+    kernel.register(SlowStop, name="Counter")
+    assert await kernel.ref("Counter", "c").ask(Inc(), timeout=5) == 1
+    await _lose_lease(store)
+    async with asyncio.timeout(5):
+        await Counter.entered.wait()  # the fenced activation runs its on_stop
+    async with asyncio.timeout(5):
+        await kernel.stop(grace=0)
+    assert_no_stray_tasks(before)

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from kerna import ConfigError, StateError, StoreFailed, Unavailable
+from kerna import ConfigError, Kernel, RemoteError, StateError, StoreFailed, Unavailable
 from kerna.state import _sqlite as sqlite_backend
 from kerna.state import connect
 from kerna.state._sqlite_db import _translate
 
+from .agents import Counter, Echo, Inc, Ping, Pong
 from .conftest import require_server
 
 pytestmark = pytest.mark.anyio
@@ -215,3 +216,26 @@ async def test_sqlite_errors_are_classified_by_their_primary_code(tmp_path: Path
     assert not isinstance(error, Unavailable)
     assert str(path) in str(error)
     assert error.__cause__ is readonly
+
+
+async def test_a_kernel_whose_database_file_is_deleted_lives_on_and_stops(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    kernel = Kernel(state=f"sqlite://{path}")
+    await kernel.start()
+    kernel.register(Counter)
+    kernel.register(Echo)
+    ref = kernel.ref(Counter, "c")
+    assert await ref.ask(Inc(), timeout=5) == 1
+    for name in ("state.db", "state.db-wal"):
+        if (tmp_path / name).exists():
+            os.unlink(tmp_path / name)
+    with pytest.raises(RemoteError) as info:
+        await ref.ask(Inc(), timeout=5)  # the write fails: the file is gone
+    assert info.value.type_name == "kerna.StoreFailed"
+    await asyncio.wait_for(ref.deactivate(), 5)  # releasing the claim fails: logged
+    assert kernel.running
+    assert await kernel.ref(Echo, "e").ask(Ping(n=1), timeout=5) == Pong(n=1)
+    await asyncio.wait_for(kernel.stop(), 10)  # revoking the lease fails: logged
+    assert not kernel.running

@@ -101,9 +101,12 @@ async def test_stop_is_bounded_when_a_handler_swallows_cancellation(
     await _entered(Stubborn.entered)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    with caplog.at_level(logging.ERROR, logger="kerna"):
-        async with asyncio.timeout(5):  # today: never returns
-            await kernel.stop(grace=0.1)
+    try:
+        with caplog.at_level(logging.ERROR, logger="kerna"):
+            async with asyncio.timeout(5):  # today: never returns
+                await kernel.stop(grace=0.1)
+    finally:
+        Stubborn.release.set()  # the abandoned task ends when its handler does
     took = loop.time() - started
     assert took < 0.1 + 2 * 0.2 + 0.5, took  # grace + 2 x cancel_grace, with a margin
     for pending in (running, queued):
@@ -112,7 +115,6 @@ async def test_stop_is_bounded_when_a_handler_swallows_cancellation(
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("Stubborn/stuck" in e and "cannot be killed" in e for e in errors), errors
     assert not kernel.running
-    Stubborn.release.set()  # the abandoned task ends when its handler does
 
 
 async def test_a_cancelled_stop_still_completes_the_shutdown() -> None:
@@ -225,3 +227,68 @@ async def test_an_abrupt_stop_before_any_worker_ran_accounts_for_every_tell() ->
     stats = kernel.stats().types["Gated"]
     assert _accounted(stats) == 100, stats
     assert kernel.stats().running == 0
+
+
+class StubbornStop(Agent):
+    """An on_stop that swallows every cancellation until the test releases it."""
+
+    @handler
+    async def ping(self, msg: Ping) -> Pong:
+        return Pong(n=msg.n)
+
+    async def on_stop(self) -> None:
+        Stubborn.entered.set()
+        while not Stubborn.release.is_set():
+            try:
+                await Stubborn.release.wait()
+            except asyncio.CancelledError:
+                continue
+
+
+async def test_stop_is_bounded_when_an_on_stop_hook_swallows_cancellation() -> None:
+    kernel = Kernel(cancel_grace=0.2)
+    await kernel.start()
+    kernel.register(StubbornStop)
+    await kernel.ref(StubbornStop, "s").ask(Ping(n=1), timeout=5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        async with asyncio.timeout(5):
+            await kernel.stop(grace=0)
+    finally:
+        Stubborn.release.set()  # the abandoned hook ends
+    took = loop.time() - started
+    assert Stubborn.entered.is_set()
+    assert took < 2 * 0.2 + 0.1, took  # grace + 2 x cancel_grace, with a margin
+
+
+def test_a_shutdown_cancelled_by_the_loop_ending_still_releases_the_lease() -> None:
+    url = "memory://shutdown-cancelled"
+    claims: list[int] = []
+
+    async def main() -> None:
+        kernel = Kernel(state=url, lease_ttl=30)
+        await kernel.start()
+        kernel.register(Counter)
+        kernel.register(Gated)
+        left = [asyncio.ensure_future(kernel.ref(Counter, "c").ask(Hold(), timeout=30))]
+        await _entered(Gated.entered)
+        claims.append(len((await kernel.state_backend.range("kerna/act/")).kvs))
+        left.append(asyncio.ensure_future(kernel.stop(grace=30)))
+        await asyncio.sleep(0)  # main returns: asyncio.run cancels the shutdown, mid-grace
+
+    async def remaining() -> int:
+        backend = await connect(url)
+        try:
+            return len((await backend.range("kerna/act/")).kvs)
+        finally:
+            await backend.aclose()
+
+    keep = asyncio.run(connect(url))  # keeps the named store alive between the runs
+    try:
+        Gated.gate, Gated.entered = asyncio.Event(), asyncio.Event()
+        asyncio.run(main())
+        assert claims == [1]
+        assert asyncio.run(remaining()) == 0  # the lease was revoked on the way out
+    finally:
+        asyncio.run(keep.aclose())
