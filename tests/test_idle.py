@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from kerna import Agent, Kernel, handler
+from kerna import Agent, AskTimeout, Kernel, Message, handler
 from kerna._idle import SLICE
 
 from .agents import Ping, Pong
@@ -109,3 +109,31 @@ async def test_agents_falling_due_together_are_collected_over_several_callbacks(
         assert seen[0] > 2 * SLICE  # most were still to be collected when sampling began
         drops = [before - after for before, after in itertools.pairwise(seen)]
         assert max(drops) <= SLICE, max(drops)  # never more than a slice per callback
+
+
+class Late(Message):
+    pass
+
+
+class Asker(Agent):
+    outcome: asyncio.Future[str]
+
+    @handler
+    async def late(self, msg: Late) -> None:
+        await asyncio.sleep(0.05)  # outlives the deadline of the message it handles
+        try:
+            await self.ref(Plain, "never").ask(Ping(n=0))
+        except Exception as exc:
+            Asker.outcome.set_result(type(exc).__name__)
+
+
+async def test_an_ask_refused_by_its_own_checks_leaves_no_activation_behind() -> None:
+    Asker.outcome = asyncio.get_running_loop().create_future()
+    async with Kernel() as kernel:
+        kernel.register(Asker)
+        kernel.register(Plain, idle_timeout=0.1)
+        with pytest.raises(AskTimeout):
+            await kernel.ref(Asker, "a").ask(Late(), timeout=0.01)
+        assert await asyncio.wait_for(Asker.outcome, 5) == "AskTimeout"
+        # no activation that no worker would ever bucket for the idle collector
+        assert kernel.stats().types["Plain"].activations == 0
