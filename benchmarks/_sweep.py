@@ -26,11 +26,14 @@ import json
 import os
 import sys
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 from kerna import Agent, Kernel, handler
 
 from ._common import LoopName, Ping, Tally, percentile, run_async, until_done
+from ._kerna import Counter
+
+IDLE = "Idle"  # the many: W1's Counter (one message each), under the default idle timeout
 
 __all__ = ["FAST_AGENTS", "FAST_IDLE", "RETELL", "TICK", "loop_lag", "measure"]
 
@@ -41,19 +44,6 @@ RETELL = 0.5
 """Seconds between messages to each short-lived agent: more than its idle timeout plus
 the sweep's slack, so each message finds it deactivated and activates it again."""
 TICK = 0.001
-
-
-class Idle(Agent):
-    """The many: one message each, then idle under the default idle timeout."""
-
-    tally: ClassVar[Tally]
-
-    @handler
-    async def on_ping(self, msg: Ping) -> None:
-        tally = self.tally
-        tally.count += 1
-        if tally.count == tally.target:
-            tally.done.set_result(None)
 
 
 class Fast(Agent):
@@ -106,15 +96,15 @@ async def _feed(kernel: Kernel) -> None:
 async def _kerna_lag(n: int, seconds: float) -> dict[str, Any]:
     """kerna's lag with ``n`` idle agents; the kernel is left running (the process
     exits right after: stopping ``n`` agents is not measured)."""
-    Idle.tally = tally = Tally(n)
+    Counter.tally = tally = Tally(n)
     kernel = Kernel()
     await kernel.start()
     fast = kernel.register(Fast, idle_timeout=FAST_IDLE)
-    kernel.register(Idle)
+    kernel.register(Counter, name=IDLE)
     feeder = asyncio.get_running_loop().create_task(_feed(kernel))
     t0 = time.perf_counter()
     for i in range(n):
-        await kernel.ref(Idle, str(i)).tell(Ping(i))
+        await kernel.ref(IDLE, str(i)).tell(Ping(i))
     await until_done(tally, "kerna w5 activation")
     activated = time.perf_counter() - t0
     await asyncio.sleep(2 * RETELL)  # workers exit; the sweep settles into its rhythm
@@ -126,7 +116,7 @@ async def _kerna_lag(n: int, seconds: float) -> dict[str, Any]:
     feeder.cancel()
     stats = kernel.stats()
     reactivations = stats.types[fast].activations - before
-    idle_active = stats.types[Idle.__name__].active
+    idle_active = stats.types[IDLE].active
     if reactivations < 1:
         raise SystemExit(
             f"{FAST_AGENTS} agents with idle_timeout={FAST_IDLE} were never deactivated and"
