@@ -5,7 +5,8 @@ The public API is re-exported here; everything else lives in private modules.
 
 from ._agent import Agent, handler
 from ._blocking import BlockingKernel, BlockingRef
-from ._envelope import Envelope
+from ._context import MessageContext
+from ._deferred import PendingReply
 from ._errors import (
     ActivationFailed,
     AskTimeout,
@@ -16,6 +17,7 @@ from ._errors import (
     DeadlockError,
     DecodeError,
     Fenced,
+    IdleTimeout,
     KernaError,
     KernaInternalError,
     KernelStopped,
@@ -31,11 +33,12 @@ from ._errors import (
     Unavailable,
     UnhandledMessage,
     UnknownAgent,
+    UsageError,
     ValueTooLarge,
 )
 from ._ids import AgentId
 from ._kernel import Kernel, KernelStats, Subscription
-from ._message import DeadLetter, Message
+from ._message import DeadLetter, DeadLetterReason, Message
 from ._ref import AgentRef
 from ._registry import TypeStats
 from ._timers import Timer
@@ -55,10 +58,11 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "DeadLetter",
+    "DeadLetterReason",
     "DeadlockError",
     "DecodeError",
-    "Envelope",
     "Fenced",
+    "IdleTimeout",
     "KernaError",
     "KernaInternalError",
     "Kernel",
@@ -67,8 +71,10 @@ __all__ = [
     "LeaseLost",
     "MailboxFull",
     "Message",
+    "MessageContext",
     "OutcomeUnknown",
     "OwnedElsewhere",
+    "PendingReply",
     "RegistrationError",
     "RemoteError",
     "StateError",
@@ -80,6 +86,7 @@ __all__ = [
     "Unavailable",
     "UnhandledMessage",
     "UnknownAgent",
+    "UsageError",
     "ValueTooLarge",
     "handler",
 ]

@@ -23,7 +23,8 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from ._envelope import TELL, Envelope
+from ._agent import bind, load_state
+from ._envelope import ASK, TELL, Envelope, outgoing
 from ._errors import (
     ActivationFailed,
     Conflict,
@@ -35,21 +36,23 @@ from ._errors import (
     RemoteError,
 )
 from ._failures import describe, is_failure, remote_error
+from ._message import DeadLetterReason
 from ._timers import Timer
 
 if TYPE_CHECKING:
     from ._agent import Agent
+    from ._deferred import PendingReply
     from ._ids import AgentId
-    from ._kernel import Kernel
     from ._message import Message
     from ._registry import AgentType, HandlerFn
+    from ._runtime import Runtime
 
 __all__ = ["Activation", "current_activation"]
 
 log = logging.getLogger("kerna.activation")
 
 # Workers a sender may spawn without yielding before it gives them a turn (see
-# ``Kernel._unstarted``): bounds pending tasks when one loop wakes many agents.
+# ``Runtime.unstarted``): bounds pending tasks when one loop wakes many agents.
 SPAWN_BURST = 256
 
 # The activation whose worker runs the current task: sends made from inside a handler
@@ -71,10 +74,11 @@ class Activation:
         "failure",
         "id",
         "idle_bucket",
-        "kernel",
         "last_active",
         "mailbox",
         "on_closed",
+        "pending",
+        "runtime",
         "seq",
         "stale",
         "state_rev",
@@ -84,8 +88,8 @@ class Activation:
         "waiters",
     )
 
-    def __init__(self, kernel: Kernel, atype: AgentType, agent_id: AgentId) -> None:
-        self.kernel = kernel
+    def __init__(self, runtime: Runtime, atype: AgentType, agent_id: AgentId) -> None:
+        self.runtime = runtime
         self.atype = atype
         self.id = agent_id
         self.agent: Agent | None = None  # created and started by the worker
@@ -96,7 +100,8 @@ class Activation:
         self.failure: ActivationFailed | None = None
         self.timers: set[Timer] | None = None
         self.on_closed: asyncio.Future[None] | None = None
-        self.last_active = kernel.loop.time()
+        self.pending: set[PendingReply] | None = None  # deferred replies not yet sent
+        self.last_active = runtime.loop.time()
         self.idle_bucket = 0  # the idle collector's bucket this activation is in (0: none)
         self.deactivating = False
         self.closing = False
@@ -117,7 +122,7 @@ class Activation:
         """Keep the agent's ``state`` slot (what handlers read) equal to this."""
         self._state = value
         if self.agent is not None:
-            self.agent.state = value
+            load_state(self.agent, value)
 
     # -- intake ------------------------------------------------------------------------
 
@@ -134,7 +139,7 @@ class Activation:
         if len(mailbox) < self.atype.capacity and not self.waiters:
             mailbox.append(env)
             if self.task is None:
-                self.kernel._spawn(self)
+                self.runtime.spawn(self)
             return None
         return self._overflow(mailbox, env, may_wait)
 
@@ -147,31 +152,38 @@ class Activation:
             oldest = mailbox.popleft()
             mailbox.append(env)
             atype.stats.dropped += 1
-            self.kernel._not_handled(
-                oldest, self.id, "dropped_oldest", MailboxFull(self._full_text())
-            )
+            self.runtime.not_handled(oldest, self.id, DeadLetterReason.DROPPED_OLDEST, self._full())
             return None
         if not may_wait:  # a timer tick or a dead letter: the caller counts it
-            raise MailboxFull(self._full_text())
+            raise self._full()
         if policy == "reject":
             atype.stats.rejected += 1
-            raise MailboxFull(self._full_text())
+            raise self._full()
         if current_activation.get() is self:
             atype.stats.rejected += 1
             raise MailboxFull(
-                f"{self.id} told itself into its own full mailbox: waiting would deadlock"
+                f"{self.id} told itself into its own full mailbox: waiting would deadlock",
+                target=self.id,
+                capacity=atype.capacity,
             )
-        waiter: asyncio.Future[None] = self.kernel.loop.create_future()
+        waiter: asyncio.Future[None] = self.runtime.loop.create_future()
         if self.waiters is None:
             self.waiters = deque()
         self.waiters.append((env, waiter))
         return waiter
 
-    def _full_text(self) -> str:
+    def _full(self) -> MailboxFull:
         atype = self.atype
-        return (
-            f"mailbox of {self.id} is full ({atype.capacity} messages, overflow={atype.overflow})"
+        return MailboxFull(
+            f"mailbox of {self.id} is full ({atype.capacity} messages, overflow={atype.overflow})",
+            target=self.id,
+            capacity=atype.capacity,
         )
+
+    def adopt(self, old: Activation) -> None:
+        """Take over the queue of ``old``, a closing activation of the same agent."""
+        self.mailbox, self.waiters = old.mailbox, old.waiters
+        old.mailbox = old.waiters = None
 
     def _admit_waiter(self, mailbox: deque[Envelope]) -> None:
         waiters = self.waiters
@@ -197,7 +209,8 @@ class Activation:
     async def run(self) -> None:
         """The worker: start if needed, drain the mailbox, deactivate if asked."""
         current_activation.set(self)
-        self.kernel._unstarted -= 1
+        runtime = self.runtime
+        runtime.unstarted -= 1
         try:
             if self.agent is None and self.mailbox and not await self._start():
                 return
@@ -220,13 +233,15 @@ class Activation:
             log.error("%s: internal error in its worker", self.id, exc_info=exc)
             if self.current is not None:
                 self.atype.stats.failed += 1
-            self.abort(KernaInternalError(f"{self.id}: {describe(exc)}"), "internal_error")
-            self.kernel._retire(self)
+            self.abort(
+                KernaInternalError(f"{self.id}: {describe(exc)}"), DeadLetterReason.INTERNAL_ERROR
+            )
+            runtime.retire(self)
         finally:
             self.task = None
             self.current = None
-            self.last_active = self.kernel.loop.time()
-            self.kernel._worker_exited(self)
+            self.last_active = runtime.loop.time()
+            runtime.worker_exited(self)
 
     async def _start(self) -> bool:
         atype = self.atype
@@ -235,24 +250,24 @@ class Activation:
             agent = None
             try:
                 if atype.state_spec is not None:
-                    await self.kernel._store().activate(self, atype.state_spec)
+                    await self.runtime.store().activate(self, atype.state_spec)
                 agent = atype.factory()
                 if not isinstance(agent, atype.cls):
                     raise TypeError(f"factory of {atype.name} returned {agent!r}")
-                agent._activation = self
+                bind(agent, self)
                 if atype.state_spec is not None:
-                    agent.state = self._state
+                    load_state(agent, self._state)
                 await agent.on_start()
             except BaseException as exc:
-                if not is_failure(exc, self.task, self.kernel._stopped):
+                if not is_failure(exc, self.task, self.runtime.stopped):
                     raise
                 if self.token:
-                    await self.kernel._store().release(self)
+                    await self.runtime.store().release(self)
                 # An undecodable stored state or event will not decode on a retry either.
                 if attempt >= atype.max_restarts or isinstance(exc, DecodeError):
                     self.failure = remote_error(exc, ActivationFailed)
                     log.warning("%s failed to start %d times: %r", self.id, attempt + 1, exc)
-                    self._fail_all("activation_failed")
+                    self._fail_all(DeadLetterReason.ACTIVATION_FAILED)
                     return False
                 delay = atype.restart_backoff * (2**attempt)
                 attempt += 1
@@ -270,7 +285,7 @@ class Activation:
         atype = self.atype
         handlers = atype.handlers
         stats = atype.stats
-        kernel = self.kernel
+        runtime = self.runtime
         while True:
             if not mailbox:
                 # Linger one loop iteration before giving the task up: a caller woken by
@@ -291,7 +306,7 @@ class Activation:
             message = env.payload
             fn = handlers.get(type(message)) or atype.handler_for(type(message))
             if fn is None:  # events are checked here; tell and ask at the sender
-                kernel._unhandled(env, self.id, atype)
+                runtime.unhandled(env, self.id, atype)
                 continue
             try:
                 if atype.plain and not self.stale:
@@ -301,23 +316,35 @@ class Activation:
             except BaseException as exc:
                 # Whatever the handler raised is its failure (see kerna._failures),
                 # except KeyboardInterrupt, SystemExit and the kernel's own cancellation.
-                if not is_failure(exc, self.task, kernel._stopped):
+                if not is_failure(exc, self.task, runtime.stopped):
                     raise
                 stats.failed += 1
-                if reply is None:
-                    kernel._publish_dead_letter(env, self.id, "handler_failed", exc)
-                elif reply.done():
-                    stats.late_replies += 1
-                else:
-                    reply.set_exception(remote_error(exc, RemoteError))
+                reply = env.reply  # None once the handler deferred it
+                if reply is not None:
+                    if reply.done():
+                        stats.late_replies += 1
+                    else:
+                        reply.set_exception(remote_error(exc, RemoteError))
+                elif env.kind != ASK:
+                    runtime.handler_failed(env, self.id, exc)
+                else:  # the handler deferred its reply, then raised
+                    self._deferred_failed(env, exc)
             else:
                 stats.handled += 1
+                reply = env.reply  # None once the handler deferred it
                 if reply is not None:
                     if reply.done():
                         stats.late_replies += 1
                     else:
                         reply.set_result(result)
         self.mailbox = None
+
+    def _deferred_failed(self, env: Envelope, error: BaseException) -> None:
+        """A handler that deferred its reply raised before sending it: the asker gets
+        the error, as if the handler had not deferred."""
+        for pending in list(self.pending or ()):
+            if pending.envelope is env:
+                pending.fail(error)
 
     async def _call(self, fn: HandlerFn, env: Envelope) -> Any:
         """A handler call with the type's options: deadline scope, Conflict re-runs, and
@@ -327,7 +354,7 @@ class Activation:
         retries = atype.conflict_retries
         while True:
             if self.stale:
-                await self.kernel._store().reload(self)
+                await self.runtime.store().reload(self)
             try:
                 if atype.cancel_at_deadline and env.deadline is not None:
                     async with asyncio.timeout_at(env.deadline):
@@ -341,12 +368,13 @@ class Activation:
     async def _close(self) -> None:
         """Run ``on_stop`` and leave the directory; later messages go to a successor."""
         self.closing = True
+        self.fail_pending(KernelStopped(f"{self.id} was deactivated before it replied"))
         await self.run_on_stop()
         if self.token:
-            await self.kernel._store().release(self)
-        self.kernel._retire(self)
+            await self.runtime.store().release(self)
+        self.runtime.retire(self)
         if self.mailbox or self.waiters:
-            self.kernel._hand_over(self)
+            self.runtime.hand_over(self)
 
     async def run_on_stop(self) -> None:
         """Call the agent's ``on_stop`` (if it started); what it raises is counted."""
@@ -356,7 +384,7 @@ class Activation:
         try:
             await agent.on_stop()
         except BaseException as exc:
-            if not is_failure(exc, asyncio.current_task(), self.kernel._stopped):
+            if not is_failure(exc, asyncio.current_task(), self.runtime.stopped):
                 raise
             self.atype.stats.failed += 1
             log.warning("%s on_stop raised %r", self.id, exc, exc_info=exc)
@@ -364,21 +392,29 @@ class Activation:
     def _fail_all(self, reason: str) -> None:
         """Fail every queued and parked message with this activation's failure."""
         for env in self._take_all(self.copy_failure):
-            self.kernel._undeliverable(env, self.id, reason, self.copy_failure())
+            self.runtime.undeliverable(env, self.id, reason, self.copy_failure())
 
-    def abort(self, error: Exception, reason: str = "kernel_stopped") -> None:
+    def abort(self, error: Exception, reason: str = DeadLetterReason.KERNEL_STOPPED) -> None:
         """Nothing queued here will be handled (the kernel is stopping, by default).
 
         The asker of the message being handled gets ``error`` now (the handler, if it
         ever returns, finds its reply taken: a late reply); queued messages become dead
         letters for ``reason`` (their askers get ``error``); parked senders get
-        ``error`` raised. Idempotent.
+        ``error`` raised; deferred replies not yet sent fail with ``error``. Idempotent.
         """
         current = self.current
         if current is not None and current.reply is not None and not current.reply.done():
             current.reply.set_exception(error)
+        self.fail_pending(error)
         for env in self._take_all(lambda: error):
-            self.kernel._undeliverable(env, self.id, reason, error)
+            self.runtime.undeliverable(env, self.id, reason, error)
+
+    def fail_pending(self, error: Exception) -> None:
+        """Fail every deferred reply this activation has not sent (its askers get
+        ``error``)."""
+        pending, self.pending = self.pending, None
+        for deferred in pending or ():
+            deferred.abandon(error)
 
     def _take_all(self, refusal: Callable[[], BaseException]) -> list[Envelope]:
         """Empty the mailbox (returning its messages) and refuse every parked sender.
@@ -413,7 +449,15 @@ class Activation:
             return
         self.deactivating = True
         if self.task is None:
-            self.kernel._spawn(self)
+            self.runtime.spawn(self)
+
+    def deactivation(self) -> asyncio.Future[None]:
+        """Request deactivation; a future resolved once the activation has closed."""
+        if self.on_closed is None:
+            self.on_closed = self.runtime.loop.create_future()
+        closed = self.on_closed
+        self.request_deactivation()
+        return closed
 
     def fence(self, error: Fenced) -> None:
         """This activation lost its claim (the kernel's lease was lost): stop serving.
@@ -429,13 +473,13 @@ class Activation:
         if self.closed:
             return
         self.token = 0  # the claim is someone else's now: never release it
-        self.abort(error, "lease_lost")
+        self.abort(error, DeadLetterReason.LEASE_LOST)
         started = self.agent is not None or self.task is not None  # or starting now
         if started and self.atype.has_on_stop and not self.closing:
             self.deactivating = True
             if self.task is None:
-                self.kernel._spawn(self)  # before leaving the directory: stop sees it
-        self.kernel._retire(self)
+                self.runtime.spawn(self)  # before leaving the directory: stop sees it
+        self.runtime.retire(self)
 
     def schedule(self, delay: float, message: Message, *, repeat: bool) -> Timer:
         if delay < 0 or (repeat and delay == 0):
@@ -448,16 +492,16 @@ class Activation:
 
     def deliver_tick(self, timer: Timer, message: Message) -> None:
         """A timer fired: enqueue ``message`` to self without ever blocking."""
-        kernel = self.kernel
-        if self.closing or self.closed or kernel._intake_closed:
+        runtime = self.runtime
+        if self.closing or self.closed or not runtime.accepts(None):
             timer.cancel()
             return
-        msg_id = next(kernel._ids)
-        env = Envelope(msg_id, TELL, self.id, message, self.id, msg_id)
+        # A root: a tick does not belong to whatever message is being handled now.
+        env = outgoing(runtime.ids, TELL, self.id, message, self.id, None)
         try:
             self.put(env, may_wait=False)
         except MailboxFull as exc:
-            kernel._undeliverable(env, self.id, "mailbox_full", exc)
+            runtime.undeliverable(env, self.id, DeadLetterReason.MAILBOX_FULL, exc)
 
     def cancel_timers(self) -> None:
         for timer in list(self.timers or ()):
@@ -468,7 +512,7 @@ class Activation:
         current = self.current
         if current is None or current.deadline is None:
             return None
-        return max(0.0, current.deadline - self.kernel.loop.time())
+        return max(0.0, current.deadline - self.runtime.loop.time())
 
     def queued(self) -> int:
         return len(self.mailbox or ()) + len(self.waiters or ())

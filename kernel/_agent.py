@@ -10,6 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._context import MessageContext
+from ._deferred import PendingReply
+from ._envelope import ASK
+from ._errors import UsageError
 from ._registry import HANDLER_MARK
 
 if TYPE_CHECKING:
@@ -20,7 +24,7 @@ if TYPE_CHECKING:
     from ._ref import AgentRef
     from ._timers import Timer
 
-__all__ = ["Agent", "handler"]
+__all__ = ["Agent", "bind", "handler", "load_state"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,16 +49,19 @@ def handler(fn: F) -> F:
 class Agent:
     """Base class of agents.
 
-    The kernel sets ``self.id`` and ``self.kernel`` before ``on_start`` runs. Sends made
-    from inside a handler (``self.ref(...).ask(...)``, ``self.publish(...)``, or any ref's
-    ``tell``/``ask``) carry the handled message's correlation id, its id as causation id,
-    its deadline and the ask chain, automatically.
+    The kernel sets ``self.id`` and ``self.kernel`` before ``on_start`` runs. Inside a
+    handler ``self.context`` describes the message being handled (sender, ids, kind,
+    headers, deadline). Sends made from inside a handler (``self.ref(...).ask(...)``,
+    ``self.publish(...)``, or any ref's ``tell``/``ask``) carry the handled message's
+    correlation id, its id as causation id, its headers, its deadline and the ask chain,
+    automatically.
     """
 
-    # The activation is the only per-instance slot kerna adds: id and kernel live on it.
-    __slots__ = ("_activation", "state")
+    # The activation is the one per-instance slot kerna needs: id and kernel live on it.
+    # ``_state`` mirrors the committed state of stateful types (see ``state``).
+    __slots__ = ("_activation", "_state")
     _activation: Activation
-    state: Any
+    _state: Any
     __kerna_state__: type[Any] | None = None
     __kerna_event_sourced__: bool = False
     __kerna_snapshot_every__: int = 1000
@@ -85,7 +92,47 @@ class Agent:
     @property
     def kernel(self) -> Kernel:
         """The kernel hosting this agent."""
-        return self._activation.kernel
+        return self._activation.runtime.kernel
+
+    @property
+    def context(self) -> MessageContext:
+        """The message being handled: sender, ids, kind, topic, headers, time left.
+
+        Raises:
+            UsageError: no message is being handled (``on_start``, ``on_stop``, a task
+                the handler left running after it returned).
+        """
+        act = self._activation
+        env = act.current
+        if env is None:
+            raise UsageError(f"{act.id}: self.context is only available while a handler runs")
+        return MessageContext(env, act.runtime.loop)
+
+    def defer_reply(self) -> PendingReply:
+        """Take the reply of the ask being handled, to send it later.
+
+        The handler's return value is then ignored: the asker gets what
+        ``pending.reply(value)`` or ``pending.fail(error)`` sends, from any handler of
+        this agent, while the agent handles other messages meanwhile. The ask's deadline
+        still holds: a reply never sent fails its asker with ``AskTimeout`` then.
+        Deactivation and stop fail replies not yet sent with ``KernelStopped``.
+
+        Raises:
+            UsageError: not called from an ask's handler, or called twice for one ask.
+        """
+        act = self._activation
+        env = act.current
+        if env is None or env.kind != ASK:
+            raise UsageError(f"{act.id}: defer_reply() works only in the handler of an ask")
+        reply = env.reply
+        if reply is None:
+            raise UsageError(f"{act.id}: this ask's reply is already deferred")
+        env.reply = None  # the worker no longer answers it: the PendingReply does
+        pending = PendingReply(act, env, reply)
+        if act.pending is None:
+            act.pending = set()
+        act.pending.add(pending)
+        return pending
 
     async def on_start(self) -> None:
         """Called once per activation, before the first message.
@@ -102,11 +149,11 @@ class Agent:
 
     def ref(self, agent_type: type[Agent] | str, key: str) -> AgentRef:
         """A reference to another agent (shortcut for ``self.kernel.ref``)."""
-        return self._activation.kernel.ref(agent_type, key)
+        return self._activation.runtime.kernel.ref(agent_type, key)
 
     async def publish(self, topic: str, message: Message) -> None:
         """Publish an event; it carries the current message's correlation id."""
-        await self._activation.kernel.publish(topic, message)
+        await self._activation.runtime.kernel.publish(topic, message)
 
     def schedule(self, delay: float, message: Message, *, repeat: bool = False) -> Timer:
         """Deliver ``message`` to this agent after ``delay`` seconds (every ``delay`` if
@@ -128,14 +175,31 @@ class Agent:
 
     @property
     def correlation_id(self) -> int:
-        """Correlation id of the message being handled (0 outside a handler)."""
+        """Correlation id of the message being handled (0 outside a handler); the same
+        as ``self.context.correlation_id``."""
         current = self._activation.current
         return 0 if current is None else current.correlation_id
 
     # -- state (for classes declared with state=...) ----------------------------------------
-    # ``self.state`` is a slot the kernel keeps equal to the last committed state: a read
-    # costs what a plain attribute read costs (a property would triple it). Treat it as
-    # read-only: assigning to it persists nothing; ``await self.save(new)`` does.
+
+    @property
+    def state(self) -> Any:
+        """The agent's state as last loaded or saved (stateful types).
+
+        Read-only for types declared with ``state=``: ``await self.save(new)`` changes
+        and persists it. Other agents may use ``self.state`` as a plain attribute.
+        """
+        return self._state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        if type(self).__kerna_state__ is not None:
+            raise AttributeError(
+                f"{type(self).__qualname__}.state is read-only: it mirrors the stored state. "
+                "Use 'await self.save(new_state)' to change and persist it"
+                + (" (or 'await self.emit(event)')" if self.__kerna_event_sourced__ else "")
+            )
+        self._state = value
 
     async def save(self, new_state: Any) -> None:
         """Write ``new_state`` (compare-and-swap on the revision read); then
@@ -157,7 +221,7 @@ class Agent:
         spec = act.atype.state_spec
         if spec is None or spec.sourcing is not None:
             raise TypeError(f"{type(self).__name__}.save() needs class option state=<Struct>")
-        await act.kernel._store().save(act, spec, new_state)
+        await act.runtime.store().save(act, spec, new_state)
 
     async def emit(self, *events: Any) -> None:
         """Event-sourced agents: append ``events`` to the log and fold them into
@@ -175,7 +239,7 @@ class Agent:
             return
         current = act.current
         correlation = (0, 0) if current is None else (current.correlation_id, current.id)
-        await act.kernel._store().emit(act, spec, events, correlation)
+        await act.runtime.store().emit(act, spec, events, correlation)
 
     async def reload(self, *, linearizable: bool = True) -> Any:
         """Re-read the state from the backend (a quorum read when ``linearizable``)."""
@@ -183,7 +247,7 @@ class Agent:
         spec = act.atype.state_spec
         if spec is None:
             raise TypeError(f"{type(self).__name__} declares no state")
-        await act.kernel._store().reload(act, linearizable=linearizable)
+        await act.runtime.store().reload(act, linearizable=linearizable)
         return act.state
 
     def deactivate_on_idle(self) -> None:
@@ -192,3 +256,13 @@ class Agent:
         Safe to call from a handler: unlike ``await ref.deactivate()`` it does not wait.
         """
         self._activation.request_deactivation()
+
+
+def bind(agent: Agent, act: Activation) -> None:
+    """Attach a freshly built agent to its activation (before ``on_start``)."""
+    agent._activation = act  # noqa: SLF001 - the activation owns its agent's binding
+
+
+def load_state(agent: Agent, value: Any) -> None:
+    """Set the committed state an agent reads as ``self.state``."""
+    agent._state = value  # noqa: SLF001 - only the activation writes the state mirror

@@ -47,15 +47,15 @@ class BlockingRef:
 
     def tell(self, message: Message) -> None:
         """See ``AgentRef.tell``."""
-        self._kernel._call(self._ref.tell, message)
+        self._kernel._call(self._ref.tell, message)  # noqa: SLF001 - BlockingRef and BlockingKernel are one unit
 
     def ask(self, message: Message, *, timeout: float | None = None) -> Any:
         """See ``AgentRef.ask``; raises the same errors in the calling thread."""
-        return self._kernel._call(self._ref.ask, message, timeout=timeout)
+        return self._kernel._call(self._ref.ask, message, timeout=timeout)  # noqa: SLF001 - BlockingRef and BlockingKernel are one unit
 
     def deactivate(self) -> None:
         """See ``AgentRef.deactivate``."""
-        self._kernel._call(self._ref.deactivate)
+        self._kernel._call(self._ref.deactivate)  # noqa: SLF001 - BlockingRef and BlockingKernel are one unit
 
 
 class BlockingKernel:

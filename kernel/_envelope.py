@@ -2,31 +2,35 @@
 
 An envelope is created once per send (one per publish, shared by every subscriber) and
 never copied in-process. ``reply`` is the asker's future; it exists only in-process
-(across nodes a reply is routed by ``correlation_id`` instead).
+(across nodes a reply is routed by the message id instead).
+
+``outgoing`` is the one place that builds an envelope from the context it is sent in:
+every send (tell, ask, publish, timer tick, dead letter) goes through it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
 
 import msgspec
 
 from ._ids import AgentId
 
-__all__ = ["ASK", "EVENT", "TELL", "Envelope"]
+__all__ = ["ASK", "EVENT", "KIND_NAMES", "TELL", "Envelope", "outgoing"]
 
 TELL = 0
 ASK = 1
 EVENT = 2
-_KIND_NAMES = ("tell", "ask", "event")
+KIND_NAMES: tuple[Literal["tell"], Literal["ask"], Literal["event"]] = ("tell", "ask", "event")
 
 
 class Envelope(msgspec.Struct):
-    """Routing data around one message.
+    """Routing data around one message (private: handlers see ``MessageContext``).
 
     Attributes:
-        id: node-unique message id.
+        id: the message id (unique across processes, see ``kerna._ids``).
         kind: ``TELL``, ``ASK`` or ``EVENT``.
         target: the receiving agent, or the topic for events.
         payload: the message, by reference.
@@ -36,7 +40,7 @@ class Envelope(msgspec.Struct):
         deadline: absolute ``loop.time()`` after which nobody waits for the result.
         chain: agents waiting on asks up the current call chain (deadlock detection).
         reply: the asker's future, for asks.
-        headers: free-form metadata for middleware (tracing, auth, ...).
+        headers: metadata that flows down the conversation (tracing, auth, ...).
     """
 
     id: int
@@ -49,8 +53,47 @@ class Envelope(msgspec.Struct):
     deadline: float | None = None
     chain: tuple[AgentId, ...] = ()
     reply: asyncio.Future[Any] | None = None
-    headers: dict[str, str] | None = None
+    headers: Mapping[str, str] | None = None
 
-    @property
-    def kind_name(self) -> str:
-        return _KIND_NAMES[self.kind]
+
+def outgoing(
+    ids: Iterator[int],
+    kind: int,
+    target: AgentId | str,
+    payload: Any,
+    sender: AgentId | None,
+    parent: Envelope | None,
+    deadline: float | None = None,
+    reply: asyncio.Future[Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Envelope:
+    """The envelope of a message sent while ``parent`` is being handled (None: a root).
+
+    It continues ``parent``'s conversation: same correlation id, ``parent``'s id as its
+    causation id, and ``parent``'s headers (overridden key by key by ``headers``). An
+    ask also inherits ``parent``'s deadline when that is sooner, and extends the ask
+    chain with ``sender`` (what ``DeadlockError`` detection reads); a tell or an event
+    starts no chain: its sender does not wait.
+    """
+    msg_id = next(ids)
+    chain: tuple[AgentId, ...] = ()
+    if parent is None:
+        if kind == ASK and sender is not None:
+            chain = (sender,)
+        return Envelope(
+            msg_id, kind, target, payload, sender, msg_id, 0, deadline, chain, reply, headers
+        )
+    inherited = parent.headers
+    if headers is None:
+        headers = inherited
+    elif inherited:
+        headers = {**inherited, **headers}
+    if kind == ASK:
+        chain = parent.chain if sender is None else (*parent.chain, sender)
+        limit = parent.deadline
+        if limit is not None and (deadline is None or limit < deadline):
+            deadline = limit
+    return Envelope(
+        msg_id, kind, target, payload, sender, parent.correlation_id, parent.id, deadline,
+        chain, reply, headers,
+    )  # fmt: skip

@@ -8,8 +8,10 @@
     ├── UnknownAgent           no such agent type registered
     ├── UnhandledMessage       the agent has no handler for this message type
     ├── MailboxFull            no room: overflow="reject", dropped, or a self-tell
-    ├── AskTimeout             also a TimeoutError
+    ├── AskTimeout             also a TimeoutError: .target, .timeout
+    ├── IdleTimeout            wait_idle gave up (also a TimeoutError)
     ├── DeadlockError          an ask whose target is already in the current ask chain
+    ├── UsageError             an API called where it cannot work (also a RuntimeError)
     ├── RemoteError            a handler raised: .type_name, .message, .traceback
     │   └── ActivationFailed   on_start kept failing until the restart budget ran out
     ├── KernelStopped          sent after stop, or pending when the kernel stopped
@@ -24,8 +26,8 @@
     │   ├── OwnedElsewhere     another kernel holds the agent's activation claim
     │   ├── StoreFailed        the store cannot take writes until an operator acts
     │   └── ValueTooLarge      a write over the store's size limit (etcd's request limit)
-    ├── TransportError
-    └── CircuitOpen
+    ├── TransportError         raised by the transports (from the transports issue on)
+    └── CircuitOpen            raised by circuit breakers (from the middleware issue on)
     KernaInternalError         a bug in kerna, never the user's fault
 
 This module imports nothing from kerna, so that ``kerna.state`` and
@@ -33,6 +35,8 @@ This module imports nothing from kerna, so that ``kerna.state`` and
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "ActivationFailed",
@@ -44,6 +48,7 @@ __all__ = [
     "DeadlockError",
     "DecodeError",
     "Fenced",
+    "IdleTimeout",
     "KernaError",
     "KernaInternalError",
     "KernelStopped",
@@ -59,6 +64,7 @@ __all__ = [
     "Unavailable",
     "UnhandledMessage",
     "UnknownAgent",
+    "UsageError",
     "ValueTooLarge",
 ]
 
@@ -76,11 +82,31 @@ class ConfigError(KernaError):
 
 
 class UnknownAgent(KernaError):
-    """A message was addressed to an agent type that is not registered."""
+    """A message was addressed to an agent type that is not registered.
+
+    Attributes:
+        agent_type: the type name that is not registered ("" if not known).
+    """
+
+    def __init__(self, message: str, *, agent_type: str = "") -> None:
+        super().__init__(message)
+        self.agent_type = agent_type
 
 
 class UnhandledMessage(KernaError):
-    """The target agent type has no handler for the message's type."""
+    """The target agent type has no handler for the message's type.
+
+    Attributes:
+        agent_type: the agent type's name.
+        message_type: the message's class (None if not known).
+    """
+
+    def __init__(
+        self, message: str, *, agent_type: str = "", message_type: type | None = None
+    ) -> None:
+        super().__init__(message)
+        self.agent_type = agent_type
+        self.message_type = message_type
 
 
 class MailboxFull(KernaError):
@@ -89,15 +115,53 @@ class MailboxFull(KernaError):
     Raised for ``overflow="reject"``, for an ask that ``overflow="drop_oldest"`` pushed
     out, and for an agent telling itself into its own full ``wait`` mailbox (waiting
     would deadlock it).
+
+    Attributes:
+        target: the agent whose mailbox is full (an ``AgentId``; None if not known).
+        capacity: that mailbox's capacity (0 if not known).
     """
+
+    def __init__(self, message: str, *, target: Any = None, capacity: int = 0) -> None:
+        super().__init__(message)
+        self.target = target
+        self.capacity = capacity
 
 
 class AskTimeout(KernaError, TimeoutError):
-    """No reply arrived before the ask's deadline."""
+    """No reply arrived before the ask's deadline.
+
+    Attributes:
+        target: the agent asked (an ``AgentId``; None if not known).
+        timeout: the seconds the asker waited.
+    """
+
+    def __init__(self, message: str, *, target: Any = None, timeout: float = 0.0) -> None:
+        super().__init__(message)
+        self.target = target
+        self.timeout = timeout
+
+
+class IdleTimeout(KernaError, TimeoutError):
+    """``Kernel.wait_idle`` timed out: agents were still busy.
+
+    Attributes:
+        busy: workers still running when it gave up.
+        timeout: the seconds it waited.
+    """
+
+    def __init__(self, message: str, *, busy: int = 0, timeout: float = 0.0) -> None:
+        super().__init__(message)
+        self.busy = busy
+        self.timeout = timeout
 
 
 class DeadlockError(KernaError):
     """An ask's target is already waiting further up the same ask chain."""
+
+
+class UsageError(KernaError, RuntimeError):
+    """An API called where it cannot work: ``self.context`` outside a handler,
+    ``defer_reply`` outside an ask handler, a deferred reply sent twice."""
 
 
 class RemoteError(KernaError):
@@ -212,11 +276,19 @@ class ValueTooLarge(StateError):
 
 
 class TransportError(KernaError):
-    """A transport failed to carry a frame."""
+    """A transport failed to carry a frame.
+
+    Not raised yet: the transports (``kerna.transports``) raise it from the transports
+    issue on; defined now so that handlers can already catch it.
+    """
 
 
 class CircuitOpen(KernaError):
-    """A circuit breaker is open: the call was not attempted."""
+    """A circuit breaker is open: the call was not attempted.
+
+    Not raised yet: the middleware (``kerna.plugins``) raises it from the middleware
+    issue on; defined now so that handlers can already catch it.
+    """
 
 
 class KernaInternalError(Exception):

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ._activation import Activation
-    from ._kernel import Kernel
     from ._registry import AgentType
+    from ._runtime import Runtime
 
 __all__ = ["SLICE", "IdleCollector"]
 
@@ -37,10 +37,10 @@ _QUARTERS = 4  # buckets per idle timeout
 class IdleCollector:
     """The kernel's idle deactivation (see the module docstring)."""
 
-    __slots__ = ("_buckets", "_closed", "_due", "_kernel", "_order", "_timer", "_timer_when")
+    __slots__ = ("_buckets", "_closed", "_due", "_order", "_runtime", "_timer", "_timer_when")
 
-    def __init__(self, kernel: Kernel) -> None:
-        self._kernel = kernel
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
         # Per type: bucket number -> activations that become due by its end.
         self._buckets: dict[AgentType, dict[int, list[Activation]]] = {}
         # (due time, tie-breaker, type, bucket number) of every live bucket.
@@ -90,13 +90,13 @@ class IdleCollector:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_when = when
-        self._timer = self._kernel.loop.call_at(when, self._visit)
+        self._timer = self._runtime.loop.call_at(when, self._visit)
 
     def _visit(self) -> None:
         """Visit due buckets, at most ``SLICE`` activations in this callback."""
         self._timer = None
         self._timer_when = math.inf
-        loop = self._kernel.loop
+        loop = self._runtime.loop
         now = loop.time()
         budget = SLICE
         due = self._due
@@ -123,6 +123,10 @@ class IdleCollector:
         act.idle_bucket = 0
         if act.closed or act.task is not None or act.mailbox:
             return  # busy again: its worker re-buckets it when it exits
+        if act.pending:  # deferred replies to send: idle only once they are sent
+            act.last_active = now
+            self.idle(act)
+            return
         timeout = act.atype.idle_timeout
         assert timeout is not None
         if now < act.last_active + timeout:  # the timer fired a hair early
@@ -131,4 +135,4 @@ class IdleCollector:
         if act.atype.has_on_stop and act.agent is not None:
             act.request_deactivation()
         else:
-            self._kernel._retire(act)  # nothing to run: leave without a task
+            self._runtime.retire(act)  # nothing to run: leave without a task

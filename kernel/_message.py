@@ -11,11 +11,12 @@ which defaults to ``f"{module}.{qualname}"`` and can be set per class::
 
 from __future__ import annotations
 
+import enum
 from typing import Any, dataclass_transform
 
 import msgspec
 
-__all__ = ["DeadLetter", "Message"]
+__all__ = ["DeadLetter", "DeadLetterReason", "Message"]
 
 
 @dataclass_transform(frozen_default=True, kw_only_default=False, field_specifiers=(msgspec.field,))
@@ -50,6 +51,35 @@ class Message(msgspec.Struct, metaclass=_MessageMeta, frozen=True):
     """
 
 
+class DeadLetterReason(enum.StrEnum):
+    """Why a message is dead: the values of ``DeadLetter.reason`` (plain strs too)."""
+
+    HANDLER_FAILED = "handler_failed"
+    """Its handler raised (a tell or an event: nobody else would hear of it)."""
+    UNKNOWN_AGENT = "unknown_agent"
+    """A subscription names an agent type that is not registered."""
+    UNHANDLED_MESSAGE = "unhandled_message"
+    """An event reached an agent type with no handler for its type."""
+    MAILBOX_FULL = "mailbox_full"
+    """The mailbox was full and the message could not wait (``reject``, a timer tick,
+    a dead letter)."""
+    DROPPED_OLDEST = "dropped_oldest"
+    """Pushed out of a full ``drop_oldest`` mailbox by a newer message."""
+    ACTIVATION_FAILED = "activation_failed"
+    """The agent failed to start (``on_start`` or loading its state)."""
+    NOT_DELIVERED = "not_delivered"
+    """An event whose publisher waited for room, refused when the subscriber's
+    activation failed or was fenced meanwhile."""
+    SUBSCRIPTION_KEY_FAILED = "subscription_key_failed"
+    """A subscription's key function raised or returned something other than a str."""
+    LEASE_LOST = "lease_lost"
+    """Queued for a stateful agent whose activation lost its claim (the kernel's lease)."""
+    KERNEL_STOPPED = "kernel_stopped"
+    """Still queued when the kernel stopped."""
+    INTERNAL_ERROR = "internal_error"
+    """A bug in kerna failed the agent's worker (logged at ERROR)."""
+
+
 class DeadLetter(Message, tag="kerna.DeadLetter"):
     """A message that could not be delivered or handled.
 
@@ -59,11 +89,11 @@ class DeadLetter(Message, tag="kerna.DeadLetter"):
     Attributes:
         target: the agent id (``"Type/key"``) or topic the message was for.
         message: the message itself.
-        reason: why it is dead: ``"handler_failed"``, ``"unknown_agent"``,
-            ``"unhandled_message"``, ``"mailbox_full"``, ``"dropped_oldest"``,
-            ``"activation_failed"`` or ``"kernel_stopped"``.
+        reason: why it is dead: one of ``DeadLetterReason`` (a ``StrEnum``: compare
+            with the member or its str value).
         error: the error text, when there was one.
         correlation_id: the conversation the message belonged to.
+        message_id: the dead message's own id.
     """
 
     target: str
@@ -71,3 +101,4 @@ class DeadLetter(Message, tag="kerna.DeadLetter"):
     reason: str
     error: str | None = None
     correlation_id: int = 0
+    message_id: int = 0

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from ._registry import OVERFLOW_POLICIES
 
-__all__ = ["check_mailbox", "check_positive", "check_restarts", "check_seconds"]
+__all__ = [
+    "check_headers",
+    "check_mailbox",
+    "check_positive",
+    "check_restarts",
+    "check_seconds",
+    "check_timeout",
+]
 
 
 def check_positive(name: str, value: float | None, *, allow_none: bool = False) -> None:
@@ -38,3 +46,35 @@ def check_restarts(max_restarts: int, backoff: float) -> None:
     if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
         raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
     check_seconds("restart_backoff", backoff)
+
+
+def check_timeout(timeout: object) -> None:
+    """An ask timeout: a positive, finite number of seconds.
+
+    Raises:
+        TypeError: not a number (``"1"``, ``True``).
+        ValueError: not positive or not finite.
+    """
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(
+            f"ask timeout must be a number of seconds, got {timeout!r} "
+            f"({type(timeout).__qualname__})"
+        )
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise ValueError(f"ask timeout must be a positive number of seconds, got {timeout!r}")
+
+
+def check_headers(headers: object) -> dict[str, str]:
+    """Message headers: a mapping of str to str, copied (the envelope's is never shared
+    with the caller, who may change theirs).
+
+    Raises:
+        TypeError: not a mapping, or a key or value is not a str.
+    """
+    if not isinstance(headers, Mapping):
+        raise TypeError(f"headers must be a mapping of str to str, got {headers!r}")
+    copied = dict(headers)
+    for name, value in copied.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(f"headers must map str to str, got {name!r}: {value!r}")
+    return copied

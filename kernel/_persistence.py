@@ -354,6 +354,16 @@ class Persistence:
         act.state, act.seq = await log_.load()
         act.stale = False
 
+    @staticmethod
+    def state_decoder(spec: StateSpec, type_name: str) -> Callable[[bytes], Any]:
+        """Decodes a stored state value of ``type_name`` (an event-sourced type stores
+        a snapshot there) for ``Kernel.replica``."""
+        sourcing = spec.sourcing
+        if sourcing is not None:
+            return lambda data: sourcing.decode_snapshot(data, type_name)[0]
+        decode: Callable[[bytes], Any] = spec.decoder.decode
+        return decode
+
     def _decode(self, spec: StateSpec, key: str, data: bytes) -> Any:
         try:
             return spec.decoder.decode(data)

@@ -3,29 +3,29 @@
 Get one from ``kernel.ref(AgentClass, key)`` (or ``self.ref`` inside an agent); never
 construct it. A ref is cheap and stays valid across deactivations: the next message
 re-activates the agent.
+
+A send only builds its envelope (``kerna._envelope.outgoing``, from the context it is
+sent in) and hands it to ``Runtime.deliver``, which routes it; an ask then waits for
+the reply future its envelope carries, bounded by the ask's deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._activation import SPAWN_BURST, current_activation
-from ._envelope import ASK, TELL, Envelope
-from ._errors import (
-    AskTimeout,
-    DeadlockError,
-    UnhandledMessage,
-    UnknownAgent,
-)
+from ._envelope import ASK, TELL, outgoing
+from ._errors import AskTimeout, DeadlockError
 from ._ids import AgentId
 from ._message import Message
+from ._options import check_headers, check_timeout
+from ._runtime import RUNNING
 
 if TYPE_CHECKING:
-    from ._activation import Activation
     from ._kernel import Kernel
-    from ._registry import AgentType
+    from ._runtime import Runtime
 
 __all__ = ["AgentRef"]
 
@@ -33,60 +33,54 @@ __all__ = ["AgentRef"]
 def _expire(reply: asyncio.Future[Any], target: AgentId, message: Any, timeout: float) -> None:
     if not reply.done():
         reply.set_exception(
-            AskTimeout(f"no reply from {target} to {type(message).__qualname__} in {timeout:g}s")
+            AskTimeout(
+                f"no reply from {target} to {type(message).__qualname__} in {timeout:.3g}s",
+                target=target,
+                timeout=timeout,
+            )
         )
 
 
 class AgentRef:
-    """A handle on a virtual agent ``AgentId(type, key)`` in one kernel."""
+    """A handle on a virtual agent ``AgentId(type, key)`` in one kernel.
 
-    __slots__ = ("_activation", "_kernel", "id")
+    Attributes:
+        id: the agent's identity.
+        route: where the last send to it went (the runtime's routing cache).
+    """
 
-    def __init__(self, kernel: Kernel, agent_id: AgentId) -> None:
-        self._kernel = kernel
+    __slots__ = ("_runtime", "id", "route")
+
+    def __init__(self, runtime: Runtime, agent_id: AgentId) -> None:
+        self._runtime = runtime
         self.id = agent_id
-        self._activation: Activation | None = None
+        self.route: Any = None
 
     def __repr__(self) -> str:
         return f"AgentRef({self.id})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, AgentRef) and other.id == self.id and other._kernel is self._kernel
+        return isinstance(other, AgentRef) and other.id == self.id and other.kernel is self.kernel
 
     def __hash__(self) -> int:
         return hash(self.id)
 
-    def _check_open(self, message: Any, sender: Activation | None) -> None:
-        """Refuse a send the kernel does not take now (not started, or stopping)."""
-        kernel = self._kernel
-        if kernel._intake_closed and (sender is None or kernel._stopped):
-            raise kernel._refuse(self.id, f"{type(message).__qualname__} not sent")
+    @property
+    def kernel(self) -> Kernel:
+        """The kernel this ref sends through."""
+        return self._runtime.kernel
 
-    def _target(self, message: Any) -> Activation:
-        """The activation to deliver ``message`` to, checking everything a sender can fix."""
-        kernel = self._kernel
-        act = self._activation
-        if act is None or act.closed:
-            atype = kernel._types.get(self.id.type)
-            if atype is None:
-                raise UnknownAgent(f"no agent type {self.id.type!r} is registered")
-            _check_handled(atype, message)
-            act = self._activation = kernel._activation(self.id, atype)
-        else:
-            atype = act.atype
-            if type(message) not in atype.handlers:
-                _check_handled(atype, message)
-        if act.failure is not None:
-            atype.stats.rejected += 1
-            raise act.copy_failure()
-        return act
-
-    async def tell(self, message: Message) -> None:
+    async def tell(self, message: Message, *, headers: Mapping[str, str] | None = None) -> None:
         """Send ``message`` without waiting for it to be handled.
 
         Returns once the message is in the agent's mailbox (after waiting for room if the
         agent's overflow policy is ``wait``). A failure in the handler goes to dead
-        letters, not to the sender.
+        letters (and the log), not to the sender.
+
+        Args:
+            message: the message.
+            headers: metadata for the receiver's ``self.context.headers``; it flows on
+                with every message sent while this one is handled.
 
         Raises:
             UnknownAgent: the agent type is not registered.
@@ -97,36 +91,45 @@ class AgentRef:
             Fenced: a stateful agent's activation lost its claim (the kernel's lease)
                 while this sender waited for room; the next send re-activates it.
             KernelStopped: the kernel is stopping.
+            TypeError: ``message`` is not a kerna Message, or ``headers`` not a mapping
+                of str to str.
         """
+        rt = self._runtime
         sender = current_activation.get()
-        self._check_open(message, sender)
-        act = self._target(message)
-        kernel = self._kernel
-        msg_id = next(kernel._ids)
+        if rt.phase is not RUNNING and not rt.accepts(sender):
+            raise rt.refuse(self.id, f"{type(message).__qualname__} not sent")
+        if headers is not None:
+            headers = check_headers(headers)
         if sender is None:
-            env = Envelope(msg_id, TELL, self.id, message, None, msg_id)
+            env = outgoing(rt.ids, TELL, self.id, message, None, None, None, None, headers)
         else:
-            parent = sender.current
-            if parent is None:
-                env = Envelope(msg_id, TELL, self.id, message, sender.id, msg_id)
-            else:
-                env = Envelope(
-                    msg_id, TELL, self.id, message, sender.id, parent.correlation_id, parent.id
-                )
-        waiter = act.put(env)
+            env = outgoing(
+                rt.ids, TELL, self.id, message, sender.id, sender.current, None, None, headers
+            )
+        waiter = rt.deliver(env, self)
         if waiter is not None:
             await waiter
-        elif kernel._unstarted > SPAWN_BURST:
-            await asyncio.sleep(0)  # let the workers this sender woke run (see Kernel)
+        elif rt.unstarted > SPAWN_BURST:
+            await asyncio.sleep(0)  # let the workers this sender woke run (see Runtime)
 
-    async def ask(self, message: Message, *, timeout: float | None = None) -> Any:
-        """Send ``message`` and wait for the handler's return value.
+    async def ask(
+        self,
+        message: Message,
+        *,
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Send ``message`` and wait for the handler's reply.
+
+        The result is typed by the request: for ``class Ping(Request[Pong])``,
+        ``await ref.ask(Ping())`` is a ``Pong``; for a plain ``Message`` it is ``Any``.
 
         Args:
             message: the request.
             timeout: seconds to wait; ``None`` means the kernel's ``ask_timeout``. Inside
                 a handler the ask also inherits the remaining time of the message being
                 handled, whichever is shorter.
+            headers: as for ``tell``.
 
         Raises:
             AskTimeout: no reply in time (a reply that comes later is dropped and counted).
@@ -138,33 +141,41 @@ class AgentRef:
             UnknownAgent, UnhandledMessage, MailboxFull, ActivationFailed, KernelStopped:
                 as for ``tell``.
             ValueError: ``timeout`` is not a positive number.
+            TypeError: ``timeout`` is not a number, or as for ``tell``.
         """
-        kernel = self._kernel
-        loop = kernel.loop
+        rt = self._runtime
+        loop = rt.loop
         if timeout is None:
-            timeout = kernel.ask_timeout
-        elif not (timeout > 0 and math.isfinite(timeout)):
-            raise ValueError(f"ask timeout must be a positive number of seconds, got {timeout!r}")
+            timeout = rt.kernel.ask_timeout
+        else:
+            check_timeout(timeout)
         sender = current_activation.get()
-        self._check_open(message, sender)
+        if rt.phase is not RUNNING and not rt.accepts(sender):
+            raise rt.refuse(self.id, f"{type(message).__qualname__} not sent")
+        if headers is not None:
+            headers = check_headers(headers)
         deadline = loop.time() + timeout
-        msg_id = next(kernel._ids)
         reply: asyncio.Future[Any] = loop.create_future()
         if sender is None:
-            env = Envelope(msg_id, ASK, self.id, message, None, msg_id, 0, deadline, (), reply)
+            env = outgoing(rt.ids, ASK, self.id, message, None, None, deadline, reply, headers)
         else:
-            env = self._nested(msg_id, message, sender, deadline, reply)
+            env = outgoing(
+                rt.ids, ASK, self.id, message, sender.id, sender.current, deadline, reply, headers
+            )
+            if self.id in env.chain:
+                path = " -> ".join(str(a) for a in (*env.chain, self.id))
+                raise DeadlockError(f"ask cycle: {path}")
             assert env.deadline is not None
             deadline = env.deadline
             timeout = max(0.0, deadline - loop.time())
             if timeout == 0.0:
                 raise AskTimeout(
                     f"deadline of the message being handled by {sender.id} passed before "
-                    f"asking {self.id}"
+                    f"asking {self.id}",
+                    target=self.id,
+                    timeout=0.0,
                 )
-        # The envelope first: an ask refused by its own checks creates no activation.
-        act = self._target(message)
-        waiter = act.put(env)
+        waiter = rt.deliver(env, self)
         timer = loop.call_at(deadline, _expire, reply, self.id, message, timeout)
         try:
             if waiter is not None:
@@ -172,32 +183,6 @@ class AgentRef:
             return await reply
         finally:
             timer.cancel()
-
-    def _nested(
-        self,
-        msg_id: int,
-        message: Any,
-        sender: Activation,
-        deadline: float,
-        reply: asyncio.Future[Any],
-    ) -> Envelope:
-        """The envelope of an ask made from inside a handler: inherits the context."""
-        parent = sender.current
-        if parent is None:
-            chain: tuple[AgentId, ...] = (sender.id,)
-            correlation_id, causation_id = msg_id, 0
-        else:
-            chain = (*parent.chain, sender.id)
-            correlation_id, causation_id = parent.correlation_id, parent.id
-            if parent.deadline is not None and parent.deadline < deadline:
-                deadline = parent.deadline
-        if self.id in chain:
-            path = " -> ".join(str(a) for a in (*chain, self.id))
-            raise DeadlockError(f"ask cycle: {path}")
-        return Envelope(
-            msg_id, ASK, self.id, message, sender.id, correlation_id, causation_id, deadline,
-            chain, reply,
-        )  # fmt: skip
 
     async def deactivate(self) -> None:
         """Deactivate the agent once its mailbox is drained; wait until ``on_stop`` ran.
@@ -209,33 +194,18 @@ class AgentRef:
         Raises:
             DeadlockError: called by the agent on itself.
         """
-        kernel = self._kernel
-        act = kernel._directory.get(self.id)
+        rt = self._runtime
+        act = rt.directory.get(self.id)
         if act is None or act.closed:
             return
         if current_activation.get() is act:
             raise DeadlockError(
                 f"{self.id} cannot await its own deactivation; use self.deactivate_on_idle()"
             )
-        if act.on_closed is None:
-            act.on_closed = kernel.loop.create_future()
-        closed = act.on_closed
-        act.request_deactivation()
-        await asyncio.shield(closed)
+        await asyncio.shield(act.deactivation())
 
 
-def _check_handled(atype: AgentType, message: Any) -> None:
-    if not isinstance(message, Message):
-        raise TypeError(
-            f"messages must be kerna.Message instances, got {type(message).__qualname__}"
-        )
-    if atype.handler_for(type(message)) is None:
-        raise UnhandledMessage(
-            f"agent type {atype.name!r} has no handler for {type(message).__qualname__}"
-        )
-
-
-async def _wait_for_room(waiter: asyncio.Future[None], reply: asyncio.Future[Any]) -> None:
+async def _wait_for_room(waiter: Any, reply: asyncio.Future[Any]) -> None:
     """Wait for a mailbox slot, but give up when the ask's own deadline fires first."""
     if reply.done():
         waiter.cancel()

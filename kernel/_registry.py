@@ -143,6 +143,7 @@ class AgentType:
         "capacity",
         "cls",
         "conflict_retries",
+        "declared",
         "factory",
         "handlers",
         "has_on_stop",
@@ -175,6 +176,7 @@ class AgentType:
         self.cls = cls
         self.name = name
         self.handlers = build_handler_table(cls)
+        self.declared = tuple(self.handlers)
         self.capacity = capacity
         self.overflow = overflow
         self.idle_timeout = idle_timeout
@@ -190,6 +192,10 @@ class AgentType:
         # Activation._call, whatever its type).
         self.plain = not cancel_at_deadline and not conflict_retries
         self.stats = TypeStats()
+
+    def handled_types(self) -> tuple[type, ...]:
+        """The message types this type's handlers declare (not the cached fallbacks)."""
+        return self.declared
 
     def handler_for(self, message_type: type) -> HandlerFn | None:
         """The handler for ``message_type``, falling back to its nearest handled base."""

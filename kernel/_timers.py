@@ -27,14 +27,14 @@ class Timer:
         self.interval = delay
         self.repeat = repeat
         self.cancelled = False
-        loop = activation.kernel.loop
+        loop = activation.runtime.loop
         self._handle: asyncio.TimerHandle = loop.call_at(loop.time() + delay, self._fire)
 
     def _fire(self) -> None:
         activation = self._activation
         if self.repeat:
             # Fixed rate from the planned time, so ticks do not drift with handler time.
-            loop = activation.kernel.loop
+            loop = activation.runtime.loop
             self._handle = loop.call_at(self._handle.when() + self.interval, self._fire)
         else:
             self.cancelled = True

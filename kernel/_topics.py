@@ -8,19 +8,18 @@ here on ``kerna.dead_letters``, never blocking and never about a dead letter.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._activation import SPAWN_BURST, Activation
-from ._envelope import EVENT, Envelope
+from ._activation import Activation
+from ._envelope import EVENT, Envelope, outgoing
 from ._errors import ActivationFailed, Fenced, MailboxFull, UnknownAgent
 from ._failures import describe
 from ._ids import AgentId
-from ._message import DeadLetter, Message
+from ._message import DeadLetter, DeadLetterReason
 
 if TYPE_CHECKING:
-    from ._kernel import Kernel
+    from ._runtime import Runtime
 
 __all__ = ["DEAD_LETTERS", "Subscription", "Topics"]
 
@@ -28,16 +27,20 @@ DEAD_LETTERS = "kerna.dead_letters"
 
 
 class Subscription:
-    """A topic bound to an agent type; ``key(message)`` picks the agent per event."""
+    """A topic bound to an agent type; ``key(message)`` picks the agent per event.
 
-    __slots__ = ("_last", "_last_key", "key", "topic", "type_name")
+    ``cached_key`` and ``cached`` remember the last key and its activation: most
+    topics hit few keys.
+    """
+
+    __slots__ = ("cached", "cached_key", "key", "topic", "type_name")
 
     def __init__(self, topic: str, type_name: str, key: Callable[[Any], str]) -> None:
         self.topic = topic
         self.type_name = type_name
         self.key = key
-        self._last_key: str | None = None  # one-entry cache: most topics hit few keys
-        self._last: Activation | None = None
+        self.cached_key: str | None = None
+        self.cached: Activation | None = None
 
     def __repr__(self) -> str:
         return f"Subscription({self.topic!r} -> {self.type_name})"
@@ -50,10 +53,10 @@ def default_key(_: Any) -> str:
 class Topics:
     """The kernel's subscriptions, by topic."""
 
-    __slots__ = ("_by_topic", "_kernel")
+    __slots__ = ("_by_topic", "_runtime")
 
-    def __init__(self, kernel: Kernel) -> None:
-        self._kernel = kernel
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
         self._by_topic: dict[str, list[Subscription]] = {}
 
     def subscribe(
@@ -70,65 +73,88 @@ class Topics:
             if not subs:
                 del self._by_topic[subscription.topic]
 
-    async def publish(self, topic: str, message: Message, sender: Activation | None) -> None:
-        subs = self._by_topic.get(topic)
-        if not subs:
-            return
-        kernel = self._kernel
-        env = self._envelope(topic, message, sender)
-        for sub in subs if len(subs) == 1 else tuple(subs):
-            act = self._subscriber(sub, env)
+    def fan_out(self, env: Envelope) -> Awaitable[None] | None:
+        """Put the event ``env`` in every subscriber's mailbox (``Runtime.deliver``).
+
+        Returns None when every subscriber took it, or an awaitable that waits for room
+        in a ``wait`` mailbox and then goes on with the remaining subscribers.
+        """
+        target = env.target
+        assert isinstance(target, str)
+        listed = self._by_topic.get(target)
+        if not listed:
+            return None
+        # A subscriber may unsubscribe while we go: iterate over a copy (of two or more).
+        subs: Sequence[Subscription] = listed if len(listed) == 1 else tuple(listed)
+        parked = self._offer(env, subs, 0)
+        if parked is None:
+            return None
+        return self._fan_out_rest(env, subs, parked)
+
+    def _offer(
+        self, env: Envelope, subs: Sequence[Subscription], start: int
+    ) -> tuple[Activation, Any, int] | None:
+        """Offer ``env`` to ``subs[start:]`` until a mailbox parks the sender: then
+        (that activation, its waiter, the index after it)."""
+        for i in range(start, len(subs)):
+            act = self._subscriber(subs[i], env)
             if act is None:
                 continue
             try:
                 waiter = act.put(env)
-                if waiter is not None:
-                    await waiter
             except MailboxFull as exc:  # counted as rejected by the mailbox
-                kernel._publish_dead_letter(env, act.id, "mailbox_full", exc)
-            except (ActivationFailed, Fenced) as exc:  # refused while parked: counted
-                kernel._publish_dead_letter(env, act.id, "not_delivered", exc)
-        if kernel._unstarted > SPAWN_BURST:
-            await asyncio.sleep(0)
+                self._runtime.publish_dead_letter(env, act.id, DeadLetterReason.MAILBOX_FULL, exc)
+                continue
+            if waiter is not None:
+                return act, waiter, i + 1
+        return None
 
-    def _envelope(self, topic: str, message: Message, sender: Activation | None) -> Envelope:
-        msg_id = next(self._kernel._ids)
-        if sender is None:
-            return Envelope(msg_id, EVENT, topic, message, None, msg_id)
-        parent = sender.current
-        if parent is None:
-            return Envelope(msg_id, EVENT, topic, message, sender.id, msg_id)
-        return Envelope(msg_id, EVENT, topic, message, sender.id, parent.correlation_id, parent.id)
+    async def _fan_out_rest(
+        self,
+        env: Envelope,
+        subs: Sequence[Subscription],
+        parked: tuple[Activation, Any, int] | None,
+    ) -> None:
+        while parked is not None:
+            act, waiter, after = parked
+            try:
+                await waiter
+            except (ActivationFailed, Fenced) as exc:  # refused while parked: counted
+                self._runtime.publish_dead_letter(env, act.id, DeadLetterReason.NOT_DELIVERED, exc)
+            parked = self._offer(env, subs, after)
 
     def _subscriber(self, sub: Subscription, env: Envelope) -> Activation | None:
         """The activation that receives ``env`` through ``sub``, or None (dead-lettered)."""
-        kernel = self._kernel
+        rt = self._runtime
         try:
             key: object = sub.key(env.payload)
         except Exception as exc:
-            kernel._undeliverable(env, sub.type_name, "subscription_key_failed", exc)
+            rt.undeliverable(env, sub.type_name, DeadLetterReason.SUBSCRIPTION_KEY_FAILED, exc)
             return None
-        last = sub._last
-        if last is not None and key == sub._last_key and not last.closed:
+        last = sub.cached
+        if last is not None and key == sub.cached_key and not last.closed:
             act = last
         else:
-            atype = kernel._types.get(sub.type_name)
+            atype = rt.types.get(sub.type_name)
             if atype is None:
                 error: Exception = UnknownAgent(
-                    f"{sub!r}: no agent type {sub.type_name!r} is registered"
+                    f"{sub!r}: no agent type {sub.type_name!r} is registered",
+                    agent_type=sub.type_name,
                 )
-                kernel._undeliverable(env, sub.type_name, "unknown_agent", error)
+                rt.undeliverable(env, sub.type_name, DeadLetterReason.UNKNOWN_AGENT, error)
                 return None
             if not isinstance(key, str):
                 error = TypeError(
                     f"key function of {sub!r} returned {type(key).__qualname__}, not str"
                 )
-                kernel._undeliverable(env, sub.type_name, "subscription_key_failed", error)
+                rt.undeliverable(
+                    env, sub.type_name, DeadLetterReason.SUBSCRIPTION_KEY_FAILED, error
+                )
                 return None
-            act = kernel._activation(AgentId(sub.type_name, key), atype)
-            sub._last, sub._last_key = act, key
+            act = rt.activation(AgentId(sub.type_name, key), atype)
+            sub.cached, sub.cached_key = act, key
         if act.failure is not None:
-            kernel._undeliverable(env, act.id, "activation_failed", act.copy_failure())
+            rt.undeliverable(env, act.id, DeadLetterReason.ACTIVATION_FAILED, act.copy_failure())
             return None
         return act
 
@@ -146,15 +172,14 @@ class Topics:
             reason=reason,
             error=None if error is None else describe(error),
             correlation_id=env.correlation_id,
+            message_id=env.id,
         )
-        kernel = self._kernel
-        dl_env = Envelope(
-            next(kernel._ids), EVENT, DEAD_LETTERS, dead, None, env.correlation_id, env.id
-        )
+        rt = self._runtime
+        dl_env = outgoing(rt.ids, EVENT, DEAD_LETTERS, dead, None, env)
         for sub in tuple(subs):
             act = self._subscriber(sub, dl_env)
             if act is not None:
                 try:
                     act.put(dl_env, may_wait=False)
                 except MailboxFull as exc:  # counted; not published again (a DeadLetter)
-                    kernel._undeliverable(dl_env, act.id, "mailbox_full", exc)
+                    rt.undeliverable(dl_env, act.id, DeadLetterReason.MAILBOX_FULL, exc)

@@ -67,6 +67,7 @@ from ._etcd_conn import (
     _Fault,
     _grpc,
     _NotConnected,
+    _Options,
     _parse_endpoints,
     _parse_options,
 )
@@ -152,7 +153,38 @@ class EtcdBackend(StateBackend):
         """The member currently connected to (None between connections)."""
         return None if self._conn is None else self._conn.endpoint
 
-    # -- connections -------------------------------------------------------------------
+    # -- connections (also used by the watch streams, ``kerna.state._etcd_watch``) -----
+
+    @property
+    def closed(self) -> bool:
+        """True once ``aclose`` was called."""
+        return self._closed
+
+    @property
+    def options(self) -> _Options:
+        """The connection options parsed from the URL and arguments."""
+        return self._options
+
+    @property
+    def connection(self) -> _Conn | None:
+        """The connection in use now (None between connections)."""
+        return self._conn
+
+    def connect_now(self) -> _Conn:
+        """The connection in use, opened to the next member if there is none.
+
+        Raises:
+            ConfigError: the backend is closed.
+        """
+        return self._current()
+
+    async def drop(self, conn: _Conn, reason: str) -> None:
+        """Give up ``conn`` (see ``_drop``)."""
+        await self._drop(conn, reason)
+
+    async def pause(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, or less if the backend closes meanwhile."""
+        await self._pause(delay)
 
     def _current(self) -> _Conn:
         if self._closed:

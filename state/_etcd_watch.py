@@ -63,7 +63,7 @@ class _WatchStream:
             StateError: etcd cancelled the watch for another reason (permissions).
             ConfigError: etcd rejected the credentials.
         """
-        while not self._backend._closed:
+        while not self._backend.closed:
             if self._call is None:
                 await self._open()
                 continue
@@ -104,8 +104,8 @@ class _WatchStream:
     async def _open(self) -> None:
         """Create the stream on the current member (or, failing, drop that member and
         pause before the caller tries again)."""
-        conn = self._backend._current()
-        timeout = self._backend._options.probe_timeout
+        conn = self._backend.connect_now()
+        timeout = self._backend.options.probe_timeout
         call: Any = None
         try:
             await conn.ready(timeout)
@@ -143,21 +143,21 @@ class _WatchStream:
         """The stream is gone: drop its member (if still current) and pause a little."""
         conn, self._conn = self._conn, None
         self.cancel()
-        if self._backend._closed:
+        if self._backend.closed:
             return
         if conn is not None:
-            await self._backend._drop(conn, f"watch on {self._prefix!r} lost: {reason}")
-        await self._backend._pause(self._delay)
+            await self._backend.drop(conn, f"watch on {self._prefix!r} lost: {reason}")
+        await self._backend.pause(self._delay)
         self._delay = min(self._delay * 2, _BACKOFF_MAX)
 
 
 async def _probe_loop(backend: EtcdBackend) -> None:
     """Every ``probe_interval``, ask the current member for its status; one that
     does not answer within ``probe_timeout`` is dropped (see ``kerna.state._etcd``)."""
-    timeout = backend._options.probe_timeout
+    timeout = backend.options.probe_timeout
     while True:
-        await asyncio.sleep(backend._options.probe_interval)
-        conn = backend._conn
+        await asyncio.sleep(backend.options.probe_interval)
+        conn = backend.connection
         if conn is None:
             continue
         try:
@@ -170,4 +170,4 @@ async def _probe_loop(backend: EtcdBackend) -> None:
             continue  # closed under us by someone who found it broken
         except Exception as exc:
             reason = exc.details() if isinstance(exc, rpc.AioRpcError) else repr(exc)
-            await backend._drop(conn, f"failed the liveness probe ({reason})")
+            await backend.drop(conn, f"failed the liveness probe ({reason})")

@@ -302,7 +302,7 @@ class EtcdCluster:
             ids = {}
             leaders = set()
             for m in self.members:
-                if not m.running or m._state() in ("T", "t"):
+                if not m.running or m._state() in ("T", "t"):  # noqa: SLF001 - the fixture reads its own member process state
                     continue
                 status = m.status(timeout=0.3)
                 header = status.get("header") if status else None

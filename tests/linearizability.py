@@ -196,7 +196,7 @@ class History:
         cancelled, say) count as ambiguous.
         """
         with self._lock:
-            return [op for h in self._handles if (op := h._operation()) is not None]
+            return [op for h in self._handles if (op := h._operation()) is not None]  # noqa: SLF001 - History and its handles are one unit
 
     def __len__(self) -> int:
         """How many operations were invoked, failed ones included."""
@@ -204,10 +204,10 @@ class History:
 
     def _complete(self, handle: OpHandle, status: Status, result: Hashable) -> None:
         with self._lock:
-            if handle._status != "pending":
-                raise RuntimeError(f"operation #{handle.id} already completed: {handle._status}")
+            if handle._status != "pending":  # noqa: SLF001 - History and its handles are one unit
+                raise RuntimeError(f"operation #{handle.id} already completed: {handle._status}")  # noqa: SLF001 - History and its handles are one unit
             self._clock += 1
-            handle._status, handle._result, handle._ret = status, result, self._clock
+            handle._status, handle._result, handle._ret = status, result, self._clock  # noqa: SLF001 - History and its handles are one unit
 
 
 class OpHandle:
@@ -240,7 +240,7 @@ class OpHandle:
         """
         if isinstance(self.op, Cas) and not isinstance(result, bool):
             raise TypeError(f"a compare-and-swap completes with a bool, not {result!r}")
-        self._history._complete(self, "ok", None if isinstance(self.op, Write) else result)
+        self._history._complete(self, "ok", None if isinstance(self.op, Write) else result)  # noqa: SLF001 - History and its handles are one unit
 
     def fail(self) -> None:
         """It definitely did not take effect (raised before sending, or rejected unapplied).
@@ -248,7 +248,7 @@ class OpHandle:
         Raises:
             RuntimeError: the operation was already completed.
         """
-        self._history._complete(self, "failed", None)
+        self._history._complete(self, "failed", None)  # noqa: SLF001 - History and its handles are one unit
 
     def ambiguous(self) -> None:
         """Its outcome is unknown: it may take effect at any time after its invocation, or never.
@@ -256,7 +256,7 @@ class OpHandle:
         Raises:
             RuntimeError: the operation was already completed.
         """
-        self._history._complete(self, "ambiguous", None)
+        self._history._complete(self, "ambiguous", None)  # noqa: SLF001 - History and its handles are one unit
 
     def _operation(self) -> Operation | None:
         if self._status == "failed":

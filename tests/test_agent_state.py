@@ -144,7 +144,7 @@ async def test_one_activation_across_kernels_and_fencing() -> None:
         assert info.value.type_name == "kerna.OwnedElsewhere"
         assert "Counter/c is active elsewhere" in info.value.message
         # a's lease lapses (a paused kernel, a partition): its claim disappears ...
-        await b.state_backend.lease_revoke(a._store().lease)
+        await b.state_backend.lease_revoke(a._store().lease)  # noqa: SLF001 - the test inspects or forces kerna internals
         await asyncio.wait_for(b.ref(Counter, "c").deactivate(), 5)  # clear b's failure
         assert await b.ref(Counter, "c").ask(Inc()) == Total(n=2)  # ... b takes over
         # ... and a's stale activation cannot overwrite its successor
@@ -230,14 +230,14 @@ async def test_bad_state_urls() -> None:
 async def test_missing_extra_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     from kerna.state import _registry
 
-    monkeypatch.setitem(_registry._BUILTIN, "etcd", "kerna_no_such_module:EtcdBackend")
+    monkeypatch.setitem(_registry._BUILTIN, "etcd", "kerna_no_such_module:EtcdBackend")  # noqa: SLF001 - the test inspects or forces kerna internals
     monkeypatch.setattr(_registry, "entry_points", lambda group: [])
-    _registry._entry_points.cache_clear()
+    _registry._entry_points.cache_clear()  # noqa: SLF001 - the test inspects or forces kerna internals
     try:
         with pytest.raises(ConfigError, match=r"pip install 'kerna\[etcd\]'"):
             await connect("etcd://127.0.0.1:2379")
     finally:
-        _registry._entry_points.cache_clear()
+        _registry._entry_points.cache_clear()  # noqa: SLF001 - the test inspects or forces kerna internals
 
 
 async def test_kernel_on_a_backend_it_does_not_own() -> None:

@@ -105,7 +105,7 @@ async def _take_over_mid_handler(
     stale = asyncio.ensure_future(a.ref(agent, "k").ask(Inc(hold=True), timeout=10))
     async with asyncio.timeout(5):
         await Gate.entered.wait()
-    await backend.lease_revoke(a._store().lease)  # a's lease lapses: its claim is gone
+    await backend.lease_revoke(a._store().lease)  # a's lease lapses: its claim is gone  # noqa: SLF001 - the test revokes the kernel lease
     assert await b.ref(agent, "k").ask(Read(), timeout=5) == 1  # b activated, wrote nothing
     Gate.release.set()
     with pytest.raises(RemoteError) as info:

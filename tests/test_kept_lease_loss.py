@@ -39,7 +39,7 @@ async def test_a_lease_whose_keepalives_fail_is_lost_before_the_store_expires_it
     lease = KeptLease(faulty, ttl)
 
     def lost() -> None:
-        store_deadline = inner._store.leases[lease.id].deadline  # monotonic, as the loop's
+        store_deadline = inner._store.leases[lease.id].deadline  # monotonic, as the loop's  # noqa: SLF001 - the test inspects the lease internals
         seen.append((loop.time(), lease.deadline, store_deadline))
 
     lease.on_lost = lost
@@ -85,7 +85,7 @@ async def test_a_lease_whose_backend_was_closed_is_lost_at_the_next_refresh() ->
     backend = await connect("memory://")
     lease = KeptLease(backend, 0.6)
     await lease.grant()
-    task = lease._task
+    task = lease._task  # noqa: SLF001 - the test inspects the lease internals
     await backend.aclose()
     async with asyncio.timeout(5):
         await lease.lost.wait()
@@ -117,7 +117,7 @@ async def test_the_kernel_learns_of_each_lost_lease_and_claims_anew_under_a_new_
 ) -> None:
     async with Kernel(state=faulty, lease_ttl=0.6) as kernel:
         kernel.register(Counter)
-        store = kernel._store()
+        store = kernel._store()  # noqa: SLF001 - the test inspects the lease internals
         losses: list[int] = []
         lost = asyncio.Event()
 
@@ -160,7 +160,7 @@ async def test_a_kernel_cut_off_from_its_store_stops_serving_before_another_take
             old.register(Counter, name="Counter")
             new.register(Counter, name="Counter")
             lost = asyncio.Event()
-            old._store().on_lease_lost(lost.set)  # called after the kernel's own
+            old._store().on_lease_lost(lost.set)  # called after the kernel's own  # noqa: SLF001 - the test inspects the lease internals
             assert await old.ref("Counter", "c").ask(Inc(), timeout=5) == 1
             faulty.keepalive_down = True  # old can no longer keep its lease alive
             async with asyncio.timeout(5):

@@ -103,7 +103,7 @@ async def test_closing_the_backend_ends_the_replica() -> None:
     replica = Replica(backend, "p/")
     await replica.__aenter__()
     await backend.aclose()
-    task = replica._task
+    task = replica._task  # noqa: SLF001 - the test inspects the replica watch task
     assert task is not None
     await asyncio.wait_for(asyncio.shield(task), 5)
     await replica.aclose()

@@ -168,7 +168,7 @@ async def test_a_lease_due_on_a_deleted_database_neither_blocks_reads_nor_spins(
         os.unlink(path)
         runs: list[float] = []
         ran = asyncio.Event()
-        on_expiry = backend._on_expiry
+        on_expiry = backend._on_expiry  # noqa: SLF001 - the test drives the expiry hook directly
 
         def counted() -> None:
             runs.append(loop.time())

@@ -73,7 +73,7 @@ async def test_one_owner_across_kernels_and_fencing_on_etcd(
         await a.ref(Register, "r").ask(SetValue(v="a1"))
         with pytest.raises(ActivationFailed, match="active elsewhere"):
             await b.ref(Register, "r").ask(SetValue(v="b1"))
-        await b.state_backend.lease_revoke(a._store().lease)  # a's lease lapses
+        await b.state_backend.lease_revoke(a._store().lease)  # a's lease lapses  # noqa: SLF001 - the test revokes the kernel lease
         await asyncio.wait_for(b.ref(Register, "r").deactivate(), 5)
         await b.ref(Register, "r").ask(SetValue(v="b1"))
         with pytest.raises(RemoteError) as info:

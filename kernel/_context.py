@@ -1,0 +1,96 @@
+"""``MessageContext``: what a handler can know about the message it handles.
+
+A read-only view over the message's envelope, made when ``self.context`` is read (a
+handler that never reads it pays nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Literal
+
+from ._envelope import EVENT, KIND_NAMES
+from ._ids import format_id
+
+if TYPE_CHECKING:
+    from ._envelope import Envelope
+    from ._ids import AgentId
+
+__all__ = ["Kind", "MessageContext"]
+
+Kind = Literal["tell", "ask", "event"]
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+class MessageContext:
+    """The message being handled (``self.context`` inside a handler).
+
+    Ids are 63-bit ints, unique across processes and restarts (a random per-process
+    prefix and a counter); ``repr(context)`` shows them as hex.
+
+    Attributes:
+        sender: the agent that sent it, or None when it came from outside any agent.
+        message_id: this message's id.
+        correlation_id: the id of the first message of the conversation.
+        causation_id: the id of the message whose handler sent this one (0: a root).
+        kind: ``"tell"``, ``"ask"`` or ``"event"``.
+        topic: the topic it was published on (events), else None.
+        headers: metadata that came with it (read-only; empty when none).
+    """
+
+    __slots__ = ("_envelope", "_loop")
+
+    def __init__(self, envelope: Envelope, loop: asyncio.AbstractEventLoop) -> None:
+        self._envelope = envelope
+        self._loop = loop
+
+    @property
+    def sender(self) -> AgentId | None:
+        return self._envelope.sender
+
+    @property
+    def message_id(self) -> int:
+        return self._envelope.id
+
+    @property
+    def correlation_id(self) -> int:
+        return self._envelope.correlation_id
+
+    @property
+    def causation_id(self) -> int:
+        return self._envelope.causation_id
+
+    @property
+    def kind(self) -> Kind:
+        return KIND_NAMES[self._envelope.kind]
+
+    @property
+    def topic(self) -> str | None:
+        env = self._envelope
+        return env.target if env.kind == EVENT and isinstance(env.target, str) else None
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        headers = self._envelope.headers
+        return _NO_HEADERS if not headers else MappingProxyType(dict(headers))
+
+    @property
+    def deadline(self) -> float | None:
+        """The absolute ``loop.time()`` after which nobody waits for the result."""
+        return self._envelope.deadline
+
+    def time_left(self) -> float | None:
+        """Seconds until the message's deadline (None: no deadline; never negative)."""
+        deadline = self._envelope.deadline
+        return None if deadline is None else max(0.0, deadline - self._loop.time())
+
+    def __repr__(self) -> str:
+        env = self._envelope
+        topic = f" topic={self.topic!r}" if self.topic is not None else ""
+        return (
+            f"<MessageContext {self.kind} {format_id(env.id)} from {env.sender or 'outside'}"
+            f" correlation={format_id(env.correlation_id)}{topic}>"
+        )

@@ -1,0 +1,89 @@
+"""Logging handler failures nobody else hears of (tells and events), rate-limited.
+
+A failed ask reaches its asker as ``RemoteError``; a failed tell or event has no one to
+tell, so it becomes a dead letter and a log record on ``kerna.agent`` at
+``failure_log_level`` (WARNING by default) with the agent id, the message type, the
+correlation id and the exception. So that a poison stream cannot flood the log, each
+agent type logs at most ``BURST`` records per ``WINDOW`` seconds; the next record after
+a quiet spell says how many were left out.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from ._envelope import EVENT
+from ._failures import describe
+from ._ids import format_id
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from ._envelope import Envelope
+    from ._ids import AgentId
+
+__all__ = ["BURST", "WINDOW", "FailureLog", "check_level"]
+
+log = logging.getLogger("kerna.agent")
+
+BURST = 10  # records per agent type per window
+WINDOW = 60.0  # seconds
+
+
+def check_level(level: object) -> int:
+    """A logging level given as an int or a name (``"WARNING"``).
+
+    Raises:
+        ValueError: not a known level.
+    """
+    if isinstance(level, str):
+        number = logging.getLevelName(level.upper())
+        if isinstance(number, int):
+            return number
+    elif isinstance(level, int) and not isinstance(level, bool) and level >= 0:
+        return level
+    raise ValueError(
+        f"failure_log_level must be a logging level (an int or a name such as 'WARNING'),"
+        f" got {level!r}"
+    )
+
+
+class FailureLog:
+    """Per agent type: a window start, the records logged and those left out."""
+
+    __slots__ = ("_by_type", "_loop", "level")
+
+    def __init__(self, level: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.level = level
+        self._loop = loop
+        self._by_type: dict[str, list[float]] = {}  # type -> [window start, logged, skipped]
+
+    def handler_failed(self, agent: AgentId, env: Envelope, error: BaseException) -> None:
+        """Log that ``agent``'s handler raised ``error`` on the tell or event ``env``."""
+        if not log.isEnabledFor(self.level):
+            return
+        now = self._loop.time()
+        window = self._by_type.get(agent.type)
+        if window is None or now - window[0] >= WINDOW:
+            skipped = 0 if window is None else int(window[2])
+            window = self._by_type[agent.type] = [now, 0, 0]
+        else:
+            skipped = 0
+        if window[1] >= BURST:
+            window[2] += 1
+            return
+        window[1] += 1
+        note = f" ({skipped} more failures of {agent.type} were not logged)" if skipped else ""
+        kind = "event" if env.kind == EVENT else "tell"
+        log.log(
+            self.level,
+            "%s: handler failed on %s %s (correlation %s): %s%s",
+            agent,
+            kind,
+            type(env.payload).__qualname__,
+            format_id(env.correlation_id),
+            describe(error),
+            note,
+            exc_info=error,
+        )
