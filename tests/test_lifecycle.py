@@ -349,3 +349,48 @@ async def test_cancelled_start_leaves_nothing_behind() -> None:
     from .conftest import assert_no_stray_tasks
 
     assert_no_stray_tasks(before)
+
+
+async def test_a_start_entered_with_a_cancellation_pending_leaves_nothing_behind() -> None:
+    """Ctrl-C during synchronous work before ``async with Kernel()`` (``asyncio.Runner``
+    cancels the main task from its SIGINT handler while that task runs): the pending
+    cancellation lands at start's first suspension; nothing of the kernel is left."""
+    from .conftest import assert_no_stray_tasks
+
+    kernel = Kernel()
+    entered = False
+
+    async def main() -> None:
+        nonlocal entered
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()  # what the SIGINT handler does, while this task runs
+        async with kernel:
+            entered = True
+
+    before = asyncio.all_tasks()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(asyncio.ensure_future(main()), 5)
+    assert not entered
+    assert not kernel.running
+    assert_no_stray_tasks(before)
+
+
+@pytest.mark.parametrize("steps", range(6))
+async def test_a_start_cancelled_at_any_step_leaves_nothing_behind(steps: int) -> None:
+    from .conftest import assert_no_stray_tasks
+
+    before = asyncio.all_tasks()
+    kernel = Kernel()
+    starting = asyncio.ensure_future(kernel.start())
+    for _ in range(steps):
+        await asyncio.sleep(0)
+    starting.cancel()
+    try:
+        await asyncio.wait_for(starting, 5)
+    except asyncio.CancelledError:
+        assert not kernel.running
+    else:  # started before the cancellation could land: it stops as usual
+        assert kernel.running
+        await asyncio.wait_for(kernel.stop(), 5)
+    assert_no_stray_tasks(before)
