@@ -18,13 +18,10 @@ import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from . import __version__
 from ._errors import ConfigError
-
-if TYPE_CHECKING:
-    from ._demo import DemoReport
 
 __all__ = ["build_parser", "main"]
 
@@ -122,7 +119,8 @@ def _add_demo(commands: Any) -> None:
 
 
 def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from ._demo import loop_factory, run_demo  # here, so `kerna --version` stays instant
+    # here, so that `kerna --version` stays instant
+    from .demo import format_plain, loop_factory, print_rich, run_demo
 
     if args.corrupt_rate + args.stall_rate > 1:
         parser.error("argument --stall-rate: --corrupt-rate + --stall-rate must not exceed 1")
@@ -155,7 +153,7 @@ def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
         sys.stdout.write(msgspec.json.format(msgspec.json.encode(report)).decode() + "\n")
     elif rich_lib is not None:
-        _print_rich(report)
+        print_rich(report)
     else:
         sys.stdout.write(format_plain(report))
     if report.lost:
@@ -256,78 +254,3 @@ class _PlainProgress:
         if self.open_line:
             self.stream.write("\n")
             self.stream.flush()
-
-
-def summary_rows(report: DemoReport) -> list[tuple[str, str]]:
-    """The summary as (label, text) rows, shared by the plain and the rich output."""
-    r = report
-    return [
-        ("loop", r.loop),
-        ("documents", f"{r.docs:,} uploaded: {r.completed:,} completed, {r.failed:,} failed"
-         + (f", {r.lost:,} LOST" if r.lost else "")),
-        ("choreography", f"{r.aggregated:,} aggregated, {r.choreography_failed:,} failed a "
-         "stage (dead letters)"),
-        ("orchestration", f"{r.orchestrated:,} answered ok, {r.orchestration_errors:,} "
-         f"RemoteError, {r.orchestration_timeouts:,} AskTimeout"),
-        ("failures", f"{r.failed:,} documents; injected: {r.injected_corrupt:,} corrupted, "
-         f"{r.injected_stalls:,} stalled"),
-        ("messages", f"{r.messages:,} handled in {r.wall_s:.2f} s = {r.msgs_per_s:,.0f} msgs/s"),
-        ("kernel", f"{r.dead_letters:,} dead letters, {r.handler_failures:,} handler "
-         f"failures, {r.late_replies:,} late replies"),
-    ]  # fmt: skip
-
-
-def _title(report: DemoReport) -> str:
-    plural = "" if report.docs == 1 else "s"
-    return f"kerna demo: {report.docs:,} document{plural}, seed {report.seed}"
-
-
-_LATENCY_HEADER = ("latency since upload (ms)", "count", "p50", "p95", "p99", "max")
-
-
-def _latency_rows(report: DemoReport) -> list[tuple[str, ...]]:
-    return [
-        (s.stage.replace("_", "-"), f"{s.count:,}", f"{s.p50_ms:.2f}", f"{s.p95_ms:.2f}",
-         f"{s.p99_ms:.2f}", f"{s.max_ms:.2f}")
-        for s in report.latencies
-    ]  # fmt: skip
-
-
-def format_plain(report: DemoReport) -> str:
-    """The summary as plain text (no rich needed)."""
-    lines = [_title(report)]
-    lines += [f"  {label:<14}{text}" for label, text in summary_rows(report)]
-    lines.append("")
-    table = [_LATENCY_HEADER, *_latency_rows(report)]
-    widths = [max(len(row[i]) for row in table) for i in range(len(_LATENCY_HEADER))]
-    for row in table:
-        cells = [row[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
-        ]
-        lines.append("  " + "  ".join(cells))
-    if report.errors:
-        lines.append("")
-        lines += [f"  e.g. {text}" for text in report.errors[:3]]
-    return "\n".join(lines) + "\n"
-
-
-def _print_rich(report: DemoReport) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    console.print(_title(report), style="bold", highlight=False)
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
-    for label, text in summary_rows(report):
-        grid.add_row(label, text)
-    console.print(grid)
-    table = Table(*_LATENCY_HEADER[:1], show_edge=False)
-    for name in _LATENCY_HEADER[1:]:
-        table.add_column(name, justify="right")
-    for row in _latency_rows(report):
-        table.add_row(*row)
-    console.print(table)
-    for text in report.errors[:3]:
-        console.print(f"  e.g. {text}", style="dim", markup=False, highlight=False, soft_wrap=True)

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from kerna import ConfigError, __version__
-from kerna._cli import format_plain, main
-from kerna._demo import DemoReport, fault_plan, make_corpus, run_demo
+from kerna._cli import main
+from kerna.demo import DemoReport, fault_plan, format_plain, make_corpus, run_demo
 
 from .conftest import require_module
 

@@ -11,7 +11,16 @@ import hashlib
 import re
 from collections import Counter
 
-__all__ = ["CATEGORIES", "CorruptDocument", "classify", "index_key", "keywords", "tokens"]
+__all__ = [
+    "CATEGORIES",
+    "CorruptDocument",
+    "classify",
+    "entities",
+    "index_key",
+    "keywords",
+    "storage_tier",
+    "tokens",
+]
 
 _MARKUP = re.compile(r"<[^>]*>")
 _ENTITY = re.compile(
@@ -41,6 +50,17 @@ def _check_intact(doc_id: int, body: str) -> None:
 def tokens(body: str) -> list[str]:
     """The words of a document: markup stripped, split on whitespace."""
     return _MARKUP.sub(" ", body).split()
+
+
+def entities(body: str) -> tuple[str, ...]:
+    """People, emails, amounts and dates, each once, in order of first occurrence."""
+    return tuple(dict.fromkeys(_ENTITY.findall(body)))
+
+
+def storage_tier(body: str) -> str:
+    """The document's storage tier: its ``tier`` attribute, ``"hot"`` when it has none."""
+    match = _TIER.search(body)
+    return match.group(1) if match else "hot"
 
 
 def classify(doc_id: int, body: str) -> str:

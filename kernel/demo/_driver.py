@@ -1,4 +1,4 @@
-"""``kerna demo``: drive the document pipeline of ``_demo_agents`` and measure it.
+"""``kerna demo``: drive the document pipeline of ``_agents`` and measure it.
 
 ``run_demo(docs)`` generates a synthetic corpus from a seed, starts a ``Kernel``, and
 lets a fixed set of driver workers feed it: each worker publishes a document's
@@ -10,7 +10,7 @@ kernel's counters and returns a ``DemoReport``.
 
 Everything is deterministic except timing: which documents fail, and how, follows from
 the seed (``fault_plan``), so a test can predict the failure counts exactly. The corpus
-and its faults are generated in ``_demo_corpus``.
+and its faults are generated in ``_corpus``.
 """
 
 from __future__ import annotations
@@ -24,21 +24,19 @@ from collections.abc import Callable, Iterator
 
 import msgspec
 
-from ._demo_agents import LATENCY_STAGES, UPLOADED, Tally, install
-from ._demo_corpus import fault_plan, make_corpus
-from ._demo_messages import DocumentUploaded, Orchestrated, ProcessDocument
-from ._errors import ConfigError, KernaError
-from ._kernel import Kernel
-from ._ref import AgentRef
+from kerna import AgentRef, ConfigError, KernaError, Kernel
+
+from ._agents import LATENCY_STAGES, UPLOADED, Tally, install
+from ._corpus import fault_plan, make_corpus
+from ._messages import DocumentUploaded, Orchestrated, ProcessDocument
 
 __all__ = [
     "LOOPS",
     "DemoReport",
     "StageLatency",
     "demo",
-    "fault_plan",
     "loop_factory",
-    "make_corpus",
+    "loop_name",
     "run_demo",
 ]
 
@@ -136,9 +134,6 @@ async def demo(
     corpus = make_corpus(docs, seed, corrupt_rate, stall_rate)
     faults = Counter(fault_plan(docs, seed, corrupt_rate, stall_rate))
     tally = Tally(docs)
-    # A Ctrl-C during the (synchronous) generation lands here, not inside Kernel.start():
-    # a start() cancelled while its root task is being created leaves that task behind.
-    await asyncio.sleep(0)
     async with Kernel() as kernel:
         collector = install(kernel, tally, step_timeout=step_timeout)
         started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The messages of ``kerna demo``'s document pipeline (see ``kerna._demo_agents``).
+"""The messages of ``kerna demo``'s document pipeline (see ``kerna.demo._agents``).
 
 Events the driver publishes, the parts the choreographed stages contribute to a
 document's aggregate, and the requests and answers of the orchestrated path. Each has a
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from ._message import Message
+from kerna import Message
 
 __all__ = [
     "Classified",

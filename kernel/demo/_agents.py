@@ -27,8 +27,9 @@ makes the Classifier and the Summarizer raise; a document on the *cold* tier goe
 Archive, which never answers: the Orchestrator's ask times out (``AskTimeout``) and the
 kernel cancels the stuck handler at that same deadline (``cancel_at_deadline=True``).
 
-The messages are defined in ``_demo_messages``, the text work the stages do in
-``_demo_work``.
+The messages are defined in ``_messages``, the text work the stages do in ``_work``.
+Like any application, the demo uses only kerna's public API; the agents that need
+per-run settings get them through their constructor (``register(factory=...)``).
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from typing import ClassVar, TypeVar, cast
 
-from ._agent import Agent, handler
-from ._demo_messages import (
+from kerna import Agent, AgentRef, AskTimeout, DeadLetter, Kernel, RemoteError, handler
+
+from ._messages import (
     Classified,
     DocumentSettled,
     DocumentUploaded,
@@ -57,11 +58,15 @@ from ._demo_messages import (
     Summary,
     TextExtracted,
 )
-from ._demo_work import _ENTITY, _TIER, CorruptDocument, classify, index_key, keywords, tokens
-from ._errors import AskTimeout, RemoteError
-from ._kernel import Kernel
-from ._message import DeadLetter
-from ._ref import AgentRef
+from ._work import (
+    CorruptDocument,
+    classify,
+    entities,
+    index_key,
+    keywords,
+    storage_tier,
+    tokens,
+)
 
 __all__ = [
     "LATENCY_STAGES",
@@ -96,8 +101,6 @@ LATENCY_STAGES = (*STAGES, "aggregate", "orchestrated", "end_to_end")
 SHARDS = ("s0", "s1", "s2", "s3")
 """Keys the stage agents are sharded over (by document id)."""
 COLLECTOR = "Collector"
-
-A = TypeVar("A", bound=Agent)
 
 
 # -- agents ------------------------------------------------------------------------------
@@ -134,13 +137,12 @@ class EntityExtractor(_Stage):
 
     @handler
     async def on_upload(self, msg: DocumentUploaded) -> None:
-        found = tuple(dict.fromkeys(_ENTITY.findall(msg.body)))
         await self.contribute(
             EntitiesFound(
                 doc_id=msg.doc_id,
                 uploaded_at=msg.uploaded_at,
                 done_at=time.perf_counter(),
-                entities=found,
+                entities=entities(msg.body),
             )
         )
 
@@ -231,9 +233,11 @@ class Summarizer(Agent):
 
     @handler
     async def summarize(self, msg: Summarize) -> Summary:
-        match = _TIER.search(msg.body)
-        tier = match.group(1) if match else "hot"
-        return Summary(doc_id=msg.doc_id, keywords=keywords(msg.doc_id, msg.body), tier=tier)
+        return Summary(
+            doc_id=msg.doc_id,
+            keywords=keywords(msg.doc_id, msg.body),
+            tier=storage_tier(msg.body),
+        )
 
 
 class Indexer(Agent):
@@ -267,24 +271,24 @@ class Orchestrator(Agent):
     ``outcome``; either way the Collector hears how it ended.
     """
 
-    step_timeout: ClassVar[float] = 0.5
-    """Seconds each step may take; set per run with ``configured()``."""
+    def __init__(self, step_timeout: float) -> None:
+        self.step_timeout = step_timeout  # seconds each step may take
 
     async def on_start(self) -> None:
-        self._summarizers = [self.ref(Summarizer, key) for key in SHARDS]
-        self._indexers = [self.ref(Indexer, key) for key in SHARDS]
-        self._collector = self.ref(COLLECTOR, "default")
+        self.summarizers = [self.ref(Summarizer, key) for key in SHARDS]
+        self.indexers = [self.ref(Indexer, key) for key in SHARDS]
+        self.collector = self.ref(COLLECTOR, "default")
 
     @handler
     async def process(self, msg: ProcessDocument) -> ProcessResult:
         shard = msg.doc_id % len(SHARDS)
         step = "summarize"
         try:
-            summary: Summary = await self._summarizers[shard].ask(
+            summary: Summary = await self.summarizers[shard].ask(
                 Summarize(doc_id=msg.doc_id, body=msg.body), timeout=self.step_timeout
             )
             step = "index"
-            indexer = self._indexers[shard] if summary.tier == "hot" else self._archive(msg)
+            indexer = self.indexers[shard] if summary.tier == "hot" else self.archive(msg)
             await indexer.ask(
                 IndexDocument(doc_id=msg.doc_id, keywords=summary.keywords, tier=summary.tier),
                 timeout=self.step_timeout,
@@ -295,7 +299,7 @@ class Orchestrator(Agent):
             result = ProcessResult(msg.doc_id, "error", step, f"{exc.type_name}: {exc.message}")
         else:
             result = ProcessResult(msg.doc_id, "ok", keywords=summary.keywords)
-        await self._collector.tell(
+        await self.collector.tell(
             Orchestrated(
                 doc_id=msg.doc_id,
                 uploaded_at=msg.uploaded_at,
@@ -306,7 +310,7 @@ class Orchestrator(Agent):
         )
         return result
 
-    def _archive(self, msg: ProcessDocument) -> AgentRef:
+    def archive(self, msg: ProcessDocument) -> AgentRef:
         return self.ref(Archive, str(msg.doc_id))
 
 
@@ -363,11 +367,11 @@ class Tally:
 class Collector(Agent):
     """Metrics sink: records latencies and outcomes into the run's ``Tally``.
 
-    The kernel builds agents as ``cls()``, so the tally is a class attribute bound per
-    run by ``configured(Collector, tally=...)``.
+    Registered with ``factory=lambda: Collector(tally)``: the run's tally is injected.
     """
 
-    tally: ClassVar[Tally]
+    def __init__(self, tally: Tally) -> None:
+        self.tally = tally
 
     @handler
     async def on_settled(self, msg: DocumentSettled) -> None:
@@ -395,26 +399,20 @@ class Collector(Agent):
         tally.outcome(msg.doc_id, "orchestration", ok, msg.uploaded_at, msg.finished_at)
 
 
-def configured(cls: type[A], **attrs: object) -> type[A]:
-    """A subclass of ``cls`` with class attributes set: per-run settings for agents that
-    the kernel constructs itself (as ``cls()``, without arguments)."""
-    return cast(type[A], type(cls.__name__, (cls,), attrs))
-
-
 def install(kernel: Kernel, tally: Tally, *, step_timeout: float) -> AgentRef:
     """Register the pipeline's agents and subscriptions; returns the Collector's ref."""
     for stage in (TextExtractor, EntityExtractor, Classifier):
         kernel.register(stage)
         kernel.subscribe(UPLOADED, stage, key=_shard_key)
     kernel.register(DocumentAggregate, mailbox_size=len(STAGES) + 1)
-    kernel.register(configured(Collector, tally=tally), name=COLLECTOR)
+    kernel.register(Collector, name=COLLECTOR, factory=lambda: Collector(tally))
     # Dead letters are offered without waiting: give the watcher room for bursts.
     kernel.register(DeadLetterWatcher, mailbox_size=100_000)
     kernel.subscribe(kernel.DEAD_LETTERS, DeadLetterWatcher)
     kernel.register(Summarizer)
     kernel.register(Indexer)
     kernel.register(Archive, cancel_at_deadline=True)
-    kernel.register(configured(Orchestrator, step_timeout=step_timeout), name="Orchestrator")
+    kernel.register(Orchestrator, factory=lambda: Orchestrator(step_timeout))
     return kernel.ref(COLLECTOR, "default")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from ._demo_work import CATEGORIES
+from ._work import CATEGORIES
 
 __all__ = ["fault_plan", "make_corpus"]
 
