@@ -26,7 +26,7 @@ import msgspec
 
 from kerna import AgentRef, ConfigError, KernaError, Kernel
 
-from ._agents import LATENCY_STAGES, UPLOADED, Tally, install
+from ._agents import LATENCY_STAGES, UPLOADED, Tally, error_text, install
 from ._corpus import fault_plan, make_corpus
 from ._messages import DocumentUploaded, Orchestrated, ProcessDocument
 
@@ -74,7 +74,10 @@ class DemoReport(msgspec.Struct, frozen=True):
             second of ``wall_s`` (first upload to last document accounted for).
         dead_letters: ``DeadLetter`` records the dead-letter watcher received (a failed
             tell is one); handler_failures, late_replies: kernel counters.
-        latencies: per-stage percentiles; ``errors``: a few example failures.
+        latencies: percentiles per ``LATENCY_STAGES`` entry (the choreographed stages,
+            ``aggregate``, ``end_to_end``).
+        errors: the first failure of each kind, as ``"doc N: <path>, <step>:
+            <ErrorType>: <text>"`` (the error's class name, without its module).
     """
 
     docs: int
@@ -217,7 +220,8 @@ async def _worker(
                     uploaded_at=uploaded_at,
                     finished_at=time.perf_counter(),
                     outcome="error",
-                    error=f"orchestrator: {exc!r}",
+                    step="process",
+                    error=error_text(exc),
                 )
             )
 

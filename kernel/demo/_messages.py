@@ -118,10 +118,15 @@ class Indexed(Message, tag="demo.doc.indexed"):
 
 
 class Orchestrated(Message, tag="demo.doc.orchestrated"):
-    """How the orchestrated path ended for a document (sent to the Collector)."""
+    """How the orchestrated path ended for a document (sent to the Collector).
+
+    ``outcome`` is as in ``ProcessResult``; a failure names its ``step`` and its
+    ``error`` as ``"TypeName: text"``.
+    """
 
     doc_id: int
     uploaded_at: float
     finished_at: float
     outcome: str
+    step: str | None = None
     error: str | None = None

@@ -16,9 +16,9 @@ def summary_rows(report: DemoReport) -> list[tuple[str, str]]:
         ("documents", f"{r.docs:,} uploaded: {r.completed:,} completed, {r.failed:,} failed"
          + (f", {r.lost:,} LOST" if r.lost else "")),
         ("choreography", f"{r.aggregated:,} aggregated, {r.choreography_failed:,} failed a "
-         "stage (dead letters)"),
+         "stage (DeadLetter)"),
         ("orchestration", f"{r.orchestrated:,} answered ok, {r.orchestration_errors:,} "
-         f"RemoteError, {r.orchestration_timeouts:,} AskTimeout"),
+         f"failed (RemoteError), {r.orchestration_timeouts:,} timed out (AskTimeout)"),
         ("failures", f"{r.failed:,} documents; injected: {r.injected_corrupt:,} corrupted, "
          f"{r.injected_stalls:,} stalled"),
         ("messages", f"{r.messages:,} handled in {r.wall_s:.2f} s = {r.msgs_per_s:,.0f} msgs/s"),
