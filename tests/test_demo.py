@@ -9,6 +9,7 @@ against the plan its own ``injected_*`` counts are taken from.
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -147,15 +148,48 @@ def test_run_demo_on_uvloop() -> None:
     ("kwargs", "error"),
     [
         ({"docs": 0}, "docs must be an int >= 1"),
-        ({"docs": 10, "concurrency": 0}, "concurrency"),
-        ({"docs": 10, "step_timeout": 0.0}, "step_timeout"),
-        ({"docs": 10, "corrupt_rate": 1.5}, "corrupt_rate"),
-        ({"docs": 10, "corrupt_rate": 0.6, "stall_rate": 0.6}, "at most 1"),
+        ({"docs": 10, "concurrency": 0}, "concurrency must be an int >= 1"),
+        ({"docs": 10, "step_timeout": 0.0}, "step_timeout must be a positive number"),
+        ({"docs": 10, "step_timeout": math.inf}, "step_timeout must be a positive number"),
+        ({"docs": 10, "settle_timeout": -1.0}, "settle_timeout must be a positive number"),
+        ({"docs": 10, "corrupt_rate": 1.5}, "corrupt_rate must be between 0 and 1"),
+        ({"docs": 10, "stall_rate": -0.1}, "stall_rate must be between 0 and 1"),
+        ({"docs": 10, "stall_rate": math.nan}, "stall_rate must be between 0 and 1"),
     ],
 )
-def test_run_demo_rejects_bad_arguments(kwargs: dict[str, Any], error: str) -> None:
+def test_run_demo_rejects_out_of_range_arguments(kwargs: dict[str, Any], error: str) -> None:
     with pytest.raises(ValueError, match=error):
         run_demo(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"docs": "10"}, "docs must be an int, got str"),
+        ({"docs": True}, "docs must be an int, got bool"),
+        ({"docs": 10, "concurrency": 2.0}, "concurrency must be an int, got float"),
+        ({"docs": 10, "seed": "1"}, "seed must be an int, got str"),
+        ({"docs": 10, "step_timeout": "1"}, "step_timeout must be a number of seconds, got str"),
+        ({"docs": 10, "corrupt_rate": "0.1"}, "corrupt_rate must be a number, got str"),
+        ({"docs": 10, "stall_rate": None}, "stall_rate must be a number, got NoneType"),
+    ],
+)
+def test_run_demo_rejects_arguments_of_the_wrong_type(kwargs: dict[str, Any], error: str) -> None:
+    with pytest.raises(TypeError, match=error):
+        run_demo(**kwargs)
+
+
+def test_every_document_can_carry_a_fault() -> None:
+    """The rates are independent: ``stall_rate`` is the fraction of the documents that
+    reach indexing (the intact ones; a corrupted one fails before), so any two rates
+    between 0 and 1 make a plan."""
+    assert fault_plan(20, corrupt_rate=1.0, stall_rate=1.0) == ["corrupt"] * 20
+    assert fault_plan(20, corrupt_rate=0.0, stall_rate=1.0) == ["stall"] * 20
+    faults = Counter(fault_plan(4000, seed=2, corrupt_rate=0.5, stall_rate=0.5))
+    assert 1850 < faults["corrupt"] < 2150  # about half of them (binomial sd ~32)
+    assert 850 < faults["stall"] < 1150  # about half of the other half (sd ~27)
+    report = run_demo(1, loop="asyncio", corrupt_rate=1.0)
+    assert (report.failed, report.injected_corrupt, report.injected_stalls) == (1, 1, 0)
 
 
 def test_run_demo_rejects_an_unknown_loop() -> None:
@@ -186,11 +220,25 @@ def test_console_script_runs_the_demo() -> None:
         (["demo", "--docs", "-5"], "--docs"),
         (["demo", "--docs", "abc"], "--docs"),
         (["demo", "--docs", "0"], "--docs"),
+        (["demo", "--docs", "1.5"], "--docs"),
         (["demo", "--seed", "x"], "--seed"),
+        (["demo", "--seed", "1.5"], "--seed"),
         (["demo", "--loop", "trio"], "--loop"),
+        (["demo", "--concurrency", "0"], "--concurrency"),
+        (["demo", "--concurrency", "many"], "--concurrency"),
         (["demo", "--step-timeout", "0"], "--step-timeout"),
+        (["demo", "--step-timeout", "-1"], "--step-timeout"),
+        (["demo", "--step-timeout", "inf"], "--step-timeout"),
+        (["demo", "--step-timeout", "nan"], "--step-timeout"),
+        (["demo", "--step-timeout", "soon"], "--step-timeout"),
         (["demo", "--corrupt-rate", "2"], "--corrupt-rate"),
-        (["demo", "--corrupt-rate", "0.6", "--stall-rate", "0.6"], "--stall-rate"),
+        (["demo", "--corrupt-rate", "-0.1"], "--corrupt-rate"),
+        (["demo", "--corrupt-rate", "nan"], "--corrupt-rate"),
+        (["demo", "--corrupt-rate", "1%"], "--corrupt-rate"),
+        (["demo", "--stall-rate", "1.01"], "--stall-rate"),
+        (["demo", "--stall-rate", "nan"], "--stall-rate"),
+        (["demo", "--stall-rate", "x"], "--stall-rate"),
+        (["demo", "--bogus"], "--bogus"),
         (["bogus"], "invalid choice"),
     ],
 )
@@ -203,6 +251,27 @@ def test_bad_arguments_exit_2_naming_the_argument(
     err = capsys.readouterr().err
     assert "error: " in err
     assert argument in err
+    others = {"--docs", "--seed", "--loop", "--concurrency", "--step-timeout"}
+    others |= {"--corrupt-rate", "--stall-rate"}
+    for other in others - {argument}:  # the flag at fault, and no other, is blamed
+        assert f"argument {other}" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("docs", "corrupt_rate", "stall_rate"),
+    [(1, "1", None), (12, "0.6", "0.6"), (6, "0", "1"), (6, "1", "1")],
+)
+def test_any_two_rates_are_accepted(
+    docs: int, corrupt_rate: str, stall_rate: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["demo", "--docs", str(docs), "--corrupt-rate", corrupt_rate]
+    argv += [] if stall_rate is None else ["--stall-rate", stall_rate]
+    assert main([*argv, "--step-timeout", "0.05", "--loop", "asyncio", "--plain"]) == 0
+    plan = Counter(fault_plan(docs, 0, float(corrupt_rate), float(stall_rate or 0.001)))
+    failed = plan["corrupt"] + plan["stall"]
+    out = capsys.readouterr().out
+    assert f"{docs} uploaded: {docs - failed} completed, {failed} failed" in out
+    assert f"injected: {plan['corrupt']} corrupted, {plan['stall']} stalled" in out
 
 
 def test_bad_arguments_in_a_subprocess() -> None:
