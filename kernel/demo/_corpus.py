@@ -69,18 +69,17 @@ def fault_plan(
     Its own random stream (seeded from ``seed``), so predicting faults does not need the
     text. A corrupted document fails its Classifier (dead letter) and its Summarizer
     (``RemoteError``); a stalled one times out in the Indexer (``AskTimeout``).
+
+    A document is corrupted with probability ``corrupt_rate``; one that is not (and so
+    reaches the index step) stalls with probability ``stall_rate``. The two rates are
+    independent: any two between 0 and 1 make a plan.
     """
     rng = random.Random(f"kerna-demo:{seed}:faults")
+    stalls_below = corrupt_rate + stall_rate * (1.0 - corrupt_rate)
     plan = []
     for _ in range(docs):
         roll = rng.random()
-        plan.append(
-            "corrupt"
-            if roll < corrupt_rate
-            else "stall"
-            if roll < corrupt_rate + stall_rate
-            else ""
-        )
+        plan.append("corrupt" if roll < corrupt_rate else "stall" if roll < stalls_below else "")
     return plan
 
 

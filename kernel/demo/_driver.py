@@ -125,15 +125,18 @@ async def demo(
         concurrency: driver workers, each with one document in flight on the
             orchestrated path at a time.
         step_timeout: seconds each orchestrated step may take.
-        corrupt_rate, stall_rate: fraction of documents with each injected fault.
+        corrupt_rate: fraction of documents that are corrupted.
+        stall_rate: fraction of the documents reaching the index step (the intact
+            ones) whose indexing stalls; any two rates between 0 and 1 are valid.
         settle_timeout: give up waiting for stragglers after this many seconds once
             every document was sent (they are reported as ``lost``).
         progress: optional ``progress(accounted, docs)`` callback.
 
     Raises:
+        TypeError: an argument has the wrong type.
         ValueError: an argument is out of range.
     """
-    _check_args(docs, concurrency, step_timeout, corrupt_rate, stall_rate, settle_timeout)
+    _check_args(docs, seed, concurrency, step_timeout, corrupt_rate, stall_rate, settle_timeout)
     corpus = make_corpus(docs, seed, corrupt_rate, stall_rate)
     faults = Counter(fault_plan(docs, seed, corrupt_rate, stall_rate))
     tally = Tally(docs)
@@ -248,25 +251,33 @@ def _percentiles(stage: str, samples: list[float]) -> StageLatency:
 
 def _check_args(
     docs: int,
+    seed: int,
     concurrency: int,
     step_timeout: float,
     corrupt_rate: float,
     stall_rate: float,
     settle_timeout: float,
 ) -> None:
-    for name, value in (("docs", docs), ("concurrency", concurrency)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """Each argument on its own (any two rates make a plan: see ``fault_plan``)."""
+    for name, value in (("docs", docs), ("seed", seed), ("concurrency", concurrency)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if name != "seed" and value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     for name, seconds in (("step_timeout", step_timeout), ("settle_timeout", settle_timeout)):
+        if not _is_number(seconds):
+            raise TypeError(f"{name} must be a number of seconds, got {type(seconds).__name__}")
         if not (seconds > 0 and math.isfinite(seconds)):
             raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
     for name, rate in (("corrupt_rate", corrupt_rate), ("stall_rate", stall_rate)):
+        if not _is_number(rate):
+            raise TypeError(f"{name} must be a number, got {type(rate).__name__}")
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1, got {rate!r}")
-    if corrupt_rate + stall_rate > 1.0:
-        raise ValueError(
-            f"corrupt_rate + stall_rate must be at most 1, got {corrupt_rate + stall_rate!r}"
-        )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 # -- event loops -----------------------------------------------------------------------
@@ -326,6 +337,7 @@ def run_demo(
 
     Raises:
         ConfigError: ``loop`` is unknown or not installed.
+        TypeError: another argument has the wrong type.
         ValueError: another argument is out of range.
         RuntimeError: called from a running event loop (``await demo(...)`` there).
     """
