@@ -272,6 +272,10 @@ def test_any_two_rates_are_accepted(
     out = capsys.readouterr().out
     assert f"{docs} uploaded: {docs - failed} completed, {failed} failed" in out
     assert f"injected: {plan['corrupt']} corrupted, {plan['stall']} stalled" in out
+    if (docs, corrupt_rate) == (1, "1"):  # one document, and no stage it did not reach
+        assert "kerna demo: 1 document, seed 0" in out
+        assert "  failures      1 document; " in out
+        assert re.search(r"\n  classify +0 +- +- +- +-\n", out), out
 
 
 def test_bad_arguments_in_a_subprocess() -> None:
