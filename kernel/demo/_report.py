@@ -17,28 +17,34 @@ def summary_rows(report: DemoReport) -> list[tuple[str, str]]:
          + (f", {r.lost:,} LOST" if r.lost else "")),
         ("choreography", f"{r.aggregated:,} aggregated, {r.choreography_failed:,} failed a "
          "stage (DeadLetter)"),
-        ("orchestration", f"{r.orchestrated:,} answered ok, {r.orchestration_errors:,} "
-         f"failed (RemoteError), {r.orchestration_timeouts:,} timed out (AskTimeout)"),
-        ("failures", f"{r.failed:,} documents; injected: {r.injected_corrupt:,} corrupted, "
-         f"{r.injected_stalls:,} stalled"),
+        ("orchestration", f"{r.orchestrated:,} ok, {r.orchestration_errors:,} failed "
+         f"(RemoteError), {r.orchestration_timeouts:,} timed out (AskTimeout)"),
+        ("failures", f"{_count(r.failed, 'document')}; injected: {r.injected_corrupt:,} "
+         f"corrupted, {r.injected_stalls:,} stalled"),
         ("messages", f"{r.messages:,} handled in {r.wall_s:.2f} s = {r.msgs_per_s:,.0f} msgs/s"),
-        ("kernel", f"{r.dead_letters:,} dead letters, {r.handler_failures:,} handler "
-         f"failures, {r.late_replies:,} late replies"),
+        ("kernel", f"{_count(r.dead_letters, 'dead letter')}, "
+         f"{_count(r.handler_failures, 'handler failure')}, "
+         f"{_count(r.late_replies, 'late reply', 'late replies')}"),
     ]  # fmt: skip
 
 
+def _count(n: int, singular: str, plural: str | None = None) -> str:
+    return f"{n:,} {singular if n == 1 else plural or singular + 's'}"
+
+
 def _title(report: DemoReport) -> str:
-    plural = "" if report.docs == 1 else "s"
-    return f"kerna demo: {report.docs:,} document{plural}, seed {report.seed}"
+    return f"kerna demo: {_count(report.docs, 'document')}, seed {report.seed}"
 
 
 _LATENCY_HEADER = ("latency since upload (ms)", "count", "p50", "p95", "p99", "max")
 
 
 def _latency_rows(report: DemoReport) -> list[tuple[str, ...]]:
+    """One row per stage; a stage no document reached shows dashes, not zeros."""
     return [
-        (s.stage.replace("_", "-"), f"{s.count:,}", f"{s.p50_ms:.2f}", f"{s.p95_ms:.2f}",
-         f"{s.p99_ms:.2f}", f"{s.max_ms:.2f}")
+        (s.stage.replace("_", "-"), f"{s.count:,}",
+         *((f"{ms:.2f}" for ms in (s.p50_ms, s.p95_ms, s.p99_ms, s.max_ms)) if s.count
+           else ("-",) * 4))
         for s in report.latencies
     ]  # fmt: skip
 
