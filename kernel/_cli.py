@@ -5,7 +5,9 @@ Commands::
     kerna demo [--docs N] [--seed S] [--loop auto|asyncio|uvloop] ...
     kerna --version
 
-Only this module imports rich (the ``cli`` extra), and only when it draws: without
+``kerna demo`` runs ``kerna.demo`` (its own package, on kerna's public API); this module
+parses its flags and draws its progress. Only the command line imports rich (the
+``cli`` extra: here and in ``kerna.demo``'s report), and only when it draws: without
 rich, or with ``--plain``, progress is a plain text line and the summary plain text.
 Exit codes: 0 success, 1 the run failed, 2 bad arguments (argparse), 130 interrupted.
 """
