@@ -127,6 +127,10 @@ def demo_sources() -> list[Path]:
 def test_the_demo_package_has_its_modules() -> None:
     names = {path.name for path in demo_sources()}
     assert {"__init__.py", "_agents.py", "_driver.py"} <= names
+    # kernel/ holds the kernel only (the source tree: an editable install links only
+    # the modules it was built with)
+    kernel_dir = Path(__file__).resolve().parents[1] / "kernel"
+    assert sorted(p.name for p in kernel_dir.glob("*demo*.py")) == []
 
 
 def test_the_demo_uses_only_kernas_public_api() -> None:
