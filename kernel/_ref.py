@@ -154,7 +154,8 @@ class AgentRef:
             raise rt.refuse(self.id, f"{type(message).__qualname__} not sent")
         if headers is not None:
             headers = check_headers(headers)
-        deadline = loop.time() + timeout
+        now = loop.time()
+        deadline = now + timeout
         reply: asyncio.Future[Any] = loop.create_future()
         if sender is None:
             env = outgoing(rt.ids, ASK, self.id, message, None, None, deadline, reply, headers)
@@ -166,8 +167,9 @@ class AgentRef:
                 path = " -> ".join(str(a) for a in (*env.chain, self.id))
                 raise DeadlockError(f"ask cycle: {path}")
             assert env.deadline is not None
-            deadline = env.deadline
-            timeout = max(0.0, deadline - loop.time())
+            if env.deadline < deadline:  # the message being handled has less time left
+                deadline = env.deadline
+                timeout = max(0.0, deadline - now)
             if timeout == 0.0:
                 raise AskTimeout(
                     f"deadline of the message being handled by {sender.id} passed before "

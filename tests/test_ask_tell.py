@@ -271,11 +271,6 @@ class Relay(Agent):
         return "answered"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernel (lead): a nested ask reads the clock twice, so its AskTimeout names "
-    "the time left at the second read (0.000999…s for 0.001s, 0.499999s for 0.5s)",
-)
 async def test_a_nested_ask_timeout_names_the_timeout_it_was_given(kernel: Kernel) -> None:
     kernel.register(Echo)
     kernel.register(Relay)
