@@ -24,11 +24,13 @@ demo: $(STAMP)
 	$(VENV)/bin/kerna demo --docs 20000
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check kernel state transports plugins tests benchmarks
-	$(VENV)/bin/ruff format --check kernel state transports plugins tests benchmarks
+	$(VENV)/bin/ruff check kernel state transports plugins tests benchmarks examples
+	$(VENV)/bin/ruff format --check kernel state transports plugins tests benchmarks examples
 
+# examples/ too: they are what users copy, so they type-check strictly on the public API
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy -p kerna
+	$(VENV)/bin/mypy examples
 
 # The servers the integration tests start themselves: installed here when missing (as
 # root); otherwise those tests skip with the reason (or fail under KERNA_REQUIRE_SERVERS=1).
