@@ -1,25 +1,54 @@
 """Every program in examples/ runs here, as a user would run it: the FastAPI app through
 its TestClient (which runs the app's lifespan, so the kernel starts and stops with it),
-the Flask app through Flask's test client, the scripts as subprocesses."""
+the Flask app through Flask's test client, the scripts as subprocesses. The frameworks
+come with the ``test`` extra; without them the web examples skip (fail under
+KERNA_REQUIRE_SERVERS=1)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 import pytest
-from fastapi.testclient import TestClient
 
 from examples import event_sourced_account as bank
-from examples.fastapi_app import app
-from examples.flask_app import create_app
 from kerna import BlockingKernel, Kernel
 from kerna.state import EventRecord
 
+from .conftest import require_module
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
+    from flask import Flask
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+_INSTALL = "pip install -e '.[test]'"
+
+
+@pytest.fixture
+def shop() -> Callable[[], TestClient]:
+    """Makes a TestClient of the FastAPI example; entering it runs the app's lifespan."""
+    require_module("fastapi", _INSTALL)
+    require_module("httpx2", _INSTALL)
+    from fastapi.testclient import TestClient
+
+    from examples.fastapi_app import app
+
+    return lambda: TestClient(app)
+
+
+@pytest.fixture
+def polls() -> Callable[[BlockingKernel], Flask]:
+    """The Flask example's app factory."""
+    require_module("flask", _INSTALL)
+    from examples.flask_app import create_app
+
+    return create_app
 
 
 def run_example(script: str, *args: str, cwd: Path) -> str:
@@ -39,8 +68,10 @@ def run_example(script: str, *args: str, cwd: Path) -> str:
 # -- FastAPI -----------------------------------------------------------------------------
 
 
-def test_the_fastapi_app_serves_each_cart_from_its_agent_as_json() -> None:
-    with TestClient(app) as client:
+def test_the_fastapi_app_serves_each_cart_from_its_agent_as_json(
+    shop: Callable[[], TestClient],
+) -> None:
+    with shop() as client:
         assert client.post("/carts/ann/items", json={"sku": "tea", "quantity": 2}).json() == {
             "type": "cart.view",
             "user": "ann",
@@ -61,8 +92,10 @@ def test_the_fastapi_app_serves_each_cart_from_its_agent_as_json() -> None:
         assert (counters["handled"], counters["activations"], counters["failed"]) == (5, 2, 0)
 
 
-def test_the_fastapi_app_answers_a_bad_body_with_422_naming_the_field() -> None:
-    with TestClient(app) as client:
+def test_the_fastapi_app_answers_a_bad_body_with_422_naming_the_field(
+    shop: Callable[[], TestClient],
+) -> None:
+    with shop() as client:
         bad = client.post("/carts/ann/items", json={"sku": "tea", "quantity": 0})
         assert bad.status_code == 422
         assert "$.quantity" in bad.json()["detail"]
@@ -70,19 +103,23 @@ def test_the_fastapi_app_answers_a_bad_body_with_422_naming_the_field() -> None:
         assert client.get("/carts/ann").json()["items"] == 0  # nothing reached the cart
 
 
-def test_the_fastapi_apps_kernel_lives_as_long_as_its_lifespan() -> None:
-    with TestClient(app) as client:
+def test_the_fastapi_apps_kernel_lives_as_long_as_its_lifespan(
+    shop: Callable[[], TestClient],
+) -> None:
+    with shop() as client:
         client.post("/carts/ann/items", json={"sku": "tea"})
-    with TestClient(app) as client:  # a new lifespan, a new kernel (memory:// is private)
+    with shop() as client:  # a new lifespan, a new kernel (memory:// is private)
         assert client.get("/carts/ann").json()["items"] == 0
 
 
 # -- Flask on BlockingKernel ---------------------------------------------------------------
 
 
-def test_the_flask_app_counts_votes_from_many_threads_without_losing_one() -> None:
+def test_the_flask_app_counts_votes_from_many_threads_without_losing_one(
+    polls: Callable[[BlockingKernel], Flask],
+) -> None:
     with BlockingKernel() as kernel:
-        flask_app = create_app(kernel)
+        flask_app = polls(kernel)
 
         def vote(choice: str) -> None:
             client = flask_app.test_client()  # one per thread, as a threaded server has
