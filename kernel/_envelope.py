@@ -5,7 +5,9 @@ never copied in-process. ``reply`` is the asker's future; it exists only in-proc
 (across nodes a reply is routed by the message id instead).
 
 ``outgoing`` is the one place that builds an envelope from the context it is sent in:
-every send (tell, ask, publish, timer tick, dead letter) goes through it.
+every send made while a message is handled (tell, ask, publish, dead letter) goes
+through it. Only a root (a send from outside any agent, or a timer tick: no context to
+carry) may be built directly, and ``AgentRef`` does so on its hot path.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Logging handler failures nobody else hears of (tells and events), rate-limited.
 
 A failed ask reaches its asker as ``RemoteError``; a failed tell or event has no one to
-tell, so it becomes a dead letter and a log record on ``kerna.agent`` at
+tell, so it becomes a dead letter and a log record on ``kerna.activation`` at
 ``failure_log_level`` (WARNING by default) with the agent id, the message type, the
 correlation id and the exception. So that a poison stream cannot flood the log, each
 agent type logs at most ``BURST`` records per ``WINDOW`` seconds; the next record after
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BURST", "WINDOW", "FailureLog", "check_level"]
 
-log = logging.getLogger("kerna.agent")
+log = logging.getLogger("kerna.activation")
 
 BURST = 10  # records per agent type per window
 WINDOW = 60.0  # seconds

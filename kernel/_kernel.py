@@ -107,7 +107,7 @@ class Kernel:
         lease_ttl: seconds the kernel's lease (which holds its activation claims)
             survives without a keepalive.
         failure_log_level: the level at which a handler failure nobody else hears of
-            (a tell's or an event's) is logged on ``kerna.agent``: WARNING by default,
+            (a tell's or an event's) is logged on ``kerna.activation``: WARNING by default,
             at most 10 records per agent type per minute.
 
     Raises:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._activation import SPAWN_BURST, current_activation
-from ._envelope import ASK, TELL, outgoing
+from ._envelope import ASK, TELL, Envelope, outgoing
 from ._errors import AskTimeout, DeadlockError
 from ._ids import AgentId
 from ._message import Message
@@ -100,8 +100,9 @@ class AgentRef:
             raise rt.refuse(self.id, f"{type(message).__qualname__} not sent")
         if headers is not None:
             headers = check_headers(headers)
-        if sender is None:
-            env = outgoing(rt.ids, TELL, self.id, message, None, None, None, None, headers)
+        if sender is None:  # a root: no context to carry (built here: the hot path)
+            msg_id = next(rt.ids)
+            env = Envelope(msg_id, TELL, self.id, message, None, msg_id, 0, None, (), None, headers)
         else:
             env = outgoing(
                 rt.ids, TELL, self.id, message, sender.id, sender.current, None, None, headers
@@ -157,8 +158,11 @@ class AgentRef:
         now = loop.time()
         deadline = now + timeout
         reply: asyncio.Future[Any] = loop.create_future()
-        if sender is None:
-            env = outgoing(rt.ids, ASK, self.id, message, None, None, deadline, reply, headers)
+        if sender is None:  # a root: no context to carry (built here: the hot path)
+            msg_id = next(rt.ids)
+            env = Envelope(
+                msg_id, ASK, self.id, message, None, msg_id, 0, deadline, (), reply, headers
+            )
         else:
             env = outgoing(
                 rt.ids, ASK, self.id, message, sender.id, sender.current, deadline, reply, headers
