@@ -21,6 +21,7 @@ import msgspec
 
 from kerna.state import StateBackend
 from kerna.state._layout import Layout, unescape
+from kerna.state._eventlog import EventLog
 from kerna.state._replica import Replica
 
 from ._activation import SPAWN_BURST, current_activation
@@ -433,6 +434,27 @@ class Kernel:
         return KernelStats(types=types, dead_letters=rt.dead_letters, running=rt.busy)
 
     # -- state -------------------------------------------------------------------------
+
+    def event_log(self, agent_type: type[Agent] | str, key: str) -> EventLog[Any]:
+        """The event log of the event-sourced agent ``AgentId(agent_type, key)``: its
+        audit trail (``events()``, with correlation and causation ids) and time travel
+        (``state_at(seq)``), read from the kernel's backend under its ``state_prefix``.
+
+        Raises:
+            UnknownAgent: the type is not registered here.
+            TypeError: the type is not event-sourced, or ``key`` is not a str.
+        """
+        name = self._type_name(agent_type)
+        atype = self._runtime.types.get(name)
+        if atype is None:
+            raise UnknownAgent(f"no agent type {name!r} is registered", agent_type=name)
+        if not isinstance(key, str):
+            raise TypeError(f"agent key must be a str, got {type(key).__qualname__}")
+        spec = atype.state_spec
+        if spec is None or spec.sourcing is None:
+            raise TypeError(f"agent type {name!r} is not event-sourced")
+        store = self._runtime.store()
+        return EventLog(store.backend, spec.sourcing, name, key, layout=store.layout)
 
     def _store(self) -> Persistence:
         """The kernel's link to its state backend (tests inspect claims through it)."""

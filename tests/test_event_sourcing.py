@@ -11,7 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kerna import ActivationFailed, Agent, Kernel, Message, RegistrationError, handler
+from kerna import (
+    ActivationFailed,
+    Agent,
+    Kernel,
+    Message,
+    RegistrationError,
+    UnknownAgent,
+    handler,
+)
 from kerna.state import Delete, EventLog, EventSourcing, Layout, connect
 
 pytestmark = pytest.mark.anyio
@@ -246,3 +254,23 @@ def test_snapshot_plus_replay_equals_full_replay(amounts: list[int], every: int)
         await backend.aclose()
 
     asyncio.run(run())
+
+
+async def test_kernel_event_log_reads_the_audit_trail_under_the_kernels_prefix() -> None:
+    async with Kernel(state_prefix="bank/") as kernel:
+        kernel.register(Account)
+        ref = kernel.ref(Account, "a")
+        await ref.ask(Deposit(amount=5))
+        await ref.ask(Deposit(amount=7))
+        log = kernel.event_log(Account, "a")
+        records = [r async for r in log.events()]
+        assert [r.event for r in records] == [Deposited(amount=5), Deposited(amount=7)]
+        assert [r.seq for r in records] == [1, 2]
+        assert records[0].correlation_id != records[1].correlation_id  # two asks
+        state, seq = await log.state_at(1)
+        assert (state.amount, seq) == (5, 1)
+        kernel.register(Counterless := type("Plain", (Agent,), {}))
+        with pytest.raises(TypeError, match="not event-sourced"):
+            kernel.event_log(Counterless, "a")
+        with pytest.raises(UnknownAgent, match="'Nope'"):
+            kernel.event_log("Nope", "a")
