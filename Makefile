@@ -27,9 +27,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check kernel state transports plugins tests benchmarks examples
 	$(VENV)/bin/ruff format --check kernel state transports plugins tests benchmarks examples
 
-# examples/ too: they are what users copy, so they type-check strictly on the public API
+# tests.typecheck: modules whose assert_type calls prove the public API's static types
+# (typed asks); examples/ too: they are what users copy, so they type-check strictly.
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy -p kerna
+	$(VENV)/bin/mypy -p kerna -p tests.typecheck
 	$(VENV)/bin/mypy examples
 
 # The servers the integration tests start themselves: installed here when missing (as
