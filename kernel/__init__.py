@@ -38,7 +38,7 @@ from ._errors import (
 )
 from ._ids import AgentId
 from ._kernel import Kernel, KernelStats, Subscription
-from ._message import DeadLetter, DeadLetterReason, Message
+from ._message import DeadLetter, DeadLetterReason, Message, Request
 from ._ref import AgentRef
 from ._registry import TypeStats
 from ._timers import Timer
@@ -77,6 +77,7 @@ __all__ = [
     "PendingReply",
     "RegistrationError",
     "RemoteError",
+    "Request",
     "StateError",
     "StoreFailed",
     "Subscription",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, overload
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
@@ -23,7 +23,7 @@ from ._agent import Agent
 from ._errors import KernelStopped
 from ._ids import AgentId
 from ._kernel import Kernel, KernelStats
-from ._message import Message
+from ._message import Askable, Message, ReplyT, Request
 from ._ref import AgentRef
 
 __all__ = ["BlockingKernel", "BlockingRef"]
@@ -49,7 +49,11 @@ class BlockingRef:
         """See ``AgentRef.tell``."""
         self._kernel._call(self._ref.tell, message)  # noqa: SLF001 - BlockingRef and BlockingKernel are one unit
 
-    def ask(self, message: Message, *, timeout: float | None = None) -> Any:
+    @overload
+    def ask(self, message: Request[ReplyT], *, timeout: float | None = None) -> ReplyT: ...
+    @overload
+    def ask(self, message: Askable[ReplyT], *, timeout: float | None = None) -> ReplyT: ...
+    def ask(self, message: Any, *, timeout: float | None = None) -> Any:
         """See ``AgentRef.ask``; raises the same errors in the calling thread."""
         return self._kernel._call(self._ref.ask, message, timeout=timeout)  # noqa: SLF001 - BlockingRef and BlockingKernel are one unit
 

@@ -7,16 +7,31 @@ which defaults to ``f"{module}.{qualname}"`` and can be set per class::
 
     class DocumentUploaded(Message, tag="doc.uploaded"):
         doc_id: str
+
+A request that declares its reply type subclasses ``Request[Reply]``; ``ask`` is then
+typed end to end and registration checks the handler's return annotation against it::
+
+    class Ping(Request[Pong]):
+        n: int
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Any, dataclass_transform
+import types
+import typing
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, dataclass_transform
 
 import msgspec
 
-__all__ = ["DeadLetter", "DeadLetterReason", "Message"]
+__all__ = ["Askable", "DeadLetter", "DeadLetterReason", "Message", "ReplyT", "Request"]
+
+# The reply type of an ask: ``AgentRef.ask`` and ``BlockingRef.ask`` are overloaded on it
+# (``Request[ReplyT]`` -> ``ReplyT``, ``Askable[ReplyT]`` -> ``ReplyT``). ``Request`` and
+# ``Askable`` take the covariant twin, so that a ``Request[SubPong]`` is a
+# ``Request[Pong]`` (a narrower promised reply is still a Pong).
+ReplyT = TypeVar("ReplyT")
+_ReplyT_co = TypeVar("_ReplyT_co", covariant=True)
 
 
 @dataclass_transform(frozen_default=True, kw_only_default=False, field_specifiers=(msgspec.field,))
@@ -48,7 +63,119 @@ class Message(msgspec.Struct, metaclass=_MessageMeta, frozen=True):
             n: int
 
     Subclasses are frozen msgspec Structs with a wire tag (``Ping.__struct_config__.tag``).
+    Asking a plain message gives ``Any`` to type checkers; subclass ``Request[Reply]`` to
+    declare the reply type.
     """
+
+    if TYPE_CHECKING:
+        # For type checkers only (no such method at run time): what ``ask`` returns for
+        # this message, read through ``Askable``. ``Request`` narrows it to its reply.
+        def _kerna_reply(self) -> Any: ...
+
+
+class Request(Message, Generic[_ReplyT_co]):
+    """A message that declares the type of its reply: subclass ``Request[Reply]``.
+
+    Example::
+
+        class Pong(Message):
+            n: int
+
+        class Ping(Request[Pong]):
+            n: int
+
+        pong = await ref.ask(Ping(n=1))   # a Pong for mypy and pyright
+
+    A request is a ``Message`` in every other way (frozen, tagged, encoded like any
+    message: the reply type is not on the wire). The reply may be any type, not only a
+    Message: ``Request[int]``, ``Request[Pong | None]`` (when "no reply" is a valid
+    answer), ``Request[Pong | Refused]``. A subclass inherits its base's reply type; its
+    handler may still return a subclass of the reply.
+
+    Registration checks each handler of a request against its declared reply (see
+    ``build_handler_table``). A plain ``Message`` can still be asked; its reply is
+    ``Any``.
+
+    Raises:
+        TypeError: at class definition, when a subclass declares a second, different
+            reply type (``class FastPing(Ping, Request[FastPong])``): type checkers keep
+            the first one they find, so the narrowing would silently not apply.
+    """
+
+    if TYPE_CHECKING:
+
+        def _kerna_reply(self) -> _ReplyT_co: ...
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        replies: list[Any] = []
+        for reply in _reply_arguments(cls):
+            if reply not in replies:
+                replies.append(reply)
+        if len(replies) > 1:
+            shown = " and ".join(f"Request[{type_name(r)}]" for r in replies)
+            raise TypeError(
+                f"{cls.__qualname__}: a request has one reply type, but it derives from "
+                f"{shown}; keep one (type checkers would silently use the first)"
+            )
+
+
+class Askable(Protocol[_ReplyT_co]):
+    """A message as ``ask`` sees it, for type checkers: ``Askable[R]`` replies an ``R``.
+
+    A ``Request[R]`` is an ``Askable[R]``; a plain ``Message`` is an ``Askable[Any]``.
+    Why a protocol and not just ``Message``: with overloads ``Request[R] -> R`` and
+    ``Message -> Any``, mypy types ``x: str = await ref.ask(Ping())`` (a ``Request[Pong]``)
+    through the second one when the first fails in that context, so the mistake passes
+    as ``Any``. Through ``Askable`` every message keeps its reply type, and the mistake
+    is an error.
+    """
+
+    def _kerna_reply(self) -> _ReplyT_co: ...
+
+
+def _reply_arguments(klass: type) -> list[Any]:
+    """The type argument of every ``Request[...]`` that ``klass`` derives from.
+
+    Depth first through the bases as written, in order: the order mypy follows to map a
+    class onto ``Request[R]``, so the first entry is the reply type checkers see.
+    """
+    found: list[Any] = []
+    for base in vars(klass).get("__orig_bases__", klass.__bases__):
+        origin = typing.get_origin(base)
+        if origin is Request:
+            found.append(typing.get_args(base)[0])
+            continue
+        parent = base if origin is None else origin
+        if isinstance(parent, type) and issubclass(parent, Message):
+            found.extend(_reply_arguments(parent))
+    return found
+
+
+def declared_reply(message_type: type) -> Any:
+    """The reply type a ``Request`` subclass declares, or ``None`` for a plain message.
+
+    A subclass inherits its base's reply type. The result is the type argument as
+    written: a class, a union, a generic alias, a type variable (a generic request), or
+    a string / ``ForwardRef`` when it was quoted (``Request["Pong"]``).
+    """
+    if not issubclass(message_type, Request):
+        return None
+    replies = _reply_arguments(message_type)
+    return replies[0] if replies else None
+
+
+def type_name(form: Any) -> str:
+    """A type as written, for error messages: ``Pong``, ``Pong | None``, ``list[int]``."""
+    if form is type(None) or form is None:
+        return "None"
+    if isinstance(form, type) and not typing.get_args(form):
+        return form.__qualname__
+    if typing.get_origin(form) in (typing.Union, types.UnionType):
+        return " | ".join(type_name(arg) for arg in typing.get_args(form))
+    if isinstance(form, typing.ForwardRef):
+        return repr(form.__forward_arg__)
+    return repr(form).replace("typing.", "")
 
 
 class DeadLetterReason(enum.StrEnum):

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from ._activation import SPAWN_BURST, current_activation
 from ._envelope import ASK, TELL, Envelope, outgoing
 from ._errors import AskTimeout, DeadlockError
 from ._ids import AgentId
-from ._message import Message
+from ._message import Askable, Message, ReplyT, Request
 from ._options import check_headers, check_timeout
 from ._runtime import RUNNING
 
@@ -113,9 +113,25 @@ class AgentRef:
         elif rt.unstarted > SPAWN_BURST:
             await asyncio.sleep(0)  # let the workers this sender woke run (see Runtime)
 
+    @overload
     async def ask(
         self,
-        message: Message,
+        message: Request[ReplyT],
+        *,
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> ReplyT: ...
+    @overload
+    async def ask(
+        self,
+        message: Askable[ReplyT],
+        *,
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> ReplyT: ...
+    async def ask(
+        self,
+        message: Any,
         *,
         timeout: float | None = None,
         headers: Mapping[str, str] | None = None,
