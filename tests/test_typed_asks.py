@@ -10,15 +10,20 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 
 from kerna import (
+    Agent,
     BlockingKernel,
     Kernel,
     Message,
+    PendingReply,
+    RegistrationError,
     Request,
+    handler,
 )
 
 from .typecheck.typed_asks import Echo, asks, blocking_asks
@@ -160,3 +165,253 @@ def test_a_request_cannot_declare_a_second_reply_type() -> None:
 
         class Narrowed(Ask, Request[SubReply]):
             pass
+
+
+async def test_a_handler_may_return_the_reply_or_a_subclass_of_it(kernel: Kernel) -> None:
+    class Exact(Agent):
+        @handler
+        async def on(self, msg: Ask) -> Reply:
+            return Reply(n=msg.n)
+
+    class Narrower(Agent):
+        @handler
+        async def on(self, msg: Ask) -> SubReply:
+            return SubReply(n=msg.n)
+
+    kernel.register(Exact)
+    kernel.register(Narrower)
+    assert await kernel.ref(Exact, "a").ask(Ask(n=1), timeout=5) == Reply(n=1)
+    assert type(await kernel.ref(Narrower, "a").ask(Ask(n=2), timeout=5)) is SubReply
+
+
+async def test_a_handler_returning_another_type_is_refused_with_all_the_names(
+    kernel: Kernel,
+) -> None:
+    class Wrong(Agent):
+        @handler
+        async def on_ask(self, msg: Ask) -> str:
+            return "nope"
+
+    with pytest.raises(RegistrationError) as caught:
+        kernel.register(Wrong)
+    text = str(caught.value)
+    # the handler, the request type, its declared reply, the annotation
+    assert "Wrong.on_ask" in text
+    assert "returns str" in text
+    assert "Ask is a Request[Reply]" in text
+    assert "'-> Reply'" in text
+
+
+async def test_a_handler_of_a_subclass_is_checked_against_the_inherited_reply(
+    kernel: Kernel,
+) -> None:
+    class Wrong(Agent):
+        @handler
+        async def on(self, msg: LoudAsk) -> Echoed:
+            return Echoed(text="")
+
+    with pytest.raises(RegistrationError, match=r"LoudAsk is a Request\[Reply\]"):
+        kernel.register(Wrong)
+
+
+async def test_a_handler_forgetting_its_reply_is_refused(kernel: Kernel) -> None:
+    class Forgetful(Agent):
+        @handler
+        async def on(self, msg: Ask) -> None:
+            return None
+
+    with pytest.raises(RegistrationError, match=r"Forgetful.on: returns None") as caught:
+        kernel.register(Forgetful)
+    assert "'-> PendingReply'" in str(caught.value)  # the hint for a deferred reply
+
+
+async def test_a_handler_deferring_its_reply_returns_the_pending_reply(kernel: Kernel) -> None:
+    class Later(Agent):
+        @handler
+        async def on(self, msg: Ask) -> PendingReply:
+            pending = self.defer_reply()
+            pending.reply(Reply(n=msg.n))  # or later, from another handler
+            return pending
+
+    class NowOrLater(Agent):
+        @handler
+        async def on(self, msg: Ask) -> Reply | PendingReply:
+            if msg.n > 0:
+                return Reply(n=msg.n)
+            pending = self.defer_reply()
+            pending.reply(Reply(n=0))
+            return pending
+
+    class NowWrong(Agent):
+        @handler
+        async def on(self, msg: Ask) -> str | PendingReply:
+            return ""
+
+    kernel.register(Later)
+    kernel.register(NowOrLater)
+    assert await kernel.ref(Later, "a").ask(Ask(n=1), timeout=5) == Reply(n=1)
+    assert await kernel.ref(NowOrLater, "a").ask(Ask(n=0), timeout=5) == Reply(n=0)
+    with pytest.raises(RegistrationError, match=r"NowWrong.on: returns str \| PendingReply"):
+        kernel.register(NowWrong)
+
+
+async def test_a_handler_that_may_return_none_needs_a_request_that_allows_none(
+    kernel: Kernel,
+) -> None:
+    class Maybe(Agent):
+        @handler
+        async def on(self, msg: Ask) -> Reply | None:
+            return None
+
+    with pytest.raises(RegistrationError) as caught:
+        kernel.register(Maybe)
+    assert "Maybe.on: returns Reply | None" in str(caught.value)
+    assert "None is not a reply of Ask (Request[Reply])" in str(caught.value)
+    assert "Request[Reply | None]" in str(caught.value)  # the hint: declare it optional
+
+    class Finder(Agent):
+        @handler
+        async def on(self, msg: Find) -> Reply | None:
+            return None if msg.n < 0 else Reply(n=msg.n)
+
+    kernel.register(Finder)
+    assert await kernel.ref(Finder, "a").ask(Find(n=-1), timeout=5) is None
+    assert await kernel.ref(Finder, "a").ask(Find(n=1), timeout=5) == Reply(n=1)
+
+
+async def test_a_request_of_none_is_answered_by_a_handler_returning_none(
+    kernel: Kernel,
+) -> None:
+    class Acker(Agent):
+        @handler
+        async def on(self, msg: Ack) -> None:
+            return None
+
+    kernel.register(Acker)
+    assert await kernel.ref(Acker, "a").ask(Ack(), timeout=5) is None
+
+    class Chatty(Agent):
+        @handler
+        async def on(self, msg: Ack) -> Reply:
+            return Reply(n=0)
+
+    with pytest.raises(
+        RegistrationError, match=r"Chatty.on: returns Reply, but Ack is a Request\[None\]"
+    ):
+        kernel.register(Chatty)
+
+
+async def test_a_handler_without_return_annotation_or_returning_any_is_not_checked(
+    kernel: Kernel,
+) -> None:
+    class Unannotated(Agent):
+        @handler
+        async def on(self, msg: Ask):  # type: ignore[no-untyped-def]
+            return Reply(n=msg.n)
+
+    class Loose(Agent):
+        @handler
+        async def on(self, msg: Ask) -> Any:
+            return Reply(n=msg.n)
+
+    kernel.register(Unannotated)
+    kernel.register(Loose)
+    assert await kernel.ref(Unannotated, "a").ask(Ask(n=1), timeout=5) == Reply(n=1)
+    assert await kernel.ref(Loose, "a").ask(Ask(n=2), timeout=5) == Reply(n=2)
+
+
+async def test_a_union_handler_returns_each_request_its_own_reply(kernel: Kernel) -> None:
+    class Both(Agent):
+        @handler
+        async def on(self, msg: Ask | Shout) -> Reply | Echoed:
+            if isinstance(msg, Ask):
+                return Reply(n=msg.n)
+            return Echoed(text=msg.text)
+
+    kernel.register(Both)
+    ref = kernel.ref(Both, "a")
+    assert await ref.ask(Ask(n=1), timeout=5) == Reply(n=1)
+    assert await ref.ask(Shout(text="hi"), timeout=5) == Echoed(text="hi")
+
+
+async def test_a_union_handler_must_cover_every_request_and_nothing_else(
+    kernel: Kernel,
+) -> None:
+    class Missing(Agent):
+        @handler
+        async def on(self, msg: Ask | Shout) -> Reply:
+            return Reply(n=0)
+
+    with pytest.raises(
+        RegistrationError, match=r"Missing.on: returns Reply, but Shout is a Request\[Echoed\]"
+    ):
+        kernel.register(Missing)
+
+    class Stray(Agent):
+        @handler
+        async def on(self, msg: Ask | Shout) -> Reply | Echoed | str:
+            return ""
+
+    with pytest.raises(
+        RegistrationError, match=r"Stray.on: returns Reply \| Echoed \| str, but str is not"
+    ):
+        kernel.register(Stray)
+
+
+async def test_a_handler_of_requests_and_plain_messages_only_checks_the_requests(
+    kernel: Kernel,
+) -> None:
+    class Mixed(Agent):
+        @handler
+        async def on(self, msg: Ask | Tick) -> Reply | None:
+            return Reply(n=msg.n) if isinstance(msg, Ask) else None
+
+    kernel.register(Mixed)  # Tick's reply is Any, so None may be its answer
+    assert await kernel.ref(Mixed, "a").ask(Ask(n=3), timeout=5) == Reply(n=3)
+
+    class Wrong(Agent):
+        @handler
+        async def on(self, msg: Ask | Tick) -> str:
+            return ""
+
+    with pytest.raises(
+        RegistrationError, match=r"Wrong.on: returns str, but Ask is a Request\[Reply\]"
+    ):
+        kernel.register(Wrong)
+
+
+async def test_a_quoted_reply_type_is_resolved_at_registration(kernel: Kernel) -> None:
+    class Right(Agent):
+        @handler
+        async def on(self, msg: Quoted) -> Reply:
+            return Reply(n=msg.n)
+
+    class Wrong(Agent):
+        @handler
+        async def on(self, msg: Quoted) -> Echoed:
+            return Echoed(text="")
+
+    kernel.register(Right)
+    with pytest.raises(RegistrationError, match=r"Quoted is a Request\[Reply\]"):
+        kernel.register(Wrong)
+
+    class Lost(Agent):
+        @handler
+        async def on(self, msg: Dangling) -> Reply:
+            return Reply(n=0)
+
+    with pytest.raises(
+        RegistrationError,
+        match=r"Lost.on: cannot resolve the reply type 'NotDefinedAnywhere' of Dangling",
+    ):
+        kernel.register(Lost)
+
+
+async def test_a_plain_message_handler_may_return_anything(kernel: Kernel) -> None:
+    class Plain(Agent):
+        @handler
+        async def on(self, msg: Tick) -> str:
+            return "tock"
+
+    kernel.register(Plain)
+    assert await kernel.ref(Plain, "a").ask(Tick(), timeout=5) == "tock"
