@@ -17,6 +17,7 @@ import msgspec
 
 from ._errors import RegistrationError
 from ._message import Message
+from ._replies import check_reply
 
 if TYPE_CHECKING:
     from ._agent import Agent
@@ -93,9 +94,16 @@ def _message_types(annotation: Any, where: str) -> tuple[type[Message], ...]:
 def build_handler_table(cls: type) -> dict[type, HandlerFn]:
     """Collect ``@handler`` methods of ``cls`` (inherited ones included) into a table.
 
+    A handler of a ``Request[Reply]`` must be annotated with its reply type, or a
+    subclass of it (``-> Reply | None`` only if the request declares
+    ``Request[Reply | None]``); without a return annotation it is not checked. The
+    rules are in ``check_reply``.
+
     Raises:
-        RegistrationError: a handler is not ``async``, lacks a Message annotation, or two
-            handlers claim one message type.
+        RegistrationError: a handler is not ``async``, lacks a Message annotation, two
+            handlers claim one message type, a handler's return annotation disagrees
+            with the reply type its request declares, or that reply type does not
+            resolve.
     """
     methods: dict[str, Any] = {}
     for klass in reversed(cls.__mro__):
@@ -124,7 +132,10 @@ def build_handler_table(cls: type) -> dict[type, HandlerFn]:
                 f"{where}: annotate the message parameter {params[1].name!r} with its "
                 "kerna.Message type"
             )
-        for message_type in _message_types(hints[params[1].name], where):
+        handled = _message_types(hints[params[1].name], where)
+        if "return" in hints:
+            check_reply(where, handled, hints["return"])
+        for message_type in handled:
             if message_type in table:
                 raise RegistrationError(
                     f"{cls.__qualname__}: two handlers for {message_type.__qualname__}: "
