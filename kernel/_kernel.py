@@ -20,8 +20,8 @@ from typing import Any
 import msgspec
 
 from kerna.state import StateBackend
-from kerna.state._layout import Layout, unescape
 from kerna.state._eventlog import EventLog
+from kerna.state._layout import Layout, unescape
 from kerna.state._replica import Replica
 
 from ._activation import SPAWN_BURST, current_activation
