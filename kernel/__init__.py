@@ -1,49 +1,108 @@
 """kerna: an embeddable asyncio kernel for multi-agent systems.
 
-The public API is re-exported here; everything else lives in private modules.
+The public API is re-exported here from private modules, lazily: a name's module is
+imported when the name is first used (``from kerna import Kernel``, ``kerna.Kernel``).
+So ``import kerna`` is cheap, and ``import kerna.state`` (which runs this file first)
+does not load the kernel, anyio or anything a backend does not need.
+
+``_EXPORTS`` is the one table of public names and their modules. A new public name
+goes into it, into the imports for type checkers below (mypy and IDEs read those) and
+into ``__all__``; ``tests/test_exports.py`` checks that the three agree.
 """
 
-from ._agent import Agent, handler
-from ._blocking import BlockingKernel, BlockingRef
-from ._context import MessageContext
-from ._deferred import PendingReply
-from ._errors import (
-    ActivationFailed,
-    AskTimeout,
-    CircuitOpen,
-    Compacted,
-    ConfigError,
-    Conflict,
-    DeadlockError,
-    DecodeError,
-    Fenced,
-    IdleTimeout,
-    KernaError,
-    KernaInternalError,
-    KernelStopped,
-    LeaseLost,
-    MailboxFull,
-    OutcomeUnknown,
-    OwnedElsewhere,
-    RegistrationError,
-    RemoteError,
-    StateError,
-    StoreFailed,
-    TransportError,
-    Unavailable,
-    UnhandledMessage,
-    UnknownAgent,
-    UsageError,
-    ValueTooLarge,
-)
-from ._ids import AgentId
-from ._kernel import Kernel, KernelStats, Subscription
-from ._message import DeadLetter, DeadLetterReason, Message, Request
-from ._ref import AgentRef
-from ._registry import TypeStats
-from ._timers import Timer
+import importlib
+import typing  # as a module: no helper names among the public ones
 
 __version__ = "0.1.0"
+
+# name -> private module (under kerna) that defines it
+_EXPORTS: dict[str, str] = {
+    "Agent": "_agent",
+    "handler": "_agent",
+    "BlockingKernel": "_blocking",
+    "BlockingRef": "_blocking",
+    "MessageContext": "_context",
+    "PendingReply": "_deferred",
+    "ActivationFailed": "_errors",
+    "AskTimeout": "_errors",
+    "CircuitOpen": "_errors",
+    "Compacted": "_errors",
+    "ConfigError": "_errors",
+    "Conflict": "_errors",
+    "DeadlockError": "_errors",
+    "DecodeError": "_errors",
+    "Fenced": "_errors",
+    "IdleTimeout": "_errors",
+    "KernaError": "_errors",
+    "KernaInternalError": "_errors",
+    "KernelStopped": "_errors",
+    "LeaseLost": "_errors",
+    "MailboxFull": "_errors",
+    "OutcomeUnknown": "_errors",
+    "OwnedElsewhere": "_errors",
+    "RegistrationError": "_errors",
+    "RemoteError": "_errors",
+    "StateError": "_errors",
+    "StoreFailed": "_errors",
+    "TransportError": "_errors",
+    "Unavailable": "_errors",
+    "UnhandledMessage": "_errors",
+    "UnknownAgent": "_errors",
+    "UsageError": "_errors",
+    "ValueTooLarge": "_errors",
+    "AgentId": "_ids",
+    "Kernel": "_kernel",
+    "KernelStats": "_kernel",
+    "Subscription": "_kernel",
+    "DeadLetter": "_message",
+    "DeadLetterReason": "_message",
+    "Message": "_message",
+    "Request": "_message",
+    "AgentRef": "_ref",
+    "TypeStats": "_registry",
+    "Timer": "_timers",
+}
+
+if typing.TYPE_CHECKING:
+    from ._agent import Agent, handler
+    from ._blocking import BlockingKernel, BlockingRef
+    from ._context import MessageContext
+    from ._deferred import PendingReply
+    from ._errors import (
+        ActivationFailed,
+        AskTimeout,
+        CircuitOpen,
+        Compacted,
+        ConfigError,
+        Conflict,
+        DeadlockError,
+        DecodeError,
+        Fenced,
+        IdleTimeout,
+        KernaError,
+        KernaInternalError,
+        KernelStopped,
+        LeaseLost,
+        MailboxFull,
+        OutcomeUnknown,
+        OwnedElsewhere,
+        RegistrationError,
+        RemoteError,
+        StateError,
+        StoreFailed,
+        TransportError,
+        Unavailable,
+        UnhandledMessage,
+        UnknownAgent,
+        UsageError,
+        ValueTooLarge,
+    )
+    from ._ids import AgentId
+    from ._kernel import Kernel, KernelStats, Subscription
+    from ._message import DeadLetter, DeadLetterReason, Message, Request
+    from ._ref import AgentRef
+    from ._registry import TypeStats
+    from ._timers import Timer
 
 __all__ = [
     "ActivationFailed",
@@ -91,3 +150,18 @@ __all__ = [
     "ValueTooLarge",
     "handler",
 ]
+
+
+if not typing.TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any name
+
+    def __getattr__(name: str) -> object:
+        module = _EXPORTS.get(name)
+        if module is None:
+            raise AttributeError(f"module 'kerna' has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        globals()[name] = value  # later uses are plain global lookups
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
