@@ -28,8 +28,7 @@ from kerna import Compacted, ConfigError, DecodeError, LeaseLost
 from kerna.state import Compare, Delete, Get, Put, StateBackend, WatchEvent, connect
 from kerna.state._memory import MemoryBackend
 from kerna.state._sqlite import SqliteBackend
-
-from .watching import collect
+from kerna.testing import watch_events
 
 
 def url(path: Path) -> str:
@@ -168,7 +167,7 @@ async def test_connections_in_one_process_share_the_store(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="already open in this process"):
         await connect(url(path), max_history=10)
     start = (await b1.range("")).revision + 1
-    watch = asyncio.ensure_future(collect(b2, "k", start, 1))
+    watch = asyncio.ensure_future(watch_events(b2, "k", start, 1))
     await asyncio.sleep(0.05)
     rev = await b1.put("k", b"v")
     assert (await watch)[0].revision == rev
@@ -257,7 +256,7 @@ async def test_restart_keeps_revisions_and_history(tmp_path: Path) -> None:
         assert (await backend.range("")).revision == r4
         r5 = await backend.put("w/c", b"4")
         assert r5 == r4 + 1
-        events = await collect(backend, "w/", r1, 4)
+        events = await watch_events(backend, "w/", r1, 4)
         assert [(e.kv.key, e.kv.value, e.revision) for e in events] == [
             ("w/a", b"1", r1),
             ("w/b", b"2", r2),
@@ -268,9 +267,9 @@ async def test_restart_keeps_revisions_and_history(tmp_path: Path) -> None:
         await backend.compact(r4)
     async with await connect(url(path)) as backend:
         with pytest.raises(Compacted) as info:
-            await collect(backend, "w/", r2, 1)
+            await watch_events(backend, "w/", r2, 1)
         assert info.value.compact_revision == r4
-        events = await collect(backend, "w/", r4, 2)
+        events = await watch_events(backend, "w/", r4, 2)
         assert [e.revision for e in events] == [r4, r5]
 
 
@@ -293,7 +292,7 @@ async def test_leases_end_at_a_restart(tmp_path: Path) -> None:
         kv = await backend.get("kept")
         assert kv is not None
         assert kv.value == b"k"
-        events = await collect(backend, "", rev + 1, 3)  # each lease at its own revision
+        events = await watch_events(backend, "", rev + 1, 3)  # each lease at its own revision
         assert [(e.kind, e.kv.key, e.revision) for e in events] == [
             ("delete", "a/short", rev + 1),
             ("delete", "b/long", rev + 2),
@@ -313,9 +312,9 @@ async def test_automatic_compaction_keeps_whole_revisions() -> None:
             await backend.put(f"k{i}", b"x")
         result = await backend.txn([], [Put(f"p/{i}", b"") for i in range(6)])
         with pytest.raises(Compacted) as info:
-            await collect(backend, "", 1, 1)
+            await watch_events(backend, "", 1, 1)
         assert info.value.compact_revision == result.revision
-        events = await collect(backend, "", result.revision, 6)
+        events = await watch_events(backend, "", result.revision, 6)
         assert [e.kv.key for e in events] == [f"p/{i}" for i in range(6)]
 
 
@@ -337,7 +336,7 @@ async def test_concurrent_writes_commit_in_order_and_fail_alone(tmp_path: Path) 
         revisions = [r for r in results if isinstance(r, int)]
         assert results.count("lost") == 20
         assert sorted(revisions) == list(range(start, start + 180))
-        events = await collect(backend, "k/", start, 180)
+        events = await watch_events(backend, "k/", start, 180)
         assert [e.revision for e in events] == sorted(revisions)
         for i, rev in enumerate(results):
             kv = await backend.get(f"k/{i:03d}")
@@ -396,7 +395,7 @@ async def test_aclose_ends_watches_and_is_idempotent(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="closed"):
         await backend.get("k")
     with pytest.raises(ConfigError, match="closed"):
-        await collect(backend, "", rev, 1)
+        await watch_events(backend, "", rev, 1)
 
 
 # -- the model check: sqlite behaves as memory -------------------------------------------

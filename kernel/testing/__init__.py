@@ -1,0 +1,35 @@
+"""kerna.testing: helpers for the tests of kerna's users and extension authors.
+
+- ``StateBackendSuite``: the conformance suite of ``kerna.state.StateBackend``, the one
+  kerna's own backends pass; a third-party backend runs it by subclassing it in its
+  tests (``help(StateBackendSuite)`` shows how). It needs pytest (the ``test`` extra);
+  it is imported on first use, so ``import kerna.testing`` alone does not import pytest.
+- ``watch_events``: the first events of a watch, bounded by a timeout.
+"""
+
+import importlib
+import typing
+
+from ._watch import watch_events
+
+if typing.TYPE_CHECKING:
+    from ._state_suite import StateBackendSuite
+
+__all__ = ["StateBackendSuite", "watch_events"]
+
+# names whose module needs pytest: imported on first use
+_NEEDS_PYTEST = {"StateBackendSuite": "_state_suite"}
+
+if not typing.TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any name
+
+    def __getattr__(name: str) -> object:
+        module = _NEEDS_PYTEST.get(name)
+        if module is None:
+            raise AttributeError(f"module 'kerna.testing' has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        globals()[name] = value
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
