@@ -55,10 +55,35 @@ class StateBackend(abc.ABC):
 
     @abc.abstractmethod
     async def range(
-        self, prefix: str, *, start_after: str | None = None, limit: int = 1000
+        self,
+        prefix: str,
+        *,
+        start_after: str | None = None,
+        end: str | None = None,
+        limit: int = 1000,
     ) -> Page:
-        """Up to ``limit`` keys starting with ``prefix``, in key order, after
-        ``start_after`` if given."""
+        """Up to ``limit`` keys starting with ``prefix``, in key order, between
+        ``start_after`` and ``end`` (both exclusive) when given.
+
+        Args:
+            prefix: only keys starting with it (``""``: every key).
+            start_after: only keys after it: the last key of the previous page.
+            end: only keys before it: a bounded page. A reader that knows where the
+                keys it wants end bounds each page by them, so that the store touches
+                only those keys (with an open range, etcd 3.4 counts every key left
+                under the prefix for each page, which makes paging through a long
+                prefix quadratic). An ``end`` at or before the start gives an empty
+                page.
+            limit: at most this many keys (>= 1).
+
+        Returns:
+            The keys, the store's revision, and ``more``: whether keys follow within
+            the bounds (continue with ``start_after=page.kvs[-1].key``).
+
+        Raises:
+            ValueError: ``limit`` < 1.
+            Unavailable: the store cannot be reached.
+        """
 
     @abc.abstractmethod
     async def txn(

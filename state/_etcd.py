@@ -306,19 +306,31 @@ class EtcdBackend(StateBackend):
         return await self._request("get", send, idempotent=True)
 
     async def range(
-        self, prefix: str, *, start_after: str | None = None, limit: int = 1000
+        self,
+        prefix: str,
+        *,
+        start_after: str | None = None,
+        end: str | None = None,
+        limit: int = 1000,
     ) -> Page:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        start = prefix.encode() or b"\0"
-        end = _prefix_end(start) if prefix else b"\0"
+        # keys in [low, high), high None: no end (etcd's range_end b"\0"); keys are never
+        # empty, so b"\0" is the least key there is
+        low = prefix.encode() or b"\0"
         if start_after is not None and start_after >= prefix:
-            start = start_after.encode() + b"\0"
+            low = start_after.encode() + b"\0"
+        high: bytes | None = _prefix_end(prefix.encode()) if prefix else None
+        if high == b"\0":  # a prefix of only 0xff bytes: no end
+            high = None
+        if end is not None and (high is None or end.encode() < high):
+            high = end.encode()
+        if high is not None and low >= high:  # nothing in range: only the revision
+            request = rpc.RangeRequest(key=low, count_only=True)
+        else:
+            request = rpc.RangeRequest(key=low, range_end=high or b"\0", limit=limit)
 
         async def send(conn: _Conn, timeout: float) -> Page:
-            request = rpc.RangeRequest(key=start, range_end=end, limit=limit)
-            if end != b"\0" and start >= end:  # past the prefix: only the revision
-                request = rpc.RangeRequest(key=end, count_only=True)
             response = await conn.kv.Range(request, timeout=timeout, metadata=conn.metadata)
             kvs = tuple(_kv(kv) for kv in response.kvs)
             return Page(kvs, response.header.revision, bool(response.more))

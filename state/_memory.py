@@ -134,14 +134,23 @@ class _Store:
                 watcher.push(matching)
 
     def keys_with_prefix(
-        self, prefix: str, start_after: str | None, limit: int | None = None
+        self,
+        prefix: str,
+        start_after: str | None,
+        limit: int | None = None,
+        end: str | None = None,
     ) -> list[str]:
-        """Keys under ``prefix`` after ``start_after``, at most ``limit`` of them."""
+        """Keys under ``prefix`` after ``start_after`` and before ``end``, at most
+        ``limit`` of them."""
         keys = self.sorted_keys
         lo = bisect.bisect_left(keys, prefix)
         if start_after is not None and start_after >= prefix:
             lo = max(lo, bisect.bisect_right(keys, start_after))
-        hi = len(keys) if limit is None else min(len(keys), lo + limit)
+        hi = len(keys) if end is None else bisect.bisect_left(keys, end)
+        if limit is not None:
+            hi = min(hi, lo + limit)
+        if hi <= lo:
+            return []
         out = keys[lo:hi]
         if out and not out[-1].startswith(prefix):  # the slice ran past the prefix
             out = [k for k in out if k.startswith(prefix)]
@@ -196,14 +205,19 @@ class MemoryBackend(StateBackend):
             return store.data.get(key)
 
     async def range(
-        self, prefix: str, *, start_after: str | None = None, limit: int = 1000
+        self,
+        prefix: str,
+        *,
+        start_after: str | None = None,
+        end: str | None = None,
+        limit: int = 1000,
     ) -> Page:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         store = self._check_open()
         with store.lock:
             store.expire_leases()
-            keys = store.keys_with_prefix(prefix, start_after, limit + 1)
+            keys = store.keys_with_prefix(prefix, start_after, limit + 1, end)
             kvs = tuple(store.data[k] for k in keys[:limit])
             return Page(kvs, store.revision, len(keys) > limit)
 

@@ -156,11 +156,16 @@ class SqliteBackend(StateBackend):
         return await self._call(lambda db: db.fetch(key), writes=False)
 
     async def range(
-        self, prefix: str, *, start_after: str | None = None, limit: int = 1000
+        self,
+        prefix: str,
+        *,
+        start_after: str | None = None,
+        end: str | None = None,
+        limit: int = 1000,
     ) -> Page:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        return await self._call(lambda db: db.range(prefix, start_after, limit), writes=False)
+        return await self._call(lambda db: db.range(prefix, start_after, end, limit), writes=False)
 
     async def txn(
         self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()

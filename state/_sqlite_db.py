@@ -67,18 +67,24 @@ def _dec(key: bytes) -> str:
     return key.decode("utf-8", "surrogatepass")
 
 
-def _prefix_where(prefix: str, start_after: str | None = None) -> tuple[str, tuple[bytes, ...]]:
+def _prefix_where(
+    prefix: str, start_after: str | None = None, end: str | None = None
+) -> tuple[str, tuple[bytes, ...]]:
     """A ``WHERE`` fragment selecting keys that start with ``prefix`` (and come after
-    ``start_after``) as one key range: a single lower bound, so that SQLite seeks the
-    index to it instead of scanning from the prefix (paged reads stay linear)."""
+    ``start_after``, before ``end``) as one key range: a single lower bound and at most
+    one upper bound, so that SQLite seeks the index to the lower bound and stops at the
+    upper one instead of scanning from the prefix (paged reads stay linear)."""
     low = _enc(prefix)
     lower = "key >= ?"
     if start_after is not None and _enc(start_after) >= low:
         low, lower = _enc(start_after), "key > ?"
     stripped = _enc(prefix).rstrip(b"\xff")  # never in UTF-8, but keep the bound right anyway
-    if not stripped:
+    high = stripped[:-1] + bytes([stripped[-1] + 1]) if stripped else None
+    if end is not None and (high is None or _enc(end) < high):
+        high = _enc(end)
+    if high is None:
         return lower, (low,)
-    return f"{lower} AND key < ?", (low, stripped[:-1] + bytes([stripped[-1] + 1]))
+    return f"{lower} AND key < ?", (low, high)
 
 
 def _lease_lost(lease_id: int) -> LeaseLost:
@@ -352,8 +358,8 @@ class _Db:
         ).fetchone()
         return None if row is None else KeyValue(key, *row)
 
-    def range(self, prefix: str, start_after: str | None, limit: int) -> Page:
-        where, params = _prefix_where(prefix, start_after)
+    def range(self, prefix: str, start_after: str | None, end: str | None, limit: int) -> Page:
+        where, params = _prefix_where(prefix, start_after, end)
         rows = self.db.execute(
             "SELECT key, value, create_rev, mod_rev, version, lease FROM kv"
             f" WHERE {where} ORDER BY key LIMIT ?",

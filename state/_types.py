@@ -161,7 +161,7 @@ class WatchEvent(msgspec.Struct, frozen=True, gc=False):
 
 class Page(msgspec.Struct, frozen=True):
     """One page of a ``range``: keys in order, the store revision, and whether more
-    keys follow (continue with ``start_after=kvs[-1].key``)."""
+    keys follow within the range's bounds (continue with ``start_after=kvs[-1].key``)."""
 
     kvs: tuple[KeyValue, ...]
     revision: int

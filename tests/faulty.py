@@ -69,10 +69,15 @@ class FaultyBackend(StateBackend):
         return await self.inner.get(key, linearizable=linearizable)
 
     async def range(
-        self, prefix: str, *, start_after: str | None = None, limit: int = 1000
+        self,
+        prefix: str,
+        *,
+        start_after: str | None = None,
+        end: str | None = None,
+        limit: int = 1000,
     ) -> Page:
         self._next("range")
-        return await self.inner.range(prefix, start_after=start_after, limit=limit)
+        return await self.inner.range(prefix, start_after=start_after, end=end, limit=limit)
 
     async def txn(
         self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()

@@ -153,6 +153,37 @@ class StateBackendSuite:
         assert empty.kvs == ()
         assert not empty.more
 
+    async def test_range_stops_before_the_end_key(self, backend: StateBackend, prefix: str) -> None:
+        keys = [f"{prefix}e/{i:03d}" for i in range(20)]
+        for key in keys:
+            await backend.put(key, b"x")
+        last = await backend.put(prefix + "e0", b"outside the e/ prefix, before 'z'")
+        page = await backend.range(prefix + "e/", end=keys[10])
+        assert ([kv.key for kv in page.kvs], page.more) == (keys[:10], False)
+        assert page.revision >= last
+        page = await backend.range(prefix + "e/", end=keys[10], limit=4)
+        assert ([kv.key for kv in page.kvs], page.more) == (keys[:4], True)
+        page = await backend.range(prefix + "e/", start_after=keys[3], end=keys[10], limit=4)
+        assert ([kv.key for kv in page.kvs], page.more) == (keys[4:8], True)
+        page = await backend.range(prefix + "e/", start_after=keys[7], end=keys[10], limit=4)
+        assert ([kv.key for kv in page.kvs], page.more) == (keys[8:10], False)
+        between = await backend.range(prefix + "e/", end=keys[10] + "5")  # not a stored key
+        assert [kv.key for kv in between.kvs] == keys[:11]
+        past = await backend.range(prefix + "e/", end=prefix + "z")  # the prefix still bounds
+        assert ([kv.key for kv in past.kvs], past.more) == (keys, False)
+        everything = await backend.range("", start_after=prefix + "e/", end=keys[3])
+        assert [kv.key for kv in everything.kvs] == keys[:3]  # no prefix: only the end bounds
+        for start_after, end in [
+            (None, prefix + "e/"),  # the end is the prefix itself
+            (None, prefix + "a"),  # the end comes before the prefix
+            (keys[5], keys[5]),  # the end is the start
+            (keys[5], keys[2]),  # the end comes before the start
+            (None, ""),
+        ]:
+            empty = await backend.range(prefix + "e/", start_after=start_after, end=end)
+            assert (empty.kvs, empty.more) == ((), False), (start_after, end)
+            assert empty.revision >= last  # the store's revision, as for any range
+
     async def test_delete_prefix(self, backend: StateBackend, prefix: str) -> None:
         for i in range(5):
             await backend.put(f"{prefix}d/{i}", b"x")
