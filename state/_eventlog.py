@@ -199,22 +199,40 @@ class EventLog(Generic[S]):
         Raises:
             DecodeError: a record does not decode (names agent, sequence and type).
         """
-        layout = self.layout
-        prefix = layout.log_prefix(self.agent_type, self.key)
-        start_after = layout.log(self.agent_type, self.key, after) if after > 0 else None
+        # Each page asks for the next ``page_size`` sequence numbers, its range ending
+        # at the key after the last of them: a store then touches only the keys of the
+        # page (etcd 3.4 counts every key within a range's bounds, whatever its limit,
+        # so open-ended pages made a long replay quadratic). The first page is open
+        # ended (bounded by ``upto`` only): a short log, the usual case after a
+        # snapshot, takes one request. A page of the window that comes back short is
+        # the end of the log or a hole in it (an append after a sequence number its
+        # writer never saw): one open-ended page after the window tells which.
+        layout, agent_type, key = self.layout, self.agent_type, self.key
+        prefix = layout.log_prefix(agent_type, key)
+        limit_key = None if upto is None else layout.log(agent_type, key, upto + 1)
         decode = self.sourcing.decode_record
         where = self._where
-        while True:
-            page = await self.backend.range(prefix, start_after=start_after, limit=self.page_size)
+        size = self.page_size
+        seq = after  # every record up to seq has been yielded
+        windowed = False
+        while upto is None or seq < upto:
+            start_after = layout.log(agent_type, key, seq) if seq > 0 else None
+            end: str | None = limit_key
+            if windowed:
+                last = seq + size if upto is None else min(seq + size, upto)
+                end = layout.log(agent_type, key, last + 1)
+            page = await self.backend.range(prefix, start_after=start_after, end=end, limit=size)
             records = [decode(kv.value, where) for kv in page.kvs]
-            if upto is not None and records and records[-1].seq > upto:
-                yield [r for r in records if r.seq <= upto]
-                return
             if records:
                 yield records
-            if not page.more or not page.kvs:
+            if windowed:
+                windowed = len(records) == last - seq  # short: the end or a hole
+                seq = last
+            elif page.more:
+                windowed = True
+                seq = records[-1].seq
+            else:
                 return
-            start_after = page.kvs[-1].key
 
     async def events(
         self, *, after: int = 0, upto: int | None = None

@@ -37,6 +37,7 @@ class FaultyBackend(StateBackend):
         self.url = f"faulty+{inner.url}"
         self.script: deque[str] = deque()
         self.calls: list[str] = []  # every data call, in order: "get", "range", "txn"
+        self.ranges: list[tuple[str, str | None, str | None]] = []  # (prefix, start_after, end)
         self.keepalive_down = False
         self.keepalives_ok = 0
         self.keepalive_ok = asyncio.Event()  # set on each successful keepalive
@@ -77,6 +78,7 @@ class FaultyBackend(StateBackend):
         limit: int = 1000,
     ) -> Page:
         self._next("range")
+        self.ranges.append((prefix, start_after, end))
         return await self.inner.range(prefix, start_after=start_after, end=end, limit=limit)
 
     async def txn(

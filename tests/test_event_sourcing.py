@@ -20,7 +20,9 @@ from kerna import (
     UnknownAgent,
     handler,
 )
-from kerna.state import Delete, EventLog, EventSourcing, Layout, connect
+from kerna.state import Delete, EventLog, EventSourcing, Layout, StateBackend, connect
+
+from .faulty import FaultyBackend
 
 pytestmark = pytest.mark.anyio
 _names = itertools.count()
@@ -274,3 +276,75 @@ async def test_kernel_event_log_reads_the_audit_trail_under_the_kernels_prefix()
             kernel.event_log(Counterless, "a")
         with pytest.raises(UnknownAgent, match="'Nope'"):
             kernel.event_log("Nope", "a")
+
+
+async def _long_log(
+    backend: StateBackend, key: str, events: int
+) -> tuple[EventLog[Balance], Balance]:
+    log = EventLog(backend, sourcing(), "Account", key, page_size=10)
+    state, seq = Balance(), 0
+    while seq < events:
+        batch = [Deposited(amount=seq + i) for i in range(min(7, events - seq))]
+        for event in batch:
+            state = Account.apply(state, event)
+        seq = await log.append(batch, expected_seq=seq, state_after=state)
+    return log, state
+
+
+async def test_replay_bounds_its_pages_so_the_store_visits_each_event_about_once(
+    faulty: FaultyBackend,
+) -> None:
+    """etcd 3.4 visits every key within a range's bounds whatever its limit (to count
+    them), so a replay of open-ended pages costs n^2 / (2 x page size) key visits: each
+    page of the replay must end where the sequence numbers it wants end."""
+    events = 100
+    log, state = await _long_log(faulty, "long", events)
+    keys = [kv.key async for kv in faulty.inner.scan("")]
+
+    def visited() -> int:
+        return sum(
+            1
+            for prefix, start_after, end in faulty.ranges
+            for k in keys
+            if k.startswith(prefix)
+            and (start_after is None or k > start_after)
+            and (end is None or k < end)
+        )
+
+    faulty.ranges.clear()
+    assert await log.state_at() == (state, events)
+    assert visited() <= 2 * events, faulty.ranges
+    faulty.ranges.clear()
+    assert [r.seq async for r in log.events(after=15, upto=64)] == list(range(16, 65))
+    assert visited() <= 2 * (64 - 15), faulty.ranges
+
+
+async def test_replay_reads_past_gaps_in_the_sequence_numbers() -> None:
+    """A log with a hole (a writer that appended after a sequence number it never
+    saw) still replays every event it holds, however long the hole."""
+    backend = await connect("memory://")
+    try:
+        log, _ = await _long_log(backend, "holes", 12)
+        await log.append([Deposited(amount=1)], expected_seq=40, state_after=Balance())
+        await log.append([Deposited(amount=1)], expected_seq=41, state_after=Balance())
+        await log.append([Deposited(amount=1)], expected_seq=95, state_after=Balance())
+        expected = [*range(1, 13), 41, 42, 96]
+        assert [r.seq async for r in log.events()] == expected
+        assert (await log.state_at())[1] == 96
+        assert [r.seq async for r in log.events(after=5, upto=50)] == [*range(6, 13), 41, 42]
+        assert [r.seq async for r in log.events(after=42)] == [96]
+    finally:
+        await backend.aclose()
+
+
+async def test_every_window_of_the_log_lists_exactly_its_events() -> None:
+    backend = await connect("memory://")
+    try:
+        log, _ = await _long_log(backend, "windows", 25)
+        for after in range(27):
+            for upto in range(after, 27):
+                got = [r.seq async for r in log.events(after=after, upto=upto)]
+                assert got == list(range(after + 1, min(upto, 25) + 1)), (after, upto)
+            assert [r.seq async for r in log.events(after=after)] == list(range(after + 1, 26))
+    finally:
+        await backend.aclose()
