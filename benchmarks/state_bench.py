@@ -18,7 +18,8 @@ re-derived from the committed data). Options: ``--runs N``
 (default 5), ``--noisy-runs N`` (9: 32-writer throughput and propagation, whose
 figures move most between runs), ``--recovery-runs N`` (3), ``--scale F`` (sizes
 times F, e.g. 0.05 for a smoke run; such a run does not write RESULTS-state.md unless
-``--write``), ``--no-profile`` (skip profiling the misses).
+``--write``), ``--no-profile`` (skip profiling the misses), ``--only recovery`` (run
+only the recovery workload and print its rows and ratios; writes nothing).
 """
 
 from __future__ import annotations
@@ -326,6 +327,28 @@ def _profiles(
     return out
 
 
+def _recovery_only(z: Sizes, runs: int) -> int:
+    """``--only recovery``: the recovery rows, each store's floor / kerna (median of the
+    per-run ratios, as in the report) for the replay without snapshots."""
+    samples: Samples = {}
+    directory = Path(tempfile.mkdtemp(prefix="kerna-bench-sqlite-"))
+    try:
+        with EtcdServer() as etcd:
+            print(f"etcd pid {etcd.pid} at {etcd.endpoint}", file=sys.stderr)
+            stores = _stores(etcd, directory)
+            _recovery(samples, stores, z.events, runs)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    for name, rows in samples.items():
+        values = rows["seconds"]
+        print(f"{name:<26} {statistics.median(values):8.3f} s  (runs: {values})")
+    for s in stores:
+        kerna, floor = samples[f"rec {s.name} kerna"], samples[f"rec {s.name} floor"]
+        ratios = [f / k for f, k in zip(floor["seconds"], kerna["seconds"], strict=True)]
+        print(f"{s.name} replay without snapshots: floor / kerna {statistics.median(ratios):.2f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.state_bench", description=__doc__)
     parser.add_argument("--runs", type=int, default=5, help="interleaved runs (default 5)")
@@ -339,6 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="workload size factor")
     parser.add_argument("--write", action="store_true", help="write RESULTS-state.md at any scale")
     parser.add_argument("--no-profile", action="store_true", help="do not profile misses")
+    parser.add_argument(
+        "--only",
+        choices=["recovery"],
+        help="run only this workload and print its figures (nothing written)",
+    )
     parser.add_argument(
         "--render",
         metavar="FILE",
@@ -355,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         print(render(*saved))
         return 0
     z = Sizes().scaled(args.scale)
+    if args.only == "recovery":
+        return _recovery_only(z, args.recovery_runs)
     commit = kerna_commit()
     started = time.time()
     samples: Samples = {}
