@@ -100,7 +100,7 @@ def _check(decoded: int, expected: int, where: str) -> None:
 def floor_etcd(
     endpoint: str, agent: type[Agent], snapshot: bool, expected_ops: int, *, bounded: bool = False
 ) -> float:
-    """Prefix range pages of ``limit=1000`` (the paged range kerna does), or with
+    """Prefix range pages of ``limit=1000`` (kerna's replay before bounded pages), or with
     ``bounded`` pages whose ``range_end`` is the key 1,000 sequence numbers on (etcd
     3.4 then stops scanning at the page's end instead of counting every key left)."""
 

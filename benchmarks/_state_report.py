@@ -376,7 +376,7 @@ def render(samples: Samples, env: Env, profiles: list[tuple[str, str]]) -> str:
     ]
     rec_rows: list[tuple[str, str]] = []
     for backend, alt in (
-        ("etcd", "floor, prefix range with `limit=1000` (the paged range kerna does)"),
+        ("etcd", "floor, prefix range with `limit=1000` (kerna's replay before bounded pages)"),
         ("sqlite", "floor, two lower bounds (`key >= prefix AND key < end AND key > last`)"),
         ("memory", ""),
     ):
