@@ -165,7 +165,7 @@ def kerna_put_latency(directory: Path, n: int) -> dict[str, float]:
 
     async def main() -> dict[str, float]:
         encode = msgspec.msgpack.Encoder().encode
-        backend = await connect(f"sqlite://{path}")
+        backend = await connect(f"sqlite:///{path}")
         try:
             key, rev = "kerna/state/w", 0
             for i in range(WARMUP):
@@ -192,7 +192,7 @@ def kerna_put_throughput(directory: Path, writers: int, per_writer: int) -> floa
 
     async def main() -> float:
         encode = msgspec.msgpack.Encoder().encode
-        backend = await connect(f"sqlite://{path}")
+        backend = await connect(f"sqlite:///{path}")
 
         async def writer(i: int) -> None:
             key, rev = f"kerna/state/w{i}", 0
@@ -219,7 +219,7 @@ def kerna_save_latency(directory: Path, n: int) -> dict[str, float]:
     path = _path(directory, "save")
 
     async def main() -> dict[str, float]:
-        async with Kernel(state=f"sqlite://{path}") as kernel:
+        async with Kernel(state=f"sqlite:///{path}") as kernel:
             kernel.register(Writer)
             ref = kernel.ref(Writer, "w")
             for _ in range(WARMUP):
@@ -248,7 +248,7 @@ def kerna_save_throughput(directory: Path, writers: int, per_writer: int) -> flo
     path = _path(directory, "save-tp")
 
     async def main() -> float:
-        async with Kernel(state=f"sqlite://{path}") as kernel:
+        async with Kernel(state=f"sqlite:///{path}") as kernel:
             kernel.register(Writer)
             refs = [kernel.ref(Writer, f"w{i}") for i in range(writers)]
             await asyncio.gather(*(ref.ask(Write()) for ref in refs))

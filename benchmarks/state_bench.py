@@ -187,7 +187,7 @@ def _stores(etcd: EtcdServer, directory: Path) -> list[_Store]:
         ),
         _Store(
             "sqlite",
-            f"sqlite://{db}",
+            f"sqlite:///{db}",
             lambda a, snap, n: rec.floor_sqlite(db, a, snap, n),
             lambda a, snap, n: rec.floor_sqlite(db, a, snap, n, kerna_where=True),
         ),

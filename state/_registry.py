@@ -82,8 +82,9 @@ def backend_class(url: str) -> type[StateBackend]:
 async def connect(url: str, **options: object) -> StateBackend:
     """Create and connect the backend for ``url``.
 
-    Examples: ``memory://`` (private), ``memory://shared-name``, ``sqlite:///var/kerna.db``,
-    ``etcd://10.0.0.1:2379,10.0.0.2:2379``.
+    Examples: ``memory://`` (private), ``memory://shared-name``, ``sqlite:///state.db``
+    (relative to the working directory), ``sqlite:////var/lib/kerna/state.db``
+    (absolute), ``etcd://10.0.0.1:2379,10.0.0.2:2379``.
 
     Raises:
         ConfigError: malformed URL, unknown scheme, missing extra, bad option.

@@ -1,12 +1,15 @@
-"""``sqlite:///path/state.db``: durable embedded state for one process, no server.
+"""``sqlite:///state.db``: durable embedded state for one process, no server.
 
 The same semantics as ``memory://`` and etcd (one global revision, per-key
 create/mod revisions and versions, transactions, watches from past revisions, leases,
 compaction), kept in a SQLite file through the standard library's ``sqlite3``.
 
-URLs: ``sqlite:///abs/path/state.db`` (three slashes, an absolute path, taken literally)
-or ``sqlite://:memory:`` (a private, non-durable database, for tests). Relative paths
-are refused rather than resolved against whatever the working directory is. Options
+URLs follow SQLAlchemy's convention: ``sqlite:///state.db`` (three slashes) is a path
+relative to the working directory when ``connect`` is called, ``sqlite:////var/lib/state.db``
+(four) an absolute one, so ``f"sqlite:///{path}"`` is right for either; ``sqlite://`` and
+``sqlite:///:memory:`` are a private, non-durable database (for tests). A host
+(``sqlite://h/x.db``), an empty path (``sqlite:///``) or a query is a ``ConfigError``
+naming the URL. Options
 (keyword arguments of ``connect``): ``max_history`` (watch history kept, in events,
 default 100,000; older revisions are compacted automatically, as on ``memory://``) and
 ``synchronous`` (``"full"``, the default, or ``"normal"``).
@@ -80,32 +83,45 @@ _CLOSED: Any = object()
 _EXPIRY_RETRY = 1.0  # seconds before retrying a lease expiry that could not be written
 
 
+_FORMS = (
+    "sqlite:///relative/path.db (from the working directory), sqlite:////absolute/path.db,"
+    " sqlite:// or sqlite:///:memory: (a private in-memory database)"
+)
+
+
 def _parse_url(url: str) -> str:
-    """The database path of ``url`` (absolute, symlinks resolved), or ``:memory:``."""
+    """The database path of ``url`` (absolute, symlinks resolved), or ``:memory:``.
+
+    SQLAlchemy's forms: ``sqlite:///`` + a path, relative to the working directory
+    (``sqlite:///data/state.db``) or absolute with its own leading slash
+    (``sqlite:////var/lib/state.db``), so ``f"sqlite:///{path}"`` is right for either;
+    ``sqlite://`` and ``sqlite:///:memory:`` are in memory (``sqlite://:memory:``, the
+    form of earlier kerna versions, too). A host is an error, as in SQLAlchemy.
+    """
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() != "sqlite":
         raise ConfigError(f"not a sqlite URL: {url!r}")
     if "?" in rest:
         raise ConfigError(f"sqlite URL takes options as keyword arguments, not a query: {url!r}")
-    if rest == MEMORY:
+    if rest in ("", "/" + MEMORY, MEMORY):
         return MEMORY
-    if not rest.startswith("/"):
-        raise ConfigError(
-            "sqlite URL needs an absolute path, with three slashes:"
-            f" 'sqlite:///abs/path/state.db' (or 'sqlite://:memory:'), got {url!r}"
-        )
-    if os.path.isdir(rest):
-        raise ConfigError(f"sqlite path {rest} is a directory, not a database file")
-    parent = os.path.dirname(rest)
+    host, slash, path = rest.partition("/")
+    if host or not slash:
+        raise ConfigError(f"invalid sqlite URL {url!r}: a sqlite URL has no host; use {_FORMS}")
+    if not path:
+        raise ConfigError(f"sqlite URL {url!r} has no database path; use {_FORMS}")
+    if os.path.isdir(path):
+        raise ConfigError(f"sqlite path {path} ({url!r}) is a directory, not a database file")
+    parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        raise ConfigError(f"sqlite path {rest}: directory {parent} does not exist")
-    return os.path.realpath(rest)
+        raise ConfigError(f"sqlite path {path} ({url!r}): directory {parent} does not exist")
+    return os.path.realpath(path)
 
 
 class SqliteBackend(StateBackend):
     """Durable single-process backend on a SQLite file (see the module docstring).
 
-    Created with ``await kerna.state.connect("sqlite:///path/state.db", **options)``
+    Created with ``await kerna.state.connect("sqlite:///state.db", **options)``
     (or ``SqliteBackend.from_url``), closed with ``aclose``.
     """
 
@@ -121,7 +137,8 @@ class SqliteBackend(StateBackend):
         """Open (creating if needed) the database at ``url``.
 
         Args:
-            url: ``sqlite:///abs/path/state.db`` or ``sqlite://:memory:``.
+            url: ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, or
+                ``sqlite://`` (in memory); see the module docstring.
             max_history: watch history kept, in events (default 100,000).
             synchronous: ``"full"`` (default: fsync at every commit) or ``"normal"``.
 

@@ -144,7 +144,7 @@ class _Store:
         job = _Job(fn, writes, watcher)
         with self.lock:
             if self.closing:
-                raise ConfigError(f"sqlite://{self.path} backend is closed")
+                raise ConfigError(f"sqlite:///{self.path} backend is closed")
             self.jobs.put(job)
         return job.future
 
@@ -189,10 +189,10 @@ class _Store:
             try:
                 self._run_batch(live)
             except Exception as exc:  # a bug here must not strand the callers
-                log.exception("sqlite://%s: batch failed", self.path)
+                log.exception("sqlite:///%s: batch failed", self.path)
                 for job in live:
                     if not job.future.done():
-                        job.future.set_exception(Unavailable(f"sqlite://{self.path}: {exc!r}"))
+                        job.future.set_exception(Unavailable(f"sqlite:///{self.path}: {exc!r}"))
         self.db.close()
         self.closed.set_result(None)
 

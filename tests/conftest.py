@@ -86,7 +86,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     if request.param == "memory":
         url = "memory://"
     elif request.param == "sqlite":
-        url = f"sqlite://{tmp_path / 'state.db'}"
+        url = f"sqlite:///{tmp_path / 'state.db'}"
     else:
         url = request.getfixturevalue("etcd_server").url
     b = await connect(url)

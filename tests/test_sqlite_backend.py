@@ -32,7 +32,7 @@ from kerna.testing import watch_events
 
 
 def url(path: Path) -> str:
-    return f"sqlite://{path}"
+    return f"sqlite:///{path}"  # SQLAlchemy's form: four slashes for an absolute path
 
 
 # -- URLs, options, files ----------------------------------------------------------------
@@ -41,17 +41,54 @@ def url(path: Path) -> str:
 @pytest.mark.parametrize(
     ("bad", "match"),
     [
-        ("sqlite://relative.db", "absolute path"),
-        ("sqlite://./rel.db", "absolute path"),
-        ("sqlite://", "absolute path"),
-        ("sqlite://host/x.db", "absolute path"),
+        ("sqlite://relative.db", "has no host"),
+        ("sqlite://./rel.db", "has no host"),
+        ("sqlite://host/x.db", "has no host"),
+        ("sqlite://user@/x.db", "has no host"),
+        ("sqlite:///", "no database path"),
         ("sqlite:///tmp/x.db?max_history=3", "keyword arguments"),
     ],
 )
 @pytest.mark.anyio
-async def test_bad_urls(bad: str, match: str) -> None:
-    with pytest.raises(ConfigError, match=match):
+async def test_bad_urls_name_the_url_and_the_valid_forms(bad: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as info:
         await connect(bad)
+    assert repr(bad) in str(info.value)
+    if "no host" in match:
+        assert "sqlite:////absolute/path.db" in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_three_slashes_are_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLAlchemy's convention: ``sqlite:///rel/state.db`` is ``./rel/state.db``."""
+    (tmp_path / "rel").mkdir()
+    monkeypatch.chdir(tmp_path)
+    async with await connect("sqlite:///rel/state.db") as backend:
+        await backend.put("k", b"here")
+        assert backend.url == "sqlite:///rel/state.db"
+    assert (tmp_path / "rel" / "state.db").is_file()
+    monkeypatch.chdir("/")  # the same file, by its absolute path (four slashes)
+    async with await connect(url(tmp_path / "rel" / "state.db")) as backend:
+        kv = await backend.get("k")
+        assert kv is not None
+        assert kv.value == b"here"
+
+
+@pytest.mark.parametrize("memory", ["sqlite://", "sqlite:///:memory:", "sqlite://:memory:"])
+@pytest.mark.anyio
+async def test_sqlite_urls_without_a_file_are_private_in_memory_databases(
+    memory: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    async with await connect(memory) as a, await connect(memory) as b:
+        await a.put("k", b"a's")
+        assert await b.get("k") is None  # each connect is a database of its own
+        assert (await a.get("k")) is not None
+    # no file, here or at the root
+    assert await asyncio.to_thread(lambda: os.listdir(tmp_path)) == []
+    assert not await asyncio.to_thread(os.path.exists, "/:memory:")
 
 
 @pytest.mark.anyio
@@ -307,7 +344,7 @@ async def test_leases_end_at_a_restart(tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_automatic_compaction_keeps_whole_revisions() -> None:
-    async with await connect("sqlite://:memory:", max_history=4) as backend:
+    async with await connect("sqlite://", max_history=4) as backend:
         for i in range(10):
             await backend.put(f"k{i}", b"x")
         result = await backend.txn([], [Put(f"p/{i}", b"") for i in range(6)])
@@ -469,7 +506,7 @@ async def _history(backend: StateBackend, prefix: str, from_revision: int) -> An
 async def _model_check(steps: list[Any], directory: str) -> None:
     path = os.path.join(directory, "model.db")
     memory = MemoryBackend()
-    sqlite = await SqliteBackend.from_url(f"sqlite://{path}", synchronous="normal")
+    sqlite = await SqliteBackend.from_url(f"sqlite:///{path}", synchronous="normal")
     leases: list[int] = []
 
     def lease(ref: int) -> int:
@@ -480,7 +517,7 @@ async def _model_check(steps: list[Any], directory: str) -> None:
             kind = step[0]
             if kind == "restart":
                 await sqlite.aclose()
-                sqlite = await SqliteBackend.from_url(f"sqlite://{path}", synchronous="normal")
+                sqlite = await SqliteBackend.from_url(f"sqlite:///{path}", synchronous="normal")
                 for granted in sorted(leases):  # leases end with their process
                     await memory.lease_revoke(granted)
                 continue

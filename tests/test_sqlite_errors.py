@@ -35,7 +35,7 @@ ROOT = os.geteuid() == 0
 
 
 def url(path: Path) -> str:
-    return f"sqlite://{path}"
+    return f"sqlite:///{path}"
 
 
 def _run(*command: str) -> None:
@@ -222,7 +222,7 @@ async def test_a_kernel_whose_database_file_is_deleted_lives_on_and_stops(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "state.db"
-    kernel = Kernel(state=f"sqlite://{path}")
+    kernel = Kernel(state=url(path))
     await kernel.start()
     kernel.register(Counter)
     kernel.register(Echo)

@@ -49,7 +49,7 @@ _CHILD = textwrap.dedent(
 async def test_a_restart_after_kill_9_takes_over_its_predecessors_claims_at_once(
     tmp_path: Path,
 ) -> None:
-    url = f"sqlite://{tmp_path / 'state.db'}"
+    url = f"sqlite:///{tmp_path / 'state.db'}"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _CHILD, url, stdout=PIPE, stderr=PIPE, cwd=Path(__file__).parents[1]
     )
