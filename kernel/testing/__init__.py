@@ -4,6 +4,9 @@
   kerna's own backends pass; a third-party backend runs it by subclassing it in its
   tests (``help(StateBackendSuite)`` shows how). It needs pytest (the ``test`` extra);
   it is imported on first use, so ``import kerna.testing`` alone does not import pytest.
+  A class to subclass rather than a pytest plugin (anyio's way for its harness): the
+  backend author says which store it runs on, and nothing is registered in the pytest
+  session of every project that merely has kerna installed.
 - ``watch_events``: the first events of a watch, bounded by a timeout.
 """
 
