@@ -7,7 +7,7 @@ Each handler takes one message, annotated with its Message type, and may return 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._context import MessageContext
@@ -151,9 +151,12 @@ class Agent:
         """A reference to another agent (shortcut for ``self.kernel.ref``)."""
         return self._activation.runtime.kernel.ref(agent_type, key)
 
-    async def publish(self, topic: str, message: Message) -> None:
-        """Publish an event; it carries the current message's correlation id."""
-        await self._activation.runtime.kernel.publish(topic, message)
+    async def publish(
+        self, topic: str, message: Message, *, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Publish an event; it carries the current message's context (correlation id,
+        headers); see ``Kernel.publish``."""
+        await self._activation.runtime.kernel.publish(topic, message, headers=headers)
 
     def schedule(self, delay: float, message: Message, *, repeat: bool = False) -> Timer:
         """Deliver ``message`` to this agent after ``delay`` seconds (every ``delay`` if

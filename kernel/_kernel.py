@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -33,6 +33,7 @@ from ._ids import AgentId
 from ._lifecycle import Lifecycle
 from ._message import Message
 from ._options import (
+    check_headers,
     check_mailbox,
     check_positive,
     check_restarts,
@@ -352,17 +353,20 @@ class Kernel:
         """Remove a subscription; unknown ones are ignored."""
         self._runtime.topics.unsubscribe(subscription)
 
-    async def publish(self, topic: str, message: Message) -> None:
+    async def publish(
+        self, topic: str, message: Message, *, headers: Mapping[str, str] | None = None
+    ) -> None:
         """Publish an event to every subscription of ``topic``.
 
         One envelope, shared by reference, reaches every subscriber. Waits for room in
         ``wait`` mailboxes; a subscriber that cannot take the event (unknown type, no
         handler, ``reject`` mailbox full, failed activation, key function raising)
         gets nothing and the event becomes a dead letter for it: the other subscribers
-        still receive it.
+        still receive it. ``headers`` reach the subscribers' ``self.context.headers``.
 
         Raises:
-            TypeError: ``message`` is not a kerna.Message.
+            TypeError: ``message`` is not a kerna.Message, ``topic`` not a str, or
+                ``headers`` not a mapping of str to str.
             KernelStopped: the kernel is stopping.
         """
         rt = self._runtime
@@ -373,10 +377,16 @@ class Kernel:
             raise TypeError(
                 f"events must be kerna.Message instances, got {type(message).__qualname__}"
             )
+        if not isinstance(topic, str):
+            raise TypeError(f"topic must be a str, got {topic!r}")
+        if headers is not None:
+            headers = check_headers(headers)
         if sender is None:
-            env = outgoing(rt.ids, EVENT, topic, message, None, None)
+            env = outgoing(rt.ids, EVENT, topic, message, None, None, None, None, headers)
         else:
-            env = outgoing(rt.ids, EVENT, topic, message, sender.id, sender.current)
+            env = outgoing(
+                rt.ids, EVENT, topic, message, sender.id, sender.current, None, None, headers
+            )
         pending = rt.deliver(env)
         if pending is not None:
             await pending

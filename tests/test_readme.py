@@ -26,8 +26,6 @@ _LINK = re.compile(r"\]\(([^)\s]+)\)")
 _FILE = re.compile(r"(?<![\w./-])((?:[\w-]+/)*[\w-]+\.(?:md|py))\b")
 _MEMORY = 'Kernel(state="memory://")'
 _ETCD = 'Kernel(state="etcd://127.0.0.1:2379")'
-# Linked before it lands: the lead adds ARCHITECTURE.md in this issue (drop it from here then).
-_PENDING = {"ARCHITECTURE.md"}
 
 
 def _blocks() -> list[str]:
@@ -77,7 +75,7 @@ def test_a_readme_links_only_to_files_in_the_repository(page: str) -> None:
     targets = {t.partition("#")[0] for t in _LINK.findall(text) if "://" not in t}
     if path == README:  # file names in its prose too ("see DESIGN.md")
         targets |= set(_FILE.findall(text))
-    missing = {t for t in targets - _PENDING if t and not _in_repository(path.parent, t)}
+    missing = {t for t in targets if t and not _in_repository(path.parent, t)}
     assert missing == set(), f"{page} names files that are not in the repository"
 
 
