@@ -30,9 +30,10 @@ from ._types import Compare, Get, Op, Put
 __all__ = ["EventLog", "EventRecord", "EventSourcing"]
 
 S = TypeVar("S")
+E = TypeVar("E")
 
 
-class EventRecord(msgspec.Struct, frozen=True):
+class EventRecord(msgspec.Struct, Generic[E], frozen=True):
     """One stored event.
 
     Attributes:
@@ -47,7 +48,7 @@ class EventRecord(msgspec.Struct, frozen=True):
     time: float
     correlation_id: int
     causation_id: int
-    event: Any
+    event: E
 
 
 class _RawRecord(msgspec.Struct, frozen=True):
@@ -98,14 +99,16 @@ class EventSourcing(Generic[S]):
         self._event_decoder = msgspec.msgpack.Decoder(self.event_type)
         self._state_decoder = msgspec.msgpack.Decoder(state_type)
         self._snapshot_decoder = msgspec.msgpack.Decoder(_RawSnapshot)
-        # An EventRecord whose ``event`` field is typed: records decode straight into
-        # EventRecord instances (one allocation per event on the replay path).
-        typed = msgspec.defstruct(
-            "EventRecord", [("event", self.event_type)], bases=(EventRecord,), frozen=True
+        # EventRecord[event type]: records decode straight into plain EventRecord
+        # instances (one allocation per event on the replay path) that compare equal to
+        # any other EventRecord with the same fields.
+        generic: Any = EventRecord  # subscripted with a runtime type: mypy cannot follow
+        typed: Any = generic[self.event_type]
+        self._typed_decoder: msgspec.msgpack.Decoder[EventRecord[Any]] = msgspec.msgpack.Decoder(
+            typed
         )
-        self._typed_decoder: msgspec.msgpack.Decoder[EventRecord] = msgspec.msgpack.Decoder(typed)
 
-    def decode_record(self, data: bytes, where: str) -> EventRecord:
+    def decode_record(self, data: bytes, where: str) -> EventRecord[Any]:
         """Decode one stored record, naming agent, sequence and event type on failure."""
         try:
             return self._typed_decoder.decode(data)
@@ -193,7 +196,7 @@ class EventLog(Generic[S]):
 
     async def pages(
         self, *, after: int = 0, upto: int | None = None
-    ) -> AsyncIterator[list[EventRecord]]:
+    ) -> AsyncIterator[list[EventRecord[Any]]]:
         """The records with ``after < seq <= upto``, one backend page at a time.
 
         Raises:
@@ -236,7 +239,7 @@ class EventLog(Generic[S]):
 
     async def events(
         self, *, after: int = 0, upto: int | None = None
-    ) -> AsyncIterator[EventRecord]:
+    ) -> AsyncIterator[EventRecord[Any]]:
         """The records with ``after < seq <= upto``, in order (paged reads).
 
         Raises:

@@ -20,7 +20,15 @@ from kerna import (
     UnknownAgent,
     handler,
 )
-from kerna.state import Delete, EventLog, EventSourcing, Layout, StateBackend, connect
+from kerna.state import (
+    Delete,
+    EventLog,
+    EventRecord,
+    EventSourcing,
+    Layout,
+    StateBackend,
+    connect,
+)
 
 from .faulty import FaultyBackend
 
@@ -348,3 +356,13 @@ async def test_every_window_of_the_log_lists_exactly_its_events() -> None:
             assert [r.seq async for r in log.events(after=after)] == list(range(after + 1, 26))
     finally:
         await backend.aclose()
+
+
+def test_decoded_records_are_plain_event_records_that_compare_equal() -> None:
+    first = EventSourcing(Balance, Account.apply)
+    second = EventSourcing(Balance, Account.apply)
+    record = EventRecord(1, 0.0, 7, 8, Deposited(amount=1))
+    data = msgspec.msgpack.encode(record)
+    decoded = first.decode_record(data, "Account/a")
+    assert type(decoded) is EventRecord
+    assert decoded == second.decode_record(data, "Account/a") == record
