@@ -33,6 +33,7 @@ from ._ids import AgentId
 from ._lifecycle import Lifecycle
 from ._message import Message
 from ._options import (
+    WrongType,
     check_headers,
     check_mailbox,
     check_positive,
@@ -138,7 +139,7 @@ class Kernel:
         check_positive("ask_timeout", ask_timeout)
         check_positive("lease_ttl", lease_ttl)
         if not isinstance(state, str | StateBackend):
-            raise ValueError(f"state must be a URL or a StateBackend, got {state!r}")
+            raise WrongType(f"state must be a URL or a StateBackend, got {state!r}")
         Layout(state_prefix)  # validates the prefix
         check_positive("idle_timeout", idle_timeout, allow_none=True)
         check_mailbox(mailbox_size, overflow)
@@ -273,7 +274,7 @@ class Kernel:
         backoff = self.restart_backoff if restart_backoff is None else restart_backoff
         check_restarts(restarts, backoff)
         if isinstance(conflict_retries, bool) or not isinstance(conflict_retries, int):
-            raise ValueError(f"conflict_retries must be an int >= 0, got {conflict_retries!r}")
+            raise WrongType(f"conflict_retries must be an int >= 0, got {conflict_retries!r}")
         if conflict_retries < 0:
             raise ValueError(f"conflict_retries must be an int >= 0, got {conflict_retries!r}")
         if factory is not None and not callable(factory):
