@@ -18,12 +18,12 @@ keeps it, and a restarted account replays it.
 """
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
 from kerna import Agent, Kernel, Message, RemoteError, handler
-from kerna.state import EventLog, EventRecord, EventSourcing
+from kerna.state import EventLog, EventRecord
 
 Amount = Annotated[int, msgspec.Meta(gt=0)]
 
@@ -113,12 +113,12 @@ class Account(Agent, state=Balance, event_sourced=True, snapshot_every=100):
         return BalanceIs(account=self.id.key, amount=self.state.amount)
 
 
-def account_log(kernel: Kernel, key: str) -> EventLog[Balance]:
+def account_log(kernel: Kernel, key: str) -> EventLog[Any]:
     """The event log (audit trail) of account ``key`` in ``kernel``'s state backend."""
-    return EventLog(kernel.state_backend, EventSourcing(Balance, Account.apply), "Account", key)
+    return kernel.event_log(Account, key)
 
 
-async def audit_trail(kernel: Kernel, key: str) -> list[EventRecord]:
+async def audit_trail(kernel: Kernel, key: str) -> list[EventRecord[Any]]:
     return [record async for record in account_log(kernel, key).events()]
 
 
