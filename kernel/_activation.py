@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -33,10 +33,13 @@ from ._errors import (
     KernaInternalError,
     KernelStopped,
     MailboxFull,
+    OutcomeUnknown,
     RemoteError,
+    Unavailable,
 )
 from ._failures import describe, is_failure, remote_error
 from ._message import DeadLetterReason
+from ._persistence import NotWritten
 from ._timers import Timer
 
 if TYPE_CHECKING:
@@ -44,6 +47,7 @@ if TYPE_CHECKING:
     from ._deferred import PendingReply
     from ._ids import AgentId
     from ._message import Message
+    from ._persistence import StateSpec, Stored, Written
     from ._registry import AgentType, HandlerFn
     from ._runtime import Runtime
 
@@ -115,14 +119,8 @@ class Activation:
 
     @property
     def state(self) -> Any:
+        """The agent's state as last loaded or written (stateful types; see ``loaded``)."""
         return self._state
-
-    @state.setter
-    def state(self, value: Any) -> None:
-        """Keep the agent's ``state`` slot (what handlers read) equal to this."""
-        self._state = value
-        if self.agent is not None:
-            load_state(self.agent, value)
 
     # -- intake ------------------------------------------------------------------------
 
@@ -250,7 +248,9 @@ class Activation:
             agent = None
             try:
                 if atype.state_spec is not None:
-                    await self.runtime.store().activate(self, atype.state_spec)
+                    claimed = await self.runtime.store().activate(self.id, atype.state_spec)
+                    self.token = claimed.token
+                    self.loaded(claimed.stored)
                 agent = atype.factory()
                 if not isinstance(agent, atype.cls):
                     raise TypeError(f"factory of {atype.name} returned {agent!r}")
@@ -261,8 +261,7 @@ class Activation:
             except BaseException as exc:
                 if not is_failure(exc, self.task, self.runtime.stopped):
                     raise
-                if self.token:
-                    await self.runtime.store().release(self)
+                await self.release()
                 # An undecodable stored state or event will not decode on a retry either.
                 if attempt >= atype.max_restarts or isinstance(exc, DecodeError):
                     self.failure = remote_error(exc, ActivationFailed)
@@ -354,7 +353,7 @@ class Activation:
         retries = atype.conflict_retries
         while True:
             if self.stale:
-                await self.runtime.store().reload(self)
+                await self.reload()
             try:
                 if atype.cancel_at_deadline and env.deadline is not None:
                     async with asyncio.timeout_at(env.deadline):
@@ -370,8 +369,7 @@ class Activation:
         self.closing = True
         self.fail_pending(KernelStopped(f"{self.id} was deactivated before it replied"))
         await self.run_on_stop()
-        if self.token:
-            await self.runtime.store().release(self)
+        await self.release()
         self.runtime.retire(self)
         if self.mailbox or self.waiters:
             self.runtime.hand_over(self)
@@ -480,6 +478,110 @@ class Activation:
             if self.task is None:
                 self.runtime.spawn(self)  # before leaving the directory: stop sees it
         self.runtime.retire(self)
+
+    # -- state (stateful types): what the store read or wrote, applied here --------------
+
+    def loaded(self, stored: Stored) -> None:
+        """Hold ``stored`` as the agent's committed state (what handlers read as
+        ``self.state``) and the revision or sequence number its next write compares
+        against; the state is fresh (no reload is due)."""
+        self._state = stored.state
+        self.state_rev = stored.revision
+        self.seq = stored.seq
+        self.stale = False
+        if self.agent is not None:
+            load_state(self.agent, stored.state)
+
+    def lost_claim(self) -> None:
+        """The store found this activation's claim lost: never release it (it may be
+        another kernel's now) and deactivate."""
+        self.token = 0
+        self.request_deactivation()
+
+    async def release(self) -> None:
+        """Give up the claim, if this activation holds one (best effort)."""
+        token, self.token = self.token, 0
+        if token:
+            await self.runtime.store().release(self.id, token)
+
+    async def reload(self, *, linearizable: bool = True) -> None:
+        """Re-read the state (``Agent.reload``; before the next message after a write
+        whose outcome is unknown, ``stale``).
+
+        Raises:
+            Unavailable: the backend could not be reached (a stale state stays stale).
+            DecodeError: the stored state or an event does not decode.
+        """
+        store = self.runtime.store()
+        self.loaded(await store.load(self.id, self._spec(), linearizable=linearizable))
+
+    async def save(self, new_state: Any) -> None:
+        """``Agent.save``: compare-and-swap over the revision read (``Persistence.save``).
+
+        Raises:
+            Conflict, Fenced, OutcomeUnknown, Unavailable, ValueTooLarge, TypeError: as
+                ``Agent.save`` documents.
+        """
+        store = self.runtime.store()
+        await self._write(
+            store.save(self.id, self._spec(), new_state, token=self.token, revision=self.state_rev)
+        )
+
+    async def emit(self, events: tuple[Any, ...]) -> None:
+        """``Agent.emit``: append after the last sequence number folded in; on a lost
+        race, catch up (reload) before raising ``Conflict``.
+
+        Raises:
+            Conflict, Fenced, OutcomeUnknown, Unavailable, ValueTooLarge, TypeError: as
+                ``Agent.emit`` documents.
+        """
+        current = self.current
+        correlation = (0, 0) if current is None else (current.correlation_id, current.id)
+        store = self.runtime.store()
+        write = store.emit(
+            self.id,
+            self._spec(),
+            events,
+            state=self._state,
+            seq=self.seq,
+            token=self.token,
+            correlation=correlation,
+        )
+        try:
+            await self._write(write)
+        except Conflict as exc:
+            try:
+                await self.reload()  # someone appended first: catch up
+            except Unavailable as again:
+                self.stale = True
+                raise exc from again
+            raise
+
+    async def _write(self, write: Awaitable[Written]) -> None:
+        """Await a state write and apply what it found: the state written or stored now,
+        the claim lost (deactivate), or an unknown outcome (reload before the next
+        message)."""
+        try:
+            written = await write
+        except NotWritten as refused:  # the answer showed what is stored: adopt it
+            self.loaded(refused.stored)
+            if not refused.owned:
+                self.lost_claim()
+            raise refused.error from refused.__cause__
+        except Fenced:
+            self.lost_claim()
+            raise
+        except OutcomeUnknown:
+            self.stale = True
+            raise
+        self.loaded(written.stored)
+        if not written.owned:
+            self.lost_claim()  # written, but the claim was lost since
+
+    def _spec(self) -> StateSpec:
+        spec = self.atype.state_spec
+        assert spec is not None  # only stateful types read or write state
+        return spec
 
     def schedule(self, delay: float, message: Message, *, repeat: bool) -> Timer:
         if delay < 0 or (repeat and delay == 0):

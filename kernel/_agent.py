@@ -224,7 +224,7 @@ class Agent:
         spec = act.atype.state_spec
         if spec is None or spec.sourcing is not None:
             raise TypeError(f"{type(self).__name__}.save() needs class option state=<Struct>")
-        await act.runtime.store().save(act, spec, new_state)
+        await act.save(new_state)
 
     async def emit(self, *events: Any) -> None:
         """Event-sourced agents: append ``events`` to the log and fold them into
@@ -240,17 +240,23 @@ class Agent:
             raise TypeError(f"{type(self).__name__}.emit() needs class option event_sourced=True")
         if not events:
             return
-        current = act.current
-        correlation = (0, 0) if current is None else (current.correlation_id, current.id)
-        await act.runtime.store().emit(act, spec, events, correlation)
+        await act.emit(events)
 
     async def reload(self, *, linearizable: bool = True) -> Any:
-        """Re-read the state from the backend (a quorum read when ``linearizable``)."""
+        """Re-read the state from the backend and return it (a quorum read when
+        ``linearizable``; event-sourced state is always read from the quorum: the latest
+        snapshot and the events after it).
+
+        Raises:
+            TypeError: the class declares no state.
+            Unavailable: the backend could not be reached; ``self.state`` is unchanged.
+            DecodeError: the stored state or an event does not decode.
+        """
         act = self._activation
         spec = act.atype.state_spec
         if spec is None:
             raise TypeError(f"{type(self).__name__} declares no state")
-        await act.runtime.store().reload(act, linearizable=linearizable)
+        await act.reload(linearizable=linearizable)
         return act.state
 
     def deactivate_on_idle(self) -> None:

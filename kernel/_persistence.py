@@ -2,15 +2,27 @@
 event appends, and fencing.
 
 One ``Persistence`` per kernel. It holds the kernel's lease (a ``KeptLease``, refreshed
-in the background) and, per stateful activation, writes through the backend:
+in the background) and writes through the backend for the stateful activations. It
+knows nothing of activations: each call takes the agent's id, its ``StateSpec`` and what
+the activation last read (fencing token, revision or sequence number), returns what is
+stored (``Stored``, ``Written``) and raises what went wrong; the activation applies the
+result to itself and decides what follows (``Activation.loaded``, ``lost_claim``):
 
 - Activating claims ``{prefix}act/{type}/{key}`` create-if-absent under the kernel's
   lease. The claim's create revision is the activation's fencing token: every state
   write and event append also requires the claim to still be at that revision, so an
   activation whose lease lapsed (its kernel paused or partitioned) gets ``Fenced`` and
-  cannot overwrite its successor.
+  cannot overwrite its successor; it then deactivates. A write that was applied and
+  then found its claim lost returns ``Written(owned=False)``: it is saved, and the
+  activation deactivates all the same.
 - ``save`` is a compare-and-swap on the state key's revision as last read; on a lost
-  race the activation reloads the state and ``Conflict`` is raised.
+  race it raises ``NotWritten`` carrying a ``Conflict`` and the state stored now, which
+  the activation adopts before it raises the ``Conflict`` to the agent. An ``emit``
+  that finds its sequence number taken raises ``Conflict``; the activation reloads.
+- ``load`` is the one reading path: the state key decoded by ``StateSpec.decode`` for
+  plain types, the latest snapshot plus the events after it for event-sourced ones.
+  Activation, ``Agent.reload``, the reload after an unknown outcome and the catch-up
+  after a lost append all take it; ``Kernel.replica`` decodes with ``StateSpec.decode``.
 
 Writes whose outcome is unknown. When the backend raises ``OutcomeUnknown`` (etcd lost
 the answer to a write, e.g. in a leader failover), the same conditional write is sent
@@ -22,11 +34,14 @@ and will not be committed, unless it is still in transit to the leader. A re-rea
 would settle less: a linearizable read does not wait for a proposal already in the
 leader's log, which can apply after the read said "not applied". If the second attempt
 fails too, the caller gets ``OutcomeUnknown`` (never a plain ``Unavailable``, which
-would say "certainly not applied") and the activation is marked ``stale``: it reloads
-its state, with a linearizable read, before its next message, so that message sees the
-write if it was applied and its next write does not conflict with it. A lost write
-that applies later still (the rare case above) makes the next write fail its compare:
-``Conflict``, which reloads; nothing is overwritten blindly.
+would say "certainly not applied") and the activation marks itself ``stale``: it
+reloads its state, with a linearizable read, before its next message, so that message
+sees the write if it was applied and its next write does not conflict with it. A lost
+write that applies later still (the rare case above) makes the next write fail its
+compare: ``Conflict``, which reloads; nothing is overwritten blindly. A second attempt
+of a ``save`` that finds the state changed by someone else cannot tell whether the
+first applied before that: ``NotWritten`` carries an ``OutcomeUnknown`` and the state
+stored now (adopted, so no reload is needed).
 
 A claim whose outcome stays unknown may exist under the kernel's lease with no
 activation knowing of it, keeping other kernels out. It is remembered as an orphan and
@@ -52,7 +67,7 @@ from kerna.state import KeptLease, StateBackend, connect
 from kerna.state._eventlog import EventLog, EventSourcing
 from kerna.state._layout import Layout
 from kerna.state._tasks import cancel_and_wait
-from kerna.state._types import Compare, Delete, Get, Put
+from kerna.state._types import Compare, Delete, Get, KeyValue, Put
 
 from ._errors import (
     ConfigError,
@@ -68,9 +83,9 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
-    from ._activation import Activation
+    from ._ids import AgentId
 
-__all__ = ["Claim", "Persistence", "StateSpec"]
+__all__ = ["Claim", "Claimed", "NotWritten", "Persistence", "StateSpec", "Stored", "Written"]
 
 log = logging.getLogger("kerna.state")
 T = TypeVar("T")
@@ -97,6 +112,73 @@ class StateSpec:
         self.sourcing = sourcing
         self.encoder = msgspec.msgpack.Encoder()
         self.decoder = msgspec.msgpack.Decoder(state_type)
+
+    def decode(self, data: bytes, where: str) -> Any:
+        """The state in a value of the agent's state key: the state itself, or for an
+        event-sourced type the state of its snapshot (``where`` names the agent).
+
+        Raises:
+            DecodeError: the value does not decode as the state type (or a snapshot).
+        """
+        if self.sourcing is not None:
+            return self.sourcing.decode_snapshot(data, where)[0]
+        try:
+            return self.decoder.decode(data)
+        except msgspec.MsgspecError as exc:
+            raise DecodeError(
+                f"{where}: the stored state does not decode as {self.state_type.__qualname__}:"
+                f" {exc}"
+            ) from exc
+
+
+class Stored(msgspec.Struct, frozen=True, gc=False):
+    """An agent's state as stored: what a load read or a write wrote.
+
+    Attributes:
+        state: the state.
+        revision: plain types: the state key's revision it was read or written at (0:
+            nothing stored yet); the next save compares against it.
+        seq: event-sourced types: the last event sequence number folded into it.
+    """
+
+    state: Any
+    revision: int = 0
+    seq: int = 0
+
+
+class Written(msgspec.Struct, frozen=True, gc=False):
+    """A write that was applied: ``stored`` is what it wrote.
+
+    ``owned`` is False when the write applied and then its claim was found lost (a
+    second attempt of a write whose first outcome was unknown): the agent is saved,
+    and the activation deactivates (it no longer owns the agent).
+    """
+
+    stored: Stored
+    owned: bool = True
+
+
+class Claimed(msgspec.Struct, frozen=True, gc=False):
+    """An activation's claim (``token``: its fencing token) and the state it loaded."""
+
+    token: int
+    stored: Stored
+
+
+class NotWritten(Exception):
+    """A save that did not apply, or may not have, whose answer showed what is stored.
+
+    Internal, between ``Persistence.save`` and the activation, which adopts ``stored``,
+    deactivates unless ``owned``, then raises ``error`` to the agent: a ``Conflict``
+    (the state changed since it was read) or an ``OutcomeUnknown`` (a second attempt
+    found it changed since: the first may have applied before that).
+    """
+
+    def __init__(self, error: StateError, stored: Stored, *, owned: bool = True) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.stored = stored
+        self.owned = owned
 
 
 class Persistence:
@@ -209,21 +291,23 @@ class Persistence:
 
     # -- activation ------------------------------------------------------------------------
 
-    async def activate(self, act: Activation, spec: StateSpec) -> None:
-        """Claim the agent for this kernel and load its state into the activation."""
-        atype_name, key = act.id.type, act.id.key
-        act.token = await self._claim(atype_name, key)
+    async def activate(self, agent: AgentId, spec: StateSpec) -> Claimed:
+        """Claim the agent for this kernel and load its state (the claim is given up
+        again if the load fails).
+
+        Raises:
+            OwnedElsewhere: another kernel holds the agent.
+            LeaseLost: no lease could be kept to claim it under.
+            OutcomeUnknown, Unavailable: the backend could not be reached.
+            DecodeError: the stored state or an event does not decode.
+        """
+        token = await self._claim(agent.type, agent.key)
         try:
-            if spec.sourcing is not None:
-                state, seq = await EventLog(
-                    self.backend, spec.sourcing, atype_name, key, layout=self.layout
-                ).load()
-                act.state, act.seq = state, seq
-            else:
-                await self.load(act, spec)
+            stored = await self.load(agent, spec)
         except BaseException:
-            await self.release(act)
+            await self.release(agent, token)
             raise
+        return Claimed(token, stored)
 
     async def _claim(self, agent_type: str, key: str) -> int:
         claim_key = self.layout.claim(agent_type, key)
@@ -315,14 +399,11 @@ class Persistence:
             if self._orphans:
                 await asyncio.sleep(delay)
 
-    async def release(self, act: Activation) -> None:
-        """Give up the claim (only if it is still ours); best effort: a claim that cannot
-        be deleted goes with the kernel's lease."""
-        token = act.token
-        if not token:
-            return
-        act.token = 0
-        await self._delete_claim(self.layout.claim(act.id.type, act.id.key), token)
+    async def release(self, agent: AgentId, token: int) -> None:
+        """Give up the claim whose fencing token is ``token`` (only if it is still
+        that claim); best effort: a claim that cannot be deleted goes with the kernel's
+        lease."""
+        await self._delete_claim(self.layout.claim(agent.type, agent.key), token)
 
     async def _delete_claim(self, claim_key: str, token: int) -> None:
         try:
@@ -332,74 +413,69 @@ class Persistence:
 
     # -- reading the state -----------------------------------------------------------------
 
-    async def load(self, act: Activation, spec: StateSpec, *, linearizable: bool = True) -> None:
-        key = self.layout.state(act.id.type, act.id.key)
-        self._set_state(act, spec, key, await self.backend.get(key, linearizable=linearizable))
-
-    async def reload(self, act: Activation, *, linearizable: bool = True) -> None:
-        """Re-read the activation's state (``Agent.reload``, and after a write whose
-        outcome is unknown); clears ``act.stale``. Event-sourced state is always read
-        from the quorum (snapshot and log).
+    async def load(self, agent: AgentId, spec: StateSpec, *, linearizable: bool = True) -> Stored:
+        """The agent's stored state (its initial state if none is stored): the state key
+        for plain types (a quorum read when ``linearizable``); the latest snapshot plus
+        the events after it for event-sourced types (always from the quorum).
 
         Raises:
-            Unavailable: the backend could not be reached (the activation stays stale).
+            Unavailable: the backend could not be reached.
             DecodeError: the stored state or an event does not decode.
         """
-        spec = act.atype.state_spec
-        assert spec is not None
-        if spec.sourcing is None:
-            await self.load(act, spec, linearizable=linearizable)
-            return
-        log_ = EventLog(self.backend, spec.sourcing, act.id.type, act.id.key, layout=self.layout)
-        act.state, act.seq = await log_.load()
-        act.stale = False
+        sourcing = spec.sourcing
+        if sourcing is not None:
+            state, seq = await self._log(agent, sourcing).load()
+            return Stored(state, seq=seq)
+        key = self.layout.state(agent.type, agent.key)
+        return self._stored(agent, spec, await self.backend.get(key, linearizable=linearizable))
+
+    @staticmethod
+    def _stored(agent: AgentId, spec: StateSpec, kv: KeyValue | None) -> Stored:
+        """A plain state key's entry (None: absent) as a ``Stored``."""
+        if kv is None:
+            return Stored(spec.initial())
+        return Stored(spec.decode(kv.value, f"{agent} at {kv.key!r}"), kv.mod_revision)
 
     @staticmethod
     def state_decoder(spec: StateSpec, type_name: str) -> Callable[[bytes], Any]:
         """Decodes a stored state value of ``type_name`` (an event-sourced type stores
-        a snapshot there) for ``Kernel.replica``."""
-        sourcing = spec.sourcing
-        if sourcing is not None:
-            return lambda data: sourcing.decode_snapshot(data, type_name)[0]
-        decode: Callable[[bytes], Any] = spec.decoder.decode
-        return decode
+        a snapshot there) for ``Kernel.replica``: ``StateSpec.decode``, as ``load``."""
+        return functools.partial(spec.decode, where=type_name)
 
-    def _decode(self, spec: StateSpec, key: str, data: bytes) -> Any:
-        try:
-            return spec.decoder.decode(data)
-        except msgspec.MsgspecError as exc:
-            raise DecodeError(
-                f"state at {key!r} does not decode as {spec.state_type.__qualname__}: {exc}"
-            ) from exc
+    def _log(self, agent: AgentId, sourcing: EventSourcing[Any]) -> EventLog[Any]:
+        return EventLog(self.backend, sourcing, agent.type, agent.key, layout=self.layout)
 
     # -- plain state -------------------------------------------------------------------------
 
-    async def save(self, act: Activation, spec: StateSpec, new_state: Any) -> None:
-        """Compare-and-swap ``new_state`` over the revision the activation read.
+    async def save(
+        self, agent: AgentId, spec: StateSpec, new_state: Any, *, token: int, revision: int
+    ) -> Written:
+        """Compare-and-swap ``new_state`` over ``revision``, the state key's revision as
+        last read, under the claim whose fencing token is ``token``.
 
         Raises:
-            Conflict: the state changed since it was read (the activation holds it now).
-            Fenced: the activation lost its claim (it deactivates); not saved.
-            OutcomeUnknown: neither attempt could be confirmed: it may have been
-                applied; the activation reloads before its next message.
+            NotWritten: the state changed since it was read (``Conflict``), or a second
+                attempt found it changed and cannot tell (``OutcomeUnknown``); it
+                carries the state stored now.
+            Fenced: the claim is lost (or ``token`` is 0); not saved.
+            OutcomeUnknown: neither attempt could be confirmed: it may have been applied.
             Unavailable: the backend could not be reached; not saved.
             ValueTooLarge: the state is over the store's size limit; not saved.
             TypeError: ``new_state`` is not of the declared state type.
         """
-        if not act.token:  # fenced: a compare on token 0 would mean "no claim exists"
-            raise Fenced(f"{act.id}: this activation no longer owns the agent; state not saved")
+        if not token:  # fenced: a compare on token 0 would mean "no claim exists"
+            raise Fenced(f"{agent}: this activation no longer owns the agent; state not saved")
         if type(new_state) is not spec.state_type:
             raise TypeError(
-                f"{act.id}: save() takes a {spec.state_type.__qualname__}, "
+                f"{agent}: save() takes a {spec.state_type.__qualname__}, "
                 f"got {type(new_state).__qualname__}"
             )
-        state_key = self.layout.state(act.id.type, act.id.key)
-        claim_key = self.layout.claim(act.id.type, act.id.key)
+        state_key = self.layout.state(agent.type, agent.key)
+        claim_key = self.layout.claim(agent.type, agent.key)
         data = spec.encoder.encode(new_state)
-        expected = act.state_rev
         attempt = functools.partial(
             self.backend.txn,
-            [Compare.created_at(claim_key, act.token), Compare.mod_is(state_key, expected)],
+            [Compare.created_at(claim_key, token), Compare.mod_is(state_key, revision)],
             [Put(state_key, data)],
             [Get(claim_key), Get(state_key)],
         )
@@ -407,161 +483,128 @@ class Persistence:
         try:
             result = await attempt()
         except ValueTooLarge as exc:
-            raise self._too_large(act, f"a state of {len(data)} bytes", exc) from exc
+            raise _too_large(agent, f"a state of {len(data)} bytes", exc) from exc
         except Unavailable as exc:
             if not exc.ambiguous:
                 raise
             first = exc
-            try:
-                result = await self._again(f"{act.id}: save", attempt, exc)
-            except OutcomeUnknown:
-                act.stale = True  # reload before the next message
-                raise
+            result = await self._again(f"{agent}: save", attempt, exc)
         if result.succeeded:
-            act.state, act.state_rev, act.stale = new_state, result.revision, False
-            return
+            return Written(Stored(new_state, result.revision))
         claim, current = result.gets
+        owned = claim is not None and claim.create_revision == token
         rev = 0 if current is None else current.mod_revision
-        if first is not None and current is not None and current.value == data and rev > expected:
+        if first is not None and current is not None and current.value == data and rev > revision:
             # The first attempt was applied (the second found the state it wrote).
-            act.state, act.state_rev, act.stale = new_state, rev, False
-            if claim is None or claim.create_revision != act.token:
-                self._fenced(act)  # applied, then the claim was lost: deactivate
-            return
-        if first is not None and rev != expected:
+            return Written(Stored(new_state, rev), owned)
+        if first is not None and rev != revision:
             # Someone else wrote since: the first attempt may have applied before that.
-            self._set_state(act, spec, state_key, current)
-            if claim is None or claim.create_revision != act.token:
-                self._fenced(act)
-            raise OutcomeUnknown(
-                f"{act.id}: save may or may not have been applied ({first}); the state has"
+            unknown = OutcomeUnknown(
+                f"{agent}: save may or may not have been applied ({first}); the state has"
                 f" changed since (now at {rev})"
-            ) from first
-        if claim is None or claim.create_revision != act.token:
-            self._fenced(act)
-            raise Fenced(f"{act.id}: this activation no longer owns the agent; state not saved")
-        self._set_state(act, spec, state_key, current)
-        raise Conflict(f"{act.id}: state changed since it was read (now at {act.state_rev})")
-
-    def _set_state(self, act: Activation, spec: StateSpec, key: str, kv: Any) -> None:
-        if kv is None:
-            act.state, act.state_rev = spec.initial(), 0
-        else:
-            act.state, act.state_rev = self._decode(spec, key, kv.value), kv.mod_revision
-        act.stale = False
-
-    @staticmethod
-    def _too_large(act: Activation, what: str, exc: ValueTooLarge) -> ValueTooLarge:
-        return ValueTooLarge(
-            f"{act.id}: {what} is too large for the store: {exc}", exc.size, exc.limit
-        )
-
-    @staticmethod
-    def _fenced(act: Activation) -> None:
-        act.token = 0  # the claim is someone else's now: never release it
-        act.request_deactivation()
+            )
+            raise NotWritten(unknown, self._stored(agent, spec, current), owned=owned) from first
+        if not owned:
+            raise Fenced(f"{agent}: this activation no longer owns the agent; state not saved")
+        conflict = Conflict(f"{agent}: state changed since it was read (now at {rev})")
+        raise NotWritten(conflict, self._stored(agent, spec, current))
 
     # -- event-sourced state ---------------------------------------------------------------
 
     async def emit(
         self,
-        act: Activation,
+        agent: AgentId,
         spec: StateSpec,
         events: tuple[Any, ...],
+        *,
+        state: Any,
+        seq: int,
+        token: int,
         correlation: tuple[int, int],
-    ) -> None:
-        """Append ``events`` after the activation's last sequence number and fold them
-        into its state.
+    ) -> Written:
+        """Append ``events`` after ``seq``, the last sequence number folded into
+        ``state``, under the claim whose fencing token is ``token``; what it wrote is
+        ``state`` with the events folded in.
 
         Raises:
-            Conflict: someone appended first (the activation caught up).
+            Conflict: someone appended first (reload to catch up).
             Fenced, OutcomeUnknown, Unavailable, ValueTooLarge: as for ``save``.
             TypeError: an event is not a msgspec Struct.
         """
         sourcing = spec.sourcing
         assert sourcing is not None
-        if not act.token:  # fenced: a compare on token 0 would mean "no claim exists"
-            raise Fenced(f"{act.id}: this activation no longer owns the agent; not appended")
+        if not token:  # fenced: a compare on token 0 would mean "no claim exists"
+            raise Fenced(f"{agent}: this activation no longer owns the agent; not appended")
         for event in events:
             if not isinstance(event, msgspec.Struct):
-                raise TypeError(f"{act.id}: events must be msgspec Structs, got {event!r}")
-        state = act.state
+                raise TypeError(f"{agent}: events must be msgspec Structs, got {event!r}")
         for event in events:
             state = sourcing.apply(state, event)
-        eventlog = EventLog(self.backend, sourcing, act.id.type, act.id.key, layout=self.layout)
-        claim_key = self.layout.claim(act.id.type, act.id.key)
-        expected = act.seq
+        eventlog = self._log(agent, sourcing)
+        claim_key = self.layout.claim(agent.type, agent.key)
         attempt = functools.partial(
             eventlog.append,
             events,
-            expected_seq=expected,
+            expected_seq=seq,
             state_after=state,
-            fence=Compare.created_at(claim_key, act.token),
+            fence=Compare.created_at(claim_key, token),
             correlation_id=correlation[0],
             causation_id=correlation[1],
         )
         try:
             try:
-                act.seq = await attempt()
+                return Written(Stored(state, seq=await attempt()))
             except Unavailable as exc:
                 if not exc.ambiguous:
                     raise
-                act.seq = await self._append_again(act, eventlog, attempt, exc, events, correlation)
-        except Conflict as exc:
-            try:
-                await self.reload(act)  # someone appended: catch up
-            except Unavailable as again:
-                act.stale = True
-                raise exc from again
-            raise
-        except Fenced:
-            self._fenced(act)
-            raise
+                owned = await self._append_again(
+                    agent, eventlog, attempt, exc, events, seq, correlation
+                )
+                return Written(Stored(state, seq=seq + len(events)), owned)
         except ValueTooLarge as exc:
             what = f"an append of {len(events)} event{'s' if len(events) > 1 else ''}"
-            raise self._too_large(act, what, exc) from exc
-        except OutcomeUnknown:
-            act.stale = True  # reload before the next message
-            raise
-        act.state, act.stale = state, False
+            raise _too_large(agent, what, exc) from exc
 
     async def _append_again(
         self,
-        act: Activation,
+        agent: AgentId,
         eventlog: EventLog[Any],
         attempt: Callable[[], Awaitable[int]],
         first: Unavailable,
         events: tuple[Any, ...],
+        seq: int,
         correlation: tuple[int, int],
-    ) -> int:
-        """The second attempt of an append whose outcome is unknown; the last sequence
-        number if either attempt was applied.
+    ) -> bool:
+        """The second attempt of an append after ``seq`` whose outcome is unknown;
+        whether the claim is still ours when either attempt was applied.
 
         Raises:
             OutcomeUnknown: neither attempt could be confirmed.
             Conflict, Fenced: the sequence number or the claim is someone else's, and the
                 first attempt was not applied.
         """
-        expected = act.seq
         try:
-            return await self._again(f"{act.id}: emit", attempt, first)
+            await self._again(f"{agent}: emit", attempt, first)
         except (Conflict, Fenced) as taken:
             # The first attempt may be what took the sequence number: read it back.
             try:
-                kv = await self.backend.get(self.layout.log(act.id.type, act.id.key, expected + 1))
+                kv = await self.backend.get(self.layout.log(agent.type, agent.key, seq + 1))
             except Unavailable as again:
                 raise OutcomeUnknown(
-                    f"{act.id}: emit may or may not have been applied ({first}); it could"
+                    f"{agent}: emit may or may not have been applied ({first}); it could"
                     f" not be confirmed either ({again})"
                 ) from again
             if kv is None:
                 raise
-            record = eventlog.sourcing.decode_record(kv.value, str(act.id))
+            record = eventlog.sourcing.decode_record(kv.value, str(agent))
             if (record.event, record.correlation_id, record.causation_id) != (
                 events[0],
                 *correlation,
             ):
                 raise
-            if isinstance(taken, Fenced):
-                self._fenced(act)  # applied, then the claim was lost: deactivate
-            return expected + len(events)
+            return not isinstance(taken, Fenced)  # applied (then the claim was lost?)
+        return True
+
+
+def _too_large(agent: AgentId, what: str, exc: ValueTooLarge) -> ValueTooLarge:
+    return ValueTooLarge(f"{agent}: {what} is too large for the store: {exc}", exc.size, exc.limit)
