@@ -2,11 +2,12 @@
 event appends, and fencing.
 
 One ``Persistence`` per kernel. It holds the kernel's lease (a ``KeptLease``, refreshed
-in the background) and writes through the backend for the stateful activations. It
-knows nothing of activations: each call takes the agent's id, its ``StateSpec`` and what
-the activation last read (fencing token, revision or sequence number), returns what is
-stored (``Stored``, ``Written``) and raises what went wrong; the activation applies the
-result to itself and decides what follows (``Activation.loaded``, ``lost_claim``):
+in the background, in ``Claims``) and reads and writes through the backend for the
+stateful activations. It knows nothing of activations: each call takes the agent's id,
+its ``StateSpec`` and what the activation last read (fencing token, revision or
+sequence number), returns what is stored (``Claimed``, ``Stored``, ``Written``) and
+raises what went wrong; the activation applies the result to itself and decides what
+follows (``Activation.loaded``, ``lost_claim``, ``stale``):
 
 - Activating claims ``{prefix}act/{type}/{key}`` create-if-absent under the kernel's
   lease. The claim's create revision is the activation's fencing token: every state
@@ -38,65 +39,44 @@ would say "certainly not applied") and the activation marks itself ``stale``: it
 reloads its state, with a linearizable read, before its next message, so that message
 sees the write if it was applied and its next write does not conflict with it. A lost
 write that applies later still (the rare case above) makes the next write fail its
-compare: ``Conflict``, which reloads; nothing is overwritten blindly. A second attempt
+compare: ``Conflict``, with the state stored now (an ``emit``'s reloads); nothing is
+overwritten blindly. A second attempt
 of a ``save`` that finds the state changed by someone else cannot tell whether the
 first applied before that: ``NotWritten`` carries an ``OutcomeUnknown`` and the state
 stored now (adopted, so no reload is needed).
 
-A claim whose outcome stays unknown may exist under the kernel's lease with no
-activation knowing of it, keeping other kernels out. It is remembered as an orphan and
-deleted, by comparing its value (unique: node, lease and time), from a background task
-until that succeeds; an activation of the same agent here first takes it off that
-list, then finds the claim as its own and uses it.
+The lease, the claims and the claims whose outcome stays unknown (orphans) are kept by
+``Claims`` (``kerna._persistence_claims``); the state reads and writes are here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import logging
-import os
-import socket
-import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from kerna.state import KeptLease, StateBackend, connect
+from kerna.state import StateBackend, connect
 from kerna.state._eventlog import EventLog, EventSourcing
 from kerna.state._layout import Layout
-from kerna.state._tasks import cancel_and_wait
-from kerna.state._types import Compare, Delete, Get, KeyValue, Put
+from kerna.state._types import Compare, Get, KeyValue, Put
 
 from ._errors import (
-    ConfigError,
     Conflict,
     DecodeError,
     Fenced,
-    LeaseLost,
     OutcomeUnknown,
-    OwnedElsewhere,
     StateError,
     Unavailable,
     ValueTooLarge,
 )
+from ._persistence_claims import Claims, again
 
 if TYPE_CHECKING:
     from ._ids import AgentId
 
-__all__ = ["Claim", "Claimed", "NotWritten", "Persistence", "StateSpec", "Stored", "Written"]
-
-log = logging.getLogger("kerna.state")
-T = TypeVar("T")
-
-
-class Claim(msgspec.Struct, frozen=True):
-    """The value of an activation claim: who holds the agent."""
-
-    node: str
-    lease: int
-    since: float
+__all__ = ["Claimed", "NotWritten", "Persistence", "StateSpec", "Stored", "Written"]
 
 
 class StateSpec:
@@ -195,19 +175,7 @@ class Persistence:
         self.backend = backend
         self.owned = owned  # close the backend on stop only if the kernel opened it
         self.layout = Layout(prefix)
-        self.lease_ttl = lease_ttl
-        self.node_id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
-        self._lease: KeptLease | None = None
-        self._lease_ready: asyncio.Lock = asyncio.Lock()
-        self._claim_encoder = msgspec.msgpack.Encoder()
-        self._claim_decoder = msgspec.msgpack.Decoder(Claim)
-        # Claims that may exist under our lease with no activation knowing of them
-        # (claim key -> the value written); the janitor deletes them. The lock keeps a
-        # deletion and an activation of the same agent apart.
-        self._orphans: dict[str, bytes] = {}
-        self._orphans_lock = asyncio.Lock()
-        self._janitor: asyncio.Task[None] | None = None
-        self._lease_lost_callbacks: list[Callable[[], object]] = []
+        self.claims = Claims(backend, self.layout, lease_ttl)
 
     @classmethod
     async def open(cls, state: str | StateBackend, *, prefix: str, lease_ttl: float) -> Persistence:
@@ -219,75 +187,22 @@ class Persistence:
     async def close(self) -> None:
         """Release every claim at once (revoke the lease) and close an owned backend."""
         try:
-            await cancel_and_wait(self._janitor)  # the lease's end deletes the orphans
-            if self._lease is not None:
-                await self._lease.revoke()
+            await self.claims.close()
         finally:
-            self._janitor = None
-            self._orphans.clear()
-            self._lease = None
             if self.owned:
                 await self.backend.aclose()
 
-    # -- the kernel's lease --------------------------------------------------------------
+    # -- the kernel's lease and claims ----------------------------------------------------
 
     @property
     def lease(self) -> int:
         """The id of the lease that holds this kernel's claims (0: none yet)."""
-        lease = self._lease
-        return 0 if lease is None or lease.lost.is_set() else lease.id
+        return self.claims.lease
 
     def on_lease_lost(self, callback: Callable[[], object]) -> None:
-        """Have ``callback()`` called, on the event loop, once for each lease of this
-        kernel that is lost.
-
-        A lease is lost when the store says it is gone, or when no keepalive has
-        succeeded for 90% of ``lease_ttl`` (see ``KeptLease``): from then on another
-        kernel may claim the agents active here, so they must stop serving. What the
-        callback raises is logged. The next claim takes a new lease.
-        """
-        self._lease_lost_callbacks.append(callback)
-
-    def _lease_lost(self) -> None:
-        for callback in list(self._lease_lost_callbacks):
-            try:
-                callback()
-            except Exception:
-                log.exception("lease-lost callback %r raised", callback)
-
-    async def _ensure_lease(self) -> int:
-        """The kernel's kept-alive lease, granted on first use and again after a loss.
-
-        A lost lease (expired during a pause or partition) took every claim made under
-        it: the activations holding them are fenced on their next write.
-        """
-        async with self._lease_ready:
-            if not self.lease:
-                if self._lease is not None:
-                    log.error(
-                        "lease %d lost: stateful activations on it are fenced", self._lease.id
-                    )
-                    await self._lease.revoke()
-                    self._orphans.clear()  # they went with the lease
-                self._lease = KeptLease(self.backend, self.lease_ttl, on_lost=self._lease_lost)
-                await self._lease.grant()
-            return self.lease
-
-    # -- writes whose outcome is unknown ---------------------------------------------------
-
-    async def _again(self, what: str, attempt: Callable[[], Awaitable[T]], first: Unavailable) -> T:
-        """The second attempt of a write whose first attempt's outcome is unknown.
-
-        Raises:
-            OutcomeUnknown: the second attempt failed too (it chains that failure).
-        """
-        try:
-            return await attempt()
-        except Unavailable as again:
-            raise OutcomeUnknown(
-                f"{what} may or may not have been applied ({first}); it could not be"
-                f" confirmed either ({again})"
-            ) from again
+        """Have ``callback()`` called once for each lease of this kernel that is lost
+        (``Claims.on_lease_lost``): the stateful activations must stop serving."""
+        self.claims.on_lease_lost(callback)
 
     # -- activation ------------------------------------------------------------------------
 
@@ -301,7 +216,7 @@ class Persistence:
             OutcomeUnknown, Unavailable: the backend could not be reached.
             DecodeError: the stored state or an event does not decode.
         """
-        token = await self._claim(agent.type, agent.key)
+        token = await self.claims.claim(agent.type, agent.key)
         try:
             stored = await self.load(agent, spec)
         except BaseException:
@@ -309,107 +224,11 @@ class Persistence:
             raise
         return Claimed(token, stored)
 
-    async def _claim(self, agent_type: str, key: str) -> int:
-        claim_key = self.layout.claim(agent_type, key)
-        if claim_key in self._orphans:
-            async with self._orphans_lock:  # no deletion of it is under way after this
-                self._orphans.pop(claim_key, None)  # if it exists, it is ours: used below
-        for _ in range(3):
-            lease = await self._ensure_lease()
-            kept = self._lease  # the KeptLease of ``lease`` (a later loss replaces it)
-            value = self._claim_encoder.encode(Claim(self.node_id, lease, time.time()))
-            attempt = functools.partial(
-                self.backend.txn,
-                [Compare.absent(claim_key)],
-                [Put(claim_key, value, lease)],
-                [Get(claim_key)],
-            )
-            try:
-                try:
-                    result = await attempt()
-                except Unavailable as exc:
-                    if not exc.ambiguous:
-                        raise
-                    try:
-                        result = await self._again(f"claim {claim_key!r}", attempt, exc)
-                    except OutcomeUnknown:
-                        self._orphan(claim_key, value)
-                        raise
-            except LeaseLost:
-                if kept is not None:  # that lease, not one a concurrent claim took since
-                    kept.mark_lost("a claim under it was refused")
-                continue  # under a new lease
-            current = None if result.succeeded else result.gets[0]
-            holder = self._holder(current)
-            if result.succeeded:
-                token = result.revision
-            elif holder is not None and holder.node == self.node_id and holder.lease == lease:
-                assert current is not None
-                # Our own claim: not yet released, or the first attempt above applied.
-                token = current.create_revision
-            else:
-                raise OwnedElsewhere(
-                    f"{agent_type}/{key} is active elsewhere "
-                    f"(claim {claim_key!r} held by {holder.node if holder else 'unknown'})"
-                )
-            if kept is None or not kept.lost.is_set():
-                return token
-            # The lease was declared lost while the claim was on its way (the activations
-            # it fenced did not include this one): give the claim up, claim anew.
-            await self._delete_claim(claim_key, token)
-        raise LeaseLost(f"could not keep a lease to claim {agent_type}/{key}")
-
-    def _holder(self, kv: Any) -> Claim | None:
-        if kv is None:
-            return None
-        try:
-            claim: Claim = self._claim_decoder.decode(kv.value)
-        except msgspec.MsgspecError:
-            return None
-        return claim
-
-    def _orphan(self, claim_key: str, value: bytes) -> None:
-        """Remember a claim that may exist with nobody using it; the janitor deletes it."""
-        self._orphans[claim_key] = value
-        if self._janitor is None or self._janitor.done():
-            self._janitor = asyncio.get_running_loop().create_task(
-                self._clean_orphans(), name="kerna.state orphaned claims"
-            )
-
-    async def _clean_orphans(self) -> None:
-        """Delete every orphaned claim (if still there with the value written), retrying
-        while the backend cannot be reached; ends when none is left."""
-        delay = min(1.0, self.lease_ttl / 3)
-        while self._orphans:
-            async with self._orphans_lock:
-                for claim_key, value in list(self._orphans.items()):
-                    try:
-                        await self.backend.txn(
-                            [Compare(claim_key, "value", "==", value)], [Delete(claim_key)]
-                        )
-                    except Unavailable as exc:  # deleting it again is harmless: retry
-                        log.info("could not delete orphaned claim %r yet: %s", claim_key, exc)
-                        continue
-                    except (StateError, ConfigError) as exc:  # failed or closed for good
-                        log.warning("orphaned claims left to expire with the lease: %s", exc)
-                        self._orphans.clear()
-                        return
-                    if self._orphans.get(claim_key) == value:
-                        del self._orphans[claim_key]
-            if self._orphans:
-                await asyncio.sleep(delay)
-
     async def release(self, agent: AgentId, token: int) -> None:
         """Give up the claim whose fencing token is ``token`` (only if it is still
         that claim); best effort: a claim that cannot be deleted goes with the kernel's
         lease."""
-        await self._delete_claim(self.layout.claim(agent.type, agent.key), token)
-
-    async def _delete_claim(self, claim_key: str, token: int) -> None:
-        try:
-            await self.backend.txn([Compare.created_at(claim_key, token)], [Delete(claim_key)])
-        except (StateError, ConfigError) as exc:  # unreachable, failed or closed store
-            log.warning("could not release %r (it expires with the lease): %s", claim_key, exc)
+        await self.claims.release(agent.type, agent.key, token)
 
     # -- reading the state -----------------------------------------------------------------
 
@@ -488,7 +307,7 @@ class Persistence:
             if not exc.ambiguous:
                 raise
             first = exc
-            result = await self._again(f"{agent}: save", attempt, exc)
+            result = await again(f"{agent}: save", attempt, exc)
         if result.succeeded:
             return Written(Stored(new_state, result.revision))
         claim, current = result.gets
@@ -584,16 +403,16 @@ class Persistence:
                 first attempt was not applied.
         """
         try:
-            await self._again(f"{agent}: emit", attempt, first)
+            await again(f"{agent}: emit", attempt, first)
         except (Conflict, Fenced) as taken:
             # The first attempt may be what took the sequence number: read it back.
             try:
                 kv = await self.backend.get(self.layout.log(agent.type, agent.key, seq + 1))
-            except Unavailable as again:
+            except Unavailable as second:
                 raise OutcomeUnknown(
                     f"{agent}: emit may or may not have been applied ({first}); it could"
-                    f" not be confirmed either ({again})"
-                ) from again
+                    f" not be confirmed either ({second})"
+                ) from second
             if kv is None:
                 raise
             record = eventlog.sourcing.decode_record(kv.value, str(agent))

@@ -236,7 +236,7 @@ async def test_an_unconfirmed_claim_is_adopted_by_the_next_activation_attempt(
         claim = await faulty.inner.get(Layout().claim("Register", "r"))
         assert claim is not None
         assert claim.lease == kernel._store().lease  # noqa: SLF001 - the test inspects the kernel claims
-        assert kernel._store()._orphans == {}  # nothing left to clean up behind it  # noqa: SLF001 - the test inspects the kernel claims
+        assert kernel._store().claims._orphans == {}  # nothing left to clean up behind it  # noqa: SLF001 - the test inspects the kernel claims
         rev = await kernel.ref(Register, "r").ask(SetValue(v="two"), timeout=5)
         assert await stored_value(faulty.inner, "r") == ("two", rev)
 

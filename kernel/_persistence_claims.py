@@ -1,0 +1,259 @@
+"""Activation claims: the kernel's kept-alive lease and the claims made under it.
+
+A stateful activation claims ``{prefix}act/{type}/{key}`` create-if-absent under the
+kernel's lease; the claim's create revision is its fencing token (see
+``kerna._persistence``). ``Claims`` keeps the lease (a ``KeptLease``, granted on first
+use and again after a loss, whose loss it reports), makes and releases claims, and
+settles a claim whose outcome is unknown with a second attempt.
+
+A claim whose outcome stays unknown may exist under the kernel's lease with no
+activation knowing of it, keeping other kernels out. It is remembered as an orphan and
+deleted, by comparing its value (unique: node, lease and time), from a background task
+until that succeeds; an activation of the same agent here first takes it off that
+list, then finds the claim as its own and uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+
+from kerna.state import KeptLease, StateBackend
+from kerna.state._layout import Layout
+from kerna.state._tasks import cancel_and_wait
+from kerna.state._types import Compare, Delete, Get, Put
+
+from ._errors import (
+    ConfigError,
+    LeaseLost,
+    OutcomeUnknown,
+    OwnedElsewhere,
+    StateError,
+    Unavailable,
+)
+
+__all__ = ["Claim", "Claims", "again"]
+
+log = logging.getLogger("kerna.state")
+T = TypeVar("T")
+
+
+class Claim(msgspec.Struct, frozen=True):
+    """The value of an activation claim: who holds the agent."""
+
+    node: str
+    lease: int
+    since: float
+
+
+class Claims:
+    """The kernel's activation claims and the lease that holds them (see the module
+    docstring)."""
+
+    def __init__(self, backend: StateBackend, layout: Layout, lease_ttl: float) -> None:
+        self.backend = backend
+        self.layout = layout
+        self.lease_ttl = lease_ttl
+        self.node_id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._lease: KeptLease | None = None
+        self._lease_ready: asyncio.Lock = asyncio.Lock()
+        self._claim_encoder = msgspec.msgpack.Encoder()
+        self._claim_decoder = msgspec.msgpack.Decoder(Claim)
+        # Claims that may exist under our lease with no activation knowing of them
+        # (claim key -> the value written); the janitor deletes them. The lock keeps a
+        # deletion and an activation of the same agent apart.
+        self._orphans: dict[str, bytes] = {}
+        self._orphans_lock = asyncio.Lock()
+        self._janitor: asyncio.Task[None] | None = None
+        self._lease_lost_callbacks: list[Callable[[], object]] = []
+
+    async def close(self) -> None:
+        """Release every claim at once (revoke the lease)."""
+        try:
+            await cancel_and_wait(self._janitor)  # the lease's end deletes the orphans
+            if self._lease is not None:
+                await self._lease.revoke()
+        finally:
+            self._janitor = None
+            self._orphans.clear()
+            self._lease = None
+
+    # -- the kernel's lease --------------------------------------------------------------
+
+    @property
+    def lease(self) -> int:
+        """The id of the lease that holds this kernel's claims (0: none yet)."""
+        lease = self._lease
+        return 0 if lease is None or lease.lost.is_set() else lease.id
+
+    def on_lease_lost(self, callback: Callable[[], object]) -> None:
+        """Have ``callback()`` called, on the event loop, once for each lease of this
+        kernel that is lost.
+
+        A lease is lost when the store says it is gone, or when no keepalive has
+        succeeded for 90% of ``lease_ttl`` (see ``KeptLease``): from then on another
+        kernel may claim the agents active here, so they must stop serving. What the
+        callback raises is logged. The next claim takes a new lease.
+        """
+        self._lease_lost_callbacks.append(callback)
+
+    def _lease_lost(self) -> None:
+        for callback in list(self._lease_lost_callbacks):
+            try:
+                callback()
+            except Exception:
+                log.exception("lease-lost callback %r raised", callback)
+
+    async def _ensure_lease(self) -> int:
+        """The kernel's kept-alive lease, granted on first use and again after a loss.
+
+        A lost lease (expired during a pause or partition) took every claim made under
+        it: the activations holding them are fenced on their next write.
+        """
+        async with self._lease_ready:
+            if not self.lease:
+                if self._lease is not None:
+                    log.error(
+                        "lease %d lost: stateful activations on it are fenced", self._lease.id
+                    )
+                    await self._lease.revoke()
+                    self._orphans.clear()  # they went with the lease
+                self._lease = KeptLease(self.backend, self.lease_ttl, on_lost=self._lease_lost)
+                await self._lease.grant()
+            return self.lease
+
+    # -- claims ----------------------------------------------------------------------------
+
+    async def claim(self, agent_type: str, key: str) -> int:
+        """Claim the agent for this kernel; its fencing token (the claim's create
+        revision). A claim of ours that is still there (unreleased, or an earlier
+        attempt that applied unconfirmed) is taken as it is.
+
+        Raises:
+            OwnedElsewhere: another kernel holds the agent.
+            LeaseLost: no lease could be kept to claim it under.
+            OutcomeUnknown, Unavailable: the backend could not be reached.
+        """
+        claim_key = self.layout.claim(agent_type, key)
+        if claim_key in self._orphans:
+            async with self._orphans_lock:  # no deletion of it is under way after this
+                self._orphans.pop(claim_key, None)  # if it exists, it is ours: used below
+        for _ in range(3):
+            lease = await self._ensure_lease()
+            kept = self._lease  # the KeptLease of ``lease`` (a later loss replaces it)
+            value = self._claim_encoder.encode(Claim(self.node_id, lease, time.time()))
+            attempt = functools.partial(
+                self.backend.txn,
+                [Compare.absent(claim_key)],
+                [Put(claim_key, value, lease)],
+                [Get(claim_key)],
+            )
+            try:
+                try:
+                    result = await attempt()
+                except Unavailable as exc:
+                    if not exc.ambiguous:
+                        raise
+                    try:
+                        result = await again(f"claim {claim_key!r}", attempt, exc)
+                    except OutcomeUnknown:
+                        self._orphan(claim_key, value)
+                        raise
+            except LeaseLost:
+                if kept is not None:  # that lease, not one a concurrent claim took since
+                    kept.mark_lost("a claim under it was refused")
+                continue  # under a new lease
+            current = None if result.succeeded else result.gets[0]
+            holder = self._holder(current)
+            if result.succeeded:
+                token = result.revision
+            elif holder is not None and holder.node == self.node_id and holder.lease == lease:
+                assert current is not None
+                # Our own claim: not yet released, or the first attempt above applied.
+                token = current.create_revision
+            else:
+                raise OwnedElsewhere(
+                    f"{agent_type}/{key} is active elsewhere "
+                    f"(claim {claim_key!r} held by {holder.node if holder else 'unknown'})"
+                )
+            if kept is None or not kept.lost.is_set():
+                return token
+            # The lease was declared lost while the claim was on its way (the activations
+            # it fenced did not include this one): give the claim up, claim anew.
+            await self._delete_claim(claim_key, token)
+        raise LeaseLost(f"could not keep a lease to claim {agent_type}/{key}")
+
+    def _holder(self, kv: Any) -> Claim | None:
+        if kv is None:
+            return None
+        try:
+            claim: Claim = self._claim_decoder.decode(kv.value)
+        except msgspec.MsgspecError:
+            return None
+        return claim
+
+    def _orphan(self, claim_key: str, value: bytes) -> None:
+        """Remember a claim that may exist with nobody using it; the janitor deletes it."""
+        self._orphans[claim_key] = value
+        if self._janitor is None or self._janitor.done():
+            self._janitor = asyncio.get_running_loop().create_task(
+                self._clean_orphans(), name="kerna.state orphaned claims"
+            )
+
+    async def _clean_orphans(self) -> None:
+        """Delete every orphaned claim (if still there with the value written), retrying
+        while the backend cannot be reached; ends when none is left."""
+        delay = min(1.0, self.lease_ttl / 3)
+        while self._orphans:
+            async with self._orphans_lock:
+                for claim_key, value in list(self._orphans.items()):
+                    try:
+                        await self.backend.txn(
+                            [Compare(claim_key, "value", "==", value)], [Delete(claim_key)]
+                        )
+                    except Unavailable as exc:  # deleting it again is harmless: retry
+                        log.info("could not delete orphaned claim %r yet: %s", claim_key, exc)
+                        continue
+                    except (StateError, ConfigError) as exc:  # failed or closed for good
+                        log.warning("orphaned claims left to expire with the lease: %s", exc)
+                        self._orphans.clear()
+                        return
+                    if self._orphans.get(claim_key) == value:
+                        del self._orphans[claim_key]
+            if self._orphans:
+                await asyncio.sleep(delay)
+
+    async def release(self, agent_type: str, key: str, token: int) -> None:
+        """Give up the claim whose fencing token is ``token`` (only if it is still that
+        claim); best effort: a claim that cannot be deleted goes with the lease."""
+        await self._delete_claim(self.layout.claim(agent_type, key), token)
+
+    async def _delete_claim(self, claim_key: str, token: int) -> None:
+        try:
+            await self.backend.txn([Compare.created_at(claim_key, token)], [Delete(claim_key)])
+        except (StateError, ConfigError) as exc:  # unreachable, failed or closed store
+            log.warning("could not release %r (it expires with the lease): %s", claim_key, exc)
+
+
+async def again(what: str, attempt: Callable[[], Awaitable[T]], first: Unavailable) -> T:
+    """The second attempt of a write whose first attempt's outcome is unknown (see
+    ``kerna._persistence``: the two attempts' compares make them exclusive).
+
+    Raises:
+        OutcomeUnknown: the second attempt failed too (it chains that failure).
+    """
+    try:
+        return await attempt()
+    except Unavailable as second:
+        raise OutcomeUnknown(
+            f"{what} may or may not have been applied ({first}); it could not be"
+            f" confirmed either ({second})"
+        ) from second
