@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import AsyncIterator, Sequence
 
 import msgspec
 import pytest
 
 from kerna import Agent, AgentRef, Kernel, Message, RemoteError, Unavailable, handler
-from kerna.state import Layout, StateBackend, connect
+from kerna.state import Compare, Delete, Layout, Op, Put, StateBackend, TxnResult, connect
+from kerna.state._memory import MemoryBackend
 
 from .agents import GetValue, Register, SetValue, Value
 from .etcd import EtcdCluster
@@ -192,6 +194,95 @@ async def test_emit_whose_answer_was_lost_is_confirmed_when_the_store_answers_ag
     async with Kernel(state=faulty.inner) as kernel:  # the log holds each event once
         kernel.register(Ledger)
         assert await kernel.ref(Ledger, "l").ask(GetTotal(), timeout=5) == Total(7, 3)
+
+
+# -- the claim lost between the two attempts -----------------------------------------------
+
+
+class LosesTheClaim(FaultyBackend):
+    """A ``FaultyBackend`` whose next faulted transaction is followed, before its caller
+    can try again, by the loss of the agent's claim (the kernel's lease lapsed) and,
+    with ``other_write``, another writer's write of the state key."""
+
+    def __init__(self) -> None:
+        super().__init__(MemoryBackend())
+        self.claim_of: tuple[str, str] | None = None  # (type, key): lose it after a fault
+        self.other_write: bytes | None = None
+
+    async def txn(
+        self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> TxnResult:
+        try:
+            return await super().txn(compares, success, failure)
+        except Unavailable:
+            if self.claim_of is not None:
+                agent_type, key = self.claim_of
+                self.claim_of = None
+                ops: list[Op] = [Delete(Layout().claim(agent_type, key))]
+                if self.other_write is not None:
+                    ops.append(Put(Layout().state(agent_type, key), self.other_write))
+                await self.inner.txn([], ops)
+            raise
+
+
+@pytest.fixture
+async def loses_the_claim() -> AsyncIterator[LosesTheClaim]:
+    backend = LosesTheClaim()
+    try:
+        yield backend
+    finally:
+        await backend.aclose()
+
+
+async def active(kernel: Kernel, agent_type: str) -> int:
+    await kernel.wait_idle(timeout=5)  # a deactivation requested has run
+    return kernel.stats().types[agent_type].active
+
+
+async def test_a_save_applied_before_its_claim_was_lost_is_kept_and_the_activation_leaves(
+    loses_the_claim: LosesTheClaim,
+) -> None:
+    async with Kernel(state=loses_the_claim, lease_ttl=30) as kernel:
+        kernel.register(Register)
+        ref = kernel.ref(Register, "r")
+        await ref.ask(SetValue(v="one"), timeout=5)
+        loses_the_claim.plan("applied")  # lands; its answer is lost; then the claim goes
+        loses_the_claim.claim_of = ("Register", "r")
+        rev = await ref.ask(SetValue(v="two"), timeout=5)  # the second attempt finds it
+        assert await stored_value(loses_the_claim.inner, "r") == ("two", rev)
+        assert await active(kernel, "Register") == 0  # it no longer owns the agent
+        assert await ref.ask(GetValue(), timeout=5) == "two"  # a new activation, claimed anew
+        assert await loses_the_claim.inner.get(Layout().claim("Register", "r")) is not None
+
+
+async def test_a_save_unconfirmed_when_another_writer_took_over_adopts_its_state_and_leaves(
+    loses_the_claim: LosesTheClaim,
+) -> None:
+    async with Kernel(state=loses_the_claim, lease_ttl=30) as kernel:
+        kernel.register(Register)
+        ref = kernel.ref(Register, "r")
+        await ref.ask(SetValue(v="one"), timeout=5)
+        loses_the_claim.plan("lost")
+        loses_the_claim.claim_of = ("Register", "r")
+        loses_the_claim.other_write = msgspec.msgpack.encode(Value(v="other"))
+        error = await ask_error(ref, SetValue(v="two"))
+        assert error.type_name == "kerna.OutcomeUnknown", error
+        assert await active(kernel, "Register") == 0
+        assert await ref.ask(GetValue(), timeout=5) == "other"
+
+
+async def test_an_emit_applied_before_its_claim_was_lost_is_kept_and_the_activation_leaves(
+    loses_the_claim: LosesTheClaim,
+) -> None:
+    async with Kernel(state=loses_the_claim, lease_ttl=30) as kernel:
+        kernel.register(Ledger)
+        ref = kernel.ref(Ledger, "l")
+        assert await ref.ask(Add(n=1), timeout=5) == 1
+        loses_the_claim.plan("applied")
+        loses_the_claim.claim_of = ("Ledger", "l")
+        assert await ref.ask(Add(n=2), timeout=5) == 3  # read back: its own event
+        assert await active(kernel, "Ledger") == 0
+        assert await ref.ask(GetTotal(), timeout=5) == Total(3, 2)
 
 
 # -- the activation claim ------------------------------------------------------------------
