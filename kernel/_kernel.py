@@ -481,7 +481,9 @@ class Kernel:
         kept fresh by a watch: writes from any kernel on the same backend show up.
 
         Use it as an async context manager (``async with kernel.replica(Counter) as r``);
-        ``r.get(key)`` returns the decoded state or None.
+        ``r.get(key)`` returns the decoded state or None. For an event-sourced type the
+        stored state is its latest snapshot, so the replica can be up to
+        ``snapshot_every`` events behind the log (``event_log`` reads the log itself).
 
         Raises:
             UnknownAgent: the type is not registered here.
