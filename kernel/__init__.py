@@ -21,6 +21,7 @@ _EXPORTS: dict[str, str] = {
     "handler": "_agent",
     "BlockingKernel": "_blocking",
     "BlockingRef": "_blocking",
+    "BlockingReplica": "_blocking",
     "MessageContext": "_context",
     "PendingReply": "_deferred",
     "ActivationFailed": "_errors",
@@ -65,7 +66,7 @@ _EXPORTS: dict[str, str] = {
 
 if typing.TYPE_CHECKING:
     from ._agent import Agent, handler
-    from ._blocking import BlockingKernel, BlockingRef
+    from ._blocking import BlockingKernel, BlockingRef, BlockingReplica
     from ._context import MessageContext
     from ._deferred import PendingReply
     from ._errors import (
@@ -112,6 +113,7 @@ __all__ = [
     "AskTimeout",
     "BlockingKernel",
     "BlockingRef",
+    "BlockingReplica",
     "CircuitOpen",
     "Compacted",
     "ConfigError",

@@ -6,76 +6,317 @@ For Flask, Django, scripts and notebooks::
         kernel.register(Echo)
         pong = kernel.ref(Echo, "a").ask(Ping(n=1), timeout=1.0)
 
-The kernel and its agents live on one event-loop thread (an anyio blocking portal);
-every call from any other thread is marshalled onto it, so agents keep their
-one-message-at-a-time guarantee. Do not call these methods from inside an agent.
+``BlockingKernel`` has ``Kernel``'s surface (the same constructor options, methods and
+errors), each call blocking the calling thread instead of being awaited. Between
+``start()`` and ``stop()`` the kernel and its agents live on one event-loop thread (an
+anyio blocking portal); every call from any other thread is marshalled onto it, so
+agents keep their one-message-at-a-time guarantee. Before ``start()`` and after
+``stop()`` no loop thread exists: what ``Kernel`` allows then (``register``,
+``subscribe``, ``ref``, ``stats``, ...) runs in the calling thread, and sends raise
+``KernelStopped``, as they do on ``Kernel``. Like a ``Kernel``, a stopped
+``BlockingKernel`` does not start again. Do not call these methods from inside an agent
+(the loop thread): use the agent's async API there.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
-from typing import Any, overload
+from typing import Any, Generic, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from kerna.state import StateBackend
+from kerna.state._replica import Replica
 
 from ._agent import Agent
 from ._errors import KernelStopped
 from ._ids import AgentId
-from ._kernel import Kernel, KernelStats
-from ._message import Askable, Message, ReplyT, Request
+from ._kernel import Kernel, KernelStats, Subscription
+from ._message import Message
+from ._options import check_seconds
 from ._ref import AgentRef
 
-__all__ = ["BlockingKernel", "BlockingRef"]
+__all__ = ["BlockingKernel", "BlockingRef", "BlockingReplica"]
+
+T = TypeVar("T")
+
+
+class _Session:
+    """One run of the loop thread, from ``start()`` to the end of ``stop()``."""
+
+    __slots__ = ("closed", "manager", "portal", "thread_id")
+
+    def __init__(self, manager: AbstractContextManager[BlockingPortal]) -> None:
+        self.manager = manager
+        self.portal = manager.__enter__()
+        self.thread_id = self.portal.call(threading.get_ident)
+        self.closed = threading.Event()
+
+
+class _LoopThread:
+    """The loop thread a ``BlockingKernel`` runs on: the one way its kernel, refs and
+    replicas call into the kernel (``run`` for what ``Kernel`` awaits, ``call`` for what
+    it does not).
+
+    Invariant: ``_session`` is set exactly while the thread runs; a caller that took it
+    just before ``stop()`` ended it sees the portal refuse the call and then acts as if
+    it had come after the stop.
+    """
+
+    __slots__ = ("_lock", "_session", "_stopped")
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()  # held through start(), which may end the session
+        self._session: _Session | None = None
+        self._stopped = False
+
+    def start(self, start_kernel: Callable[[], Awaitable[None]]) -> None:
+        with self._lock:  # concurrent starts: the second is told the kernel runs
+            if self._stopped:
+                raise RuntimeError("BlockingKernel already stopped")
+            session = self._session
+            fresh = session is None
+            if session is None:
+                manager = start_blocking_portal("asyncio", name="kerna-blocking-kernel")
+                session = self._session = _Session(manager)
+            try:
+                session.portal.call(start_kernel)  # started already: Kernel says so
+            except BaseException:
+                if fresh:
+                    self._end(session)
+                raise
+
+    def stop(self, stop_kernel: Callable[[], Awaitable[None]]) -> None:
+        with self._lock:
+            self._stopped = True
+            session = self._session
+        if session is None:
+            return
+        try:
+            # A concurrent stop() calls Kernel.stop too: it shortens the grace if asked
+            # and waits for the same shutdown.
+            session.portal.call(stop_kernel)
+        except RuntimeError:
+            if self._session is session:
+                raise
+        finally:
+            self._end(session)
+
+    def _end(self, session: _Session) -> None:
+        with self._lock:
+            mine = self._session is session
+            if mine:
+                self._session = None
+        if mine:
+            try:
+                session.manager.__exit__(None, None, None)  # waits for calls in flight
+            finally:
+                session.closed.set()
+        else:
+            session.closed.wait()  # another stop() is ending it
+
+    def refused(self, what: str) -> KernelStopped:
+        if self._stopped:
+            return KernelStopped(f"BlockingKernel is stopped ({what})")
+        return KernelStopped(
+            f"BlockingKernel is not running ({what}): use 'with BlockingKernel()' or start()"
+        )
+
+    def run(self, fn: Callable[[], Awaitable[T]], what: str) -> T:
+        """Await ``fn()`` on the loop thread; ``KernelStopped`` (saying ``what`` was not
+        done) when the thread does not run."""
+        session = self._entered()
+        if session is None:
+            raise self.refused(what)
+        try:
+            return session.portal.call(fn)
+        except RuntimeError:
+            if self._session is not session:  # stop() ended the portal under this call
+                raise self.refused(what) from None
+            raise
+
+    def run_if_running(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Await ``fn()`` on the loop thread if it runs; nothing otherwise."""
+        session = self._entered()
+        if session is None:
+            return
+        try:
+            session.portal.call(fn)
+        except RuntimeError:
+            if self._session is session:
+                raise
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on the loop thread while it runs; in this thread otherwise (no loop
+        runs then, so nothing else touches the kernel)."""
+        session = self._entered()
+        if session is None:
+            return fn()
+        try:
+            return session.portal.call(fn)
+        except RuntimeError:
+            if self._session is session:
+                raise
+        session.closed.wait()  # stop() ended the portal under this call
+        return fn()
+
+    def _entered(self) -> _Session | None:
+        session = self._session
+        if session is not None and threading.get_ident() == session.thread_id:
+            raise RuntimeError(
+                "BlockingKernel methods block, so they cannot be called on the kernel's own"
+                " loop thread (from an agent): use the agent's async API (self.ref(...))"
+            )
+        return session
 
 
 class BlockingRef:
     """The sync twin of ``AgentRef``: each call blocks the calling thread.
 
-    After the kernel stopped, every call raises ``KernelStopped``, as ``AgentRef`` does.
+    Before the kernel started and after it stopped, ``tell`` and ``ask`` raise
+    ``KernelStopped``, as ``AgentRef``'s do.
     """
 
-    __slots__ = ("_kernel", "_ref")
+    __slots__ = ("_loop", "_ref")
 
-    def __init__(self, kernel: BlockingKernel, ref: AgentRef) -> None:
-        self._kernel = kernel
+    def __init__(self, loop: _LoopThread, ref: AgentRef) -> None:
+        self._loop = loop
         self._ref = ref
 
     @property
     def id(self) -> AgentId:
+        """The agent's id."""
         return self._ref.id
 
-    def tell(self, message: Message) -> None:
-        """See ``AgentRef.tell``."""
-        self._kernel._call(self._ref.tell, message)  # noqa: SLF001 - BlockingRef and BlockingKernel are one unit
+    def __repr__(self) -> str:
+        return f"BlockingRef({self.id})"
 
-    @overload
-    def ask(self, message: Request[ReplyT], *, timeout: float | None = None) -> ReplyT: ...
-    @overload
-    def ask(self, message: Askable[ReplyT], *, timeout: float | None = None) -> ReplyT: ...
-    def ask(self, message: Any, *, timeout: float | None = None) -> Any:
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BlockingRef) and other._ref == self._ref
+
+    def __hash__(self) -> int:
+        return hash(self._ref)
+
+    def tell(self, message: Message) -> None:
+        """See ``AgentRef.tell``; raises the same errors in the calling thread."""
+        what = f"{type(message).__qualname__} not sent"
+        self._loop.run(functools.partial(self._ref.tell, message), what)
+
+    # Typed asks: the overloads of ``AgentRef.ask`` (a Request[R] answers R) go here too.
+    def ask(self, message: Message, *, timeout: float | None = None) -> Any:
         """See ``AgentRef.ask``; raises the same errors in the calling thread."""
-        return self._kernel._call(self._ref.ask, message, timeout=timeout)  # noqa: SLF001 - BlockingRef and BlockingKernel are one unit
+        what = f"{type(message).__qualname__} not sent"
+        return self._loop.run(functools.partial(self._ref.ask, message, timeout=timeout), what)
 
     def deactivate(self) -> None:
-        """See ``AgentRef.deactivate``."""
-        self._kernel._call(self._ref.deactivate)  # noqa: SLF001 - BlockingRef and BlockingKernel are one unit
+        """See ``AgentRef.deactivate``; does nothing while the kernel does not run (no
+        agent is active then)."""
+        self._loop.run_if_running(self._ref.deactivate)
+
+
+class BlockingReplica(Generic[T]):
+    """The sync twin of the replica ``Kernel.replica`` returns: a local mirror of every
+    stored state of one agent type, kept fresh by a watch on the loop thread.
+
+    Use it as a context manager (``with kernel.replica(Counter) as r``); ``r.get(key)``
+    returns the decoded state or None. Every read runs on the loop thread, so it never
+    sees the mirror half-updated.
+    """
+
+    __slots__ = ("_loop", "_replica")
+
+    def __init__(self, loop: _LoopThread, replica: Replica[T]) -> None:
+        self._loop = loop
+        self._replica = replica
+
+    def __enter__(self) -> BlockingReplica[T]:
+        self._loop.run(self._replica.__aenter__, "replica not opened")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop following the watch."""
+        self._loop.run_if_running(self._replica.aclose)
+
+    @property
+    def revision(self) -> int:
+        """The backend revision the mirror is at."""
+        return self._loop.call(lambda: self._replica.revision)
+
+    def get(self, key: str) -> T | None:
+        """The state of the agent with this key, or None."""
+        return self._loop.call(functools.partial(self._replica.get, key))
+
+    def items(self) -> list[tuple[str, T]]:
+        """Every (agent key, state) pair, as of now."""
+        return self._loop.call(lambda: list(self._replica.items()))
+
+    def __contains__(self, key: object) -> bool:
+        return self._loop.call(functools.partial(self._replica.__contains__, key))
+
+    def __len__(self) -> int:
+        return self._loop.call(self._replica.__len__)
+
+    def wait_for(self, revision: int, timeout: float | None = None) -> None:
+        """Return once the mirror applied ``revision`` (a write under its prefix).
+
+        Raises:
+            TimeoutError: not within ``timeout`` seconds.
+            KernelStopped: the kernel does not run.
+        """
+        self._loop.run(
+            functools.partial(self._replica.wait_for, revision, timeout), "replica not read"
+        )
 
 
 class BlockingKernel:
     """A ``Kernel`` on its own event-loop thread, driven synchronously.
 
-    Takes the same keyword arguments as ``Kernel``. Use as a context manager, or call
-    ``start()`` and ``stop()``. Calls before ``start()`` raise ``RuntimeError``; calls
-    after ``stop()`` (or racing with it) raise ``KernelStopped``.
+    Takes the same options as ``Kernel`` (see there) and raises the same errors: a bad
+    option at construction, ``KernelStopped`` for a send before ``start()`` or after
+    ``stop()``. Use it as a context manager, or call ``start()`` and ``stop()``.
+
+    Raises:
+        ValueError: an option is out of range.
     """
 
-    def __init__(self, **kernel_options: Any) -> None:
-        self._options = kernel_options
-        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
-        self._portal: BlockingPortal | None = None
-        self._kernel: Kernel | None = None
-        self._stopped = False
+    DEAD_LETTERS = Kernel.DEAD_LETTERS
+    """Topic on which undeliverable messages are published as ``DeadLetter`` events."""
+
+    def __init__(
+        self,
+        *,
+        ask_timeout: float = 30.0,
+        mailbox_size: int = 1000,
+        overflow: str = "wait",
+        idle_timeout: float | None = 300.0,
+        stop_grace: float = 10.0,
+        cancel_grace: float = 1.0,
+        max_restarts: int = 3,
+        restart_backoff: float = 0.05,
+        state: str | StateBackend = "memory://",
+        state_prefix: str = "kerna/",
+        lease_ttl: float = 10.0,
+    ) -> None:
+        self._kernel = Kernel(
+            ask_timeout=ask_timeout,
+            mailbox_size=mailbox_size,
+            overflow=overflow,
+            idle_timeout=idle_timeout,
+            stop_grace=stop_grace,
+            cancel_grace=cancel_grace,
+            max_restarts=max_restarts,
+            restart_backoff=restart_backoff,
+            state=state,
+            state_prefix=state_prefix,
+            lease_ttl=lease_ttl,
+        )
+        self._loop = _LoopThread()
 
     def __enter__(self) -> BlockingKernel:
         self.start()
@@ -85,77 +326,70 @@ class BlockingKernel:
         self.stop()
 
     def start(self) -> None:
-        """Start the loop thread and the kernel on it."""
-        if self._portal is not None:
-            raise RuntimeError("BlockingKernel already started")
-        self._stopped = False
-        self._portal_cm = start_blocking_portal("asyncio")
-        portal = self._portal = self._portal_cm.__enter__()
-        try:
-            self._kernel = portal.call(self._start_kernel)
-        except BaseException:
-            self._portal_cm.__exit__(None, None, None)
-            self._portal = self._portal_cm = None
-            raise
+        """Start the loop thread and the kernel on it (see ``Kernel.start``).
 
-    async def _start_kernel(self) -> Kernel:
-        kernel = Kernel(**self._options)
-        await kernel.start()
-        return kernel
+        Raises:
+            RuntimeError: already started, or stopped.
+        """
+        self._loop.start(self._kernel.start)
 
     def stop(self, grace: float | None = None) -> None:
-        """Stop the kernel (see ``Kernel.stop``) and end the loop thread; idempotent."""
-        if self._portal is None or self._portal_cm is None:
-            return
-        self._stopped = True
-        try:
-            if self._kernel is not None:
-                self._portal.call(functools.partial(self._kernel.stop, grace))
-        finally:
-            self._portal_cm.__exit__(None, None, None)
-            self._portal = self._portal_cm = None
+        """Stop the kernel (see ``Kernel.stop``) and end the loop thread; idempotent.
+
+        Raises:
+            ValueError: ``grace`` is negative (the kernel runs on).
+        """
+        if grace is not None:
+            check_seconds("grace", grace)
+        self._loop.stop(functools.partial(self._kernel.stop, grace))
+
+    @property
+    def running(self) -> bool:
+        """True between ``start()`` and the beginning of ``stop()``."""
+        return self._loop.call(lambda: self._kernel.running)
 
     @property
     def kernel(self) -> Kernel:
-        """The underlying async kernel (use it only from the loop thread)."""
-        if self._kernel is None:
-            raise RuntimeError("BlockingKernel is not started")
+        """The underlying async kernel (while it runs, use it only from its loop thread)."""
         return self._kernel
 
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run ``fn(*args, **kwargs)`` on the loop thread and wait for its result."""
-        portal = self._portal
-        if portal is None:
-            if self._stopped:
-                raise KernelStopped("BlockingKernel is stopped")
-            raise RuntimeError("BlockingKernel is not started")
-        try:
-            return portal.call(functools.partial(fn, *args, **kwargs))
-        except RuntimeError:
-            if self._stopped:  # the portal closed under this call: stop() won the race
-                raise KernelStopped("BlockingKernel is stopped") from None
-            raise
-
     def register(self, agent_class: type[Agent], **options: Any) -> str:
-        """See ``Kernel.register``."""
-        return str(self._call(self.kernel.register, agent_class, **options))
+        """See ``Kernel.register`` (the same options and errors)."""
+        return self._loop.call(functools.partial(self._kernel.register, agent_class, **options))
 
     def ref(self, agent_type: type[Agent] | str, key: str) -> BlockingRef:
         """See ``Kernel.ref``."""
-        ref: AgentRef = self._call(self.kernel.ref, agent_type, key)
-        return BlockingRef(self, ref)
+        return BlockingRef(
+            self._loop, self._loop.call(functools.partial(self._kernel.ref, agent_type, key))
+        )
 
-    def subscribe(self, topic: str, agent_type: type[Agent] | str, **options: Any) -> Any:
+    def subscribe(
+        self,
+        topic: str,
+        agent_type: type[Agent] | str,
+        *,
+        key: Callable[[Any], str] | None = None,
+    ) -> Subscription:
         """See ``Kernel.subscribe``."""
-        return self._call(self.kernel.subscribe, topic, agent_type, **options)
+        return self._loop.call(
+            functools.partial(self._kernel.subscribe, topic, agent_type, key=key)
+        )
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """See ``Kernel.unsubscribe``."""
+        self._loop.call(functools.partial(self._kernel.unsubscribe, subscription))
 
     def publish(self, topic: str, message: Message) -> None:
-        """See ``Kernel.publish``."""
-        self._call(self.kernel.publish, topic, message)
+        """See ``Kernel.publish``; raises the same errors in the calling thread."""
+        what = f"event on {topic!r} not published"
+        self._loop.run(functools.partial(self._kernel.publish, topic, message), what)
 
     def stats(self) -> KernelStats:
         """See ``Kernel.stats``; after ``stop()``, the final counters."""
-        if self._stopped and self._kernel is not None:
-            return self._kernel.stats()  # the loop thread has ended: nothing changes them
-        stats: KernelStats = self._call(self.kernel.stats)
-        return stats
+        return self._loop.call(self._kernel.stats)
+
+    def replica(self, agent_type: type[Agent] | str) -> BlockingReplica[Any]:
+        """See ``Kernel.replica``; use it as a context manager (``with``)."""
+        return BlockingReplica(
+            self._loop, self._loop.call(functools.partial(self._kernel.replica, agent_type))
+        )

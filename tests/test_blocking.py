@@ -6,13 +6,18 @@ import threading
 
 import pytest
 
-from kerna import BlockingKernel, KernelStopped, RemoteError, UnknownAgent
+from kerna import Agent, BlockingKernel, KernelStopped, RemoteError, UnknownAgent, handler
 
 from .agents import Boom, Echo, Ping, Pong
 
 
+def _loop_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "kerna-blocking-kernel"]
+
+
 def test_sync_ask_tell_publish() -> None:
     with BlockingKernel(ask_timeout=5) as kernel:
+        assert len(_loop_threads()) == 1
         assert kernel.register(Echo) == "Echo"
         ref = kernel.ref(Echo, "a")
         assert ref.ask(Ping(n=1), timeout=1.0) == Pong(n=1)
@@ -26,7 +31,7 @@ def test_sync_ask_tell_publish() -> None:
         with pytest.raises(UnknownAgent):
             kernel.ref("Nope", "x").tell(Ping(n=1))
         ref.deactivate()
-    assert not any(t.name.startswith("AnyIO") and t.is_alive() for t in threading.enumerate())
+    assert not _loop_threads()  # stop ended the loop thread
 
 
 def test_calls_from_many_threads() -> None:
@@ -51,13 +56,48 @@ def test_calls_from_many_threads() -> None:
         assert sorted(results) == sorted(b * 1000 + i for b in range(4) for i in range(50))
 
 
-def test_not_started() -> None:
+def test_a_kernel_that_never_started_has_no_thread_and_stops_quietly() -> None:
     kernel = BlockingKernel()
-    with pytest.raises(RuntimeError, match="not started"):
-        kernel.ref(Echo, "a")
-    kernel.stop()  # stopping a kernel that never started is fine
-    with pytest.raises(ValueError, match="mailbox_size"):
-        BlockingKernel(mailbox_size=0).start()
+    kernel.register(Echo)
+    assert kernel.ref(Echo, "a").id.key == "a"
+    assert not _loop_threads()
+    kernel.stop()
+    kernel.stop()
+
+
+def test_concurrent_stops_all_return_once_the_kernel_stopped() -> None:
+    kernel = BlockingKernel(ask_timeout=5)
+    kernel.start()
+    kernel.register(Echo)
+    assert kernel.ref(Echo, "a").ask(Ping(n=1)) == Pong(n=1)
+    threads = [threading.Thread(target=kernel.stop) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+        assert not t.is_alive()
+    assert not kernel.running
+    assert not _loop_threads()
+
+
+class Caller(Agent):
+    """Calls its BlockingKernel from inside a handler: a mistake, told as such."""
+
+    def __init__(self, blocking: BlockingKernel) -> None:
+        self.blocking = blocking
+
+    @handler
+    async def ping(self, msg: Ping) -> Pong:
+        result: Pong = self.blocking.ref(Echo, "x").ask(msg)
+        return result
+
+
+def test_a_call_from_inside_an_agent_fails_at_once_saying_why() -> None:
+    with BlockingKernel(ask_timeout=5) as kernel:
+        kernel.register(Echo)
+        kernel.register(Caller, factory=lambda: Caller(kernel))
+        with pytest.raises(RemoteError, match="cannot be called on the kernel's own loop"):
+            kernel.ref(Caller, "c").ask(Ping(n=1))
 
 
 def test_calls_after_stop_raise_kernel_stopped() -> None:
@@ -71,8 +111,8 @@ def test_calls_after_stop_raise_kernel_stopped() -> None:
         ref.ask(Ping(n=2))
     with pytest.raises(KernelStopped):
         ref.tell(Ping(n=3))
-    with pytest.raises(KernelStopped):
-        kernel.ref(Echo, "b")
+    with pytest.raises(KernelStopped, match="stopped"):
+        kernel.ref(Echo, "b").ask(Ping(n=4))  # a ref still comes, as from Kernel
     with pytest.raises(KernelStopped):
         kernel.publish("pings", Ping(n=4))
     kernel.stop()  # still idempotent
