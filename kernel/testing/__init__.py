@@ -7,18 +7,22 @@
   A class to subclass rather than a pytest plugin (anyio's way for its harness): the
   backend author says which store it runs on, and nothing is registered in the pytest
   session of every project that merely has kerna installed.
+- ``VirtualClock``: virtual time for a kernel's event loop (trio's ``MockClock``), so
+  that timers, ask timeouts, idle deactivation and restart backoff take no real time
+  and happen the same way every run (``help(VirtualClock)`` shows how).
 - ``watch_events``: the first events of a watch, bounded by a timeout.
 """
 
 import importlib
 import typing
 
+from ._clock import VirtualClock
 from ._watch import watch_events
 
 if typing.TYPE_CHECKING:
     from ._state_suite import StateBackendSuite
 
-__all__ = ["StateBackendSuite", "watch_events"]
+__all__ = ["StateBackendSuite", "VirtualClock", "watch_events"]
 
 # names whose module needs pytest: imported on first use
 _NEEDS_PYTEST = {"StateBackendSuite": "_state_suite"}
