@@ -96,8 +96,9 @@ def test_a_call_from_inside_an_agent_fails_at_once_saying_why() -> None:
     with BlockingKernel(ask_timeout=5) as kernel:
         kernel.register(Echo)
         kernel.register(Caller, factory=lambda: Caller(kernel))
-        with pytest.raises(RemoteError, match="cannot be called on the kernel's own loop"):
+        with pytest.raises(RemoteError, match="cannot be called on the kernel's own loop") as e:
             kernel.ref(Caller, "c").ask(Ping(n=1))
+        assert e.value.type_name == "kerna.UsageError"
 
 
 def test_calls_after_stop_raise_kernel_stopped() -> None:

@@ -20,9 +20,11 @@ import pytest
 
 import kerna
 from kerna import (
+    Agent,
     AgentRef,
     BlockingKernel,
     BlockingRef,
+    IdleTimeout,
     Kernel,
     KernelStats,
     KernelStopped,
@@ -31,6 +33,7 @@ from kerna import (
     Subscription,
     UnhandledMessage,
     UnknownAgent,
+    handler,
 )
 
 from .agents import (
@@ -45,6 +48,7 @@ from .agents import (
     Recorder,
     Register,
     SetValue,
+    Slow,
     Value,
 )
 
@@ -142,6 +146,7 @@ NOT_MIRRORED = {
     "state_url": "option",
     "state_prefix": "option",
     "lease_ttl": "option",
+    "failure_log_level": "option",
 }
 
 
@@ -154,7 +159,8 @@ def test_blocking_kernel_mirrors_every_public_member_of_kernel() -> None:
     missing = _public(kernel) - _public(BlockingKernel) - set(NOT_MIRRORED)
     assert not missing, f"BlockingKernel lacks {sorted(missing)}"
     assert set(NOT_MIRRORED) <= _public(kernel), "NOT_MIRRORED names a member Kernel lost"
-    assert _public(AgentRef) - {"id"} <= _public(BlockingRef)
+    # route: the runtime's routing cache on the ref, not for users
+    assert _public(AgentRef) - {"route"} <= _public(BlockingRef)
 
 
 def test_blocking_kernel_takes_the_same_constructor_options() -> None:
@@ -189,6 +195,9 @@ async def test_a_bad_option_fails_at_construction_naming_the_option(kernels: Ker
 async def test_agents_registered_before_start_are_served_after_it(kernels: Kernels) -> None:
     k = kernels(ask_timeout=5)
     assert await k.do(lambda kernel: kernel.register(Echo)) == "Echo"
+    with pytest.raises(UnknownAgent, match="register it before subscribing"):
+        await k.do(lambda kernel: kernel.subscribe("records", Recorder))
+    await k.do(lambda kernel: kernel.register(Recorder))
     sub = await k.do(lambda kernel: kernel.subscribe("records", Recorder, key=lambda m: m.sender))
     assert isinstance(sub, Subscription)
     ref = await k.do(lambda kernel: kernel.ref(Echo, "a"))  # a ref needs no running kernel
@@ -283,6 +292,24 @@ async def test_ask_tell_and_the_errors_a_sender_can_fix(running: Driven) -> None
     assert (await k.do(lambda kernel: kernel.stats())).types["Echo"].handled >= 2
 
 
+class Headers(Agent):
+    """Answers with the headers its message came with."""
+
+    @handler
+    async def ping(self, msg: Ping) -> dict[str, str]:
+        return dict(self.context.headers)
+
+
+async def test_headers_reach_the_handler(running: Driven) -> None:
+    k = running
+    await k.do(lambda kernel: kernel.register(Headers))
+    ref = await k.do(lambda kernel: kernel.ref(Headers, "h"))
+    await k.do(lambda kernel: ref.tell(Ping(n=1), headers={"trace": "t1"}))
+    assert await k.do(lambda kernel: ref.ask(Ping(n=2), headers={"trace": "t2"})) == {"trace": "t2"}
+    with pytest.raises(TypeError, match="headers"):
+        await k.do(lambda kernel: ref.ask(Ping(n=3), headers={"trace": 3}))
+
+
 async def test_refs_to_one_agent_are_equal(running: Driven) -> None:
     k = running
     await k.do(lambda kernel: kernel.register(Echo))
@@ -292,6 +319,7 @@ async def test_refs_to_one_agent_are_equal(running: Driven) -> None:
     assert a == again
     assert hash(a) == hash(again)
     assert a != other
+    assert await k.do(lambda kernel: a.kernel is kernel)
     assert "Echo/a" in repr(a)
 
 
@@ -325,6 +353,41 @@ async def test_deactivate_waits_for_on_stop_and_the_next_message_reactivates(
     assert (stats.active, stats.activations) == (0, 1)
     assert await k.do(lambda kernel: ref.ask(Read())) == 1  # a fresh activation, same state
     assert (await k.do(lambda kernel: kernel.stats())).types["Counter"].activations == 2
+
+
+async def test_wait_idle_returns_once_the_work_has_settled(running: Driven) -> None:
+    k = running
+    await k.do(lambda kernel: kernel.register(Echo))
+    ref = await k.do(lambda kernel: kernel.ref(Echo, "a"))
+    await k.do(lambda kernel: kernel.wait_idle(timeout=5))  # nothing to do: at once
+    for n in range(5):
+        await k.do(lambda kernel, n=n: ref.tell(Slow(seconds=0.01 * n)))
+    await k.do(lambda kernel: kernel.wait_idle(timeout=5))
+    stats = await k.do(lambda kernel: kernel.stats())
+    assert stats.types["Echo"].handled == 5
+    assert stats.running == 0
+
+
+async def test_wait_idle_gives_up_after_its_timeout(running: Driven) -> None:
+    k = running
+    await k.do(lambda kernel: kernel.register(Echo))
+    ref = await k.do(lambda kernel: kernel.ref(Echo, "a"))
+    await k.do(lambda kernel: ref.tell(Slow(seconds=30)))
+    with pytest.raises(IdleTimeout, match="still busy after 0.05s"):
+        await k.do(lambda kernel: kernel.wait_idle(timeout=0.05))
+    with pytest.raises(TypeError, match="timeout must be a number of seconds"):
+        await k.do(lambda kernel: kernel.wait_idle(timeout="1"))
+    await k.stop(0)  # the sleeping handler is cancelled at once
+
+
+async def test_wait_idle_refuses_when_not_running(kernels: Kernels) -> None:
+    k = kernels()
+    with pytest.raises(KernelStopped, match=r"not running \(wait_idle\)"):
+        await k.do(lambda kernel: kernel.wait_idle(timeout=1))
+    await k.start()
+    await k.stop()
+    with pytest.raises(KernelStopped, match=r"stopped \(wait_idle\)"):
+        await k.do(lambda kernel: kernel.wait_idle(timeout=1))
 
 
 # -- state ---------------------------------------------------------------------------------
