@@ -21,8 +21,9 @@ agents keep their one-message-at-a-time guarantee. Before ``start()`` and after
 from __future__ import annotations
 
 import functools
+import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, Generic, TypeVar
 
@@ -32,11 +33,11 @@ from kerna.state import StateBackend
 from kerna.state._replica import Replica
 
 from ._agent import Agent
-from ._errors import KernelStopped
+from ._errors import KernelStopped, UsageError
 from ._ids import AgentId
 from ._kernel import Kernel, KernelStats, Subscription
 from ._message import Message
-from ._options import check_seconds
+from ._options import check_seconds, check_timeout
 from ._ref import AgentRef
 
 __all__ = ["BlockingKernel", "BlockingRef", "BlockingReplica"]
@@ -166,7 +167,7 @@ class _LoopThread:
     def _entered(self) -> _Session | None:
         session = self._session
         if session is not None and threading.get_ident() == session.thread_id:
-            raise RuntimeError(
+            raise UsageError(
                 "BlockingKernel methods block, so they cannot be called on the kernel's own"
                 " loop thread (from an agent): use the agent's async API (self.ref(...))"
             )
@@ -180,9 +181,10 @@ class BlockingRef:
     ``KernelStopped``, as ``AgentRef``'s do.
     """
 
-    __slots__ = ("_loop", "_ref")
+    __slots__ = ("_kernel", "_loop", "_ref")
 
-    def __init__(self, loop: _LoopThread, ref: AgentRef) -> None:
+    def __init__(self, kernel: BlockingKernel, loop: _LoopThread, ref: AgentRef) -> None:
+        self._kernel = kernel
         self._loop = loop
         self._ref = ref
 
@@ -190,6 +192,11 @@ class BlockingRef:
     def id(self) -> AgentId:
         """The agent's id."""
         return self._ref.id
+
+    @property
+    def kernel(self) -> BlockingKernel:
+        """The kernel this ref sends through."""
+        return self._kernel
 
     def __repr__(self) -> str:
         return f"BlockingRef({self.id})"
@@ -200,16 +207,23 @@ class BlockingRef:
     def __hash__(self) -> int:
         return hash(self._ref)
 
-    def tell(self, message: Message) -> None:
+    def tell(self, message: Message, *, headers: Mapping[str, str] | None = None) -> None:
         """See ``AgentRef.tell``; raises the same errors in the calling thread."""
         what = f"{type(message).__qualname__} not sent"
-        self._loop.run(functools.partial(self._ref.tell, message), what)
+        self._loop.run(functools.partial(self._ref.tell, message, headers=headers), what)
 
     # Typed asks: the overloads of ``AgentRef.ask`` (a Request[R] answers R) go here too.
-    def ask(self, message: Message, *, timeout: float | None = None) -> Any:
+    def ask(
+        self,
+        message: Message,
+        *,
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
         """See ``AgentRef.ask``; raises the same errors in the calling thread."""
         what = f"{type(message).__qualname__} not sent"
-        return self._loop.run(functools.partial(self._ref.ask, message, timeout=timeout), what)
+        ask = functools.partial(self._ref.ask, message, timeout=timeout, headers=headers)
+        return self._loop.run(ask, what)
 
     def deactivate(self) -> None:
         """See ``AgentRef.deactivate``; does nothing while the kernel does not run (no
@@ -302,6 +316,7 @@ class BlockingKernel:
         state: str | StateBackend = "memory://",
         state_prefix: str = "kerna/",
         lease_ttl: float = 10.0,
+        failure_log_level: int | str = logging.WARNING,
     ) -> None:
         self._kernel = Kernel(
             ask_timeout=ask_timeout,
@@ -315,6 +330,7 @@ class BlockingKernel:
             state=state,
             state_prefix=state_prefix,
             lease_ttl=lease_ttl,
+            failure_log_level=failure_log_level,
         )
         self._loop = _LoopThread()
 
@@ -359,9 +375,8 @@ class BlockingKernel:
 
     def ref(self, agent_type: type[Agent] | str, key: str) -> BlockingRef:
         """See ``Kernel.ref``."""
-        return BlockingRef(
-            self._loop, self._loop.call(functools.partial(self._kernel.ref, agent_type, key))
-        )
+        ref = self._loop.call(functools.partial(self._kernel.ref, agent_type, key))
+        return BlockingRef(self, self._loop, ref)
 
     def subscribe(
         self,
@@ -383,6 +398,13 @@ class BlockingKernel:
         """See ``Kernel.publish``; raises the same errors in the calling thread."""
         what = f"event on {topic!r} not published"
         self._loop.run(functools.partial(self._kernel.publish, topic, message), what)
+
+    def wait_idle(self, timeout: float | None = None) -> None:
+        """See ``Kernel.wait_idle``: block until every mailbox is empty and no handler
+        runs; raises the same errors in the calling thread."""
+        if timeout is not None:
+            check_timeout(timeout)  # a wrong timeout is named even when not running
+        self._loop.run(functools.partial(self._kernel.wait_idle, timeout), "wait_idle")
 
     def stats(self) -> KernelStats:
         """See ``Kernel.stats``; after ``stop()``, the final counters."""
