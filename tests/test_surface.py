@@ -51,6 +51,7 @@ from .agents import (
     Slow,
     Value,
 )
+from .test_event_sourcing import Account, Deposit, Deposited
 
 pytestmark = pytest.mark.anyio
 
@@ -76,6 +77,18 @@ class Driven:
 
     async def stop(self, grace: float | None = None) -> None:
         await self.do(lambda k: k.stop(grace))
+
+    async def audit(self, agent_type: Any, key: str, upto: int | None = None) -> Any:
+        """The events ``kernel.event_log(agent_type, key)`` lists, and its state at ``upto``."""
+        if not self.blocking:
+            log = self.kernel.event_log(agent_type, key)
+            return [r async for r in log.events()], await log.state_at(upto)
+
+        def read(kernel: BlockingKernel) -> Any:
+            log = kernel.event_log(agent_type, key)
+            return list(log.events()), log.state_at(upto)
+
+        return await self.do(read)
 
     async def replica_get(self, agent_type: Any, key: str, revision: int) -> Any:
         """What ``kernel.replica(agent_type)`` holds for ``key`` once it saw ``revision``."""
@@ -404,3 +417,20 @@ async def test_replica_mirrors_saved_state(running: Driven) -> None:
         await k.do(lambda kernel: kernel.replica("Nobody"))
     with pytest.raises(TypeError, match="declares no state"):
         await k.do(lambda kernel: kernel.replica(Echo))
+
+
+async def test_event_log_lists_the_audit_trail_and_rebuilds_past_state(running: Driven) -> None:
+    k = running
+    await k.do(lambda kernel: kernel.register(Account))
+    await k.do(lambda kernel: kernel.register(Echo))
+    ref = await k.do(lambda kernel: kernel.ref(Account, "a"))
+    for amount in (5, 7, 11):
+        await k.do(lambda kernel, amount=amount: ref.ask(Deposit(amount=amount)))
+    records, (state, seq) = await k.audit(Account, "a", upto=2)
+    assert [r.event for r in records] == [Deposited(amount=n) for n in (5, 7, 11)]
+    assert [r.seq for r in records] == [1, 2, 3]
+    assert (state.amount, seq) == (12, 2)
+    with pytest.raises(TypeError, match="not event-sourced"):
+        await k.do(lambda kernel: kernel.event_log(Echo, "a"))
+    with pytest.raises(UnknownAgent, match="'Nobody'"):
+        await k.do(lambda kernel: kernel.event_log("Nobody", "a"))
