@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "Agent": "_agent",
     "handler": "_agent",
+    "BlockingEventLog": "_blocking",
     "BlockingKernel": "_blocking",
     "BlockingRef": "_blocking",
     "BlockingReplica": "_blocking",
@@ -66,7 +67,7 @@ _EXPORTS: dict[str, str] = {
 
 if typing.TYPE_CHECKING:
     from ._agent import Agent, handler
-    from ._blocking import BlockingKernel, BlockingRef, BlockingReplica
+    from ._blocking import BlockingEventLog, BlockingKernel, BlockingRef, BlockingReplica
     from ._context import MessageContext
     from ._deferred import PendingReply
     from ._errors import (
@@ -111,6 +112,7 @@ __all__ = [
     "AgentId",
     "AgentRef",
     "AskTimeout",
+    "BlockingEventLog",
     "BlockingKernel",
     "BlockingRef",
     "BlockingReplica",

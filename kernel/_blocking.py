@@ -23,14 +23,13 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, Generic, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from kerna.state import StateBackend
-from kerna.state._replica import Replica
+from kerna.state import EventLog, EventRecord, Replica, StateBackend
 
 from ._agent import Agent
 from ._errors import KernelStopped, UsageError
@@ -40,7 +39,7 @@ from ._message import Message
 from ._options import check_seconds, check_timeout
 from ._ref import AgentRef
 
-__all__ = ["BlockingKernel", "BlockingRef", "BlockingReplica"]
+__all__ = ["BlockingEventLog", "BlockingKernel", "BlockingRef", "BlockingReplica"]
 
 T = TypeVar("T")
 
@@ -288,6 +287,71 @@ class BlockingReplica(Generic[T]):
         )
 
 
+class BlockingEventLog(Generic[T]):
+    """The sync twin of the event log ``Kernel.event_log`` returns: an event-sourced
+    agent's audit trail and time travel, read on the loop thread."""
+
+    __slots__ = ("_log", "_loop")
+
+    def __init__(self, loop: _LoopThread, log: EventLog[T]) -> None:
+        self._loop = loop
+        self._log = log
+
+    @property
+    def agent_type(self) -> str:
+        """The agent's type name."""
+        return self._log.agent_type
+
+    @property
+    def key(self) -> str:
+        """The agent's key."""
+        return self._log.key
+
+    def pages(self, *, after: int = 0, upto: int | None = None) -> Iterator[list[EventRecord]]:
+        """The records with ``after < seq <= upto``, one backend page at a time (each
+        page read when the iteration gets to it).
+
+        Raises:
+            DecodeError: a record does not decode (names agent, sequence and type).
+            KernelStopped: the kernel does not run.
+        """
+        pages = self._log.pages(after=after, upto=upto)
+        try:
+            while True:
+                try:
+                    page = self._loop.run(functools.partial(_next, pages), "event log not read")
+                except StopAsyncIteration:
+                    return
+                yield page
+        finally:
+            if isinstance(pages, AsyncGenerator):  # left early: let it clean up
+                self._loop.run_if_running(pages.aclose)
+
+    def events(self, *, after: int = 0, upto: int | None = None) -> Iterator[EventRecord]:
+        """The records with ``after < seq <= upto``, in order (paged reads).
+
+        Raises:
+            DecodeError: a record does not decode (names agent, sequence and type).
+            KernelStopped: the kernel does not run.
+        """
+        for page in self.pages(after=after, upto=upto):
+            yield from page
+
+    def state_at(self, seq: int | None = None) -> tuple[T, int]:
+        """Rebuild the state as of ``seq`` (default: the latest) by full replay; the
+        state and the sequence number it reflects.
+
+        Raises:
+            DecodeError: a record does not decode.
+            KernelStopped: the kernel does not run.
+        """
+        return self._loop.run(functools.partial(self._log.state_at, seq), "event log not read")
+
+
+async def _next(pages: AsyncIterator[list[EventRecord]]) -> list[EventRecord]:
+    return await anext(pages)
+
+
 class BlockingKernel:
     """A ``Kernel`` on its own event-loop thread, driven synchronously.
 
@@ -409,6 +473,11 @@ class BlockingKernel:
     def stats(self) -> KernelStats:
         """See ``Kernel.stats``; after ``stop()``, the final counters."""
         return self._loop.call(self._kernel.stats)
+
+    def event_log(self, agent_type: type[Agent] | str, key: str) -> BlockingEventLog[Any]:
+        """See ``Kernel.event_log``: the same checks and errors; reads block."""
+        log = self._loop.call(functools.partial(self._kernel.event_log, agent_type, key))
+        return BlockingEventLog(self._loop, log)
 
     def replica(self, agent_type: type[Agent] | str) -> BlockingReplica[Any]:
         """See ``Kernel.replica``; use it as a context manager (``with``)."""

@@ -9,6 +9,7 @@ import pytest
 from kerna import Agent, BlockingKernel, KernelStopped, RemoteError, UnknownAgent, handler
 
 from .agents import Boom, Echo, Ping, Pong
+from .test_event_sourcing import Account, Deposit, Deposited
 
 
 def _loop_threads() -> list[threading.Thread]:
@@ -144,3 +145,20 @@ def test_a_call_racing_with_stop_raises_kernel_stopped_or_succeeds() -> None:
     assert not thread.is_alive()
     assert isinstance(outcomes[-1], KernelStopped), outcomes[-1]  # the caller was stopped
     assert all(isinstance(o, Pong) for o in outcomes[:-1])
+
+
+def test_an_event_log_read_stops_early_and_pages_lazily() -> None:
+    with BlockingKernel(ask_timeout=5) as kernel:
+        kernel.register(Account)
+        ref = kernel.ref(Account, "a")
+        for amount in range(1, 4):
+            ref.ask(Deposit(amount=amount))
+        log = kernel.event_log(Account, "a")
+        assert (log.agent_type, log.key) == ("Account", "a")
+        events = log.events()
+        assert next(events).event == Deposited(amount=1)
+        events.close()  # the async generator underneath is closed on the loop thread
+        assert [r.seq for r in log.events(after=1)] == [2, 3]
+        assert log.state_at()[1] == 3
+    with pytest.raises(KernelStopped, match=r"stopped \(event log not read\)"):
+        list(log.events())
