@@ -25,7 +25,7 @@ import logging
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
@@ -35,7 +35,7 @@ from ._agent import Agent
 from ._errors import KernelStopped, UsageError
 from ._ids import AgentId
 from ._kernel import Kernel, KernelStats, Subscription
-from ._message import Message
+from ._message import Askable, Message, ReplyT, Request
 from ._options import check_seconds, check_timeout
 from ._ref import AgentRef
 
@@ -211,10 +211,26 @@ class BlockingRef:
         what = f"{type(message).__qualname__} not sent"
         self._loop.run(functools.partial(self._ref.tell, message, headers=headers), what)
 
-    # Typed asks: the overloads of ``AgentRef.ask`` (a Request[R] answers R) go here too.
+    # The result type follows the request, as for AgentRef.ask.
+    @overload
     def ask(
         self,
-        message: Message,
+        message: Request[ReplyT],
+        *,
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> ReplyT: ...
+    @overload
+    def ask(
+        self,
+        message: Askable[ReplyT],
+        *,
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> ReplyT: ...
+    def ask(
+        self,
+        message: Any,
         *,
         timeout: float | None = None,
         headers: Mapping[str, str] | None = None,
