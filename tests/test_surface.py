@@ -186,6 +186,21 @@ def test_blocking_kernel_takes_the_same_constructor_options() -> None:
         assert mine[name].annotation == param.annotation, name
 
 
+def _parameters(fn: Any) -> list[tuple[str, Any, Any]]:
+    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+
+def test_mirrored_methods_take_the_same_parameters() -> None:
+    pairs = [(Kernel, BlockingKernel), (AgentRef, BlockingRef)]
+    for theirs, mine in pairs:
+        for name in sorted(_public(theirs) & _public(mine)):
+            if name == "register":  # the same options, passed on as **options
+                continue
+            original, twin = getattr(theirs, name), getattr(mine, name)
+            if inspect.isfunction(original):
+                assert _parameters(twin) == _parameters(original), f"{mine.__name__}.{name}"
+
+
 def test_blocking_methods_say_what_they_mirror() -> None:
     for name in _public(BlockingKernel) - {"kernel"}:
         member = getattr(BlockingKernel, name)
