@@ -19,10 +19,10 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "Agent": "_agent",
     "handler": "_agent",
-    "BlockingEventLog": "_blocking",
     "BlockingKernel": "_blocking",
     "BlockingRef": "_blocking",
-    "BlockingReplica": "_blocking",
+    "BlockingEventLog": "_blocking_state",
+    "BlockingReplica": "_blocking_state",
     "MessageContext": "_context",
     "PendingReply": "_deferred",
     "ActivationFailed": "_errors",
@@ -67,7 +67,8 @@ _EXPORTS: dict[str, str] = {
 
 if typing.TYPE_CHECKING:
     from ._agent import Agent, handler
-    from ._blocking import BlockingEventLog, BlockingKernel, BlockingRef, BlockingReplica
+    from ._blocking import BlockingKernel, BlockingRef
+    from ._blocking_state import BlockingEventLog, BlockingReplica
     from ._context import MessageContext
     from ._deferred import PendingReply
     from ._errors import (
