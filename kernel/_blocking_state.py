@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from kerna.state import EventLog, EventRecord, Replica
 
@@ -97,7 +97,7 @@ class BlockingEventLog(Generic[T]):
         """The agent's key."""
         return self._log.key
 
-    def pages(self, *, after: int = 0, upto: int | None = None) -> Iterator[list[EventRecord]]:
+    def pages(self, *, after: int = 0, upto: int | None = None) -> Iterator[list[EventRecord[Any]]]:
         """The records with ``after < seq <= upto``, one backend page at a time (each
         page read when the iteration gets to it).
 
@@ -117,7 +117,7 @@ class BlockingEventLog(Generic[T]):
             if isinstance(pages, AsyncGenerator):  # left early: let it clean up
                 self._loop.run_if_running(pages.aclose)
 
-    def events(self, *, after: int = 0, upto: int | None = None) -> Iterator[EventRecord]:
+    def events(self, *, after: int = 0, upto: int | None = None) -> Iterator[EventRecord[Any]]:
         """The records with ``after < seq <= upto``, in order (paged reads).
 
         Raises:
@@ -138,5 +138,5 @@ class BlockingEventLog(Generic[T]):
         return self._loop.run(functools.partial(self._log.state_at, seq), "event log not read")
 
 
-async def _next(pages: AsyncIterator[list[EventRecord]]) -> list[EventRecord]:
+async def _next(pages: AsyncIterator[list[EventRecord[Any]]]) -> list[EventRecord[Any]]:
     return await anext(pages)
