@@ -353,10 +353,13 @@ class BlockingKernel:
         """See ``Kernel.unsubscribe``."""
         self._loop.call(functools.partial(self._kernel.unsubscribe, subscription))
 
-    def publish(self, topic: str, message: Message) -> None:
+    def publish(
+        self, topic: str, message: Message, *, headers: Mapping[str, str] | None = None
+    ) -> None:
         """See ``Kernel.publish``; raises the same errors in the calling thread."""
         what = f"event on {topic!r} not published"
-        self._loop.run(functools.partial(self._kernel.publish, topic, message), what)
+        publish = functools.partial(self._kernel.publish, topic, message, headers=headers)
+        self._loop.run(publish, what)
 
     def wait_idle(self, timeout: float | None = None) -> None:
         """See ``Kernel.wait_idle``: block until every mailbox is empty and no handler

@@ -321,10 +321,13 @@ async def test_ask_tell_and_the_errors_a_sender_can_fix(running: Driven) -> None
 
 
 class Headers(Agent):
-    """Answers with the headers its message came with."""
+    """Answers with the headers its message came with, and keeps them."""
+
+    seen: ClassVar[list[dict[str, str]]] = []
 
     @handler
     async def ping(self, msg: Ping) -> dict[str, str]:
+        Headers.seen.append(dict(self.context.headers))
         return dict(self.context.headers)
 
 
@@ -336,6 +339,10 @@ async def test_headers_reach_the_handler(running: Driven) -> None:
     assert await k.do(lambda kernel: ref.ask(Ping(n=2), headers={"trace": "t2"})) == {"trace": "t2"}
     with pytest.raises(TypeError, match="headers"):
         await k.do(lambda kernel: ref.ask(Ping(n=3), headers={"trace": 3}))
+    await k.do(lambda kernel: kernel.subscribe("pings", Headers, key=lambda m: "h"))
+    await k.do(lambda kernel: kernel.publish("pings", Ping(n=4), headers={"trace": "t4"}))
+    await k.do(lambda kernel: ref.ask(Ping(n=5)))  # after the event, in order
+    assert Headers.seen[-3:] == [{"trace": "t2"}, {"trace": "t4"}, {}]
 
 
 async def test_refs_to_one_agent_are_equal(running: Driven) -> None:
