@@ -33,12 +33,22 @@ _named_lock = threading.Lock()
 _CLOSED: Any = object()
 
 
+def _now() -> float:
+    """The running loop's clock (what the expiry timers and the kernel's keepalives run
+    on: ``time.monotonic`` for asyncio's loops, virtual time under
+    ``kerna.testing.VirtualClock``), or ``time.monotonic`` outside a loop."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()
+
+
 class _Lease:
     __slots__ = ("deadline", "keys", "ttl")
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
-        self.deadline = time.monotonic() + ttl
+        self.deadline = _now() + ttl
         self.keys: set[str] = set()
 
 
@@ -80,7 +90,7 @@ class _Store:
     # All helpers below assume the lock is held.
 
     def expire_leases(self) -> None:
-        now = time.monotonic()
+        now = _now()
         expired = [lid for lid, lease in self.leases.items() if lease.deadline <= now]
         for lid in expired:
             self.revoke(lid)
@@ -303,7 +313,7 @@ class MemoryBackend(StateBackend):
         with self._store.lock:
             deadlines = [lease.deadline for lease in self._store.leases.values()]
         if deadlines and not self._closed:
-            delay = max(0.0, min(deadlines) - time.monotonic()) + 0.001
+            delay = max(0.0, min(deadlines) - _now()) + 0.001
             self._expiry = asyncio.get_running_loop().call_later(delay, self._on_expiry)
 
     def _on_expiry(self) -> None:
@@ -319,7 +329,7 @@ class MemoryBackend(StateBackend):
             lease = store.leases.get(lease_id)
             if lease is None:
                 raise LeaseLost(f"lease {lease_id} not found (expired or revoked)")
-            lease.deadline = time.monotonic() + lease.ttl
+            lease.deadline = _now() + lease.ttl
         self._arm_expiry()
         return lease.ttl
 

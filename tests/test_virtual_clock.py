@@ -22,6 +22,7 @@ import anyio
 import pytest
 
 from kerna import Agent, AskTimeout, Kernel, Message, handler
+from kerna.state import connect
 from kerna.testing import VirtualClock
 
 from .agents import Counter, Inc, Ping, Pong, Read
@@ -429,3 +430,20 @@ def test_the_documented_pytest_recipe_runs_users_tests_on_virtual_time(tmp_path:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 passed" in done.stdout
+
+
+def test_a_memory_lease_lapses_on_virtual_time() -> None:
+    async def scenario() -> tuple[bool, bool]:
+        backend = await connect("memory://")
+        try:
+            lease = await backend.lease_grant(10.0)
+            await backend.put("k", b"v", lease=lease)
+            await asyncio.sleep(9.0)
+            alive = await backend.get("k") is not None
+            await asyncio.sleep(2.0)  # past the TTL, with no keepalive
+            gone = await backend.get("k") is None
+            return alive, gone
+        finally:
+            await backend.aclose()
+
+    assert VirtualClock().run(scenario) == (True, True)
