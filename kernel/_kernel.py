@@ -366,8 +366,8 @@ class Kernel:
         still receive it. ``headers`` reach the subscribers' ``self.context.headers``.
 
         Raises:
-            TypeError: ``message`` is not a kerna.Message, ``topic`` not a str, or
-                ``headers`` not a mapping of str to str.
+            TypeError: ``message`` is not a kerna.Message, ``topic`` not a non-empty
+                str, or ``headers`` not a mapping of str to str.
             KernelStopped: the kernel is stopping.
         """
         rt = self._runtime
@@ -378,8 +378,8 @@ class Kernel:
             raise TypeError(
                 f"events must be kerna.Message instances, got {type(message).__qualname__}"
             )
-        if not isinstance(topic, str):
-            raise TypeError(f"topic must be a str, got {topic!r}")
+        if not isinstance(topic, str) or not topic:  # as subscribe: no topic is ""
+            raise TypeError(f"topic must be a non-empty str, got {topic!r}")
         if headers is not None:
             headers = check_headers(headers)
         if sender is None:
