@@ -342,7 +342,7 @@ class Activation:
         """A handler that deferred its reply raised before sending it: the asker gets
         the error, as if the handler had not deferred."""
         for pending in list(self.pending or ()):
-            if pending.envelope is env:
+            if pending.context.message_id == env.id:
                 pending.fail(error)
 
     async def _call(self, fn: HandlerFn, env: Envelope) -> Any:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from ._context import MessageContext
 from ._errors import RemoteError, UsageError
 from ._failures import remote_error
 
@@ -28,20 +29,29 @@ __all__ = ["PendingReply"]
 class PendingReply:
     """A reply to an ask, to be sent later (``Agent.defer_reply``)."""
 
-    __slots__ = ("_activation", "_future", "_sent", "envelope")
+    __slots__ = ("_activation", "_envelope", "_future", "_sent")
 
     def __init__(
         self, activation: Activation, envelope: Envelope, future: asyncio.Future[Any]
     ) -> None:
         self._activation = activation
+        self._envelope = envelope
         self._future = future
         self._sent = False
-        self.envelope = envelope
+        # Once nobody waits (the asker timed out or gave up), this reply no longer keeps
+        # its agent from going idle (``IdleCollector`` spares agents with replies to send).
+        future.add_done_callback(self._forget)
 
     def __repr__(self) -> str:
         state = "sent" if self._sent else "pending"
-        asker = self.envelope.sender or "outside"
+        asker = self._envelope.sender or "outside"
         return f"<PendingReply to {asker} from {self._activation.id} {state}>"
+
+    @property
+    def context(self) -> MessageContext:
+        """The ask this replies to, as its handler saw it (``self.context``): the asker
+        (``sender``), the ids, the headers, and ``time_left()`` until its deadline."""
+        return MessageContext(self._envelope, self._activation.runtime.loop)
 
     @property
     def sent(self) -> bool:
@@ -97,6 +107,9 @@ class PendingReply:
         if self._sent:
             raise UsageError(f"{self._activation.id}: this ask was already answered")
         self._sent = True
+        self._forget(self._future)
+
+    def _forget(self, _: asyncio.Future[Any]) -> None:
         pending = self._activation.pending
         if pending is not None:
             pending.discard(self)
