@@ -98,6 +98,10 @@ class Agent:
     def context(self) -> MessageContext:
         """The message being handled: sender, ids, kind, topic, headers, time left.
 
+        It describes the message this agent is handling when it is read: a task that a
+        handler started and left running sees the agent's later messages (read what it
+        needs before the handler returns), or raises once the agent is idle.
+
         Raises:
             UsageError: no message is being handled (``on_start``, ``on_stop``, a task
                 the handler left running after it returned).
