@@ -119,7 +119,8 @@ class Agent:
         ``pending.reply(value)`` or ``pending.fail(error)`` sends, from any handler of
         this agent, while the agent handles other messages meanwhile. The ask's deadline
         still holds: a reply never sent fails its asker with ``AskTimeout`` then.
-        Deactivation and stop fail replies not yet sent with ``KernelStopped``.
+        Deactivation and stop fail replies not yet sent with ``KernelStopped``; an agent
+        with a reply to send is not deactivated for idleness while its asker waits.
 
         Raises:
             UsageError: not called from an ask's handler, or called twice for one ask.
