@@ -410,12 +410,14 @@ class Kernel:
             IdleTimeout: still busy after ``timeout`` (a ``TimeoutError``).
             KernelStopped: the kernel is not running.
             UsageError: called from inside a handler (it would wait for itself).
+            TypeError: ``timeout`` is not a number.
+            ValueError: ``timeout`` is not positive and finite.
         """
         rt = self._runtime
         if timeout is None:
             timeout = self.ask_timeout
         else:
-            check_timeout(timeout)
+            check_timeout(timeout, "wait_idle timeout")
         if current_activation.get() is not None:
             raise UsageError("wait_idle() from inside a handler would wait for itself")
         if rt.stopped:

@@ -96,8 +96,8 @@ def check_restarts(max_restarts: int, backoff: float) -> None:
     check_seconds("restart_backoff", backoff)
 
 
-def check_timeout(timeout: object) -> None:
-    """An ask timeout: a positive, finite number of seconds.
+def check_timeout(timeout: object, what: str = "ask timeout") -> None:
+    """A timeout (``what`` names it in the error): a positive, finite number of seconds.
 
     Raises:
         TypeError: not a number (``"1"``, ``True``).
@@ -105,11 +105,10 @@ def check_timeout(timeout: object) -> None:
     """
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise WrongType(
-            f"ask timeout must be a number of seconds, got {timeout!r} "
-            f"({type(timeout).__qualname__})"
+            f"{what} must be a number of seconds, got {timeout!r} ({type(timeout).__qualname__})"
         )
     if not (timeout > 0 and math.isfinite(timeout)):
-        raise ValueError(f"ask timeout must be a positive number of seconds, got {timeout!r}")
+        raise ValueError(f"{what} must be a positive number of seconds, got {timeout!r}")
 
 
 def check_headers(headers: object) -> dict[str, str]:
