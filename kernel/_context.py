@@ -12,7 +12,6 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
 
 from ._envelope import EVENT, KIND_NAMES
-from ._ids import format_id
 
 if TYPE_CHECKING:
     from ._envelope import Envelope
@@ -28,8 +27,8 @@ _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 class MessageContext:
     """The message being handled (``self.context`` inside a handler).
 
-    Ids are 63-bit ints, unique across processes and restarts (a random per-process
-    prefix and a counter); ``repr(context)`` shows them as hex.
+    Ids are positive 63-bit ints, unique across processes and restarts (a random
+    per-process prefix and a counter), so they fit any int column or encoding.
 
     Attributes:
         sender: the agent that sent it, or None when it came from outside any agent.
@@ -91,6 +90,6 @@ class MessageContext:
         env = self._envelope
         topic = f" topic={self.topic!r}" if self.topic is not None else ""
         return (
-            f"<MessageContext {self.kind} {format_id(env.id)} from {env.sender or 'outside'}"
-            f" correlation={format_id(env.correlation_id)}{topic}>"
+            f"<MessageContext {self.kind} {env.id} from {env.sender or 'outside'}"
+            f" correlation={env.correlation_id}{topic}>"
         )

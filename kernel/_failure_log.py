@@ -3,9 +3,11 @@
 A failed ask reaches its asker as ``RemoteError``; a failed tell or event has no one to
 tell, so it becomes a dead letter and a log record on ``kerna.activation`` at
 ``failure_log_level`` (WARNING by default) with the agent id, the message type, the
-correlation id and the exception. So that a poison stream cannot flood the log, each
-agent type logs at most ``BURST`` records per ``WINDOW`` seconds; the next record after
-a quiet spell says how many were left out.
+correlation id and the exception, in the text and as record attributes for
+structured logging (``agent_id``: ``"Type/key"``, ``message_type``: the class name,
+``correlation_id``: the int, printed in decimal as everywhere else). So that a poison
+stream cannot flood the log, each agent type logs at most ``BURST`` records per
+``WINDOW`` seconds; the first record of the next window says how many were left out.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from typing import TYPE_CHECKING
 
 from ._envelope import EVENT
 from ._failures import describe
-from ._ids import format_id
 
 if TYPE_CHECKING:
     import asyncio
@@ -74,16 +75,27 @@ class FailureLog:
             window[2] += 1
             return
         window[1] += 1
-        note = f" ({skipped} more failures of {agent.type} were not logged)" if skipped else ""
+        note = (
+            f" ({skipped} earlier failures of {agent.type} were not logged:"
+            f" at most {BURST} per {WINDOW:g}s)"
+            if skipped
+            else ""
+        )
         kind = "event" if env.kind == EVENT else "tell"
+        message_type = type(env.payload).__qualname__
         log.log(
             self.level,
-            "%s: handler failed on %s %s (correlation %s): %s%s",
+            "%s: handler failed on %s %s (correlation %d): %s%s",
             agent,
             kind,
-            type(env.payload).__qualname__,
-            format_id(env.correlation_id),
+            message_type,
+            env.correlation_id,
             describe(error),
             note,
             exc_info=error,
+            extra={
+                "agent_id": str(agent),
+                "message_type": message_type,
+                "correlation_id": env.correlation_id,
+            },
         )
