@@ -126,7 +126,12 @@ def build_handler_table(cls: type) -> dict[type, HandlerFn]:
         try:
             hints = typing.get_type_hints(fn)
         except Exception as exc:  # a forward reference that does not resolve
-            raise RegistrationError(f"{where}: cannot resolve annotations: {exc}") from exc
+            raise RegistrationError(
+                f"{where}: cannot resolve annotations: {exc}. Annotations are resolved in "
+                "the module's globals when the class is registered (with 'from __future__ "
+                "import annotations' they are strings): define the message class at module "
+                "level, or drop 'from __future__ import annotations' from that module"
+            ) from exc
         if params[1].name not in hints:
             raise RegistrationError(
                 f"{where}: annotate the message parameter {params[1].name!r} with its "
