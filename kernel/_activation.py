@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -584,8 +585,14 @@ class Activation:
         return spec
 
     def schedule(self, delay: float, message: Message, *, repeat: bool) -> Timer:
-        if delay < 0 or (repeat and delay == 0):
+        """See ``Agent.schedule``: a bad timer fails here, not when it fires."""
+        from ._runtime import check_handled  # _runtime imports this module
+
+        if isinstance(delay, bool) or not isinstance(delay, int | float):
+            raise TypeError(f"timer delay must be a number of seconds, got {delay!r}")
+        if not (delay >= 0 and math.isfinite(delay)) or (repeat and delay == 0):
             raise ValueError(f"timer delay must be > 0 (or >= 0 once), got {delay!r}")
+        check_handled(self.atype, message)
         timer = Timer(self, delay, message, repeat)
         if self.timers is None:
             self.timers = set()

@@ -173,7 +173,9 @@ class Agent:
         between ticks spaced wider than its idle timeout.
 
         Raises:
-            ValueError: ``delay`` is negative, or zero with ``repeat``.
+            ValueError: ``delay`` is negative or not finite, or zero with ``repeat``.
+            TypeError: ``delay`` is not a number, or ``message`` not a kerna Message.
+            UnhandledMessage: this agent has no handler for ``message``.
         """
         return self._activation.schedule(delay, message, repeat=repeat)
 

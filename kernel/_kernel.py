@@ -252,6 +252,7 @@ class Kernel:
             RegistrationError: not an Agent subclass, the name is taken, or a handler is
                 invalid (not async, no Message annotation, two handlers for one type).
             ValueError: an option is out of range.
+            TypeError: ``cancel_at_deadline`` is not a bool.
         """
         if not (isinstance(agent_class, type) and issubclass(agent_class, Agent)):
             raise RegistrationError(f"register() takes an Agent subclass, got {agent_class!r}")
@@ -277,6 +278,8 @@ class Kernel:
             raise WrongType(f"conflict_retries must be an int >= 0, got {conflict_retries!r}")
         if conflict_retries < 0:
             raise ValueError(f"conflict_retries must be an int >= 0, got {conflict_retries!r}")
+        if not isinstance(cancel_at_deadline, bool):
+            raise TypeError(f"cancel_at_deadline must be a bool, got {cancel_at_deadline!r}")
         if factory is not None and not callable(factory):
             raise RegistrationError(f"factory must be a callable returning an agent: {factory!r}")
         state_spec = build_state_spec(agent_class, agent_class.__qualname__)
@@ -288,7 +291,7 @@ class Kernel:
             idle_timeout=idle,
             max_restarts=restarts,
             restart_backoff=float(backoff),
-            cancel_at_deadline=bool(cancel_at_deadline),
+            cancel_at_deadline=cancel_at_deadline,
             has_on_stop=agent_class.on_stop is not Agent.on_stop,
             state_spec=state_spec,
             conflict_retries=conflict_retries,
