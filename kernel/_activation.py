@@ -339,12 +339,25 @@ class Activation:
                         reply.set_result(result)
         self.mailbox = None
 
+    def _deferred(self, env: Envelope) -> PendingReply | None:
+        """The reply to ``env`` that its handler deferred, if not sent yet."""
+        for pending in self.pending or ():
+            if pending.context.message_id == env.id:
+                return pending
+        return None
+
     def _deferred_failed(self, env: Envelope, error: BaseException) -> None:
         """A handler that deferred its reply raised before sending it: the asker gets
         the error, as if the handler had not deferred."""
-        for pending in list(self.pending or ()):
-            if pending.context.message_id == env.id:
-                pending.fail(error)
+        pending = self._deferred(env)
+        if pending is not None:
+            pending.fail(error)
+
+    def _undefer(self, env: Envelope) -> None:
+        """Give a handler about to be re-run back the reply it deferred (if not sent)."""
+        pending = self._deferred(env)
+        if pending is not None:
+            env.reply = pending.withdraw()
 
     async def _call(self, fn: HandlerFn, env: Envelope) -> Any:
         """A handler call with the type's options: deadline scope, Conflict re-runs, and
@@ -364,6 +377,8 @@ class Activation:
                 if retries <= 0:
                     raise
                 retries -= 1  # save() reloaded self.state: run the handler again on it
+                if env.reply is None and env.kind == ASK:  # it deferred: the re-run will
+                    self._undefer(env)
 
     async def _close(self) -> None:
         """Run ``on_stop`` and leave the directory; later messages go to a successor."""

@@ -29,7 +29,7 @@ __all__ = ["PendingReply"]
 class PendingReply:
     """A reply to an ask, to be sent later (``Agent.defer_reply``)."""
 
-    __slots__ = ("_activation", "_envelope", "_future", "_sent")
+    __slots__ = ("_activation", "_envelope", "_future", "_sent", "_withdrawn")
 
     def __init__(
         self, activation: Activation, envelope: Envelope, future: asyncio.Future[Any]
@@ -38,6 +38,7 @@ class PendingReply:
         self._envelope = envelope
         self._future = future
         self._sent = False
+        self._withdrawn = False
         # Once nobody waits (the asker timed out or gave up), this reply no longer keeps
         # its agent from going idle (``IdleCollector`` spares agents with replies to send).
         future.add_done_callback(self._forget)
@@ -103,7 +104,20 @@ class PendingReply:
         if not self._future.done():
             self._future.set_exception(error)
 
+    def withdraw(self) -> asyncio.Future[Any]:
+        """The handler that deferred this is re-run (its ``save`` lost to a
+        ``Conflict``): take the reply back for the re-run, which defers it anew. This
+        handle can no longer send it."""
+        self._sent = self._withdrawn = True
+        self._forget(self._future)
+        return self._future
+
     def _settle(self) -> None:
+        if self._withdrawn:
+            raise UsageError(
+                f"{self._activation.id}: this deferred reply was withdrawn: the handler that"
+                " deferred it was re-run after a Conflict, and its re-run deferred the reply anew"
+            )
         if self._sent:
             raise UsageError(f"{self._activation.id}: this ask was already answered")
         self._sent = True

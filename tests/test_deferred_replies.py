@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar
 
+import msgspec
 import pytest
 
 from kerna import (
@@ -19,6 +20,7 @@ from kerna import (
     UsageError,
     handler,
 )
+from kerna.state import Layout
 
 pytestmark = pytest.mark.anyio
 
@@ -499,3 +501,55 @@ async def test_llm_pattern_accept_fan_out_reply_when_results_arrive(kernel: Kern
     assert stats["Coordinator"].handled == 8 + 8 * 4  # the requests and every result
     assert stats["Worker"].handled == 8 * 4
     assert stats["Coordinator"].failed == 0
+
+
+class Jobs(msgspec.Struct, frozen=True):
+    accepted: int = 0
+
+
+class DurableCoordinator(Agent, state=Jobs):
+    """Defers, then records the accepted job in its state (which may conflict)."""
+
+    deferred: ClassVar[list[PendingReply]] = []
+
+    def __init__(self) -> None:
+        self.pending: PendingReply | None = None
+
+    @handler
+    async def job(self, msg: Job) -> None:
+        self.pending = self.defer_reply()
+        DurableCoordinator.deferred.append(self.pending)
+        await self.save(Jobs(self.state.accepted + 1))
+        Waiter.deferred.setdefault(msg.name, asyncio.Event()).set()
+
+    @handler
+    async def finish(self, msg: Finish) -> None:
+        assert self.pending is not None
+        self.pending.reply(f"{msg.value} (job {self.state.accepted})")
+
+
+async def test_a_handler_rerun_after_a_conflict_may_defer_again() -> None:
+    async with Kernel() as kernel:
+        kernel.register(DurableCoordinator, conflict_retries=1)
+        ref = kernel.ref(DurableCoordinator, "d")
+        # a first job: the agent is active, its state read
+        first = asyncio.ensure_future(ref.ask(Job(name="a"), timeout=5))
+        await started(first, "a")
+        await ref.tell(Finish(name="a", value="first"))
+        async with asyncio.timeout(5):
+            assert await first == "first (job 1)"
+        # another writer moves the state on: the next save conflicts, the handler re-runs
+        key = Layout().state("DurableCoordinator", "d")
+        await kernel.state_backend.put(key, msgspec.msgpack.encode(Jobs(accepted=10)))
+        DurableCoordinator.deferred = []
+        second = asyncio.ensure_future(ref.ask(Job(name="b"), timeout=5))
+        await started(second, "b")
+        await ref.tell(Finish(name="b", value="second"))
+        async with asyncio.timeout(5):
+            assert await second == "second (job 11)"
+        # the first run's deferral was taken back for the re-run: it cannot answer
+        withdrawn, answered = DurableCoordinator.deferred
+        assert withdrawn.sent
+        with pytest.raises(UsageError, match="withdrawn"):
+            withdrawn.reply("from the run that lost")
+        assert answered.sent
