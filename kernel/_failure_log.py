@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from ._envelope import EVENT
 from ._failures import describe
+from ._options import WrongType
 
 if TYPE_CHECKING:
     import asyncio
@@ -33,21 +34,24 @@ WINDOW = 60.0  # seconds
 
 
 def check_level(level: object) -> int:
-    """A logging level given as an int or a name (``"WARNING"``).
+    """A logging level given as an int or a name (``"WARNING"``, any case).
 
     Raises:
-        ValueError: not a known level.
+        ValueError: not a known level name, or a negative int.
+        TypeError: neither an int nor a str (also a ValueError, as for every option).
     """
+    expected = "a logging level (an int or a name such as 'WARNING')"
     if isinstance(level, str):
         number = logging.getLevelName(level.upper())
         if isinstance(number, int):
             return number
-    elif isinstance(level, int) and not isinstance(level, bool) and level >= 0:
+    elif isinstance(level, bool) or not isinstance(level, int):
+        raise WrongType(
+            f"failure_log_level must be {expected}, got {level!r} ({type(level).__qualname__})"
+        )
+    elif level >= 0:
         return level
-    raise ValueError(
-        f"failure_log_level must be a logging level (an int or a name such as 'WARNING'),"
-        f" got {level!r}"
-    )
+    raise ValueError(f"failure_log_level must be {expected}, got {level!r}")
 
 
 class FailureLog:

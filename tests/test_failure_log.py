@@ -213,8 +213,16 @@ async def test_a_debug_failure_log_stays_out_of_a_warning_log(
     assert failures(caplog) == []
 
 
-@pytest.mark.parametrize("bad", ["LOUD", "", -1, 1.5, True, None, [logging.WARNING]])
+@pytest.mark.parametrize("bad", ["LOUD", "", -1])
 def test_a_bad_failure_log_level_is_a_value_error_naming_it(bad: Any) -> None:
     with pytest.raises(ValueError, match="failure_log_level") as info:
         Kernel(failure_log_level=bad)
     assert repr(bad) in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [1.5, True, None, [logging.WARNING]])
+def test_a_failure_log_level_of_the_wrong_type_is_a_type_error_naming_it(bad: Any) -> None:
+    with pytest.raises(TypeError, match="failure_log_level") as info:
+        Kernel(failure_log_level=bad)
+    assert repr(bad) in str(info.value)
+    assert isinstance(info.value, ValueError)  # as every option's error was before
