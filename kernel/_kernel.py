@@ -44,7 +44,7 @@ from ._options import (
 from ._persistence import Persistence
 from ._ref import AgentRef
 from ._registry import AgentType, TypeStats, build_state_spec
-from ._runtime import Phase, Runtime
+from ._runtime import Phase, Runtime, names
 from ._topics import DEAD_LETTERS, Subscription
 
 __all__ = ["Kernel", "KernelStats", "Subscription"]
@@ -430,8 +430,10 @@ class Kernel:
             async with asyncio.timeout(timeout):
                 await quiet
         except TimeoutError:
+            running = [act for act in rt.directory.values() if act.task is not None]
             raise IdleTimeout(
-                f"kernel still busy after {timeout:.3g}s ({rt.busy} agents running)",
+                f"kernel still busy after {timeout:.3g}s ({rt.busy} agents running"
+                + (f": {names(running)})" if running else ")"),
                 busy=rt.busy,
                 timeout=timeout,
             ) from None

@@ -117,6 +117,7 @@ async def test_wait_idle_times_out_with_idle_timeout_and_the_kernel_runs_on(
     assert error.timeout == 0.1
     assert error.busy == 1
     assert "0.1s" in str(error)
+    assert "Holder/h" in str(error)  # which agent is still at work
     # not stopped: the held handler goes on, new messages are taken
     assert kernel.running
     assert await kernel.ref(Echo, "e").ask(Ping(n=2)) == Pong(n=2)
