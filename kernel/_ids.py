@@ -8,7 +8,7 @@ high 31 bits are a random prefix and whose low 32 bits count up; when the counte
 out (after 4 billion messages) a new prefix is drawn. Making one costs what a plain
 counter costs (C iterators all the way), it fits every int column and encoding
 (msgpack, JSON, a signed 64-bit integer), and two processes share a prefix with
-probability 2**-31. ``format_id`` prints one as 16 hex digits.
+probability 2**-31.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["AgentId", "format_id", "message_ids"]
+__all__ = ["AgentId", "message_ids"]
 
 
 class AgentId(msgspec.Struct, frozen=True, gc=False):
@@ -42,15 +42,10 @@ _COUNTER_BITS = 32
 
 def _epoch(_: Any) -> range:
     """The ids under one fresh random prefix (never 0, so that no id is 0)."""
-    prefix = (secrets.randbits(31) | 1) << _COUNTER_BITS
+    prefix = (secrets.randbelow((1 << 31) - 1) + 1) << _COUNTER_BITS  # 1 .. 2**31 - 1
     return range(prefix + 1, prefix + (1 << _COUNTER_BITS))
 
 
 def message_ids() -> Iterator[int]:
     """A fresh, endless id sequence (see the module docstring)."""
     return itertools.chain.from_iterable(map(_epoch, itertools.repeat(None)))
-
-
-def format_id(message_id: int) -> str:
-    """An id as 16 hex digits (0 stays ``"0"``: no message)."""
-    return f"{message_id:016x}" if message_id else "0"

@@ -437,6 +437,9 @@ class Kernel:
                 busy=rt.busy,
                 timeout=timeout,
             ) from None
+        finally:
+            if quiet.cancelled():  # timed out or the caller was cancelled
+                rt.forget_quiet(quiet)
 
     def stats(self) -> KernelStats:
         """A snapshot of per-agent-type counters, queue depths and dead letters."""

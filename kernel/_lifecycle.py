@@ -195,6 +195,8 @@ class Lifecycle:
             return False
         finally:
             self._quiet_scope = None
+            if quiet.cancelled():
+                self.runtime.forget_quiet(quiet)
         return True
 
     async def _cancel_workers(self, deadline: float, cancel_grace: float) -> list[Activation]:

@@ -244,13 +244,26 @@ class Runtime:
             idle.idle(act)
 
     def quiet(self) -> asyncio.Future[None]:
-        """A future resolved once no worker runs (at once if none does)."""
+        """A future resolved once no worker runs (at once if none does); hand it back
+        to ``forget_quiet`` if you stop waiting for it first."""
         waiter: asyncio.Future[None] = self.loop.create_future()
         if self.busy == 0:
             waiter.set_result(None)
         else:
             self._quiet.append(waiter)
         return waiter
+
+    def quiet_waiters(self) -> int:
+        """How many ``quiet`` futures are tracked now."""
+        return len(self._quiet)
+
+    def forget_quiet(self, waiter: asyncio.Future[None]) -> None:
+        """Stop tracking a ``quiet`` future nobody waits for any more (a timed-out
+        ``wait_idle``), so that polling a kernel that stays busy keeps no garbage."""
+        try:
+            self._quiet.remove(waiter)
+        except ValueError:
+            pass
 
     def retire(self, act: Activation) -> None:
         """Remove a closed activation from the directory (idempotent)."""

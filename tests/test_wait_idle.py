@@ -221,3 +221,21 @@ async def test_unfired_timers_and_unsent_deferred_replies_are_not_work(kernel: K
     await kernel.wait_idle(timeout=1)
     assert not ask.done()
     ask.cancel()
+
+
+async def test_wait_idle_that_times_out_leaves_no_waiter_behind(kernel: Kernel) -> None:
+    gate = asyncio.Event()
+
+    class Busy(Agent):
+        @handler
+        async def hold(self, msg: Ping) -> None:
+            await asyncio.wait_for(gate.wait(), 5)
+
+    kernel.register(Busy)
+    await kernel.ref(Busy, "b").tell(Ping(n=1))
+    for _ in range(20):  # a caller polling a kernel that stays busy
+        with pytest.raises(IdleTimeout):
+            await kernel.wait_idle(timeout=0.001)
+    assert kernel._runtime.quiet_waiters() == 0  # noqa: SLF001 - the test counts waiters
+    gate.set()
+    await kernel.wait_idle(timeout=5)
