@@ -20,10 +20,11 @@ import asyncio
 import logging
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from ._activation_state import StateOwner
 from ._agent import bind, load_state
 from ._envelope import ASK, TELL, Envelope, outgoing
 from ._errors import (
@@ -34,13 +35,10 @@ from ._errors import (
     KernaInternalError,
     KernelStopped,
     MailboxFull,
-    OutcomeUnknown,
     RemoteError,
-    Unavailable,
 )
 from ._failures import describe, is_failure, remote_error
 from ._message import DeadLetterReason
-from ._persistence import NotWritten
 from ._timers import Timer
 
 if TYPE_CHECKING:
@@ -48,7 +46,6 @@ if TYPE_CHECKING:
     from ._deferred import PendingReply
     from ._ids import AgentId
     from ._message import Message
-    from ._persistence import StateSpec, Stored, Written
     from ._registry import AgentType, HandlerFn
     from ._runtime import Runtime
 
@@ -65,11 +62,10 @@ SPAWN_BURST = 256
 current_activation: ContextVar[Activation | None] = ContextVar("kerna_activation", default=None)
 
 
-class Activation:
+class Activation(StateOwner):
     """The kernel's record of one live agent (see the module docstring)."""
 
     __slots__ = (
-        "_state",
         "agent",
         "atype",
         "closed",
@@ -84,12 +80,8 @@ class Activation:
         "on_closed",
         "pending",
         "runtime",
-        "seq",
-        "stale",
-        "state_rev",
         "task",
         "timers",
-        "token",
         "waiters",
     )
 
@@ -111,17 +103,7 @@ class Activation:
         self.deactivating = False
         self.closing = False
         self.closed = False
-        self._state: Any = None  # the agent's state (stateful types), as last read or saved
-        self.state_rev = 0  # revision of the state key that ``state`` came from
-        self.token = 0  # fencing token: create revision of this activation's claim
-        self.seq = 0  # event-sourced types: last event sequence number applied
-        # A write's outcome is unknown: reload the state before the next message.
-        self.stale = False
-
-    @property
-    def state(self) -> Any:
-        """The agent's state as last loaded or written (stateful types; see ``loaded``)."""
-        return self._state
+        self.init_state()
 
     # -- intake ------------------------------------------------------------------------
 
@@ -494,110 +476,6 @@ class Activation:
             if self.task is None:
                 self.runtime.spawn(self)  # before leaving the directory: stop sees it
         self.runtime.retire(self)
-
-    # -- state (stateful types): what the store read or wrote, applied here --------------
-
-    def loaded(self, stored: Stored) -> None:
-        """Hold ``stored`` as the agent's committed state (what handlers read as
-        ``self.state``) and the revision or sequence number its next write compares
-        against; the state is fresh (no reload is due)."""
-        self._state = stored.state
-        self.state_rev = stored.revision
-        self.seq = stored.seq
-        self.stale = False
-        if self.agent is not None:
-            load_state(self.agent, stored.state)
-
-    def lost_claim(self) -> None:
-        """The store found this activation's claim lost: never release it (it may be
-        another kernel's now) and deactivate."""
-        self.token = 0
-        self.request_deactivation()
-
-    async def release(self) -> None:
-        """Give up the claim, if this activation holds one (best effort)."""
-        token, self.token = self.token, 0
-        if token:
-            await self.runtime.store().release(self.id, token)
-
-    async def reload(self, *, linearizable: bool = True) -> None:
-        """Re-read the state (``Agent.reload``; before the next message after a write
-        whose outcome is unknown, ``stale``).
-
-        Raises:
-            Unavailable: the backend could not be reached (a stale state stays stale).
-            DecodeError: the stored state or an event does not decode.
-        """
-        store = self.runtime.store()
-        self.loaded(await store.load(self.id, self._spec(), linearizable=linearizable))
-
-    async def save(self, new_state: Any) -> None:
-        """``Agent.save``: compare-and-swap over the revision read (``Persistence.save``).
-
-        Raises:
-            Conflict, Fenced, OutcomeUnknown, Unavailable, ValueTooLarge, TypeError: as
-                ``Agent.save`` documents.
-        """
-        store = self.runtime.store()
-        await self._write(
-            store.save(self.id, self._spec(), new_state, token=self.token, revision=self.state_rev)
-        )
-
-    async def emit(self, events: tuple[Any, ...]) -> None:
-        """``Agent.emit``: append after the last sequence number folded in; on a lost
-        race, catch up (reload) before raising ``Conflict``.
-
-        Raises:
-            Conflict, Fenced, OutcomeUnknown, Unavailable, ValueTooLarge, TypeError: as
-                ``Agent.emit`` documents.
-        """
-        current = self.current
-        correlation = (0, 0) if current is None else (current.correlation_id, current.id)
-        store = self.runtime.store()
-        write = store.emit(
-            self.id,
-            self._spec(),
-            events,
-            state=self._state,
-            seq=self.seq,
-            token=self.token,
-            correlation=correlation,
-        )
-        try:
-            await self._write(write)
-        except Conflict as exc:
-            try:
-                await self.reload()  # someone appended first: catch up
-            except Unavailable as again:
-                self.stale = True
-                raise exc from again
-            raise
-
-    async def _write(self, write: Awaitable[Written]) -> None:
-        """Await a state write and apply what it found: the state written or stored now,
-        the claim lost (deactivate), or an unknown outcome (reload before the next
-        message)."""
-        try:
-            written = await write
-        except NotWritten as refused:  # the answer showed what is stored: adopt it
-            self.loaded(refused.stored)
-            if not refused.owned:
-                self.lost_claim()
-            raise refused.error from refused.__cause__
-        except Fenced:
-            self.lost_claim()
-            raise
-        except OutcomeUnknown:
-            self.stale = True
-            raise
-        self.loaded(written.stored)
-        if not written.owned:
-            self.lost_claim()  # written, but the claim was lost since
-
-    def _spec(self) -> StateSpec:
-        spec = self.atype.state_spec
-        assert spec is not None  # only stateful types read or write state
-        return spec
 
     def schedule(self, delay: float, message: Message, *, repeat: bool) -> Timer:
         """See ``Agent.schedule``: a bad timer fails here, not when it fires."""
