@@ -103,7 +103,14 @@ class Activation(StateOwner):
         self.deactivating = False
         self.closing = False
         self.closed = False
-        self.init_state()
+        # The state side (``StateOwner``): the agent's committed state, the revision its
+        # next write compares against, the claim's fencing token, the event sequence
+        # number folded in, and whether a reload is due.
+        self.state_value = None
+        self.state_rev = 0
+        self.token = 0
+        self.seq = 0
+        self.stale = False
 
     # -- intake ------------------------------------------------------------------------
 
@@ -239,7 +246,7 @@ class Activation(StateOwner):
                     raise TypeError(f"factory of {atype.name} returned {agent!r}")
                 bind(agent, self)
                 if atype.state_spec is not None:
-                    load_state(agent, self._state)
+                    load_state(agent, self.state_value)
                 await agent.on_start()
             except BaseException as exc:
                 if not is_failure(exc, self.task, self.runtime.stopped):

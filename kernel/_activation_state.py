@@ -31,14 +31,20 @@ class StateOwner:
     """State fields and the methods that apply what the store read or wrote.
 
     Attributes:
+        state_value: the committed state (``state``).
         state_rev: revision of the state key the state came from (plain state).
         token: fencing token: the create revision of this activation's claim (0: none).
         seq: event-sourced types: the last event sequence number folded in.
         stale: a write's outcome is unknown: reload before the next message.
     """
 
-    __slots__ = ("_state", "seq", "stale", "state_rev", "token")
+    __slots__ = ("seq", "stale", "state_rev", "state_value", "token")
 
+    state_value: Any
+    state_rev: int
+    token: int
+    seq: int
+    stale: bool
     # Defined by Activation, used here.
     id: AgentId
     atype: AgentType
@@ -46,17 +52,10 @@ class StateOwner:
     agent: Agent | None
     current: Envelope | None
 
-    def init_state(self) -> None:
-        self._state: Any = None
-        self.state_rev = 0
-        self.token = 0
-        self.seq = 0
-        self.stale = False
-
     @property
     def state(self) -> Any:
         """The agent's state as last loaded or written (stateful types; see ``loaded``)."""
-        return self._state
+        return self.state_value
 
     def request_deactivation(self) -> None:
         raise NotImplementedError  # Activation's
@@ -65,7 +64,7 @@ class StateOwner:
         """Hold ``stored`` as the agent's committed state (what handlers read as
         ``self.state``) and the revision or sequence number its next write compares
         against; the state is fresh (no reload is due)."""
-        self._state = stored.state
+        self.state_value = stored.state
         self.state_rev = stored.revision
         self.seq = stored.seq
         self.stale = False
@@ -122,7 +121,7 @@ class StateOwner:
             self.id,
             self._spec(),
             events,
-            state=self._state,
+            state=self.state_value,
             seq=self.seq,
             token=self.token,
             correlation=correlation,

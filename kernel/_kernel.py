@@ -26,7 +26,7 @@ from kerna.state._replica import Replica
 
 from ._activation import SPAWN_BURST, current_activation
 from ._agent import Agent
-from ._envelope import EVENT, outgoing
+from ._envelope import EVENT, Envelope, outgoing
 from ._errors import IdleTimeout, RegistrationError, UnknownAgent, UsageError
 from ._failure_log import check_level
 from ._ids import AgentId
@@ -44,7 +44,7 @@ from ._options import (
 from ._persistence import Persistence
 from ._ref import AgentRef
 from ._registry import AgentType, TypeStats, build_state_spec
-from ._runtime import Phase, Runtime, names
+from ._runtime import RUNNING, Phase, Runtime, names
 from ._topics import DEAD_LETTERS, Subscription
 
 __all__ = ["Kernel", "KernelStats", "Subscription"]
@@ -375,7 +375,7 @@ class Kernel:
         """
         rt = self._runtime
         sender = current_activation.get()
-        if not rt.accepts(sender):
+        if rt.phase is not RUNNING and not rt.accepts(sender):
             raise rt.refusal(f"event on {topic!r} not published")
         if not isinstance(message, Message):
             raise TypeError(
@@ -385,8 +385,9 @@ class Kernel:
             raise TypeError(f"topic must be a non-empty str, got {topic!r}")
         if headers is not None:
             headers = check_headers(headers)
-        if sender is None:
-            env = outgoing(rt.ids, EVENT, topic, message, None, None, None, None, headers)
+        if sender is None:  # a root: no context to carry (built here: the hot path)
+            msg_id = next(rt.ids)
+            env = Envelope(msg_id, EVENT, topic, message, None, msg_id, 0, None, (), None, headers)
         else:
             env = outgoing(
                 rt.ids, EVENT, topic, message, sender.id, sender.current, None, None, headers

@@ -200,7 +200,10 @@ class Runtime:
                     f"no agent type {target.type!r} is registered", agent_type=target.type
                 )
             check_handled(atype, message)
-            return self.activation(target, atype)
+            act = self.directory[target] = Activation(self, atype, target)
+            atype.stats.active += 1
+            atype.stats.activations += 1
+            return act
         if type(message) not in act.atype.handlers:
             check_handled(act.atype, message)
         return act
