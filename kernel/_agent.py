@@ -58,10 +58,18 @@ class Agent:
     """
 
     # The activation is the one per-instance slot kerna needs: id and kernel live on it.
-    # ``_state`` mirrors the committed state of stateful types (see ``state``).
-    __slots__ = ("_activation", "_state")
+    # ``state`` is a slot too: for stateful types the kernel keeps it equal to the
+    # committed state, and a read costs what a plain attribute read costs (a property
+    # would cost four times as much: benchmarks/RESULTS-state.md). Assigning to it is
+    # refused for stateful types, by the ``__setattr__`` they get (see __init_subclass__).
+    __slots__ = ("_activation", "state")
     _activation: Activation
-    _state: Any
+    state: Any
+    """The agent's state as last loaded or saved (types declared with ``state=``).
+
+    Read-only for those: ``await self.save(new)`` changes and persists it (assigning
+    raises ``AttributeError`` saying so). Other agents may use ``self.state`` as a plain
+    attribute of their own."""
     __kerna_state__: type[Any] | None = None
     __kerna_event_sourced__: bool = False
     __kerna_snapshot_every__: int = 1000
@@ -80,6 +88,8 @@ class Agent:
         super().__init_subclass__(**kwargs)
         if state is not None:
             cls.__kerna_state__ = state
+        if cls.__kerna_state__ is not None and "__setattr__" not in vars(cls):
+            type.__setattr__(cls, "__setattr__", _stateful_setattr)
         if event_sourced:
             cls.__kerna_event_sourced__ = True
             cls.__kerna_snapshot_every__ = snapshot_every
@@ -192,25 +202,6 @@ class Agent:
 
     # -- state (for classes declared with state=...) ----------------------------------------
 
-    @property
-    def state(self) -> Any:
-        """The agent's state as last loaded or saved (stateful types).
-
-        Read-only for types declared with ``state=``: ``await self.save(new)`` changes
-        and persists it. Other agents may use ``self.state`` as a plain attribute.
-        """
-        return self._state
-
-    @state.setter
-    def state(self, value: Any) -> None:
-        if type(self).__kerna_state__ is not None:
-            raise AttributeError(
-                f"{type(self).__qualname__}.state is read-only: it mirrors the stored state. "
-                "Use 'await self.save(new_state)' to change and persist it"
-                + (" (or 'await self.emit(event)')" if self.__kerna_event_sourced__ else "")
-            )
-        self._state = value
-
     async def save(self, new_state: Any) -> None:
         """Write ``new_state`` (compare-and-swap on the revision read); then
         ``self.state == new_state``.
@@ -280,5 +271,18 @@ def bind(agent: Agent, act: Activation) -> None:
 
 
 def load_state(agent: Agent, value: Any) -> None:
-    """Set the committed state an agent reads as ``self.state``."""
-    agent._state = value  # noqa: SLF001 - only the activation writes the state mirror
+    """Set the committed state an agent reads as ``self.state`` (past the guard)."""
+    object.__setattr__(agent, "state", value)
+
+
+def _stateful_setattr(self: Agent, name: str, value: Any) -> None:
+    """``__setattr__`` of agent types declared with ``state=``: ``self.state`` mirrors
+    the stored state, so assigning to it (which would persist nothing) is refused."""
+    if name == "state":
+        cls = type(self)
+        raise AttributeError(
+            f"{cls.__qualname__}.state is read-only: it mirrors the stored state. "
+            "Use 'await self.save(new_state)' to change and persist it"
+            + (" (or 'await self.emit(event)')" if cls.__kerna_event_sourced__ else "")
+        )
+    object.__setattr__(self, name, value)
