@@ -387,7 +387,10 @@ class Kernel:
             headers = check_headers(headers)
         if sender is None:  # a root: no context to carry (built here: the hot path)
             msg_id = next(rt.ids)
-            env = Envelope(msg_id, EVENT, topic, message, None, msg_id, 0, None, (), None, headers)
+            if headers is None:  # fewer arguments: measurably cheaper on W3
+                env = Envelope(msg_id, EVENT, topic, message, None, msg_id)
+            else:
+                env = Envelope(msg_id, EVENT, topic, message, None, msg_id, headers=headers)
         else:
             env = outgoing(
                 rt.ids, EVENT, topic, message, sender.id, sender.current, None, None, headers
