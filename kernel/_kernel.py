@@ -381,8 +381,8 @@ class Kernel:
             raise TypeError(
                 f"events must be kerna.Message instances, got {type(message).__qualname__}"
             )
-        if not isinstance(topic, str) or not topic:  # as subscribe: no topic is ""
-            raise TypeError(f"topic must be a non-empty str, got {topic!r}")
+        if (type(topic) is not str or not topic) and not (isinstance(topic, str) and topic):
+            raise TypeError(f"topic must be a non-empty str, got {topic!r}")  # as subscribe
         if headers is not None:
             headers = check_headers(headers)
         if sender is None:  # a root: no context to carry (built here: the hot path)
