@@ -1,0 +1,37 @@
+"""kerna's transports pass the conformance suite it ships (``kerna.testing.TransportSuite``).
+
+``make_transport`` is parametrized over ``FACTORIES``: a transport is added with a
+function that, given the test's ``request`` (for the fixtures it needs: a server, a
+temp dir), returns its factory of unstarted transports for fresh addresses.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from kerna.testing import TransportFactory, TransportSuite
+from kerna.transports import Transport, open_transport
+
+_names = itertools.count()
+
+
+def inproc(request: pytest.FixtureRequest) -> TransportFactory:
+    def make(url: str | None = None, /, **options: Any) -> Transport:
+        return open_transport(url or f"inproc://conformance-{next(_names)}", **options)
+
+    return make
+
+
+FACTORIES: dict[str, Callable[[pytest.FixtureRequest], TransportFactory]] = {
+    "inproc": inproc,
+}
+
+
+class TestTransports(TransportSuite):
+    @pytest.fixture(params=sorted(FACTORIES))
+    def make_transport(self, request: pytest.FixtureRequest) -> TransportFactory:
+        return FACTORIES[request.param](request)
