@@ -343,8 +343,10 @@ class TransportSuite:
         await _connect(a, b)
         await _fill(a, b, 2)
         waiting = [
-            asyncio.create_task(a.transport.send(b.address, b"late-%d" % i)) for i in range(16)
+            asyncio.create_task(a.transport.send(b.address, b"late-%d" % i)) for i in range(100)
         ]
+        # once b has the first of them, they have all run: most of them wait for room
+        await b.until(lambda: b"late-0" in b.frames_from(a.address), "frame late-0")
         async with asyncio.timeout(WAIT):
             await a.transport.aclose()
             outcomes = await asyncio.gather(*waiting, return_exceptions=True)
