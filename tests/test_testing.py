@@ -68,3 +68,17 @@ def test_importing_kerna_testing_needs_no_pytest_until_the_suite_is_used() -> No
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_importing_kerna_testing_needs_no_pytest_until_the_transport_suite_is_used() -> None:
+    code = (
+        "import sys, kerna.testing\n"
+        "assert 'pytest' not in sys.modules\n"
+        "assert {'TransportSuite', 'TransportFactory'} <= set(dir(kerna.testing))\n"
+        "kerna.testing.TransportSuite\n"
+        "assert 'pytest' in sys.modules\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
