@@ -29,9 +29,16 @@ def inproc(request: pytest.FixtureRequest) -> TransportFactory:
 FACTORIES: dict[str, Callable[[pytest.FixtureRequest], TransportFactory]] = {
     "inproc": inproc,
 }
+# Transports whose medium buffers for a peer that stops reading (see
+# TransportSuite.stalled_peers); inproc: its peers share the sender's event loop.
+NO_STALL = {"inproc"}
 
 
 class TestTransports(TransportSuite):
     @pytest.fixture(params=sorted(FACTORIES))
     def make_transport(self, request: pytest.FixtureRequest) -> TransportFactory:
         return FACTORIES[request.param](request)
+
+    @pytest.fixture
+    def stalled_peers(self, request: pytest.FixtureRequest) -> bool:
+        return request.node.callspec.params["make_transport"] not in NO_STALL

@@ -7,6 +7,8 @@ third-party transport runs the same tests by subclassing it (see the class docst
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar, Protocol
 
@@ -109,6 +111,84 @@ class TransportNodes:
         async with asyncio.timeout(WAIT):
             for transport in reversed(self._open):
                 await transport.aclose()
+
+
+class _StalledPeer:
+    """A transport on an event loop of its own, in a thread, whose ``on_frame`` blocks
+    that loop at the first frame until ``release()``: a peer that stops reading."""
+
+    def __init__(self, make_transport: TransportFactory) -> None:
+        self._make = make_transport
+        self._test_loop = asyncio.get_running_loop()
+        self._arrived = asyncio.Event()  # the test loop's, set from the thread
+        self._released = threading.Event()
+        self._started: concurrent.futures.Future[str] = concurrent.futures.Future()
+        self._ended: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._stop: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        self._lock = threading.Lock()
+        self._frames: list[bytes] = []
+        self._thread = threading.Thread(target=self._run, name="stalled peer", daemon=True)
+
+    async def start(self) -> str:
+        self._thread.start()
+        async with asyncio.timeout(WAIT):
+            return await asyncio.wrap_future(self._started)
+
+    def release(self) -> None:
+        self._released.set()
+
+    def frames(self) -> list[bytes]:
+        with self._lock:
+            return list(self._frames)
+
+    async def receive(self, count: int) -> list[bytes]:
+        try:
+            async with asyncio.timeout(WAIT):
+                while len(self.frames()) < count:
+                    self._arrived.clear()
+                    if len(self.frames()) < count:
+                        await self._arrived.wait()
+        except TimeoutError:
+            raise AssertionError(
+                f"the released peer got {len(self.frames())} of {count} frames in {WAIT} s"
+            ) from None
+        return self.frames()[:count]
+
+    async def aclose(self) -> None:
+        self.release()
+        if self._stop is not None:
+            loop, stop = self._stop
+            loop.call_soon_threadsafe(stop.set)
+        async with asyncio.timeout(WAIT):
+            await asyncio.wrap_future(self._ended)
+        self._thread.join(WAIT)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:
+            if not self._started.done():
+                self._started.set_exception(exc)
+            self._ended.set_exception(exc)
+        else:
+            self._ended.set_result(None)
+
+    async def _main(self) -> None:
+        loop, stop = asyncio.get_running_loop(), asyncio.Event()
+        transport = self._make()
+        await transport.start(self._on_frame, lambda peer, error: None)
+        try:
+            self._stop = (loop, stop)
+            self._started.set_result(transport.address)
+            await stop.wait()
+        finally:
+            await transport.aclose()
+
+    def _on_frame(self, peer: str, frame: bytes) -> None:
+        with self._lock:
+            self._frames.append(bytes(frame[:8]))
+        self._test_loop.call_soon_threadsafe(self._arrived.set)
+        self._released.wait(WAIT)  # blocks this peer's loop: it reads nothing meanwhile
 
 
 async def _connect(a: TransportNode, b: TransportNode) -> None:
@@ -271,6 +351,49 @@ class TransportSuite:
             *taken,
             *burst,
         ]
+
+    @pytest.fixture
+    def stalled_peers(self) -> bool:
+        """Whether a peer that stops reading holds its senders back (True by default:
+        a transport that streams to its peers directly). A transport whose medium
+        buffers for a stalled peer (memory, a broker) overrides this to return False:
+        the test of it then skips, and the burst tests above are its bound."""
+        return True
+
+    async def test_a_peer_that_reads_nothing_fills_its_senders_queue(
+        self, nodes: TransportNodes, make_transport: TransportFactory, stalled_peers: bool
+    ) -> None:
+        if not stalled_peers:
+            pytest.skip("this transport's medium buffers for a stalled peer")
+        a = await nodes.start(send_queue=4, max_frame_size=1 << 20)
+        peer = _StalledPeer(make_transport)
+        address = await peer.start()
+        filler = bytes(128 * 1024)
+        accepted = 0
+        try:
+            # At most 400 frames of 128 KiB (50 MiB, well over what sockets buffer) to a
+            # peer that reads nothing: a bounded transport is full long before.
+            while accepted < 400:
+                try:
+                    await a.transport.send(address, b"%08d" % accepted + filler, wait=False)
+                except SendQueueFull:
+                    for _ in range(50):  # a writer that only lags catches up meanwhile
+                        await asyncio.sleep(0)
+                    try:
+                        await a.transport.send(address, b"%08d" % accepted + filler, wait=False)
+                    except SendQueueFull:
+                        break
+                accepted += 1
+                for _ in range(5):  # let the sender's own tasks write what the socket takes
+                    await asyncio.sleep(0)
+            else:
+                raise AssertionError(
+                    f"{accepted} frames (50 MiB) queued for a peer that reads nothing"
+                )
+            peer.release()
+            assert await peer.receive(accepted) == [b"%08d" % i for i in range(accepted)]
+        finally:
+            await peer.aclose()
 
     async def test_concurrent_senders_lose_nothing_and_keep_their_order(
         self, nodes: TransportNodes
