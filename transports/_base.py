@@ -12,16 +12,21 @@ The contract, which the conformance suite checks:
   constructor; ``transport.address`` is then the address peers send to (the bound port
   replaces a port 0). ``on_frame(peer, frame)`` is called, on the event loop, once per
   received frame, in the order the peer sent them; ``peer`` is the sender's own
-  listening address, so a reply can be sent back to it. ``on_peer_lost(peer, error)``
-  is called when a peer this transport talked to is found gone (closed, reset, silent
-  past the heartbeat interval); the next send to it reconnects.
+  listening address, so a reply can be sent back to it. ``address`` stays readable
+  after ``aclose``: a transport started on it again takes the same address.
+  ``on_peer_lost(peer, error)`` is called when a peer this transport talked to is found
+  gone (closed, reset, silent past the heartbeat interval); the next send to it
+  reconnects.
 - ``await transport.send(peer, frame, wait=True)`` queues ``frame`` for ``peer``.
   Frames to one peer arrive in the order sent. Each peer has a bounded send queue of
   ``send_queue`` frames: when it is full, ``wait=True`` waits for room and
-  ``wait=False`` raises ``SendQueueFull`` at once. Never unbounded.
+  ``wait=False`` raises ``SendQueueFull`` at once. Never unbounded: frames are taken
+  off the queue as the peer takes them (a peer that stops reading fills it), and a
+  ``send`` with ``wait=False`` to a connected peer queues or raises without yielding to
+  the event loop.
 - A frame over ``max_frame_size`` is refused by the sender (``FrameTooLarge``) and, if a
-  peer sends one anyway, dropped by the receiver before it allocates it (the peer's
-  connection is closed and reported lost).
+  peer sends one anyway, dropped by the receiver before it allocates it (the receiver
+  closes that peer's connection and reports the peer lost to its own ``on_peer_lost``).
 - ``await transport.aclose()`` stops listening, fails frames still queued (their
   senders get ``TransportClosed``), and leaves no task behind; idempotent.
 - What a callback raises is logged, never kills the transport.

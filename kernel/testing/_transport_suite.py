@@ -237,6 +237,17 @@ class TransportSuite:
 
     ``frame_limit`` (class attribute) is the ``max_frame_size`` the frame-size tests
     run with; lower it if the transport's medium carries less (NATS: 1 MB by default).
+    ``stalled_peers`` (a fixture, True by default) says whether a peer that stops
+    reading holds its senders back: the suite then starts one transport on an event
+    loop of its own, in a thread, blocks that loop in ``on_frame``, and expects the
+    sender's queue to fill before 50 MiB were accepted. Override it to return False
+    for a transport whose medium buffers for a stalled peer (memory, a broker): that
+    test skips, and the burst tests bound the queue. ``make_transport`` is then also
+    called in that thread (the transport is started on that thread's loop).
+
+    The tests use ``nodes`` (``TransportNodes``: ``await nodes.start(url=None,
+    **options)`` makes, starts and at the end closes a transport, and returns a
+    ``TransportNode`` recording what its callbacks got).
 
     What the tests take from the contract (``kerna.transports._base``), besides what
     it states: ``send(..., wait=False)`` to a connected peer does not yield to the event
