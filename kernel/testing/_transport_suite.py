@@ -336,6 +336,17 @@ class TransportSuite:
         b = await nodes.start()
         await _connect(a, b)  # a still works
 
+    async def test_an_address_nothing_listens_on_is_unreachable(
+        self, nodes: TransportNodes
+    ) -> None:
+        a, gone = await nodes.start(), await nodes.start()
+        await gone.transport.aclose()  # a never talked to it: nothing to report lost
+        with pytest.raises(PeerUnreachable):
+            await a.transport.send(gone.address, b"to no one")
+        b = await nodes.start()
+        await _connect(a, b)  # a still works
+        assert a.lost_peers() == []
+
     async def test_a_full_send_queue_fails_a_sender_that_will_not_wait(
         self, nodes: TransportNodes
     ) -> None:
