@@ -1,0 +1,558 @@
+"""The wire encoding: envelopes and replies as msgpack frames between kerna nodes.
+
+Only messages that cross nodes take this path; in-process messages stay by reference.
+
+A frame is one msgpack array (a msgspec ``array_like`` Struct, tagged by a small int):
+
+- a **delivery** (tag 1): the envelope's routing fields and the message. The message
+  travels as ``msgspec.Raw``, encoded once with its wire tag, so a node that forwards a
+  frame never decodes it; the destination decodes it into the type registered for its
+  tag. The deadline travels as the seconds *remaining* (clocks differ between hosts):
+  the receiver rebuilds an absolute ``loop.time()`` deadline (``Delivery.envelope``).
+  ``reply_to`` is the asking node's address; the reply names the ask's message id.
+- a **reply** (tag 2): the value a handler returned to a remote asker.
+- an **error reply** (tag 3): what the asker raises, a ``RemoteError``'s fields.
+
+Schema evolution: a peer's unknown fields are ignored (in a message and in the frame
+itself: a newer peer may append fields), missing fields take their defaults; anything
+else that does not match the registered type is an error, never a default object.
+
+Reply values: a ``Message`` (decoded by its tag into its registered type, whatever the
+request declares), or any value msgspec encodes. A non-Message value is decoded into
+the reply type the request declares (``Request[int]``, ``Request[list[Pong]]``,
+``Request[datetime]``); for an undeclared reply (a plain ``Message`` asked) it comes
+back as msgpack's natural types: None, bool, int, float, str, bytes, list (a tuple
+arrives as a list), dict.
+
+Hostile input: ``WireCodec.decode`` raises ``WireError`` and nothing else, with a
+``WireErrorReason`` and the peer, tag and (when the frame's header decoded) the message
+id and reply-to address, so the caller can answer an asker with an error reply and
+dead-letter the rest; each reason is counted (``WireCodec.errors``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import sys
+import typing
+from collections import Counter
+from collections.abc import Iterable
+from typing import Annotated, Any
+
+import msgspec
+
+from ._envelope import ASK, EVENT, KIND_NAMES, Envelope
+from ._errors import KernaError, RegistrationError, RemoteError
+from ._ids import AgentId
+from ._message import Message, declared_reply
+from ._wire_depth import exceeds
+
+__all__ = [
+    "DEFAULT_MAX_DEPTH",
+    "DEFAULT_MAX_FRAME_SIZE",
+    "Delivery",
+    "MessageTypes",
+    "Reply",
+    "WireCodec",
+    "WireError",
+    "WireErrorReason",
+]
+
+DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024  # the transports' default frame limit
+DEFAULT_MAX_DEPTH = 32  # nesting of one message: a Struct is 1, a list of Structs 2, ...
+
+
+class WireErrorReason(enum.StrEnum):
+    """Why a frame was refused: the values of ``WireError.reason`` (plain strs too)."""
+
+    MALFORMED = "malformed"
+    """Not a kerna frame: not msgpack, truncated, or fields of the wrong types."""
+    UNKNOWN_TAG = "unknown_tag"
+    """The message's wire tag is not registered at the destination."""
+    BAD_PAYLOAD = "bad_payload"
+    """The payload does not match the type registered for its tag."""
+    TOO_LARGE = "too_large"
+    """The frame is over ``max_frame_size``."""
+    TOO_DEEP = "too_deep"
+    """The frame nests arrays or maps deeper than the cap."""
+    UNENCODABLE = "unencodable"
+    """(Sending side) the message or reply value cannot be encoded."""
+
+
+class WireError(KernaError):
+    """A frame could not be decoded (or a value encoded); nothing else was affected.
+
+    Attributes:
+        reason: a ``WireErrorReason``.
+        peer: the address the frame came from ("" when encoding).
+        tag: the message's wire tag, when known.
+        message_id: the frame's message id, when its header decoded (0 otherwise).
+        reply_to: for an ask whose header decoded, the asker's address: answer it
+            with ``WireCodec.encode_error`` (a dead letter otherwise).
+    """
+
+    def __init__(
+        self,
+        reason: WireErrorReason,
+        detail: str,
+        *,
+        peer: str = "",
+        tag: str | None = None,
+        message_id: int = 0,
+        reply_to: str | None = None,
+    ) -> None:
+        where = f"frame from {peer}" if peer else "frame"
+        if tag is not None:
+            where += f" (tag {tag!r})"
+        super().__init__(f"{where}: {reason}: {detail}")
+        self.reason = reason
+        self.peer = peer
+        self.tag = tag
+        self.message_id = message_id
+        self.reply_to = reply_to
+
+
+_Id = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+_Kind = Annotated[int, msgspec.Meta(ge=0, le=2)]
+_Seconds = Annotated[float, msgspec.Meta(ge=-1e9, le=1e9)]  # finite: nan fails too
+_Pair = tuple[str, str]
+
+
+class _DeliveryIn(msgspec.Struct, array_like=True, tag=1, frozen=True, gc=False):
+    id: _Id
+    kind: _Kind
+    tag: str
+    target: str  # the agent type, or the topic of an event
+    key: str | None  # None for an event
+    payload: msgspec.Raw
+    sender: _Pair | None = None
+    correlation_id: _Id = 0
+    causation_id: _Id = 0
+    remaining: _Seconds | None = None
+    chain: tuple[_Pair, ...] = ()
+    headers: dict[str, str] | None = None
+    reply_to: str | None = None
+
+
+class _DeliveryOut(msgspec.Struct, array_like=True, tag=1, omit_defaults=True):
+    # _DeliveryIn's layout with the message itself as payload: encoded in one pass
+    id: int
+    kind: int
+    tag: str
+    target: str
+    key: str | None
+    payload: Any
+    sender: _Pair | None = None
+    correlation_id: int = 0
+    causation_id: int = 0
+    remaining: float | None = None
+    chain: tuple[_Pair, ...] = ()
+    headers: dict[str, str] | None = None
+    reply_to: str | None = None
+
+
+class _ReplyIn(msgspec.Struct, array_like=True, tag=2, frozen=True, gc=False):
+    id: _Id
+    request_tag: str
+    tag: str | None  # the value's tag when it is a Message
+    payload: msgspec.Raw
+
+
+class _ReplyOut(msgspec.Struct, array_like=True, tag=2):
+    id: int
+    request_tag: str
+    tag: str | None
+    payload: Any
+
+
+class _ErrorReply(msgspec.Struct, array_like=True, tag=3, frozen=True, gc=False):
+    id: _Id
+    type_name: str
+    message: str
+    traceback: str = ""
+
+
+class Delivery(msgspec.Struct, frozen=True, gc=False):
+    """A decoded delivery frame: an envelope's fields and its message.
+
+    Attributes:
+        remaining: the seconds the sender had left before its deadline (None: none).
+        reply_to: for an ask, the asker's node address (send the reply there).
+        The others are ``Envelope``'s.
+    """
+
+    id: int
+    kind: int
+    tag: str
+    target: AgentId | str
+    message: Message
+    sender: AgentId | None
+    correlation_id: int
+    causation_id: int
+    remaining: float | None
+    chain: tuple[AgentId, ...]
+    headers: dict[str, str] | None
+    reply_to: str | None
+
+    def envelope(self, now: float) -> Envelope:
+        """The local envelope, its deadline rebuilt on this node's clock (``now``:
+        ``loop.time()``); it has no reply future (the caller routes the reply)."""
+        deadline = None if self.remaining is None else now + self.remaining
+        return Envelope(
+            self.id, self.kind, self.target, self.message, self.sender, self.correlation_id,
+            self.causation_id, deadline, self.chain, None, self.headers,
+        )  # fmt: skip
+
+
+class Reply(msgspec.Struct, frozen=True, gc=False):
+    """A decoded reply frame: the answer to the ask whose message id is ``id``.
+
+    Attributes:
+        id: the ask's message id.
+        value: the reply value (None when ``error`` is set).
+        error: the handler's failure, as the asker raises it.
+    """
+
+    id: int
+    value: Any = None
+    error: RemoteError | None = None
+
+    def result(self) -> Any:
+        """The value, or raise the error.
+
+        Raises:
+            RemoteError: the remote handler failed.
+        """
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class MessageTypes:
+    """The message types a node decodes, by wire tag, with their declared reply types.
+
+    The kernel adds the handled types of every registered agent type (``add_all``);
+    ``add`` also adds a request's declared reply type (and the Message classes in it),
+    and encoding a message adds its type, so the replies to an ask decode.
+    """
+
+    def __init__(self) -> None:
+        self._by_tag: dict[str, type[Message]] = {}
+        self._tags: dict[type, str] = {}
+        self._decoders: dict[str, msgspec.msgpack.Decoder[Any]] = {}
+        self._replies: dict[str, msgspec.msgpack.Decoder[Any]] = {}
+
+    def add(self, message_type: type[Message]) -> str:
+        """Register ``message_type`` (idempotent); returns its wire tag.
+
+        Raises:
+            RegistrationError: not a Message class, its tag is taken by another class,
+                or msgspec cannot decode its fields.
+        """
+        tag = self._tags.get(message_type)
+        if tag is not None:
+            return tag
+        if not (isinstance(message_type, type) and issubclass(message_type, Message)):
+            raise RegistrationError(f"{message_type!r} is not a kerna.Message subclass")
+        found = message_type.__struct_config__.tag
+        if not isinstance(found, str):
+            raise RegistrationError(f"{message_type.__qualname__}: a wire tag must be a str")
+        tag = found
+        other = self._by_tag.get(tag)
+        if other is not None and other is not message_type:
+            raise RegistrationError(
+                f"wire tag {tag!r} is used by both {other.__module__}.{other.__qualname__} "
+                f"and {message_type.__module__}.{message_type.__qualname__}"
+            )
+        try:
+            decoder = msgspec.msgpack.Decoder(message_type)
+        except TypeError as exc:
+            raise RegistrationError(f"{message_type.__qualname__}: not decodable: {exc}") from exc
+        self._by_tag[tag] = message_type
+        self._tags[message_type] = tag
+        self._decoders[tag] = decoder
+        reply = self.reply_type(message_type)
+        if reply is not None:
+            try:
+                self._replies[tag] = msgspec.msgpack.Decoder(reply)
+            except TypeError:  # a type variable, a protocol: decoded as plain values
+                pass
+            for member in _message_classes(reply):
+                self.add(member)
+        return tag
+
+    def add_all(self, message_types: Iterable[type[Message]]) -> None:
+        """``add`` each of ``message_types`` (e.g. ``AgentType.handled_types()``).
+
+        Raises:
+            RegistrationError: as ``add``.
+        """
+        for message_type in message_types:
+            self.add(message_type)
+
+    def get(self, tag: str) -> type[Message] | None:
+        """The type registered for ``tag``, if any."""
+        return self._by_tag.get(tag)
+
+    def tags(self) -> dict[str, type[Message]]:
+        """Every registered tag and its type (a copy)."""
+        return dict(self._by_tag)
+
+    @staticmethod
+    def reply_type(message_type: type[Message]) -> Any:
+        """The reply type ``message_type`` declares, resolved (None: not a typed request)."""
+        reply = declared_reply(message_type)
+        if reply is None:
+            return None
+        module = sys.modules.get(message_type.__module__)
+        holder = type("holder", (), {"__annotations__": {"reply": reply}})
+        try:
+            return typing.get_type_hints(holder, vars(module) if module else {})["reply"]
+        except Exception:  # unresolvable: registration reported it; decode as plain values
+            return None
+
+    def decoder(self, tag: str) -> msgspec.msgpack.Decoder[Any] | None:
+        """The decoder of the messages tagged ``tag``."""
+        return self._decoders.get(tag)
+
+    def reply_decoder(self, request_tag: str) -> msgspec.msgpack.Decoder[Any] | None:
+        """The decoder of the replies to the request tagged ``request_tag``, if typed."""
+        return self._replies.get(request_tag)
+
+
+def _message_classes(form: Any) -> list[type[Message]]:
+    """The Message classes named anywhere in a type (union members, generic args)."""
+    if isinstance(form, type) and issubclass(form, Message):
+        return [form]
+    return [m for arg in typing.get_args(form) for m in _message_classes(arg)]
+
+
+_ANY = msgspec.msgpack.Decoder()
+_FRAME = msgspec.msgpack.Decoder(_DeliveryIn | _ReplyIn | _ErrorReply)
+
+
+class WireCodec:
+    """Encodes envelopes and replies into frames and decodes frames from peers.
+
+    One per node; not thread-safe (it reuses one buffer). See the module docstring.
+
+    Attributes:
+        types: the registered message types.
+        max_frame_size: frames over it are refused both ways (``TOO_LARGE``).
+        max_depth: nesting allowed inside one message (``TOO_DEEP``).
+        errors: refused frames per ``WireErrorReason`` (a ``Counter``).
+    """
+
+    def __init__(
+        self,
+        types: MessageTypes | None = None,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+    ) -> None:
+        self.types = MessageTypes() if types is None else types
+        self.max_frame_size = max_frame_size
+        self.max_depth = max_depth
+        self.errors: Counter[str] = Counter()
+        self._encoder = msgspec.msgpack.Encoder()
+        self._buffer = bytearray(256)
+
+    # -- encoding --------------------------------------------------------------------
+
+    def encode(
+        self, env: Envelope, reply_to: str | None = None, *, now: float | None = None
+    ) -> bytes:
+        """The delivery frame of ``env`` (a copy of the reused buffer: keep it).
+
+        Args:
+            env: the envelope; its payload must be a ``Message``.
+            reply_to: for an ask, this node's address, where the reply goes.
+            now: ``loop.time()`` (default: the running loop's), for the remaining time.
+
+        Raises:
+            WireError: ``UNENCODABLE`` (not a Message, or a field msgspec cannot encode)
+                or ``TOO_LARGE``.
+        """
+        self.encode_into(env, self._buffer, reply_to, now=now)
+        return bytes(self._buffer)
+
+    def encode_into(
+        self,
+        env: Envelope,
+        buffer: bytearray,
+        reply_to: str | None = None,
+        *,
+        offset: int = 0,
+        now: float | None = None,
+    ) -> None:
+        """Encode ``env``'s frame into ``buffer`` at ``offset`` (e.g. after a length
+        prefix; the buffer is truncated after the frame).
+
+        Raises:
+            WireError: as ``encode``.
+        """
+        message = env.payload
+        if not isinstance(message, Message):
+            raise WireError(
+                WireErrorReason.UNENCODABLE, f"the payload is a {type(message).__qualname__}, "
+                "not a kerna.Message",
+            )  # fmt: skip
+        try:
+            tag = self.types.add(type(message))
+        except RegistrationError as exc:
+            raise WireError(WireErrorReason.UNENCODABLE, str(exc)) from exc
+        remaining = None
+        if env.deadline is not None:
+            remaining = env.deadline - (asyncio.get_running_loop().time() if now is None else now)
+        target = env.target
+        if isinstance(target, AgentId):
+            name, key = target.type, target.key
+        else:
+            name, key = target, None
+        sender = env.sender
+        frame = _DeliveryOut(
+            env.id, env.kind, tag, name, key, message,
+            None if sender is None else (sender.type, sender.key),
+            env.correlation_id, env.causation_id, remaining,
+            tuple((a.type, a.key) for a in env.chain),
+            None if env.headers is None else dict(env.headers),
+            reply_to if env.kind == ASK else None,
+        )  # fmt: skip
+        self._encode(frame, buffer, offset, tag)
+
+    def encode_reply(self, message_id: int, request: type[Message] | str, value: Any) -> bytes:
+        """The reply frame for the ask ``message_id`` of type (or tag) ``request``.
+
+        Raises:
+            WireError: ``UNENCODABLE`` (send ``encode_error`` instead) or ``TOO_LARGE``.
+        """
+        request_tag = request if isinstance(request, str) else self.types.add(request)
+        tag = None
+        if isinstance(value, Message):
+            try:
+                tag = self.types.add(type(value))
+            except RegistrationError as exc:
+                raise WireError(WireErrorReason.UNENCODABLE, str(exc)) from exc
+        self._encode(_ReplyOut(message_id, request_tag, tag, value), self._buffer, 0, tag)
+        return bytes(self._buffer)
+
+    def encode_error(self, message_id: int, error: BaseException) -> bytes:
+        """The error reply for the ask ``message_id``: the asker raises a
+        ``RemoteError`` (``error``'s own fields if it is one, else its type and text)."""
+        if isinstance(error, RemoteError):
+            frame = _ErrorReply(message_id, error.type_name, error.message, error.traceback)
+        else:
+            kind = type(error)
+            frame = _ErrorReply(message_id, f"{kind.__module__}.{kind.__qualname__}", str(error))
+        return self._encoder.encode(frame)
+
+    def _encode(self, frame: Any, buffer: bytearray, offset: int, tag: str | None) -> None:
+        try:
+            self._encoder.encode_into(frame, buffer, offset)
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+            raise WireError(WireErrorReason.UNENCODABLE, str(exc), tag=tag) from exc
+        if len(buffer) - offset > self.max_frame_size:
+            size = len(buffer) - offset
+            del buffer[offset:]
+            raise WireError(
+                WireErrorReason.TOO_LARGE,
+                f"{size} bytes, over the limit of {self.max_frame_size}",
+                tag=tag,
+            )
+
+    # -- decoding --------------------------------------------------------------------
+
+    def decode(self, frame: bytes | bytearray | memoryview, peer: str) -> Delivery | Reply:
+        """Decode a frame received from ``peer``.
+
+        Raises:
+            WireError: the frame is refused (counted in ``errors`` by reason); never
+                anything else.
+        """
+        try:
+            return self._decode(frame, peer)
+        except WireError as exc:
+            self.errors[exc.reason] += 1
+            raise
+
+    def _decode(self, frame: bytes | bytearray | memoryview, peer: str) -> Delivery | Reply:
+        if len(frame) > self.max_frame_size:
+            raise WireError(
+                WireErrorReason.TOO_LARGE,
+                f"{len(frame)} bytes, over the limit of {self.max_frame_size}",
+                peer=peer,
+            )
+        data = frame if type(frame) is bytes else bytes(frame)  # a bytearray, a memoryview
+        if exceeds(data, self.max_depth + 1):  # + 1: the frame's own array
+            raise WireError(
+                WireErrorReason.TOO_DEEP,
+                f"nested deeper than {self.max_depth} levels",
+                peer=peer,
+            )
+        try:
+            head = _FRAME.decode(data)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise WireError(WireErrorReason.MALFORMED, str(exc), peer=peer) from None
+        if type(head) is _DeliveryIn:
+            return self._delivery(head, peer)
+        if type(head) is _ReplyIn:
+            return self._reply(head, peer)
+        assert type(head) is _ErrorReply
+        return Reply(head.id, error=RemoteError(head.type_name, head.message, head.traceback))
+
+    def _delivery(self, head: _DeliveryIn, peer: str) -> Delivery:
+        tag = head.tag
+        reply_to = head.reply_to if head.kind == ASK else None
+        if (head.key is None) != (head.kind == EVENT):
+            raise WireError(
+                WireErrorReason.MALFORMED,
+                f"a {KIND_NAMES[head.kind]} "
+                + ("without an agent key" if head.key is None else "addressed to an agent"),
+                peer=peer, tag=tag, message_id=head.id, reply_to=reply_to,
+            )  # fmt: skip
+        message = self._payload(self.types.decoder(tag), head.payload, peer, tag, head.id, reply_to)
+        if not isinstance(message, Message):
+            raise WireError(
+                WireErrorReason.BAD_PAYLOAD, "not a message", peer=peer, tag=tag,
+                message_id=head.id, reply_to=reply_to,
+            )  # fmt: skip
+        target: AgentId | str = head.target if head.key is None else AgentId(head.target, head.key)
+        sender = head.sender
+        return Delivery(
+            head.id, head.kind, tag, target, message,
+            None if sender is None else AgentId(*sender),
+            head.correlation_id, head.causation_id, head.remaining,
+            tuple(AgentId(*a) for a in head.chain), head.headers, reply_to,
+        )  # fmt: skip
+
+    def _reply(self, head: _ReplyIn, peer: str) -> Reply:
+        tag = head.tag
+        if tag is not None:
+            decoder = self.types.decoder(tag)
+        else:
+            decoder = self.types.reply_decoder(head.request_tag) or _ANY
+        value = self._payload(decoder, head.payload, peer, tag, head.id, None)
+        return Reply(head.id, value)
+
+    @staticmethod
+    def _payload(
+        decoder: msgspec.msgpack.Decoder[Any] | None,
+        payload: msgspec.Raw,
+        peer: str,
+        tag: str | None,
+        message_id: int,
+        reply_to: str | None,
+    ) -> Any:
+        if decoder is None:
+            raise WireError(
+                WireErrorReason.UNKNOWN_TAG, "no message type is registered for this tag",
+                peer=peer, tag=tag, message_id=message_id, reply_to=reply_to,
+            )  # fmt: skip
+        try:
+            return decoder.decode(payload)
+        except Exception as exc:  # msgspec's errors, or a __post_init__ that raised
+            raise WireError(
+                WireErrorReason.BAD_PAYLOAD, f"{type(exc).__name__}: {exc}",
+                peer=peer, tag=tag, message_id=message_id, reply_to=reply_to,
+            ) from None  # fmt: skip
