@@ -19,7 +19,7 @@ from ._deferred import PendingReply
 from ._errors import RegistrationError
 from ._message import Message, declared_reply, type_name
 
-__all__ = ["check_reply"]
+__all__ = ["check_reply", "resolved_reply"]
 
 _DEFERRED_HINT = "; a handler that defers its reply is annotated '-> PendingReply' and returns it"
 
@@ -163,20 +163,35 @@ def _resolved_reply(message_type: type[Message], where: str) -> list[Any] | None
     Raises:
         RegistrationError: a quoted reply type does not resolve.
     """
+    try:
+        reply = resolved_reply(message_type)
+    except NameError as exc:
+        raise RegistrationError(f"{where}: {exc}") from exc
+    if reply is None:
+        return None
+    return _members(reply)
+
+
+def resolved_reply(message_type: type[Message]) -> Any:
+    """The reply type a request declares, quoted names resolved in its module (None for
+    a plain message): what ``ask`` returns, and what the wire decodes a reply into.
+
+    Raises:
+        NameError: a quoted reply type does not resolve (the text says how to fix it).
+    """
     reply = declared_reply(message_type)
     if reply is None:
         return None
     module = sys.modules.get(message_type.__module__)
     holder = types.SimpleNamespace(__annotations__={"reply": reply})
     try:
-        reply = typing.get_type_hints(holder, globalns=vars(module) if module else {})["reply"]
+        return typing.get_type_hints(holder, globalns=vars(module) if module else {})["reply"]
     except Exception as exc:  # a quoted name that is not defined in the request's module
-        raise RegistrationError(
-            f"{where}: cannot resolve the reply type {type_name(reply)} of "
+        raise NameError(
+            f"cannot resolve the reply type {type_name(reply)} of "
             f"{message_type.__qualname__}: {exc}; define it at the module level of "
             f"{message_type.__module__}, or name the class itself instead of a string"
         ) from exc
-    return _members(reply)
 
 
 def _names(members: list[Any]) -> str:

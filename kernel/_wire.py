@@ -34,10 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import sys
-import typing
 from collections import Counter
-from collections.abc import Iterable
 from typing import Annotated, Any
 
 import msgspec
@@ -45,8 +42,9 @@ import msgspec
 from ._envelope import ASK, EVENT, KIND_NAMES, Envelope
 from ._errors import KernaError, RegistrationError, RemoteError
 from ._ids import AgentId
-from ._message import Message, declared_reply
+from ._message import Message
 from ._wire_depth import exceeds
+from ._wire_types import MessageTypes
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",
@@ -227,105 +225,6 @@ class Reply(msgspec.Struct, frozen=True, gc=False):
         if self.error is not None:
             raise self.error
         return self.value
-
-
-class MessageTypes:
-    """The message types a node decodes, by wire tag, with their declared reply types.
-
-    The kernel adds the handled types of every registered agent type (``add_all``);
-    ``add`` also adds a request's declared reply type (and the Message classes in it),
-    and encoding a message adds its type, so the replies to an ask decode.
-    """
-
-    def __init__(self) -> None:
-        self._by_tag: dict[str, type[Message]] = {}
-        self._tags: dict[type, str] = {}
-        self._decoders: dict[str, msgspec.msgpack.Decoder[Any]] = {}
-        self._replies: dict[str, msgspec.msgpack.Decoder[Any]] = {}
-
-    def add(self, message_type: type[Message]) -> str:
-        """Register ``message_type`` (idempotent); returns its wire tag.
-
-        Raises:
-            RegistrationError: not a Message class, its tag is taken by another class,
-                or msgspec cannot decode its fields.
-        """
-        tag = self._tags.get(message_type)
-        if tag is not None:
-            return tag
-        if not (isinstance(message_type, type) and issubclass(message_type, Message)):
-            raise RegistrationError(f"{message_type!r} is not a kerna.Message subclass")
-        found = message_type.__struct_config__.tag
-        if not isinstance(found, str):
-            raise RegistrationError(f"{message_type.__qualname__}: a wire tag must be a str")
-        tag = found
-        other = self._by_tag.get(tag)
-        if other is not None and other is not message_type:
-            raise RegistrationError(
-                f"wire tag {tag!r} is used by both {other.__module__}.{other.__qualname__} "
-                f"and {message_type.__module__}.{message_type.__qualname__}"
-            )
-        try:
-            decoder = msgspec.msgpack.Decoder(message_type)
-        except TypeError as exc:
-            raise RegistrationError(f"{message_type.__qualname__}: not decodable: {exc}") from exc
-        self._by_tag[tag] = message_type
-        self._tags[message_type] = tag
-        self._decoders[tag] = decoder
-        reply = self.reply_type(message_type)
-        if reply is not None:
-            try:
-                self._replies[tag] = msgspec.msgpack.Decoder(reply)
-            except TypeError:  # a type variable, a protocol: decoded as plain values
-                pass
-            for member in _message_classes(reply):
-                self.add(member)
-        return tag
-
-    def add_all(self, message_types: Iterable[type[Message]]) -> None:
-        """``add`` each of ``message_types`` (e.g. ``AgentType.handled_types()``).
-
-        Raises:
-            RegistrationError: as ``add``.
-        """
-        for message_type in message_types:
-            self.add(message_type)
-
-    def get(self, tag: str) -> type[Message] | None:
-        """The type registered for ``tag``, if any."""
-        return self._by_tag.get(tag)
-
-    def tags(self) -> dict[str, type[Message]]:
-        """Every registered tag and its type (a copy)."""
-        return dict(self._by_tag)
-
-    @staticmethod
-    def reply_type(message_type: type[Message]) -> Any:
-        """The reply type ``message_type`` declares, resolved (None: not a typed request)."""
-        reply = declared_reply(message_type)
-        if reply is None:
-            return None
-        module = sys.modules.get(message_type.__module__)
-        holder = type("holder", (), {"__annotations__": {"reply": reply}})
-        try:
-            return typing.get_type_hints(holder, vars(module) if module else {})["reply"]
-        except Exception:  # unresolvable: registration reported it; decode as plain values
-            return None
-
-    def decoder(self, tag: str) -> msgspec.msgpack.Decoder[Any] | None:
-        """The decoder of the messages tagged ``tag``."""
-        return self._decoders.get(tag)
-
-    def reply_decoder(self, request_tag: str) -> msgspec.msgpack.Decoder[Any] | None:
-        """The decoder of the replies to the request tagged ``request_tag``, if typed."""
-        return self._replies.get(request_tag)
-
-
-def _message_classes(form: Any) -> list[type[Message]]:
-    """The Message classes named anywhere in a type (union members, generic args)."""
-    if isinstance(form, type) and issubclass(form, Message):
-        return [form]
-    return [m for arg in typing.get_args(form) for m in _message_classes(arg)]
 
 
 _ANY = msgspec.msgpack.Decoder()

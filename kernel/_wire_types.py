@@ -1,0 +1,116 @@
+"""The message types a node decodes from the wire, by tag (``MessageTypes``).
+
+A node decodes only the types it registered: the handled types of its agent types,
+their requests' declared reply types (and the Message classes in them), and the types
+it sends. Two classes with one tag are refused: the tag is the type's identity on the
+wire.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from ._errors import RegistrationError
+from ._message import Message
+from ._replies import resolved_reply
+
+__all__ = ["MessageTypes"]
+
+
+class MessageTypes:
+    """The message types a node decodes, by wire tag, with their declared reply types.
+
+    The kernel adds the handled types of every registered agent type (``add_all``);
+    ``add`` also adds a request's declared reply type (and the Message classes in it),
+    and encoding a message adds its type, so the replies to an ask decode.
+    """
+
+    def __init__(self) -> None:
+        self._by_tag: dict[str, type[Message]] = {}
+        self._tags: dict[type, str] = {}
+        self._decoders: dict[str, msgspec.msgpack.Decoder[Any]] = {}
+        self._replies: dict[str, msgspec.msgpack.Decoder[Any]] = {}
+
+    def add(self, message_type: type[Message]) -> str:
+        """Register ``message_type`` (idempotent); returns its wire tag.
+
+        Raises:
+            RegistrationError: not a Message class, its tag is taken by another class,
+                or msgspec cannot decode its fields.
+        """
+        tag = self._tags.get(message_type)
+        if tag is not None:
+            return tag
+        if not (isinstance(message_type, type) and issubclass(message_type, Message)):
+            raise RegistrationError(f"{message_type!r} is not a kerna.Message subclass")
+        found = message_type.__struct_config__.tag
+        if not isinstance(found, str):
+            raise RegistrationError(f"{message_type.__qualname__}: a wire tag must be a str")
+        tag = found
+        other = self._by_tag.get(tag)
+        if other is not None and other is not message_type:
+            raise RegistrationError(
+                f"wire tag {tag!r} is used by both {other.__module__}.{other.__qualname__} "
+                f"and {message_type.__module__}.{message_type.__qualname__}"
+            )
+        try:
+            decoder = msgspec.msgpack.Decoder(message_type)
+        except TypeError as exc:
+            raise RegistrationError(f"{message_type.__qualname__}: not decodable: {exc}") from exc
+        self._by_tag[tag] = message_type
+        self._tags[message_type] = tag
+        self._decoders[tag] = decoder
+        reply = self.reply_type(message_type)
+        if reply is not None:
+            try:
+                self._replies[tag] = msgspec.msgpack.Decoder(reply)
+            except TypeError:  # a type variable, a protocol: decoded as plain values
+                pass
+            for member in _message_classes(reply):
+                self.add(member)
+        return tag
+
+    def add_all(self, message_types: Iterable[type[Message]]) -> None:
+        """``add`` each of ``message_types`` (e.g. ``AgentType.handled_types()``).
+
+        Raises:
+            RegistrationError: as ``add``.
+        """
+        for message_type in message_types:
+            self.add(message_type)
+
+    def get(self, tag: str) -> type[Message] | None:
+        """The type registered for ``tag``, if any."""
+        return self._by_tag.get(tag)
+
+    def tags(self) -> dict[str, type[Message]]:
+        """Every registered tag and its type (a copy)."""
+        return dict(self._by_tag)
+
+    @staticmethod
+    def reply_type(message_type: type[Message]) -> Any:
+        """The reply type ``message_type`` declares, resolved (None: not a typed request,
+        or a quoted reply that does not resolve: its replies decode as plain values)."""
+        try:
+            return resolved_reply(message_type)
+        except NameError:
+            return None
+
+    def decoder(self, tag: str) -> msgspec.msgpack.Decoder[Any] | None:
+        """The decoder of the messages tagged ``tag``."""
+        return self._decoders.get(tag)
+
+    def reply_decoder(self, request_tag: str) -> msgspec.msgpack.Decoder[Any] | None:
+        """The decoder of the replies to the request tagged ``request_tag``, if typed."""
+        return self._replies.get(request_tag)
+
+
+def _message_classes(form: Any) -> list[type[Message]]:
+    """The Message classes named anywhere in a type (union members, generic args)."""
+    if isinstance(form, type) and issubclass(form, Message):
+        return [form]
+    return [m for arg in typing.get_args(form) for m in _message_classes(arg)]
