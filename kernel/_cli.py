@@ -3,6 +3,8 @@
 Commands::
 
     kerna demo [--docs N] [--seed S] [--loop auto|asyncio|uvloop] ...
+    kerna schema export [module...] [-o schema.json]
+    kerna schema check schema.json [module...]
     kerna --version
 
 ``kerna demo`` runs ``kerna.demo`` (its own package, on kerna's public API); this module
@@ -65,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kerna {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_demo(commands)
+    from ._schema_cli import add_schema
+
+    add_schema(commands)
     return parser
 
 

@@ -83,11 +83,14 @@ class WireError(KernaError):
 
     Attributes:
         reason: a ``WireErrorReason``.
+        detail: what was wrong (msgspec's text names the field: ``at `$.n```).
         peer: the address the frame came from ("" when encoding).
         tag: the message's wire tag, when known.
         message_id: the frame's message id, when its header decoded (0 otherwise).
         reply_to: for an ask whose header decoded, the asker's address: answer it
             with ``WireCodec.encode_error`` (a dead letter otherwise).
+        is_reply: the frame is a reply whose header decoded: ``message_id`` is the
+            ask it answers (fail that ask with this error).
     """
 
     def __init__(
@@ -99,16 +102,19 @@ class WireError(KernaError):
         tag: str | None = None,
         message_id: int = 0,
         reply_to: str | None = None,
+        is_reply: bool = False,
     ) -> None:
         where = f"frame from {peer}" if peer else "frame"
         if tag is not None:
             where += f" (tag {tag!r})"
         super().__init__(f"{where}: {reason}: {detail}")
         self.reason = reason
+        self.detail = detail
         self.peer = peer
         self.tag = tag
         self.message_id = message_id
         self.reply_to = reply_to
+        self.is_reply = is_reply
 
 
 _Id = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
@@ -429,9 +435,15 @@ class WireCodec:
         tag = head.tag
         if tag is not None:
             decoder = self.types.decoder(tag)
-        else:
+        else:  # not a Message: decoded as the request's declared reply type, if any
             decoder = self.types.reply_decoder(head.request_tag) or _ANY
-        value = self._payload(decoder, head.payload, peer, tag, head.id, None)
+        try:
+            value = self._payload(decoder, head.payload, peer, tag, head.id, None)
+        except WireError as exc:
+            raise WireError(
+                exc.reason, f"{exc.detail} (the reply to {head.request_tag!r})", peer=peer,
+                tag=exc.tag or head.request_tag, message_id=head.id, is_reply=True,
+            ) from None  # fmt: skip
         return Reply(head.id, value)
 
     @staticmethod

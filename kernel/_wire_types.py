@@ -17,6 +17,7 @@ import msgspec
 from ._errors import RegistrationError
 from ._message import Message
 from ._replies import resolved_reply
+from ._schema import fingerprint
 
 __all__ = ["MessageTypes"]
 
@@ -82,6 +83,15 @@ class MessageTypes:
         """
         for message_type in message_types:
             self.add(message_type)
+
+    def fingerprints(self) -> dict[str, str]:
+        """A stable hash of each registered type's wire schema, by tag: what nodes
+        compare in their handshake (``kerna._schema.fingerprint``).
+
+        Raises:
+            TypeError: msgspec cannot describe a field's type.
+        """
+        return {tag: fingerprint(cls) for tag, cls in sorted(self._by_tag.items())}
 
     def get(self, tag: str) -> type[Message] | None:
         """The type registered for ``tag``, if any."""
