@@ -27,7 +27,18 @@ arrives as a list), dict.
 Hostile input: ``WireCodec.decode`` raises ``WireError`` and nothing else, with a
 ``WireErrorReason`` and the peer, tag and (when the frame's header decoded) the message
 id and reply-to address, so the caller can answer an asker with an error reply and
-dead-letter the rest; each reason is counted (``WireCodec.errors``).
+dead-letter the rest; each reason is counted (``WireCodec.errors``). An asker answered
+with ``encode_error(err.message_id, err)`` raises ``RemoteError`` whose ``type_name``
+ends in ``WireError`` and whose message names the reason, tag and peer.
+
+Costs and bounds: a frame with at most ``max_depth`` array/map header bytes passes the
+depth check at C speed (a byte count); others are walked once in Python (about 0.15 µs
+per msgpack item, no recursion). The envelope's fields are validated as they decode
+(ids non-negative 63-bit, kind 0-2, a finite remaining time, str headers); the payload
+is decoded only into its registered type, so a mismatch fails at the first wrong
+field. A message field typed ``Any`` (or ``list[Any]``) decodes into plain Python
+objects, which take up to ~50x the bytes they came in: size ``max_frame_size`` for what
+a node should accept.
 """
 
 from __future__ import annotations
@@ -278,6 +289,7 @@ class WireCodec:
         Raises:
             WireError: ``UNENCODABLE`` (not a Message, or a field msgspec cannot encode)
                 or ``TOO_LARGE``.
+            RuntimeError: ``env`` has a deadline, ``now`` is not given and no loop runs.
         """
         self.encode_into(env, self._buffer, reply_to, now=now)
         return bytes(self._buffer)

@@ -152,6 +152,20 @@ def test_unknown_tag_names_the_tag_and_keeps_the_asker_for_an_error_reply() -> N
     assert receiver.errors == {WireErrorReason.UNKNOWN_TAG: 1}
 
 
+def test_a_refused_ask_answered_with_an_error_reply_tells_the_asker_why() -> None:
+    sender = _codec()
+    receiver = WireCodec()
+    refused = _refused(receiver, sender.encode(_ask(Ping(n=1)), "tcp://asker:1", now=0.0))
+    assert refused.reply_to == "tcp://asker:1"
+    answer = sender.decode(receiver.encode_error(refused.message_id, refused), "tcp://b:2")
+    assert isinstance(answer, Reply)
+    assert answer.id == 41
+    assert answer.error is not None
+    assert answer.error.type_name == "kerna._wire.WireError"
+    assert "unknown_tag" in answer.error.message
+    assert "'test.Ping'" in answer.error.message
+
+
 def _frame_with_payload(codec: WireCodec, tag: str, payload: Any, kind: int = TELL) -> bytes:
     frame = msgspec.msgpack.decode(codec.encode(_ask(Pong(n=0)), "tcp://asker:1", now=0.0))
     frame[2], frame[3] = kind, tag  # [frame tag, id, kind, tag, target, key, payload, ...]
