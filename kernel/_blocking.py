@@ -276,6 +276,8 @@ class BlockingKernel:
         state_prefix: str = "kerna/",
         lease_ttl: float = 10.0,
         failure_log_level: int | str = logging.WARNING,
+        transport: str | None = None,
+        transport_options: Mapping[str, Any] | None = None,
     ) -> None:
         self._kernel = Kernel(
             ask_timeout=ask_timeout,
@@ -290,6 +292,8 @@ class BlockingKernel:
             state_prefix=state_prefix,
             lease_ttl=lease_ttl,
             failure_log_level=failure_log_level,
+            transport=transport,
+            transport_options=transport_options,
         )
         self._loop = _LoopThread()
 
@@ -332,10 +336,17 @@ class BlockingKernel:
         """See ``Kernel.register`` (the same options and errors)."""
         return self._loop.call(functools.partial(self._kernel.register, agent_class, **options))
 
-    def ref(self, agent_type: type[Agent] | str, key: str) -> BlockingRef:
+    def ref(
+        self, agent_type: type[Agent] | str, key: str, *, node: str | None = None
+    ) -> BlockingRef:
         """See ``Kernel.ref``."""
-        ref = self._loop.call(functools.partial(self._kernel.ref, agent_type, key))
+        ref = self._loop.call(functools.partial(self._kernel.ref, agent_type, key, node=node))
         return BlockingRef(self, self._loop, ref)
+
+    @property
+    def address(self) -> str | None:
+        """See ``Kernel.address``."""
+        return self._kernel.address
 
     def subscribe(
         self,

@@ -27,7 +27,7 @@ from kerna.state._replica import Replica
 from ._activation import SPAWN_BURST, current_activation
 from ._agent import Agent
 from ._envelope import EVENT, Envelope, outgoing
-from ._errors import IdleTimeout, RegistrationError, UnknownAgent, UsageError
+from ._errors import ConfigError, IdleTimeout, RegistrationError, UnknownAgent, UsageError
 from ._failure_log import check_level
 from ._ids import AgentId
 from ._lifecycle import Lifecycle
@@ -44,6 +44,7 @@ from ._options import (
 from ._persistence import Persistence
 from ._ref import AgentRef
 from ._registry import AgentType, TypeStats, build_state_spec
+from ._remote import Remote
 from ._runtime import RUNNING, Phase, Runtime, names
 from ._topics import DEAD_LETTERS, Subscription
 
@@ -109,6 +110,11 @@ class Kernel:
         state_prefix: key prefix of this kernel's data in the backend.
         lease_ttl: seconds the kernel's lease (which holds its activation claims)
             survives without a keepalive.
+        transport: where this kernel listens for other nodes, e.g.
+            ``"tcp://127.0.0.1:7101"`` or ``"inproc://a"`` (``kerna.transports``); None
+            (the default): no other node can reach it. ``ref(..., node=address)`` then
+            reaches agents on the node listening at ``address``.
+        transport_options: options of that transport (``secret``, ``ssl``, ...).
         failure_log_level: the level at which a handler failure nobody else hears of
             (a tell's or an event's) is logged on ``kerna.activation``: WARNING by default,
             at most 10 records per agent type per minute.
@@ -135,6 +141,8 @@ class Kernel:
         state_prefix: str = "kerna/",
         lease_ttl: float = 10.0,
         failure_log_level: int | str = logging.WARNING,
+        transport: str | None = None,
+        transport_options: Mapping[str, Any] | None = None,
     ) -> None:
         check_positive("ask_timeout", ask_timeout)
         check_positive("lease_ttl", lease_ttl)
@@ -158,7 +166,16 @@ class Kernel:
         self.state_prefix = state_prefix
         self.lease_ttl = float(lease_ttl)
         self.failure_log_level = check_level(failure_log_level)
+        if transport is not None and not isinstance(transport, str):
+            raise WrongType(f"transport must be a URL or None, got {transport!r}")
+        if transport_options is not None and not isinstance(transport_options, Mapping):
+            raise WrongType(f"transport_options must be a mapping, got {transport_options!r}")
+        self.transport = transport
         self._runtime = Runtime(self)
+        if transport is not None:  # a bad URL or option fails here, not at start
+            self._runtime.remote = Remote.open(
+                self._runtime, transport, dict(transport_options or {})
+            )
         self._lifecycle = Lifecycle(self._runtime)
 
     # -- lifecycle -------------------------------------------------------------------
@@ -283,7 +300,7 @@ class Kernel:
         if factory is not None and not callable(factory):
             raise RegistrationError(f"factory must be a callable returning an agent: {factory!r}")
         state_spec = build_state_spec(agent_class, agent_class.__qualname__)
-        self._runtime.types[name] = AgentType(
+        self._runtime.types[name] = atype = AgentType(
             agent_class,
             name,
             capacity=capacity,
@@ -297,19 +314,47 @@ class Kernel:
             conflict_retries=conflict_retries,
             factory=factory,
         )
+        remote = self._runtime.remote
+        if remote is not None:  # what other nodes may send this type, by wire tag
+            try:
+                remote.codec.types.add_all(atype.handled_types())
+            except RegistrationError:
+                del self._runtime.types[name]
+                raise
         return name
 
-    def ref(self, agent_type: type[Agent] | str, key: str) -> AgentRef:
+    def ref(self, agent_type: type[Agent] | str, key: str, *, node: str | None = None) -> AgentRef:
         """A reference to the agent ``AgentId(type, key)``; does not activate it.
 
         ``agent_type`` is a registered class (its registered name is used) or a name.
+        With ``node`` (another kernel's ``address``), messages go to the agent on that
+        node over this kernel's transport; the type need not be registered here.
 
         Raises:
-            TypeError: ``key`` is not a string.
+            TypeError: ``key`` or ``node`` is not a string.
+            ConfigError: ``node`` is given but this kernel has no transport.
         """
         if not isinstance(key, str):
             raise TypeError(f"agent key must be a str, got {type(key).__qualname__}")
-        return AgentRef(self._runtime, AgentId(self._type_name(agent_type), key))
+        ref = AgentRef(self._runtime, AgentId(self._type_name(agent_type), key))
+        if node is not None:
+            if not isinstance(node, str):
+                raise TypeError(f"node must be an address (str), got {node!r}")
+            remote = self._runtime.remote
+            if remote is None:
+                raise ConfigError(
+                    f"cannot reach {node}: this kernel has no transport "
+                    "(Kernel(transport='tcp://host:port'))"
+                )
+            ref.route = remote.route(node)
+        return ref
+
+    @property
+    def address(self) -> str | None:
+        """Where other nodes reach this kernel (its transport's address, once started;
+        None without a transport)."""
+        remote = self._runtime.remote
+        return None if remote is None else remote.address
 
     def _type_name(self, agent_type: type[Agent] | str) -> str:
         if isinstance(agent_type, str):

@@ -80,6 +80,12 @@ class Lifecycle:
         rt.idle = IdleCollector(rt)
         rt.failure_log = FailureLog(rt.kernel.failure_log_level, loop)
         rt.phase = Phase.RUNNING
+        if rt.remote is not None:
+            try:
+                await rt.remote.start()
+            except BaseException:  # the address is taken, say: leave nothing behind
+                await self.stop(0.0, rt.kernel.cancel_grace)
+                raise
 
     async def _supervise(self, ready: asyncio.Future[None]) -> None:
         assert self._closing is not None
@@ -165,6 +171,8 @@ class Lifecycle:
                 act.abort(KernelStopped(f"kernel stopped before {act.id} could handle it"))
                 rt.retire(act)
             try:
+                if rt.remote is not None:
+                    await rt.remote.aclose()  # asks waiting on other nodes fail
                 if rt.persistence is not None:
                     await rt.persistence.close()  # releases every claim with the lease
             finally:

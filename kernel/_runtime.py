@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from ._kernel import Kernel
     from ._persistence import Persistence
     from ._registry import AgentType
+    from ._remote import Remote
 
 __all__ = ["DRAINING", "RUNNING", "Phase", "Runtime", "names"]
 
@@ -101,6 +102,7 @@ class Runtime:
         self.ids = message_ids()
         self.topics = Topics(self)
         self.persistence: Persistence | None = None
+        self.remote: Remote | None = None  # the link to other nodes (with a transport)
         self.idle: IdleCollector | None = None
         self.failure_log: FailureLog | None = None
         self.task_group: asyncio.TaskGroup | None = None

@@ -160,6 +160,7 @@ NOT_MIRRORED = {
     "state_prefix": "option",
     "lease_ttl": "option",
     "failure_log_level": "option",
+    "transport": "option",
 }
 
 

@@ -1,0 +1,276 @@
+"""Remote delivery: envelopes to and from agents on other nodes, over one transport.
+
+A kernel started with ``Kernel(transport="tcp://127.0.0.1:7101")`` has one ``Remote``:
+its transport (``kerna.transports``) and its wire codec (``kerna._wire``). A ref made
+with ``kernel.ref(Type, key, node="tcp://10.0.0.2:7101")`` routes through a
+``RemoteRoute`` for that node: ``Runtime.deliver`` hands it the envelope, which is
+encoded once and sent. The receiving kernel decodes the frame (the payload by its wire
+tag) and hands the envelope to its own ``Runtime.deliver``, exactly as a local send; the
+handler's reply (or failure) goes back to the asking node, which completes the asker's
+future. An ask's deadline travels as remaining time; both sides give up at it.
+
+What cannot be delivered on the receiving side (an unknown agent type, no handler, a
+full ``reject`` mailbox, a frame that does not decode) comes back to a remote asker as
+a ``RemoteError`` carrying the error's type name, and is logged and counted otherwise.
+A peer that is lost fails the asks waiting on it with ``PeerUnreachable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from kerna.transports import PeerUnreachable, Transport, open_transport
+
+from ._envelope import ASK, Envelope
+from ._errors import KernelStopped
+from ._failures import describe
+from ._wire import Delivery, Reply, WireCodec, WireError
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
+
+__all__ = ["Remote", "RemoteRoute"]
+
+log = logging.getLogger("kerna.remote")
+
+
+class _AnyHandlers:
+    """A remote route's handler table: the destination checks handlers itself."""
+
+    __slots__ = ()
+
+    def __contains__(self, _: object) -> bool:
+        return True
+
+
+class _RemoteType:
+    __slots__ = ("handlers", "name")
+
+    def __init__(self) -> None:
+        self.handlers = _AnyHandlers()
+        self.name = "remote"
+
+
+_REMOTE_TYPE = _RemoteType()
+
+
+class RemoteRoute:
+    """Where a ref to an agent on another node sends: that node's address.
+
+    It has the shape ``Runtime.deliver`` and ``AgentRef`` read of a local activation
+    (``closed``, ``failure``, ``atype.handlers``, ``put``), so a remote send takes the
+    same path as a local one up to ``put``.
+    """
+
+    __slots__ = ("closed", "failure", "node", "remote")
+
+    atype = _REMOTE_TYPE
+
+    def __init__(self, remote: Remote, node: str) -> None:
+        self.remote = remote
+        self.node = node
+        self.closed = False
+        self.failure = None
+
+    def put(self, env: Envelope) -> asyncio.Future[None]:
+        """Encode and send ``env``; the future completes once the frame is queued.
+
+        Raises:
+            WireError: the message cannot be encoded (``UNENCODABLE``, ``TOO_LARGE``).
+        """
+        return self.remote.send(self.node, env)
+
+    def __repr__(self) -> str:
+        return f"<RemoteRoute {self.node}>"
+
+
+class Remote:
+    """One kernel's transport, codec and the asks it waits on from other nodes."""
+
+    def __init__(self, runtime: Runtime, transport: Transport, codec: WireCodec) -> None:
+        self.runtime = runtime
+        self.transport = transport
+        self.codec = codec
+        self._routes: dict[str, RemoteRoute] = {}
+        # Asks sent to other nodes, by message id: the asker's future and the node.
+        self._waiting: dict[int, tuple[asyncio.Future[Any], str]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def open(cls, runtime: Runtime, url: str, options: dict[str, Any]) -> Remote:
+        """A remote link on the transport for ``url`` (not started).
+
+        Raises:
+            ConfigError: bad URL, unknown scheme, missing extra, bad option.
+        """
+        transport = open_transport(url, **options)
+        return cls(runtime, transport, WireCodec(max_frame_size=transport.max_frame_size))
+
+    @property
+    def address(self) -> str:
+        return self.transport.address
+
+    async def start(self) -> None:
+        await self.transport.start(self._on_frame, self._on_peer_lost)
+
+    async def aclose(self) -> None:
+        """Fail the asks still waiting on other nodes and close the transport."""
+        for future, node in self._waiting.values():
+            if not future.done():
+                future.set_exception(KernelStopped(f"kernel stopped before {node} replied"))
+        self._waiting.clear()
+        await self.transport.aclose()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=1.0)
+
+    def route(self, node: str) -> RemoteRoute:
+        route = self._routes.get(node)
+        if route is None:
+            route = self._routes[node] = RemoteRoute(self, node)
+        return route
+
+    # -- sending -------------------------------------------------------------------------
+
+    def send(self, node: str, env: Envelope) -> asyncio.Future[None]:
+        """Encode ``env`` for ``node`` and queue it; an ask's reply future is remembered
+        until the reply comes back (or the asker gives up).
+
+        Raises:
+            WireError: the message cannot be encoded.
+        """
+        frame = self.codec.encode(env, self.address if env.kind == ASK else None)
+        reply = env.reply
+        if reply is not None:
+            message_id = env.id
+            self._waiting[message_id] = (reply, node)
+            reply.add_done_callback(lambda _: self._waiting.pop(message_id, None))
+        return self._spawn(self.transport.send(node, frame))
+
+    def _spawn(self, work: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = self.runtime.loop.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            task.exception()  # retrieved: the sender awaiting it gets it
+
+    # -- receiving -----------------------------------------------------------------------
+
+    def _on_frame(self, peer: str, frame: bytes) -> None:
+        try:
+            decoded = self.codec.decode(frame, peer)
+        except WireError as exc:
+            self._refused(peer, exc)
+            return
+        if isinstance(decoded, Reply):
+            self._replied(decoded)
+        else:
+            self._delivered(peer, decoded)
+
+    def _refused(self, peer: str, error: WireError) -> None:
+        """A frame that does not decode: answer its asker, if it has one, else log."""
+        log.warning("frame from %s refused: %s", peer, error)
+        reply_to = error.reply_to
+        if reply_to is not None and error.message_id and not error.is_reply:
+            self._answer(reply_to, self.codec.encode_error(error.message_id, error))
+
+    def _replied(self, reply: Reply) -> None:
+        waiting = self._waiting.pop(reply.id, None)
+        if waiting is None:
+            return  # the asker gave up (timed out): a late reply
+        future, _ = waiting
+        if future.done():
+            return
+        if reply.error is not None:
+            future.set_exception(reply.error)
+        else:
+            future.set_result(reply.value)
+
+    def _delivered(self, peer: str, delivery: Delivery) -> None:
+        rt = self.runtime
+        loop = rt.loop
+        env = delivery.envelope(loop.time())
+        reply_to = delivery.reply_to
+        if env.kind == ASK and reply_to is not None:
+            future: asyncio.Future[Any] = loop.create_future()
+            env.reply = future
+            timer = None
+            if env.deadline is not None:  # nobody waits past it: give up here too
+                timer = loop.call_at(env.deadline, future.cancel)
+            request = type(delivery.message)
+            future.add_done_callback(
+                lambda done: self._send_reply(reply_to, env.id, request, done, timer)
+            )
+        if not rt.accepts(None):
+            self._not_delivered(env, rt.refusal(f"{type(env.payload).__qualname__} from {peer}"))
+            return
+        try:
+            pending = rt.deliver(env)
+        except Exception as exc:  # unknown agent, no handler, full mailbox, failed start
+            self._not_delivered(env, exc)
+            return
+        if pending is not None:  # a full ``wait`` mailbox: wait for room off the reader
+            self._spawn(self._wait_for_room(env, pending))
+
+    async def _wait_for_room(self, env: Envelope, pending: Any) -> None:
+        try:
+            await pending
+        except Exception as exc:
+            self._not_delivered(env, exc)
+
+    def _not_delivered(self, env: Envelope, error: BaseException) -> None:
+        reply = env.reply
+        if reply is not None:
+            if not reply.done():
+                reply.set_exception(error)
+            return
+        log.warning("%s from %s not delivered: %s", env.kind, env.sender, describe(error))
+
+    def _send_reply(
+        self,
+        node: str,
+        message_id: int,
+        request: type[Any],
+        done: asyncio.Future[Any],
+        timer: asyncio.TimerHandle | None,
+    ) -> None:
+        if timer is not None:
+            timer.cancel()
+        if done.cancelled():
+            return  # the deadline passed: the asker has given up too
+        error = done.exception()
+        if error is None:
+            try:
+                frame = self.codec.encode_reply(message_id, request, done.result())
+            except WireError as exc:
+                frame = self.codec.encode_error(message_id, exc)
+        else:
+            frame = self.codec.encode_error(message_id, error)
+        self._answer(node, frame)
+
+    def _answer(self, node: str, frame: bytes) -> None:
+        task = self._spawn(self.transport.send(node, frame))
+        task.add_done_callback(_log_failed_reply)
+
+    def _on_peer_lost(self, peer: str, error: BaseException | None) -> None:
+        """Fail the asks waiting on ``peer``: their frames or replies may be lost."""
+        lost = [mid for mid, (_, node) in self._waiting.items() if node == peer]
+        for message_id in lost:
+            future, _ = self._waiting.pop(message_id)
+            if not future.done():
+                future.set_exception(
+                    PeerUnreachable(f"lost the connection to {peer} before it replied: {error}")
+                )
+
+
+def _log_failed_reply(task: asyncio.Task[None]) -> None:
+    error = None if task.cancelled() else task.exception()
+    if error is not None:
+        log.warning("a reply could not be sent: %s", describe(error))

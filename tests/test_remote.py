@@ -1,0 +1,160 @@
+"""Two kernels, one process, over inproc://: remote tells, asks, replies and errors take
+the same delivery path as local ones (kerna._remote)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from kerna import (
+    Agent,
+    AskTimeout,
+    ConfigError,
+    Kernel,
+    KernelStopped,
+    Message,
+    RemoteError,
+    Request,
+    handler,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+class Pong(Message):
+    n: int
+
+
+class Ping(Request[Pong]):
+    n: int
+
+
+class Note(Message):
+    text: str
+
+
+class Stall(Request[str]):
+    pass
+
+
+class Boom(Request[str]):
+    pass
+
+
+class Echo(Agent):
+    notes: list[str] = []
+    noted = asyncio.Event()
+    stalled = asyncio.Event()
+
+    @handler
+    async def ping(self, msg: Ping) -> Pong:
+        return Pong(n=msg.n + 1)
+
+    @handler
+    async def note(self, msg: Note) -> None:
+        Echo.notes.append(f"{msg.text} from {self.context.sender} ({self.context.kind})")
+        Echo.noted.set()
+
+    @handler
+    async def stall(self, msg: Stall) -> str:
+        Echo.stalled.set()
+        await asyncio.sleep(10)  # past every asker's deadline (stop cancels it)
+        return "late"
+
+    @handler
+    async def boom(self, msg: Boom) -> str:
+        raise ValueError("kaputt")
+
+
+class Relay(Agent):
+    @handler
+    async def relay(self, msg: Note) -> None:  # tells the other node from a handler
+        await self.kernel.ref("Echo", "e", node=msg.text).tell(Note(text="relayed"))
+
+
+@pytest.fixture
+async def nodes() -> AsyncIterator[tuple[Kernel, Kernel]]:
+    Echo.notes = []
+    Echo.noted = asyncio.Event()
+    Echo.stalled = asyncio.Event()
+    async with (
+        Kernel(transport="inproc://", stop_grace=0.1) as a,
+        Kernel(transport="inproc://", stop_grace=0.1) as b,
+    ):
+        b.register(Echo)
+        yield a, b
+
+
+async def test_an_ask_to_another_node_returns_the_typed_reply(
+    nodes: tuple[Kernel, Kernel],
+) -> None:
+    a, b = nodes
+    assert b.address is not None
+    assert b.address != a.address
+    pong = await a.ref("Echo", "e", node=b.address).ask(Ping(n=1), timeout=2)
+    assert pong == Pong(n=2)
+    assert b.stats().types["Echo"].handled == 1
+
+
+async def test_a_tell_from_a_handler_reaches_the_other_node_with_its_sender(
+    nodes: tuple[Kernel, Kernel],
+) -> None:
+    a, b = nodes
+    assert b.address is not None
+    a.register(Relay)
+    await a.ref(Relay, "r").tell(Note(text=b.address))
+    async with asyncio.timeout(2):
+        await Echo.noted.wait()
+    assert Echo.notes == ["relayed from Relay/r (tell)"]
+
+
+async def test_a_remote_handler_failure_reaches_the_asker_as_remote_error(
+    nodes: tuple[Kernel, Kernel],
+) -> None:
+    a, b = nodes
+    with pytest.raises(RemoteError, match="kaputt") as caught:
+        await a.ref("Echo", "e", node=b.address).ask(Boom(), timeout=2)
+    assert caught.value.type_name.endswith("ValueError")
+    assert (await a.ref("Echo", "e", node=b.address).ask(Ping(n=5), timeout=2)).n == 6
+
+
+async def test_an_unknown_remote_agent_type_is_an_error_reply_not_a_hang(
+    nodes: tuple[Kernel, Kernel],
+) -> None:
+    a, b = nodes
+    with pytest.raises(RemoteError, match="UnknownAgent"):
+        await a.ref("Nobody", "x", node=b.address).ask(Ping(n=1), timeout=2)
+
+
+async def test_a_remote_ask_times_out_at_its_deadline(nodes: tuple[Kernel, Kernel]) -> None:
+    a, b = nodes
+    with pytest.raises(AskTimeout):
+        await a.ref("Echo", "e", node=b.address).ask(Stall(), timeout=0.05)
+
+
+async def test_a_ref_to_a_node_needs_a_transport() -> None:
+    async with Kernel() as kernel:
+        with pytest.raises(ConfigError, match="no transport"):
+            kernel.ref("Echo", "e", node="inproc://elsewhere")
+        assert kernel.address is None
+
+
+async def test_a_bad_transport_url_fails_at_construction() -> None:
+    with pytest.raises(ConfigError, match="pigeon"):
+        Kernel(transport="pigeon://coop")
+
+
+async def test_asks_waiting_on_a_node_fail_when_this_kernel_stops() -> None:
+    Echo.stalled = asyncio.Event()
+    async with Kernel(transport="inproc://", stop_grace=0.1) as b:
+        b.register(Echo)
+        a = Kernel(transport="inproc://")
+        await a.start()
+        ask = asyncio.ensure_future(a.ref("Echo", "e", node=b.address).ask(Stall(), timeout=5))
+        async with asyncio.timeout(2):
+            await Echo.stalled.wait()
+        await a.stop(grace=0)
+        with pytest.raises(KernelStopped):
+            await ask
