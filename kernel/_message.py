@@ -205,6 +205,9 @@ class DeadLetterReason(enum.StrEnum):
     """Still queued when the kernel stopped."""
     INTERNAL_ERROR = "internal_error"
     """A bug in kerna failed the agent's worker (logged at ERROR)."""
+    UNDECODABLE = "undecodable"
+    """A frame from another node that does not decode (``target`` names the peer, the
+    error why: ``kerna._wire.WireErrorReason``); its message is lost."""
 
 
 class DeadLetter(Message, tag="kerna.DeadLetter"):

@@ -23,9 +23,16 @@ from typing import TYPE_CHECKING, Any
 
 from kerna.transports import PeerUnreachable, Transport, open_transport
 
-from ._envelope import ASK, Envelope
-from ._errors import KernelStopped
+from ._envelope import ASK, KIND_NAMES, TELL, Envelope
+from ._errors import (
+    ActivationFailed,
+    KernelStopped,
+    MailboxFull,
+    UnhandledMessage,
+    UnknownAgent,
+)
 from ._failures import describe
+from ._message import DeadLetterReason
 from ._wire import Delivery, Reply, WireCodec, WireError
 
 if TYPE_CHECKING:
@@ -34,6 +41,16 @@ if TYPE_CHECKING:
 __all__ = ["Remote", "RemoteRoute"]
 
 log = logging.getLogger("kerna.remote")
+
+
+# The dead-letter reason of a message from another node refused by this kernel.
+_REASONS: dict[type[BaseException], DeadLetterReason] = {
+    UnknownAgent: DeadLetterReason.UNKNOWN_AGENT,
+    UnhandledMessage: DeadLetterReason.UNHANDLED_MESSAGE,
+    MailboxFull: DeadLetterReason.MAILBOX_FULL,
+    ActivationFailed: DeadLetterReason.ACTIVATION_FAILED,
+    KernelStopped: DeadLetterReason.KERNEL_STOPPED,
+}
 
 
 class _AnyHandlers:
@@ -175,11 +192,20 @@ class Remote:
             self._delivered(peer, decoded)
 
     def _refused(self, peer: str, error: WireError) -> None:
-        """A frame that does not decode: answer its asker, if it has one, else log."""
+        """A frame that does not decode (counted per reason by the codec): its asker
+        gets the error back; a reply that does not decode fails the ask it answers;
+        anything else is a dead letter."""
         log.warning("frame from %s refused: %s", peer, error)
         reply_to = error.reply_to
-        if reply_to is not None and error.message_id and not error.is_reply:
+        if error.is_reply:
+            waiting = self._waiting.pop(error.message_id, None)
+            if waiting is not None and not waiting[0].done():
+                waiting[0].set_exception(error)
+        elif reply_to is not None and error.message_id:
             self._answer(reply_to, self.codec.encode_error(error.message_id, error))
+        else:
+            lost = Envelope(error.message_id, TELL, f"frame from {peer}", None)
+            self.runtime.undeliverable(lost, peer, DeadLetterReason.UNDECODABLE, error)
 
     def _replied(self, reply: Reply) -> None:
         waiting = self._waiting.pop(reply.id, None)
@@ -222,16 +248,26 @@ class Remote:
     async def _wait_for_room(self, env: Envelope, pending: Any) -> None:
         try:
             await pending
-        except Exception as exc:
+        except Exception as exc:  # refused while it waited (a failed activation, a fence)
             self._not_delivered(env, exc)
 
-    def _not_delivered(self, env: Envelope, error: BaseException) -> None:
+    def _not_delivered(self, env: Envelope, error: Exception) -> None:
+        """A message from another node refused here: its asker gets the error back;
+        a tell or an event is a dead letter, counted, with the reason."""
         reply = env.reply
         if reply is not None:
             if not reply.done():
                 reply.set_exception(error)
             return
-        log.warning("%s from %s not delivered: %s", env.kind, env.sender, describe(error))
+        reason = _REASONS.get(type(error), DeadLetterReason.NOT_DELIVERED)
+        log.warning(
+            "%s %s from %s not delivered: %s",
+            KIND_NAMES[env.kind],
+            type(env.payload).__qualname__,
+            env.sender or "another node",
+            describe(error),
+        )
+        self.runtime.undeliverable(env, env.target, reason, error)
 
     def _send_reply(
         self,

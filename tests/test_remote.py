@@ -19,6 +19,7 @@ from kerna import (
     Request,
     handler,
 )
+from kerna.transports import open_transport
 
 pytestmark = pytest.mark.anyio
 
@@ -158,3 +159,51 @@ async def test_asks_waiting_on_a_node_fail_when_this_kernel_stops() -> None:
         await a.stop(grace=0)
         with pytest.raises(KernelStopped):
             await ask
+
+
+async def test_a_frame_that_does_not_decode_is_a_dead_letter_and_good_traffic_flows(
+    nodes: tuple[Kernel, Kernel],
+) -> None:
+    a, b = nodes
+    assert b.address is not None
+    raw = open_transport("inproc://")
+    await raw.start(lambda peer, frame: None, lambda peer, error: None)
+    try:
+        before = b.stats().dead_letters
+        for garbage in (b"", b"\xc1", b"\x93\x01\x02", bytes(range(256)) * 4):
+            await raw.send(b.address, garbage)
+        pong = await a.ref("Echo", "e", node=b.address).ask(Ping(n=41), timeout=2)
+        assert pong == Pong(n=42)  # the bad frames cost the good traffic nothing
+        assert b.stats().dead_letters == before + 4
+    finally:
+        await raw.aclose()
+
+
+async def test_a_tell_to_an_unknown_remote_type_is_a_dead_letter_there(
+    nodes: tuple[Kernel, Kernel],
+) -> None:
+    a, b = nodes
+    before = b.stats().dead_letters
+    await a.ref("Nobody", "x", node=b.address).tell(Note(text="lost"))
+    await a.ref("Echo", "e", node=b.address).ask(Ping(n=0), timeout=2)  # after the tell
+    assert b.stats().dead_letters == before + 1
+
+
+async def test_concurrent_askers_on_two_nodes_each_get_their_own_replies() -> None:
+    async with (
+        Kernel(transport="inproc://", stop_grace=0.1) as server,
+        Kernel(transport="inproc://", stop_grace=0.1) as first,
+        Kernel(transport="inproc://", stop_grace=0.1) as second,
+    ):
+        server.register(Echo)
+
+        async def ask_many(kernel: Kernel, base: int) -> list[int]:
+            ref = kernel.ref("Echo", "shared", node=server.address)
+            replies = await asyncio.gather(
+                *(ref.ask(Ping(n=base + i), timeout=5) for i in range(200))
+            )
+            return [reply.n for reply in replies]
+
+        got_first, got_second = await asyncio.gather(ask_many(first, 0), ask_many(second, 10_000))
+        assert got_first == [i + 1 for i in range(200)]
+        assert got_second == [10_000 + i + 1 for i in range(200)]
