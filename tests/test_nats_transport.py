@@ -1,0 +1,261 @@
+"""nats:// against a real nats-server: subjects per node, the sender's address, order,
+the server's frame limit, bounded send queues, presence probes, a frozen server."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from kerna import ConfigError
+from kerna.transports import (
+    FrameTooLarge,
+    PeerUnreachable,
+    SendQueueFull,
+    Transport,
+    TransportClosed,
+    open_transport,
+)
+from kerna.transports._nats import NatsServerUnavailable, NatsTransport, PeerNotListening
+
+from .etcd import free_ports
+from .nats import MAX_PAYLOAD, NatsServer
+
+pytestmark = pytest.mark.anyio
+
+
+class Node:
+    """A started transport and what its callbacks saw."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.frames: list[tuple[str, bytes]] = []
+        self.lost: list[tuple[str, BaseException | None]] = []
+        self._changed = asyncio.Event()
+
+    def on_frame(self, peer: str, frame: bytes) -> None:
+        self.frames.append((peer, frame))
+        self._changed.set()
+
+    def on_peer_lost(self, peer: str, error: BaseException | None) -> None:
+        self.lost.append((peer, error))
+        self._changed.set()
+
+    async def until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                self._changed.clear()
+                await self._changed.wait()
+
+    @property
+    def address(self) -> str:
+        return self.transport.address
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+async def nodes(nats_server: NatsServer) -> AsyncIterator[Callable[..., object]]:
+    """Starts nodes on the session's server; closes them all after the test."""
+    started: list[Node] = []
+
+    async def make(server: NatsServer = nats_server, **options: object) -> Node:
+        transport = NatsTransport(f"{server.url}/{unique('n')}", **options)  # type: ignore[arg-type]
+        node = Node(transport)
+        await transport.start(node.on_frame, node.on_peer_lost)
+        started.append(node)
+        return node
+
+    yield make
+    for node in started:
+        async with asyncio.timeout(10):
+            await node.transport.aclose()
+
+
+async def test_frames_arrive_in_order_carrying_the_senders_address(nodes: Callable) -> None:
+    a, b = await nodes(), await nodes()
+    for i in range(200):
+        await a.transport.send(b.address, f"frame {i}".encode())
+    await b.until(lambda: len(b.frames) == 200)
+    assert b.frames == [(a.address, f"frame {i}".encode()) for i in range(200)]
+    # The address is what the receiver sends back to.
+    peer, _ = b.frames[0]
+    await b.transport.send(peer, b"reply")
+    await a.until(lambda: a.frames == [(b.address, b"reply")])
+    assert not a.lost
+    assert not b.lost
+
+
+async def test_the_address_names_the_server_and_node_and_hides_credentials(
+    nats_server: NatsServer,
+) -> None:
+    t = NatsTransport(f"nats://someone:secret@127.0.0.1:{nats_server.port}/node-x")
+    assert t.address == f"nats://127.0.0.1:{nats_server.port}/node-x"
+    assert t.subject == "kerna.node.node-x"
+    named = NatsTransport(nats_server.url, name="node-y", subject_prefix="app.one")
+    assert named.address.endswith("/node-y")
+    assert named.subject == "app.one.node.node-y"
+    assert NatsTransport(nats_server.url).address != NatsTransport(nats_server.url).address
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "match"),
+    [
+        ("nats://", {}, "nats://host:port"),
+        ("nats://h:99999/x", {}, "bad port"),
+        ("nats://h:4222/a.b", {}, "node name 'a.b'"),
+        ("nats://h:4222/a?x=1", {}, "as arguments"),
+        ("nats://h:4222/a", {"name": "b"}, "name='b'"),
+        ("nats://h:4222/a", {"ping_interval": 0}, "ping_interval"),
+        ("nats://h:4222/a", {"max_outstanding_pings": 0}, "max_outstanding_pings"),
+        ("nats://h:4222/a", {"subject_prefix": "a..b"}, "subject_prefix"),
+        ("nats://h:4222/a", {"tls": "yes"}, "SSLContext"),
+    ],
+)
+def test_a_bad_url_or_option_is_a_config_error_naming_it(
+    url: str, options: dict[str, object], match: str
+) -> None:
+    with pytest.raises(ConfigError, match=match):
+        NatsTransport(url, **options)  # type: ignore[arg-type]
+
+
+def test_nats_is_found_by_scheme_through_its_entry_point() -> None:
+    transport = open_transport("nats://127.0.0.1:4222/node-z", ping_interval=1.5)
+    assert isinstance(transport, NatsTransport)
+
+
+async def test_the_frame_limit_is_the_servers_max_payload_less_the_header(
+    nodes: Callable,
+) -> None:
+    a, b = await nodes(), await nodes()
+    limit = a.transport.max_frame_size
+    assert MAX_PAYLOAD - 200 < limit < MAX_PAYLOAD
+    with pytest.raises(FrameTooLarge, match=f"{limit + 1} bytes"):
+        await a.transport.send(b.address, bytes(limit + 1))
+    big = secrets.token_bytes(limit)  # exactly the limit: the server takes it
+    await a.transport.send(b.address, big)
+    await b.until(lambda: len(b.frames) == 1, timeout=10)
+    assert b.frames[0][1] == big
+    assert not a.lost
+
+
+async def test_a_smaller_configured_limit_is_kept_and_enforced_on_receipt(
+    nodes: Callable,
+) -> None:
+    a, b = await nodes(), await nodes(max_frame_size=100)
+    assert b.transport.max_frame_size == 100
+    await a.transport.send(b.address, bytes(101))  # a's limit is the server's
+    await a.transport.send(b.address, b"fits")
+    await b.until(lambda: len(b.frames) == 1)
+    assert b.frames == [(a.address, b"fits")]
+    assert [(p, type(e)) for p, e in b.lost] == [(a.address, FrameTooLarge)]
+
+
+async def test_a_full_send_queue_fails_without_wait_and_waits_with_it(nodes: Callable) -> None:
+    a, b = await nodes(send_queue=4), await nodes()
+    # send() only queues (no await on room): the publishing task has not run yet.
+    for i in range(4):
+        await a.transport.send(b.address, b"%d" % i)
+    with pytest.raises(SendQueueFull, match="full"):
+        await a.transport.send(b.address, b"dropped", wait=False)
+    async with asyncio.timeout(5):
+        await a.transport.send(b.address, b"4")  # waits for room
+    await b.until(lambda: len(b.frames) == 5)
+    assert [f for _, f in b.frames] == [b"0", b"1", b"2", b"3", b"4"]
+
+
+async def test_a_send_to_a_node_nobody_listens_on_reports_it_lost(nodes: Callable) -> None:
+    a = await nodes()
+    ghost = f"{a.address.rsplit('/', 1)[0]}/{unique('ghost')}"
+    await a.transport.send(ghost, b"into the void")
+    await a.until(lambda: bool(a.lost))
+    ((peer, error),) = a.lost
+    assert peer == ghost
+    assert isinstance(error, PeerNotListening)
+    assert "no responders" in str(error)
+    with pytest.raises(PeerUnreachable, match="not a nats node address"):
+        await a.transport.send("tcp://127.0.0.1:1/x", b"x")
+
+
+async def test_a_departed_peer_is_reported_at_a_later_send(nodes: Callable) -> None:
+    a, b = await nodes(ping_interval=0.1), await nodes()
+    await a.transport.send(b.address, b"hello")
+    await b.until(lambda: len(b.frames) == 1)
+    await b.transport.aclose()
+    # Presence is re-checked once ping_interval has passed since the last probe: keep
+    # sending (paced) until a notices.
+    async with asyncio.timeout(5):
+        while not a.lost:
+            await a.transport.send(b.address, b"anyone?")
+            await asyncio.sleep(0.05)
+    assert a.lost[0][0] == b.address
+    assert isinstance(a.lost[0][1], PeerNotListening)
+
+
+async def test_a_node_name_in_use_is_refused(nodes: Callable, nats_server: NatsServer) -> None:
+    a = await nodes()
+    twin = NatsTransport(a.address)
+    with pytest.raises(ConfigError, match="already listens"):
+        await twin.start(lambda p, f: None, lambda p, e: None)
+    await twin.aclose()
+
+
+async def test_an_unreachable_server_fails_start_naming_it() -> None:
+    (port,) = free_ports(1)
+    t = NatsTransport(f"nats://127.0.0.1:{port}/x", connect_timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(NatsServerUnavailable, match=f"127.0.0.1:{port}"):
+        await t.start(lambda p, f: None, lambda p, e: None)
+    assert time.monotonic() - started < 3
+    await t.aclose()
+
+
+async def test_close_fails_waiting_senders_and_refuses_more(nodes: Callable) -> None:
+    a, b = await nodes(send_queue=1), await nodes()
+    await a.transport.send(b.address, b"queued")
+    waiting = asyncio.ensure_future(a.transport.send(b.address, b"waits"))
+    await asyncio.sleep(0)  # let it park on the full queue
+    await a.transport.aclose()
+    with pytest.raises(TransportClosed):
+        async with asyncio.timeout(5):
+            await waiting
+    with pytest.raises(TransportClosed):
+        await a.transport.send(b.address, b"late")
+    await a.transport.aclose()  # idempotent
+
+
+async def test_a_frozen_server_is_noticed_within_the_ping_bound_and_traffic_resumes(
+    fresh_nats_server: NatsServer, nodes: Callable
+) -> None:
+    server = fresh_nats_server
+    options = {"server": server, "ping_interval": 0.25, "max_outstanding_pings": 1}
+    a, b = await nodes(**options), await nodes(**options)
+    await a.transport.send(b.address, b"before")
+    await b.until(lambda: len(b.frames) == 1)
+    server.sigstop()
+    try:
+        frozen = time.monotonic()
+        # nats-py's default ping_interval (120 s) would not notice for minutes.
+        await a.until(lambda: bool(a.lost), timeout=5)
+        noticed = time.monotonic() - frozen
+    finally:
+        server.sigcont()
+    ((peer, error),) = a.lost
+    assert peer == b.address
+    assert isinstance(error, NatsServerUnavailable)
+    assert str(server.port) in str(error)
+    assert noticed < 0.25 * (1 + 2) + 1.5  # ping_interval * (pings + 2), with room
+    # nats-py reconnects by itself; frames flow again (a probe first: the peer is unknown).
+    async with asyncio.timeout(10):
+        while len(b.frames) < 2:
+            await a.transport.send(b.address, b"after")
+            try:
+                await b.until(lambda: len(b.frames) >= 2, timeout=0.5)
+            except TimeoutError:
+                pass  # dropped while a or b was still reconnecting: send again
+    assert b.frames[1] == (a.address, b"after")

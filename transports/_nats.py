@@ -1,0 +1,493 @@
+"""``nats://host:port/node-name``: frames between nodes through a NATS server (nats-py).
+
+Each node listens on one subject, ``{subject_prefix}.node.{node-name}`` (prefix
+``kerna`` unless set; every node of a cluster uses the same prefix). The listen URL
+names the server and the node: ``nats://127.0.0.1:4222/node-a`` (or ``name="node-a"``;
+without a name a unique one is made up, like a port 0). ``transport.address`` is
+``nats://<server>/<node-name>``, what other ``NatsTransport``s send to: only the name
+picks the subject, so peers connected to other servers of the same NATS cluster reach
+it too. Credentials never appear in the address.
+
+Each frame is one NATS message whose ``Kerna-From`` header carries the sender's
+address (``on_frame`` gets it). Frames to one peer go out in order from one task on one
+connection, and NATS keeps the order of one connection's messages on a subject. Each
+peer has a bounded queue of ``send_queue`` frames in front of nats-py (whose own buffer
+is bounded by ``pending_size`` bytes, and whose publish waits for the socket when that
+is full): a full queue waits or fails (``SendQueueFull``) by the sender's choice.
+
+What NATS can tell about peers, and what this transport reports:
+
+- A peer's departure is invisible on a plain subject (messages to nobody vanish). So
+  the first frame to a peer, and the first after ``ping_interval`` seconds since its
+  last check, waits for a presence probe: a request on the peer's subject that its
+  transport answers. No subscriber (``NoRespondersError``) or no answer within
+  ``probe_timeout`` reports the peer lost (``PeerNotListening``) and drops its queued
+  frames; the next send probes again. A peer that left is so found within
+  ``ping_interval + probe_timeout`` of the next frame sent to it; an idle peer is not
+  watched (the cluster's membership does that).
+- Losing the server connection (closed, reset, or frozen: a ``ping_interval`` of 2 s
+  with ``max_outstanding_pings`` 2 notices a silent server within about
+  ``ping_interval * (max_outstanding_pings + 1)``, where nats-py's 120 s default takes
+  minutes) reports every known peer lost (``NatsServerUnavailable``). nats-py keeps
+  reconnecting (``reconnect_time_wait`` apart); sends meanwhile go to its bounded
+  buffer, and fail the peer (reported lost) when that is full.
+
+Frame size: NATS refuses messages over the server's ``max_payload`` (1 MiB by
+default), headers included. ``start`` lowers ``max_frame_size`` to what the connected
+server accepts after the header, so an oversized frame is refused by the sender with
+``FrameTooLarge``. LLM-sized payloads need ``max_payload`` raised in nats-server's
+configuration (e.g. ``max_payload: 8MB``; at most ``max_pending``, 64 MB by default).
+
+TLS and credentials pass through to nats-py: ``tls=`` an ``ssl.SSLContext``
+(``tls_hostname=``), ``user=``/``password=`` (or in the URL's userinfo), ``token=``,
+``creds=`` a ``.creds`` file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import re
+import secrets
+import ssl
+from typing import Any
+from urllib.parse import urlsplit
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from kerna._errors import ConfigError, TransportError
+
+from ._base import (
+    DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_SEND_QUEUE,
+    FrameCallback,
+    FrameTooLarge,
+    PeerLostCallback,
+    PeerUnreachable,
+    SendQueueFull,
+    Transport,
+    TransportClosed,
+)
+
+__all__ = ["NatsServerUnavailable", "NatsTransport", "PeerNotListening"]
+
+log = logging.getLogger("kerna.transports.nats")
+
+FROM_HEADER = "Kerna-From"
+PROBE_HEADER = "Kerna-Probe"
+DEFAULT_PORT = 4222
+# A subject token: no '.', '*', '>' or whitespace (NATS's own rules), kept short.
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}\Z")
+_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64})*\Z")
+
+
+class NatsServerUnavailable(PeerUnreachable):
+    """The NATS server cannot be reached, or the connection to it was lost."""
+
+
+class PeerNotListening(PeerUnreachable):
+    """No node listens on the peer's subject (no responders), or it did not answer."""
+
+
+def _positive(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"{name} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+class _Peer:
+    """One peer's send side: its bounded queue and the task that publishes it."""
+
+    __slots__ = ("address", "checked_at", "headers", "queue", "ready", "room", "subject", "task")
+
+    def __init__(self, address: str, subject: str, headers: dict[str, str]) -> None:
+        self.address = address
+        self.subject = subject
+        self.headers = headers
+        self.queue: collections.deque[bytes] = collections.deque()
+        self.ready = asyncio.Event()  # frames to publish
+        self.room = asyncio.Event()  # the queue shrank (or the transport closed)
+        self.checked_at = float("-inf")  # when a probe last found it listening
+        self.task: asyncio.Task[None] | None = None
+
+
+class NatsTransport(Transport):
+    """Frames between nodes over NATS subjects (see the module docstring).
+
+    Args:
+        url: ``nats://[user:password@]host[:port][/node-name]``.
+        max_frame_size: the largest frame, lowered by ``start`` to the server's limit.
+        send_queue: frames queued per peer before senders wait (or fail).
+        name: the node's name, if the URL has none (a unique one otherwise).
+        subject_prefix: the subjects' prefix, the same on every node of a cluster.
+        ping_interval: seconds between client pings to the server, and between
+            presence probes of a peer that is being sent to.
+        max_outstanding_pings: unanswered pings before the server is declared gone.
+        connect_timeout: bound on ``start``'s connect (and on each reconnect attempt).
+        reconnect_time_wait: seconds between reconnect attempts.
+        probe_timeout: how long a peer's presence probe waits for its answer.
+        tls: an ``ssl.SSLContext`` to connect with TLS.
+        tls_hostname: the server name TLS checks, if not the URL's host.
+        user: user name (with ``password``).
+        password: password.
+        token: an authentication token.
+        creds: the path of a NATS ``.creds`` file (JWT and nkey).
+        pending_size: bytes nats-py buffers (while reconnecting, or ahead of the socket).
+
+    Raises:
+        ConfigError: a malformed URL or a bad option.
+    """
+
+    scheme = "nats"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        send_queue: int = DEFAULT_SEND_QUEUE,
+        name: str | None = None,
+        subject_prefix: str = "kerna",
+        ping_interval: float = 2.0,
+        max_outstanding_pings: int = 2,
+        connect_timeout: float = 2.0,
+        reconnect_time_wait: float = 0.5,
+        probe_timeout: float = 2.0,
+        tls: ssl.SSLContext | None = None,
+        tls_hostname: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        creds: str | None = None,
+        pending_size: int = 2 * 1024 * 1024,
+    ) -> None:
+        super().__init__(url, max_frame_size=max_frame_size, send_queue=send_queue)
+        parts = urlsplit(url)
+        try:
+            port = parts.port or DEFAULT_PORT
+        except ValueError as exc:
+            raise ConfigError(f"nats URL {url!r} has a bad port: {exc}") from exc
+        if parts.scheme.lower() != "nats" or not parts.hostname:
+            raise ConfigError(f"nats URL must look like 'nats://host:port/node-name', got {url!r}")
+        if parts.query or parts.fragment:
+            raise ConfigError(f"nats URL {url!r}: pass options as arguments, not in the URL")
+        path_name = parts.path.strip("/") or None
+        if path_name is not None and name is not None and path_name != name:
+            raise ConfigError(f"nats URL {url!r} names node {path_name!r} but name={name!r}")
+        node = path_name or name or f"node-{secrets.token_hex(6)}"
+        if not _NAME.match(node):
+            raise ConfigError(
+                f"nats node name {node!r} must be 1-128 letters, digits, '-' or '_' "
+                "(it is a subject token)"
+            )
+        if not isinstance(subject_prefix, str) or not _PREFIX.match(subject_prefix):
+            raise ConfigError(
+                f"subject_prefix must be dot-separated tokens, got {subject_prefix!r}"
+            )
+        if tls is not None and not isinstance(tls, ssl.SSLContext):
+            raise ConfigError(f"tls must be an ssl.SSLContext, got {type(tls).__qualname__}")
+        if isinstance(max_outstanding_pings, bool) or not isinstance(max_outstanding_pings, int):
+            raise ConfigError(
+                f"max_outstanding_pings must be an int, got {max_outstanding_pings!r}"
+            )
+        if max_outstanding_pings < 1:
+            raise ConfigError(f"max_outstanding_pings must be >= 1, got {max_outstanding_pings}")
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        self.server = f"{host}:{port}"
+        self.node_name = node
+        self.subject_prefix = subject_prefix
+        self.subject = self._subject(node)
+        self._ping_interval = _positive("ping_interval", ping_interval)
+        self._connect_timeout = _positive("connect_timeout", connect_timeout)
+        self._probe_timeout = _positive("probe_timeout", probe_timeout)
+        self._options: dict[str, Any] = {
+            "servers": [f"nats://{parts.netloc.rsplit('@', 1)[0]}@{self.server}"]
+            if "@" in parts.netloc
+            else [f"nats://{self.server}"],
+            "name": f"kerna {node}",
+            "ping_interval": self._ping_interval,
+            "max_outstanding_pings": max_outstanding_pings,
+            "connect_timeout": self._connect_timeout,
+            "reconnect_time_wait": _positive("reconnect_time_wait", reconnect_time_wait),
+            "max_reconnect_attempts": -1,  # a node keeps trying to reach its server
+            "pending_size": int(_positive("pending_size", pending_size)),
+            # A publish that waits for a full socket is bounded (then reported, not hung).
+            "flush_timeout": self._connect_timeout,
+            "tls": tls,
+            "tls_hostname": tls_hostname,
+            "user": user,
+            "password": password,
+            "token": token,
+            "user_credentials": creds,
+        }
+        self._address = f"nats://{self.server}/{node}"
+        self._from = {FROM_HEADER: self._address}
+        self._nc: Client | None = None
+        self._closed = False
+        self._on_frame: FrameCallback | None = None
+        self._on_peer_lost: PeerLostCallback | None = None
+        self._peers: dict[str, _Peer] = {}
+        self._heard: set[str] = set()  # peers frames came from
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    def _subject(self, node: str) -> str:
+        return f"{self.subject_prefix}.node.{node}"
+
+    async def start(self, on_frame: FrameCallback, on_peer_lost: PeerLostCallback) -> None:
+        """Connect to the server and subscribe to this node's subject.
+
+        Raises:
+            NatsServerUnavailable: the server did not accept a connection within
+                ``connect_timeout``.
+            ConfigError: another node already listens under this name.
+            RuntimeError: already started.
+            TransportClosed: closed before.
+        """
+        if self._closed:
+            raise TransportClosed(f"{self!r} is closed")
+        if self._nc is not None:
+            raise RuntimeError(f"{self!r} is already started")
+        self._on_frame, self._on_peer_lost = on_frame, on_peer_lost
+        nc = self._nc = Client()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await nc.connect(
+                    error_cb=self._error_cb,
+                    disconnected_cb=self._disconnected_cb,
+                    reconnected_cb=self._reconnected_cb,
+                    closed_cb=self._closed_cb,
+                    **self._options,
+                )
+        except (OSError, nats.errors.Error, TimeoutError) as exc:
+            await self._close_client()
+            self._nc = None
+            why = nc.last_error or exc
+            raise NatsServerUnavailable(
+                f"cannot connect to nats server {self.server} within "
+                f"{self._connect_timeout} s: {why!r}"
+            ) from exc
+        try:
+            await self._refuse_a_taken_name(nc)
+            await nc.subscribe(self.subject, cb=self._on_msg)
+            # nats-py types the timeout as int; it is a float to asyncio.
+            await nc.flush(timeout=max(1, round(self._connect_timeout)))
+        except BaseException:
+            await self._close_client()
+            raise
+        self._fit_frame_limit(nc)
+
+    async def _refuse_a_taken_name(self, nc: Client) -> None:
+        try:
+            await nc.request(self.subject, b"", self._probe_timeout, headers={PROBE_HEADER: "1"})
+        except nats.errors.NoRespondersError:
+            return
+        except nats.errors.TimeoutError:
+            return  # whoever holds it does not answer: not a live kerna node
+        raise ConfigError(
+            f"a node named {self.node_name!r} already listens on {self.subject!r} "
+            f"(nats server {self.server})"
+        )
+
+    def _fit_frame_limit(self, nc: Client) -> None:
+        # The server counts the header block too: "NATS/1.0\r\n" "K: V\r\n" "\r\n".
+        overhead = 12 + sum(len(k) + len(v) + 4 for k, v in self._from.items()) + 16
+        limit = nc.max_payload - overhead
+        if limit < self.max_frame_size:
+            log.info(
+                "nats server %s accepts messages up to %s bytes (max_payload): "
+                "max_frame_size lowered from %s to %s",
+                self.server,
+                nc.max_payload,
+                self.max_frame_size,
+                limit,
+            )
+            self.max_frame_size = limit
+
+    # -- receiving ---------------------------------------------------------------------
+
+    async def _on_msg(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        if PROBE_HEADER in headers:
+            if msg.reply and self._nc is not None and not self._closed:
+                await self._nc.publish(msg.reply, b"")
+            return
+        peer = headers.get(FROM_HEADER)
+        if not peer:
+            log.warning(
+                "nats: dropped a message on %s without a %s header", msg.subject, FROM_HEADER
+            )
+            return
+        self._heard.add(peer)
+        if len(msg.data) > self.max_frame_size:
+            error = FrameTooLarge(
+                f"frame of {len(msg.data)} bytes from {peer} is over the limit of "
+                f"{self.max_frame_size}"
+            )
+            log.warning("nats: %s", error)
+            self._report_lost(peer, error)
+            return
+        assert self._on_frame is not None
+        try:
+            self._on_frame(peer, msg.data)
+        except Exception:
+            log.exception("nats: on_frame raised for a frame from %s", peer)
+
+    # -- sending -----------------------------------------------------------------------
+
+    async def send(self, peer: str, frame: bytes, *, wait: bool = True) -> None:
+        """Queue ``frame`` for ``peer`` (a ``nats://server/node-name`` address).
+
+        Raises:
+            SendQueueFull: the queue is full and ``wait`` is False.
+            FrameTooLarge: over ``max_frame_size`` (the server's limit after start).
+            PeerUnreachable: ``peer`` is not a nats address with a valid node name.
+            NatsServerUnavailable: nats-py gave up on the server connection.
+            TransportClosed: closed (or closes while this waits), or not started.
+        """
+        if self._closed or self._nc is None:
+            raise TransportClosed(f"{self!r} is {'closed' if self._closed else 'not started'}")
+        self.check_frame(frame)
+        if self._nc.is_closed:
+            raise NatsServerUnavailable(f"the connection to nats server {self.server} is closed")
+        p = self._peers.get(peer) or self._add_peer(peer)
+        while len(p.queue) >= self.send_queue:
+            if not wait:
+                raise SendQueueFull(f"send queue to {peer} is full ({self.send_queue} frames)")
+            p.room.clear()
+            await p.room.wait()
+            if self._closed:
+                raise TransportClosed(f"{self!r} closed while a send to {peer} waited")
+        p.queue.append(bytes(frame))
+        p.ready.set()
+
+    def _add_peer(self, peer: str) -> _Peer:
+        parts = urlsplit(peer) if isinstance(peer, str) else None
+        node = parts.path.strip("/") if parts is not None else ""
+        if parts is None or parts.scheme != "nats" or not _NAME.match(node):
+            raise PeerUnreachable(f"{peer!r} is not a nats node address (nats://host:port/name)")
+        p = _Peer(peer, self._subject(node), self._from)
+        p.task = asyncio.get_running_loop().create_task(
+            self._drain(p), name=f"kerna nats send to {peer}"
+        )
+        self._peers[peer] = p
+        return p
+
+    async def _drain(self, p: _Peer) -> None:
+        loop = asyncio.get_running_loop()
+        nc = self._nc
+        assert nc is not None
+        while True:
+            await p.ready.wait()
+            p.ready.clear()
+            while p.queue:
+                if loop.time() - p.checked_at > self._ping_interval:
+                    error = await self._probe(nc, p)
+                    if error is not None:
+                        self._lose(p, error)
+                        break
+                    p.checked_at = loop.time()
+                try:
+                    await nc.publish(p.subject, p.queue[0], headers=p.headers)
+                except (nats.errors.Error, OSError) as exc:
+                    self._lose(p, self._server_error(exc))
+                    break
+                p.queue.popleft()
+                p.room.set()
+
+    async def _probe(self, nc: Client, p: _Peer) -> TransportError | None:
+        """None if ``p`` listens, else why not."""
+        if not nc.is_connected:
+            return NatsServerUnavailable(f"not connected to nats server {self.server}")
+        try:
+            await nc.request(p.subject, b"", self._probe_timeout, headers={PROBE_HEADER: "1"})
+        except nats.errors.NoRespondersError:
+            return PeerNotListening(
+                f"no kerna node listens on {p.subject!r} for {p.address} "
+                f"(nats server {self.server}: no responders)"
+            )
+        except nats.errors.TimeoutError:
+            return PeerNotListening(
+                f"{p.address} did not answer a presence probe on {p.subject!r} within "
+                f"{self._probe_timeout} s (nats server {self.server})"
+            )
+        except (nats.errors.Error, OSError) as exc:
+            return self._server_error(exc)
+        return None
+
+    def _server_error(self, exc: BaseException) -> NatsServerUnavailable:
+        return NatsServerUnavailable(f"nats server {self.server}: {exc!r}")
+
+    def _lose(self, p: _Peer, error: BaseException) -> None:
+        """Drop ``p``'s queued frames, probe again next time, report it lost."""
+        p.queue.clear()
+        p.checked_at = float("-inf")
+        p.room.set()
+        self._report_lost(p.address, error)
+
+    def _report_lost(self, peer: str, error: BaseException | None) -> None:
+        if self._closed or self._on_peer_lost is None:
+            return
+        try:
+            self._on_peer_lost(peer, error)
+        except Exception:
+            log.exception("nats: on_peer_lost raised for %s", peer)
+
+    # -- the server connection ---------------------------------------------------------
+
+    async def _error_cb(self, exc: Exception) -> None:
+        log.warning("nats server %s: %r", self.server, exc)
+
+    async def _disconnected_cb(self) -> None:
+        if self._closed:
+            return
+        nc = self._nc
+        why = nc.last_error if nc is not None else None
+        log.warning("lost the connection to nats server %s (%r)", self.server, why)
+        for peer in {*self._peers, *self._heard}:
+            error = NatsServerUnavailable(
+                f"lost the connection to nats server {self.server} ({why!r})"
+            )
+            if (p := self._peers.get(peer)) is not None:
+                p.checked_at = float("-inf")
+            self._report_lost(peer, error)
+
+    async def _reconnected_cb(self) -> None:
+        log.info("reconnected to nats server %s", self.server)
+
+    async def _closed_cb(self) -> None:
+        if not self._closed:
+            log.warning("the connection to nats server %s is closed", self.server)
+
+    async def aclose(self) -> None:
+        """Stop listening, drop queued frames (waiting senders get ``TransportClosed``),
+        close the server connection and end every task; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks = []
+        for p in self._peers.values():
+            p.queue.clear()
+            p.room.set()
+            if p.task is not None:
+                p.task.cancel()
+                tasks.append(p.task)
+        if tasks:
+            # Bounded: a cancelled publish ends at its next await.
+            await asyncio.wait(tasks, timeout=self._connect_timeout)
+        await self._close_client()
+
+    async def _close_client(self) -> None:
+        nc = self._nc
+        if nc is None or nc.is_closed:
+            return
+        # Bounded: a frozen server must not hold close; what it did not take is lost.
+        with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
+            async with asyncio.timeout(self._connect_timeout):
+                await nc.close()
