@@ -25,7 +25,7 @@ import pytest
 
 from .etcd import free_ports, wait_until
 
-__all__ = ["MAX_PAYLOAD", "NatsServer", "fresh_nats_server", "nats_server"]
+__all__ = ["MAX_PAYLOAD", "NatsServer", "fresh_nats_server", "nats_server", "nats_server_with"]
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 MAX_PAYLOAD = 8 * 1024 * 1024
@@ -51,7 +51,7 @@ def require_nats_server() -> None:
 class NatsServer:
     """One nats-server process: its port, configuration and the signals tests send it."""
 
-    def __init__(self, root: Path, max_payload: int = MAX_PAYLOAD) -> None:
+    def __init__(self, root: Path, max_payload: int = MAX_PAYLOAD, extra_config: str = "") -> None:
         (self.port,) = free_ports(1)
         self.root = root
         self.config = root / "nats.conf"
@@ -61,6 +61,7 @@ class NatsServer:
             f"listen: 127.0.0.1:{self.port}\n"
             f"max_payload: {max_payload}\n"
             f"max_pending: {max(64 * 1024 * 1024, 2 * max_payload)}\n"
+            f"{extra_config}\n"
         )
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -149,10 +150,13 @@ class NatsServer:
 
 
 @contextlib.contextmanager
-def _server() -> Iterator[NatsServer]:
+def nats_server_with(extra_config: str = "", root: Path | None = None) -> Iterator[NatsServer]:
+    """A nats-server of the caller's own, with ``extra_config`` added to its
+    configuration (authorization, tls), in ``root`` (a new temporary directory if None);
+    stopped and its directory removed on exit."""
     require_nats_server()
-    root = Path(tempfile.mkdtemp(prefix="kerna-nats-"))
-    server = NatsServer(root)
+    root = root or Path(tempfile.mkdtemp(prefix="kerna-nats-"))
+    server = NatsServer(root, extra_config=extra_config)
     try:
         server.start()
         yield server
@@ -165,12 +169,12 @@ def _server() -> Iterator[NatsServer]:
 def nats_server() -> Iterator[NatsServer]:
     """One nats-server for the whole session (tests share it under node names of their
     own); a test that freezes or stops a server uses ``fresh_nats_server``."""
-    with _server() as server:
+    with nats_server_with() as server:
         yield server
 
 
 @pytest.fixture
 def fresh_nats_server() -> Iterator[NatsServer]:
     """A nats-server of one test's own."""
-    with _server() as server:
+    with nats_server_with() as server:
         yield server

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import shutil
+import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
@@ -21,8 +25,9 @@ from kerna.transports import (
 )
 from kerna.transports._nats import NatsServerUnavailable, NatsTransport, PeerNotListening
 
+from .conftest import assert_no_stray_tasks, require_server
 from .etcd import free_ports
-from .nats import MAX_PAYLOAD, NatsServer
+from .nats import MAX_PAYLOAD, NatsServer, nats_server_with
 
 pytestmark = pytest.mark.anyio
 
@@ -259,3 +264,93 @@ async def test_a_frozen_server_is_noticed_within_the_ping_bound_and_traffic_resu
             except TimeoutError:
                 pass  # dropped while a or b was still reconnecting: send again
     assert b.frames[1] == (a.address, b"after")
+
+
+async def test_user_password_and_token_pass_through_and_a_wrong_one_is_refused() -> None:
+    with nats_server_with('authorization { user: "kerna", password: "s3cret" }') as server:
+        good = NatsTransport(f"{server.url}/a", user="kerna", password="s3cret")
+        in_url = NatsTransport(f"nats://kerna:s3cret@127.0.0.1:{server.port}/b")
+        wrong = NatsTransport(f"{server.url}/c", user="kerna", password="nope")
+        a, b = Node(good), Node(in_url)
+        try:
+            await good.start(a.on_frame, a.on_peer_lost)
+            await in_url.start(b.on_frame, b.on_peer_lost)
+            assert "s3cret" not in in_url.address
+            await good.send(in_url.address, b"authenticated")
+            await b.until(lambda: b.frames == [(good.address, b"authenticated")])
+            with pytest.raises(NatsServerUnavailable, match=f"{server.port}.*[Aa]uthoriz"):
+                await wrong.start(lambda p, f: None, lambda p, e: None)
+        finally:
+            for t in (good, in_url, wrong):
+                await t.aclose()
+    with nats_server_with('authorization { token: "t0ken" }') as server:
+        t = NatsTransport(f"{server.url}/a", token="t0ken")
+        try:
+            await t.start(lambda p, f: None, lambda p, e: None)
+        finally:
+            await t.aclose()
+
+
+def _self_signed(root: Path) -> tuple[Path, Path]:
+    cert, key = root / "server.pem", root / "server.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_tls_passes_through_and_an_untrusted_server_is_refused(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        require_server("openssl is not installed: it makes the test's certificate")
+    cert, key = _self_signed(tmp_path)
+    tls = f'tls {{ cert_file: "{cert}", key_file: "{key}" }}'
+    with nats_server_with(tls) as server:
+        trusting = ssl.create_default_context(cafile=str(cert))
+        a_t = NatsTransport(f"{server.url}/a", tls=trusting)
+        b_t = NatsTransport(f"{server.url}/b", tls=trusting)
+        untrusting = NatsTransport(f"{server.url}/c", tls=ssl.create_default_context())
+        a, b = Node(a_t), Node(b_t)
+        try:
+            await a_t.start(a.on_frame, a.on_peer_lost)
+            await b_t.start(b.on_frame, b.on_peer_lost)
+            await a_t.send(b_t.address, b"over tls")
+            await b.until(lambda: b.frames == [(a_t.address, b"over tls")])
+            with pytest.raises(NatsServerUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+                await untrusting.start(lambda p, f: None, lambda p, e: None)
+        finally:
+            for t in (a_t, b_t, untrusting):
+                await t.aclose()
+
+
+async def test_concurrent_senders_keep_each_senders_order(nodes: Callable) -> None:
+    a, b = await nodes(send_queue=8), await nodes()
+
+    async def sender(tag: bytes) -> None:
+        for i in range(100):
+            await a.transport.send(b.address, tag + b"%d" % i)
+
+    async with asyncio.timeout(10):
+        await asyncio.gather(*(sender(t) for t in (b"x", b"y", b"z")))
+    await b.until(lambda: len(b.frames) == 300)
+    for tag in (b"x", b"y", b"z"):
+        mine = [f for _, f in b.frames if f.startswith(tag)]
+        assert mine == [tag + b"%d" % i for i in range(100)]
+
+
+async def test_closing_leaves_no_task_of_the_transport(nats_server: NatsServer) -> None:
+    before = asyncio.all_tasks()
+    a, b = Node(NatsTransport(f"{nats_server.url}/{unique('a')}")), None
+    await a.transport.start(a.on_frame, a.on_peer_lost)
+    b = Node(NatsTransport(f"{nats_server.url}/{unique('b')}"))
+    await b.transport.start(b.on_frame, b.on_peer_lost)
+    await a.transport.send(b.address, b"x")
+    await b.until(lambda: len(b.frames) == 1)
+    async with asyncio.timeout(10):
+        await a.transport.aclose()
+        await b.transport.aclose()
+    assert_no_stray_tasks(before)
+    leftover = [t for t in asyncio.all_tasks() - before if not t.done()]
+    assert not leftover, leftover

@@ -213,7 +213,10 @@ class NatsTransport(Transport):
             "max_outstanding_pings": max_outstanding_pings,
             "connect_timeout": self._connect_timeout,
             "reconnect_time_wait": _positive("reconnect_time_wait", reconnect_time_wait),
-            "max_reconnect_attempts": -1,  # a node keeps trying to reach its server
+            # The first connect fails fast: a refused one is tried twice, a wrong
+            # password or certificate once; start then lets nats-py reconnect for good.
+            "allow_reconnect": False,
+            "max_reconnect_attempts": 1,
             "pending_size": int(_positive("pending_size", pending_size)),
             # A publish that waits for a full socket is bounded (then reported, not hung).
             "flush_timeout": self._connect_timeout,
@@ -228,10 +231,12 @@ class NatsTransport(Transport):
         self._from = {FROM_HEADER: self._address}
         self._nc: Client | None = None
         self._closed = False
+        self._started = False  # connected and subscribed
         self._on_frame: FrameCallback | None = None
         self._on_peer_lost: PeerLostCallback | None = None
         self._peers: dict[str, _Peer] = {}
         self._heard: set[str] = set()  # peers frames came from
+        self._last_error: BaseException | None = None  # nats-py's last, for messages
 
     @property
     def address(self) -> str:
@@ -257,22 +262,19 @@ class NatsTransport(Transport):
         self._on_frame, self._on_peer_lost = on_frame, on_peer_lost
         nc = self._nc = Client()
         try:
-            async with asyncio.timeout(self._connect_timeout):
-                await nc.connect(
-                    error_cb=self._error_cb,
-                    disconnected_cb=self._disconnected_cb,
-                    reconnected_cb=self._reconnected_cb,
-                    closed_cb=self._closed_cb,
-                    **self._options,
-                )
+            await self._connect(nc)
         except (OSError, nats.errors.Error, TimeoutError) as exc:
             await self._close_client()
             self._nc = None
-            why = nc.last_error or exc
+            why = self._last_error or nc.last_error or exc
             raise NatsServerUnavailable(
-                f"cannot connect to nats server {self.server} within "
-                f"{self._connect_timeout} s: {why!r}"
+                f"cannot connect to nats server {self.server}: {why!r} "
+                f"(connect_timeout {self._connect_timeout} s)"
             ) from exc
+        # Read by nats-py when a connection fails: from now on a node keeps trying to
+        # reach its server, reconnect_time_wait apart.
+        nc.options["allow_reconnect"] = True
+        nc.options["max_reconnect_attempts"] = -1
         try:
             await self._refuse_a_taken_name(nc)
             await nc.subscribe(self.subject, cb=self._on_msg)
@@ -282,6 +284,23 @@ class NatsTransport(Transport):
             await self._close_client()
             raise
         self._fit_frame_limit(nc)
+        self._started = True
+
+    async def _connect(self, nc: Client) -> None:
+        """Connect within ``connect_timeout``.
+
+        Raises:
+            TimeoutError: not connected in time.
+            OSError, nats.errors.Error: why the connect failed.
+        """
+        async with asyncio.timeout(self._connect_timeout):
+            await nc.connect(
+                error_cb=self._error_cb,
+                disconnected_cb=self._disconnected_cb,
+                reconnected_cb=self._reconnected_cb,
+                closed_cb=self._closed_cb,
+                **self._options,
+            )
 
     async def _refuse_a_taken_name(self, nc: Client) -> None:
         try:
@@ -442,17 +461,25 @@ class NatsTransport(Transport):
     # -- the server connection ---------------------------------------------------------
 
     async def _error_cb(self, exc: Exception) -> None:
+        self._last_error = exc
         log.warning("nats server %s: %r", self.server, exc)
 
     async def _disconnected_cb(self) -> None:
-        if self._closed:
+        if self._closed or not self._started:
             return
-        nc = self._nc
-        why = nc.last_error if nc is not None else None
-        log.warning("lost the connection to nats server %s (%r)", self.server, why)
+        # nats-py does not pass the cause (a frozen server is a stale connection: no
+        # answer to max_outstanding_pings pings); name the last error it reported.
+        why = (
+            f"last error {self._last_error!r}"
+            if self._last_error is not None
+            else f"closed, reset, or silent past {self._options['max_outstanding_pings']} "
+            f"pings {self._ping_interval} s apart"
+        )
+        self._last_error = None
+        log.warning("lost the connection to nats server %s (%s)", self.server, why)
         for peer in {*self._peers, *self._heard}:
             error = NatsServerUnavailable(
-                f"lost the connection to nats server {self.server} ({why!r})"
+                f"lost the connection to nats server {self.server} ({why})"
             )
             if (p := self._peers.get(peer)) is not None:
                 p.checked_at = float("-inf")
@@ -485,7 +512,9 @@ class NatsTransport(Transport):
 
     async def _close_client(self) -> None:
         nc = self._nc
-        if nc is None or nc.is_closed:
+        # A connect that failed has closed its client already (and nats-py's close()
+        # of a client that never connected waits for nothing that comes).
+        if nc is None or nc.is_closed or not (nc.is_connected or nc.is_reconnecting):
             return
         # Bounded: a frozen server must not hold close; what it did not take is lost.
         with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
