@@ -26,12 +26,26 @@ def inproc(request: pytest.FixtureRequest) -> TransportFactory:
     return make
 
 
+def nats(request: pytest.FixtureRequest) -> TransportFactory:
+    """On the session's nats-server (tests/nats.py: max_payload 8 MiB), node names of
+    the test's own."""
+    server = request.getfixturevalue("nats_server")
+
+    def make(url: str | None = None, /, **options: Any) -> Transport:
+        options.setdefault("ping_interval", 0.5)
+        return open_transport(url or f"{server.url}/conformance-{next(_names)}", **options)
+
+    return make
+
+
 FACTORIES: dict[str, Callable[[pytest.FixtureRequest], TransportFactory]] = {
     "inproc": inproc,
+    "nats": nats,
 }
 # Transports whose medium buffers for a peer that stops reading (see
-# TransportSuite.stalled_peers); inproc: its peers share the sender's event loop.
-NO_STALL = {"inproc"}
+# TransportSuite.stalled_peers); inproc: its peers share the sender's event loop; nats:
+# the server buffers for (and in the end drops) a slow consumer.
+NO_STALL = {"inproc", "nats"}
 
 
 class TestTransports(TransportSuite):

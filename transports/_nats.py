@@ -79,6 +79,7 @@ log = logging.getLogger("kerna.transports.nats")
 
 FROM_HEADER = "Kerna-From"
 PROBE_HEADER = "Kerna-Probe"
+BYE_HEADER = "Kerna-Bye"
 DEFAULT_PORT = 4222
 # A subject token: no '.', '*', '>' or whitespace (NATS's own rules), kept short.
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,128}\Z")
@@ -102,7 +103,17 @@ def _positive(name: str, value: object) -> float:
 class _Peer:
     """One peer's send side: its bounded queue and the task that publishes it."""
 
-    __slots__ = ("address", "checked_at", "headers", "queue", "ready", "room", "subject", "task")
+    __slots__ = (
+        "address",
+        "checked_at",
+        "headers",
+        "probing",
+        "queue",
+        "ready",
+        "room",
+        "subject",
+        "task",
+    )
 
     def __init__(self, address: str, subject: str, headers: dict[str, str]) -> None:
         self.address = address
@@ -111,7 +122,8 @@ class _Peer:
         self.queue: collections.deque[bytes] = collections.deque()
         self.ready = asyncio.Event()  # frames to publish
         self.room = asyncio.Event()  # the queue shrank (or the transport closed)
-        self.checked_at = float("-inf")  # when a probe last found it listening
+        self.checked_at = float("-inf")  # when it was last found listening
+        self.probing: asyncio.Task[TransportError | None] | None = None  # first contact
         self.task: asyncio.Task[None] | None = None
 
 
@@ -236,6 +248,7 @@ class NatsTransport(Transport):
         self._on_peer_lost: PeerLostCallback | None = None
         self._peers: dict[str, _Peer] = {}
         self._heard: set[str] = set()  # peers frames came from
+        self._lost: set[str] = set()  # reported lost, not heard from or found since
         self._last_error: BaseException | None = None  # nats-py's last, for messages
 
     @property
@@ -343,7 +356,13 @@ class NatsTransport(Transport):
                 "nats: dropped a message on %s without a %s header", msg.subject, FROM_HEADER
             )
             return
+        if BYE_HEADER in headers:
+            self._peer_left(peer, PeerNotListening(f"{peer} closed its transport"))
+            return
         self._heard.add(peer)
+        self._lost.discard(peer)
+        if (known := self._peers.get(peer)) is not None:
+            known.checked_at = asyncio.get_running_loop().time()  # it listens: it sent
         if len(msg.data) > self.max_frame_size:
             error = FrameTooLarge(
                 f"frame of {len(msg.data)} bytes from {peer} is over the limit of "
@@ -376,6 +395,8 @@ class NatsTransport(Transport):
         if self._nc.is_closed:
             raise NatsServerUnavailable(f"the connection to nats server {self.server} is closed")
         p = self._peers.get(peer) or self._add_peer(peer)
+        if p.checked_at == float("-inf"):
+            await self._first_contact(p)
         while len(p.queue) >= self.send_queue:
             if not wait:
                 raise SendQueueFull(f"send queue to {peer} is full ({self.send_queue} frames)")
@@ -386,17 +407,52 @@ class NatsTransport(Transport):
         p.queue.append(bytes(frame))
         p.ready.set()
 
-    def _add_peer(self, peer: str) -> _Peer:
+    def _peer_subject(self, peer: str) -> str | None:
+        """The subject of a ``nats://server/node-name`` address (None if it is not one)."""
         parts = urlsplit(peer) if isinstance(peer, str) else None
         node = parts.path.strip("/") if parts is not None else ""
         if parts is None or parts.scheme != "nats" or not _NAME.match(node):
+            return None
+        return self._subject(node)
+
+    def _add_peer(self, peer: str) -> _Peer:
+        subject = self._peer_subject(peer)
+        if subject is None:
             raise PeerUnreachable(f"{peer!r} is not a nats node address (nats://host:port/name)")
-        p = _Peer(peer, self._subject(node), self._from)
+        p = _Peer(peer, subject, self._from)
         p.task = asyncio.get_running_loop().create_task(
             self._drain(p), name=f"kerna nats send to {peer}"
         )
         self._peers[peer] = p
         return p
+
+    async def _first_contact(self, p: _Peer) -> None:
+        """Probe a peer not seen listening yet (or lost since); concurrent first sends
+        share one probe.
+
+        Raises:
+            PeerUnreachable: nothing listens there (not reported lost: it never was
+                reached), or the server is gone.
+        """
+        nc = self._nc
+        assert nc is not None
+        if p.probing is None:
+            p.probing = asyncio.get_running_loop().create_task(
+                self._probe(nc, p), name=f"kerna nats probe {p.address}"
+            )
+        probing = p.probing
+        try:
+            # shield: a sender that gives up does not cancel the probe the others share
+            error = await asyncio.shield(probing)
+        finally:
+            if probing.done() and p.probing is probing:
+                p.probing = None
+        if self._closed:
+            raise TransportClosed(f"{self!r} closed while a send to {p.address} waited")
+        if error is not None:
+            raise error
+        p.checked_at = asyncio.get_running_loop().time()
+        self._lost.discard(p.address)
 
     async def _drain(self, p: _Peer) -> None:
         loop = asyncio.get_running_loop()
@@ -412,6 +468,7 @@ class NatsTransport(Transport):
                         self._lose(p, error)
                         break
                     p.checked_at = loop.time()
+                    self._lost.discard(p.address)
                 try:
                     await nc.publish(p.subject, p.queue[0], headers=p.headers)
                 except (nats.errors.Error, OSError) as exc:
@@ -450,9 +507,17 @@ class NatsTransport(Transport):
         p.room.set()
         self._report_lost(p.address, error)
 
+    def _peer_left(self, peer: str, error: TransportError) -> None:
+        if (p := self._peers.get(peer)) is not None:
+            self._lose(p, error)
+        else:
+            self._report_lost(peer, error)
+
     def _report_lost(self, peer: str, error: BaseException | None) -> None:
-        if self._closed or self._on_peer_lost is None:
+        """Tell ``on_peer_lost``, once until the peer is heard from or found again."""
+        if self._closed or self._on_peer_lost is None or peer in self._lost:
             return
+        self._lost.add(peer)
         try:
             self._on_peer_lost(peer, error)
         except Exception:
@@ -497,9 +562,13 @@ class NatsTransport(Transport):
         close the server connection and end every task; idempotent."""
         if self._closed:
             return
+        await self._say_goodbye()
         self._closed = True
         tasks = []
         for p in self._peers.values():
+            if p.probing is not None:
+                p.probing.cancel()
+                tasks.append(p.probing)
             p.queue.clear()
             p.room.set()
             if p.task is not None:
@@ -509,6 +578,22 @@ class NatsTransport(Transport):
             # Bounded: a cancelled publish ends at its next await.
             await asyncio.wait(tasks, timeout=self._connect_timeout)
         await self._close_client()
+
+    async def _say_goodbye(self) -> None:
+        """Tell every known peer this node leaves (what a plain subject cannot show);
+        bounded, and skipped without a connection (the peers' probes notice then)."""
+        nc = self._nc
+        if nc is None or not self._started or not nc.is_connected:
+            return
+        bye = {FROM_HEADER: self._address, BYE_HEADER: "1"}
+        try:
+            async with asyncio.timeout(self._probe_timeout):
+                for peer in {*self._peers, *self._heard}:
+                    if (subject := self._peer_subject(peer)) is not None:
+                        await nc.publish(subject, b"", headers=bye)
+                await nc.flush(timeout=max(1, round(self._probe_timeout)))
+        except (TimeoutError, nats.errors.Error, OSError) as exc:
+            log.info("nats: could not tell every peer %s leaves: %r", self._address, exc)
 
     async def _close_client(self) -> None:
         nc = self._nc
