@@ -18,19 +18,29 @@ is full): a full queue waits or fails (``SendQueueFull``) by the sender's choice
 What NATS can tell about peers, and what this transport reports:
 
 - A peer's departure is invisible on a plain subject (messages to nobody vanish). So
-  the first frame to a peer, and the first after ``ping_interval`` seconds since its
-  last check, waits for a presence probe: a request on the peer's subject that its
-  transport answers. No subscriber (``NoRespondersError``) or no answer within
-  ``probe_timeout`` reports the peer lost (``PeerNotListening``) and drops its queued
-  frames; the next send probes again. A peer that left is so found within
-  ``ping_interval + probe_timeout`` of the next frame sent to it; an idle peer is not
-  watched (the cluster's membership does that).
+  presence is probed: a request on the peer's subject that its transport answers.
+  The first send to a peer (and the first after it was lost) awaits a probe: nobody
+  subscribed (``NoRespondersError``) or no answer within ``probe_timeout`` raises
+  ``PeerNotListening`` from ``send`` (it was never reached, so it is not reported
+  lost). After that a peer counts as present while it is heard from; the first frame
+  sent more than ``ping_interval`` seconds after it was last found present probes it
+  again (from the peer's publishing task), and a failed probe reports it lost
+  (``PeerNotListening``) and drops its queued frames. A peer that vanishes without
+  closing is so found within ``ping_interval + probe_timeout`` of the next frame sent
+  to it; an idle peer is not watched (the cluster's membership does that).
+- ``aclose`` tells every peer it sent to or heard from that it leaves (a goodbye
+  message): they report it lost at once. Each loss is reported once, until the peer is
+  heard from or found present again.
 - Losing the server connection (closed, reset, or frozen: a ``ping_interval`` of 2 s
   with ``max_outstanding_pings`` 2 notices a silent server within about
   ``ping_interval * (max_outstanding_pings + 1)``, where nats-py's 120 s default takes
   minutes) reports every known peer lost (``NatsServerUnavailable``). nats-py keeps
-  reconnecting (``reconnect_time_wait`` apart); sends meanwhile go to its bounded
-  buffer, and fail the peer (reported lost) when that is full.
+  reconnecting (``reconnect_time_wait`` apart); frames queued meanwhile go to its
+  bounded buffer (``pending_size``), and a full one fails the peer (reported lost).
+  A send to a peer not present since needs the server: it raises
+  ``NatsServerUnavailable`` until nats-py has reconnected.
+- A node name is one subscriber: ``start`` refuses (``ConfigError``) a name a live
+  node already answers on.
 
 Frame size: NATS refuses messages over the server's ``max_payload`` (1 MiB by
 default), headers included. ``start`` lowers ``max_frame_size`` to what the connected
