@@ -16,7 +16,7 @@ import nats
 import nats.aio.msg
 import pytest
 
-from kerna import ConfigError
+from kerna import Agent, ConfigError, Kernel, Request, handler
 from kerna.transports import (
     FrameTooLarge,
     PeerUnreachable,
@@ -362,3 +362,29 @@ async def test_closing_leaves_no_task_of_the_transport(nats_server: NatsServer) 
     assert_no_stray_tasks(before)
     leftover = [t for t in asyncio.all_tasks() - before if not t.done()]
     assert not leftover, leftover
+
+
+class Sum(Request[int]):
+    a: int
+    b: int
+
+
+class Adder(Agent):
+    @handler
+    async def add(self, msg: Sum) -> int:
+        return msg.a + msg.b
+
+
+async def test_two_kernels_ask_each_other_over_nats(nats_server: NatsServer) -> None:
+    options = {"ping_interval": 0.5}
+    async with (
+        Kernel(transport=f"{nats_server.url}/{unique('ka')}", transport_options=options) as a,
+        Kernel(transport=f"{nats_server.url}/{unique('kb')}", transport_options=options) as b,
+    ):
+        b.register(Adder)
+        assert b.address is not None
+        assert b.address.startswith(nats_server.url)
+        results = await asyncio.gather(
+            *(a.ref(Adder, "x", node=b.address).ask(Sum(a=i, b=1), timeout=5) for i in range(50))
+        )
+        assert results == [i + 1 for i in range(50)]
