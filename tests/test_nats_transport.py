@@ -24,7 +24,12 @@ from kerna.transports import (
     Transport,
     open_transport,
 )
-from kerna.transports._nats import NatsServerUnavailable, NatsTransport, PeerNotListening
+from kerna.transports._nats import (
+    NatsFramesDropped,
+    NatsServerUnavailable,
+    NatsTransport,
+    PeerNotListening,
+)
 
 from .conftest import assert_no_stray_tasks, require_server
 from .etcd import free_ports
@@ -388,3 +393,21 @@ async def test_two_kernels_ask_each_other_over_nats(nats_server: NatsServer) -> 
             *(a.ref(Adder, "x", node=b.address).ask(Sum(a=i, b=1), timeout=5) for i in range(50))
         )
         assert results == [i + 1 for i in range(50)]
+
+
+async def test_frames_nats_drops_for_a_slow_receiver_report_its_peers_lost(
+    nodes: Callable,
+) -> None:
+    a, b = await nodes(), await nodes(receive_queue=2)
+    await a.transport.send(b.address, b"hello")
+    await b.until(lambda: len(b.frames) == 1)
+    # One burst, published without yielding, arrives in one read: nats-py queues two
+    # for on_frame and drops the rest.
+    for i in range(200):
+        await a.transport.send(b.address, b"%d" % i)
+    await b.until(lambda: bool(b.lost))
+    ((peer, error),) = b.lost
+    assert peer == a.address
+    assert isinstance(error, NatsFramesDropped)
+    assert "more than 2 waited for on_frame" in str(error)
+    assert len(b.frames) < 201

@@ -39,6 +39,9 @@ What NATS can tell about peers, and what this transport reports:
   bounded buffer (``pending_size``), and a full one fails the peer (reported lost).
   A send to a peer not present since needs the server: it raises
   ``NatsServerUnavailable`` until nats-py has reconnected.
+- A receiver slower than its senders: nats-py holds ``receive_queue`` frames for
+  ``on_frame`` and drops the rest, reporting them without their sender; every peer
+  heard from is then reported lost (``NatsFramesDropped``), never a silent gap.
 - A node name is one subscriber: ``start`` refuses (``ConfigError``) a name a live
   node already answers on.
 
@@ -83,7 +86,7 @@ from ._base import (
     TransportClosed,
 )
 
-__all__ = ["NatsServerUnavailable", "NatsTransport", "PeerNotListening"]
+__all__ = ["NatsFramesDropped", "NatsServerUnavailable", "NatsTransport", "PeerNotListening"]
 
 log = logging.getLogger("kerna.transports.nats")
 
@@ -108,6 +111,11 @@ def _positive(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ConfigError(f"{name} must be a number > 0, got {value!r}")
     return float(value)
+
+
+class NatsFramesDropped(TransportError):
+    """nats-py dropped frames for this node (a slow consumer: more than
+    ``receive_queue`` frames waited for ``on_frame``); which peer sent them is unknown."""
 
 
 class _Peer:
@@ -159,6 +167,8 @@ class NatsTransport(Transport):
         token: an authentication token.
         creds: the path of a NATS ``.creds`` file (JWT and nkey).
         pending_size: bytes nats-py buffers (while reconnecting, or ahead of the socket).
+        receive_queue: frames nats-py holds for ``on_frame`` before it drops them
+            (every peer heard from is then reported lost with ``NatsFramesDropped``).
 
     Raises:
         ConfigError: a malformed URL or a bad option.
@@ -186,6 +196,7 @@ class NatsTransport(Transport):
         token: str | None = None,
         creds: str | None = None,
         pending_size: int = 2 * 1024 * 1024,
+        receive_queue: int = 512 * 1024,
     ) -> None:
         super().__init__(url, max_frame_size=max_frame_size, send_queue=send_queue)
         parts = urlsplit(url)
@@ -249,6 +260,11 @@ class NatsTransport(Transport):
             "token": token,
             "user_credentials": creds,
         }
+        if isinstance(receive_queue, bool) or not isinstance(receive_queue, int):
+            raise ConfigError(f"receive_queue must be an int >= 1, got {receive_queue!r}")
+        if receive_queue < 1:
+            raise ConfigError(f"receive_queue must be an int >= 1, got {receive_queue!r}")
+        self._receive_queue = receive_queue
         self._address = f"nats://{self.server}/{node}"
         self._from = {FROM_HEADER: self._address}
         self._nc: Client | None = None
@@ -300,7 +316,9 @@ class NatsTransport(Transport):
         nc.options["max_reconnect_attempts"] = -1
         try:
             await self._refuse_a_taken_name(nc)
-            await nc.subscribe(self.subject, cb=self._on_msg)
+            await nc.subscribe(
+                self.subject, cb=self._on_msg, pending_msgs_limit=self._receive_queue
+            )
             # nats-py types the timeout as int; it is a float to asyncio.
             await nc.flush(timeout=max(1, round(self._connect_timeout)))
         except BaseException:
@@ -536,6 +554,18 @@ class NatsTransport(Transport):
     # -- the server connection ---------------------------------------------------------
 
     async def _error_cb(self, exc: Exception) -> None:
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            # Called per dropped message, without its headers: the sender is unknown,
+            # so every peer heard from may have lost a frame (reported once each).
+            error = NatsFramesDropped(
+                f"nats-py dropped frames for {self._address}: more than "
+                f"{self._receive_queue} waited for on_frame (nats server {self.server})"
+            )
+            if self._heard - self._lost:
+                log.warning("nats: %s", error)
+            for peer in self._heard:
+                self._report_lost(peer, error)
+            return
         self._last_error = exc
         log.warning("nats server %s: %r", self.server, exc)
 
