@@ -22,6 +22,7 @@ from kerna.transports import (
     PeerUnreachable,
     SendQueueFull,
     Transport,
+    TransportClosed,
     open_transport,
 )
 from kerna.transports._nats import (
@@ -411,3 +412,27 @@ async def test_frames_nats_drops_for_a_slow_receiver_report_its_peers_lost(
     assert isinstance(error, NatsFramesDropped)
     assert "more than 2 waited for on_frame" in str(error)
     assert len(b.frames) < 201
+
+
+async def test_closing_while_a_first_send_waits_for_its_probe_fails_it_as_closed(
+    nodes: Callable, nats_server: NatsServer
+) -> None:
+    a = await nodes(probe_timeout=20)
+    name = unique("mute")
+    raw = await nats.connect(nats_server.url)  # subscribed, never answers the probe
+    try:
+        probed = asyncio.Event()
+
+        async def mute(msg: nats.aio.msg.Msg) -> None:
+            probed.set()
+
+        await raw.subscribe(f"kerna.node.{name}", cb=mute)
+        await raw.flush()
+        sending = asyncio.ensure_future(a.transport.send(f"{nats_server.url}/{name}", b"x"))
+        async with asyncio.timeout(5):
+            await probed.wait()
+            await a.transport.aclose()
+            with pytest.raises(TransportClosed):
+                await sending
+    finally:
+        await raw.close()

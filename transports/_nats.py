@@ -472,6 +472,14 @@ class NatsTransport(Transport):
         try:
             # shield: a sender that gives up does not cancel the probe the others share
             error = await asyncio.shield(probing)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self._closed and probing.cancelled() and not (current and current.cancelling()):
+                # aclose cancelled the probe, not this sender's caller
+                raise TransportClosed(
+                    f"{self!r} closed while a send to {p.address} waited"
+                ) from None
+            raise
         finally:
             if probing.done() and p.probing is probing:
                 p.probing = None
