@@ -56,6 +56,7 @@ class NatsServer:
         self.root = root
         self.config = root / "nats.conf"
         self.log_path = root / "nats.log"
+        self.log_path.write_text("")
         # max_pending (64 MB by default) bounds max_payload: keep it above.
         self.config.write_text(
             f"listen: 127.0.0.1:{self.port}\n"
@@ -100,7 +101,9 @@ class NatsServer:
         def up() -> bool:
             if self._proc is None or self._proc.poll() is not None:
                 raise RuntimeError(f"nats-server exited:\n{self.log_tail()}")
-            return self.greets()
+            # Its own log, not only a greeting on the port: another session's server
+            # may have taken the port between free_ports and this bind.
+            return "Server is ready" in self.log_tail(200) and self.greets()
 
         wait_until(up, timeout, "nats-server greeting")
 
@@ -158,7 +161,15 @@ def nats_server_with(extra_config: str = "", root: Path | None = None) -> Iterat
     root = root or Path(tempfile.mkdtemp(prefix="kerna-nats-"))
     server = NatsServer(root, extra_config=extra_config)
     try:
-        server.start()
+        for attempt in range(3):
+            try:
+                server.start()
+                break
+            except RuntimeError:
+                # The free port was taken before nats-server bound it: another one.
+                if attempt == 2 or "address already in use" not in server.log_tail():
+                    raise
+                server = NatsServer(root, extra_config=extra_config)
         yield server
     finally:
         server.stop()
