@@ -131,6 +131,8 @@ class Remote:
 
     async def start(self) -> None:
         await self.transport.start(self._on_frame, self._on_peer_lost)
+        # A transport may lower its limit on start (nats: the server's max_payload).
+        self.codec.max_frame_size = self.transport.max_frame_size
 
     async def aclose(self) -> None:
         """Fail the asks still waiting on other nodes and close the transport."""
