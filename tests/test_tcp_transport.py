@@ -1,0 +1,265 @@
+"""tcp:// specifics: framing, write coalescing, backpressure, handshake, heartbeats,
+reconnect, and hostile peers (a huge length prefix, slow loris, a silent connect)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import struct
+import sys
+import textwrap
+
+import pytest
+
+from kerna import ConfigError
+from kerna.transports import (
+    PeerUnreachable,
+    SendQueueFull,
+    TransportClosed,
+    open_transport,
+)
+from kerna.transports._tcp import TcpTransport
+from kerna.transports._tcp_handshake import accept
+
+from .tcp_peers import WAIT, closed_by_peer, free_port, node, raw_client
+
+pytestmark = pytest.mark.anyio
+
+
+def test_tcp_is_found_by_its_url_scheme_through_the_entry_point() -> None:
+    transport = open_transport("tcp://127.0.0.1:0", secret=b"s")
+    assert isinstance(transport, TcpTransport)
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "match"),
+    [
+        ("tcp://127.0.0.1", {}, "tcp://host:port"),
+        ("tcp://:7000", {}, "tcp://host:port"),
+        ("tcp://127.0.0.1:0", {"heartbeat": 0}, "heartbeat"),
+        ("tcp://127.0.0.1:0", {"max_frame_size": 2**31}, "max_frame_size"),
+        ("tcp://127.0.0.1:0", {"secret": b""}, "secret"),
+        ("tcp://127.0.0.1:0", {"reconnect_attempts": -1}, "reconnect_attempts"),
+    ],
+)
+def test_bad_tcp_options_are_config_errors_naming_them(
+    url: str, options: dict[str, object], match: str
+) -> None:
+    with pytest.raises(ConfigError, match=match):
+        TcpTransport(url, **options)  # type: ignore[arg-type]
+
+
+async def test_frames_arrive_in_order_and_whole_from_the_senders_listening_address() -> None:
+    async with node(max_frame_size=1 << 20) as (a, _), node(max_frame_size=1 << 20) as (b, got):
+        frames = [b"", b"x" * (1 << 20), *(i.to_bytes(4, "big") for i in range(2000))]
+        for frame in frames:
+            await a.send(b.address, frame)
+        await got.wait_frames(len(frames))
+        assert got.frames == [(a.address, frame) for frame in frames]
+
+
+async def test_frames_queued_in_one_loop_turn_go_out_in_one_write() -> None:
+    async with node() as (a, _), node() as (b, got):
+        await a.send(b.address, b"open")  # waits for the connection
+        await got.wait_frames(1)
+        before = a.stats()["writes"]
+        for i in range(200):  # no suspension: all in one loop turn
+            await a.send(b.address, b"%d" % i)
+        await got.wait_frames(201)
+        assert a.stats()["writes"] - before == 1
+        assert [f for _, f in got.frames[1:]] == [b"%d" % i for i in range(200)]
+
+
+async def _stalled_server(
+    reading: asyncio.Event,
+) -> tuple[asyncio.Server, str, list[int]]:
+    """A kerna-handshaking server that reads nothing until ``reading`` is set."""
+    received: list[int] = [0]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accept(reader, writer, address="tcp://stalled:1", secret=None, schema=b"")
+        await reading.wait()
+        while data := await reader.read(1 << 20):
+            received[0] += len(data)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"tcp://127.0.0.1:{port}", received
+
+
+async def _fill(a: TcpTransport, address: str, frame: bytes) -> asyncio.Task[None]:
+    """Send until a send waits (socket buffers and the queue full); that send's task."""
+    async with asyncio.timeout(WAIT * 3):
+        while True:
+            sending = asyncio.create_task(a.send(address, frame))
+            done, _ = await asyncio.wait([sending], timeout=0.5)
+            if not done:
+                return sending
+            sending.result()
+
+
+async def test_a_full_send_queue_fails_or_waits_by_the_senders_choice() -> None:
+    reading = asyncio.Event()
+    server, address, received = await _stalled_server(reading)
+    frame = b"z" * (1 << 20)
+    try:
+        async with node(send_queue=4) as (a, _):
+            waiting = await _fill(a, address, frame)
+            with pytest.raises(SendQueueFull, match=r"full \(4 frames\)"):
+                await a.send(address, frame, wait=False)
+            assert not waiting.done()
+            reading.set()  # the peer drains: room opens, the waiting send goes through
+            async with asyncio.timeout(WAIT):
+                await waiting
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert received[0] > 0
+
+
+async def test_closing_fails_senders_waiting_for_room_and_leaves_no_task() -> None:
+    reading = asyncio.Event()
+    server, address, _ = await _stalled_server(reading)
+    try:
+        async with node(send_queue=2) as (a, _):
+            waiting = await _fill(a, address, b"z" * (1 << 20))
+            async with asyncio.timeout(WAIT):
+                await a.aclose()
+            with pytest.raises(TransportClosed):
+                await asyncio.wait_for(waiting, WAIT)
+            assert (a.stats()["connections"], a.stats()["tasks"]) == (0, 0)
+            with pytest.raises(TransportClosed):
+                await a.send(address, b"late")
+    finally:
+        reading.set()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_send_to_a_peer_that_is_not_listening_fails_fast_with_peer_unreachable() -> None:
+    async with node(connect_timeout=WAIT) as (a, _):
+        address = f"tcp://127.0.0.1:{free_port()}"
+        with pytest.raises(PeerUnreachable, match=f"cannot reach {address}"):
+            await asyncio.wait_for(a.send(address, b"x"), WAIT)
+        assert a.stats()["tasks"] == 1  # only the heartbeat
+        with pytest.raises(PeerUnreachable, match="not tcp://host:port"):
+            await a.send("tcp://nowhere", b"x")
+
+
+async def test_a_closed_peer_is_reported_lost_and_the_next_send_reconnects() -> None:
+    async with node() as (a, lost):
+        port = free_port()
+        async with node(url=f"tcp://127.0.0.1:{port}") as (b, got):
+            await a.send(b.address, b"one")
+            await got.wait_frames(1)
+        assert await lost.wait_lost(b.address) is not None
+        async with node(url=f"tcp://127.0.0.1:{port}") as (b2, got2):
+            await a.send(b2.address, b"two")
+            await got2.wait_frames(1)
+            assert got2.frames == [(a.address, b"two")]
+
+
+@pytest.mark.parametrize(
+    ("server_secret", "client_secret", "match"),
+    [
+        (b"right", b"wrong", "secret"),
+        (b"right", None, "secret"),
+        (None, b"right", "secret"),
+    ],
+)
+async def test_a_wrong_or_missing_secret_is_refused_before_any_frame_is_delivered(
+    server_secret: bytes | None, client_secret: bytes | None, match: str
+) -> None:
+    async with node(secret=server_secret) as (b, got), node(secret=client_secret) as (a, _):
+        with pytest.raises(PeerUnreachable, match=match):
+            await asyncio.wait_for(a.send(b.address, b"secret frame"), WAIT)
+        assert got.frames == []
+        assert b.peer_info(a.address) is None
+
+
+async def test_the_handshake_exchanges_addresses_versions_and_schemas() -> None:
+    async with (
+        node(secret="cluster", schema=b"fp-a") as (a, _),
+        node(secret="cluster", schema="fp-b") as (b, got),
+    ):
+        await a.send(b.address, b"hi")
+        await got.wait_frames(1)
+        assert a.peer_info(b.address) == (b.address, 1, "fp-b")
+        assert b.peer_info(a.address) == (a.address, 1, b"fp-a")
+
+
+@pytest.mark.parametrize("length", [0xFFFF_FFFF, 0x7FFF_FFFF, 1025])
+async def test_an_oversized_length_prefix_closes_only_that_connection_before_allocating(
+    length: int,
+) -> None:
+    async with node(max_frame_size=1024) as (b, got), node() as (good, _):
+        reader, writer = await raw_client(b.address, me="tcp://hostile:1")
+        writer.write(struct.pack(">I", length))  # and no body: a reader that waited fails
+        assert await closed_by_peer(reader)
+        writer.close()
+        assert await got.wait_lost("tcp://hostile:1") is not None
+        await good.send(b.address, b"still fine")
+        await got.wait_frames(1)
+        assert got.frames == [(good.address, b"still fine")]
+
+
+@pytest.mark.parametrize("behaviour", ["silent", "slow loris", "no handshake after TCP"])
+async def test_a_peer_that_stalls_the_handshake_is_closed_and_leaves_no_task(
+    behaviour: str,
+) -> None:
+    async with node(handshake_timeout=0.3) as (b, got):
+        reader, writer = await raw_client(b.address, handshake=False)
+        closed = asyncio.create_task(closed_by_peer(reader))
+        if behaviour == "slow loris":
+            # the hostile peer's own pace, not synchronization: one byte per 50 ms
+            for byte in struct.pack(">I", 100) + b"x" * 100:
+                if closed.done():
+                    break
+                writer.write(bytes([byte]))
+                await asyncio.wait([closed], timeout=0.05)
+        assert await asyncio.wait_for(closed, WAIT)
+        writer.close()
+        assert b.stats()["connections"] == 0
+        assert b.stats()["tasks"] == 1  # only the heartbeat
+        assert got.frames == []
+
+
+_PEER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from kerna.transports._tcp import TcpTransport
+
+    async def main():
+        t = TcpTransport("tcp://127.0.0.1:0", heartbeat=0.2)
+        await t.start(lambda peer, frame: None, lambda peer, error: None)
+        print(t.address, flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_a_sigstopped_peer_is_reported_lost_within_the_heartbeat_bound() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _PEER, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        address = (await asyncio.wait_for(proc.stdout.readline(), WAIT)).decode().strip()
+        async with node(heartbeat=0.2, heartbeat_misses=3) as (a, lost):
+            await a.send(address, b"hello")
+            # A live idle peer is not lost: its pings keep it alive past the bound.
+            with pytest.raises(TimeoutError):
+                await lost.wait_lost(address, timeout=1.2)
+            proc.send_signal(signal.SIGSTOP)
+            loop = asyncio.get_running_loop()
+            stopped = loop.time()
+            error = await lost.wait_lost(address, timeout=WAIT)
+            assert isinstance(error, PeerUnreachable)
+            assert "sent nothing" in str(error)
+            assert loop.time() - stopped < 0.6 + 2.0  # the bound plus a loaded machine
+    finally:
+        proc.kill()
+        await asyncio.wait_for(proc.wait(), WAIT)

@@ -1,0 +1,634 @@
+"""``tcp://host:port``: frames over asyncio streams between kerna nodes.
+
+Each node listens on its address and opens one outbound connection per peer it sends
+to, so a pair of nodes talks over two connections (each carries one direction's frames
+plus heartbeats back). Every connection starts with the node handshake
+(``_tcp_handshake``: addresses, protocol version, schema fingerprints, HMAC proof of
+the cluster secret) inside TLS when configured; no frame is delivered before it
+succeeds.
+
+Choices where the contract leaves room (what an Akka/Orleans user expects):
+
+- The first send to a peer opens the connection and waits for it (connect, TLS and
+  handshake, bounded by ``connect_timeout``): if that fails the send raises
+  ``PeerUnreachable`` at once and nothing is queued; the next send tries again.
+- A connection that breaks is reported to ``on_peer_lost``. Frames still queued for it
+  (not yet written) are kept and the connection is reopened with jittered exponential
+  backoff (``backoff_initial`` doubling up to ``backoff_max``, ``reconnect_attempts``
+  tries); if it gives up, the queued frames are dropped (logged) and senders waiting
+  for room get ``PeerUnreachable``. Frames already written to a socket that broke may
+  be lost: delivery is at most once, the kernel's asks time out.
+- Frames queued in one loop turn go out in one write (``writelines``) per peer.
+- Heartbeats: an idle connection carries a ping every ``heartbeat / 2`` seconds; a
+  connection that receives nothing for ``heartbeat * heartbeat_misses`` seconds (a
+  SIGSTOPped peer, a half-open TCP connection) is closed and its peer reported lost.
+  ``heartbeat=None`` turns them off.
+- Without a ``secret`` on either side connections are allowed; a secret on one side
+  only is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any
+from urllib.parse import urlsplit
+
+from kerna._errors import ConfigError
+
+from ._base import (
+    DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_SEND_QUEUE,
+    FrameCallback,
+    FrameTooLarge,
+    PeerLostCallback,
+    PeerUnreachable,
+    SendQueueFull,
+    Transport,
+    TransportClosed,
+)
+from ._tcp_framing import MAX_WIRE_FRAME, PING_BYTES, ProtocolError, header, read_frame
+from ._tcp_handshake import PeerInfo, accept, connect
+
+__all__ = ["PeerInfo", "TcpTransport", "tls_contexts"]
+
+log = logging.getLogger("kerna.transports.tcp")
+
+
+def tls_contexts(
+    certfile: str,
+    keyfile: str,
+    cafile: str,
+    *,
+    require_client_cert: bool = True,
+) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """The (server, client) contexts for mutual TLS inside one CA.
+
+    Both sides present ``certfile`` and trust only ``cafile``; the client checks the
+    server's name against the peer address's host.
+
+    Raises:
+        ConfigError: a file cannot be read or is not a certificate/key.
+    """
+    try:
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=cafile)
+        server.load_cert_chain(certfile, keyfile)
+        server.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+        client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+        client.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot load TLS files ({certfile}, {keyfile}, {cafile}): {exc}"
+        ) from exc
+    return server, client
+
+
+def _split(url: str, what: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "tcp" or not parts.hostname or port is None or parts.path:
+        raise ValueError(f"{what} {url!r} is not tcp://host:port")
+    return parts.hostname, port
+
+
+def _format(host: str, port: int) -> str:
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
+class _Conn:
+    """One established connection (either direction), as the heartbeat sees it."""
+
+    __slots__ = ("error", "last_rx", "last_tx", "peer", "writer")
+
+    def __init__(self, peer: str, writer: asyncio.StreamWriter, now: float) -> None:
+        self.peer = peer
+        self.writer = writer
+        self.last_rx = now
+        self.last_tx = now
+        self.error: BaseException | None = None  # why the heartbeat closed it
+
+
+class _Outbound:
+    """The send side of one peer: its bounded queue, waiting senders, connection."""
+
+    __slots__ = (
+        "address",
+        "broken",
+        "conn",
+        "host",
+        "port",
+        "queue",
+        "ready",
+        "reserved",
+        "task",
+        "up",
+        "waiters",
+    )
+
+    def __init__(self, address: str, host: str, port: int) -> None:
+        self.address = address
+        self.host = host
+        self.port = port
+        self.queue: deque[bytes] = deque()
+        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.reserved = 0  # room promised to woken waiters that have not appended yet
+        self.ready = asyncio.Event()  # the writer has something to do
+        self.up: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.up.add_done_callback(_retrieve)
+        self.conn: _Conn | None = None
+        self.broken: BaseException | None = None
+        self.task: asyncio.Task[None] | None = None
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    # The first connect's outcome is awaited by the senders that were waiting; mark it
+    # retrieved so an outcome nobody awaited (all cancelled) is not logged as lost.
+    if not future.cancelled():
+        future.exception()
+
+
+class TcpTransport(Transport):
+    """Frames over TCP (see the module docstring for the behaviour).
+
+    Args:
+        url: ``tcp://host:port`` to listen on (port 0 picks a free one).
+        max_frame_size: the largest frame sent or accepted (at most 2**31 - 1).
+        send_queue: frames queued per peer before senders wait (or fail).
+        secret: the cluster secret both sides prove by HMAC; None for none.
+        schema: opaque fingerprints sent in the handshake (``peer_info`` reads a
+            peer's).
+        advertise: the address announced to peers, when it is not the listen URL
+            (listening on 0.0.0.0, behind NAT).
+        heartbeat: seconds between liveness checks; None turns heartbeats off.
+        heartbeat_misses: heartbeat intervals of silence before a peer is lost.
+        handshake_timeout: seconds an accepted connection has to finish TLS and the
+            handshake (bounds a slow or silent client).
+        connect_timeout: seconds an outbound connect, TLS and handshake may take.
+        reconnect_attempts: reconnects tried for a broken connection with frames
+            queued before they are dropped.
+        backoff_initial: the first reconnect delay; doubled per attempt, jittered.
+        backoff_max: the longest reconnect delay.
+        ssl_server: the TLS context the listener uses (``tls_contexts`` makes one).
+        ssl_client: the TLS context outbound connections use.
+
+    Raises:
+        ConfigError: a malformed URL or a bad option.
+    """
+
+    scheme = "tcp"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        send_queue: int = DEFAULT_SEND_QUEUE,
+        secret: bytes | str | None = None,
+        schema: bytes | str = b"",
+        advertise: str | None = None,
+        heartbeat: float | None = 1.0,
+        heartbeat_misses: int = 3,
+        handshake_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        reconnect_attempts: int = 5,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 2.0,
+        ssl_server: ssl.SSLContext | None = None,
+        ssl_client: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__(url, max_frame_size=max_frame_size, send_queue=send_queue)
+        try:
+            self._host, self._port = _split(url, "listen URL")
+            if advertise is not None:
+                _split(advertise, "advertised address")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if max_frame_size > MAX_WIRE_FRAME:
+            raise ConfigError(f"max_frame_size must be <= {MAX_WIRE_FRAME}, got {max_frame_size}")
+        for name, value in (
+            ("heartbeat", 1.0 if heartbeat is None else heartbeat),
+            ("handshake_timeout", handshake_timeout),
+            ("connect_timeout", connect_timeout),
+            ("backoff_initial", backoff_initial),
+            ("backoff_max", backoff_max),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"{name} must be a number of seconds > 0, got {value!r}")
+        for name, count in (("heartbeat_misses", heartbeat_misses),):
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ConfigError(f"{name} must be an int >= 1, got {count!r}")
+        if isinstance(reconnect_attempts, bool) or not isinstance(reconnect_attempts, int):
+            raise ConfigError(f"reconnect_attempts must be an int >= 0, got {reconnect_attempts!r}")
+        if reconnect_attempts < 0:
+            raise ConfigError(f"reconnect_attempts must be an int >= 0, got {reconnect_attempts!r}")
+        if not isinstance(schema, bytes | str):
+            raise ConfigError(f"schema must be bytes or str, got {type(schema).__qualname__}")
+        self._secret = secret.encode() if isinstance(secret, str) else secret
+        if self._secret is not None and not self._secret:
+            raise ConfigError("secret must not be empty (use None for no secret)")
+        self._schema = schema
+        self._advertise = advertise
+        self._heartbeat = heartbeat
+        self._misses = heartbeat_misses
+        self._handshake_timeout = handshake_timeout
+        self._connect_timeout = connect_timeout
+        self._attempts = reconnect_attempts
+        self._backoff = (backoff_initial, backoff_max)
+        self._ssl_server = ssl_server
+        self._ssl_client = ssl_client
+        self._address: str | None = None
+        self._server: asyncio.Server | None = None
+        self._on_frame: FrameCallback | None = None
+        self._on_peer_lost: PeerLostCallback | None = None
+        self._out: dict[str, _Outbound] = {}
+        self._conns: set[_Conn] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._info: dict[str, PeerInfo] = {}
+        self._alive: set[str] = set()  # peers handshaken and not yet reported lost
+        self._closed = False
+        self._writes = 0
+        self._frames_written = 0
+
+    @property
+    def address(self) -> str:
+        if self._address is None:
+            raise RuntimeError("the transport is not started: its address is not known yet")
+        return self._address
+
+    def peer_info(self, peer: str) -> PeerInfo | None:
+        """What ``peer`` (a listening address) said in its latest handshake, if any."""
+        return self._info.get(peer)
+
+    def stats(self) -> dict[str, int]:
+        """Counters: ``writes`` (socket writes of frames), ``frames_written``,
+        ``connections`` (open, either direction), ``tasks`` (running)."""
+        return {
+            "writes": self._writes,
+            "frames_written": self._frames_written,
+            "connections": len(self._conns),
+            "tasks": len(self._tasks),
+        }
+
+    async def start(self, on_frame: FrameCallback, on_peer_lost: PeerLostCallback) -> None:
+        if self._server is not None or self._closed:
+            raise RuntimeError(f"{self!r} was already started")
+        self._on_frame = on_frame
+        self._on_peer_lost = on_peer_lost
+        try:
+            self._server = await asyncio.start_server(
+                self._serve,
+                self._host,
+                self._port,
+                ssl=self._ssl_server,
+                ssl_handshake_timeout=self._handshake_timeout if self._ssl_server else None,
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {self.url}: {exc}") from exc
+        port = self._server.sockets[0].getsockname()[1]
+        self._address = self._advertise or _format(self._host, port)
+        if self._heartbeat is not None:
+            self._spawn(self._beat(self._heartbeat))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- sending -----------------------------------------------------------------
+
+    async def send(self, peer: str, frame: bytes, *, wait: bool = True) -> None:
+        """Queue ``frame`` for ``peer`` (the first send to a peer waits for its
+        connection, see the module docstring).
+
+        Raises:
+            SendQueueFull: the queue is full and ``wait`` is False.
+            FrameTooLarge: ``len(frame) > max_frame_size``.
+            PeerUnreachable: ``peer`` is not ``tcp://host:port``, or its connection
+                cannot be opened (or was given up while this waited for room).
+            TransportClosed: the transport is closed (or closes while this waits).
+        """
+        self.check_frame(frame)
+        if self._closed:
+            raise TransportClosed(f"{self!r} is closed: cannot send to {peer!r}")
+        if self._address is None:
+            raise RuntimeError(f"{self!r} is not started")
+        out = self._out.get(peer)
+        if out is None:
+            try:
+                host, port = _split(peer, "peer address")
+            except ValueError as exc:
+                raise PeerUnreachable(str(exc)) from None
+            out = self._out[peer] = _Outbound(peer, host, port)
+            out.task = self._spawn(self._run(out))
+        if not out.up.done():
+            await asyncio.shield(out.up)
+        elif out.up.exception() is not None:
+            raise PeerUnreachable(f"{peer} is unreachable") from out.up.exception()
+        if out.waiters or len(out.queue) + out.reserved >= self.send_queue:
+            if not wait:
+                raise SendQueueFull(f"the send queue to {peer} is full ({self.send_queue} frames)")
+            await self._room(out)
+        out.queue.append(frame)
+        out.ready.set()
+
+    async def _room(self, out: _Outbound) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        out.waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                out.reserved -= 1  # woken, then cancelled: pass the room on
+                self._wake(out)
+            else:
+                try:
+                    out.waiters.remove(waiter)
+                except ValueError:
+                    pass
+            raise
+        out.reserved -= 1
+
+    def _wake(self, out: _Outbound) -> None:
+        room = self.send_queue - len(out.queue) - out.reserved
+        while room > 0 and out.waiters:
+            waiter = out.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                out.reserved += 1
+                room -= 1
+
+    def _fail(self, out: _Outbound, error: BaseException) -> None:
+        """Give ``out`` up: drop its queue, fail its waiting senders, forget it."""
+        if self._out.get(out.address) is out:
+            del self._out[out.address]
+        if out.queue:
+            log.warning("dropped %s frames queued for %s: %s", len(out.queue), out.address, error)
+            out.queue.clear()
+        while out.waiters:
+            waiter = out.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+        if not out.up.done():
+            out.up.set_exception(error)
+
+    async def _open(self, out: _Outbound) -> None:
+        """Connect, TLS and handshake to ``out``; its reader runs from here on.
+
+        Raises:
+            PeerUnreachable: any of them failed or timed out.
+        """
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                reader, writer = await asyncio.open_connection(
+                    out.host,
+                    out.port,
+                    ssl=self._ssl_client,
+                    server_hostname=out.host if self._ssl_client else None,
+                )
+                info = await connect(
+                    reader,
+                    writer,
+                    address=self.address,
+                    expected=out.address,
+                    secret=self._secret,
+                    schema=self._schema,
+                )
+        except OSError as exc:  # refused, reset, TLS, handshake, timeout
+            if writer is not None:
+                writer.transport.abort()
+            raise PeerUnreachable(f"cannot reach {out.address}: {exc}") from exc
+        except BaseException:
+            if writer is not None:
+                writer.transport.abort()
+            raise
+        conn = _Conn(out.address, writer, asyncio.get_running_loop().time())
+        self._conns.add(conn)
+        out.conn = conn
+        out.broken = None
+        self._handshaken(out.address, info)
+        self._spawn(self._read_outbound(out, conn, reader))
+
+    async def _read_outbound(
+        self, out: _Outbound, conn: _Conn, reader: asyncio.StreamReader
+    ) -> None:
+        """Reads the heartbeats a peer sends back; its end is the connection's end."""
+        loop = asyncio.get_running_loop()
+        error: BaseException
+        try:
+            while True:
+                if await read_frame(reader, 0) is not None:
+                    raise ProtocolError("the peer sent a data frame on our outbound connection")
+                conn.last_rx = loop.time()
+        except (OSError, EOFError, FrameTooLarge) as exc:
+            error = conn.error or exc
+        self._conns.discard(conn)
+        conn.writer.transport.abort()
+        if out.conn is conn:
+            out.broken = error
+            out.ready.set()
+
+    async def _run(self, out: _Outbound) -> None:
+        try:
+            await self._write_loop(out)
+        finally:
+            # However the writer ends (a bug included), nobody keeps waiting on it.
+            self._fail(out, PeerUnreachable(f"the connection to {out.address} ended"))
+
+    async def _write_loop(self, out: _Outbound) -> None:
+        """The peer's writer: opens the connection, writes everything queued in one
+        write per wake-up, reopens a broken connection while frames are queued."""
+        try:
+            await self._open(out)
+        except PeerUnreachable as exc:
+            self._fail(out, exc)
+            return
+        out.up.set_result(None)
+        while True:
+            conn = out.conn
+            assert conn is not None
+            error = await self._pump(out, conn)
+            self._conns.discard(conn)
+            conn.writer.transport.abort()
+            out.conn = None
+            self._lost(out.address, error)
+            if not out.queue and not out.waiters:
+                # Nothing waits: forget the peer; the next send reconnects.
+                self._fail(out, error)
+                return
+            if not await self._reopen(out):
+                return
+
+    async def _pump(self, out: _Outbound, conn: _Conn) -> BaseException:
+        """Write until the connection breaks; returns why it broke."""
+        writer = conn.writer
+        loop = asyncio.get_running_loop()
+        while True:
+            if out.broken is not None:
+                return out.broken
+            if not out.queue:
+                out.ready.clear()
+                await out.ready.wait()
+                continue
+            frames = out.queue
+            out.queue = deque()
+            chunks: list[bytes] = []
+            for frame in frames:
+                chunks.append(header(len(frame)))
+                chunks.append(frame)
+            self._wake(out)
+            try:
+                writer.writelines(chunks)
+                self._writes += 1
+                self._frames_written += len(frames)
+                conn.last_tx = loop.time()
+                await writer.drain()
+            except OSError as exc:
+                return conn.error or exc
+
+    async def _reopen(self, out: _Outbound) -> bool:
+        """Reconnect with jittered exponential backoff; False if it gave up."""
+        initial, longest = self._backoff
+        error: PeerUnreachable | None = None
+        for attempt in range(self._attempts):
+            await asyncio.sleep(min(longest, initial * 2**attempt) * random.uniform(0.5, 1.0))
+            try:
+                await self._open(out)
+                return True
+            except PeerUnreachable as exc:
+                error = exc
+                log.info(
+                    "reconnect %s/%s to %s failed: %s",
+                    attempt + 1,
+                    self._attempts,
+                    out.address,
+                    exc,
+                )
+        self._fail(out, error or PeerUnreachable(f"gave up reconnecting to {out.address}"))
+        return False
+
+    # -- receiving ---------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One accepted connection: handshake within the timeout, then frames."""
+        task = asyncio.current_task()
+        assert task is not None
+        if self._closed:
+            writer.transport.abort()
+            return
+        self._tasks.add(task)
+        conn: _Conn | None = None
+        try:
+            try:
+                async with asyncio.timeout(self._handshake_timeout):
+                    info = await accept(
+                        reader,
+                        writer,
+                        address=self.address,
+                        secret=self._secret,
+                        schema=self._schema,
+                    )
+            except OSError as exc:  # handshake refused, timed out, TLS, reset
+                log.warning(
+                    "refused a connection from %s: %s", writer.get_extra_info("peername"), exc
+                )
+                return
+            conn = _Conn(info.address, writer, asyncio.get_running_loop().time())
+            self._conns.add(conn)
+            self._handshaken(info.address, info)
+            await self._receive(conn, reader)
+        finally:
+            if conn is not None:
+                self._conns.discard(conn)
+            writer.transport.abort()
+            self._tasks.discard(task)
+
+    async def _receive(self, conn: _Conn, reader: asyncio.StreamReader) -> None:
+        on_frame = self._on_frame
+        assert on_frame is not None
+        loop = asyncio.get_running_loop()
+        peer = conn.peer
+        limit = self.max_frame_size
+        try:
+            while True:
+                frame = await read_frame(reader, limit)
+                conn.last_rx = loop.time()
+                if frame is not None:
+                    try:
+                        on_frame(peer, frame)
+                    except Exception:
+                        log.exception("on_frame raised for a frame from %s", peer)
+        except (OSError, EOFError, FrameTooLarge) as exc:
+            if isinstance(exc, FrameTooLarge | ProtocolError):
+                log.warning("closing the connection from %s: %s", peer, exc)
+            self._lost(peer, conn.error or exc)
+
+    # -- liveness ----------------------------------------------------------------
+
+    def _handshaken(self, peer: str, info: PeerInfo) -> None:
+        self._info[peer] = info
+        self._alive.add(peer)
+
+    def _lost(self, peer: str, error: BaseException | None) -> None:
+        """Report ``peer`` lost once per handshake (its two connections break together)."""
+        if peer not in self._alive or self._closed:
+            return
+        self._alive.discard(peer)
+        callback = self._on_peer_lost
+        assert callback is not None
+        try:
+            callback(peer, error)
+        except Exception:
+            log.exception("on_peer_lost raised for %s", peer)
+
+    async def _beat(self, interval: float) -> None:
+        """Ping idle connections; close those silent past ``interval * misses``."""
+        loop = asyncio.get_running_loop()
+        period = interval / 2
+        silence = interval * self._misses
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            for conn in list(self._conns):
+                if now - conn.last_rx > silence:
+                    conn.error = PeerUnreachable(
+                        f"{conn.peer} sent nothing for {now - conn.last_rx:.1f}s "
+                        f"(heartbeat {interval}s x {self._misses})"
+                    )
+                    log.warning("%s", conn.error)
+                    self._conns.discard(conn)
+                    conn.writer.transport.abort()
+                elif now - conn.last_tx >= period:
+                    conn.writer.write(PING_BYTES)
+                    conn.last_tx = now
+
+    # -- closing -----------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Stop listening, fail queued frames (``TransportClosed``), end every task of
+        this transport; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._server is not None:
+            self._server.close()
+        error = TransportClosed(f"{self!r} was closed")
+        for out in list(self._out.values()):
+            self._fail(out, error)
+        for conn in list(self._conns):
+            conn.writer.transport.abort()
+        self._conns.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()

@@ -1,0 +1,53 @@
+"""Frames on a TCP stream: a 4-byte big-endian length, then that many bytes.
+
+A length with the top bit set is a control frame with no body (today only the
+heartbeat ``PING``); any other control value is a protocol error. So a data frame is
+at most 2**31 - 1 bytes, and a length prefix is checked against the receiver's limit
+before a single byte of the body is read or allocated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+from ._base import FrameTooLarge
+
+__all__ = [
+    "CONTROL",
+    "MAX_WIRE_FRAME",
+    "PING",
+    "PING_BYTES",
+    "ProtocolError",
+    "header",
+    "read_frame",
+]
+
+_HEADER = struct.Struct(">I")
+CONTROL = 0x8000_0000
+PING = CONTROL  # "I am alive": sent on an idle connection, carries no body
+MAX_WIRE_FRAME = CONTROL - 1  # the largest data frame the 4-byte prefix can carry
+PING_BYTES = _HEADER.pack(PING)
+header = _HEADER.pack
+
+
+class ProtocolError(ConnectionError):
+    """The peer sent bytes that are not a frame (an unknown control value)."""
+
+
+async def read_frame(reader: asyncio.StreamReader, limit: int) -> bytes | None:
+    """The next data frame, or None for a heartbeat.
+
+    Raises:
+        FrameTooLarge: the length prefix is over ``limit`` (nothing was allocated).
+        ProtocolError: an unknown control frame.
+        asyncio.IncompleteReadError: the stream ended inside a frame.
+    """
+    (length,) = _HEADER.unpack(await reader.readexactly(4))
+    if length & CONTROL:
+        if length == PING:
+            return None
+        raise ProtocolError(f"unknown control frame 0x{length:08x}")
+    if length > limit:
+        raise FrameTooLarge(f"peer announced a frame of {length} bytes, over the limit of {limit}")
+    return await reader.readexactly(length) if length else b""
