@@ -9,6 +9,7 @@ import struct
 import sys
 import textwrap
 
+import msgspec
 import pytest
 
 from kerna import ConfigError
@@ -189,11 +190,28 @@ async def test_the_handshake_exchanges_addresses_versions_and_schemas() -> None:
         assert b.peer_info(a.address) == (a.address, 1, b"fp-a")
 
 
+async def test_a_client_that_cannot_prove_the_secret_is_refused_by_the_server() -> None:
+    # A hostile client that skips checking the server's proof and sends a bogus one of
+    # its own, then a frame: the server must refuse it and deliver nothing.
+    async with node(secret=b"right", heartbeat=None) as (b, got):
+        reader, writer = await raw_client(b.address, handshake=False)
+        # Hello: magic, version, address, nonce, schema, schema-is-text, auth
+        hello = ["kerna-tcp", 1, "tcp://hostile:1", b"n" * 32, b"", False, True]
+        for message in (msgspec.msgpack.encode(hello), msgspec.msgpack.encode([b"\0" * 32])):
+            writer.write(struct.pack(">I", len(message)) + message)
+        writer.write(struct.pack(">I", 5) + b"hello")
+        assert await closed_by_peer(reader)
+        writer.close()
+        assert got.frames == []
+        assert b.peer_info("tcp://hostile:1") is None
+
+
 @pytest.mark.parametrize("length", [0xFFFF_FFFF, 0x7FFF_FFFF, 1025])
 async def test_an_oversized_length_prefix_closes_only_that_connection_before_allocating(
     length: int,
 ) -> None:
-    async with node(max_frame_size=1024) as (b, got), node() as (good, _):
+    # heartbeat=None: the connection must be closed for its prefix, not for silence
+    async with node(max_frame_size=1024, heartbeat=None) as (b, got), node() as (good, _):
         reader, writer = await raw_client(b.address, me="tcp://hostile:1")
         writer.write(struct.pack(">I", length))  # and no body: a reader that waited fails
         assert await closed_by_peer(reader)
@@ -212,8 +230,9 @@ async def test_a_peer_that_stalls_the_handshake_is_closed_and_leaves_no_task(
         reader, writer = await raw_client(b.address, handshake=False)
         closed = asyncio.create_task(closed_by_peer(reader))
         if behaviour == "slow loris":
-            # the hostile peer's own pace, not synchronization: one byte per 50 ms
-            for byte in struct.pack(">I", 100) + b"x" * 100:
+            # the hostile peer's own pace, not synchronization: one byte per 50 ms, for
+            # longer than the handshake timeout and never a whole message
+            for byte in struct.pack(">I", 60000) + b"x" * 200:
                 if closed.done():
                     break
                 writer.write(bytes([byte]))
