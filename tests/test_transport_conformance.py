@@ -38,9 +38,17 @@ def nats(request: pytest.FixtureRequest) -> TransportFactory:
     return make
 
 
+def tcp(request: pytest.FixtureRequest) -> TransportFactory:
+    def make(url: str | None = None, /, **options: Any) -> Transport:
+        return open_transport(url or "tcp://127.0.0.1:0", **options)
+
+    return make
+
+
 FACTORIES: dict[str, Callable[[pytest.FixtureRequest], TransportFactory]] = {
     "inproc": inproc,
     "nats": nats,
+    "tcp": tcp,
 }
 # Transports whose medium buffers for a peer that stops reading (see
 # TransportSuite.stalled_peers); inproc: its peers share the sender's event loop; nats:
