@@ -4,6 +4,7 @@ reconnect, and hostile peers (a huge length prefix, slow loris, a silent connect
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import struct
 import sys
@@ -90,14 +91,16 @@ async def _stalled_server(
 
 
 async def _fill(a: TcpTransport, address: str, frame: bytes) -> asyncio.Task[None]:
-    """Send until a send waits (socket buffers and the queue full); that send's task."""
+    """Send numbered frames (``b"%08d" % i + frame``) until a send waits (socket
+    buffers and the queue full); that send's task."""
     async with asyncio.timeout(WAIT * 3):
-        while True:
-            sending = asyncio.create_task(a.send(address, frame))
+        for i in itertools.count():
+            sending = asyncio.create_task(a.send(address, b"%08d" % i + frame))
             done, _ = await asyncio.wait([sending], timeout=0.5)
             if not done:
                 return sending
             sending.result()
+    raise AssertionError("unreachable")
 
 
 async def test_a_full_send_queue_fails_or_waits_by_the_senders_choice() -> None:
@@ -282,3 +285,61 @@ async def test_a_sigstopped_peer_is_reported_lost_within_the_heartbeat_bound() -
     finally:
         proc.kill()
         await asyncio.wait_for(proc.wait(), WAIT)
+
+
+async def _stalled_on(port: int) -> tuple[asyncio.Server, list[asyncio.StreamWriter]]:
+    """A kerna-handshaking server on ``port`` that reads nothing; its connections."""
+    writers: list[asyncio.StreamWriter] = []
+    never = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accept(reader, writer, address=f"tcp://127.0.0.1:{port}", secret=None, schema=b"")
+        writers.append(writer)
+        await never.wait()
+
+    return await asyncio.start_server(serve, "127.0.0.1", port), writers
+
+
+async def _break(server: asyncio.Server, writers: list[asyncio.StreamWriter]) -> None:
+    for writer in writers:
+        writer.transport.abort()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_frames_queued_when_a_connection_breaks_go_out_in_order_after_reconnecting() -> None:
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    server, writers = await _stalled_on(port)
+    options = {"send_queue": 4, "reconnect_attempts": 50, "backoff_max": 0.1}
+    async with node(**options) as (a, lost):  # type: ignore[arg-type]
+        waiting = await _fill(a, address, b"0" * (1 << 20))  # queue full, one more waits
+        await _break(server, writers)
+        assert await lost.wait_lost(address) is not None
+        # Queued frames wait for the reconnect (the socket's were lost with it).
+        async with node(url=address) as (_, got):
+            await asyncio.wait_for(waiting, WAIT)
+            await a.send(address, b"after")
+            async with asyncio.timeout(WAIT):
+                while b"after" not in [frame for _, frame in got.frames]:
+                    await got.wait_frames(len(got.frames) + 1)
+        numbers = [int(frame[:8]) for _, frame in got.frames[:-1]]
+        assert len(numbers) >= 2, "the queued frames and the waiting one"
+        assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+        assert [peer for peer, _ in lost.lost] == [address]
+
+
+async def test_waiting_senders_get_peer_unreachable_when_reconnecting_gives_up() -> None:
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    server, writers = await _stalled_on(port)
+    options = {"send_queue": 4, "reconnect_attempts": 2, "backoff_initial": 0.01}
+    async with node(**options) as (a, lost):  # type: ignore[arg-type]
+        waiting = await _fill(a, address, b"0" * (1 << 20))
+        await _break(server, writers)
+        with pytest.raises(PeerUnreachable, match=f"cannot reach {address}"):
+            await asyncio.wait_for(waiting, WAIT)
+        assert [peer for peer, _ in lost.lost] == [address]
+        with pytest.raises(PeerUnreachable):  # the next send tries afresh, and fails fast
+            await asyncio.wait_for(a.send(address, b"x"), WAIT)
+        assert a.stats()["connections"] == 0
