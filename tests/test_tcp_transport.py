@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import signal
 import struct
 import sys
@@ -323,10 +324,10 @@ async def test_frames_queued_when_a_connection_breaks_go_out_in_order_after_reco
             async with asyncio.timeout(WAIT):
                 while b"after" not in [frame for _, frame in got.frames]:
                     await got.wait_frames(len(got.frames) + 1)
+            assert [peer for peer, _ in lost.lost] == [address]  # once, at the break
         numbers = [int(frame[:8]) for _, frame in got.frames[:-1]]
         assert len(numbers) >= 2, "the queued frames and the waiting one"
         assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
-        assert [peer for peer, _ in lost.lost] == [address]
 
 
 async def test_waiting_senders_get_peer_unreachable_when_reconnecting_gives_up() -> None:
@@ -343,3 +344,18 @@ async def test_waiting_senders_get_peer_unreachable_when_reconnecting_gives_up()
         with pytest.raises(PeerUnreachable):  # the next send tries afresh, and fails fast
             await asyncio.wait_for(a.send(address, b"x"), WAIT)
         assert a.stats()["connections"] == 0
+
+
+async def test_closing_a_node_with_accepted_connections_logs_no_asyncio_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with node() as (a, _):
+        async with node() as (b, got):
+            await a.send(b.address, b"x")
+            await got.wait_frames(1)
+            reader, writer = await raw_client(b.address, handshake=False)  # mid-handshake
+        assert await closed_by_peer(reader)
+        writer.close()
+        assert b.stats()["tasks"] == 0
+    errors = [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
+    assert errors == []

@@ -250,6 +250,10 @@ class TcpTransport(Transport):
         self._out: dict[str, _Outbound] = {}
         self._conns: set[_Conn] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Accepted connections' tasks (asyncio's, running _serve) and their writers:
+        # closed by aborting the connection, not cancelled (3.11's StreamReaderProtocol
+        # logs a cancelled handler task as an error).
+        self._handlers: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._info: dict[str, PeerInfo] = {}
         self._alive: set[str] = set()  # peers handshaken and not yet reported lost
         self._closed = False
@@ -273,7 +277,7 @@ class TcpTransport(Transport):
             "writes": self._writes,
             "frames_written": self._frames_written,
             "connections": len(self._conns),
-            "tasks": len(self._tasks),
+            "tasks": len(self._tasks) + len(self._handlers),
         }
 
     async def start(self, on_frame: FrameCallback, on_peer_lost: PeerLostCallback) -> None:
@@ -524,7 +528,7 @@ class TcpTransport(Transport):
         if self._closed:
             writer.transport.abort()
             return
-        self._tasks.add(task)
+        self._handlers[task] = writer
         conn: _Conn | None = None
         try:
             try:
@@ -549,7 +553,7 @@ class TcpTransport(Transport):
             if conn is not None:
                 self._conns.discard(conn)
             writer.transport.abort()
-            self._tasks.discard(task)
+            self._handlers.pop(task, None)
 
     async def _receive(self, conn: _Conn, reader: asyncio.StreamReader) -> None:
         on_frame = self._on_frame
@@ -629,6 +633,15 @@ class TcpTransport(Transport):
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
+        handlers = list(self._handlers.items())
+        for _, writer in handlers:
+            writer.transport.abort()  # their reads fail: the handlers end on their own
+        if handlers:
+            _, late = await asyncio.wait([task for task, _ in handlers], timeout=5.0)
+            for task in late:  # not expected: a handler that did not see its abort
+                log.warning("cancelling a connection handler that outlived its connection")
+                task.cancel()
+            tasks += late
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
