@@ -324,18 +324,20 @@ class TcpTransport(Transport):
             raise TransportClosed(f"{self!r} is closed: cannot send to {peer!r}")
         if self._address is None:
             raise RuntimeError(f"{self!r} is not started")
-        out = self._out.get(peer)
-        if out is None:
-            try:
-                host, port = _split(peer, "peer address")
-            except ValueError as exc:
-                raise PeerUnreachable(str(exc)) from None
-            out = self._out[peer] = _Outbound(peer, host, port)
-            out.task = self._spawn(self._run(out))
-        if not out.up.done():
+        while True:
+            out = self._out.get(peer)
+            if out is None:
+                try:
+                    host, port = _split(peer, "peer address")
+                except ValueError as exc:
+                    raise PeerUnreachable(str(exc)) from None
+                out = self._out[peer] = _Outbound(peer, host, port)
+                out.task = self._spawn(self._run(out))
+            if out.up.done():  # connected (a failed one is no longer in _out)
+                break
+            # Raises PeerUnreachable (or TransportClosed); once connected, look again:
+            # the connection may have been lost and forgotten before this resumed.
             await asyncio.shield(out.up)
-        elif out.up.exception() is not None:
-            raise PeerUnreachable(f"{peer} is unreachable") from out.up.exception()
         if out.waiters or len(out.queue) + out.reserved >= self.send_queue:
             if not wait:
                 raise SendQueueFull(f"the send queue to {peer} is full ({self.send_queue} frames)")
