@@ -163,11 +163,19 @@ class Remote:
         """
         frame = self.codec.encode(env, self.address if env.kind == ASK else None)
         reply = env.reply
+        task = self._spawn(self.transport.send(node, frame))
         if reply is not None:
             message_id = env.id
             self._waiting[message_id] = (reply, node)
             reply.add_done_callback(lambda _: self._waiting.pop(message_id, None))
-        return self._spawn(self.transport.send(node, frame))
+            # A send that failed (its asker gets the error): no reply will come, and
+            # the stop must not fail that reply future again with nobody awaiting it.
+            task.add_done_callback(lambda t: self._send_failed(t, message_id))
+        return task
+
+    def _send_failed(self, task: asyncio.Task[None], message_id: int) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._waiting.pop(message_id, None)
 
     def _spawn(self, work: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = self.runtime.loop.create_task(work)
