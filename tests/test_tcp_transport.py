@@ -359,3 +359,17 @@ async def test_closing_a_node_with_accepted_connections_logs_no_asyncio_error(
         assert b.stats()["tasks"] == 0
     errors = [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
     assert errors == []
+
+
+async def test_a_frame_slower_to_arrive_than_the_heartbeat_bound_is_not_silence() -> None:
+    async with node(heartbeat=0.1, heartbeat_misses=3) as (b, got):
+        _, writer = await raw_client(b.address, me="tcp://slow:1")
+        body = bytes(range(256)) * 4096  # 1 MiB, sent in 16 parts over ~0.8 s (> 0.3 s)
+        writer.write(struct.pack(">I", len(body)))
+        for i in range(16):
+            writer.write(body[i * 65536 : (i + 1) * 65536])
+            await asyncio.sleep(0.05)  # the slow sender's own pace, not synchronization
+        await got.wait_frames(1)
+        assert got.frames == [("tcp://slow:1", body)]
+        assert got.lost == []
+        writer.close()

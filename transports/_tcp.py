@@ -563,9 +563,13 @@ class TcpTransport(Transport):
         loop = asyncio.get_running_loop()
         peer = conn.peer
         limit = self.max_frame_size
+
+        def alive() -> None:
+            conn.last_rx = loop.time()
+
         try:
             while True:
-                frame = await read_frame(reader, limit)
+                frame = await read_frame(reader, limit, alive)
                 conn.last_rx = loop.time()
                 if frame is not None:
                     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Callable
 
 from ._base import FrameTooLarge
 
@@ -35,8 +36,17 @@ class ProtocolError(ConnectionError):
     """The peer sent bytes that are not a frame (an unknown control value)."""
 
 
-async def read_frame(reader: asyncio.StreamReader, limit: int) -> bytes | None:
+CHUNK = 256 * 1024  # a body larger than this is read in chunks, each a sign of life
+
+
+async def read_frame(
+    reader: asyncio.StreamReader, limit: int, alive: Callable[[], None] | None = None
+) -> bytes | None:
     """The next data frame, or None for a heartbeat.
+
+    ``alive()`` is called for each chunk of a large body as it arrives, so that a frame
+    that takes longer than the heartbeat bound to arrive does not make its sender look
+    silent.
 
     Raises:
         FrameTooLarge: the length prefix is over ``limit`` (nothing was allocated).
@@ -50,4 +60,15 @@ async def read_frame(reader: asyncio.StreamReader, limit: int) -> bytes | None:
         raise ProtocolError(f"unknown control frame 0x{length:08x}")
     if length > limit:
         raise FrameTooLarge(f"peer announced a frame of {length} bytes, over the limit of {limit}")
-    return await reader.readexactly(length) if length else b""
+    if length <= CHUNK or alive is None:
+        return await reader.readexactly(length) if length else b""
+    chunks: list[bytes] = []
+    remaining = length
+    while remaining:
+        chunk = await reader.read(min(remaining, CHUNK))
+        if not chunk:
+            raise asyncio.IncompleteReadError(b"".join(chunks), length)
+        chunks.append(chunk)
+        remaining -= len(chunk)
+        alive()
+    return b"".join(chunks)
