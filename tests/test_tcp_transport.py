@@ -291,12 +291,11 @@ async def test_a_sigstopped_peer_is_reported_lost_within_the_heartbeat_bound() -
 async def _stalled_on(port: int) -> tuple[asyncio.Server, list[asyncio.StreamWriter]]:
     """A kerna-handshaking server on ``port`` that reads nothing; its connections."""
     writers: list[asyncio.StreamWriter] = []
-    never = asyncio.Event()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await accept(reader, writer, address=f"tcp://127.0.0.1:{port}", secret=None, schema=b"")
         writers.append(writer)
-        await never.wait()
+        await writer.wait_closed()  # reads nothing; ends when _break aborts it
 
     return await asyncio.start_server(serve, "127.0.0.1", port), writers
 
@@ -357,7 +356,11 @@ async def test_closing_a_node_with_accepted_connections_logs_no_asyncio_error(
         assert await closed_by_peer(reader)
         writer.close()
         assert b.stats()["tasks"] == 0
-    errors = [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
+    errors = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "asyncio" and r.levelno >= logging.ERROR and "_tcp.py" in r.getMessage()
+    ]
     assert errors == []
 
 
@@ -373,3 +376,16 @@ async def test_a_frame_slower_to_arrive_than_the_heartbeat_bound_is_not_silence(
         assert got.frames == [("tcp://slow:1", body)]
         assert got.lost == []
         writer.close()
+
+
+async def test_connections_past_max_handshakes_are_closed_at_once() -> None:
+    async with node(handshake_timeout=WAIT, max_handshakes=2) as (b, got):
+        silent = [await raw_client(b.address, handshake=False) for _ in range(2)]
+        extra, extra_writer = await raw_client(b.address, handshake=False)
+        assert await closed_by_peer(extra, timeout=WAIT / 2)  # long before the timeout
+        extra_writer.close()
+        for _, writer in silent:
+            writer.close()  # the two in their handshake end, and make room
+        async with node() as (a, _):
+            await a.send(b.address, b"room again")
+            await got.wait_frames(1)

@@ -170,6 +170,8 @@ class TcpTransport(Transport):
         heartbeat_misses: heartbeat intervals of silence before a peer is lost.
         handshake_timeout: seconds an accepted connection has to finish TLS and the
             handshake (bounds a slow or silent client).
+        max_handshakes: accepted connections that may be in their handshake at once;
+            more are closed at once (bounds a flood of connections that never speak).
         connect_timeout: seconds an outbound connect, TLS and handshake may take.
         reconnect_attempts: reconnects tried for a broken connection with frames
             queued before they are dropped.
@@ -196,6 +198,7 @@ class TcpTransport(Transport):
         heartbeat: float | None = 1.0,
         heartbeat_misses: int = 3,
         handshake_timeout: float = 5.0,
+        max_handshakes: int = 256,
         connect_timeout: float = 5.0,
         reconnect_attempts: int = 5,
         backoff_initial: float = 0.05,
@@ -221,7 +224,10 @@ class TcpTransport(Transport):
         ):
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ConfigError(f"{name} must be a number of seconds > 0, got {value!r}")
-        for name, count in (("heartbeat_misses", heartbeat_misses),):
+        for name, count in (
+            ("heartbeat_misses", heartbeat_misses),
+            ("max_handshakes", max_handshakes),
+        ):
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ConfigError(f"{name} must be an int >= 1, got {count!r}")
         if isinstance(reconnect_attempts, bool) or not isinstance(reconnect_attempts, int):
@@ -238,6 +244,8 @@ class TcpTransport(Transport):
         self._heartbeat = heartbeat
         self._misses = heartbeat_misses
         self._handshake_timeout = handshake_timeout
+        self._max_handshakes = max_handshakes
+        self._handshaking = 0
         self._connect_timeout = connect_timeout
         self._attempts = reconnect_attempts
         self._backoff = (backoff_initial, backoff_max)
@@ -530,9 +538,18 @@ class TcpTransport(Transport):
         if self._closed:
             writer.transport.abort()
             return
+        if self._handshaking >= self._max_handshakes:
+            log.warning(
+                "refused a connection from %s: %s others are in their handshake",
+                writer.get_extra_info("peername"),
+                self._handshaking,
+            )
+            writer.transport.abort()
+            return
         self._handlers[task] = writer
         conn: _Conn | None = None
         try:
+            self._handshaking += 1
             try:
                 async with asyncio.timeout(self._handshake_timeout):
                     info = await accept(
@@ -547,6 +564,8 @@ class TcpTransport(Transport):
                     "refused a connection from %s: %s", writer.get_extra_info("peername"), exc
                 )
                 return
+            finally:
+                self._handshaking -= 1
             conn = _Conn(info.address, writer, asyncio.get_running_loop().time())
             self._conns.add(conn)
             self._handshaken(info.address, info)
