@@ -25,6 +25,14 @@ Choices where the contract leaves room (what an Akka/Orleans user expects):
   ``heartbeat=None`` turns them off.
 - Without a ``secret`` on either side connections are allowed; a secret on one side
   only is refused.
+- ``peer_info(address)`` is what a peer said in its latest handshake (its address,
+  protocol version and ``schema``, the opaque fingerprints the kernel passes as the
+  ``schema`` option).
+- Hostile peers are bounded: a length prefix over ``max_frame_size`` closes the
+  connection before anything is allocated; an accepted connection has
+  ``handshake_timeout`` to finish TLS and the handshake (a slow loris, a connection
+  that never speaks), and at most ``max_handshakes`` may be in it at once; a closed
+  connection leaves no task. ``stats()`` counts writes, connections and tasks.
 """
 
 from __future__ import annotations
