@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from kerna import ConfigError
 from kerna.transports import PeerUnreachable
-from kerna.transports._tcp import tls_contexts
+from kerna.transports.tcp import TcpTransport, tls_contexts
 
 from .tcp_peers import WAIT, node
 
@@ -172,6 +172,25 @@ async def test_a_server_whose_certificate_names_another_host_is_refused(pki: Pki
             await asyncio.wait_for(a.send(b.address, b"must not arrive"), WAIT)
         assert got.frames == []
         assert a.peer_info(b.address) is None
+
+
+async def test_tls_files_given_as_the_tls_option_make_mutual_tls(pki: Pki) -> None:
+    files = {"certfile": pki.files.cert, "keyfile": pki.files.key, "cafile": pki.ca}
+    async with node(tls=files) as (a, _), node(tls=files) as (b, got):
+        await a.send(b.address, b"over tls")
+        await got.wait_frames(1)
+        assert got.frames == [(a.address, b"over tls")]
+    async with node(tls=files) as (b, got), node() as (plain, _):
+        with pytest.raises(PeerUnreachable):
+            await asyncio.wait_for(plain.send(b.address, b"must not arrive"), WAIT)
+        assert got.frames == []
+
+
+def test_a_tls_option_without_its_files_is_a_config_error_naming_them(pki: Pki) -> None:
+    with pytest.raises(ConfigError, match="missing: \\['keyfile'\\]"):
+        TcpTransport("tcp://127.0.0.1:0", tls={"certfile": pki.files.cert, "cafile": pki.ca})
+    with pytest.raises(ConfigError, match="not both"):
+        TcpTransport("tcp://127.0.0.1:0", tls={}, ssl_server=pki.server)
 
 
 def test_unreadable_tls_files_are_a_config_error_naming_them(pki: Pki, tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ import logging
 import random
 import ssl
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -187,6 +187,9 @@ class TcpTransport(Transport):
         backoff_max: the longest reconnect delay.
         ssl_server: the TLS context the listener uses (``tls_contexts`` makes one).
         ssl_client: the TLS context outbound connections use.
+        tls: mutual TLS from files instead of contexts: ``{"certfile", "keyfile",
+            "cafile"}`` and optionally ``"require_client_cert"`` (True), passed to
+            ``tls_contexts`` for both directions.
 
     Raises:
         ConfigError: a malformed URL or a bad option.
@@ -213,6 +216,7 @@ class TcpTransport(Transport):
         backoff_max: float = 2.0,
         ssl_server: ssl.SSLContext | None = None,
         ssl_client: ssl.SSLContext | None = None,
+        tls: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(url, max_frame_size=max_frame_size, send_queue=send_queue)
         try:
@@ -257,6 +261,24 @@ class TcpTransport(Transport):
         self._connect_timeout = connect_timeout
         self._attempts = reconnect_attempts
         self._backoff = (backoff_initial, backoff_max)
+        if tls is not None:
+            if ssl_server is not None or ssl_client is not None:
+                raise ConfigError("give either tls= or ssl_server=/ssl_client=, not both")
+            if not isinstance(tls, Mapping):
+                raise ConfigError(f"tls must be a mapping of TLS files, got {tls!r}")
+            unknown = set(tls) - {"certfile", "keyfile", "cafile", "require_client_cert"}
+            missing = {"certfile", "keyfile", "cafile"} - set(tls)
+            if unknown or missing:
+                raise ConfigError(
+                    f"tls needs certfile, keyfile and cafile (missing: {sorted(missing)}, "
+                    f"unknown: {sorted(unknown)})"
+                )
+            ssl_server, ssl_client = tls_contexts(
+                str(tls["certfile"]),
+                str(tls["keyfile"]),
+                str(tls["cafile"]),
+                require_client_cert=bool(tls.get("require_client_cert", True)),
+            )
         self._ssl_server = ssl_server
         self._ssl_client = ssl_client
         self._address: str | None = None
