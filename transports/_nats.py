@@ -99,6 +99,10 @@ _NAME = re.compile(r"[A-Za-z0-9_-]{1,128}\Z")
 _PREFIX = re.compile(r"[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64})*\Z")
 
 
+_NO_RESPONDERS_TRIES = 4
+_NO_RESPONDERS_GAP = 0.05  # seconds
+
+
 class NatsServerUnavailable(PeerUnreachable):
     """The NATS server cannot be reached, or the connection to it was lost."""
 
@@ -517,20 +521,28 @@ class NatsTransport(Transport):
         """None if ``p`` listens, else why not."""
         if not nc.is_connected:
             return NatsServerUnavailable(f"not connected to nats server {self.server}")
-        try:
-            await nc.request(p.subject, b"", self._probe_timeout, headers={PROBE_HEADER: "1"})
-        except nats.errors.NoRespondersError:
-            return PeerNotListening(
-                f"no kerna node listens on {p.subject!r} for {p.address} "
-                f"(nats server {self.server}: no responders)"
-            )
-        except nats.errors.TimeoutError:
-            return PeerNotListening(
-                f"{p.address} did not answer a presence probe on {p.subject!r} within "
-                f"{self._probe_timeout} s (nats server {self.server})"
-            )
-        except (nats.errors.Error, OSError) as exc:
-            return self._server_error(exc)
+        # "No responders" is asked again a few times, _NO_RESPONDERS_GAP apart: a node
+        # that has just subscribed may not be visible yet everywhere its server (or, in
+        # a NATS cluster, the other servers) route from.
+        for attempt in range(_NO_RESPONDERS_TRIES):
+            try:
+                await nc.request(p.subject, b"", self._probe_timeout, headers={PROBE_HEADER: "1"})
+            except nats.errors.NoRespondersError:
+                if attempt + 1 < _NO_RESPONDERS_TRIES:
+                    await asyncio.sleep(_NO_RESPONDERS_GAP)
+                    continue
+                return PeerNotListening(
+                    f"no kerna node listens on {p.subject!r} for {p.address} "
+                    f"(nats server {self.server}: no responders)"
+                )
+            except nats.errors.TimeoutError:
+                return PeerNotListening(
+                    f"{p.address} did not answer a presence probe on {p.subject!r} within "
+                    f"{self._probe_timeout} s (nats server {self.server})"
+                )
+            except (nats.errors.Error, OSError) as exc:
+                return self._server_error(exc)
+            return None
         return None
 
     def _server_error(self, exc: BaseException) -> NatsServerUnavailable:
