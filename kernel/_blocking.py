@@ -348,6 +348,10 @@ class BlockingKernel:
         """See ``Kernel.address``."""
         return self._kernel.address
 
+    def schema_mismatches(self) -> dict[str, list[str]]:
+        """See ``Kernel.schema_mismatches``."""
+        return self._kernel.schema_mismatches()
+
     def subscribe(
         self,
         topic: str,

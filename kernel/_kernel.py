@@ -349,6 +349,14 @@ class Kernel:
             ref.route = remote.route(node)
         return ref
 
+    def schema_mismatches(self) -> dict[str, list[str]]:
+        """Per peer node, the message tags whose wire schemas differ from this node's
+        (compared in the transport's handshake, e.g. tcp's; each is also logged once).
+        Empty without a transport or when every shared tag matches; the node's status
+        reports it (cluster issue)."""
+        remote = self._runtime.remote
+        return {} if remote is None else remote.schema_mismatches()
+
     @property
     def address(self) -> str | None:
         """Where other nodes reach this kernel (its transport's address, once started;

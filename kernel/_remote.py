@@ -18,6 +18,7 @@ A peer that is lost fails the asks waiting on it with ``PeerUnreachable``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -114,6 +115,8 @@ class Remote:
         # Asks sent to other nodes, by message id: the asker's future and the node.
         self._waiting: dict[int, tuple[asyncio.Future[Any], str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._compared: set[str] = set()  # peers whose schema fingerprints we compared
+        self._mismatches: dict[str, set[str]] = {}  # peer -> tags whose schemas differ
 
     @classmethod
     def open(cls, runtime: Runtime, url: str, options: dict[str, Any]) -> Remote:
@@ -130,7 +133,10 @@ class Remote:
         return self.transport.address
 
     async def start(self) -> None:
-        await self.transport.start(self._on_frame, self._on_peer_lost)
+        transport = self.transport
+        if hasattr(transport, "schema"):  # a transport with a handshake (tcp) sends them
+            transport.schema = json.dumps(self.codec.types.fingerprints(), sort_keys=True)
+        await transport.start(self._on_frame, self._on_peer_lost)
         # A transport may lower its limit on start (nats: the server's max_payload).
         self.codec.max_frame_size = self.transport.max_frame_size
 
@@ -190,7 +196,41 @@ class Remote:
 
     # -- receiving -----------------------------------------------------------------------
 
+    def schema_mismatches(self) -> dict[str, list[str]]:
+        """Per peer, the wire tags both nodes know whose schemas differ (from the
+        peers' handshakes; a transport without one reports none)."""
+        return {peer: sorted(tags) for peer, tags in self._mismatches.items() if tags}
+
+    def _compare_schemas(self, peer: str) -> None:
+        """Compare ``peer``'s fingerprints (its handshake) with ours, once per peer;
+        each differing tag is logged once and kept for ``schema_mismatches``."""
+        self._compared.add(peer)
+        peer_info = getattr(self.transport, "peer_info", None)
+        info = None if peer_info is None else peer_info(peer)
+        if info is None or not info.schema:
+            return
+        try:
+            theirs = json.loads(info.schema)
+        except ValueError:
+            log.warning("%s sent schema fingerprints that are not JSON; not compared", peer)
+            return
+        if not isinstance(theirs, dict):
+            return
+        ours = self.codec.types.fingerprints()
+        differ = {tag for tag, mine in ours.items() if tag in theirs and theirs[tag] != mine}
+        known = self._mismatches.setdefault(peer, set())
+        for tag in sorted(differ - known):
+            log.warning(
+                "schema of %r differs between this node and %s: messages of that type may"
+                " not decode on one side (kerna schema check tells what changed)",
+                tag,
+                peer,
+            )
+        known |= differ
+
     def _on_frame(self, peer: str, frame: bytes) -> None:
+        if peer not in self._compared:
+            self._compare_schemas(peer)
         try:
             decoded = self.codec.decode(frame, peer)
         except WireError as exc:

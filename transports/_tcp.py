@@ -304,6 +304,18 @@ class TcpTransport(Transport):
             raise RuntimeError("the transport is not started: its address is not known yet")
         return self._address
 
+    @property
+    def schema(self) -> bytes | str:
+        """The fingerprints this node sends in its handshakes (the kernel sets them
+        at start, once its message types are registered)."""
+        return self._schema
+
+    @schema.setter
+    def schema(self, value: bytes | str) -> None:
+        if not isinstance(value, bytes | str):
+            raise ConfigError(f"schema must be bytes or str, got {type(value).__qualname__}")
+        self._schema = value
+
     def peer_info(self, peer: str) -> PeerInfo | None:
         """What ``peer`` (a listening address) said in its latest handshake, if any."""
         return self._info.get(peer)
