@@ -13,6 +13,7 @@ stream cannot flood the log, each agent type logs at most ``BURST`` records per
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ._envelope import EVENT
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from ._envelope import Envelope
     from ._ids import AgentId
 
-__all__ = ["BURST", "WINDOW", "FailureLog", "check_level"]
+__all__ = ["BURST", "WINDOW", "FailureLog", "LogBudget", "check_level"]
 
 log = logging.getLogger("kerna.activation")
 
@@ -54,31 +55,48 @@ def check_level(level: object) -> int:
     raise ValueError(f"failure_log_level must be {expected}, got {level!r}")
 
 
-class FailureLog:
-    """Per agent type: a window start, the records logged and those left out."""
+class LogBudget:
+    """At most ``BURST`` records per key per ``WINDOW`` seconds, and how many were left
+    out: what keeps a poison stream (or a hostile peer) from flooding the log."""
 
-    __slots__ = ("_by_type", "_loop", "level")
+    __slots__ = ("_clock", "_windows")
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._windows: dict[str, list[float]] = {}  # key -> [window start, logged, skipped]
+
+    def allow(self, key: str) -> int | None:
+        """None: leave this record out; else log it, and the int is how many records
+        of ``key`` were left out in its previous window."""
+        now = self._clock()
+        window = self._windows.get(key)
+        skipped = 0
+        if window is None or now - window[0] >= WINDOW:
+            skipped = 0 if window is None else int(window[2])
+            window = self._windows[key] = [now, 0, 0]
+        if window[1] >= BURST:
+            window[2] += 1
+            return None
+        window[1] += 1
+        return skipped
+
+
+class FailureLog:
+    """Per agent type, the failures of tells and events, under a ``LogBudget``."""
+
+    __slots__ = ("_budget", "level")
 
     def __init__(self, level: int, loop: asyncio.AbstractEventLoop) -> None:
         self.level = level
-        self._loop = loop
-        self._by_type: dict[str, list[float]] = {}  # type -> [window start, logged, skipped]
+        self._budget = LogBudget(loop.time)
 
     def handler_failed(self, agent: AgentId, env: Envelope, error: BaseException) -> None:
         """Log that ``agent``'s handler raised ``error`` on the tell or event ``env``."""
         if not log.isEnabledFor(self.level):
             return
-        now = self._loop.time()
-        window = self._by_type.get(agent.type)
-        if window is None or now - window[0] >= WINDOW:
-            skipped = 0 if window is None else int(window[2])
-            window = self._by_type[agent.type] = [now, 0, 0]
-        else:
-            skipped = 0
-        if window[1] >= BURST:
-            window[2] += 1
+        skipped = self._budget.allow(agent.type)
+        if skipped is None:
             return
-        window[1] += 1
         note = (
             f" ({skipped} earlier failures of {agent.type} were not logged:"
             f" at most {BURST} per {WINDOW:g}s)"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import types
 import typing
+import weakref
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, dataclass_transform
 
 import msgspec
@@ -51,7 +52,21 @@ class _MessageMeta(msgspec.StructMeta):
             raise TypeError(f"{name}: kerna messages are immutable; drop frozen=False")
         kwargs["frozen"] = True
         cls: _MessageMeta = super().__new__(mcls, name, bases, namespace, **kwargs)
+        tag = kwargs["tag"]
+        if isinstance(tag, str):
+            _DEFINED.setdefault(tag, cls)  # the first class defined under a tag keeps it
         return cls
+
+
+# Every Message class defined in this process, by wire tag (weakly: a class that goes
+# away leaves): what a node decodes a tag it has not registered into (kerna._wire_types).
+_DEFINED: weakref.WeakValueDictionary[str, type] = weakref.WeakValueDictionary()
+
+
+def defined_message(tag: str) -> type | None:
+    """The Message class defined in this process under ``tag`` (the first, if several
+    share it), or None."""
+    return _DEFINED.get(tag)
 
 
 class Message(msgspec.Struct, metaclass=_MessageMeta, frozen=True):

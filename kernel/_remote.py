@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from kerna.transports import PeerUnreachable, Transport, open_transport
@@ -32,6 +33,7 @@ from ._errors import (
     UnhandledMessage,
     UnknownAgent,
 )
+from ._failure_log import LogBudget
 from ._failures import describe
 from ._message import DeadLetterReason
 from ._wire import Delivery, Reply, WireCodec, WireError
@@ -115,6 +117,7 @@ class Remote:
         # Asks sent to other nodes, by message id: the asker's future and the node.
         self._waiting: dict[int, tuple[asyncio.Future[Any], str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._log_budget = LogBudget(time.monotonic)  # refused frames logged, per peer
         self._compared: set[str] = set()  # peers whose schema fingerprints we compared
         self._mismatches: dict[str, set[str]] = {}  # peer -> tags whose schemas differ
 
@@ -245,14 +248,19 @@ class Remote:
         """A frame that does not decode (counted per reason by the codec): its asker
         gets the error back; a reply that does not decode fails the ask it answers;
         anything else is a dead letter."""
-        log.warning("frame from %s refused: %s", peer, error)
+        skipped = self._log_budget.allow(peer)
+        if skipped is not None:
+            note = f" ({skipped} earlier refusals from {peer} were not logged)" if skipped else ""
+            log.warning("frame from %s refused: %s%s", peer, error, note)
         reply_to = error.reply_to
         if error.is_reply:
             waiting = self._waiting.pop(error.message_id, None)
             if waiting is not None and not waiting[0].done():
                 waiting[0].set_exception(error)
         elif reply_to is not None and error.message_id:
-            self._answer(reply_to, self.codec.encode_error(error.message_id, error))
+            # To the node it came from: never to an address a frame names (a hostile
+            # frame must not make this node connect elsewhere).
+            self._answer(peer, self.codec.encode_error(error.message_id, error))
         else:
             lost = Envelope(error.message_id, TELL, f"frame from {peer}", None)
             self.runtime.undeliverable(lost, peer, DeadLetterReason.UNDECODABLE, error)
@@ -273,7 +281,10 @@ class Remote:
         rt = self.runtime
         loop = rt.loop
         env = delivery.envelope(loop.time())
-        reply_to = delivery.reply_to
+        # The reply goes back to the node the ask came from (``peer``), never to an
+        # address the frame names: a hostile frame must not make this node connect
+        # elsewhere. (Asks forwarded through another node come with the cluster.)
+        reply_to = peer if delivery.reply_to is not None else None
         if env.kind == ASK and reply_to is not None:
             future: asyncio.Future[Any] = loop.create_future()
             env.reply = future
@@ -310,13 +321,14 @@ class Remote:
                 reply.set_exception(error)
             return
         reason = _REASONS.get(type(error), DeadLetterReason.NOT_DELIVERED)
-        log.warning(
-            "%s %s from %s not delivered: %s",
-            KIND_NAMES[env.kind],
-            type(env.payload).__qualname__,
-            env.sender or "another node",
-            describe(error),
-        )
+        if self._log_budget.allow(f"not delivered: {reason}") is not None:
+            log.warning(
+                "%s %s from %s not delivered: %s",
+                KIND_NAMES[env.kind],
+                type(env.payload).__qualname__,
+                env.sender or "another node",
+                describe(error),
+            )
         self.runtime.undeliverable(env, env.target, reason, error)
 
     def _send_reply(
@@ -359,4 +371,4 @@ class Remote:
 def _log_failed_reply(task: asyncio.Task[None]) -> None:
     error = None if task.cancelled() else task.exception()
     if error is not None:
-        log.warning("a reply could not be sent: %s", describe(error))
+        log.info("a reply could not be sent: %s", describe(error))

@@ -446,7 +446,7 @@ class WireCodec:
     def _reply(self, head: _ReplyIn, peer: str) -> Reply:
         tag = head.tag
         if tag is not None:
-            decoder = self.types.decoder(tag)
+            decoder = self.types.decoder(tag, imported=True)
         else:  # not a Message: decoded as the request's declared reply type, if any
             decoder = self.types.reply_decoder(head.request_tag) or _ANY
         try:

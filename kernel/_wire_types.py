@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from ._errors import RegistrationError
-from ._message import Message
+from ._message import Message, defined_message
 from ._replies import resolved_reply
 from ._schema import fingerprint
 
@@ -110,9 +110,23 @@ class MessageTypes:
         except NameError:
             return None
 
-    def decoder(self, tag: str) -> msgspec.msgpack.Decoder[Any] | None:
-        """The decoder of the messages tagged ``tag``."""
-        return self._decoders.get(tag)
+    def decoder(self, tag: str, *, imported: bool = False) -> msgspec.msgpack.Decoder[Any] | None:
+        """The decoder of the messages tagged ``tag``: a registered type, or else, with
+        ``imported`` (for replies), the Message class defined (imported) in this
+        process under that tag, added then: so the reply to an ask of a plain
+        ``Message`` decodes wherever its class is imported. A delivery's tag must be
+        registered (a type some agent here handles): a peer cannot make this node build
+        any class it happens to import."""
+        decoder = self._decoders.get(tag)
+        if decoder is None and imported:
+            defined = defined_message(tag)
+            if defined is not None and issubclass(defined, Message):
+                try:
+                    self.add(defined)
+                except RegistrationError:
+                    return None
+                decoder = self._decoders.get(tag)
+        return decoder
 
     def reply_decoder(self, request_tag: str) -> msgspec.msgpack.Decoder[Any] | None:
         """The decoder of the replies to the request tagged ``request_tag``, if typed."""

@@ -19,6 +19,9 @@ from kerna import (
     Request,
     handler,
 )
+from kerna._envelope import ASK, Envelope
+from kerna._ids import AgentId
+from kerna._wire import Reply, WireCodec
 from kerna.transports import open_transport
 
 pytestmark = pytest.mark.anyio
@@ -207,3 +210,36 @@ async def test_concurrent_askers_on_two_nodes_each_get_their_own_replies() -> No
         got_first, got_second = await asyncio.gather(ask_many(first, 0), ask_many(second, 10_000))
         assert got_first == [i + 1 for i in range(200)]
         assert got_second == [10_000 + i + 1 for i in range(200)]
+
+
+async def test_a_reply_goes_to_the_node_the_ask_came_from_never_to_an_address_it_names(
+    nodes: tuple[Kernel, Kernel],
+) -> None:
+    _, b = nodes
+    assert b.address is not None
+    got: list[bytes] = []
+    victim_got: list[bytes] = []
+    arrived = asyncio.Event()
+
+    def on_frame(peer: str, frame: bytes) -> None:
+        got.append(frame)
+        arrived.set()
+
+    asker = open_transport("inproc://")
+    victim = open_transport("inproc://")
+    await asker.start(on_frame, lambda peer, error: None)
+    await victim.start(lambda peer, frame: victim_got.append(frame), lambda p, e: None)
+    try:
+        codec = WireCodec()
+        loop = asyncio.get_running_loop()
+        env = Envelope(1, ASK, AgentId("Echo", "e"), Ping(n=1), None, 1, 0, loop.time() + 5)
+        await asker.send(b.address, codec.encode(env, victim.address))  # names the victim
+        async with asyncio.timeout(2):
+            await arrived.wait()
+        reply = codec.decode(got[0], b.address)
+        assert isinstance(reply, Reply)
+        assert reply.result() == Pong(n=2)
+        assert victim_got == []
+    finally:
+        await asker.aclose()
+        await victim.aclose()
