@@ -94,8 +94,9 @@ class RemoteRoute:
         self.closed = False
         self.failure = None
 
-    def put(self, env: Envelope) -> asyncio.Future[None]:
-        """Encode and send ``env``; the future completes once the frame is queued.
+    def put(self, env: Envelope) -> asyncio.Future[None] | None:
+        """Encode and send ``env``: None once the frame is queued, or a future that
+        completes when it is (the transport had to connect or wait for room).
 
         Raises:
             WireError: the message cannot be encoded (``UNENCODABLE``, ``TOO_LARGE``).
@@ -163,7 +164,7 @@ class Remote:
 
     # -- sending -------------------------------------------------------------------------
 
-    def send(self, node: str, env: Envelope) -> asyncio.Future[None]:
+    def send(self, node: str, env: Envelope) -> asyncio.Future[None] | None:
         """Encode ``env`` for ``node`` and queue it; an ask's reply future is remembered
         until the reply comes back (or the asker gives up).
 
@@ -172,14 +173,17 @@ class Remote:
         """
         frame = self.codec.encode(env, self.address if env.kind == ASK else None)
         reply = env.reply
-        task = self._spawn(self.transport.send(node, frame))
         if reply is not None:
             message_id = env.id
             self._waiting[message_id] = (reply, node)
             reply.add_done_callback(lambda _: self._waiting.pop(message_id, None))
+        if self.transport.send_now(node, frame):
+            return None  # queued: no task needed (the common case, once connected)
+        task = self._spawn(self.transport.send(node, frame))
+        if reply is not None:
             # A send that failed (its asker gets the error): no reply will come, and
             # the stop must not fail that reply future again with nobody awaiting it.
-            task.add_done_callback(lambda t: self._send_failed(t, message_id))
+            task.add_done_callback(lambda t: self._send_failed(t, env.id))
         return task
 
     def _send_failed(self, task: asyncio.Task[None], message_id: int) -> None:
@@ -354,6 +358,12 @@ class Remote:
         self._answer(node, frame)
 
     def _answer(self, node: str, frame: bytes) -> None:
+        try:
+            if self.transport.send_now(node, frame):
+                return
+        except Exception as exc:  # a reply over the frame limit, say
+            log.info("a reply could not be sent: %s", describe(exc))
+            return
         task = self._spawn(self.transport.send(node, frame))
         task.add_done_callback(_log_failed_reply)
 

@@ -139,6 +139,19 @@ class Transport(abc.ABC):
             TransportClosed: the transport is closed (or closes while this waits).
         """
 
+    def send_now(self, peer: str, frame: bytes) -> bool:
+        """Queue ``frame`` for ``peer`` at once if that needs no waiting (a connected
+        peer with room in its queue and no sender waiting for room): True; else False,
+        and the caller uses ``send``. The default checks the frame and says False; a
+        transport whose fast path needs no ``await`` overrides it (it saves the caller
+        a task per frame).
+
+        Raises:
+            TypeError, FrameTooLarge: as ``send``.
+        """
+        self.check_frame(frame)
+        return False
+
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Stop listening, fail queued frames (``TransportClosed``), end every task of

@@ -395,6 +395,23 @@ class TcpTransport(Transport):
         out.queue.append(frame)
         out.ready.set()
 
+    def send_now(self, peer: str, frame: bytes) -> bool:
+        """See ``Transport.send_now``: a connected peer with room takes it at once."""
+        if self._closed or self._address is None:
+            return False
+        out = self._out.get(peer)
+        if (
+            out is None
+            or not out.up.done()
+            or out.waiters
+            or len(out.queue) + out.reserved >= self.send_queue
+        ):
+            return False
+        self.check_frame(frame)
+        out.queue.append(frame)
+        out.ready.set()
+        return True
+
     async def _room(self, out: _Outbound) -> None:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         out.waiters.append(waiter)

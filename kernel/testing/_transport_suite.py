@@ -285,6 +285,24 @@ class TransportSuite:
         await b.transport.send(b.frames[0][0], b"reply")
         assert await a.receive(b.address, 1) == [b"reply"]
 
+    async def test_send_now_keeps_the_order_of_send_and_never_overfills(
+        self, nodes: TransportNodes
+    ) -> None:
+        a = await nodes.start(send_queue=4)
+        b = await nodes.start()
+        await a.transport.send(b.address, b"first")  # connects, if the medium needs it
+        sent = [b"first"]
+        for i in range(20):  # never awaited: at most the queue's room is taken now
+            frame = b"now-%d" % i
+            if a.transport.send_now(b.address, frame):
+                sent.append(frame)
+        assert len(sent) <= 1 + 4
+        await a.transport.send(b.address, b"last")
+        sent.append(b"last")
+        assert await b.receive(a.address, len(sent)) == sent
+        with pytest.raises(FrameTooLarge):
+            a.transport.send_now(b.address, b"x" * (a.transport.max_frame_size + 1))
+
     async def test_frame_boundaries_hold_from_empty_up_to_the_limit(
         self, nodes: TransportNodes
     ) -> None:
