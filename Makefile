@@ -5,7 +5,7 @@ BENCH_VENV := .venv-bench
 STAMP := $(VENV)/.installed
 SOURCES := $(shell find kernel state transports plugins -name '*.py' 2>/dev/null | sort)
 
-.PHONY: demo test lint typecheck pytest bench clean servers
+.PHONY: demo test lint typecheck pytest bench bench-net clean servers
 
 # Re-install (strict editable mode: a tree of links mypy and pytest both see) whenever
 # pyproject.toml changes or a module is added or removed.
@@ -60,6 +60,10 @@ $(BENCH_VENV)/.installed: pyproject.toml benchmarks/requirements.txt $(VENV)/.fi
 
 bench: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python -m benchmarks.run_all
+
+# Cross-process (ISSUE8 section 6): starts its own servers and nats-server, ~10 minutes.
+bench-net: $(BENCH_VENV)/.installed servers
+	$(BENCH_VENV)/bin/python -m benchmarks.net_bench
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info
