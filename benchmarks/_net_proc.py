@@ -10,7 +10,10 @@ caller is a node too: ``LISTEN`` is its own transport URL.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 import sys
 from typing import Any, cast
 
@@ -28,6 +31,11 @@ def _ready(address: str) -> None:
 
 
 async def _serve(kind: str, arg: str) -> None:
+    # SIGTERM (the bench stopping us by PID) ends the server through cancellation, so a
+    # profile started in main() is written on the way out.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     if kind in ("floor", "floor-coalesced"):
         from . import _net_floor
 
@@ -98,16 +106,37 @@ async def _call(kind: str, address: str, workload: str, size: float, listen: str
         await client.close()
 
 
+PROFILE_ENV = "KERNA_NET_PROFILE"
+"""When set, the process runs under pyinstrument and writes its text profile to the
+file this names (``net_bench`` sets it for the rows that miss a target)."""
+
+
 def main(argv: list[str]) -> int:
     role, kind, loop = argv[0], argv[1], cast(LoopName, argv[2])
-    if role == "serve":
-        run_async(lambda: _serve(kind, argv[3]), loop)
+    profile = os.environ.get(PROFILE_ENV)
+    profiler: Any = None
+    if profile:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.0002, async_mode="disabled")
+        profiler.start()
+    try:
+        if role == "serve":
+            try:
+                run_async(lambda: _serve(kind, argv[3]), loop)
+            except asyncio.CancelledError:
+                pass  # stopped by SIGTERM: the normal end of a server
+            return 0
+        address, workload, size = argv[3], argv[4], float(argv[5])
+        listen = argv[6] if len(argv) > 6 else ""
+        result = run_async(lambda: _call(kind, address, workload, size, listen), loop)
+        print(json.dumps(result), flush=True)
         return 0
-    address, workload, size = argv[3], argv[4], float(argv[5])
-    listen = argv[6] if len(argv) > 6 else ""
-    result = run_async(lambda: _call(kind, address, workload, size, listen), loop)
-    print(json.dumps(result), flush=True)
-    return 0
+    finally:
+        if profiler is not None:
+            profiler.stop()
+            with open(str(profile), "w") as f:
+                f.write(profiler.output_text(unicode=False, color=False))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ._common import LoopName
-from ._net_report import Samples, environment, render
+from ._net_proc import PROFILE_ENV
+from ._net_report import Samples, environment, render, targets
 
 __all__ = ["main"]
 
@@ -118,25 +119,31 @@ def _stop(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(5)
+            proc.wait(15)  # a profiled server writes its profile on the way out
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
 
 
-def _start_server(kind: str, loop: str, arg: str) -> tuple[subprocess.Popen[str], str]:
-    """Start ``_net_proc serve``; return it and the address it printed once ready."""
+def _start_server(
+    kind: str, loop: str, arg: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """Start ``_net_proc serve``; return it and the address it printed once ready.
+
+    Its stderr goes to a temp file (read back if it fails to start), never a pipe no one
+    reads: a chatty server must not block on a full pipe mid-measurement."""
     cmd = [sys.executable, "-m", "benchmarks._net_proc", "serve", kind, loop, arg]
-    proc = subprocess.Popen(
-        cmd, cwd=HERE.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + START_TIMEOUT
-    line = proc.stdout.readline()  # the server prints "ready ADDRESS" or dies
-    if not line.startswith("ready ") or time.monotonic() > deadline:
-        _stop(proc)
-        err = proc.stderr.read() if proc.stderr else ""
-        raise RuntimeError(f"{' '.join(cmd)} did not start:\n{line}{err}")
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            cmd, cwd=HERE.parent, stdout=subprocess.PIPE, stderr=err, text=True,
+            env={**os.environ, **env} if env else None,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # "ready ADDRESS", or "" once it died
+        if not line.startswith("ready "):
+            _stop(proc)
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(cmd)} did not start:\n{line}{err.read()[-3000:]}")
     return proc, line.split(" ", 1)[1].strip()
 
 
@@ -170,35 +177,37 @@ class Nats:
 
 
 @contextmanager
-def servers(system: NetSystem, nats: Nats | None) -> Iterator[tuple[str, str, str]]:
+def servers(
+    system: NetSystem, nats: Nats | None, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, str, str]]:
     """Start ``system``'s server side; yield (caller kind, server address, caller's
     listen URL); stop every process started here by PID afterwards."""
     procs: list[subprocess.Popen[str]] = []
     loop = system.loop
     try:
         if system.kind in ("floor", "floor-coalesced"):
-            proc, address = _start_server(system.kind, loop, str(free_port()))
+            proc, address = _start_server(system.kind, loop, str(free_port()), env)
             procs.append(proc)
             yield system.kind, address, ""
         elif system.kind == "kerna-tcp":
-            proc, address = _start_server("kerna", loop, f"tcp://127.0.0.1:{free_port()}")
+            proc, address = _start_server("kerna", loop, f"tcp://127.0.0.1:{free_port()}", env)
             procs.append(proc)
             yield "kerna", address, f"tcp://127.0.0.1:{free_port()}"
         elif system.kind in ("nats", "kerna-nats"):
             assert nats is not None
             if system.kind == "nats":
-                proc, address = _start_server("nats", loop, nats.url)
+                proc, address = _start_server("nats", loop, nats.url, env)
                 procs.append(proc)
                 yield "nats", address, ""
             else:
                 tag = free_port()
-                proc, address = _start_server("kerna", loop, f"{nats.url}/server{tag}")
+                proc, address = _start_server("kerna", loop, f"{nats.url}/server{tag}", env)
                 procs.append(proc)
                 yield "kerna", address, f"{nats.url}/caller{tag}"
         elif system.kind == "autogen":
-            host, address = _start_server("autogen-host", "asyncio", str(free_port()))
+            host, address = _start_server("autogen-host", "asyncio", str(free_port()), env)
             procs.append(host)
-            worker, _ = _start_server("autogen-worker", "asyncio", address)
+            worker, _ = _start_server("autogen-worker", "asyncio", address, env)
             procs.append(worker)
             yield "autogen", address, ""
         else:
@@ -278,6 +287,38 @@ def two_callers(system: NetSystem, nats: Nats | None, seconds: float) -> dict[st
     }
 
 
+PROFILE_LINES = 60
+"""Lines kept of each pyinstrument call tree (its top: where the time goes)."""
+
+
+def _top(path: Path) -> str:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        return f"(no profile: {exc})"
+    return "\n".join(line for line in lines[:PROFILE_LINES] if line.strip())
+
+
+def profile(system: NetSystem, workload: str, nats: Nats | None) -> dict[str, str]:
+    """One more run of ``workload`` on ``system`` with both processes under pyinstrument;
+    the top of each one's call tree, by process."""
+    s = system.sizes
+    size = {"seq": s.seq, "conc": s.conc_seconds, "w6": s.w6}[workload]
+    with tempfile.TemporaryDirectory(prefix="kerna-bench-profile-") as tmp:
+        server_out, caller_out = Path(tmp) / "server.txt", Path(tmp) / "caller.txt"
+        with servers(system, nats, {PROFILE_ENV: str(server_out)}) as (kind, address, listen):
+            cmd = _caller(system, kind, address, workload, size, listen)
+            out = subprocess.run(
+                cmd, cwd=HERE.parent, capture_output=True, text=True, check=False,
+                env={**os.environ, PROFILE_ENV: str(caller_out)},
+            )  # fmt: skip
+        _result(cmd, out.returncode, out.stdout, out.stderr)
+        return {
+            f"{system.name} {workload}: caller": _top(caller_out),
+            f"{system.name} {workload}: server": _top(server_out),
+        }
+
+
 def run(systems: list[NetSystem], runs: int, nats: Nats | None) -> Samples:
     samples: Samples = {s.name: {} for s in systems}
     for workload in WORKLOADS:
@@ -305,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true", help="write the report at any scale")
     parser.add_argument("--only", default="", help="comma-separated system names")
     parser.add_argument("--render", metavar="FILE", help="re-render from a results file")
+    parser.add_argument("--no-profile", action="store_true", help="do not profile the misses")
     cli_args = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(cli_args)
     if args.render:
@@ -330,12 +372,19 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     nats = Nats() if any(s.kind in ("nats", "kerna-nats") for s in chosen) else None
     checks: dict[str, dict[str, float]] = {}
+    profiles: dict[str, str] = {}
     try:
         samples = run(chosen, args.runs, nats)
         for system in chosen:
             if system.kind in TWO_CALLERS:
                 checks[system.name] = got = two_callers(system, nats, TWO_CALLER_SECONDS)
                 print(f"  two callers {system.name:<24} {got}", file=sys.stderr, flush=True)
+        if not args.no_profile:
+            by_name = {s.name: s for s in chosen}
+            missed = {(t.system, t.workload) for t in targets(samples) if t.verdict == "MISS"}
+            for name, workload in sorted(missed):
+                print(f"  profiling {name} {workload}", file=sys.stderr, flush=True)
+                profiles.update(profile(by_name[name], workload, nats))
     finally:
         if nats is not None:
             nats.close()
@@ -345,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": skipped,
         "samples": samples,
         "two_callers": checks,
+        "profiles": profiles,
     }
     report = render(data)
     print(report)
