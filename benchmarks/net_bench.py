@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(cli_args)
     if args.render:
         data = json.loads(Path(args.render).read_text())
-        print(render(data))
+        sys.stdout.write(render(data))
         return 0
     systems = all_systems(args.scale)
     skipped: dict[str, str] = {}
