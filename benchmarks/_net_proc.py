@@ -67,13 +67,19 @@ WARM_UP = 200
 async def _measure(caller: Caller, workload: str, size: float) -> dict[str, float]:
     for i in range(WARM_UP):
         await caller.ask(i)
-    if workload == "seq":
-        return await sequential(caller, int(size))
-    if workload == "conc":
-        return await concurrent(caller, CALLERS, size)
-    if workload == "w6":
-        return await oneway(caller, int(size))
-    raise SystemExit(f"unknown workload {workload!r}")
+    if _profiler is not None:  # the caller's profile covers the workload alone
+        _profiler.start()
+    try:
+        if workload == "seq":
+            return await sequential(caller, int(size))
+        if workload == "conc":
+            return await concurrent(caller, CALLERS, size)
+        if workload == "w6":
+            return await oneway(caller, int(size))
+        raise SystemExit(f"unknown workload {workload!r}")
+    finally:
+        if _profiler is not None:
+            _profiler.stop()
 
 
 async def _call(kind: str, address: str, workload: str, size: float, listen: str) -> Any:
@@ -107,19 +113,24 @@ async def _call(kind: str, address: str, workload: str, size: float, listen: str
 
 
 PROFILE_ENV = "KERNA_NET_PROFILE"
-"""When set, the process runs under pyinstrument and writes its text profile to the
-file this names (``net_bench`` sets it for the rows that miss a target)."""
+"""When set, the process runs under pyinstrument (a server for its whole life, a caller
+during the workload only) and writes the functions by their own time to the file this
+names (``net_bench`` sets it for the rows that miss a target)."""
+
+
+_profiler: Any = None
 
 
 def main(argv: list[str]) -> int:
+    global _profiler
     role, kind, loop = argv[0], argv[1], cast(LoopName, argv[2])
     profile = os.environ.get(PROFILE_ENV)
-    profiler: Any = None
     if profile:
         from pyinstrument import Profiler
 
-        profiler = Profiler(interval=0.0002, async_mode="disabled")
-        profiler.start()
+        _profiler = Profiler(interval=0.0002, async_mode="disabled")
+        if role == "serve":  # the whole serving life: its idle time shows as epoll
+            _profiler.start()
     try:
         if role == "serve":
             try:
@@ -133,10 +144,11 @@ def main(argv: list[str]) -> int:
         print(json.dumps(result), flush=True)
         return 0
     finally:
-        if profiler is not None:
-            profiler.stop()
-            with open(str(profile), "w") as f:
-                f.write(profiler.output_text(unicode=False, color=False))
+        if _profiler is not None:
+            if _profiler.is_running:
+                _profiler.stop()
+            with open(str(profile), "w") as f:  # the functions by their own time, top down
+                f.write(_profiler.output_text(unicode=False, color=False, flat=True))
 
 
 if __name__ == "__main__":

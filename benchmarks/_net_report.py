@@ -230,9 +230,11 @@ def render(data: dict[str, Any]) -> str:
         lines += [
             "## Profiles of the misses",
             "",
-            "pyinstrument (0.2 ms interval) in the caller and in the server process of one"
-            " extra run of each kerna row and workload that missed a target (top of the"
-            " call tree; profiled runs are slower and not part of any figure above).",
+            "pyinstrument (0.2 ms interval) in the caller (during the workload) and in the"
+            " server process (its whole life: idle time is `epoll.poll`) of one extra run"
+            " of each kerna row and workload that missed a target: the functions with the"
+            " most own time, in seconds (profiled runs are slower and not part of any"
+            " figure above).",
             "",
         ]
     for title, text in data.get("profiles", {}).items():

@@ -287,8 +287,8 @@ def two_callers(system: NetSystem, nats: Nats | None, seconds: float) -> dict[st
     }
 
 
-PROFILE_LINES = 60
-"""Lines kept of each pyinstrument call tree (its top: where the time goes)."""
+PROFILE_LINES = 30
+"""Lines kept of each flat profile: the functions with the most own time."""
 
 
 def _top(path: Path) -> str:
@@ -296,7 +296,8 @@ def _top(path: Path) -> str:
         lines = path.read_text().splitlines()
     except OSError as exc:
         return f"(no profile: {exc})"
-    return "\n".join(line for line in lines[:PROFILE_LINES] if line.strip())
+    body = [line for line in lines if line.strip() and not line.lstrip().startswith(("_", "/"))]
+    return "\n".join(body[:PROFILE_LINES])
 
 
 def profile(system: NetSystem, workload: str, nats: Nats | None) -> dict[str, str]:
