@@ -56,6 +56,18 @@ _REASONS: dict[type[BaseException], DeadLetterReason] = {
 }
 
 
+_LOCAL_ROUTES = 10_000  # cached routes of local targets, then the cache starts afresh
+
+
+class _LocalRoute:
+    """A route cache slot for ``Runtime.deliver`` (the role an ``AgentRef`` plays)."""
+
+    __slots__ = ("route",)
+
+    def __init__(self) -> None:
+        self.route: Any = None
+
+
 class _AnyHandlers:
     """A remote route's handler table: the destination checks handlers itself."""
 
@@ -119,6 +131,9 @@ class Remote:
         self._waiting: dict[int, tuple[asyncio.Future[Any], str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._log_budget = LogBudget(time.monotonic)  # refused frames logged, per peer
+        # Per local target of messages from other nodes, its cached route (what a ref
+        # keeps): Runtime.deliver then skips the directory lookup for a live agent.
+        self._local_routes: dict[Any, _LocalRoute] = {}
         self._compared: set[str] = set()  # peers whose schema fingerprints we compared
         self._mismatches: dict[str, set[str]] = {}  # peer -> tags whose schemas differ
 
@@ -302,8 +317,14 @@ class Remote:
         if not rt.accepts(None):
             self._not_delivered(env, rt.refusal(f"{type(env.payload).__qualname__} from {peer}"))
             return
+        target = env.target
+        holder = self._local_routes.get(target)
+        if holder is None:  # remember where this target's messages go, as a ref does
+            if len(self._local_routes) >= _LOCAL_ROUTES:
+                self._local_routes.clear()
+            holder = self._local_routes[target] = _LocalRoute()
         try:
-            pending = rt.deliver(env)
+            pending = rt.deliver(env, holder)
         except Exception as exc:  # unknown agent, no handler, full mailbox, failed start
             self._not_delivered(env, exc)
             return
