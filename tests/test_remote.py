@@ -15,6 +15,7 @@ from kerna import (
     Kernel,
     KernelStopped,
     Message,
+    PendingReply,
     RemoteError,
     Request,
     handler,
@@ -243,3 +244,32 @@ async def test_a_reply_goes_to_the_node_the_ask_came_from_never_to_an_address_it
     finally:
         await asker.aclose()
         await victim.aclose()
+
+
+class Slow(Request[str]):
+    pass
+
+
+class Deferring(Agent):
+    waiting: PendingReply | None = None
+
+    @handler
+    async def slow(self, msg: Slow) -> PendingReply:
+        Deferring.waiting = self.defer_reply()
+        await self.ref(Deferring, "self").tell(Note(text="now"))
+        return Deferring.waiting
+
+    @handler
+    async def note(self, msg: Note) -> None:
+        assert Deferring.waiting is not None
+        Deferring.waiting.reply(f"answered {msg.text}")
+
+
+async def test_a_deferred_reply_reaches_an_asker_on_another_node(
+    nodes: tuple[Kernel, Kernel],
+) -> None:
+    a, b = nodes
+    b.register(Deferring)
+    # the ask is answered by a later handler, on the other node, through the same reply
+    reply = await a.ref(Deferring, "self", node=b.address).ask(Slow(), timeout=2)
+    assert reply == "answered now"
