@@ -8,10 +8,9 @@ declaring an entry point. Modules are imported only when their scheme is used.
 from __future__ import annotations
 
 import functools
-import importlib
 from importlib.metadata import entry_points
 
-from kerna._errors import ConfigError
+from kerna._schemes import load_scheme, scheme_of
 
 from ._backend import StateBackend
 
@@ -44,38 +43,15 @@ def _entry_points() -> tuple[tuple[str, str], ...]:
     return tuple((ep.name, ep.value) for ep in entry_points(group=GROUP))
 
 
-def _split(url: str) -> str:
-    if not isinstance(url, str) or "://" not in url:
-        raise ConfigError(f"state URL must look like 'scheme://...', got {url!r}")
-    scheme = url.split("://", 1)[0]
-    if not scheme or not scheme.replace("+", "").isalnum():
-        raise ConfigError(f"state URL {url!r} has an invalid scheme {scheme!r}")
-    return scheme.lower()
-
-
 def backend_class(url: str) -> type[StateBackend]:
     """The backend class serving ``url``'s scheme, imported on demand.
 
     Raises:
         ConfigError: malformed URL, unknown scheme, or the backend's extra is missing.
     """
-    scheme = _split(url)
-    target = schemes().get(scheme)
-    if target is None:
-        known = ", ".join(sorted(schemes()))
-        raise ConfigError(f"no state backend for scheme {scheme!r} (known: {known})")
-    module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        extra = _EXTRAS.get(scheme)
-        hint = f"pip install 'kerna[{extra}]'" if extra else "install the package that provides it"
-        raise ConfigError(
-            f"state backend {scheme!r} needs a missing library ({exc}): {hint}"
-        ) from exc
-    cls = getattr(module, attr, None)
-    if not (isinstance(cls, type) and issubclass(cls, StateBackend)):
-        raise ConfigError(f"entry point {target!r} for {scheme!r} is not a StateBackend")
+    cls: type[StateBackend] = load_scheme(
+        scheme_of(url, "state URL"), schemes(), StateBackend, what="state backend", extras=_EXTRAS
+    )
     return cls
 
 

@@ -8,11 +8,11 @@ declaring an entry point. A module is imported only when its scheme is used.
 from __future__ import annotations
 
 import functools
-import importlib
 from importlib.metadata import entry_points
 from typing import Any
 
 from kerna._errors import ConfigError
+from kerna._schemes import load_scheme, scheme_of
 
 from ._base import Transport
 
@@ -44,36 +44,15 @@ def _entry_points() -> tuple[tuple[str, str], ...]:
     return tuple((ep.name, ep.value) for ep in entry_points(group=GROUP))
 
 
-def _scheme(url: str) -> str:
-    if not isinstance(url, str) or "://" not in url:
-        raise ConfigError(f"transport URL must look like 'scheme://...', got {url!r}")
-    scheme = url.split("://", 1)[0]
-    if not scheme or not scheme.replace("+", "").isalnum():
-        raise ConfigError(f"transport URL {url!r} has an invalid scheme {scheme!r}")
-    return scheme.lower()
-
-
 def transport_class(url: str) -> type[Transport]:
     """The transport class serving ``url``'s scheme, imported on demand.
 
     Raises:
         ConfigError: malformed URL, unknown scheme, or the transport's extra is missing.
     """
-    scheme = _scheme(url)
-    target = schemes().get(scheme)
-    if target is None:
-        known = ", ".join(sorted(schemes()))
-        raise ConfigError(f"no transport for scheme {scheme!r} (known: {known})")
-    module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        extra = _EXTRAS.get(scheme)
-        hint = f"pip install 'kerna[{extra}]'" if extra else "install the package that provides it"
-        raise ConfigError(f"transport {scheme!r} needs a missing library ({exc}): {hint}") from exc
-    cls = getattr(module, attr, None)
-    if not (isinstance(cls, type) and issubclass(cls, Transport)):
-        raise ConfigError(f"entry point {target!r} for {scheme!r} is not a Transport")
+    cls: type[Transport] = load_scheme(
+        scheme_of(url, "transport URL"), schemes(), Transport, what="transport", extras=_EXTRAS
+    )
     return cls
 
 
