@@ -59,7 +59,14 @@ from ._base import (
     Transport,
     TransportClosed,
 )
-from ._tcp_framing import MAX_WIRE_FRAME, PING_BYTES, ProtocolError, header, read_frame
+from ._tcp_framing import (
+    MAX_WIRE_FRAME,
+    PING_BYTES,
+    ProtocolError,
+    header,
+    read_frame,
+    read_frames,
+)
 from ._tcp_handshake import PeerInfo, accept, connect
 
 __all__ = ["PeerInfo", "TcpTransport", "tls_contexts"]
@@ -645,15 +652,14 @@ class TcpTransport(Transport):
         def alive() -> None:
             conn.last_rx = loop.time()
 
+        def deliver(frame: bytes) -> None:
+            try:
+                on_frame(peer, frame)
+            except Exception:
+                log.exception("on_frame raised for a frame from %s", peer)
+
         try:
-            while True:
-                frame = await read_frame(reader, limit, alive)
-                conn.last_rx = loop.time()
-                if frame is not None:
-                    try:
-                        on_frame(peer, frame)
-                    except Exception:
-                        log.exception("on_frame raised for a frame from %s", peer)
+            await read_frames(reader, limit, deliver, alive)
         except (OSError, EOFError, FrameTooLarge) as exc:
             if isinstance(exc, FrameTooLarge | ProtocolError):
                 log.warning("closing the connection from %s: %s", peer, exc)

@@ -22,9 +22,11 @@ __all__ = [
     "ProtocolError",
     "header",
     "read_frame",
+    "read_frames",
 ]
 
 _HEADER = struct.Struct(">I")
+_unpack_from = _HEADER.unpack_from
 CONTROL = 0x8000_0000
 PING = CONTROL  # "I am alive": sent on an idle connection, carries no body
 MAX_WIRE_FRAME = CONTROL - 1  # the largest data frame the 4-byte prefix can carry
@@ -64,6 +66,77 @@ async def read_frame(
         return await reader.readexactly(length) if length else b""
     chunks: list[bytes] = []
     remaining = length
+    while remaining:
+        chunk = await reader.read(min(remaining, CHUNK))
+        if not chunk:
+            raise asyncio.IncompleteReadError(b"".join(chunks), length)
+        chunks.append(chunk)
+        remaining -= len(chunk)
+        alive()
+    return b"".join(chunks)
+
+
+READ_SIZE = 64 * 1024  # what one read asks the stream for: many small frames at once
+
+
+async def read_frames(
+    reader: asyncio.StreamReader,
+    limit: int,
+    on_frame: Callable[[bytes], None],
+    alive: Callable[[], None],
+) -> None:
+    """Read the stream until it ends, handing each data frame to ``on_frame``.
+
+    One ``read`` takes whatever has arrived (up to ``READ_SIZE``) and the frames in it
+    are split out in one loop: a stream of small frames costs one read per batch, not
+    two awaits per frame. ``alive()`` is called for every read (heartbeats count as
+    reads). A frame whose body is larger than ``CHUNK`` is read in chunks, each a sign
+    of life, and joined once: memory for a frame in progress stays within its length,
+    which was checked against ``limit`` before any of it was read. ``on_frame`` must
+    not raise (the caller wraps it).
+
+    Raises:
+        FrameTooLarge: a length prefix is over ``limit`` (nothing was allocated for it).
+        ProtocolError: an unknown control frame.
+        asyncio.IncompleteReadError: the stream ended inside a frame (or at its end).
+    """
+    pending = b""  # the start of a frame whose end has not arrived yet
+    while True:
+        data = await reader.read(READ_SIZE)
+        if not data:
+            raise asyncio.IncompleteReadError(pending, None)
+        alive()
+        if pending:
+            data = pending + data
+        pos = 0
+        end = len(data)
+        while end - pos >= 4:
+            (length,) = _unpack_from(data, pos)
+            if length & CONTROL:
+                if length != PING:
+                    raise ProtocolError(f"unknown control frame 0x{length:08x}")
+                pos += 4
+                continue
+            if length > limit:
+                raise FrameTooLarge(
+                    f"peer announced a frame of {length} bytes, over the limit of {limit}"
+                )
+            stop = pos + 4 + length
+            if stop > end:
+                if length > CHUNK:  # a large body: read the rest in chunks, join once
+                    on_frame(await _rest(reader, data[pos + 4 :], length, alive))
+                    pos = end
+                break
+            on_frame(data[pos + 4 : stop])
+            pos = stop
+        pending = data[pos:] if pos < end else b""
+
+
+async def _rest(
+    reader: asyncio.StreamReader, start: bytes, length: int, alive: Callable[[], None]
+) -> bytes:
+    chunks = [start]
+    remaining = length - len(start)
     while remaining:
         chunk = await reader.read(min(remaining, CHUNK))
         if not chunk:
