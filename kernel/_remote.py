@@ -35,6 +35,7 @@ from ._errors import (
 )
 from ._failure_log import LogBudget
 from ._failures import describe
+from ._ids import AgentId
 from ._message import DeadLetterReason
 from ._wire import Delivery, Reply, WireCodec, WireError
 
@@ -57,6 +58,12 @@ _REASONS: dict[type[BaseException], DeadLetterReason] = {
 
 
 _LOCAL_ROUTES = 10_000  # cached routes of local targets, then the cache starts afresh
+PAUSE_AT = 64
+"""Deliveries from one peer parked on full ``wait`` mailboxes at which this node asks
+the transport to take no more from that peer until they are all admitted."""
+MAX_PARKED = 10_000
+"""Parked deliveries from one peer beyond which more are refused with ``MailboxFull``
+(a transport that cannot pause one peer, ``Transport.pauses = False``: nats)."""
 
 
 class _LocalRoute:
@@ -135,6 +142,10 @@ class Remote:
         # keeps): Runtime.deliver then skips the directory lookup for a live agent.
         self._local_routes: dict[Any, _LocalRoute] = {}
         self._compared: set[str] = set()  # peers whose schema fingerprints we compared
+        # Receive-side flow control, per peer: deliveries parked on full mailboxes, and
+        # the future the transport waits on while that peer is paused.
+        self._parked: dict[str, int] = {}
+        self._resume: dict[str, asyncio.Future[None]] = {}
         self._mismatches: dict[str, set[str]] = {}  # peer -> tags whose schemas differ
 
     @classmethod
@@ -166,6 +177,10 @@ class Remote:
                 future.set_exception(KernelStopped(f"kernel stopped before {node} replied"))
         self._waiting.clear()
         await self.transport.aclose()
+        for resume in self._resume.values():
+            if not resume.done():
+                resume.set_result(None)
+        self._resume.clear()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -250,18 +265,20 @@ class Remote:
             )
         known |= differ
 
-    def _on_frame(self, peer: str, frame: bytes) -> None:
+    def _on_frame(self, peer: str, frame: bytes) -> asyncio.Future[None] | None:
+        """A frame from ``peer``: a reply, or a delivery; returns the future the
+        transport waits on before it hands over more from ``peer`` (flow control)."""
         if peer not in self._compared:
             self._compare_schemas(peer)
         try:
             decoded = self.codec.decode(frame, peer)
         except WireError as exc:
             self._refused(peer, exc)
-            return
+            return None
         if isinstance(decoded, Reply):
             self._replied(decoded)
-        else:
-            self._delivered(peer, decoded)
+            return None
+        return self._delivered(peer, decoded)
 
     def _refused(self, peer: str, error: WireError) -> None:
         """A frame that does not decode (counted per reason by the codec): its asker
@@ -296,7 +313,7 @@ class Remote:
         else:
             future.set_result(reply.value)
 
-    def _delivered(self, peer: str, delivery: Delivery) -> None:
+    def _delivered(self, peer: str, delivery: Delivery) -> asyncio.Future[None] | None:
         rt = self.runtime
         loop = rt.loop
         env = delivery.envelope(loop.time())
@@ -316,7 +333,11 @@ class Remote:
             )
         if not rt.accepts(None):
             self._not_delivered(env, rt.refusal(f"{type(env.payload).__qualname__} from {peer}"))
-            return
+            return None
+        parked = self._parked.get(peer, 0)
+        if parked >= MAX_PARKED:  # the transport did not pause the peer: refuse more
+            self._not_delivered(env, self._flooded(env, peer, parked))
+            return None
         target = env.target
         holder = self._local_routes.get(target)
         if holder is None:  # remember where this target's messages go, as a ref does
@@ -327,15 +348,46 @@ class Remote:
             pending = rt.deliver(env, holder)
         except Exception as exc:  # unknown agent, no handler, full mailbox, failed start
             self._not_delivered(env, exc)
-            return
-        if pending is not None:  # a full ``wait`` mailbox: wait for room off the reader
-            self._spawn(self._wait_for_room(env, pending))
+            return None
+        if pending is None:
+            return None
+        # A full ``wait`` mailbox: the envelope waits in its queue, in order; count it
+        # against the peer and, past PAUSE_AT, have the transport stop reading it.
+        self._parked[peer] = parked + 1
+        future = asyncio.ensure_future(pending)
+        future.add_done_callback(lambda done: self._admitted(peer, env, done))
+        if parked + 1 < PAUSE_AT:
+            return None
+        resume = self._resume.get(peer)
+        if resume is None:
+            resume = self._resume[peer] = loop.create_future()
+        return resume
 
-    async def _wait_for_room(self, env: Envelope, pending: Any) -> None:
-        try:
-            await pending
-        except Exception as exc:  # refused while it waited (a failed activation, a fence)
-            self._not_delivered(env, exc)
+    def _admitted(self, peer: str, env: Envelope, done: asyncio.Future[None]) -> None:
+        """A parked delivery left the queue: in the mailbox, or refused meanwhile."""
+        left = self._parked.get(peer, 1) - 1
+        if left:
+            self._parked[peer] = left
+        else:
+            self._parked.pop(peer, None)
+            resume = self._resume.pop(peer, None)
+            if resume is not None and not resume.done():
+                resume.set_result(None)
+        if done.cancelled():
+            self._not_delivered(env, KernelStopped("the kernel stopped while it waited for room"))
+        elif (error := done.exception()) is not None:
+            # refused while it waited (a failed activation, a fence)
+            self._not_delivered(env, error if isinstance(error, Exception) else KernelStopped())
+
+    @staticmethod
+    def _flooded(env: Envelope, peer: str, parked: int) -> MailboxFull:
+        target = env.target
+        return MailboxFull(
+            f"{peer} has {parked} messages waiting for room in full mailboxes here: "
+            f"{KIND_NAMES[env.kind]} to {target} refused",
+            target=target if isinstance(target, AgentId) else None,
+            capacity=MAX_PARKED,
+        )
 
     def _not_delivered(self, env: Envelope, error: Exception) -> None:
         """A message from another node refused here: its asker gets the error back;

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -16,6 +17,17 @@ from kerna.transports import FrameTooLarge
 from kerna.transports._tcp_framing import CHUNK, PING_BYTES, ProtocolError, header, read_frames
 
 pytestmark = pytest.mark.anyio
+
+
+async def _never_paused(_: Awaitable[object]) -> None:
+    raise AssertionError("on_frame asked for a pause")
+
+
+def _record(into: list[bytes]) -> Callable[[bytes], None]:
+    def on_frame(frame: bytes) -> None:
+        into.append(frame)
+
+    return on_frame
 
 
 def _wire(frames: list[bytes], pings: bool) -> bytes:
@@ -36,7 +48,7 @@ async def _split(data: bytes, cuts: list[int], limit: int = 1 << 30) -> tuple[li
         nonlocal reads
         reads += 1
 
-    task = asyncio.ensure_future(read_frames(reader, limit, got.append, alive))
+    task = asyncio.ensure_future(read_frames(reader, limit, _record(got), alive, _never_paused))
     start = 0
     for cut in [*cuts, len(data)]:
         reader.feed_data(data[start:cut])
@@ -73,7 +85,7 @@ async def test_an_oversized_prefix_is_refused_before_its_body_arrives() -> None:
     reader.feed_data(header(1000))  # the body never comes
     with pytest.raises(FrameTooLarge, match="1000 bytes"):
         async with asyncio.timeout(5):
-            await read_frames(reader, 999, lambda _: None, lambda: None)
+            await read_frames(reader, 999, lambda _: None, lambda: None, _never_paused)
 
 
 async def test_an_unknown_control_frame_is_a_protocol_error() -> None:
@@ -82,5 +94,32 @@ async def test_an_unknown_control_frame_is_a_protocol_error() -> None:
     got: list[bytes] = []
     with pytest.raises(ProtocolError, match="0x80000001"):
         async with asyncio.timeout(5):
-            await read_frames(reader, 100, got.append, lambda: None)
+            await read_frames(reader, 100, _record(got), lambda: None, _never_paused)
     assert got == [b"good"]
+
+
+async def test_a_pause_holds_back_the_frames_after_it_until_it_completes() -> None:
+    reader = asyncio.StreamReader()
+    reader.feed_data(_wire([b"a", b"stop", b"b", b"c"], pings=False))
+    reader.feed_eof()
+    got: list[bytes] = []
+    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    held = asyncio.Event()
+
+    def on_frame(frame: bytes) -> asyncio.Future[None] | None:
+        got.append(frame)
+        return gate if frame == b"stop" else None
+
+    async def paused(until: Awaitable[object]) -> None:
+        held.set()
+        await until
+
+    task = asyncio.ensure_future(read_frames(reader, 100, on_frame, lambda: None, paused))
+    async with asyncio.timeout(5):
+        await held.wait()
+    assert got == [b"a", b"stop"]
+    gate.set_result(None)
+    with pytest.raises(asyncio.IncompleteReadError):
+        async with asyncio.timeout(5):
+            await task
+    assert got == [b"a", b"stop", b"b", b"c"]

@@ -17,6 +17,14 @@ The contract, which the conformance suite checks:
   ``on_peer_lost(peer, error)`` is called when a peer this transport talked to is found
   gone (closed, reset, silent past the heartbeat interval); the next send to it
   reconnects.
+- Receive-side flow control: ``on_frame`` returns None, or an awaitable (a future) when
+  the receiver cannot take more from that peer for now (its target's mailbox is full).
+  A transport with ``pauses = True`` then hands that peer no further frame until the
+  awaitable completes (whatever its outcome), so the peer's frames back up into its own
+  send queue and its senders wait: backpressure across nodes instead of an unbounded
+  pile of parked deliveries. A paused peer is not silent (heartbeats do not close it).
+  A transport that cannot pause one peer alone (one subscription for all, as nats) has
+  ``pauses = False`` and ignores the awaitable: the receiver then bounds what it parks.
 - ``await transport.send(peer, frame, wait=True)`` queues ``frame`` for ``peer``.
   Frames to one peer arrive in the order sent. Each peer has a bounded send queue of
   ``send_queue`` frames: when it is full, ``wait=True`` waits for room and
@@ -35,7 +43,7 @@ The contract, which the conformance suite checks:
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import ClassVar
 
 from kerna._errors import ConfigError, TransportError
@@ -55,8 +63,9 @@ __all__ = [
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024  # large enough for LLM payloads
 DEFAULT_SEND_QUEUE = 1024  # frames per peer
 
-FrameCallback = Callable[[str, bytes], None]
-"""``on_frame(peer, frame)``: ``peer`` is the sender's listening address."""
+FrameCallback = Callable[[str, bytes], Awaitable[object] | None]
+"""``on_frame(peer, frame)``: ``peer`` is the sender's listening address; an awaitable
+returned means "no more from this peer until it completes" (see ``Transport.pauses``)."""
 PeerLostCallback = Callable[[str, BaseException | None], None]
 """``on_peer_lost(peer, error)``: the peer is gone (``error``: why, if known)."""
 
@@ -94,6 +103,9 @@ class Transport(abc.ABC):
     """
 
     scheme: ClassVar[str]
+    pauses: ClassVar[bool] = False
+    """Whether this transport stops handing a peer's frames to ``on_frame`` while the
+    awaitable ``on_frame`` returned for that peer is pending (module docstring)."""
 
     def __init__(
         self,

@@ -88,10 +88,18 @@ class _Link:
                 return
             receiver.heard_from.add(sender)
             try:
-                receiver.on_frame(sender, frame)
+                pause = receiver.on_frame(sender, frame)
             except Exception:
                 log.exception("on_frame of %s raised on a frame from %s", receiver.address, sender)
+                continue
+            if pause is not None:  # the receiver takes no more from us until it is done
+                self.scheduled = True  # senders must not schedule a delivery meanwhile
+                asyncio.ensure_future(pause).add_done_callback(self._resume)
+                break
         self.wake()
+
+    def _resume(self, _: object) -> None:
+        asyncio.get_running_loop().call_soon(self.deliver)
 
     def wake(self) -> None:
         while self.waiters:
@@ -138,6 +146,7 @@ class InprocTransport(Transport):
     """
 
     scheme = "inproc"
+    pauses = True
 
     def __init__(self, url: str, **options: int) -> None:
         super().__init__(url, **options)

@@ -42,7 +42,7 @@ import logging
 import random
 import ssl
 from collections import deque
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -120,7 +120,7 @@ def _format(host: str, port: int) -> str:
 class _Conn:
     """One established connection (either direction), as the heartbeat sees it."""
 
-    __slots__ = ("error", "last_rx", "last_tx", "peer", "writer")
+    __slots__ = ("error", "last_rx", "last_tx", "paused", "peer", "writer")
 
     def __init__(self, peer: str, writer: asyncio.StreamWriter, now: float) -> None:
         self.peer = peer
@@ -128,6 +128,7 @@ class _Conn:
         self.last_rx = now
         self.last_tx = now
         self.error: BaseException | None = None  # why the heartbeat closed it
+        self.paused = False  # the receiver asked for no more frames from it for now
 
 
 class _Outbound:
@@ -203,6 +204,7 @@ class TcpTransport(Transport):
     """
 
     scheme = "tcp"
+    pauses = True
 
     def __init__(
         self,
@@ -652,14 +654,23 @@ class TcpTransport(Transport):
         def alive() -> None:
             conn.last_rx = loop.time()
 
-        def deliver(frame: bytes) -> None:
+        def deliver(frame: bytes) -> Awaitable[object] | None:
             try:
-                on_frame(peer, frame)
+                return on_frame(peer, frame)
             except Exception:
                 log.exception("on_frame raised for a frame from %s", peer)
+                return None
+
+        async def paused(until: Awaitable[object]) -> None:
+            conn.paused = True  # not silent: we stopped reading it
+            try:
+                await asyncio.wait((asyncio.ensure_future(until),))
+            finally:
+                conn.paused = False
+                conn.last_rx = loop.time()
 
         try:
-            await read_frames(reader, limit, deliver, alive)
+            await read_frames(reader, limit, deliver, alive, paused)
         except (OSError, EOFError, FrameTooLarge) as exc:
             if isinstance(exc, FrameTooLarge | ProtocolError):
                 log.warning("closing the connection from %s: %s", peer, exc)
@@ -692,7 +703,7 @@ class TcpTransport(Transport):
             await asyncio.sleep(period)
             now = loop.time()
             for conn in list(self._conns):
-                if now - conn.last_rx > silence:
+                if now - conn.last_rx > silence and not conn.paused:
                     conn.error = PeerUnreachable(
                         f"{conn.peer} sent nothing for {now - conn.last_rx:.1f}s "
                         f"(heartbeat {interval}s x {self._misses})"

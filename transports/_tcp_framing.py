@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from ._base import FrameTooLarge
 
@@ -82,8 +82,9 @@ READ_SIZE = 64 * 1024  # what one read asks the stream for: many small frames at
 async def read_frames(
     reader: asyncio.StreamReader,
     limit: int,
-    on_frame: Callable[[bytes], None],
+    on_frame: Callable[[bytes], Awaitable[object] | None],
     alive: Callable[[], None],
+    paused: Callable[[Awaitable[object]], Awaitable[None]],
 ) -> None:
     """Read the stream until it ends, handing each data frame to ``on_frame``.
 
@@ -93,7 +94,10 @@ async def read_frames(
     reads). A frame whose body is larger than ``CHUNK`` is read in chunks, each a sign
     of life, and joined once: memory for a frame in progress stays within its length,
     which was checked against ``limit`` before any of it was read. ``on_frame`` must
-    not raise (the caller wraps it).
+    not raise (the caller wraps it); when it returns an awaitable, nothing more is
+    handed over (or read) until ``await paused(it)`` returns. After each read the loop
+    is given a turn: the frames just handed over get handled before more are read (a
+    reader that found its buffer full would otherwise fill mailboxes in one go).
 
     Raises:
         FrameTooLarge: a length prefix is over ``limit`` (nothing was allocated for it).
@@ -124,12 +128,17 @@ async def read_frames(
             stop = pos + 4 + length
             if stop > end:
                 if length > CHUNK:  # a large body: read the rest in chunks, join once
-                    on_frame(await _rest(reader, data[pos + 4 :], length, alive))
+                    pause = on_frame(await _rest(reader, data[pos + 4 :], length, alive))
+                    if pause is not None:
+                        await paused(pause)
                     pos = end
                 break
-            on_frame(data[pos + 4 : stop])
+            pause = on_frame(data[pos + 4 : stop])
             pos = stop
+            if pause is not None:
+                await paused(pause)
         pending = data[pos:] if pos < end else b""
+        await asyncio.sleep(0)
 
 
 async def _rest(

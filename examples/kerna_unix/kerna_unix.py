@@ -99,6 +99,7 @@ class UnixTransport(Transport):
     """
 
     scheme = "unix"
+    pauses = True
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
@@ -265,9 +266,12 @@ class UnixTransport(Transport):
                     return
                 frame = await reader.readexactly(size)
                 try:
-                    self._on_frame(peer, frame)
+                    pause = self._on_frame(peer, frame)
                 except Exception:
                     log.exception("on_frame of %s raised on a frame from %s", self._address, peer)
+                    continue
+                if pause is not None:  # the receiver asked for no more for now
+                    await asyncio.wait((asyncio.ensure_future(pause),))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the peer closed its connection (its own transport reports its losses)
         finally:

@@ -47,17 +47,22 @@ class TransportNode:
         self.frames: list[tuple[str, bytes]] = []
         self.lost: list[tuple[str, BaseException | None]] = []
         self.raise_on: bytes | None = None  # on_frame raises for this frame (after recording)
+        self.pause_on: bytes | None = None  # on_frame returns ``gate`` for this frame
+        self.gate: asyncio.Future[None] | None = None
         self._changed = asyncio.Event()
 
     @property
     def address(self) -> str:
         return self.transport.address
 
-    def on_frame(self, peer: str, frame: bytes) -> None:
+    def on_frame(self, peer: str, frame: bytes) -> asyncio.Future[None] | None:
         self.frames.append((peer, bytes(frame)))
         self._changed.set()
         if self.raise_on is not None and frame == self.raise_on:
             raise RuntimeError("a failing on_frame callback (the suite's)")
+        if self.pause_on is not None and frame == self.pause_on:
+            return self.gate
+        return None
 
     def on_peer_lost(self, peer: str, error: BaseException | None) -> None:
         self.lost.append((peer, error))
@@ -391,6 +396,28 @@ class TransportSuite:
             *taken,
             *burst,
         ]
+
+    async def test_a_paused_peer_sends_nothing_more_until_the_receiver_resumes(
+        self, nodes: TransportNodes
+    ) -> None:
+        a, b, c = await nodes.start(), await nodes.start(), await nodes.start()
+        if not type(b.transport).pauses:
+            pytest.skip("this transport does not pause one peer (Transport.pauses)")
+        await _connect(a, b)
+        await _connect(c, b)
+        before = len(b.frames_from(a.address))
+        b.gate = asyncio.get_running_loop().create_future()
+        b.pause_on = b"pause"
+        for frame in (b"pause", b"one", b"two"):
+            await a.transport.send(b.address, frame)
+        await b.receive(a.address, before + 1)
+        # Another peer is not held back; and ``a``'s frames, sent first, stayed back.
+        for i in range(20):
+            await c.transport.send(b.address, b"other-%d" % i)
+        await b.receive(c.address, 21)
+        assert b.frames_from(a.address)[before:] == [b"pause"]
+        b.gate.set_result(None)
+        assert (await b.receive(a.address, before + 3))[before:] == [b"pause", b"one", b"two"]
 
     @pytest.fixture
     def stalled_peers(self) -> bool:
