@@ -58,6 +58,7 @@ _REASONS: dict[type[BaseException], DeadLetterReason] = {
 
 
 _LOCAL_ROUTES = 10_000  # cached routes of local targets, then the cache starts afresh
+_SWEEP_AT = 1024  # asks waiting on other nodes before the first sweep of given-up ones
 PAUSE_AT = 64
 """Deliveries from one peer parked on full ``wait`` mailboxes at which this node asks
 the transport to take no more from that peer until they are all admitted."""
@@ -136,6 +137,7 @@ class Remote:
         self._routes: dict[str, RemoteRoute] = {}
         # Asks sent to other nodes, by message id: the asker's future and the node.
         self._waiting: dict[int, tuple[asyncio.Future[Any], str]] = {}
+        self._sweep_at = _SWEEP_AT
         self._tasks: set[asyncio.Task[None]] = set()
         self._log_budget = LogBudget(time.monotonic)  # refused frames logged, per peer
         # Per local target of messages from other nodes, its cached route (what a ref
@@ -204,9 +206,10 @@ class Remote:
         frame = self.codec.encode(env, self.address if env.kind == ASK else None)
         reply = env.reply
         if reply is not None:
-            message_id = env.id
-            self._waiting[message_id] = (reply, node)
-            reply.add_done_callback(lambda _: self._waiting.pop(message_id, None))
+            waiting = self._waiting
+            waiting[env.id] = (reply, node)
+            if len(waiting) >= self._sweep_at:
+                self._sweep()
         if self.transport.send_now(node, frame):
             return None  # queued: no task needed (the common case, once connected)
         task = self._spawn(self.transport.send(node, frame))
@@ -215,6 +218,21 @@ class Remote:
             # the stop must not fail that reply future again with nobody awaiting it.
             task.add_done_callback(lambda t: self._send_failed(t, env.id))
         return task
+
+    def waiting_asks(self) -> int:
+        """Asks sent to other nodes that this node still keeps (some may have given up
+        since the last sweep)."""
+        return len(self._waiting)
+
+    def _sweep(self) -> None:
+        """Forget the asks whose askers gave up (timed out, cancelled) with no reply.
+
+        A reply pops its ask; this sweep (amortized: when the table has doubled since the
+        last one) spares every ask a done callback of its own."""
+        waiting = self._waiting
+        for message_id in [mid for mid, (future, _) in waiting.items() if future.done()]:
+            del waiting[message_id]
+        self._sweep_at = max(_SWEEP_AT, 2 * len(waiting))
 
     def _send_failed(self, task: asyncio.Task[None], message_id: int) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -296,7 +314,7 @@ class Remote:
         elif reply_to is not None and error.message_id:
             # To the node it came from: never to an address a frame names (a hostile
             # frame must not make this node connect elsewhere).
-            self._answer(peer, self.codec.encode_error(error.message_id, error))
+            self.send_error(peer, error.message_id, error)
         else:
             lost = Envelope(error.message_id, TELL, f"frame from {peer}", None)
             self.runtime.undeliverable(lost, peer, DeadLetterReason.UNDECODABLE, error)
@@ -322,15 +340,7 @@ class Remote:
         # elsewhere. (Asks forwarded through another node come with the cluster.)
         reply_to = peer if delivery.reply_to is not None else None
         if env.kind == ASK and reply_to is not None:
-            future: asyncio.Future[Any] = loop.create_future()
-            env.reply = future
-            timer = None
-            if env.deadline is not None:  # nobody waits past it: give up here too
-                timer = loop.call_at(env.deadline, future.cancel)
-            request = type(delivery.message)
-            future.add_done_callback(
-                lambda done: self._send_reply(reply_to, env.id, request, done, timer)
-            )
+            env.reply = _RemoteReply(self, reply_to, env.id, type(env.payload), env.deadline)
         if not rt.accepts(None):
             self._not_delivered(env, rt.refusal(f"{type(env.payload).__qualname__} from {peer}"))
             return None
@@ -408,27 +418,18 @@ class Remote:
             )
         self.runtime.undeliverable(env, env.target, reason, error)
 
-    def _send_reply(
-        self,
-        node: str,
-        message_id: int,
-        request: type[Any],
-        done: asyncio.Future[Any],
-        timer: asyncio.TimerHandle | None,
-    ) -> None:
-        if timer is not None:
-            timer.cancel()
-        if done.cancelled():
-            return  # the deadline passed: the asker has given up too
-        error = done.exception()
-        if error is None:
-            try:
-                frame = self.codec.encode_reply(message_id, request, done.result())
-            except WireError as exc:
-                frame = self.codec.encode_error(message_id, exc)
-        else:
-            frame = self.codec.encode_error(message_id, error)
+    def send_reply(self, node: str, message_id: int, request: type[Any], value: Any) -> None:
+        """Send the reply to the ask ``message_id`` from ``node`` (an error reply if the
+        value cannot be encoded)."""
+        try:
+            frame = self.codec.encode_reply(message_id, request, value)
+        except WireError as exc:
+            frame = self.codec.encode_error(message_id, exc)
         self._answer(node, frame)
+
+    def send_error(self, node: str, message_id: int, error: BaseException) -> None:
+        """Send the error reply to the ask ``message_id`` from ``node``."""
+        self._answer(node, self.codec.encode_error(message_id, error))
 
     def _answer(self, node: str, frame: bytes) -> None:
         try:
@@ -449,6 +450,53 @@ class Remote:
                 future.set_exception(
                     PeerUnreachable(f"lost the connection to {peer} before it replied: {error}")
                 )
+
+
+class _RemoteReply(asyncio.Future[Any]):
+    """The reply future of an ask from another node (what ``env.reply`` is for it).
+
+    Completing it sends the reply at once, in the worker's own step: no done callback,
+    no extra loop pass, no timer. The asker's deadline is checked when the worker asks
+    ``done()``: past it, the future reads as done (cancelled), so an expired ask is not
+    run and its reply not sent (the asker has given up; a handler that finishes late
+    is counted as a late reply, as in-process).
+    """
+
+    __slots__ = ("_deadline", "_message_id", "_node", "_remote", "_request")
+
+    def __init__(
+        self,
+        remote: Remote,
+        node: str,
+        message_id: int,
+        request: type[Any],
+        deadline: float | None,
+    ) -> None:
+        super().__init__(loop=remote.runtime.loop)
+        self._remote = remote
+        self._node = node
+        self._message_id = message_id
+        self._request = request
+        self._deadline = deadline
+
+    def done(self) -> bool:
+        if super().done():
+            return True
+        deadline = self._deadline
+        if deadline is not None and self.get_loop().time() >= deadline:
+            super().cancel()
+            return True
+        return False
+
+    def set_result(self, result: Any, /) -> None:
+        super().set_result(result)
+        self._remote.send_reply(self._node, self._message_id, self._request, result)
+
+    def set_exception(self, exception: type | BaseException, /) -> None:
+        super().set_exception(exception)
+        error = self.exception()  # retrieved here: it goes to the asker
+        assert error is not None
+        self._remote.send_error(self._node, self._message_id, error)
 
 
 def _log_failed_reply(task: asyncio.Task[None]) -> None:

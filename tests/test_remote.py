@@ -273,3 +273,67 @@ async def test_a_deferred_reply_reaches_an_asker_on_another_node(
     # the ask is answered by a later handler, on the other node, through the same reply
     reply = await a.ref(Deferring, "self", node=b.address).ask(Slow(), timeout=2)
     assert reply == "answered now"
+
+
+class Hold(Request[str]):
+    pass
+
+
+class Holder(Agent):
+    release: asyncio.Event
+    holding: asyncio.Event
+
+    @handler
+    async def hold(self, msg: Hold) -> str:
+        Holder.holding.set()
+        await Holder.release.wait()
+        return "held"
+
+    @handler
+    async def ping(self, msg: Ping) -> Pong:
+        return Pong(n=msg.n)
+
+
+async def test_an_ask_whose_deadline_passed_while_queued_on_the_other_node_is_not_run() -> None:
+    Holder.release, Holder.holding = asyncio.Event(), asyncio.Event()
+    async with (
+        Kernel(transport="inproc://", stop_grace=0.1) as a,
+        Kernel(transport="inproc://", stop_grace=0.1) as b,
+    ):
+        b.register(Holder)
+        ref = a.ref("Holder", "h", node=b.address)
+        first = asyncio.ensure_future(ref.ask(Hold(), timeout=0.1))
+        async with asyncio.timeout(5):
+            await Holder.holding.wait()
+        with pytest.raises(AskTimeout):  # queued behind the held ask on b
+            await ref.ask(Ping(n=1), timeout=0.05)
+        with pytest.raises(AskTimeout):
+            await first
+        Holder.release.set()  # the held handler finishes after its deadline
+        async with asyncio.timeout(5):
+            assert await ref.ask(Ping(n=2), timeout=5) == Pong(n=2)
+        stats = b.stats().types["Holder"]
+        assert (stats.handled, stats.expired, stats.late_replies) == (2, 1, 1)
+
+
+async def test_asks_that_timed_out_on_another_node_are_forgotten() -> None:
+    Holder.release, Holder.holding = asyncio.Event(), asyncio.Event()
+    async with (
+        Kernel(transport="inproc://", stop_grace=0.1) as a,
+        Kernel(transport="inproc://", stop_grace=0.1) as b,
+    ):
+        b.register(Holder, mailbox_size=10_000)
+        ref = a.ref("Holder", "h", node=b.address)
+        held = asyncio.ensure_future(ref.ask(Hold(), timeout=5))
+        async with asyncio.timeout(5):
+            await Holder.holding.wait()
+        for _ in range(3):  # no reply ever comes for these: b is held
+            results = await asyncio.gather(
+                *(ref.ask(Ping(n=i), timeout=0.01) for i in range(2000)), return_exceptions=True
+            )
+            assert all(isinstance(r, AskTimeout) for r in results)
+        remote = a._runtime.remote  # noqa: SLF001 - the table of asks waiting on b
+        assert remote is not None
+        assert remote.waiting_asks() <= 2 * 2000 + 1
+        Holder.release.set()
+        assert await held == "held"
