@@ -31,14 +31,19 @@ dead-letter the rest; each reason is counted (``WireCodec.errors``). An asker an
 with ``encode_error(err.message_id, err)`` raises ``RemoteError`` whose ``type_name``
 ends in ``WireError`` and whose message names the reason, tag and peer.
 
-Costs and bounds: a frame with at most ``max_depth`` array/map header bytes passes the
-depth check at C speed (a byte count); others are walked once in Python (about 0.15 µs
-per msgpack item, no recursion). The envelope's fields are validated as they decode
-(ids non-negative 63-bit, kind 0-2, a finite remaining time, str headers); the payload
-is decoded only into its registered type, so a mismatch fails at the first wrong
-field. A message field typed ``Any`` (or ``list[Any]``) decodes into plain Python
-objects, which take up to ~50x the bytes they came in: size ``max_frame_size`` for what
-a node should accept.
+Costs and bounds: nesting is capped at ``max_depth`` levels inside one message. A
+message type whose values cannot nest past the cap (``schema_depth``: plain fields,
+lists of Structs, ...) is decoded straight away: its typed decoder refuses a container
+where the schema has none, so no byte scan is needed. A type that can (a field typed
+``Any``, ``Raw``, a recursive Struct) has its payload scanned first (``exceeds``: a byte
+count at C speed, a walk in Python for the rare frame with many container bytes), and
+so does a frame that does not decode at all, so that a depth bomb is refused as
+``TOO_DEEP`` (msgspec itself stops at Python's recursion limit, which is caught). The
+envelope's fields are validated as they decode (ids non-negative 63-bit, kind 0-2, a
+finite remaining time, str headers); the payload is decoded only into its registered
+type, so a mismatch fails at the first wrong field. A message field typed ``Any`` (or
+``list[Any]``) decodes into plain Python objects, which take up to ~50x the bytes they
+came in: size ``max_frame_size`` for what a node should accept.
 """
 
 from __future__ import annotations
@@ -273,6 +278,8 @@ class WireCodec:
         self.errors: Counter[str] = Counter()
         self._encoder = msgspec.msgpack.Encoder()
         self._buffer = bytearray(256)
+        # Per delivery tag seen: its decoder and how deep its values can nest.
+        self._known: dict[str, tuple[msgspec.msgpack.Decoder[Any], int]] = {}
 
     # -- encoding --------------------------------------------------------------------
 
@@ -401,15 +408,17 @@ class WireCodec:
                 peer=peer,
             )
         data = frame if type(frame) is bytes else bytes(frame)  # a bytearray, a memoryview
-        if exceeds(data, self.max_depth + 1):  # + 1: the frame's own array
-            raise WireError(
-                WireErrorReason.TOO_DEEP,
-                f"nested deeper than {self.max_depth} levels",
-                peer=peer,
-            )
         try:
             head = _FRAME.decode(data)
         except (msgspec.DecodeError, RecursionError) as exc:
+            # msgspec recursed (to skip the payload or an unknown field) or the shape is
+            # wrong: name nesting past the cap as such (+ 1: the frame's own array).
+            if exceeds(data, self.max_depth + 1):
+                raise WireError(
+                    WireErrorReason.TOO_DEEP,
+                    f"nested deeper than {self.max_depth} levels",
+                    peer=peer,
+                ) from None
             raise WireError(WireErrorReason.MALFORMED, str(exc), peer=peer) from None
         if type(head) is _DeliveryIn:
             return self._delivery(head, peer)
@@ -420,35 +429,87 @@ class WireCodec:
 
     def _delivery(self, head: _DeliveryIn, peer: str) -> Delivery:
         tag = head.tag
-        reply_to = head.reply_to if head.kind == ASK else None
-        if (head.key is None) != (head.kind == EVENT):
+        kind = head.kind
+        key = head.key
+        if (key is None) != (kind == EVENT):
             raise WireError(
                 WireErrorReason.MALFORMED,
-                f"a {KIND_NAMES[head.kind]} "
-                + ("without an agent key" if head.key is None else "addressed to an agent"),
-                peer=peer, tag=tag, message_id=head.id, reply_to=reply_to,
+                f"a {KIND_NAMES[kind]} "
+                + ("without an agent key" if key is None else "addressed to an agent"),
+                peer=peer, tag=tag, message_id=head.id,
+                reply_to=head.reply_to if kind == ASK else None,
             )  # fmt: skip
-        message = self._payload(self.types.decoder(tag), head.payload, peer, tag, head.id, reply_to)
+        known = self._known.get(tag)
+        if known is None:
+            types = self.types
+            decoder = types.decoder(tag)
+            if decoder is not None:  # a tag's type never changes once registered
+                self._known[tag] = (decoder, types.depth(tag))
+            depth = types.depth(tag)
+        else:
+            decoder, depth = known
+        if decoder is not None and depth <= self.max_depth:
+            try:  # the common case: a type whose values cannot nest past the cap
+                message = decoder.decode(head.payload)
+            except Exception:  # the slow path below names what was wrong
+                message = self._checked_payload(decoder, head, peer, tag)
+        else:
+            message = self._checked_payload(decoder, head, peer, tag)
         if not isinstance(message, Message):
             raise WireError(
                 WireErrorReason.BAD_PAYLOAD, "not a message", peer=peer, tag=tag,
-                message_id=head.id, reply_to=reply_to,
+                message_id=head.id, reply_to=head.reply_to if kind == ASK else None,
             )  # fmt: skip
-        target: AgentId | str = head.target if head.key is None else AgentId(head.target, head.key)
         sender = head.sender
+        chain = head.chain
         return Delivery(
-            head.id, head.kind, tag, target, message,
-            None if sender is None else AgentId(*sender),
+            head.id, kind, tag, head.target if key is None else AgentId(head.target, key),
+            message, None if sender is None else AgentId(*sender),
             head.correlation_id, head.causation_id, head.remaining,
-            tuple(AgentId(*a) for a in head.chain), head.headers, reply_to,
+            tuple([AgentId(*a) for a in chain]) if chain else (), head.headers,
+            head.reply_to if kind == ASK else None,
         )  # fmt: skip
+
+    def _checked_payload(
+        self,
+        decoder: msgspec.msgpack.Decoder[Any] | None,
+        head: _DeliveryIn,
+        peer: str,
+        tag: str,
+    ) -> Any:
+        """Decode a delivery's payload checking its depth first, or raise the error
+        that names what is wrong with it."""
+        reply_to = head.reply_to if head.kind == ASK else None
+        self._check_depth(head.payload, peer, tag, head.id, reply_to)
+        return self._payload(decoder, head.payload, peer, tag, head.id, reply_to)
+
+    def _check_depth(
+        self,
+        payload: msgspec.Raw,
+        peer: str,
+        tag: str | None,
+        message_id: int,
+        reply_to: str | None,
+        is_reply: bool = False,
+    ) -> None:
+        if exceeds(bytes(payload), self.max_depth):
+            raise WireError(
+                WireErrorReason.TOO_DEEP, f"nested deeper than {self.max_depth} levels",
+                peer=peer, tag=tag, message_id=message_id, reply_to=reply_to,
+                is_reply=is_reply,
+            )  # fmt: skip
 
     def _reply(self, head: _ReplyIn, peer: str) -> Reply:
         tag = head.tag
+        types = self.types
         if tag is not None:
-            decoder = self.types.decoder(tag, imported=True)
+            decoder = types.decoder(tag, imported=True)
+            depth = types.depth(tag)
         else:  # not a Message: decoded as the request's declared reply type, if any
-            decoder = self.types.reply_decoder(head.request_tag) or _ANY
+            decoder = types.reply_decoder(head.request_tag) or _ANY
+            depth = types.reply_depth(head.request_tag)
+        if depth > self.max_depth:
+            self._check_depth(head.payload, peer, tag or head.request_tag, head.id, None, True)
         try:
             value = self._payload(decoder, head.payload, peer, tag, head.id, None)
         except WireError as exc:

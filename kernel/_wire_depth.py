@@ -5,7 +5,9 @@ to skip a ``Raw`` field or an unknown one) until Python's recursion limit raises
 ``RecursionError``, which depends on how deep the caller already is. ``exceeds`` gives
 kerna's wire decoder an explicit, configurable cap instead.
 
-Cheap on the common path: every array or map starts with one of the header bytes
+The codec scans only what can nest past its cap: the payload of a message type whose
+``schema_depth`` is over it, and a frame that failed to decode (to name a depth bomb as
+one). Cheap when it scans: every array or map starts with one of the header bytes
 0x80-0x9f, 0xdc-0xdf, so a frame with no more such bytes than the cap (counted by
 ``bytes.translate`` in C) cannot nest deeper than the cap, whatever the bytes mean.
 Only frames with more candidate bytes are walked, iteratively (no recursion, one pass,
@@ -14,7 +16,61 @@ bounded by the frame's length: every item takes at least one byte).
 
 from __future__ import annotations
 
-__all__ = ["exceeds"]
+from typing import Any
+
+import msgspec.inspect as mi
+
+__all__ = ["UNBOUNDED", "exceeds", "schema_depth"]
+
+UNBOUNDED = 1 << 30
+"""``schema_depth`` of a type whose values can nest without limit (``Any``, ``Raw``, a
+recursive Struct, a custom type)."""
+
+_CONTAINERS = (mi.ListType, mi.SetType, mi.FrozenSetType, mi.VarTupleType)
+_SCALAR_TYPES = (
+    mi.NoneType, mi.BoolType, mi.IntType, mi.FloatType, mi.StrType, mi.BytesType,
+    mi.ByteArrayType, mi.MemoryViewType, mi.DateTimeType, mi.TimeType, mi.DateType,
+    mi.TimeDeltaType, mi.UUIDType, mi.DecimalType, mi.EnumType, mi.LiteralType, mi.ExtType,
+)  # fmt: skip
+
+
+def schema_depth(tp: Any) -> int:
+    """The deepest nesting any value of type ``tp`` can have once decoded: a Struct,
+    list or dict adds one level, scalars none; ``UNBOUNDED`` where it has no limit.
+
+    What a typed msgspec decoder accepts is bounded by this (a container where the
+    schema has a scalar is an error at once), so a frame whose payload type is at most
+    the cap deep needs no byte scan (see ``WireCodec``); unknown fields that a decoder
+    skips are never decoded into objects.
+    """
+    return _depth(mi.type_info(tp), set())
+
+
+def _depth(info: mi.Type, open_structs: set[type]) -> int:
+    if isinstance(info, _SCALAR_TYPES):
+        return 0
+    if isinstance(info, mi.StructType | mi.DataclassType | mi.TypedDictType | mi.NamedTupleType):
+        cls = info.cls
+        if cls in open_structs:
+            return UNBOUNDED  # a recursive type
+        open_structs.add(cls)
+        try:
+            fields = [f.type for f in info.fields]
+            return min(UNBOUNDED, 1 + max((_depth(f, open_structs) for f in fields), default=0))
+        finally:
+            open_structs.discard(cls)
+    if isinstance(info, _CONTAINERS):
+        return min(UNBOUNDED, 1 + _depth(info.item_type, open_structs))
+    if isinstance(info, mi.TupleType):
+        items = [_depth(t, open_structs) for t in info.item_types]
+        return min(UNBOUNDED, 1 + max(items, default=0))
+    if isinstance(info, mi.DictType | mi.FrozenDictType):
+        inner = max(_depth(info.key_type, open_structs), _depth(info.value_type, open_structs))
+        return min(UNBOUNDED, 1 + inner)
+    if isinstance(info, mi.UnionType):
+        return max((_depth(t, open_structs) for t in info.types), default=0)
+    return UNBOUNDED  # Any, Raw, a custom type: whatever the bytes say
+
 
 _CONTAINER_BYTES = bytes([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF])
 _NOT_CONTAINER = bytes(b for b in range(256) if b not in _CONTAINER_BYTES)

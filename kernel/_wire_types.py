@@ -18,6 +18,7 @@ from ._errors import RegistrationError
 from ._message import Message, defined_message
 from ._replies import resolved_reply
 from ._schema import fingerprint
+from ._wire_depth import UNBOUNDED, schema_depth
 
 __all__ = ["MessageTypes"]
 
@@ -35,6 +36,10 @@ class MessageTypes:
         self._tags: dict[type, str] = {}
         self._decoders: dict[str, msgspec.msgpack.Decoder[Any]] = {}
         self._replies: dict[str, msgspec.msgpack.Decoder[Any]] = {}
+        # How deep a decoded value of each type can nest (``schema_depth``): the codec
+        # scans a payload's bytes for depth only where this is over its cap.
+        self._depths: dict[str, int] = {}
+        self._reply_depths: dict[str, int] = {}
 
     def add(self, message_type: type[Message]) -> str:
         """Register ``message_type`` (idempotent); returns its wire tag.
@@ -65,12 +70,15 @@ class MessageTypes:
         self._by_tag[tag] = message_type
         self._tags[message_type] = tag
         self._decoders[tag] = decoder
+        self._depths[tag] = _depth_of(message_type)
         reply = self.reply_type(message_type)
         if reply is not None:
             try:
                 self._replies[tag] = msgspec.msgpack.Decoder(reply)
             except TypeError:  # a type variable, a protocol: decoded as plain values
                 pass
+            else:
+                self._reply_depths[tag] = _depth_of(reply)
             for member in _message_classes(reply):
                 self.add(member)
         return tag
@@ -131,6 +139,23 @@ class MessageTypes:
     def reply_decoder(self, request_tag: str) -> msgspec.msgpack.Decoder[Any] | None:
         """The decoder of the replies to the request tagged ``request_tag``, if typed."""
         return self._replies.get(request_tag)
+
+    def depth(self, tag: str) -> int:
+        """How deep a decoded message tagged ``tag`` can nest (``UNBOUNDED`` if it
+        can without limit, or the tag is not registered)."""
+        return self._depths.get(tag, UNBOUNDED)
+
+    def reply_depth(self, request_tag: str) -> int:
+        """How deep a typed reply to ``request_tag`` can nest (``UNBOUNDED`` if
+        untyped or without limit)."""
+        return self._reply_depths.get(request_tag, UNBOUNDED)
+
+
+def _depth_of(tp: Any) -> int:
+    try:
+        return schema_depth(tp)
+    except (TypeError, ValueError):  # msgspec cannot describe it: scan every payload
+        return UNBOUNDED
 
 
 def _message_classes(form: Any) -> list[type[Message]]:

@@ -73,6 +73,10 @@ __all__ = ["PeerInfo", "TcpTransport", "tls_contexts"]
 
 log = logging.getLogger("kerna.transports.tcp")
 
+WRITE_HIGH_WATER = 64 * 1024
+"""Bytes a connection's socket buffer may hold before writing waits for it to drain
+(asyncio's own default high-water mark)."""
+
 
 def tls_contexts(
     certfile: str,
@@ -138,6 +142,8 @@ class _Outbound:
         "address",
         "broken",
         "conn",
+        "draining",
+        "flushing",
         "host",
         "port",
         "queue",
@@ -161,6 +167,8 @@ class _Outbound:
         self.conn: _Conn | None = None
         self.broken: BaseException | None = None
         self.task: asyncio.Task[None] | None = None
+        self.flushing = False  # a flush is scheduled at the end of this loop pass
+        self.draining = False  # the writer task waits for the socket to drain
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
@@ -304,6 +312,7 @@ class TcpTransport(Transport):
         self._info: dict[str, PeerInfo] = {}
         self._alive: set[str] = set()  # peers handshaken and not yet reported lost
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop  # set by start
         self._writes = 0
         self._frames_written = 0
 
@@ -344,6 +353,7 @@ class TcpTransport(Transport):
             raise RuntimeError(f"{self!r} was already started")
         self._on_frame = on_frame
         self._on_peer_lost = on_peer_lost
+        self._loop = asyncio.get_running_loop()
         try:
             self._server = await asyncio.start_server(
                 self._serve,
@@ -402,7 +412,7 @@ class TcpTransport(Transport):
                 raise SendQueueFull(f"the send queue to {peer} is full ({self.send_queue} frames)")
             await self._room(out)
         out.queue.append(frame)
-        out.ready.set()
+        self._queued(out)
 
     def send_now(self, peer: str, frame: bytes) -> bool:
         """See ``Transport.send_now``: a connected peer with room takes it at once."""
@@ -418,7 +428,7 @@ class TcpTransport(Transport):
             return False
         self.check_frame(frame)
         out.queue.append(frame)
-        out.ready.set()
+        self._queued(out)
         return True
 
     async def _room(self, out: _Outbound) -> None:
@@ -550,31 +560,70 @@ class TcpTransport(Transport):
                 return
 
     async def _pump(self, out: _Outbound, conn: _Conn) -> BaseException:
-        """Write until the connection breaks; returns why it broke."""
+        """Write until the connection breaks; returns why it broke.
+
+        A connected peer's frames are written by ``_flush`` at the end of the loop pass
+        they were queued in; this task writes what is queued when the connection opens
+        or reopens, and waits for the socket to drain when it holds more than
+        ``WRITE_HIGH_WATER`` (meanwhile frames stay queued: senders feel it)."""
         writer = conn.writer
-        loop = asyncio.get_running_loop()
         while True:
             if out.broken is not None:
                 return out.broken
-            if not out.queue:
-                out.ready.clear()
-                await out.ready.wait()
-                continue
-            frames = out.queue
-            out.queue = deque()
-            chunks: list[bytes] = []
-            for frame in frames:
-                chunks.append(header(len(frame)))
-                chunks.append(frame)
-            self._wake(out)
             try:
-                writer.writelines(chunks)
-                self._writes += 1
-                self._frames_written += len(frames)
-                conn.last_tx = loop.time()
-                await writer.drain()
+                if out.queue:
+                    self._write(out, conn)
+                if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+                    out.draining = True
+                    try:
+                        await writer.drain()
+                    finally:
+                        out.draining = False
+                    continue
             except OSError as exc:
                 return conn.error or exc
+            out.ready.clear()
+            await out.ready.wait()
+
+    def _queued(self, out: _Outbound) -> None:
+        """A frame was queued: write the pass's frames in one write at its end."""
+        if not out.flushing:
+            out.flushing = True
+            self._loop.call_soon(self._flush, out)
+
+    def _flush(self, out: _Outbound) -> None:
+        out.flushing = False
+        if not out.queue:
+            return
+        conn = out.conn
+        if conn is None or out.broken is not None or out.draining:
+            out.ready.set()  # the writer task takes them (connecting, broken, draining)
+            return
+        try:
+            self._write(out, conn)
+        except OSError:
+            out.ready.set()  # the writer task finds out why
+            return
+        if conn.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+            out.ready.set()  # the writer task waits for the socket to drain
+
+    def _write(self, out: _Outbound, conn: _Conn) -> None:
+        """Write everything queued for ``out`` in one ``writelines``.
+
+        Raises:
+            OSError: the transport refused it.
+        """
+        frames = out.queue
+        out.queue = deque()
+        chunks: list[bytes] = []
+        for frame in frames:
+            chunks.append(header(len(frame)))
+            chunks.append(frame)
+        self._wake(out)
+        conn.writer.writelines(chunks)
+        self._writes += 1
+        self._frames_written += len(frames)
+        conn.last_tx = self._loop.time()
 
     async def _reopen(self, out: _Outbound) -> bool:
         """Reconnect with jittered exponential backoff; False if it gave up."""
