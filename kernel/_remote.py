@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from kerna.transports import PeerUnreachable, Transport, open_transport
@@ -114,9 +115,10 @@ class RemoteRoute:
         self.closed = False
         self.failure = None
 
-    def put(self, env: Envelope) -> asyncio.Future[None] | None:
-        """Encode and send ``env``: None once the frame is queued, or a future that
-        completes when it is (the transport had to connect or wait for room).
+    def put(self, env: Envelope) -> Awaitable[None] | None:
+        """Encode and send ``env``: None once the frame is queued, or an awaitable that
+        completes when it is (the transport had to connect or wait for room); the
+        sender must await it (for a tell it is the transport's ``send`` itself).
 
         Raises:
             WireError: the message cannot be encoded (``UNENCODABLE``, ``TOO_LARGE``).
@@ -196,7 +198,7 @@ class Remote:
 
     # -- sending -------------------------------------------------------------------------
 
-    def send(self, node: str, env: Envelope) -> asyncio.Future[None] | None:
+    def send(self, node: str, env: Envelope) -> Awaitable[None] | None:
         """Encode ``env`` for ``node`` and queue it; an ask's reply future is remembered
         until the reply comes back (or the asker gives up).
 
@@ -212,6 +214,8 @@ class Remote:
                 self._sweep()
         if self.transport.send_now(node, frame):
             return None  # queued: no task needed (the common case, once connected)
+        if reply is None:  # a tell: its sender awaits the transport's send itself
+            return self.transport.send(node, frame)
         task = self._spawn(self.transport.send(node, frame))
         if reply is not None:
             # A send that failed (its asker gets the error): no reply will come, and

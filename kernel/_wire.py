@@ -335,12 +335,14 @@ class WireCodec:
         else:
             name, key = target, None
         sender = env.sender
+        chain = env.chain
+        headers = env.headers
         frame = _DeliveryOut(
             env.id, env.kind, tag, name, key, message,
             None if sender is None else (sender.type, sender.key),
             env.correlation_id, env.causation_id, remaining,
-            tuple((a.type, a.key) for a in env.chain),
-            None if env.headers is None else dict(env.headers),
+            tuple([(a.type, a.key) for a in chain]) if chain else (),
+            None if headers is None else dict(headers),
             reply_to if env.kind == ASK else None,
         )  # fmt: skip
         self._encode(frame, buffer, offset, tag)
