@@ -511,6 +511,25 @@ class Kernel:
         }
         return KernelStats(types=types, dead_letters=rt.dead_letters, running=rt.busy)
 
+    def message_types(self) -> dict[str, type[Message]]:
+        """The message types the registered agent types handle, by wire tag (read-only):
+        what a node's admin API decodes a JSON message into (``kerna ask``)."""
+        found: dict[str, type[Message]] = {}
+        for atype in self._runtime.types.values():
+            for message_type in atype.handled_types():
+                if issubclass(message_type, Message):
+                    tag = message_type.__struct_config__.tag
+                    if isinstance(tag, str):
+                        found.setdefault(tag, message_type)
+        return found
+
+    def transport_stats(self) -> dict[str, int]:
+        """The transport's counters (read-only; e.g. tcp's ``frames_written``); empty
+        without a transport or when it keeps none."""
+        remote = self._runtime.remote
+        stats = None if remote is None else getattr(remote.transport, "stats", None)
+        return dict(stats()) if callable(stats) else {}
+
     # -- state -------------------------------------------------------------------------
 
     def event_log(self, agent_type: type[Agent] | str, key: str) -> EventLog[Any]:
