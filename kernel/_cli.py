@@ -5,6 +5,8 @@ Commands::
     kerna demo [--docs N] [--seed S] [--loop auto|asyncio|uvloop] ...
     kerna schema export [module...] [-o schema.json]
     kerna schema check schema.json [module...]
+    kerna node [--config node.toml] [--check]
+    kerna status | ask TYPE KEY MESSAGE | tell TYPE KEY MESSAGE | publish TOPIC MESSAGE
     kerna --version
 
 ``kerna demo`` runs ``kerna.demo`` (its own package, on kerna's public API); this module
@@ -70,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ._schema_cli import add_schema
 
     add_schema(commands)
+    from ._node_cli import add_node_commands
+
+    add_node_commands(commands)
     return parser
 
 

@@ -1,0 +1,259 @@
+"""The node's HTTP endpoints (aiohttp): probes, metrics and the JSON admin API.
+
+Endpoints:
+
+- ``GET /healthz``: 200 while the event loop is responsive (its measured lag is under
+  ``[http] max_loop_lag``), else 503. Liveness: restart the process when it fails.
+- ``GET /readyz``: 200 once the kernel runs and the state backend answers a read within
+  ``[http] probe_timeout``; 503 while starting, stopping or when the store does not
+  answer. Readiness: route traffic to the node only while it passes.
+- ``GET /metrics``: Prometheus text (``kerna.node._metrics``).
+- ``GET /admin/status``, ``POST /admin/ask``, ``/admin/tell``, ``/admin/publish``: the
+  admin API of ``kerna status|ask|tell|publish``. With a token configured (required
+  when listening on anything but loopback) each admin call needs
+  ``Authorization: Bearer <token>``; a missing or wrong one is 401. The probes and
+  ``/metrics`` need none (what probes and scrapers expect).
+
+Admin errors are ``{"error": <kind>, "message": <text>}`` with status 400 (bad request or
+message, the field named), 401, 404 (unknown agent type), 500 (the handler raised:
+``error`` is its type), 503 (not running or stopping), 504 (the ask timed out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from kerna import AskTimeout, Kernel, KernelStopped, UnknownAgent
+
+from ._config import NodeConfig
+from ._members import members_of
+from ._messages import BadMessage, decode_message, encode_value
+from ._metrics import KernelCollector, node_registry
+
+__all__ = ["NodeHttp"]
+
+log = logging.getLogger("kerna.node.http")
+
+LAG_INTERVAL = 0.25  # seconds between loop-lag samples
+
+
+class AskBody(msgspec.Struct, forbid_unknown_fields=True):
+    agent_type: str
+    key: str
+    message: dict[str, Any]
+    timeout: float | None = None
+
+
+class TellBody(msgspec.Struct, forbid_unknown_fields=True):
+    agent_type: str
+    key: str
+    message: dict[str, Any]
+
+
+class PublishBody(msgspec.Struct, forbid_unknown_fields=True):
+    topic: str
+    message: dict[str, Any]
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class NodeHttp:
+    """The HTTP side of one node.
+
+    Args:
+        kernel: the node's kernel (the endpoints read it; it is started elsewhere).
+        config: the node's configuration (``[http]``, the node id and cluster).
+
+    ``ready`` is set by the daemon once the kernel runs and cleared when it stops.
+    """
+
+    def __init__(self, kernel: Kernel, config: NodeConfig) -> None:
+        self.kernel = kernel
+        self.config = config
+        self.ready = False
+        self.lag = 0.0
+        self._token = None if config.token is None else config.token.value
+        self._runner: web.AppRunner | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        collector = KernelCollector(kernel, config.node.id, config.node.cluster, lambda: self.lag)
+        self._registry = node_registry(collector)
+        app = web.Application(middlewares=[self._guard])
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/admin/status", self.status)
+        app.router.add_post("/admin/ask", self.ask)
+        app.router.add_post("/admin/tell", self.tell)
+        app.router.add_post("/admin/publish", self.publish)
+        self.app = app
+
+    async def start(self) -> tuple[str, int]:
+        """Listen on ``[http] listen``; returns the bound (host, port).
+
+        Raises:
+            OSError: the address cannot be bound.
+        """
+        host, port = self.config.listen
+        self._ticker = asyncio.get_running_loop().create_task(self._measure_lag())
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._runner = runner
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = runner.addresses[0] if runner.addresses else (host, port)
+        return str(bound[0]), int(bound[1])
+
+    async def close(self) -> None:
+        """Stop listening and end the lag sampler."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            # its CancelledError becomes a result; a cancellation of close() still raises
+            await asyncio.gather(self._ticker, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _measure_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            planned = loop.time() + LAG_INTERVAL
+            await asyncio.sleep(LAG_INTERVAL)
+            self.lag = max(0.0, loop.time() - planned)
+
+    # -- probes ------------------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        bound = self.config.http.max_loop_lag
+        ticking = self._ticker is not None and not self._ticker.done()
+        ok = ticking and self.lag < bound
+        body = {"status": "ok" if ok else "unhealthy", "loop_lag": self.lag, "max_loop_lag": bound}
+        return web.json_response(body, status=200 if ok else 503)
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if not (self.ready and self.kernel.running):
+            reason = "stopping" if self.ready or self.kernel.running else "not started"
+            return web.json_response({"status": "unready", "reason": reason}, status=503)
+        try:
+            async with asyncio.timeout(self.config.http.probe_timeout):
+                await self.kernel.state_backend.get(f"{self.kernel.state_prefix}node/probe")
+        except TimeoutError:
+            reason = f"the state backend did not answer in {self.config.http.probe_timeout:g}s"
+            return web.json_response({"status": "unready", "reason": reason}, status=503)
+        except Exception as exc:
+            reason = f"the state backend failed: {type(exc).__name__}: {exc}"
+            return web.json_response({"status": "unready", "reason": reason}, status=503)
+        return web.json_response({"status": "ready"})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self._registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    # -- admin -------------------------------------------------------------------------
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/admin/"):
+            if self._token is not None:
+                given = request.headers.get("Authorization", "")
+                scheme, _, credential = given.partition(" ")
+                if scheme.lower() != "bearer" or not hmac.compare_digest(
+                    credential.strip().encode(), self._token
+                ):
+                    why = "missing" if not given else "wrong"
+                    return web.json_response(
+                        {"error": "unauthorized", "message": f"{why} admin token"},
+                        status=401,
+                        headers={"WWW-Authenticate": "Bearer"},
+                    )
+            try:
+                return await handler(request)
+            except _Refused as exc:
+                return web.json_response(
+                    {"error": exc.kind, "message": str(exc)}, status=exc.status
+                )
+        return await handler(request)
+
+    async def status(self, request: web.Request) -> web.Response:
+        kernel = self.kernel
+        stats = kernel.stats()
+        body = {
+            "node": self.config.node.id,
+            "cluster": self.config.node.cluster,
+            "address": kernel.address if kernel.running else None,
+            "running": kernel.running,
+            "ready": self.ready and kernel.running,
+            "types": msgspec.to_builtins(stats.types),
+            "dead_letters": stats.dead_letters,
+            "handlers_running": stats.running,
+            "members": members_of(kernel),
+            "messages": sorted(kernel.message_types()),
+            "schema_mismatches": kernel.schema_mismatches(),
+        }
+        return web.json_response(body)
+
+    async def ask(self, request: web.Request) -> web.Response:
+        body = await self._body(request, AskBody)
+        timeout = body.timeout
+        if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+            raise _Refused(400, "bad_request", f"timeout must be > 0 seconds, got {timeout}")
+        message = self._message(body.message)
+        reply = await self._run(
+            self.kernel.ref(body.agent_type, body.key).ask(message, timeout=timeout)
+        )
+        return web.json_response({"reply": encode_value(reply)})
+
+    async def tell(self, request: web.Request) -> web.Response:
+        body = await self._body(request, TellBody)
+        message = self._message(body.message)
+        await self._run(self.kernel.ref(body.agent_type, body.key).tell(message))
+        return web.json_response({"accepted": True}, status=202)
+
+    async def publish(self, request: web.Request) -> web.Response:
+        body = await self._body(request, PublishBody)
+        message = self._message(body.message)
+        await self._run(self.kernel.publish(body.topic, message))
+        return web.json_response({"accepted": True}, status=202)
+
+    async def _body(self, request: web.Request, shape: type[Any]) -> Any:
+        if not self.kernel.running:
+            raise _Refused(503, "not_running", "the node is not running (starting or stopping)")
+        try:
+            return msgspec.json.decode(await request.read(), type=shape)
+        except msgspec.ValidationError as exc:
+            raise _Refused(400, "bad_request", f"request body: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise _Refused(400, "bad_request", f"request body is not JSON: {exc}") from None
+
+    def _message(self, value: dict[str, Any]) -> Any:
+        try:
+            return decode_message(value, self.kernel.message_types())
+        except BadMessage as exc:
+            raise _Refused(400, "bad_message", str(exc)) from None
+
+    async def _run(self, work: Awaitable[Any]) -> Any:
+        try:
+            return await work
+        except AskTimeout as exc:
+            raise _Refused(504, "ask_timeout", str(exc)) from None
+        except KernelStopped as exc:
+            raise _Refused(503, "stopping", str(exc)) from None
+        except UnknownAgent as exc:
+            raise _Refused(404, "unknown_agent", str(exc)) from None
+        except Exception as exc:
+            raise _Refused(500, type(exc).__name__, str(exc)) from None

@@ -1,0 +1,75 @@
+"""Structured logs: one JSON object per line, carrying the node id.
+
+A record's ``agent_id`` and ``correlation_id`` come from its ``extra`` when it carries
+them (kerna's own handler-failure records do), else from the agent whose handler is
+running when the record is made (so a user's ``log.info`` inside a handler carries them
+too). Other ``extra`` values are kept as keys of the object.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from kerna._activation import current_activation
+
+__all__ = ["JsonFormatter", "configure_logging"]
+
+# Attributes every LogRecord has: not extras.
+_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one JSON line: ``ts`` (UTC, ISO 8601), ``level``,
+    ``logger``, ``message``, ``node``, then ``agent_id`` and ``correlation_id`` when
+    known, the record's other extras, and ``exc`` (the traceback) when there is one."""
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__()
+        self.node_id = node_id
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": _timestamp(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "node": self.node_id,
+        }
+        act = current_activation.get()
+        if act is not None:  # formatted in the emitting task: the handler running now
+            entry["agent_id"] = str(act.id)
+            if act.current is not None:
+                entry["correlation_id"] = act.current.correlation_id
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exc"] = record.exc_text
+        return json.dumps(entry, default=str)
+
+
+def _timestamp(created: float) -> str:
+    millis = int(created * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{millis:03d}Z"
+
+
+def configure_logging(node_id: str, level: str, fmt: str) -> None:
+    """Send the root logger's records to stderr, as JSON lines (``fmt="json"``) or
+    plain text with the node id."""
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter(node_id))
+    else:
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)s {node_id} %(name)s: %(message)s")
+        )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
