@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -212,3 +213,14 @@ def test_json_log_lines_carry_the_node_agent_and_correlation_ids() -> None:
     assert entry["level"] == "WARNING"
     assert entry["ts"].endswith("Z")
     assert "\n" not in line
+
+
+def test_the_readme_node_config_is_valid(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    (block,) = re.findall(r"^```toml\n(.*?)^```", readme, re.DOTALL | re.MULTILINE)
+    (tmp_path / "secret").write_text("s")
+    (tmp_path / "admin-token").write_text("t")
+    config = load_config(write(tmp_path, block), {}, import_agents=False)
+    assert config.node.agents == ["myapp.agents"]
+    assert config.secret is not None
+    assert config.token is not None

@@ -319,3 +319,16 @@ async def test_readyz_fails_while_the_state_backend_does_not_answer(
     finally:
         etcd_server.ensure_running()
         assert await proc.stop() == 0
+
+
+async def test_kerna_node_lists_every_config_problem_and_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text('[node]\ncluster = "shop"\nlease_ttl = 0\n[http]\nlisten = "0.0.0.0:1"\n')
+    code, _, err = await run_cli("node", "--config", str(path))
+    assert code == 2
+    assert "2 problem(s) in the node configuration" in err
+    assert f"{path}: [node] lease_ttl: must be a number of seconds > 0, got 0.0" in err
+    assert f"{path}: [http] listen: '0.0.0.0' is not a loopback address: a token" in err
+    path.write_text('[node]\ncluster = "shop"\nagents = ["tests.node_agents"]\n')
+    code, out, _ = await run_cli("node", "--check", "--config", str(path))
+    assert (code, out.strip()) == (0, f"kerna node: {path}: configuration OK")

@@ -72,10 +72,10 @@ async def load_agents(kernel: Kernel, modules: list[str]) -> None:
             result = setup(kernel)
             if inspect.isawaitable(result):
                 await result
+            log.info("loaded agent module %s (its setup)", name)
             continue
-        for cls in agent_classes(module):
-            kernel.register(cls)
-        log.info("loaded agent module %s", name)
+        registered = [kernel.register(cls) for cls in agent_classes(module)]
+        log.info("loaded agent module %s: %s", name, ", ".join(registered))
 
 
 async def run_node(config: NodeConfig) -> int:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import logging
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -41,7 +40,6 @@ from ._metrics import KernelCollector, node_registry
 
 __all__ = ["NodeHttp"]
 
-log = logging.getLogger("kerna.node.http")
 
 LAG_INTERVAL = 0.25  # seconds between loop-lag samples
 
