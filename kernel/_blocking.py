@@ -387,6 +387,14 @@ class BlockingKernel:
         """See ``Kernel.stats``; after ``stop()``, the final counters."""
         return self._loop.call(self._kernel.stats)
 
+    def message_types(self) -> dict[str, type[Message]]:
+        """See ``Kernel.message_types``."""
+        return self._loop.call(self._kernel.message_types)
+
+    def transport_stats(self) -> dict[str, int]:
+        """See ``Kernel.transport_stats``."""
+        return self._loop.call(self._kernel.transport_stats)
+
     def event_log(self, agent_type: type[Agent] | str, key: str) -> BlockingEventLog[Any]:
         """See ``Kernel.event_log``: the same checks and errors; reads block."""
         log = self._loop.call(functools.partial(self._kernel.event_log, agent_type, key))
