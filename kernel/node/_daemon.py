@@ -122,7 +122,7 @@ async def run_node(config: NodeConfig) -> int:
         )
         await stopping.wait()
     finally:
-        http.ready = False
+        http.stopping = True
         try:
             await kernel.stop(node.stop_grace)
         finally:

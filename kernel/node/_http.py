@@ -79,13 +79,15 @@ class NodeHttp:
         kernel: the node's kernel (the endpoints read it; it is started elsewhere).
         config: the node's configuration (``[http]``, the node id and cluster).
 
-    ``ready`` is set by the daemon once the kernel runs and cleared when it stops.
+    ``ready`` is set by the daemon once the kernel runs; ``stopping`` when it begins
+    to stop.
     """
 
     def __init__(self, kernel: Kernel, config: NodeConfig) -> None:
         self.kernel = kernel
         self.config = config
         self.ready = False
+        self.stopping = False
         self.lag = 0.0
         self._token = None if config.token is None else config.token.value
         self._runner: web.AppRunner | None = None
@@ -144,8 +146,8 @@ class NodeHttp:
         return web.json_response(body, status=200 if ok else 503)
 
     async def readyz(self, request: web.Request) -> web.Response:
-        if not (self.ready and self.kernel.running):
-            reason = "stopping" if self.ready or self.kernel.running else "not started"
+        if self.stopping or not (self.ready and self.kernel.running):
+            reason = "stopping" if self.stopping else "not started"
             return web.json_response({"status": "unready", "reason": reason}, status=503)
         try:
             async with asyncio.timeout(self.config.http.probe_timeout):
@@ -195,7 +197,7 @@ class NodeHttp:
             "cluster": self.config.node.cluster,
             "address": kernel.address if kernel.running else None,
             "running": kernel.running,
-            "ready": self.ready and kernel.running,
+            "ready": self.ready and kernel.running and not self.stopping,
             "types": msgspec.to_builtins(stats.types),
             "dead_letters": stats.dead_letters,
             "handlers_running": stats.running,
