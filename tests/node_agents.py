@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import msgspec
 
@@ -76,6 +77,18 @@ class Tally(Agent, state=Count):
         return int(self.state.n)
 
 
+class Block(Request[None]):
+    seconds: float
+
+
+class Blocker(Agent):
+    """Blocks the event loop (a handler calling blocking code): what /healthz reports."""
+
+    @handler
+    async def block(self, msg: Block) -> None:
+        time.sleep(msg.seconds)  # noqa: ASYNC251 - blocking the loop is the point
+
+
 class Hang(Message):
     pass
 
@@ -89,6 +102,6 @@ class Stuck(Agent):
 
 
 def setup(kernel: Kernel) -> None:
-    for cls in (Echo, Counter, Tally, Stuck):
+    for cls in (Echo, Counter, Tally, Stuck, Blocker):
         kernel.register(cls)
     kernel.subscribe("events", Tally, key=lambda event: "all")

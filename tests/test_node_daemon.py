@@ -121,7 +121,7 @@ async def test_the_admin_api_asks_tells_publishes_and_reports_status(node: NodeP
     assert status == 200
     assert (body["node"], body["cluster"], body["ready"]) == ("n1", "shop", True)
     assert body["address"].startswith("tcp://127.0.0.1:")
-    assert set(body["types"]) == {"Echo", "Counter", "Tally", "Stuck", "Greeter"}
+    assert set(body["types"]) == {"Echo", "Counter", "Tally", "Stuck", "Blocker", "Greeter"}
     assert body["types"]["Counter"]["handled"] >= 2
     assert "tests.node_agents.Ping" in body["messages"]
 
@@ -273,6 +273,25 @@ async def test_sigterm_drains_every_accepted_tell_and_exits_0_within_the_grace(
     async with Kernel(state=f"sqlite:///{db}") as kernel:  # the count the node committed
         kernel.register(Counter)
         assert await kernel.ref(Counter, "d").ask(Read(), timeout=5) == accepted
+
+
+async def test_healthz_fails_after_the_event_loop_was_blocked(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text(SECRET)
+    config = BASE.replace(
+        'listen = "127.0.0.1:{port}"', 'listen = "127.0.0.1:{port}"\nmax_loop_lag = 0.3'
+    )
+    proc = NodeProcess(tmp_path, config)
+    await proc.start()
+    try:
+        assert (await call(proc.url + "/healthz"))[0] == 200
+        block = {"agent_type": "Blocker", "key": "b", "message": {"type": "Block", "seconds": 0.6}}
+        assert (await call(proc.url + "/admin/ask", "POST", block))[0] == 200
+        status, body = await call(proc.url + "/healthz")
+        assert status == 503
+        assert body["status"] == "unhealthy"
+        assert body["loop_lag"] >= 0.3
+    finally:
+        assert await proc.stop() == 0
 
 
 async def test_a_second_signal_exits_at_once(tmp_path: Path) -> None:

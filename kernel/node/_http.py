@@ -2,8 +2,10 @@
 
 Endpoints:
 
-- ``GET /healthz``: 200 while the event loop is responsive (its measured lag is under
-  ``[http] max_loop_lag``), else 503. Liveness: restart the process when it fails.
+- ``GET /healthz``: 200 while the event loop is responsive: the largest lag measured
+  over the last ``LAG_WINDOW`` seconds is under ``[http] max_loop_lag``; else 503 (a
+  stall shows for that long, whenever the probe comes). Liveness: restart the process
+  when it keeps failing.
 - ``GET /readyz``: 200 once the kernel runs and the state backend answers a read within
   ``[http] probe_timeout``; 503 while starting, stopping or when the store does not
   answer. Readiness: route traffic to the node only while it passes.
@@ -22,6 +24,7 @@ message, the field named), 401, 404 (unknown agent type), 500 (the handler raise
 from __future__ import annotations
 
 import asyncio
+import collections
 import hmac
 import math
 from collections.abc import Awaitable, Callable
@@ -42,6 +45,7 @@ __all__ = ["NodeHttp"]
 
 
 LAG_INTERVAL = 0.25  # seconds between loop-lag samples
+LAG_WINDOW = 5.0  # seconds of samples /healthz and kerna_loop_lag_seconds look at
 
 
 class AskBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -88,7 +92,9 @@ class NodeHttp:
         self.config = config
         self.ready = False
         self.stopping = False
-        self.lag = 0.0
+        self._lags: collections.deque[float] = collections.deque(
+            maxlen=round(LAG_WINDOW / LAG_INTERVAL)
+        )
         self._token = None if config.token is None else config.token.value
         self._runner: web.AppRunner | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -134,7 +140,12 @@ class NodeHttp:
         while True:
             planned = loop.time() + LAG_INTERVAL
             await asyncio.sleep(LAG_INTERVAL)
-            self.lag = max(0.0, loop.time() - planned)
+            self._lags.append(max(0.0, loop.time() - planned))
+
+    @property
+    def lag(self) -> float:
+        """The largest event-loop lag measured over the last ``LAG_WINDOW`` seconds."""
+        return max(self._lags, default=0.0)
 
     # -- probes ------------------------------------------------------------------------
 
@@ -142,7 +153,12 @@ class NodeHttp:
         bound = self.config.http.max_loop_lag
         ticking = self._ticker is not None and not self._ticker.done()
         ok = ticking and self.lag < bound
-        body = {"status": "ok" if ok else "unhealthy", "loop_lag": self.lag, "max_loop_lag": bound}
+        body = {
+            "status": "ok" if ok else "unhealthy",
+            "loop_lag": self.lag,
+            "max_loop_lag": bound,
+            "window": LAG_WINDOW,
+        }
         return web.json_response(body, status=200 if ok else 503)
 
     async def readyz(self, request: web.Request) -> web.Response:

@@ -88,7 +88,9 @@ class KernelCollector(Collector):
         yield GaugeMetricFamily(
             "kerna_handlers_running", "Handlers running now", value=stats.running
         )
-        lag = GaugeMetricFamily("kerna_loop_lag_seconds", "Latest measured event-loop lag")
+        lag = GaugeMetricFamily(
+            "kerna_loop_lag_seconds", "Largest event-loop lag over the last 5 s"
+        )
         lag.add_metric([], self.loop_lag())
         yield lag
         members = members_of(self.kernel)
