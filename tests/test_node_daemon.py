@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import prometheus_client
 import pytest
 
 from kerna import Kernel, TransportError
+from kerna.node import NodeHttp, load_config
 
 from .etcd import EtcdMember
-from .node_agents import Counter, Ping, Pong, Read
+from .node_agents import Counter, Echo, Ping, Pong, Read
 from .node_proc import NodeProcess, free_port, run_cli
 
 pytestmark = pytest.mark.anyio
@@ -355,3 +357,25 @@ async def test_kerna_node_lists_every_config_problem_and_exits_2(tmp_path: Path)
     path.write_text('[node]\ncluster = "shop"\nagents = ["tests.node_agents"]\n')
     code, out, _ = await run_cli("node", "--check", "--config", str(path))
     assert (code, out.strip()) == (0, f"kerna node: {path}: configuration OK")
+
+
+async def test_each_node_has_a_metrics_registry_of_its_own() -> None:
+    texts = []
+    for node_id, types in (("a", [Echo]), ("b", [Counter])):
+        env = {"KERNA_CLUSTER": "c", "KERNA_NODE_ID": node_id, "KERNA_HTTP_LISTEN": "127.0.0.1:0"}
+        config = load_config(None, env)
+        async with Kernel() as kernel:
+            for cls in types:
+                kernel.register(cls)
+            http = NodeHttp(kernel, config)
+            host, port = await http.start()
+            try:
+                texts.append((await call(f"http://{host}:{port}/metrics"))[1])
+            finally:
+                await http.close()
+    assert 'kerna_agents_active{type="Echo"} 0.0' in texts[0]
+    assert 'type="Counter"' not in texts[0]
+    assert 'kerna_agents_active{type="Counter"} 0.0' in texts[1]
+    assert 'type="Echo"' not in texts[1]
+    assert 'node="b"' in texts[1]
+    assert "kerna_" not in prometheus_client.generate_latest().decode()  # the global one
