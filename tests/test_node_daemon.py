@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -379,3 +380,16 @@ async def test_each_node_has_a_metrics_registry_of_its_own() -> None:
     assert 'type="Echo"' not in texts[1]
     assert 'node="b"' in texts[1]
     assert "kerna_" not in prometheus_client.generate_latest().decode()  # the global one
+
+
+async def test_kerna_node_exits_1_naming_an_http_port_that_is_taken(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = tmp_path / "node.toml"
+        path.write_text(f'[node]\ncluster = "shop"\n[http]\nlisten = "127.0.0.1:{port}"\n')
+        code, _, err = await run_cli("node", "--config", str(path))
+    assert code == 1
+    assert "kerna node: cannot start: OSError: [Errno 98]" in err
+    assert f"('127.0.0.1', {port})" in err

@@ -106,9 +106,9 @@ async def run_node(config: NodeConfig) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
     kernel = Kernel(**kernel_options(config))
     http = NodeHttp(kernel, config)
-    host, port = await http.start()
-    log.info("node %s: http on %s:%d", node.id, host, port, extra={"http": f"{host}:{port}"})
     try:
+        host, port = await http.start()
+        log.info("node %s: http on %s:%d", node.id, host, port, extra={"http": f"{host}:{port}"})
         await load_agents(kernel, node.agents)
         await kernel.start()
         http.ready = True
