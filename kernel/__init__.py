@@ -23,6 +23,9 @@ _EXPORTS: dict[str, str] = {
     "BlockingRef": "_blocking",
     "BlockingEventLog": "_blocking_state",
     "BlockingReplica": "_blocking_state",
+    "Member": "_cluster_members",
+    "PlacementStrategy": "_cluster_placement",
+    "Rendezvous": "_cluster_placement",
     "MessageContext": "_context",
     "PendingReply": "_deferred",
     "ActivationFailed": "_errors",
@@ -69,6 +72,8 @@ if typing.TYPE_CHECKING:
     from ._agent import Agent, handler
     from ._blocking import BlockingKernel, BlockingRef
     from ._blocking_state import BlockingEventLog, BlockingReplica
+    from ._cluster_members import Member
+    from ._cluster_placement import PlacementStrategy, Rendezvous
     from ._context import MessageContext
     from ._deferred import PendingReply
     from ._errors import (
@@ -134,13 +139,16 @@ __all__ = [
     "KernelStopped",
     "LeaseLost",
     "MailboxFull",
+    "Member",
     "Message",
     "MessageContext",
     "OutcomeUnknown",
     "OwnedElsewhere",
     "PendingReply",
+    "PlacementStrategy",
     "RegistrationError",
     "RemoteError",
+    "Rendezvous",
     "Request",
     "StateError",
     "StoreFailed",

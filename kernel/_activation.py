@@ -35,6 +35,7 @@ from ._errors import (
     KernaInternalError,
     KernelStopped,
     MailboxFull,
+    OwnedElsewhere,
     RemoteError,
 )
 from ._failures import describe, is_failure, remote_error
@@ -237,10 +238,11 @@ class Activation(StateOwner):
         while True:
             agent = None
             try:
-                if atype.state_spec is not None:
+                if atype.claims:
                     claimed = await self.runtime.store().activate(self.id, atype.state_spec)
                     self.token = claimed.token
-                    self.loaded(claimed.stored)
+                    if atype.state_spec is not None:
+                        self.loaded(claimed.stored)
                 agent = atype.factory()
                 if not isinstance(agent, atype.cls):
                     raise TypeError(f"factory of {atype.name} returned {agent!r}")
@@ -252,6 +254,13 @@ class Activation(StateOwner):
                 if not is_failure(exc, self.task, self.runtime.stopped):
                     raise
                 await self.release()
+                cluster = self.runtime.cluster
+                if (
+                    isinstance(exc, OwnedElsewhere)
+                    and cluster is not None
+                    and cluster.moved(self, exc)  # its messages went to the holder
+                ):
+                    return False
                 # An undecodable stored state or event will not decode on a retry either.
                 if attempt >= atype.max_restarts or isinstance(exc, DecodeError):
                     self.failure = remote_error(exc, ActivationFailed)
@@ -437,6 +446,11 @@ class Activation(StateOwner):
                 self.atype.stats.rejected += 1
                 waiter.set_exception(refusal())
         return taken
+
+    def take_messages(self, error: Exception) -> list[Envelope]:
+        """Take every queued message out (to send it elsewhere: ``Cluster.moved``);
+        parked senders get ``error`` raised."""
+        return self._take_all(lambda: error)
 
     def copy_failure(self) -> ActivationFailed:
         """A fresh copy of the failure (one exception object per raise)."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
@@ -33,6 +34,8 @@ from kerna.state import StateBackend
 
 from ._agent import Agent
 from ._blocking_state import BlockingEventLog, BlockingReplica
+from ._cluster_members import Member
+from ._cluster_placement import PlacementStrategy
 from ._errors import KernelStopped, UsageError
 from ._ids import AgentId
 from ._kernel import Kernel, KernelStats, Subscription
@@ -241,6 +244,14 @@ class BlockingRef:
         ask = functools.partial(self._ref.ask, message, timeout=timeout, headers=headers)
         return self._loop.run(ask, what)
 
+    def locate(self) -> str | None:
+        """See ``AgentRef.locate`` (None while the kernel does not run, as there);
+        raises the same errors in the calling thread."""
+        try:
+            return self._loop.run(self._ref.locate, "locate")
+        except KernelStopped:
+            return None
+
     def deactivate(self) -> None:
         """See ``AgentRef.deactivate``; does nothing while the kernel does not run (no
         agent is active then)."""
@@ -278,6 +289,11 @@ class BlockingKernel:
         failure_log_level: int | str = logging.WARNING,
         transport: str | None = None,
         transport_options: Mapping[str, Any] | None = None,
+        cluster: str | None = None,
+        node_id: str | None = None,
+        secret: bytes | str | None = None,
+        secret_file: str | os.PathLike[str] | None = None,
+        placement_strategy: PlacementStrategy | None = None,
     ) -> None:
         self._kernel = Kernel(
             ask_timeout=ask_timeout,
@@ -294,6 +310,11 @@ class BlockingKernel:
             failure_log_level=failure_log_level,
             transport=transport,
             transport_options=transport_options,
+            cluster=cluster,
+            node_id=node_id,
+            secret=secret,
+            secret_file=secret_file,
+            placement_strategy=placement_strategy,
         )
         self._loop = _LoopThread()
 
@@ -347,6 +368,22 @@ class BlockingKernel:
     def address(self) -> str | None:
         """See ``Kernel.address``."""
         return self._kernel.address
+
+    def members(self) -> list[Member]:
+        """See ``Kernel.members``."""
+        return self._loop.call(self._kernel.members)
+
+    def wait_members(
+        self, condition: Callable[[list[Member]], bool], timeout: float = 10.0
+    ) -> list[Member]:
+        """See ``Kernel.wait_members``; raises the same errors in the calling thread."""
+        wait = functools.partial(self._kernel.wait_members, condition, timeout)
+        return self._loop.run(wait, "wait_members")
+
+    @property
+    def node_id(self) -> str:
+        """See ``Kernel.node_id``."""
+        return self._kernel.node_id
 
     def schema_mismatches(self) -> dict[str, list[str]]:
         """See ``Kernel.schema_mismatches``."""

@@ -247,7 +247,15 @@ class LeaseLost(StateError):
 
 
 class OwnedElsewhere(StateError):
-    """Another kernel holds this agent's activation claim; it cannot activate here."""
+    """Another kernel holds this agent's activation claim; it cannot activate here.
+
+    Attributes:
+        holder: the node id named in the claim (None when it could not be read).
+    """
+
+    def __init__(self, message: str, *, holder: str | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 class StoreFailed(StateError):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,6 +27,9 @@ from kerna.state._replica import Replica
 
 from ._activation import SPAWN_BURST, current_activation
 from ._agent import Agent
+from ._cluster import Cluster, check_cluster, default_node_id
+from ._cluster_members import Member
+from ._cluster_placement import PLACEMENTS, PlacementStrategy
 from ._envelope import EVENT, Envelope, outgoing
 from ._errors import ConfigError, IdleTimeout, RegistrationError, UnknownAgent, UsageError
 from ._failure_log import check_level
@@ -115,6 +119,25 @@ class Kernel:
             (the default): no other node can reach it. ``ref(..., node=address)`` then
             reaches agents on the node listening at ``address``.
         transport_options: options of that transport (``secret``, ``ssl``, ...).
+        cluster: the name of the cluster this kernel is a node of (None: none). Its
+            keys live under ``{state_prefix}{cluster}/``: members, activation claims
+            and states. A cluster needs a transport and a store its nodes share (an
+            ``etcd://`` URL, or one ``StateBackend`` given to every kernel of an
+            in-process cluster; ``memory://`` is refused). The node registers itself
+            under its lease (``lease_ttl``; a keepalive every third of it): a node
+            killed without stopping stays a member, and its agents unreachable, until
+            its lease expires; a stopped one leaves at once. ``members()`` lists the
+            live nodes; ``ref(Type, key)`` reaches the agent wherever its placement
+            puts it (``register(..., placement=)``).
+        node_id: this node's id in the cluster, and the name in its activation claims
+            (default ``hostname-pid``, ``hostname-pid-N`` for the N-th kernel of a
+            process). Two live nodes cannot share one.
+        secret: the cluster's shared secret, handed to the transport (the tcp
+            handshake proves it); or ``secret_file``, a file holding it (surrounding
+            whitespace stripped).
+        secret_file: see ``secret``.
+        placement_strategy: chooses an agent's home among the live nodes hosting its
+            type (a ``PlacementStrategy``); default ``Rendezvous`` hashing.
         failure_log_level: the level at which a handler failure nobody else hears of
             (a tell's or an event's) is logged on ``kerna.activation``: WARNING by default,
             at most 10 records per agent type per minute.
@@ -143,6 +166,11 @@ class Kernel:
         failure_log_level: int | str = logging.WARNING,
         transport: str | None = None,
         transport_options: Mapping[str, Any] | None = None,
+        cluster: str | None = None,
+        node_id: str | None = None,
+        secret: bytes | str | None = None,
+        secret_file: str | os.PathLike[str] | None = None,
+        placement_strategy: PlacementStrategy | None = None,
     ) -> None:
         check_positive("ask_timeout", ask_timeout)
         check_positive("lease_ttl", lease_ttl)
@@ -171,10 +199,28 @@ class Kernel:
         if transport_options is not None and not isinstance(transport_options, Mapping):
             raise WrongType(f"transport_options must be a mapping, got {transport_options!r}")
         self.transport = transport
+        options = check_cluster(
+            cluster=cluster,
+            node_id=node_id,
+            secret=secret,
+            secret_file=secret_file,
+            transport=transport,
+            transport_options=transport_options,
+            state=state,
+        )
+        if placement_strategy is not None and not isinstance(placement_strategy, PlacementStrategy):
+            raise WrongType(
+                f"placement_strategy must have a choose(agent, nodes) method, got"
+                f" {placement_strategy!r}"
+            )
+        self.cluster = cluster
+        self._node_id = node_id or default_node_id()
         self._runtime = Runtime(self)
         if transport is not None:  # a bad URL or option fails here, not at start
-            self._runtime.remote = Remote.open(
-                self._runtime, transport, dict(transport_options or {})
+            self._runtime.remote = Remote.open(self._runtime, transport, options)
+        if cluster is not None:
+            self._runtime.cluster = Cluster(
+                self._runtime, cluster, self._node_id, placement_strategy
             )
         self._lifecycle = Lifecycle(self._runtime)
 
@@ -188,13 +234,18 @@ class Kernel:
         await self.stop()
 
     async def start(self) -> None:
-        """Start the kernel in the running event loop.
+        """Start the kernel in the running event loop (in a cluster: join it).
 
         Raises:
             RuntimeError: already started.
+            ConfigError: another live node of the cluster has this ``node_id``.
+            Unavailable: the cluster's store cannot be reached.
         """
+        prefix = self.state_prefix
+        if self.cluster is not None:
+            prefix = f"{prefix}{self.cluster}/"
         await self._lifecycle.start(
-            self.state_url, prefix=self.state_prefix, lease_ttl=self.lease_ttl
+            self.state_url, prefix=prefix, lease_ttl=self.lease_ttl, node_id=self._node_id
         )
 
     @property
@@ -248,6 +299,7 @@ class Kernel:
         cancel_at_deadline: bool = False,
         conflict_retries: int = 0,
         factory: Callable[[], Agent] | None = None,
+        placement: str | None = None,
     ) -> str:
         """Register an agent class; returns its type name.
 
@@ -264,10 +316,18 @@ class Kernel:
             conflict_retries: re-run a handler up to this many times when its
                 ``self.save`` loses a compare-and-swap (``Conflict``); the state is
                 reloaded before each re-run. Default 0: the asker gets the Conflict.
+            placement: where agents of this type live in a cluster (ignored without
+                one): ``"directory"`` (the default; strict single activation: the home
+                claims the agent in the store, and the claim is the authority until it
+                deactivates), ``"hash"`` (volatile agents: the home by rendezvous
+                hashing, no store write, a duplicate possible while nodes' member views
+                differ) or ``"local"`` (one activation per node hosting the type).
+                Stateful types always claim: only ``"directory"``.
 
         Raises:
             RegistrationError: not an Agent subclass, the name is taken, or a handler is
-                invalid (not async, no Message annotation, two handlers for one type).
+                invalid (not async, no Message annotation, two handlers for one type),
+                or a placement other than ``"directory"`` for a stateful type.
             ValueError: an option is out of range.
             TypeError: ``cancel_at_deadline`` is not a bool.
         """
@@ -300,6 +360,7 @@ class Kernel:
         if factory is not None and not callable(factory):
             raise RegistrationError(f"factory must be a callable returning an agent: {factory!r}")
         state_spec = build_state_spec(agent_class, agent_class.__qualname__)
+        placement = check_placement(placement, name, stateful=state_spec is not None)
         self._runtime.types[name] = atype = AgentType(
             agent_class,
             name,
@@ -313,6 +374,8 @@ class Kernel:
             state_spec=state_spec,
             conflict_retries=conflict_retries,
             factory=factory,
+            placement=placement,
+            claims=self.cluster is not None and placement == "directory",
         )
         remote = self._runtime.remote
         if remote is not None:  # what other nodes may send this type, by wire tag
@@ -321,6 +384,8 @@ class Kernel:
             except RegistrationError:
                 del self._runtime.types[name]
                 raise
+        if self._runtime.cluster is not None:
+            self._runtime.cluster.types_changed()  # other nodes learn it hosts the type
         return name
 
     def ref(self, agent_type: type[Agent] | str, key: str, *, node: str | None = None) -> AgentRef:
@@ -328,7 +393,10 @@ class Kernel:
 
         ``agent_type`` is a registered class (its registered name is used) or a name.
         With ``node`` (another kernel's ``address``), messages go to the agent on that
-        node over this kernel's transport; the type need not be registered here.
+        node over this kernel's transport; the type need not be registered here. In a
+        cluster, without ``node``, messages go wherever the type's placement puts the
+        agent, on this node or another that hosts the type (by name for a type this
+        node does not host).
 
         Raises:
             TypeError: ``key`` or ``node`` is not a string.
@@ -348,6 +416,38 @@ class Kernel:
                 )
             ref.route = remote.route(node)
         return ref
+
+    def members(self) -> list[Member]:
+        """The live members of this kernel's cluster, by node id (this node included
+        once started), as the watch of the member keys shows them now; empty without
+        a cluster. A member is live while its lease is: a node killed without
+        stopping is listed until its lease expires (``lease_ttl``)."""
+        cluster = self._runtime.cluster
+        return [] if cluster is None else cluster.members()
+
+    async def wait_members(
+        self, condition: Callable[[list[Member]], bool], timeout: float = 10.0
+    ) -> list[Member]:
+        """Wait until ``condition(members)`` holds for the live members (checked now and
+        at every change the watch shows); returns those members. E.g. wait for three
+        nodes: ``await kernel.wait_members(lambda ms: len(ms) == 3)``.
+
+        Raises:
+            UsageError: the kernel is not a running node of a cluster.
+            TimeoutError: the condition did not hold within ``timeout`` seconds (the
+                message lists the members then).
+            ValueError, TypeError: ``timeout`` is not a positive number.
+        """
+        check_timeout(timeout, "wait_members timeout")
+        cluster = self._runtime.cluster
+        if cluster is None or self._runtime.stopped:
+            raise UsageError("wait_members() needs a running node of a cluster")
+        return await cluster.wait_members(condition, timeout)
+
+    @property
+    def node_id(self) -> str:
+        """This kernel's node id (``Kernel(node_id=...)``, or the default)."""
+        return self._node_id
 
     def schema_mismatches(self) -> dict[str, list[str]]:
         """Per peer node, the message tags whose wire schemas differ from this node's
@@ -590,3 +690,24 @@ class Kernel:
             decode=store.state_decoder(spec, name),
             key_of=lambda k: unescape(k[len(prefix) :]),
         )
+
+
+def check_placement(placement: str | None, name: str, *, stateful: bool) -> str:
+    """The placement of agent type ``name`` (default ``"directory"``).
+
+    Raises:
+        ValueError: not one of ``PLACEMENTS``.
+        RegistrationError: a stateful type placed other than through the directory.
+    """
+    if placement is None:
+        return "directory"
+    if placement not in PLACEMENTS:
+        raise ValueError(
+            f"placement of {name!r} must be one of {', '.join(PLACEMENTS)}; got {placement!r}"
+        )
+    if stateful and placement != "directory":
+        raise RegistrationError(
+            f"{name!r} is stateful: its activations always claim the agent, so its"
+            f" placement is 'directory', not {placement!r}"
+        )
+    return placement

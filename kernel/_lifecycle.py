@@ -50,7 +50,14 @@ class Lifecycle:
 
     # -- start -------------------------------------------------------------------------
 
-    async def start(self, state: str | StateBackend, *, prefix: str, lease_ttl: float) -> None:
+    async def start(
+        self,
+        state: str | StateBackend,
+        *,
+        prefix: str,
+        lease_ttl: float,
+        node_id: str | None = None,
+    ) -> None:
         """Open the state backend and the task group; the kernel then runs.
 
         Raises:
@@ -60,7 +67,9 @@ class Lifecycle:
         if rt.phase is not Phase.NEW:
             raise RuntimeError(f"kernel already {_word(rt.phase)}")
         rt.loop = loop = asyncio.get_running_loop()
-        rt.persistence = await Persistence.open(state, prefix=prefix, lease_ttl=lease_ttl)
+        rt.persistence = await Persistence.open(
+            state, prefix=prefix, lease_ttl=lease_ttl, node_id=node_id
+        )
         rt.persistence.on_lease_lost(rt.lease_lost)
         ready: asyncio.Future[None] = loop.create_future()
         self._closing = loop.create_future()
@@ -83,6 +92,8 @@ class Lifecycle:
         if rt.remote is not None:
             try:
                 await rt.remote.start()
+                if rt.cluster is not None:  # join: the address is known now
+                    await rt.cluster.start(rt.persistence, rt.remote)
             except BaseException:  # the address is taken, say: leave nothing behind
                 await self.stop(0.0, rt.kernel.cancel_grace)
                 raise
@@ -171,6 +182,8 @@ class Lifecycle:
                 act.abort(KernelStopped(f"kernel stopped before {act.id} could handle it"))
                 rt.retire(act)
             try:
+                if rt.cluster is not None:
+                    await rt.cluster.close()  # deregister: peers see this node leave
                 if rt.remote is not None:
                     await rt.remote.aclose()  # asks waiting on other nodes fail
                 if rt.persistence is not None:

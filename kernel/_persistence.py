@@ -171,18 +171,26 @@ class Persistence:
         owned: bool,
         prefix: str,
         lease_ttl: float,
+        node_id: str | None = None,
     ) -> None:
         self.backend = backend
         self.owned = owned  # close the backend on stop only if the kernel opened it
         self.layout = Layout(prefix)
-        self.claims = Claims(backend, self.layout, lease_ttl)
+        self.claims = Claims(backend, self.layout, lease_ttl, node_id)
 
     @classmethod
-    async def open(cls, state: str | StateBackend, *, prefix: str, lease_ttl: float) -> Persistence:
+    async def open(
+        cls,
+        state: str | StateBackend,
+        *,
+        prefix: str,
+        lease_ttl: float,
+        node_id: str | None = None,
+    ) -> Persistence:
         if isinstance(state, StateBackend):
-            return cls(state, owned=False, prefix=prefix, lease_ttl=lease_ttl)
+            return cls(state, owned=False, prefix=prefix, lease_ttl=lease_ttl, node_id=node_id)
         backend = await connect(state)
-        return cls(backend, owned=True, prefix=prefix, lease_ttl=lease_ttl)
+        return cls(backend, owned=True, prefix=prefix, lease_ttl=lease_ttl, node_id=node_id)
 
     async def close(self) -> None:
         """Release every claim at once (revoke the lease) and close an owned backend."""
@@ -206,9 +214,10 @@ class Persistence:
 
     # -- activation ------------------------------------------------------------------------
 
-    async def activate(self, agent: AgentId, spec: StateSpec) -> Claimed:
+    async def activate(self, agent: AgentId, spec: StateSpec | None) -> Claimed:
         """Claim the agent for this kernel and load its state (the claim is given up
-        again if the load fails).
+        again if the load fails); with no ``spec`` (a volatile agent whose cluster
+        placement is ``"directory"``), only claim it.
 
         Raises:
             OwnedElsewhere: another kernel holds the agent.
@@ -217,6 +226,8 @@ class Persistence:
             DecodeError: the stored state or an event does not decode.
         """
         token = await self.claims.claim(agent.type, agent.key)
+        if spec is None:  # a volatile agent placed through the directory: the claim only
+            return Claimed(token, Stored(None))
         try:
             stored = await self.load(agent, spec)
         except BaseException:

@@ -58,11 +58,15 @@ class Claims:
     """The kernel's activation claims and the lease that holds them (see the module
     docstring)."""
 
-    def __init__(self, backend: StateBackend, layout: Layout, lease_ttl: float) -> None:
+    def __init__(
+        self, backend: StateBackend, layout: Layout, lease_ttl: float, node_id: str | None = None
+    ) -> None:
         self.backend = backend
         self.layout = layout
         self.lease_ttl = lease_ttl
-        self.node_id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        # Who holds a claim: the cluster's node id (its member key names it too), or a
+        # name unique to this kernel without a cluster.
+        self.node_id = node_id or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._lease: KeptLease | None = None
         self._lease_ready: asyncio.Lock = asyncio.Lock()
         self._claim_encoder = msgspec.msgpack.Encoder()
@@ -111,6 +115,17 @@ class Claims:
                 callback()
             except Exception:
                 log.exception("lease-lost callback %r raised", callback)
+
+    async def kept_lease(self) -> KeptLease:
+        """The kernel's kept-alive lease (granted now if there is none, or a new one
+        after a loss): the cluster membership key lives under it with the claims.
+
+        Raises:
+            Unavailable: the backend could not be reached to grant it.
+        """
+        await self._ensure_lease()
+        assert self._lease is not None
+        return self._lease
 
     async def _ensure_lease(self) -> int:
         """The kernel's kept-alive lease, granted on first use and again after a loss.
@@ -182,7 +197,8 @@ class Claims:
             else:
                 raise OwnedElsewhere(
                     f"{agent_type}/{key} is active elsewhere "
-                    f"(claim {claim_key!r} held by {holder.node if holder else 'unknown'})"
+                    f"(claim {claim_key!r} held by {holder.node if holder else 'unknown'})",
+                    holder=holder.node if holder else None,
                 )
             if kept is None or not kept.lost.is_set():
                 return token

@@ -220,6 +220,27 @@ class AgentRef:
         finally:
             timer.cancel()
 
+    async def locate(self) -> str | None:
+        """The id of the node hosting the agent now, or None.
+
+        This node's id when it is active here. In a cluster: for ``"directory"``
+        placement (and stateful types) the node holding its claim, read from the
+        store (None when no node has it active); for ``"hash"`` and ``"local"``,
+        which keep no record, the node its next message goes to. Without a cluster,
+        None when it is not active here.
+
+        Raises:
+            Unavailable: the cluster's store cannot be reached.
+        """
+        rt = self._runtime
+        act = rt.directory.get(self.id)
+        if act is not None and not act.closed:
+            return rt.kernel.node_id
+        cluster = rt.cluster
+        if cluster is None or rt.stopped:
+            return None
+        return await cluster.locate(self.id)
+
     async def deactivate(self) -> None:
         """Deactivate the agent once its mailbox is drained; wait until ``on_stop`` ran.
 

@@ -157,6 +157,7 @@ class AgentType:
     __slots__ = (
         "cancel_at_deadline",
         "capacity",
+        "claims",
         "cls",
         "conflict_retries",
         "declared",
@@ -167,6 +168,7 @@ class AgentType:
         "max_restarts",
         "name",
         "overflow",
+        "placement",
         "plain",
         "restart_backoff",
         "state_spec",
@@ -188,6 +190,8 @@ class AgentType:
         state_spec: StateSpec | None = None,
         conflict_retries: int = 0,
         factory: Callable[[], Agent] | None = None,
+        placement: str = "directory",
+        claims: bool = False,
     ) -> None:
         self.cls = cls
         self.name = name
@@ -203,6 +207,10 @@ class AgentType:
         self.state_spec = state_spec
         self.conflict_retries = conflict_retries
         self.factory: Callable[[], Agent] = factory or cls
+        # Cluster placement ("directory", "hash", "local"), and whether an activation
+        # claims the agent first (stateful types; directory placement in a cluster).
+        self.placement = placement
+        self.claims = claims or state_spec is not None
         # Handlers of a "plain" type are awaited directly: no deadline scope, no retries
         # (a stateful activation whose state must be reloaded first goes through
         # Activation._call, whatever its type).

@@ -73,6 +73,9 @@ class _LocalRoute:
 
     __slots__ = ("route",)
 
+    # Runtime.deliver: a message another node sent here is not placed again.
+    inbound = True
+
     def __init__(self) -> None:
         self.route: Any = None
 

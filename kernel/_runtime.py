@@ -41,6 +41,7 @@ from ._message import DeadLetterReason, Message
 from ._topics import Topics
 
 if TYPE_CHECKING:
+    from ._cluster import Cluster
     from ._kernel import Kernel
     from ._persistence import Persistence
     from ._registry import AgentType
@@ -103,6 +104,7 @@ class Runtime:
         self.topics = Topics(self)
         self.persistence: Persistence | None = None
         self.remote: Remote | None = None  # the link to other nodes (with a transport)
+        self.cluster: Cluster | None = None  # placement and routing (with a cluster)
         self.idle: IdleCollector | None = None
         self.failure_log: FailureLog | None = None
         self.task_group: asyncio.TaskGroup | None = None
@@ -162,9 +164,10 @@ class Runtime:
         """Route ``env`` to its target: the one entry every message takes.
 
         ``route`` is the sender's cached routing decision (an ``AgentRef``'s ``route``
-        slot), refreshed here when stale. Returns None once the message is in the
-        mailbox, or an awaitable the sender awaits: room in a ``wait`` mailbox, or the
-        rest of an event's fan-out.
+        slot), refreshed here when stale: a local activation, or in a cluster a
+        ``ClusterRoute`` to the node its placement chose (``Cluster.route``). Returns
+        None once the message is in the mailbox, or an awaitable the sender awaits:
+        room in a ``wait`` mailbox, or the rest of an event's fan-out.
 
         Raises:
             UnknownAgent, UnhandledMessage, TypeError: the target cannot take it.
@@ -174,9 +177,16 @@ class Runtime:
         target = env.target
         if type(target) is not AgentId:
             return self.topics.fan_out(env)
-        act = route.route if route is not None else None
+        act: Any = route.route if route is not None else None  # or a ClusterRoute
         if act is None or act.closed:
-            act = self.resolve(target, env.payload)
+            cluster = self.cluster
+            # In a cluster, the placement decides, except for a message another node
+            # sent here (its sender's placement chose this node; a claim held elsewhere
+            # forwards it: ``Cluster.moved``).
+            if cluster is None or getattr(route, "inbound", False):
+                act = self.resolve(target, env.payload)
+            else:
+                act = cluster.route(target, env.payload)
             if route is not None:
                 route.route = act
         elif type(env.payload) not in act.atype.handlers:
@@ -184,7 +194,8 @@ class Runtime:
         if act.failure is not None:
             act.atype.stats.rejected += 1
             raise act.copy_failure()
-        return act.put(env)
+        pending: Awaitable[None] | None = act.put(env)
+        return pending
 
     def resolve(self, target: AgentId, message: Any) -> Activation:
         """The local activation of ``target`` for ``message`` (created if needed),

@@ -161,6 +161,7 @@ NOT_MIRRORED = {
     "lease_ttl": "option",
     "failure_log_level": "option",
     "transport": "option",
+    "cluster": "option",
 }
 
 

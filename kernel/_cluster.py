@@ -1,0 +1,388 @@
+"""The cluster: nodes sharing a store and a secret, placing and routing agents between
+them.
+
+``Kernel(state="etcd://...", transport="tcp://...", cluster="shop", secret=...)`` makes
+a kernel a node of the cluster ``shop``: its keys live under
+``{state_prefix}shop/`` (members, activation claims, states), it registers itself
+(``kerna._cluster_members``), and ``Runtime.deliver`` asks ``Cluster.route`` where a
+target with no local activation goes (``kerna._cluster_placement``): a local
+activation (zero-copy, as without a cluster) or a ``ClusterRoute`` to its home (the
+envelope is encoded once and sent). The member set and the directory of claims are
+mirrored by watches; any change closes the cached routes, so a warm remote ask costs
+one transport round trip and a stale one is decided again.
+
+A message that reaches a node whose activation finds the agent's claim held by
+another node is forwarded there once, transparently (``Cluster.moved``): an asker
+gets its reply through the node it asked, and the senders' directory watch routes the
+next message straight to the holder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from kerna.state import Replica
+
+from ._cluster_members import Member, Membership
+from ._cluster_placement import ClusterRoute, PlacementStrategy, Rendezvous
+from ._errors import ConfigError, OwnedElsewhere, UnknownAgent
+from ._message import DeadLetterReason
+from ._persistence_claims import Claim
+
+if TYPE_CHECKING:
+    from ._activation import Activation
+    from ._envelope import Envelope
+    from ._ids import AgentId
+    from ._persistence import Persistence
+    from ._remote import Remote
+    from ._runtime import Runtime
+
+__all__ = ["Cluster", "check_cluster", "default_node_id"]
+
+log = logging.getLogger("kerna.cluster")
+
+_taken_ids: set[str] = set()  # default node ids given out in this process
+
+
+def default_node_id() -> str:
+    """``hostname-pid``; ``hostname-pid-N`` for the N-th kernel of this process."""
+    base = f"{socket.gethostname()}-{os.getpid()}"
+    node_id, n = base, 1
+    while node_id in _taken_ids:
+        n += 1
+        node_id = f"{base}-{n}"
+    _taken_ids.add(node_id)
+    return node_id
+
+
+def check_cluster(
+    *,
+    cluster: str | None,
+    node_id: str | None,
+    secret: bytes | str | None,
+    secret_file: str | os.PathLike[str] | None,
+    transport: str | None,
+    transport_options: Mapping[str, Any] | None,
+    state: object,
+) -> dict[str, Any]:
+    """Validate the cluster options; the transport options with the secret in them.
+
+    A cluster needs a transport (how other nodes reach this one) and a store its nodes
+    share: ``memory://`` (a URL) is private to one kernel, so it is refused; a
+    ``StateBackend`` object shared by the kernels of one process is fine.
+
+    Raises:
+        ConfigError: a bad cluster name or node id, a cluster without a transport or
+            on ``memory://``, both ``secret`` and ``secret_file`` (or a secret in
+            ``transport_options`` too), a secret without a transport, an unreadable or
+            empty secret file.
+    """
+    options = dict(transport_options or {})
+    if cluster is not None:
+        if not isinstance(cluster, str) or not cluster or "/" in cluster:
+            raise ConfigError(f"cluster must be a non-empty name without '/', got {cluster!r}")
+        if transport is None:
+            raise ConfigError(
+                f"cluster {cluster!r} needs a transport: other nodes reach this one"
+                " through it (Kernel(transport='tcp://host:port'))"
+            )
+        if isinstance(state, str) and state.startswith("memory:"):
+            raise ConfigError(
+                f"cluster {cluster!r} needs a store its nodes share (etcd://...): state"
+                f" {state!r} is private to this kernel"
+            )
+    if node_id is not None and (not isinstance(node_id, str) or not node_id or "/" in node_id):
+        raise ConfigError(f"node_id must be a non-empty str without '/', got {node_id!r}")
+    if secret is not None and secret_file is not None:
+        raise ConfigError("give the cluster secret once: secret= or secret_file=, not both")
+    if secret_file is not None:
+        path = Path(secret_file)
+        try:
+            secret = path.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read secret_file {str(path)!r}: {exc}") from exc
+        if not secret:
+            raise ConfigError(f"secret_file {str(path)!r} is empty")
+    if secret is not None:
+        if not isinstance(secret, bytes | str) or not secret:
+            raise ConfigError(f"secret must be non-empty bytes or str, got {type(secret)!r}")
+        if transport is None:
+            raise ConfigError("a secret needs a transport (Kernel(transport='tcp://...'))")
+        if "secret" in options:
+            raise ConfigError("the secret is given twice: secret= and transport_options")
+        options["secret"] = secret
+    return options
+
+
+class Cluster:
+    """One node's view of its cluster: membership, the directory, placement, routes."""
+
+    def __init__(
+        self, runtime: Runtime, name: str, node_id: str, strategy: PlacementStrategy | None
+    ) -> None:
+        self.runtime = runtime
+        self.name = name
+        self.node_id = node_id
+        self.strategy: PlacementStrategy = strategy or Rendezvous()
+        self._routes: dict[str, ClusterRoute] = {}
+        self._hosts: dict[str, list[str]] = {}  # type -> sorted hosting node ids (cached)
+        self._persistence: Persistence | None = None
+        self._remote: Remote | None = None
+        self._membership: Membership | None = None
+        self._directory: Replica[Claim] | None = None
+        self._since = 0.0
+        self._member_waiters: list[asyncio.Future[None]] = []
+        self.forwarded = 0  # messages forwarded to the holder of their agent's claim
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self, persistence: Persistence, remote: Remote) -> None:
+        """Mirror the directory, register this node and follow the member set.
+
+        Raises:
+            ConfigError: another live node has this node id.
+            Unavailable: the store cannot be reached.
+        """
+        self._persistence, self._remote = persistence, remote
+        self._since = time.time()
+        prefix = persistence.layout.prefix
+        decode = msgspec.msgpack.Decoder(Claim).decode
+        directory: Replica[Claim] = Replica(
+            persistence.backend, f"{prefix}act/", decode=decode, on_change=self._invalidate
+        )
+        await directory.__aenter__()
+        self._directory = directory
+        self._membership = Membership(
+            persistence.backend, prefix, persistence.claims, self._describe, self._members_changed
+        )
+        try:
+            await self._membership.start(join_timeout=persistence.claims.lease_ttl + 2.0)
+        except BaseException:
+            self._membership = None
+            await directory.aclose()
+            raise
+
+    async def close(self) -> None:
+        """Deregister and stop the watches (the lease goes with ``Persistence.close``)."""
+        self._invalidate()
+        membership, self._membership = self._membership, None
+        directory, self._directory = self._directory, None
+        try:
+            if membership is not None:
+                await membership.close()
+        finally:
+            if directory is not None:
+                await directory.aclose()
+
+    def types_changed(self) -> None:
+        """A type was registered: publish this node's record again."""
+        self._hosts.clear()
+        if self._membership is not None:
+            self._membership.update()
+
+    def _describe(self) -> Member:
+        from kerna import __version__
+
+        remote = self._remote
+        assert remote is not None
+        types = {name: atype.placement for name, atype in self.runtime.types.items()}
+        return Member(
+            self.node_id, remote.address, types, remote.codec.types.fingerprints(),
+            __version__, self._since,
+        )  # fmt: skip
+
+    # -- the view ------------------------------------------------------------------------
+
+    def members(self) -> list[Member]:
+        return [] if self._membership is None else self._membership.members()
+
+    async def wait_members(
+        self, condition: Callable[[list[Member]], bool], timeout: float
+    ) -> list[Member]:
+        """See ``Kernel.wait_members``."""
+        loop = asyncio.get_running_loop()
+        members = self.members()
+        try:
+            async with asyncio.timeout(timeout):
+                while not condition(members):
+                    waiter = loop.create_future()
+                    self._member_waiters.append(waiter)
+                    await waiter
+                    members = self.members()
+        except TimeoutError:
+            ids = ", ".join(m.id for m in members) or "none"
+            raise TimeoutError(
+                f"the members of {self.name!r} did not meet the condition in {timeout:g} s"
+                f" (members now: {ids})"
+            ) from None
+        return members
+
+    def _members_changed(self) -> None:
+        self._invalidate()
+        waiters, self._member_waiters = self._member_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _invalidate(self, *_: object) -> None:
+        """The member set or the directory changed: every cached decision is stale."""
+        for route in self._routes.values():
+            route.closed = True
+        self._routes.clear()
+        self._hosts.clear()
+
+    def hosts(self, type_name: str) -> list[str]:
+        """The ids of the live nodes hosting ``type_name``, sorted (this node
+        included once it registered the type, before the watch shows it)."""
+        hosts = self._hosts.get(type_name)
+        if hosts is None:
+            nodes = {m.id for m in self.members() if type_name in m.types}
+            if type_name in self.runtime.types:
+                nodes.add(self.node_id)
+            hosts = self._hosts[type_name] = sorted(nodes)
+        return hosts
+
+    def _placement(self, type_name: str) -> str:
+        atype = self.runtime.types.get(type_name)
+        if atype is not None:
+            return atype.placement
+        for member in self.members():
+            placement = member.types.get(type_name)
+            if placement is not None:
+                return placement
+        return "directory"
+
+    def _holder(self, target: AgentId) -> str | None:
+        """The node whose claim holds ``target`` (as the directory watch shows it)."""
+        directory, persistence = self._directory, self._persistence
+        if directory is None or persistence is None:
+            return None
+        claim = directory.get(persistence.layout.claim(target.type, target.key))
+        return None if claim is None else claim.node
+
+    def home(self, target: AgentId) -> str:
+        """The node ``target``'s messages go to now: the holder of its claim, or the
+        strategy's choice among the live nodes hosting its type.
+
+        Raises:
+            UnknownAgent: no live member hosts the type.
+        """
+        hosts = self.hosts(target.type)
+        if not hosts:
+            raise UnknownAgent(
+                f"no live member of cluster {self.name!r} hosts agent type {target.type!r}",
+                agent_type=target.type,
+            )
+        placement = self._placement(target.type)
+        if placement == "local" and self.node_id in hosts:
+            return self.node_id
+        if placement == "directory":
+            holder = self._holder(target)
+            if holder is not None and (holder == self.node_id or holder in hosts):
+                return holder
+        return self.strategy.choose(target, hosts)
+
+    # -- routing -------------------------------------------------------------------------
+
+    def route(self, target: AgentId, message: Any) -> Activation | ClusterRoute:
+        """Where a message to ``target`` (no live local activation cached) goes.
+
+        Raises:
+            UnknownAgent, UnhandledMessage, TypeError: as ``Runtime.resolve``.
+        """
+        rt = self.runtime
+        act = rt.directory.get(target)
+        if act is None or act.closed:
+            node = self.home(target)
+            if node != self.node_id:
+                return self.route_to(node)
+        return rt.resolve(target, message)
+
+    def route_to(self, node: str) -> ClusterRoute:
+        route = self._routes.get(node)
+        if route is None:
+            membership, remote = self._membership, self._remote
+            member = None if membership is None else membership.get(node)
+            if member is None or remote is None:
+                raise UnknownAgent(f"node {node!r} is not a live member of {self.name!r}")
+            route = self._routes[node] = ClusterRoute(remote, node, member.address)
+        return route
+
+    async def locate(self, target: AgentId) -> str | None:
+        """The node hosting ``target`` now: this one if it is active here; the holder of
+        its claim (read from the store) for directory placement, None if unclaimed;
+        for ``hash`` and ``local`` placement, which keep no record, its home now (None
+        when no live member hosts the type).
+
+        Raises:
+            Unavailable: the store cannot be reached.
+        """
+        act = self.runtime.directory.get(target)
+        if act is not None and not act.closed:
+            return self.node_id
+        placement = self._placement(target.type)
+        if placement == "directory":
+            persistence = self._persistence
+            assert persistence is not None
+            kv = await persistence.backend.get(persistence.layout.claim(target.type, target.key))
+            if kv is None:
+                return None
+            try:
+                node: str = msgspec.msgpack.decode(kv.value, type=Claim).node
+            except msgspec.MsgspecError:
+                return None
+            return node
+        try:
+            return self.home(target)
+        except UnknownAgent:
+            return None
+
+    def moved(self, act: Activation, error: OwnedElsewhere) -> bool:
+        """``act`` found its agent claimed by another node: forward what it holds to
+        that node and retire it; False (nothing done) when the holder is this node
+        (a claim of an earlier lease) or not a live member (its lease is ending).
+        """
+        holder = error.holder
+        if holder is None or holder == self.node_id:
+            return False
+        try:
+            route = self.route_to(holder)
+        except UnknownAgent:
+            return False
+        rt = self.runtime
+        envs = act.take_messages(error)
+        rt.retire(act)
+        log.debug("%s is held by %s: %d messages forwarded", act.id, holder, len(envs))
+        for env in envs:
+            self._forward(route, env)
+        return True
+
+    def _forward(self, route: ClusterRoute, env: Envelope) -> None:
+        self.forwarded += 1
+        try:
+            sent = route.put(env)
+        except Exception as exc:  # the message cannot be encoded
+            self.runtime.not_handled(env, env.target, DeadLetterReason.NOT_DELIVERED, exc)
+            return
+        if sent is not None and env.reply is not None:
+            reply = env.reply
+            sent.add_done_callback(lambda done: _send_done(done, reply))
+
+
+def _send_done(sent: asyncio.Future[None], reply: asyncio.Future[Any]) -> None:
+    """A forwarded ask whose send failed: its asker gets the error (nobody awaits the
+    send itself)."""
+    if sent.cancelled() or reply.done():
+        return
+    error = sent.exception()
+    if error is not None:
+        reply.set_exception(error)

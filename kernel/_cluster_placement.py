@@ -1,0 +1,99 @@
+"""Placement: which live node an agent's first message goes to, and the route there.
+
+An ``AgentId``'s home is chosen by a ``PlacementStrategy`` over the ids of the live
+members that host its type; the default is ``Rendezvous`` (highest random weight)
+hashing: every node with the same member view picks the same home, and a joining or
+leaving node moves only the ids whose highest weight it has or had (about 1/n of them).
+
+Per agent type (``Kernel.register(..., placement=)``):
+
+- ``"directory"`` (the default; stateful types always): the home activates the agent
+  only after claiming ``{prefix}act/{type}/{key}`` create-if-absent under its lease
+  (the activation claim of ``kerna._persistence_claims``, whose create revision is the
+  fencing token). Once claimed, the claim is the authority: senders route to the node
+  it names, and a node that joins later does not move it. Strict single activation.
+- ``"hash"``: no store write per activation; the home by hash activates it. While two
+  nodes' member views differ (a node joining or leaving, until both watches have seen
+  it), or after the view changed while the agent stayed active on its old home, two
+  activations of one id can exist for a while: use it for volatile agents only.
+- ``"local"``: one activation per node that hosts the type (stateless workers, for
+  scale-out); a node that does not host it sends to the home by hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from ._remote import RemoteRoute
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from ._envelope import Envelope
+    from ._ids import AgentId
+    from ._remote import Remote
+
+__all__ = ["PLACEMENTS", "ClusterRoute", "PlacementStrategy", "Rendezvous"]
+
+PLACEMENTS = ("directory", "hash", "local")
+
+
+@runtime_checkable
+class PlacementStrategy(Protocol):
+    """Chooses an agent's home among the live nodes hosting its type.
+
+    ``choose`` must be deterministic (every node with the same view must choose the
+    same node) and fast (it runs on every cold send); ``nodes`` is sorted and never
+    empty.
+    """
+
+    def choose(self, agent: AgentId, nodes: Sequence[str]) -> str: ...
+
+
+class Rendezvous:
+    """Highest random weight hashing: the node whose hash with the agent id is highest
+    (blake2b, 64 bits; ties go to the greater node id)."""
+
+    def choose(self, agent: AgentId, nodes: Sequence[str]) -> str:
+        ident = f"\0{agent.type}\0{agent.key}".encode()
+        best = nodes[0]
+        top = -1
+        for node in nodes:
+            digest = hashlib.blake2b(node.encode() + ident, digest_size=8).digest()
+            weight = int.from_bytes(digest, "big")
+            if weight > top or (weight == top and node > best):
+                best, top = node, weight
+        return best
+
+
+class ClusterRoute:
+    """A placement decision for agents homed on another node: that node's address.
+
+    It has the shape ``Runtime.deliver`` and ``AgentRef`` read of a route (as
+    ``RemoteRoute``); the cluster closes it when the member set or the directory
+    changes, so the refs caching it decide again on their next send.
+    """
+
+    __slots__ = ("address", "closed", "failure", "node", "remote")
+
+    atype = RemoteRoute.atype  # the destination checks handlers itself
+
+    def __init__(self, remote: Remote, node: str, address: str) -> None:
+        self.remote = remote
+        self.node = node
+        self.address = address
+        self.closed = False
+        self.failure = None
+
+    def put(self, env: Envelope) -> asyncio.Future[None] | None:
+        """Encode and send ``env`` to the node (see ``RemoteRoute.put``).
+
+        Raises:
+            WireError: the message cannot be encoded.
+        """
+        return self.remote.send(self.address, env)
+
+    def __repr__(self) -> str:
+        return f"<ClusterRoute {self.node} at {self.address}>"

@@ -1,0 +1,55 @@
+"""Helpers for the cluster tests: nodes of one cluster on a real etcd, over tcp."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from kerna import Kernel, Member
+
+from .etcd import EtcdMember
+
+SECRET = b"shop secret"
+TCP = "tcp://127.0.0.1:0"
+
+
+def cluster_name() -> str:
+    """A cluster of its own per test: its keys are apart from every other test's."""
+    return f"c{uuid.uuid4().hex[:10]}"
+
+
+def node(etcd: EtcdMember, cluster: str, **options: Any) -> Kernel:
+    options.setdefault("lease_ttl", 2.0)
+    options.setdefault("stop_grace", 0.2)
+    options.setdefault("ask_timeout", 10.0)
+    return Kernel(state=etcd.url, transport=TCP, cluster=cluster, secret=SECRET, **options)
+
+
+def hosting(type_name: str, *nodes: Kernel) -> Callable[[list[Member]], bool]:
+    """A ``wait_members`` condition: exactly ``nodes`` host ``type_name``."""
+    ids = {k.node_id for k in nodes}
+    return lambda members: {m.id for m in members if type_name in m.types} == ids
+
+
+def only(*nodes: Kernel) -> Callable[[list[Member]], bool]:
+    """A ``wait_members`` condition: the members are exactly ``nodes``."""
+    ids = {k.node_id for k in nodes}
+    return lambda members: {m.id for m in members} == ids
+
+
+@contextlib.asynccontextmanager
+async def nodes(
+    etcd: EtcdMember, count: int, cluster: str | None = None, **options: Any
+) -> AsyncIterator[list[Kernel]]:
+    """``count`` started nodes of one cluster; each sees all of them before yielding."""
+    name = cluster or cluster_name()
+    async with contextlib.AsyncExitStack() as stack:
+        kernels = [
+            await stack.enter_async_context(node(etcd, name, **options)) for _ in range(count)
+        ]
+        ids = {k.node_id for k in kernels}
+        for k in kernels:
+            await k.wait_members(lambda ms: {m.id for m in ms} >= ids, 5)
+        yield kernels
