@@ -31,17 +31,18 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from kerna.state import Replica
+from kerna.state._layout import unescape
 
 from ._cluster_members import Member, Membership
 from ._cluster_placement import ClusterRoute, PlacementStrategy, Rendezvous
 from ._errors import ConfigError, OwnedElsewhere, UnknownAgent
+from ._ids import AgentId
 from ._message import DeadLetterReason
 from ._persistence_claims import Claim
 
 if TYPE_CHECKING:
     from ._activation import Activation
     from ._envelope import Envelope
-    from ._ids import AgentId
     from ._persistence import Persistence
     from ._remote import Remote
     from ._runtime import Runtime
@@ -141,6 +142,9 @@ class Cluster:
         self._directory: Replica[Claim] | None = None
         self._since = 0.0
         self._member_waiters: list[asyncio.Future[None]] = []
+        # Claim keys whose holder is not the agent's home by hash: a change of one of
+        # those (or a new one) changes a routing decision; any other claim does not.
+        self._off_hash: set[str] | None = None
         self.forwarded = 0  # messages forwarded to the holder of their agent's claim
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -157,7 +161,7 @@ class Cluster:
         prefix = persistence.layout.prefix
         decode = msgspec.msgpack.Decoder(Claim).decode
         directory: Replica[Claim] = Replica(
-            persistence.backend, f"{prefix}act/", decode=decode, on_change=self._invalidate
+            persistence.backend, f"{prefix}act/", decode=decode, on_change=self._claim_changed
         )
         await directory.__aenter__()
         self._directory = directory
@@ -228,10 +232,39 @@ class Cluster:
 
     def _members_changed(self) -> None:
         self._invalidate()
+        self._off_hash = None  # the homes by hash moved: recomputed on the next claim
         waiters, self._member_waiters = self._member_waiters, []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+    def _claim_changed(self, claim_key: str, claim: Claim | None) -> None:
+        """A claim was made or released: decisions change only where the holder is
+        (or was) another node than the home by hash, which senders pick without it."""
+        off = self._off_hash
+        if off is None:
+            off = self._off_hash = set()
+            directory = self._directory
+            for key, held in () if directory is None else directory.items():
+                if key != claim_key and self._off(key, held):
+                    off.add(key)
+        if claim is not None and self._off(claim_key, claim):
+            off.add(claim_key)
+        elif claim_key in off:
+            off.discard(claim_key)
+        else:
+            return  # held where senders route it anyway (or never was)
+        self._invalidate()
+
+    def _off(self, claim_key: str, claim: Claim) -> bool:
+        """Whether ``claim`` is held elsewhere than its agent's home by hash."""
+        persistence = self._persistence
+        if persistence is None:
+            return True
+        type_part, _, key_part = claim_key[len(persistence.layout.prefix) + 4 :].partition("/")
+        target = AgentId(unescape(type_part), unescape(key_part))
+        hosts = self.hosts(target.type)
+        return not hosts or self.strategy.choose(target, hosts) != claim.node
 
     def _invalidate(self, *_: object) -> None:
         """The member set or the directory changed: every cached decision is stale."""

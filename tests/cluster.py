@@ -41,13 +41,19 @@ def only(*nodes: Kernel) -> Callable[[list[Member]], bool]:
 
 @contextlib.asynccontextmanager
 async def nodes(
-    etcd: EtcdMember, count: int, cluster: str | None = None, **options: Any
+    etcd: EtcdMember,
+    count: int,
+    cluster: str | None = None,
+    ids: list[str] | None = None,
+    **options: Any,
 ) -> AsyncIterator[list[Kernel]]:
-    """``count`` started nodes of one cluster; each sees all of them before yielding."""
+    """``count`` started nodes of one cluster (with ``ids``, those node ids); each sees
+    all of them before yielding."""
     name = cluster or cluster_name()
+    named = ids or [None] * count
     async with contextlib.AsyncExitStack() as stack:
         kernels = [
-            await stack.enter_async_context(node(etcd, name, **options)) for _ in range(count)
+            await stack.enter_async_context(node(etcd, name, node_id=i, **options)) for i in named
         ]
         ids = {k.node_id for k in kernels}
         for k in kernels:
