@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 
+import anyio
 import pytest
 
-from kerna import AgentId, Kernel, Rendezvous
+from kerna import AgentId, BlockingKernel, Kernel, Rendezvous, UnknownAgent
 from kerna._cluster_placement import ClusterRoute
 
-from .cluster import SECRET, TCP, hosting, node, nodes
+from .cluster import SECRET, TCP, hosting, node, nodes, only
 from .cluster_agents import Billing, Charge, Where
 from .etcd import EtcdMember
 
@@ -70,6 +71,9 @@ async def test_a_node_hosting_nothing_reaches_a_type_by_name_and_locates_it(
         owner = a if served_by == a.node_id else b
         assert owner.stats().types["Billing"].handled == 3
         assert c.stats().types == {}
+        with pytest.raises(UnknownAgent, match=f"no live member of cluster '{c.cluster}' hosts"):
+            await c.ref("Shipping", "s1").ask(Where(), timeout=5)
+        assert await c.ref("Shipping", "s1").locate() is None
 
 
 async def test_a_warm_remote_route_is_reused_until_a_node_joins_which_moves_nothing(
@@ -138,3 +142,22 @@ async def test_a_message_reaching_a_node_whose_claim_is_elsewhere_is_forwarded_t
             assert await pinned.ask(Charge(amount=0), timeout=5) == 7
         assert b.stats().types["Billing"].handled == 0
         assert await b.ref(Billing, key).locate() == a.node_id
+
+
+async def test_a_blocking_kernel_is_a_node_like_any_other(etcd_server: EtcdMember) -> None:
+    async with nodes(etcd_server, 1) as (a,):
+        assert a.cluster is not None
+        blocking = BlockingKernel(state=etcd_server.url, transport=TCP, cluster=a.cluster,
+                                  secret=SECRET, lease_ttl=2.0, stop_grace=0.2)  # fmt: skip
+        await anyio.to_thread.run_sync(blocking.start)
+        try:
+            await anyio.to_thread.run_sync(lambda: blocking.register(Billing))
+            await a.wait_members(hosting("Billing", blocking.kernel), 5)
+            assert await a.ref("Billing", "b").ask(Where(), timeout=5) == blocking.node_id
+            members = await anyio.to_thread.run_sync(blocking.members)
+            assert {m.id for m in members} == {a.node_id, blocking.node_id}
+            ref = blocking.ref("Billing", "b")
+            assert await anyio.to_thread.run_sync(ref.locate) == blocking.node_id
+        finally:
+            await anyio.to_thread.run_sync(blocking.stop)
+        await a.wait_members(only(a), 2)
