@@ -261,7 +261,7 @@ class Cluster:
         persistence = self._persistence
         if persistence is None:
             return True
-        type_part, _, key_part = claim_key[len(persistence.layout.prefix) + 4 :].partition("/")
+        type_part, _, key_part = claim_key[len(f"{persistence.layout.prefix}act/") :].partition("/")
         target = AgentId(unescape(type_part), unescape(key_part))
         hosts = self.hosts(target.type)
         return not hosts or self.strategy.choose(target, hosts) != claim.node

@@ -26,6 +26,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from ._errors import RegistrationError
 from ._remote import RemoteRoute
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from ._ids import AgentId
     from ._remote import Remote
 
-__all__ = ["PLACEMENTS", "ClusterRoute", "PlacementStrategy", "Rendezvous"]
+__all__ = ["PLACEMENTS", "ClusterRoute", "PlacementStrategy", "Rendezvous", "check_placement"]
 
 PLACEMENTS = ("directory", "hash", "local")
 
@@ -97,3 +98,24 @@ class ClusterRoute:
 
     def __repr__(self) -> str:
         return f"<ClusterRoute {self.node} at {self.address}>"
+
+
+def check_placement(placement: str | None, name: str, *, stateful: bool) -> str:
+    """The placement of agent type ``name`` (default ``"directory"``).
+
+    Raises:
+        ValueError: not one of ``PLACEMENTS``.
+        RegistrationError: a stateful type placed other than through the directory.
+    """
+    if placement is None:
+        return "directory"
+    if placement not in PLACEMENTS:
+        raise ValueError(
+            f"placement of {name!r} must be one of {', '.join(PLACEMENTS)}; got {placement!r}"
+        )
+    if stateful and placement != "directory":
+        raise RegistrationError(
+            f"{name!r} is stateful: its activations always claim the agent, so its"
+            f" placement is 'directory', not {placement!r}"
+        )
+    return placement

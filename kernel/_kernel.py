@@ -29,7 +29,7 @@ from ._activation import SPAWN_BURST, current_activation
 from ._agent import Agent
 from ._cluster import Cluster, check_cluster, default_node_id
 from ._cluster_members import Member
-from ._cluster_placement import PLACEMENTS, PlacementStrategy
+from ._cluster_placement import PlacementStrategy, check_placement
 from ._envelope import EVENT, Envelope, outgoing
 from ._errors import ConfigError, IdleTimeout, RegistrationError, UnknownAgent, UsageError
 from ._failure_log import check_level
@@ -690,24 +690,3 @@ class Kernel:
             decode=store.state_decoder(spec, name),
             key_of=lambda k: unescape(k[len(prefix) :]),
         )
-
-
-def check_placement(placement: str | None, name: str, *, stateful: bool) -> str:
-    """The placement of agent type ``name`` (default ``"directory"``).
-
-    Raises:
-        ValueError: not one of ``PLACEMENTS``.
-        RegistrationError: a stateful type placed other than through the directory.
-    """
-    if placement is None:
-        return "directory"
-    if placement not in PLACEMENTS:
-        raise ValueError(
-            f"placement of {name!r} must be one of {', '.join(PLACEMENTS)}; got {placement!r}"
-        )
-    if stateful and placement != "directory":
-        raise RegistrationError(
-            f"{name!r} is stateful: its activations always claim the agent, so its"
-            f" placement is 'directory', not {placement!r}"
-        )
-    return placement
