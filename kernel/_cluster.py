@@ -406,9 +406,11 @@ class Cluster:
         except Exception as exc:  # the message cannot be encoded
             self.runtime.not_handled(env, env.target, DeadLetterReason.NOT_DELIVERED, exc)
             return
-        if sent is not None and env.reply is not None:
+        if sent is not None:  # nobody awaits a forwarded send: the link owns it
+            owned = route.remote.own(sent)
             reply = env.reply
-            sent.add_done_callback(lambda done: _send_done(done, reply))
+            if reply is not None:
+                owned.add_done_callback(lambda done: _send_done(done, reply))
 
 
 def _send_done(sent: asyncio.Future[None], reply: asyncio.Future[Any]) -> None:

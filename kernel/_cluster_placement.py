@@ -23,15 +23,13 @@ Per agent type (``Kernel.register(..., placement=)``):
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ._errors import RegistrationError
 from ._remote import RemoteRoute
 
 if TYPE_CHECKING:
-    import asyncio
-
     from ._envelope import Envelope
     from ._ids import AgentId
     from ._remote import Remote
@@ -88,7 +86,7 @@ class ClusterRoute:
         self.closed = False
         self.failure = None
 
-    def put(self, env: Envelope) -> asyncio.Future[None] | None:
+    def put(self, env: Envelope) -> Awaitable[None] | None:
         """Encode and send ``env`` to the node (see ``RemoteRoute.put``).
 
         Raises:

@@ -245,6 +245,13 @@ class Remote:
         if not task.cancelled() and task.exception() is not None:
             self._waiting.pop(message_id, None)
 
+    def own(self, sending: Awaitable[None]) -> asyncio.Future[None]:
+        """A future for what ``send`` returned, kept running by this link even if
+        nobody awaits it (a forwarded message); cancelled at close."""
+        if isinstance(sending, asyncio.Future):
+            return sending
+        return self._spawn(sending)
+
     def _spawn(self, work: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = self.runtime.loop.create_task(work)
         self._tasks.add(task)

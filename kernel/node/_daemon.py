@@ -33,10 +33,10 @@ log = logging.getLogger("kerna.node")
 def kernel_options(config: NodeConfig) -> dict[str, Any]:
     """The ``Kernel(...)`` keyword arguments a node's configuration makes.
 
-    The one place the config meets the kernel's constructor. The cluster's name
-    (``config.node.cluster``) and the node id are not passed: this Kernel takes
-    neither yet; membership adds ``cluster=`` here. The secret goes to the transport
-    as its ``secret`` option.
+    The one place the config meets the kernel's constructor. A node with a transport
+    and a shared store joins its cluster (``cluster=``, ``node_id=``, ``secret=``); a
+    node on ``memory://`` state (private to one process) or without a transport runs
+    alone, its secret (if any) going to the transport, and says so in its log.
     """
     options: dict[str, Any] = {
         "state": config.state.url,
@@ -48,13 +48,24 @@ def kernel_options(config: NodeConfig) -> dict[str, Any]:
     if transport.url is not None:
         options["transport"] = transport.url
         transport_options: dict[str, Any] = {}
-        if config.secret is not None:
+        if joins_cluster(config):
+            options["cluster"] = config.node.cluster
+            options["node_id"] = config.node.id
+            if config.secret is not None:
+                options["secret"] = config.secret.value
+        elif config.secret is not None:
             transport_options["secret"] = config.secret.value
         if transport.advertise is not None:
             transport_options["advertise"] = transport.advertise
         if transport_options:
             options["transport_options"] = transport_options
     return options
+
+
+def joins_cluster(config: NodeConfig) -> bool:
+    """Whether a node with this config joins its cluster: it has a transport and a
+    store other nodes can share (not ``memory://``)."""
+    return config.transport.url is not None and not config.state.url.startswith("memory:")
 
 
 async def load_agents(kernel: Kernel, modules: list[str]) -> None:
@@ -112,6 +123,15 @@ async def run_node(config: NodeConfig) -> int:
         await load_agents(kernel, node.agents)
         await kernel.start()
         http.ready = True
+        if not joins_cluster(config):
+            log.warning(
+                "node %s runs alone: %s",
+                node.id,
+                "no transport"
+                if config.transport.url is None
+                else "memory:// state is "
+                "private to this process (use etcd:// or sqlite:// to join a cluster)",
+            )
         log.info(
             "node %s of cluster %s ready: state %s, transport %s",
             node.id,
