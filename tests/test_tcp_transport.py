@@ -43,6 +43,7 @@ def test_tcp_is_found_by_its_url_scheme_through_the_entry_point() -> None:
         ("tcp://127.0.0.1:0", {"max_frame_size": 2**31}, "max_frame_size"),
         ("tcp://127.0.0.1:0", {"secret": b""}, "secret"),
         ("tcp://127.0.0.1:0", {"reconnect_attempts": -1}, "reconnect_attempts"),
+        ("tcp://127.0.0.1:0", {"max_connections": 0}, "max_connections"),
     ],
 )
 def test_bad_tcp_options_are_config_errors_naming_them(
@@ -389,3 +390,20 @@ async def test_connections_past_max_handshakes_are_closed_at_once() -> None:
         async with node() as (a, _):
             await a.send(b.address, b"room again")
             await got.wait_frames(1)
+
+
+async def test_accepted_connections_past_max_connections_are_closed_after_their_handshake() -> None:
+    async with node(max_connections=2) as (b, got):
+        async with node() as (a1, _), node() as (a2, _), node() as (a3, _):
+            for a in (a1, a2):
+                await a.send(b.address, b"in")
+            await got.wait_frames(2)
+            with pytest.raises(PeerUnreachable):
+                await a3.send(b.address, b"one too many")
+            assert [f for _, f in got.frames] == [b"in", b"in"]
+            gone = [a1.address, a2.address]
+        for address in gone:  # their connections ended: room again
+            await got.wait_lost(address)
+        async with node() as (a4, _):
+            await a4.send(b.address, b"room again")
+            await got.wait_frames(3)

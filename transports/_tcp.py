@@ -196,6 +196,10 @@ class TcpTransport(Transport):
             handshake (bounds a slow or silent client).
         max_handshakes: accepted connections that may be in their handshake at once;
             more are closed at once (bounds a flood of connections that never speak).
+        max_connections: accepted connections that may be open after their handshake
+            at once (each holds a reader and up to a frame's worth of buffer); while
+            that many are, new ones are closed at once, logged (bounds peers that know
+            the secret).
         connect_timeout: seconds an outbound connect, TLS and handshake may take.
         reconnect_attempts: reconnects tried for a broken connection with frames
             queued before they are dropped.
@@ -227,6 +231,7 @@ class TcpTransport(Transport):
         heartbeat_misses: int = 3,
         handshake_timeout: float = 5.0,
         max_handshakes: int = 256,
+        max_connections: int = 1024,
         connect_timeout: float = 5.0,
         reconnect_attempts: int = 5,
         backoff_initial: float = 0.05,
@@ -256,6 +261,7 @@ class TcpTransport(Transport):
         for name, count in (
             ("heartbeat_misses", heartbeat_misses),
             ("max_handshakes", max_handshakes),
+            ("max_connections", max_connections),
         ):
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ConfigError(f"{name} must be an int >= 1, got {count!r}")
@@ -275,6 +281,8 @@ class TcpTransport(Transport):
         self._handshake_timeout = handshake_timeout
         self._max_handshakes = max_handshakes
         self._handshaking = 0
+        self._max_connections = max_connections
+        self._accepted = 0  # accepted connections past their handshake
         self._connect_timeout = connect_timeout
         self._attempts = reconnect_attempts
         self._backoff = (backoff_initial, backoff_max)
@@ -655,6 +663,14 @@ class TcpTransport(Transport):
         if self._closed:
             writer.transport.abort()
             return
+        if self._accepted >= self._max_connections:
+            log.warning(
+                "refused a connection from %s: %s accepted connections are open (max_connections)",
+                writer.get_extra_info("peername"),
+                self._accepted,
+            )
+            writer.transport.abort()
+            return
         if self._handshaking >= self._max_handshakes:
             log.warning(
                 "refused a connection from %s: %s others are in their handshake",
@@ -685,11 +701,13 @@ class TcpTransport(Transport):
                 self._handshaking -= 1
             conn = _Conn(info.address, writer, asyncio.get_running_loop().time())
             self._conns.add(conn)
+            self._accepted += 1
             self._handshaken(info.address, info)
             await self._receive(conn, reader)
         finally:
             if conn is not None:
                 self._conns.discard(conn)
+                self._accepted -= 1
             writer.transport.abort()
             self._handlers.pop(task, None)
 
