@@ -1,5 +1,6 @@
 """Two kernels over tcp://: remote asks, and schema fingerprints compared in the
-handshake (a differing message schema is logged once and reported)."""
+handshake (a differing message schema is logged once and reported; over nats:// too,
+through its presence probes)."""
 
 from __future__ import annotations
 
@@ -48,12 +49,17 @@ async def test_two_kernels_answer_each_other_over_tcp_with_a_secret() -> None:
         assert a.schema_mismatches() == {}
 
 
+@pytest.mark.parametrize("scheme", ["tcp", "nats"])
 async def test_a_schema_that_differs_is_logged_once_and_reported(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, request: pytest.FixtureRequest, scheme: str
 ) -> None:
-    options = {"heartbeat": None}
-    a = Kernel(transport="tcp://127.0.0.1:0", transport_options=options)
-    b = Kernel(transport="tcp://127.0.0.1:0", transport_options=options)
+    # tcp compares in its handshake; nats in its presence probes and their answers
+    if scheme == "tcp":
+        url, options = "tcp://127.0.0.1:0", {"heartbeat": None}
+    else:
+        url, options = request.getfixturevalue("nats_server").url, {}
+    a = Kernel(transport=url, transport_options=options)
+    b = Kernel(transport=url, transport_options=options)
     a.register(Oracle)  # a knows test.question with text: str
     b.register(Oracle2)  # b knows it with text: int
     async with a, b:

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Awaitable, Callable
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from kerna._errors import ConfigError, TransportError
 
@@ -53,6 +53,7 @@ __all__ = [
     "DEFAULT_SEND_QUEUE",
     "FrameCallback",
     "FrameTooLarge",
+    "PeerInfo",
     "PeerLostCallback",
     "PeerUnreachable",
     "SendQueueFull",
@@ -68,6 +69,18 @@ FrameCallback = Callable[[str, bytes], Awaitable[object] | None]
 returned means "no more from this peer until it completes" (see ``Transport.pauses``)."""
 PeerLostCallback = Callable[[str, BaseException | None], None]
 """``on_peer_lost(peer, error)``: the peer is gone (``error``: why, if known)."""
+
+
+class PeerInfo(NamedTuple):
+    """What a peer said about itself when this transport met it (the tcp handshake,
+    a nats presence probe): a transport that learns it offers ``peer_info(address)``."""
+
+    address: str
+    """The peer's listening address (what ``on_frame`` reports as ``peer``)."""
+    version: int
+    """Its transport protocol version."""
+    schema: bytes | str
+    """Its opaque schema fingerprints (the kernel's to interpret)."""
 
 
 class SendQueueFull(TransportError):

@@ -79,6 +79,7 @@ from ._base import (
     DEFAULT_SEND_QUEUE,
     FrameCallback,
     FrameTooLarge,
+    PeerInfo,
     PeerLostCallback,
     PeerUnreachable,
     SendQueueFull,
@@ -91,6 +92,8 @@ __all__ = ["NatsFramesDropped", "NatsServerUnavailable", "NatsTransport", "PeerN
 log = logging.getLogger("kerna.transports.nats")
 
 FROM_HEADER = "Kerna-From"
+PROTOCOL_VERSION = 1
+"""What ``PeerInfo.version`` says for a nats peer."""
 PROBE_HEADER = "Kerna-Probe"
 BYE_HEADER = "Kerna-Bye"
 DEFAULT_PORT = 4222
@@ -164,6 +167,9 @@ class NatsTransport(Transport):
         connect_timeout: bound on ``start``'s connect (and on each reconnect attempt).
         reconnect_time_wait: seconds between reconnect attempts.
         probe_timeout: how long a peer's presence probe waits for its answer.
+        schema: opaque schema fingerprints, sent with each presence probe and each
+            answer to one (the kernel sets them): ``peer_info(address)`` has a peer's,
+            as tcp's handshake gives them.
         tls: an ``ssl.SSLContext`` to connect with TLS.
         tls_hostname: the server name TLS checks, if not the URL's host.
         user: user name (with ``password``).
@@ -193,6 +199,7 @@ class NatsTransport(Transport):
         connect_timeout: float = 2.0,
         reconnect_time_wait: float = 0.5,
         probe_timeout: float = 2.0,
+        schema: bytes | str = b"",
         tls: ssl.SSLContext | None = None,
         tls_hostname: str | None = None,
         user: str | None = None,
@@ -271,6 +278,7 @@ class NatsTransport(Transport):
         self._receive_queue = receive_queue
         self._address = f"nats://{self.server}/{node}"
         self._from = {FROM_HEADER: self._address}
+        self._probe_headers = {PROBE_HEADER: "1", FROM_HEADER: self._address}
         self._nc: Client | None = None
         self._closed = False
         self._started = False  # connected and subscribed
@@ -280,10 +288,29 @@ class NatsTransport(Transport):
         self._heard: set[str] = set()  # peers frames came from
         self._lost: set[str] = set()  # reported lost, not heard from or found since
         self._last_error: BaseException | None = None  # nats-py's last, for messages
+        if not isinstance(schema, bytes | str):
+            raise ConfigError(f"schema must be bytes or str, got {type(schema).__qualname__}")
+        self._schema = schema.encode() if isinstance(schema, str) else schema
+        self._info: dict[str, PeerInfo] = {}  # what peers sent in presence probes
 
     @property
     def address(self) -> str:
         return self._address
+
+    @property
+    def schema(self) -> bytes | str:
+        """The opaque schema fingerprints sent with presence probes and their answers
+        (the kernel sets them; ``peer_info`` has a peer's)."""
+        return self._schema
+
+    @schema.setter
+    def schema(self, value: bytes | str) -> None:
+        self._schema = value.encode() if isinstance(value, str) else value
+
+    def peer_info(self, peer: str) -> PeerInfo | None:
+        """What ``peer`` sent in the latest presence probe between the two (either
+        way), or None."""
+        return self._info.get(peer)
 
     def _subject(self, node: str) -> str:
         return f"{self.subject_prefix}.node.{node}"
@@ -379,8 +406,11 @@ class NatsTransport(Transport):
     async def _on_msg(self, msg: Msg) -> None:
         headers = msg.headers or {}
         if PROBE_HEADER in headers:
+            prober = headers.get(FROM_HEADER)
+            if prober:  # a peer about to send: it tells its schema, and gets ours
+                self._info[prober] = PeerInfo(prober, PROTOCOL_VERSION, bytes(msg.data))
             if msg.reply and self._nc is not None and not self._closed:
-                await self._nc.publish(msg.reply, b"")
+                await self._nc.publish(msg.reply, self._schema)
             return
         peer = headers.get(FROM_HEADER)
         if not peer:
@@ -526,7 +556,9 @@ class NatsTransport(Transport):
         # a NATS cluster, the other servers) route from.
         for attempt in range(_NO_RESPONDERS_TRIES):
             try:
-                await nc.request(p.subject, b"", self._probe_timeout, headers={PROBE_HEADER: "1"})
+                answer = await nc.request(
+                    p.subject, self._schema, self._probe_timeout, headers=self._probe_headers
+                )
             except nats.errors.NoRespondersError:
                 if attempt + 1 < _NO_RESPONDERS_TRIES:
                     await asyncio.sleep(_NO_RESPONDERS_GAP)
@@ -542,6 +574,7 @@ class NatsTransport(Transport):
                 )
             except (nats.errors.Error, OSError) as exc:
                 return self._server_error(exc)
+            self._info[p.address] = PeerInfo(p.address, PROTOCOL_VERSION, bytes(answer.data))
             return None
         return None
 

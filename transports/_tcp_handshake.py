@@ -23,11 +23,11 @@ import asyncio
 import hashlib
 import hmac
 import os
-from typing import NamedTuple, TypeVar
+from typing import TypeVar
 
 import msgspec
 
-from ._base import FrameTooLarge
+from ._base import FrameTooLarge, PeerInfo
 from ._tcp_framing import header, read_frame
 
 __all__ = ["PROTOCOL_VERSION", "HandshakeError", "PeerInfo", "accept", "connect"]
@@ -35,17 +35,6 @@ __all__ = ["PROTOCOL_VERSION", "HandshakeError", "PeerInfo", "accept", "connect"
 PROTOCOL_VERSION = 1
 HANDSHAKE_LIMIT = 64 * 1024  # bytes per handshake message: schemas are fingerprints
 _NONCE = 32
-
-
-class PeerInfo(NamedTuple):
-    """What a peer said about itself in the handshake."""
-
-    address: str
-    """The peer's listening address (what ``on_frame`` reports as ``peer``)."""
-    version: int
-    """Its tcp protocol version."""
-    schema: bytes | str
-    """Its opaque schema fingerprints (the kernel's to interpret)."""
 
 
 class HandshakeError(ConnectionError):
