@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -51,6 +51,8 @@ from ._registry import AgentType, TypeStats, build_state_spec
 from ._remote import Remote
 from ._runtime import RUNNING, Phase, Runtime, names
 from ._topics import DEAD_LETTERS, Subscription
+
+T = TypeVar("T")
 
 __all__ = ["Kernel", "KernelStats", "Subscription"]
 
@@ -554,6 +556,30 @@ class Kernel:
         elif rt.unstarted > SPAWN_BURST:
             await asyncio.sleep(0)  # let the workers this publish woke run (see Runtime)
 
+    def create_task(
+        self, coro: Coroutine[Any, Any, T], *, name: str | None = None
+    ) -> asyncio.Task[T]:
+        """Run ``coro`` as a task the kernel owns, not the caller (a nursery task).
+
+        For work that serves several messages and must outlive the handler that started
+        it: ``kerna.plugins``' shared cache computations and batches use it. The task is
+        a child of the kernel's task group: cancelling the handler (or the asker) that
+        started it does not cancel it; it counts as work for ``wait_idle`` and for
+        ``stop``'s grace period, and ``stop`` cancels it with the workers once the grace
+        period is over, so it never outlives the kernel. What it raises is its own (read
+        it from the task): it does not fail the kernel.
+
+        The task copies the caller's context: started from a handler, its sends carry
+        the context of whatever message that agent handles when they are made (see
+        ``Agent.context``); ``asyncio.create_task(coro, context=contextvars.Context())``
+        semantics are not offered here.
+
+        Raises:
+            KernelStopped: the kernel is not running (nor in ``stop``'s grace period);
+                ``coro`` is closed, never run.
+        """
+        return self._runtime.spawn_task(coro, name)
+
     # -- introspection -----------------------------------------------------------------
 
     async def wait_idle(self, timeout: float | None = None) -> None:
@@ -561,7 +587,7 @@ class Kernel:
 
         Messages that handlers send each other count as work: this returns once the
         whole cascade has settled. Timers that have not fired, and deferred replies not
-        yet sent, do not keep the kernel busy.
+        yet sent, do not keep the kernel busy; tasks of ``create_task`` do.
 
         Args:
             timeout: seconds to wait at most; ``None``: the kernel's ``ask_timeout``.

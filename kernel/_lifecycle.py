@@ -176,6 +176,8 @@ class Lifecycle:
             # Also when this task is cancelled (the loop is shutting down): refuse
             # everything, fail what is left, and let go of the state and the lease.
             rt.phase = Phase.STOPPING
+            for task in list(rt.tasks):
+                task.cancel()
             for act in list(rt.directory.values()):
                 if act.task is not None and act not in stuck:
                     act.task.cancel()
@@ -230,12 +232,22 @@ class Lifecycle:
         rt = self.runtime
         acts = [*rt.directory.values(), *rt.retiring]
         workers = {act.task: act for act in acts if act.task is not None}
-        if not workers:
+        tasks = set(rt.tasks)  # Kernel.create_task's: they end with the workers
+        if not workers and not tasks:
             return []
-        for task in workers:
+        for task in (*workers, *tasks):
             task.cancel()
-        _, pending = await asyncio.wait(workers, timeout=max(0.0, deadline - rt.loop.time()))
-        stuck = [workers[task] for task in pending]
+        _, pending = await asyncio.wait(
+            {*workers, *tasks}, timeout=max(0.0, deadline - rt.loop.time())
+        )
+        stuck = [workers[task] for task in pending if task in workers]
+        if pending - workers.keys():
+            log.error(
+                "stop: %d kernel tasks ignore cancellation after %.3gs: abandoned: %s",
+                len(pending - workers.keys()),
+                cancel_grace,
+                ", ".join(sorted(t.get_name() for t in pending - workers.keys())),
+            )
         if stuck:
             log.error(
                 "stop: %d agents ignore cancellation after %.3gs: %s. A task that swallows "

@@ -22,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._activation import Activation
 from ._envelope import Envelope
@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 __all__ = ["DRAINING", "RUNNING", "Phase", "Runtime", "names"]
 
 log = logging.getLogger("kerna.kernel")
+
+T = TypeVar("T")
 
 _NOT_STARTED: Any = None  # the loop, before start
 
@@ -86,7 +88,8 @@ class Runtime:
         ids: the message id sequence.
         topics: subscriptions and event fan-out.
         idle: the idle collector, while running.
-        busy: workers running now.
+        busy: workers and kernel tasks (``Kernel.create_task``) running now.
+        tasks: the kernel tasks running now.
         unstarted: workers spawned that have not run yet (see ``SPAWN_BURST``).
         dead_letters: dead letters so far, including those for unknown agent types.
     """
@@ -114,6 +117,9 @@ class Runtime:
         # memory) however many agents it wakes without awaiting.
         self.unstarted = 0
         self.dead_letters = 0
+        # Tasks started through ``Kernel.create_task`` (plug-ins' shared computations,
+        # batches): counted in ``busy`` and cancelled with the workers at stop.
+        self.tasks: set[asyncio.Task[Any]] = set()
         # Futures resolved when no worker runs (stop's grace period, wait_idle).
         self._quiet: list[asyncio.Future[None]] = []
 
@@ -245,19 +251,43 @@ class Runtime:
         self.unstarted += 1
         act.task = tg.create_task(act.run())
 
+    def spawn_task(self, coro: Coroutine[Any, Any, T], name: str | None) -> asyncio.Task[T]:
+        """See ``Kernel.create_task``.
+
+        Raises:
+            KernelStopped: the kernel is not running (nor draining); ``coro`` is closed.
+        """
+        if self.task_group is None or self.stopped:
+            coro.close()  # never awaited: no "coroutine was never awaited" warning
+            raise self.refusal("no task started")
+        # Not a child of the task group: a task group takes a child's exception for its
+        # own failure and cancels everything. Stop cancels and awaits these instead.
+        task = self.loop.create_task(coro, name=name)
+        self.busy += 1
+        self.tasks.add(task)
+        task.add_done_callback(self._task_ended)
+        return task
+
+    def _task_ended(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        self._less_busy()
+
     def worker_exited(self, act: Activation) -> None:
         """``act``'s worker ended: count it, wake quiet waiters, bucket it for idling."""
         if act.closed:
             self.retiring.discard(act)
+        self._less_busy()
+        idle = self.idle
+        if idle is not None:
+            idle.idle(act)
+
+    def _less_busy(self) -> None:
         self.busy -= 1
         if self.busy == 0 and self._quiet:
             for waiter in self._quiet:
                 if not waiter.done():
                     waiter.set_result(None)
             self._quiet.clear()
-        idle = self.idle
-        if idle is not None:
-            idle.idle(act)
 
     def quiet(self) -> asyncio.Future[None]:
         """A future resolved once no worker runs (at once if none does); hand it back
