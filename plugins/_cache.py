@@ -1,0 +1,299 @@
+"""``@cached``: a response cache with single-flight for one handler.
+
+::
+
+    class Summarizer(Agent):
+        @handler
+        @cached(ttl=60, maxsize=10_000)
+        async def summarize(self, msg: Summarize) -> Summary: ...
+
+The choices, where the issue left room (and why):
+
+- Scope: one cache per kernel and handler, shared by every activation of the agent
+  type in that kernel (Orleans' and Ray's users think of a cache as belonging to the
+  service, not to one grain or replica: ``Summarizer("a")`` and ``Summarizer("b")``
+  asking the same question compute it once). Two kernels in one process (two nodes in
+  a test) do not share: each is a node of its own.
+- Key: the message type plus a 16-byte BLAKE2b digest of the message encoded with
+  msgspec's msgpack encoder (equal messages encode equally; a collision needs about
+  2**64 distinct messages), or the type plus what ``key=fn(message)`` returns.
+- Time: the TTL runs on the event loop's clock (``loop.time()``), so a
+  ``kerna.testing.VirtualClock`` moves it.
+- Mailbox: the lookup happens when the handler is called; a miss starts the
+  computation (the decorated function) as a task the kernel owns
+  (``Kernel.create_task``), and every ask of that key, the first included, defers its
+  reply (``Agent.defer_reply``) and is answered when the computation lands. So the
+  agent's mailbox is free while a computation runs: an identical ask queued behind the
+  first one coalesces instead of waiting for it (which would also make one error turn
+  into N computations), and the agent handles its other messages meanwhile. The
+  computation therefore runs beside the agent's other handlers, not one at a time with
+  them: a cached handler should depend only on its message (that is what caching it
+  means), and what it reads of ``self.context`` is whatever the agent handles when it
+  reads it.
+- Ownership: no asker owns the computation: an asker that times out or is cancelled,
+  the first one included, leaves it running for the others (its result is still
+  cached). The kernel owns it: it counts as work for ``wait_idle`` and ``stop``'s grace
+  period and is cancelled at stop, when its askers get ``KernelStopped``.
+- Errors are delivered to every coalesced asker (each gets a ``RemoteError`` carrying
+  it, as from any handler) and are not cached: the next ask computes again.
+- A tell (or an event) to a cached handler waits for the computation in the handler,
+  like any tell handler: its messages stay in order, and what the computation raises is
+  the tell's failure (a dead letter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import math
+import weakref
+from collections.abc import Awaitable, Callable, Hashable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+
+from kerna import Agent, ConfigError, KernelStopped, Message, PendingReply
+
+if TYPE_CHECKING:
+    from cachetools import TTLCache
+
+    from kerna import Kernel
+
+__all__ = ["CacheStats", "cache_stats", "cached"]
+
+A = TypeVar("A", bound=Agent)
+M = TypeVar("M", bound=Message)
+R = TypeVar("R")
+
+_CACHE_MARK = "__kerna_cache__"
+_encode = msgspec.msgpack.Encoder().encode
+
+
+class CacheStats(msgspec.Struct, frozen=True):
+    """Counters of one ``@cached`` handler in one kernel (``cache_stats``).
+
+    Every call of the handler counts once, in exactly one of:
+
+    Attributes:
+        hits: answered from the cache.
+        misses: started a computation.
+        coalesced: joined a computation already running for the same key.
+        size: entries cached now (expired ones are purged as the cache is used).
+        in_flight: computations running now.
+    """
+
+    hits: int = 0
+    misses: int = 0
+    coalesced: int = 0
+    size: int = 0
+    in_flight: int = 0
+
+
+class _Scope:
+    """The cache, the running computations and the counters of one handler in one
+    kernel."""
+
+    __slots__ = ("cache", "coalesced", "flights", "hits", "misses")
+
+    def __init__(self, cache: TTLCache[Hashable, Any]) -> None:
+        self.cache = cache
+        self.flights: dict[Hashable, asyncio.Task[Any]] = {}
+        self.hits = 0
+        self.misses = 0
+        self.coalesced = 0
+
+
+class _Cached:
+    """What ``@cached`` keeps for one handler (its options and per-kernel scopes)."""
+
+    __slots__ = ("fn", "key", "maxsize", "scopes", "ttl", "where")
+
+    def __init__(
+        self,
+        fn: Callable[[Any, Any], Awaitable[Any]],
+        ttl: float,
+        maxsize: int,
+        key: Callable[[Any], Hashable] | None,
+    ) -> None:
+        self.fn = fn
+        self.ttl = ttl
+        self.maxsize = maxsize
+        self.key = key
+        self.where = fn.__qualname__
+        self.scopes: weakref.WeakKeyDictionary[Kernel, _Scope] = weakref.WeakKeyDictionary()
+
+    def scope(self, kernel: Kernel) -> _Scope:
+        scope = self.scopes.get(kernel)
+        if scope is None:
+            from cachetools import TTLCache
+
+            cache: TTLCache[Hashable, Any] = TTLCache(
+                self.maxsize, self.ttl, timer=kernel.loop.time
+            )
+            scope = self.scopes[kernel] = _Scope(cache)
+        return scope
+
+    def key_of(self, message: Any) -> Hashable:
+        """The cache key of ``message``.
+
+        Raises:
+            TypeError: the message does not encode (no ``key=``), or ``key=`` returned
+                something unhashable.
+        """
+        message_type = type(message)
+        if self.key is not None:
+            custom = self.key(message)
+            try:
+                hash(custom)
+            except TypeError:
+                raise TypeError(
+                    f"@cached {self.where}: the key function returned an unhashable "
+                    f"{type(custom).__qualname__} for a {message_type.__qualname__}"
+                ) from None
+            return (message_type, custom)
+        try:
+            data = _encode(message)
+        except Exception as exc:
+            raise TypeError(
+                f"@cached {self.where}: a {message_type.__qualname__} cannot be a cache key:"
+                f" it does not encode as msgpack ({exc}); give @cached a key= function"
+            ) from exc
+        return (message_type, hashlib.blake2b(data, digest_size=16).digest())
+
+    async def compute(self, scope: _Scope, key: Hashable, agent: Any, message: Any) -> Any:
+        try:
+            value = await self.fn(agent, message)
+            scope.cache[key] = value  # before any asker is answered: the next one hits
+            return value
+        finally:
+            scope.flights.pop(key, None)
+
+
+def cached(
+    *, ttl: float, maxsize: int, key: Callable[[Any], Hashable] | None = None
+) -> Callable[[Callable[[A, M], Awaitable[R]]], Callable[[A, M], Awaitable[R]]]:
+    """Cache a handler's replies by message, computing concurrent identical asks once.
+
+    Put it under ``@handler``; the module docstring says how it interacts with the
+    mailbox, who owns the computation and why the cache is per agent type::
+
+        @handler
+        @cached(ttl=60, maxsize=10_000)
+        async def summarize(self, msg: Summarize) -> Summary: ...
+
+    ``cache_stats(kernel, Summarizer.summarize)`` reads its counters.
+
+    Args:
+        ttl: seconds (on the loop's clock) an answer stays cached.
+        maxsize: answers kept at most; the least recently used goes first.
+        key: ``key(message) -> hashable`` instead of the encoded message (the message
+            type stays part of the key), for messages that carry what must not count
+            (a request id) or that do not encode.
+
+    Raises:
+        ConfigError: cachetools is not installed (``pip install 'kerna[plugins]'``).
+        TypeError: an option has the wrong type, or the decorated function is not
+            ``async``. When called: a message that does not encode (without ``key=``)
+            or a key that is not hashable fails that ask with a ``TypeError`` naming
+            the message type.
+        ValueError: ``ttl`` is not positive and finite, or ``maxsize`` not positive.
+    """
+    try:
+        import cachetools  # noqa: F401 - fail here, where the decorator is written
+    except ImportError as exc:
+        raise ConfigError(
+            f"@cached needs cachetools: pip install 'kerna[plugins]' ({exc})"
+        ) from exc
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+        raise TypeError(f"@cached ttl must be a number of seconds, got {ttl!r}")
+    if not (ttl > 0 and math.isfinite(ttl)):
+        raise ValueError(f"@cached ttl must be > 0 and finite, got {ttl!r}")
+    if isinstance(maxsize, bool) or not isinstance(maxsize, int):
+        raise TypeError(f"@cached maxsize must be an int, got {maxsize!r}")
+    if maxsize <= 0:
+        raise ValueError(f"@cached maxsize must be > 0, got {maxsize!r}")
+    if key is not None and not callable(key):
+        raise TypeError(f"@cached key must be a function of the message, got {key!r}")
+
+    def decorate(fn: Callable[[A, M], Awaitable[R]]) -> Callable[[A, M], Awaitable[R]]:
+        if not asyncio.iscoroutinefunction(fn):
+            raise TypeError(f"@cached {fn.__qualname__}: the handler must be 'async def'")
+        spec = _Cached(fn, float(ttl), maxsize, key)
+
+        @functools.wraps(fn)
+        async def lookup(agent: A, message: M) -> Any:
+            kernel = agent.kernel
+            scope = spec.scope(kernel)
+            key = spec.key_of(message)
+            try:
+                value = scope.cache[key]
+            except KeyError:
+                pass
+            else:
+                scope.hits += 1
+                return value
+            flight = scope.flights.get(key)
+            if flight is None:
+                scope.misses += 1
+                flight = kernel.create_task(
+                    spec.compute(scope, key, agent, message), name=f"kerna-cached {spec.where}"
+                )
+                scope.flights[key] = flight
+                flight.add_done_callback(_retrieve)
+            else:
+                scope.coalesced += 1
+            if agent.context.kind != "ask":
+                # A tell waits here, in order; the worker's cancellation (at stop) does
+                # not cancel the shared computation: the kernel does.
+                return await asyncio.shield(flight)
+            pending = agent.defer_reply()
+            flight.add_done_callback(functools.partial(_answer, pending))
+            return pending
+
+        setattr(lookup, _CACHE_MARK, spec)
+        return lookup
+
+    return decorate
+
+
+def _retrieve(flight: asyncio.Task[Any]) -> None:
+    """Read a computation's error (its askers got it): asyncio would log it as never
+    retrieved when no asker waits any more."""
+    if not flight.cancelled():
+        flight.exception()
+
+
+def _answer(pending: PendingReply, flight: asyncio.Task[Any]) -> None:
+    """Send a computation's outcome to one asker."""
+    if pending.sent:  # deactivation or stop already failed it
+        return
+    if flight.cancelled():
+        pending.abandon(KernelStopped("the kernel stopped before the cached computation ended"))
+        return
+    error = flight.exception()
+    if error is not None:
+        pending.fail(error)
+    else:
+        pending.reply(flight.result())
+
+
+def cache_stats(kernel: Kernel, handler: Callable[..., Any]) -> CacheStats:
+    """The counters of a ``@cached`` handler in ``kernel`` (``Summarizer.summarize``).
+
+    Raises:
+        TypeError: ``handler`` is not decorated with ``@cached``.
+    """
+    spec = getattr(handler, _CACHE_MARK, None)
+    if not isinstance(spec, _Cached):
+        raise TypeError(f"{handler!r} is not a @cached handler")
+    scope = spec.scopes.get(kernel)
+    if scope is None:
+        return CacheStats()
+    return CacheStats(
+        hits=scope.hits,
+        misses=scope.misses,
+        coalesced=scope.coalesced,
+        size=len(scope.cache),
+        in_flight=len(scope.flights),
+    )
