@@ -6,8 +6,11 @@ Inference cost (needs the ``plugins`` extra, ``pip install 'kerna[plugins]'``, f
 - ``@cached(ttl=..., maxsize=..., key=None)`` under ``@handler``: a response cache per
   agent type, with single-flight (identical concurrent asks compute once);
   ``cache_stats(kernel, Type.handler)`` reads its hits, misses and coalesced asks.
+- ``@batched(max_size=..., max_wait=...)`` instead of ``@handler``: single asks become
+  one call of a batch handler; ``batch_stats(kernel, Type.handler)`` reads its counters.
 """
 
+from ._batch import BatchStats, batch_stats, batched
 from ._cache import CacheStats, cache_stats, cached
 
-__all__ = ["CacheStats", "cache_stats", "cached"]
+__all__ = ["BatchStats", "CacheStats", "batch_stats", "batched", "cache_stats", "cached"]

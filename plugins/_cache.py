@@ -290,6 +290,7 @@ def cache_stats(kernel: Kernel, handler: Callable[..., Any]) -> CacheStats:
     scope = spec.scopes.get(kernel)
     if scope is None:
         return CacheStats()
+    scope.cache.expire()  # so that size counts only live answers
     return CacheStats(
         hits=scope.hits,
         misses=scope.misses,
