@@ -147,6 +147,7 @@ async def running(kernels: Kernels) -> Driven:
 NOT_MIRRORED = {
     "loop": "the loop runs on the kernel's thread; BlockingKernel.kernel.loop",
     "state_backend": "its methods are async, for the loop thread: .kernel.state_backend",
+    "create_task": "a coroutine runs on the loop thread (plug-ins, handlers): .kernel.create_task",
     # The options as given: read them on .kernel (the constructor takes the same ones).
     "ask_timeout": "option",
     "mailbox_size": "option",
