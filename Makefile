@@ -41,6 +41,11 @@ servers:
 	    (apt-get install -y -qq etcd-server etcd-client >/dev/null 2>&1 || \
 	     (apt-get update -qq && apt-get install -y -qq etcd-server etcd-client)) ; \
 	  else echo "etcd is not installed and this is not root: etcd tests will skip"; fi; }
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -qq redis-server >/dev/null 2>&1 || \
+	     (apt-get update -qq && apt-get install -y -qq redis-server)) ; \
+	  else echo "redis-server is not installed and this is not root: redis tests will skip"; fi; }
 	@command -v nats-server >/dev/null 2>&1 || test -x /usr/sbin/nats-server || { \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    (apt-get install -y -qq nats-server >/dev/null 2>&1 || \

@@ -5,7 +5,8 @@ Inference cost (needs the ``plugins`` extra, ``pip install 'kerna[plugins]'``, f
 
 - ``@cached(ttl=..., maxsize=..., key=None)`` under ``@handler``: a response cache per
   agent type, with single-flight (identical concurrent asks compute once);
-  ``cache_stats(kernel, Type.handler)`` reads its hits, misses and coalesced asks.
+  ``cache_stats(kernel, Type.handler)`` reads its hits, misses and coalesced asks;
+  ``redis=client`` adds a second level shared through Redis (``kerna[redis]``).
 - ``@batched(max_size=..., max_wait=...)`` instead of ``@handler``: single asks become
   one call of a batch handler; ``batch_stats(kernel, Type.handler)`` reads its counters.
 """

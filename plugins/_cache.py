@@ -36,6 +36,9 @@ The choices, where the issue left room (and why):
   period and is cancelled at stop, when its askers get ``KernelStopped``.
 - Errors are delivered to every coalesced asker (each gets a ``RemoteError`` carrying
   it, as from any handler) and are not cached: the next ask computes again.
+- A second level shared through Redis (``redis=client``) is read by the single flight
+  before it computes and written before it answers; its semantics are in
+  ``kerna.plugins._cache_redis``.
 - A tell (or an event) to a cached handler waits for the computation in the handler,
   like any tell handler: its messages stay in order, and what the computation raises is
   the tell's failure (a dead letter).
@@ -54,6 +57,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from kerna import Agent, ConfigError, KernelStopped, Message, PendingReply
+
+from ._cache_redis import MISSING, RedisLevel, RedisOption, check_option
 
 if TYPE_CHECKING:
     from cachetools import TTLCache
@@ -79,8 +84,14 @@ class CacheStats(msgspec.Struct, frozen=True):
         hits: answered from the cache.
         misses: started a computation.
         coalesced: joined a computation already running for the same key.
-        size: entries cached now (expired ones are purged as the cache is used).
+        size: entries cached now (in this kernel's first level).
         in_flight: computations running now.
+
+    With ``redis=`` (counted within ``misses``, not besides them):
+
+    Attributes:
+        l2_hits: computations answered from Redis, without running the handler.
+        l2_errors: Redis reads and writes that failed (the ask was answered anyway).
     """
 
     hits: int = 0
@@ -88,13 +99,15 @@ class CacheStats(msgspec.Struct, frozen=True):
     coalesced: int = 0
     size: int = 0
     in_flight: int = 0
+    l2_hits: int = 0
+    l2_errors: int = 0
 
 
 class _Scope:
     """The cache, the running computations and the counters of one handler in one
     kernel."""
 
-    __slots__ = ("cache", "coalesced", "flights", "hits", "misses")
+    __slots__ = ("cache", "coalesced", "flights", "hits", "l2_errors", "l2_hits", "misses")
 
     def __init__(self, cache: TTLCache[Hashable, Any]) -> None:
         self.cache = cache
@@ -102,12 +115,14 @@ class _Scope:
         self.hits = 0
         self.misses = 0
         self.coalesced = 0
+        self.l2_hits = 0
+        self.l2_errors = 0
 
 
 class _Cached:
     """What ``@cached`` keeps for one handler (its options and per-kernel scopes)."""
 
-    __slots__ = ("fn", "key", "maxsize", "scopes", "ttl", "where")
+    __slots__ = ("fn", "key", "l2", "maxsize", "scopes", "ttl", "where")
 
     def __init__(
         self,
@@ -115,11 +130,13 @@ class _Cached:
         ttl: float,
         maxsize: int,
         key: Callable[[Any], Hashable] | None,
+        l2: RedisLevel | None,
     ) -> None:
         self.fn = fn
         self.ttl = ttl
         self.maxsize = maxsize
         self.key = key
+        self.l2 = l2
         self.where = fn.__qualname__
         self.scopes: weakref.WeakKeyDictionary[Kernel, _Scope] = weakref.WeakKeyDictionary()
 
@@ -162,16 +179,34 @@ class _Cached:
         return (message_type, hashlib.blake2b(data, digest_size=16).digest())
 
     async def compute(self, scope: _Scope, key: Hashable, agent: Any, message: Any) -> Any:
+        """The single flight of ``key``: Redis first (with ``redis=``), then the handler;
+        the answer is cached before any asker gets it, so the next ask hits."""
         try:
-            value = await self.fn(agent, message)
-            scope.cache[key] = value  # before any asker is answered: the next one hits
+            l2 = self.l2
+            if l2 is None:
+                value = await self.fn(agent, message)
+            else:
+                kernel = agent.kernel
+                custom = self.key(message) if self.key is not None else None
+                stored_as = l2.key(message, custom, self.key is not None)
+                value = await l2.get(kernel, stored_as, scope)
+                if value is MISSING:
+                    value = await self.fn(agent, message)
+                    await l2.put(kernel, stored_as, value, self.ttl, scope)
+            scope.cache[key] = value
             return value
         finally:
             scope.flights.pop(key, None)
 
 
 def cached(
-    *, ttl: float, maxsize: int, key: Callable[[Any], Hashable] | None = None
+    *,
+    ttl: float,
+    maxsize: int,
+    key: Callable[[Any], Hashable] | None = None,
+    redis: RedisOption = None,
+    redis_prefix: str = "kerna:cache:",
+    redis_timeout: float = 0.5,
 ) -> Callable[[Callable[[A, M], Awaitable[R]]], Callable[[A, M], Awaitable[R]]]:
     """Cache a handler's replies by message, computing concurrent identical asks once.
 
@@ -190,14 +225,22 @@ def cached(
         key: ``key(message) -> hashable`` instead of the encoded message (the message
             type stays part of the key), for messages that carry what must not count
             (a request id) or that do not encode.
+        redis: a second level shared through Redis: a ``redis.asyncio.Redis`` client
+            (yours to close, after the kernel stops), or ``lambda kernel: client``; see
+            ``kerna.plugins._cache_redis`` for its semantics.
+        redis_prefix: what the Redis keys start with.
+        redis_timeout: seconds a Redis read or write may take before the level is
+            skipped for it (the ask is answered without it).
 
     Raises:
-        ConfigError: cachetools is not installed (``pip install 'kerna[plugins]'``).
+        ConfigError: cachetools is not installed (``pip install 'kerna[plugins]'``),
+            or redis-py is not, with ``redis=`` (``pip install 'kerna[redis]'``).
         TypeError: an option has the wrong type, or the decorated function is not
             ``async``. When called: a message that does not encode (without ``key=``)
             or a key that is not hashable fails that ask with a ``TypeError`` naming
             the message type.
-        ValueError: ``ttl`` is not positive and finite, or ``maxsize`` not positive.
+        ValueError: ``ttl`` or ``redis_timeout`` is not positive and finite, or
+            ``maxsize`` not positive.
     """
     try:
         import cachetools  # noqa: F401 - fail here, where the decorator is written
@@ -213,13 +256,20 @@ def cached(
         raise TypeError(f"@cached maxsize must be an int, got {maxsize!r}")
     if maxsize <= 0:
         raise ValueError(f"@cached maxsize must be > 0, got {maxsize!r}")
+    if redis is not None:
+        check_option(redis)
+        if isinstance(redis_timeout, bool) or not isinstance(redis_timeout, int | float):
+            raise TypeError(f"@cached redis_timeout must be a number, got {redis_timeout!r}")
+        if not (redis_timeout > 0 and math.isfinite(redis_timeout)):
+            raise ValueError(f"@cached redis_timeout must be > 0, got {redis_timeout!r}")
     if key is not None and not callable(key):
         raise TypeError(f"@cached key must be a function of the message, got {key!r}")
 
     def decorate(fn: Callable[[A, M], Awaitable[R]]) -> Callable[[A, M], Awaitable[R]]:
         if not asyncio.iscoroutinefunction(fn):
             raise TypeError(f"@cached {fn.__qualname__}: the handler must be 'async def'")
-        spec = _Cached(fn, float(ttl), maxsize, key)
+        l2 = None if redis is None else RedisLevel(redis, fn, redis_prefix, float(redis_timeout))
+        spec = _Cached(fn, float(ttl), maxsize, key, l2)
 
         @functools.wraps(fn)
         async def lookup(agent: A, message: M) -> Any:
@@ -297,4 +347,6 @@ def cache_stats(kernel: Kernel, handler: Callable[..., Any]) -> CacheStats:
         coalesced=scope.coalesced,
         size=len(scope.cache),
         in_flight=len(scope.flights),
+        l2_hits=scope.l2_hits,
+        l2_errors=scope.l2_errors,
     )

@@ -32,6 +32,7 @@ from kerna.state import StateBackend, connect
 from .etcd import etcd_cluster, etcd_server  # noqa: F401
 from .faulty import faulty  # noqa: F401
 from .nats import fresh_nats_server, nats_server  # noqa: F401
+from .redis_server import redis_server  # noqa: F401
 
 REQUIRE_SERVERS = os.environ.get("KERNA_REQUIRE_SERVERS") == "1"
 
