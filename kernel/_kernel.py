@@ -569,10 +569,9 @@ class Kernel:
         period is over, so it never outlives the kernel. What it raises is its own (read
         it from the task): it does not fail the kernel.
 
-        The task copies the caller's context: started from a handler, its sends carry
-        the context of whatever message that agent handles when they are made (see
-        ``Agent.context``); ``asyncio.create_task(coro, context=contextvars.Context())``
-        semantics are not offered here.
+        The task copies the caller's context (``contextvars``): started from a
+        handler, its sends count as that agent's and carry the context of whatever
+        message the agent handles when they are made (see ``Agent.context``).
 
         Raises:
             KernelStopped: the kernel is not running (nor in ``stop``'s grace period);

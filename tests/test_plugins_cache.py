@@ -9,6 +9,7 @@ hanging. Counts are exact: the clock makes the interleaving deterministic.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, TypeVar
 
@@ -17,6 +18,7 @@ import pytest
 from kerna import (
     Agent,
     AskTimeout,
+    ConfigError,
     Kernel,
     KernelStopped,
     Message,
@@ -372,3 +374,11 @@ def test_registration_checks_a_cached_handler_like_any_handler() -> None:
 
     with pytest.raises(RegistrationError, match="Summarize is a Request\\[Summary\\]"):
         Kernel().register(Wrong)
+
+
+def test_without_cachetools_the_decorator_says_which_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "cachetools", None)  # import cachetools fails
+    with pytest.raises(ConfigError, match=r"pip install 'kerna\[plugins\]'"):
+        cached(ttl=1, maxsize=1)
