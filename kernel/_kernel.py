@@ -614,8 +614,10 @@ class Kernel:
         except TimeoutError:
             running = [act for act in rt.directory.values() if act.task is not None]
             raise IdleTimeout(
-                f"kernel still busy after {timeout:.3g}s ({rt.busy} agents running"
-                + (f": {names(running)})" if running else ")"),
+                f"kernel still busy after {timeout:.3g}s ({rt.busy - len(rt.tasks)} agents"
+                " running"
+                + (f": {names(running)}" if running else "")
+                + (f"; {len(rt.tasks)} kernel tasks)" if rt.tasks else ")"),
                 busy=rt.busy,
                 timeout=timeout,
             ) from None
@@ -634,7 +636,9 @@ class Kernel:
             name: msgspec.structs.replace(atype.stats, queued=queued[name])
             for name, atype in rt.types.items()
         }
-        return KernelStats(types=types, dead_letters=rt.dead_letters, running=rt.busy)
+        # Kernel tasks (create_task) are not agents: ``running`` counts workers only.
+        running = rt.busy - len(rt.tasks)
+        return KernelStats(types=types, dead_letters=rt.dead_letters, running=running)
 
     def message_types(self) -> dict[str, type[Message]]:
         """The message types the registered agent types handle, by wire tag (read-only):

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from kerna import Kernel, KernelStopped
+from kerna import IdleTimeout, Kernel, KernelStopped
 
 from .conftest import assert_no_stray_tasks
 
@@ -25,8 +25,9 @@ async def test_a_kernel_task_outlives_its_caller_and_counts_as_work(kernel: Kern
         return kernel.create_task(work(), name="work")
 
     task = await asyncio.create_task(caller())  # the caller is gone: the task runs on
-    with pytest.raises(TimeoutError):
+    with pytest.raises(IdleTimeout, match="0 agents running; 1 kernel tasks"):
         await kernel.wait_idle(timeout=0.05)
+    assert kernel.stats().running == 0  # a kernel task is not an agent
     gate.set()
     await kernel.wait_idle(timeout=5)
     assert task.result() == 7
