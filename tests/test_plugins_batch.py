@@ -22,6 +22,7 @@ from kerna import (
     RegistrationError,
     RemoteError,
     Request,
+    UnhandledMessage,
     handler,
 )
 from kerna.plugins import BatchStats, batch_stats, batched
@@ -261,6 +262,15 @@ def test_registration_sees_the_element_types() -> None:
 
     with pytest.raises(RegistrationError, match="Prompt is a Request\\[Completion\\]"):
         Kernel().register(Wrong)
+
+    async def unhandled() -> None:
+        async with Kernel() as kernel:
+            kernel.register(Model)
+            assert set(kernel.message_types().values()) == {Prompt, Status}
+            with pytest.raises(UnhandledMessage, match="it handles: Prompt, Status"):
+                await kernel.ref(Model, "m").tell(Completion(text="not a prompt"))
+
+    run(lambda clock: unhandled())
 
     async def raw(self: Agent, batch: list[Prompt]) -> list[Completion | Exception]:
         return []
