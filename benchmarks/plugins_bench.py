@@ -212,6 +212,13 @@ def render(
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
     ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        cwd=HERE,
+    ).stdout.strip()
+    tree = "with local changes" if dirty else "clean working tree"
     return f"""# kerna.plugins benchmarks
 
 - Command: `.venv/bin/python -m benchmarks.plugins_bench --write` (the method is in the
@@ -219,7 +226,7 @@ def render(
 - Date: {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}; took {took:.0f} s; load
   average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min; the
   machine's 2 cores are shared with other work)
-- kerna commit: {commit} (with the working tree of that session); Python
+- kerna commit: {commit} ({tree}); Python
   {platform.python_version()}, asyncio default loop, {platform.platform()}
 - Every figure is the median of {runs} interleaved runs (min to max); a ratio is the
   median of the per-run ratios. Default `Kernel()` settings.
