@@ -217,7 +217,9 @@ def render(
         capture_output=True,
         text=True,
         cwd=HERE,
-    ).stdout.strip()
+    ).stdout.splitlines()
+    outputs = ("RESULTS-plugins.md", "results-plugins.json")  # this report's own files
+    dirty = [line for line in dirty if not line.endswith(outputs)]
     tree = "with local changes" if dirty else "clean working tree"
     return f"""# kerna.plugins benchmarks
 
