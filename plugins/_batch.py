@@ -21,7 +21,8 @@ against ``Prompt``'s ``Request[...]``. The choices, where the issue left room:
 - Mailbox: each ask defers its reply (``Agent.defer_reply``) and the batch runs as a
   task the kernel owns (``Kernel.create_task``), so the mailbox keeps filling the next
   batch while one runs. The batch handler serves many messages: it has no single
-  ``self.context`` (it reads whatever the agent handles at that moment).
+  ``self.context`` (it reads, and its sends carry, that of whatever message the agent
+  handles at that moment), and it runs beside the agent's other handlers.
 - Results map back by position. A slot holding an exception instance fails only that
   asker (``RemoteError`` carrying it); annotate ``-> list[Completion | Exception]`` to
   say so (the exception alternatives are not part of the reply type). A batch handler

@@ -28,8 +28,9 @@ The choices, where the issue left room (and why):
   into N computations), and the agent handles its other messages meanwhile. The
   computation therefore runs beside the agent's other handlers, not one at a time with
   them: a cached handler should depend only on its message (that is what caching it
-  means), and what it reads of ``self.context`` is whatever the agent handles when it
-  reads it.
+  means; it should not ``save`` state either), and what it reads of ``self.context``,
+  like the context its own sends carry, is that of whatever message the agent handles
+  at that moment.
 - Ownership: no asker owns the computation: an asker that times out or is cancelled,
   the first one included, leaves it running for the others (its result is still
   cached). The kernel owns it: it counts as work for ``wait_idle`` and ``stop``'s grace
