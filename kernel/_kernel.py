@@ -559,23 +559,15 @@ class Kernel:
     def create_task(
         self, coro: Coroutine[Any, Any, T], *, name: str | None = None
     ) -> asyncio.Task[T]:
-        """Run ``coro`` as a task the kernel owns, not the caller (a nursery task).
-
-        For work that serves several messages and must outlive the handler that started
-        it: ``kerna.plugins``' shared cache computations and batches use it. The task is
-        a child of the kernel's task group: cancelling the handler (or the asker) that
-        started it does not cancel it; it counts as work for ``wait_idle`` and for
-        ``stop``'s grace period, and ``stop`` cancels it with the workers once the grace
-        period is over, so it never outlives the kernel. What it raises is its own (read
-        it from the task): it does not fail the kernel.
-
-        The task copies the caller's context (``contextvars``): started from a
-        handler, its sends count as that agent's and carry the context of whatever
-        message the agent handles when they are made (see ``Agent.context``).
+        """Run ``coro`` as a task the kernel owns, not its caller: cancelling the
+        handler or asker that started it does not cancel it (``kerna.plugins``' shared
+        computations and batches run so). It counts as work for ``wait_idle`` and
+        ``stop``'s grace period; ``stop`` then cancels and awaits it with the workers.
+        What it raises is its own (read it from the task): it fails no agent. It copies
+        the caller's context: its sends carry whatever message that agent handles then.
 
         Raises:
-            KernelStopped: the kernel is not running (nor in ``stop``'s grace period);
-                ``coro`` is closed, never run.
+            KernelStopped: the kernel is not running (nor draining); ``coro`` is closed.
         """
         return self._runtime.spawn_task(coro, name)
 
@@ -636,8 +628,7 @@ class Kernel:
             name: msgspec.structs.replace(atype.stats, queued=queued[name])
             for name, atype in rt.types.items()
         }
-        # Kernel tasks (create_task) are not agents: ``running`` counts workers only.
-        running = rt.busy - len(rt.tasks)
+        running = rt.busy - len(rt.tasks)  # kernel tasks are not agents
         return KernelStats(types=types, dead_letters=rt.dead_letters, running=running)
 
     def message_types(self) -> dict[str, type[Message]]:
