@@ -8,7 +8,7 @@ share nothing but the Redis.
 from __future__ import annotations
 
 import asyncio
-import itertools
+import socket
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
@@ -21,8 +21,6 @@ from .conftest import require_module
 from .redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
-
-_prefixes = itertools.count()
 
 
 class Summary(Message):
@@ -55,17 +53,26 @@ class Summarizer(Agent):
     calls: ClassVar[list[str]] = []
 
     @handler
-    @cached(ttl=60, maxsize=100, redis=client_of, redis_prefix=PREFIX)
+    @cached(ttl=60, maxsize=100, redis=client_of, redis_prefix=PREFIX, redis_timeout=5)
     async def summarize(self, msg: Summarize) -> Summary:
         Summarizer.calls.append(msg.text)
         await asyncio.sleep(0.01)
         return Summary(text=msg.text.upper())
 
     @handler
-    @cached(ttl=60, maxsize=100, redis=client_of, redis_prefix=PREFIX)
+    @cached(ttl=60, maxsize=100, redis=client_of, redis_prefix=PREFIX, redis_timeout=5)
     async def fail(self, msg: Fail) -> Summary:
         Summarizer.calls.append(msg.text)
         raise ValueError(f"cannot summarize {msg.text}")
+
+
+class Hasty(Agent):
+    """Gives Redis 0.2 s per read or write."""
+
+    @handler
+    @cached(ttl=60, maxsize=100, redis=client_of, redis_prefix=PREFIX, redis_timeout=0.2)
+    async def summarize(self, msg: Summarize) -> Summary:
+        return Summary(text=msg.text)
 
 
 @pytest.fixture
@@ -143,10 +150,13 @@ async def test_a_redis_that_fails_never_fails_an_ask(
     client: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     aioredis = require_module("redis.asyncio", "pip install 'kerna[redis]'")
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
     from .etcd import free_ports
 
-    (port,) = free_ports(1)  # nothing listens there
-    Clients.current = aioredis.Redis(port=port, socket_connect_timeout=1)
+    (port,) = free_ports(1)  # nothing listens there: refused at once (no retries)
+    Clients.current = aioredis.Redis(port=port, retry=Retry(NoBackoff(), 0))
     a, b = await two_kernels()
     try:
         assert await a.ref(Summarizer, "x").ask(Summarize(text="doc")) == Summary(text="DOC")
@@ -173,6 +183,25 @@ async def test_a_value_stored_by_another_schema_is_a_miss(client: Any) -> None:
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_a_redis_that_does_not_answer_is_skipped_after_redis_timeout(client: Any) -> None:
+    aioredis = require_module("redis.asyncio", "pip install 'kerna[redis]'")
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+    Clients.current = aioredis.Redis(port=silent.getsockname()[1], socket_timeout=30)
+    kernel = Kernel(ask_timeout=5.0)
+    await kernel.start()
+    try:
+        kernel.register(Hasty)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        assert await kernel.ref(Hasty, "x").ask(Summarize(text="doc")) == Summary(text="doc")
+        assert loop.time() - start < 3  # two 0.2 s bounds, not the client's 30 s
+        assert cache_stats(kernel, Hasty.summarize).l2_errors == 2
+    finally:
+        await kernel.stop()
+        await Clients.current.aclose()
+        silent.close()
 
 
 def test_a_bad_redis_option_is_a_clear_error() -> None:
