@@ -33,8 +33,9 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy -p kerna -p tests.typecheck
 	$(VENV)/bin/mypy examples
 
-# The servers the integration tests start themselves: installed here when missing (as
-# root); otherwise those tests skip with the reason (or fail under KERNA_REQUIRE_SERVERS=1).
+# The servers the integration tests start themselves (kerna.testing's fixtures: etcd,
+# nats-server, redis-server): installed here when missing (as root); otherwise those
+# tests skip with the reason (or fail under KERNA_REQUIRE_SERVERS=1).
 servers:
 	@command -v etcd >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -51,6 +52,11 @@ servers:
 	    (apt-get install -y -qq nats-server >/dev/null 2>&1 || \
 	     (apt-get update -qq && apt-get install -y -qq nats-server)) ; \
 	  else echo "nats-server is not installed and this is not root: nats tests will skip"; fi; }
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -qq redis-server >/dev/null 2>&1 || \
+	     (apt-get update -qq && apt-get install -y -qq redis-server)) ; \
+	  else echo "redis-server is not installed and this is not root: redis tests will skip"; fi; }
 
 pytest: $(STAMP) servers
 	$(VENV)/bin/python -m pytest -q

@@ -7,34 +7,29 @@ or future, a deactivation, a stop, a parked send: ``asyncio.wait_for`` or
 every async test as a whole runs under ``TEST_DEADLINE``: a regression fails its test
 instead of hanging the suite.
 
-Tests that need a real server or an optional module skip with the reason when it is
-missing, except under ``KERNA_REQUIRE_SERVERS=1`` (set by ``.ci/run``), where a skip
-becomes a failure.
+The real servers (``etcd_server``, ``etcd_cluster``, ``nats_server``, ...) are the
+fixtures of kerna's own pytest plugin, ``kerna.testing._pytest_plugin``, which pytest
+loads through its entry point. Tests that need a real server or an optional module skip
+with the reason when it is missing (``kerna.testing.require_server``,
+``require_module``), except under ``KERNA_REQUIRE_SERVERS=1`` (set by ``.ci/run``), where
+a skip becomes a failure.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import importlib
 import inspect
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import ModuleType
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 
 from kerna import Kernel
 from kerna.state import StateBackend, connect
 
-from .etcd import etcd_cluster, etcd_server  # noqa: F401
 from .faulty import faulty  # noqa: F401
-from .nats import fresh_nats_server, nats_server  # noqa: F401
-from .redis_server import redis_server  # noqa: F401
-
-REQUIRE_SERVERS = os.environ.get("KERNA_REQUIRE_SERVERS") == "1"
 
 # Below pytest-timeout's limit (pyproject.toml): that one interrupts the event loop from
 # a signal handler, which jams the shared session loop, so pytest never gets to the end.
@@ -142,24 +137,3 @@ def assert_no_stray_tasks(before: set[asyncio.Task[Any]]) -> None:
         if not task.done() and (module == "kerna" or module.startswith("kerna.")):
             stray.append(task)
     assert not stray, f"tasks left running: {stray}"
-
-
-def _missing(what: str, reason: str) -> NoReturn:
-    """Skip the test, or fail it under KERNA_REQUIRE_SERVERS=1."""
-    if REQUIRE_SERVERS:
-        pytest.fail(f"required {what} missing (KERNA_REQUIRE_SERVERS=1): {reason}")
-    pytest.skip(reason)
-
-
-def require_server(reason: str) -> None:
-    """Skip (or, under KERNA_REQUIRE_SERVERS=1, fail) a test whose server is missing."""
-    _missing("server", reason)
-
-
-def require_module(name: str, install: str) -> ModuleType:
-    """Import ``name``; when it is missing, skip (or, under KERNA_REQUIRE_SERVERS=1,
-    fail) the test with the reason and how to ``install`` it."""
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:
-        _missing("module", f"{name} is not importable ({exc}): {install}")

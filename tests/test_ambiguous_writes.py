@@ -23,9 +23,9 @@ import pytest
 from kerna import Agent, AgentRef, Kernel, Message, RemoteError, Unavailable, handler
 from kerna.state import Compare, Delete, Layout, Op, Put, StateBackend, TxnResult, connect
 from kerna.state._memory import MemoryBackend
+from kerna.testing import EtcdCluster
 
 from .agents import GetValue, Register, SetValue, Value
-from .etcd import EtcdCluster
 from .faulty import FaultyBackend
 
 pytestmark = pytest.mark.anyio
@@ -339,7 +339,7 @@ FAST = {"timeout": 1.0, "probe_interval": 0.1, "probe_timeout": 0.3}
 
 async def _quorum_back(cluster: EtcdCluster, backend: StateBackend, p: str) -> None:
     for member in cluster.members:
-        await asyncio.to_thread(member.wait_healthy)
+        await asyncio.to_thread(member.wait_ready)
     # A committed write orders itself after whatever the lost write's leader still had
     # in its log: from here on the outcome is settled (applied, or never will be).
     async with asyncio.timeout(15):
@@ -364,14 +364,14 @@ async def test_save_during_a_quorum_loss_is_outcome_unknown_then_the_agent_catch
             await ref.ask(SetValue(v="before"), timeout=10)
             followers = [m for m in etcd_cluster.members if m is not leader]
             for member in followers:
-                member.sigstop()  # the leader takes the write but cannot commit it
+                member.pause()  # the leader takes the write but cannot commit it
             try:
                 with pytest.raises(RemoteError) as info:
                     await ref.ask(SetValue(v="during"), timeout=10)
                 assert info.value.type_name == "kerna.OutcomeUnknown", info.value
             finally:
                 for member in followers:
-                    member.sigcont()
+                    member.resume()
             await _quorum_back(etcd_cluster, backend, p)
             kv = await backend.get(Layout(p).state("Register", "r"))
             assert kv is not None
@@ -402,14 +402,14 @@ async def test_emit_during_a_quorum_loss_is_outcome_unknown_then_the_agent_catch
             assert await ref.ask(Add(n=1), timeout=10) == 1
             followers = [m for m in etcd_cluster.members if m is not leader]
             for member in followers:
-                member.sigstop()
+                member.pause()
             try:
                 with pytest.raises(RemoteError) as info:
                     await ref.ask(Add(n=2), timeout=10)
                 assert info.value.type_name == "kerna.OutcomeUnknown", info.value
             finally:
                 for member in followers:
-                    member.sigcont()
+                    member.resume()
             await _quorum_back(etcd_cluster, backend, p)
             page = await backend.range(Layout(p).log_prefix("Ledger", "l"))
             stored = len(page.kvs)

@@ -21,8 +21,7 @@ import pytest
 from kerna import ConfigError, __version__
 from kerna._cli import main
 from kerna.demo import DemoReport, fault_plan, format_plain, make_corpus, run_demo
-
-from .conftest import require_module
+from kerna.testing import require_module
 
 DOCS = 500
 SEED = 7

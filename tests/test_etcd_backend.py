@@ -17,9 +17,9 @@ import pytest
 from kerna import Compacted, ConfigError, DecodeError, OutcomeUnknown, Unavailable
 from kerna.state import Put, StateBackend, connect
 from kerna.state._etcd import EtcdBackend
+from kerna.testing import EtcdMember, data_root, free_ports, require_server, skip_missing_servers
 
-from .conftest import assert_no_stray_tasks, require_server
-from .etcd import EtcdMember, _data_root, free_ports, require_etcd
+from .conftest import assert_no_stray_tasks
 
 pytestmark = pytest.mark.anyio
 
@@ -108,7 +108,7 @@ async def test_a_write_to_a_frozen_member_is_ambiguous_and_a_read_is_not(
     backend = await connect(etcd_server.url, timeout=0.5, probe_timeout=0.3)
     try:
         rev = await backend.put("ambiguous/k", b"before")
-        etcd_server.sigstop()
+        etcd_server.pause()
         try:
             with pytest.raises(OutcomeUnknown, match="may or may not have been applied") as info:
                 await backend.put("ambiguous/k", b"after", expected=rev)
@@ -120,7 +120,7 @@ async def test_a_write_to_a_frozen_member_is_ambiguous_and_a_read_is_not(
             assert not getattr(read_info.value, "ambiguous", False)
             assert time.monotonic() - start < 1.0
         finally:
-            etcd_server.sigcont()
+            etcd_server.resume()
         # The caller re-reads to learn what happened (here, either may be true: the
         # request sat unread in the frozen member's socket when the client gave up).
         kv = await backend.get("ambiguous/k")
@@ -227,10 +227,9 @@ def _make_certs(d: Path) -> None:
 @pytest.fixture(scope="module")
 def secure_etcd() -> Iterator[tuple[EtcdMember, Path]]:
     """A member that requires TLS with client certificates and a password (user root)."""
-    require_etcd()
     if shutil.which("openssl") is None:
         require_server("openssl is needed to make test certificates (apt-get install openssl)")
-    root = _data_root()
+    root = data_root("kerna-etcd-")
     certs = root / "certs"
     certs.mkdir()
     _make_certs(certs)
@@ -241,8 +240,8 @@ def secure_etcd() -> Iterator[tuple[EtcdMember, Path]]:
         "secure", root, client, peer, f"secure=http://127.0.0.1:{peer}", tls, health_port=health
     )
     try:
-        member.start()
-        member.wait_healthy()
+        with skip_missing_servers():
+            member.start()
         ctl = ["etcdctl", f"--endpoints=https://{member.endpoint}", f"--cacert={certs / 'ca.crt'}",
                f"--cert={certs / 'client.crt'}", f"--key={certs / 'client.key'}"]  # fmt: skip
         env = {"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}
@@ -250,7 +249,7 @@ def secure_etcd() -> Iterator[tuple[EtcdMember, Path]]:
             subprocess.run([*ctl, *command], check=True, capture_output=True, env=env)
         yield member, certs
     finally:
-        member.close()
+        member.kill()
         shutil.rmtree(root, ignore_errors=True)
 
 

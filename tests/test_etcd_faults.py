@@ -19,8 +19,8 @@ import pytest
 from kerna import Compacted, Conflict, OutcomeUnknown, Unavailable
 from kerna.state import StateBackend, WatchEvent, connect
 from kerna.state._etcd import EtcdBackend
+from kerna.testing import EtcdCluster, EtcdMember
 
-from .etcd import EtcdCluster, EtcdMember
 from .linearizability import Cas, History, Read, check
 
 pytestmark = pytest.mark.anyio
@@ -193,7 +193,7 @@ async def _leader_kill(
 
     # The killed member comes back and catches up: every member holds the same data.
     leader.start()
-    await asyncio.to_thread(leader.wait_healthy)
+    await asyncio.to_thread(leader.wait_ready)
     final = await clients[1].range("lin/")
     for key in keys:  # final reads join the history
         read = history.invoke("final", key, Read())
@@ -248,7 +248,7 @@ async def test_watch_moves_off_a_frozen_member(etcd_cluster: EtcdCluster) -> Non
             revisions.append(await writer.put(f"frozen/{i % 3}", str(i).encode()))
         await follower.wait_for(10)
         assert watcher.endpoint == frozen.endpoint
-        frozen.sigstop()
+        frozen.pause()
         stopped_at = time.monotonic()
         try:
             for i in range(10, 30):
@@ -257,7 +257,7 @@ async def test_watch_moves_off_a_frozen_member(etcd_cluster: EtcdCluster) -> Non
             moved = time.monotonic() - stopped_at
             assert watcher.endpoint != frozen.endpoint
         finally:
-            frozen.sigcont()
+            frozen.resume()
         for i in range(30, 40):
             revisions.append(await writer.put(f"frozen/{i % 3}", str(i).encode()))
         await follower.wait_for(40)
@@ -292,7 +292,7 @@ async def test_whole_store_restarted_under_a_watch(etcd_server: EtcdMember) -> N
             await writer.put("restart/down", b"x")
         assert time.monotonic() - began < 2 * FAST["timeout"]
         server.start()
-        await asyncio.to_thread(server.wait_healthy)  # the watch retries meanwhile
+        await asyncio.to_thread(server.wait_ready)  # the watch retries meanwhile
         downtime = time.monotonic() - began
         for i in range(10, 20):
             rev, amb = await put_resolved(writer, f"restart/{i % 3}", str(i).encode())
@@ -327,13 +327,13 @@ async def test_compaction_while_a_watcher_is_away(etcd_cluster: EtcdCluster) -> 
         async with asyncio.timeout(5):
             seen = [(await anext(stream)).revision for _ in first]  # then it stops reading
         assert seen == first
-        frozen.sigstop()
+        frozen.pause()
         try:
             await eventually(lambda: watcher.endpoint != frozen.endpoint, 5, "probe drops it")
             later = [await writer.put(f"away/{i}", b"2") for i in range(5)]
             await writer.compact(later[-1])
         finally:
-            frozen.sigcont()
+            frozen.resume()
         with pytest.raises(Compacted) as info:
             async with asyncio.timeout(5):
                 await anext(stream)

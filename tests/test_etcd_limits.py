@@ -15,8 +15,7 @@ import pytest
 
 from kerna import Agent, Kernel, Message, RemoteError, Unavailable, ValueTooLarge, handler
 from kerna.state import Put, connect
-
-from .etcd import EtcdMember
+from kerna.testing import EtcdMember
 
 pytestmark = pytest.mark.anyio
 

@@ -17,8 +17,7 @@ import pytest
 
 from examples import event_sourced_account as bank
 from kerna import BlockingKernel, Kernel
-
-from .conftest import require_module
+from kerna.testing import require_module
 
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient

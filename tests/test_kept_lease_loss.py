@@ -20,9 +20,9 @@ from kerna import ActivationFailed, Kernel
 from kerna.state import KeptLease, connect
 from kerna.state._locks import LOSS_MARGIN
 from kerna.state._memory import MemoryBackend
+from kerna.testing import EtcdMember
 
 from .agents import Counter, Inc, Read
-from .etcd import EtcdMember
 from .faulty import FaultyBackend
 
 pytestmark = pytest.mark.anyio
@@ -182,14 +182,14 @@ async def test_a_lease_on_a_frozen_etcd_is_lost_within_its_ttl(etcd_server: Etcd
     loop = asyncio.get_running_loop()
     try:
         async with KeptLease(backend, 1) as lease:
-            etcd_server.sigstop()
+            etcd_server.pause()
             frozen = loop.time()
             try:
                 async with asyncio.timeout(3):  # a keepalive retries for 5 s: not it
                     await lease.lost.wait()
                 assert lease.deadline <= frozen + (1 - LOSS_MARGIN) * 1
             finally:
-                etcd_server.sigcont()
+                etcd_server.resume()
     finally:
         etcd_server.ensure_running()
         await backend.aclose()

@@ -17,6 +17,13 @@ import nats.aio.msg
 import pytest
 
 from kerna import Agent, ConfigError, Kernel, Request, handler
+from kerna.testing import (
+    NatsServer,
+    free_ports,
+    require_server,
+    running_nats,
+    skip_missing_servers,
+)
 from kerna.transports import (
     FrameTooLarge,
     PeerUnreachable,
@@ -32,9 +39,7 @@ from kerna.transports._nats import (
     PeerNotListening,
 )
 
-from .conftest import assert_no_stray_tasks, require_server
-from .etcd import free_ports
-from .nats import MAX_PAYLOAD, NatsServer, nats_server_with
+from .conftest import assert_no_stray_tasks
 
 pytestmark = pytest.mark.anyio
 
@@ -142,11 +147,11 @@ def test_nats_is_found_by_scheme_through_its_entry_point() -> None:
 
 
 async def test_the_frame_limit_is_the_servers_max_payload_less_the_header(
-    nodes: Callable,
+    nodes: Callable, nats_server: NatsServer
 ) -> None:
     a, b = await nodes(), await nodes()
     limit = a.transport.max_frame_size
-    assert MAX_PAYLOAD - 200 < limit < MAX_PAYLOAD
+    assert nats_server.max_payload - 200 < limit < nats_server.max_payload
     with pytest.raises(FrameTooLarge, match=f"{limit + 1} bytes"):
         await a.transport.send(b.address, bytes(limit + 1))
     big = secrets.token_bytes(limit)  # exactly the limit: the server takes it
@@ -255,14 +260,14 @@ async def test_a_frozen_server_is_noticed_within_the_ping_bound_and_traffic_resu
     a, b = await nodes(**options), await nodes(**options)
     await a.transport.send(b.address, b"before")
     await b.until(lambda: len(b.frames) == 1)
-    server.sigstop()
+    server.pause()
     try:
         frozen = time.monotonic()
         # nats-py's default ping_interval (120 s) would not notice for minutes.
         await a.until(lambda: bool(a.lost), timeout=5)
         noticed = time.monotonic() - frozen
     finally:
-        server.sigcont()
+        server.resume()
     ((peer, error),) = a.lost
     assert peer == b.address
     assert isinstance(error, NatsServerUnavailable)
@@ -280,7 +285,10 @@ async def test_a_frozen_server_is_noticed_within_the_ping_bound_and_traffic_resu
 
 
 async def test_user_password_and_token_pass_through_and_a_wrong_one_is_refused() -> None:
-    with nats_server_with('authorization { user: "kerna", password: "s3cret" }') as server:
+    with (
+        skip_missing_servers(),
+        running_nats(extra_config='authorization { user: "kerna", password: "s3cret" }') as server,
+    ):
         good = NatsTransport(f"{server.url}/a", user="kerna", password="s3cret")
         in_url = NatsTransport(f"nats://kerna:s3cret@127.0.0.1:{server.port}/b")
         wrong = NatsTransport(f"{server.url}/c", user="kerna", password="nope")
@@ -296,7 +304,10 @@ async def test_user_password_and_token_pass_through_and_a_wrong_one_is_refused()
         finally:
             for t in (good, in_url, wrong):
                 await t.aclose()
-    with nats_server_with('authorization { token: "t0ken" }') as server:
+    with (
+        skip_missing_servers(),
+        running_nats(extra_config='authorization { token: "t0ken" }') as server,
+    ):
         t = NatsTransport(f"{server.url}/a", token="t0ken")
         try:
             await t.start(lambda p, f: None, lambda p, e: None)
@@ -321,7 +332,7 @@ async def test_tls_passes_through_and_an_untrusted_server_is_refused(tmp_path: P
         require_server("openssl is not installed: it makes the test's certificate")
     cert, key = _self_signed(tmp_path)
     tls = f'tls {{ cert_file: "{cert}", key_file: "{key}" }}'
-    with nats_server_with(tls) as server:
+    with skip_missing_servers(), running_nats(extra_config=tls) as server:
         trusting = ssl.create_default_context(cafile=str(cert))
         a_t = NatsTransport(f"{server.url}/a", tls=trusting)
         b_t = NatsTransport(f"{server.url}/b", tls=trusting)

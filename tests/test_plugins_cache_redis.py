@@ -1,6 +1,6 @@
 """``@cached(redis=...)``: the second cache level, against a real redis-server.
 
-The server is the session's (``tests/redis_server.py``); each test's handlers write
+The server is the session's (``kerna.testing``'s ``redis_server`` fixture); each test's handlers write
 under a key prefix of their own. Two kernels in one process stand for two nodes: they
 share nothing but the Redis.
 """

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from .etcd import EtcdMember
+from kerna.testing import EtcdMember
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -17,9 +17,9 @@ from typing import IO
 import pytest
 
 from kerna import Kernel
+from kerna.testing import require_module
 from kerna.transports import transport_class
 
-from .conftest import require_module
 from .remote_caller import Echo
 
 pytestmark = pytest.mark.anyio

@@ -26,9 +26,9 @@ from kerna import ConfigError, Kernel, RemoteError, StateError, StoreFailed, Una
 from kerna.state import _sqlite as sqlite_backend
 from kerna.state import connect
 from kerna.state._sqlite_db import _translate
+from kerna.testing import require_server
 
 from .agents import Counter, Echo, Inc, Ping, Pong
-from .conftest import require_server
 
 pytestmark = pytest.mark.anyio
 ROOT = os.geteuid() == 0

@@ -15,9 +15,9 @@ import pytest
 from kerna import ActivationFailed, Kernel, RemoteError
 from kerna.state import Replica, StateBackend, connect
 from kerna.state._layout import Layout
+from kerna.testing import EtcdCluster, EtcdMember
 
 from .agents import GetValue, Register, SetValue, Value
-from .etcd import EtcdCluster, EtcdMember
 from .linearizability import History, Read, Write, check
 
 pytestmark = pytest.mark.anyio
@@ -218,7 +218,7 @@ async def test_leader_killed_under_agent_write_load(etcd_cluster: EtcdCluster) -
                         await asyncio.gather(*tasks)
                     acks.check()
                     leader.start()
-                    leader.wait_healthy()
+                    leader.wait_ready()
                     # the observer's replica converges to what the store holds
                     layout = Layout(p)
                     decoder = msgspec.msgpack.Decoder(Value)
@@ -291,7 +291,7 @@ async def test_replica_resyncs_after_compaction_during_a_disconnect(
         async with Replica(watching, "rs/") as replica:
             rev = await writer.put("rs/k0", b"0")
             await replica.wait_for(rev, timeout=10)
-            follower.sigstop()
+            follower.pause()
             try:
                 # the liveness probe notices and drops the frozen member: disconnected
                 async with asyncio.timeout(10):
@@ -304,7 +304,7 @@ async def test_replica_resyncs_after_compaction_during_a_disconnect(
                 rev = await writer.put("rs/k8", b"after-delete")
                 await writer.compact(rev)
             finally:
-                follower.sigcont()
+                follower.resume()
             await replica.wait_for(rev, timeout=15)
             expected = {f"rs/k{k}": str(16 + k).encode() for k in (1, 2, 3)}
             expected |= {"rs/k9": b"last", "rs/k8": b"after-delete"}

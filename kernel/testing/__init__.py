@@ -15,23 +15,80 @@
   that timers, ask timeouts, idle deactivation and restart backoff take no real time
   and happen the same way every run (``help(VirtualClock)`` shows how).
 - ``watch_events``: the first events of a watch, bounded by a timeout.
+- Real servers (``running_etcd``, ``running_etcd_cluster``, ``running_nats``,
+  ``running_redis``; ``EtcdMember``, ``EtcdCluster``, ``NatsServer``, ``RedisServer``,
+  all ``ServerProcess``): started on free 127.0.0.1 ports in temporary directories,
+  controlled by PID (stop, kill, pause, resume, restart). The pytest plugin
+  (``kerna.testing._pytest_plugin``, loaded through the ``pytest11`` entry point)
+  wraps them in fixtures: ``etcd_server``, ``etcd_cluster``, ``nats_server``,
+  ``fresh_nats_server``, ``nats_jetstream``, ``redis_server``, ``netns``.
+- Faults: ``FaultProxy`` (a TCP proxy with delay, reset, blackhole, drip and heal),
+  ``fault_proxy`` (the same through toxiproxy when ``TOXIPROXY_URL`` is set),
+  ``pause_process``, ``resume_process``, ``kill_process``, ``wait_for_exit``, and
+  ``network_namespace`` (``ip netns`` + ``nft`` partitions, root only).
+- ``require_server``, ``require_module``, ``skip_missing_servers``: skip a test whose
+  server or module is missing (a failure under ``KERNA_REQUIRE_SERVERS=1``). They need
+  pytest.
 """
 
 import importlib
 import typing
 
 from ._clock import VirtualClock
+from ._etcd import EtcdCluster, EtcdMember, running_etcd, running_etcd_cluster
+from ._netns import Netns, netns_unavailable, network_namespace
+from ._process import (
+    ServerNotInstalled,
+    ServerProcess,
+    data_root,
+    free_ports,
+    kill_process,
+    pause_process,
+    resume_process,
+    wait_for_exit,
+    wait_until,
+)
+from ._proxy import FaultProxy
+from ._servers import NatsServer, RedisServer, running_nats, running_redis
+from ._toxiproxy import ToxiproxyFaults, fault_proxy
 from ._watch import watch_events
 
 if typing.TYPE_CHECKING:
+    from ._requires import require_module, require_server, skip_missing_servers
     from ._state_suite import StateBackendSuite
     from ._transport_suite import TransportFactory, TransportSuite
 
 __all__ = [
+    "EtcdCluster",
+    "EtcdMember",
+    "FaultProxy",
+    "NatsServer",
+    "Netns",
+    "RedisServer",
+    "ServerNotInstalled",
+    "ServerProcess",
     "StateBackendSuite",
+    "ToxiproxyFaults",
     "TransportFactory",
     "TransportSuite",
     "VirtualClock",
+    "data_root",
+    "fault_proxy",
+    "free_ports",
+    "kill_process",
+    "netns_unavailable",
+    "network_namespace",
+    "pause_process",
+    "require_module",
+    "require_server",
+    "resume_process",
+    "running_etcd",
+    "running_etcd_cluster",
+    "running_nats",
+    "running_redis",
+    "skip_missing_servers",
+    "wait_for_exit",
+    "wait_until",
     "watch_events",
 ]
 
@@ -40,6 +97,9 @@ _NEEDS_PYTEST = {
     "StateBackendSuite": "_state_suite",
     "TransportFactory": "_transport_suite",
     "TransportSuite": "_transport_suite",
+    "require_module": "_requires",
+    "require_server": "_requires",
+    "skip_missing_servers": "_requires",
 }
 
 if not typing.TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any name
