@@ -55,16 +55,28 @@ class ServerNotInstalled(RuntimeError):
 
 
 def find_server(name: str, package: str, *fallbacks: str) -> str:
-    """The path of the executable ``name`` (on ``PATH``, else the first of ``fallbacks``
-    that exists: Debian puts nats-server in /usr/sbin, off a user's ``PATH``).
+    """The path of the executable ``name``: the one ``KERNA_<NAME>_BIN`` names when that
+    is set (``KERNA_ETCD_BIN``, ``KERNA_NATS_SERVER_BIN``, ``KERNA_REDIS_SERVER_BIN``:
+    a binary of a version or place of your own), else ``name`` on ``PATH``, else the
+    first of ``fallbacks`` that exists (Debian puts nats-server in /usr/sbin, off a
+    user's ``PATH``).
 
     Raises:
-        ServerNotInstalled: none is executable; the message names ``package``.
+        ServerNotInstalled: it is not executable; the message names ``package`` (or the
+            variable that names a missing file).
     """
+    variable = f"KERNA_{name.upper().replace('-', '_')}_BIN"
+    chosen = os.environ.get(variable)
+    if chosen:
+        if os.access(chosen, os.X_OK):
+            return chosen
+        raise ServerNotInstalled(f"{name}: {variable}={chosen} is not an executable file")
     for candidate in (shutil.which(name), *fallbacks):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
-    raise ServerNotInstalled(f"{name} is not installed: apt-get install {package}")
+    raise ServerNotInstalled(
+        f"{name} is not installed: apt-get install {package} (or set {variable})"
+    )
 
 
 def free_ports(count: int) -> list[int]:
