@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -56,14 +55,6 @@ async def node(**options: Any) -> AsyncIterator[tuple[TcpTransport, Sink]]:
         yield transport, sink
     finally:
         await transport.aclose()
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def host_port(address: str) -> tuple[str, int]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 import tempfile
 from asyncio.subprocess import PIPE
@@ -17,7 +16,7 @@ from typing import IO
 import pytest
 
 from kerna import Kernel
-from kerna.testing import require_module
+from kerna.testing import free_ports, require_module
 from kerna.transports import transport_class
 
 from .remote_caller import Echo
@@ -30,19 +29,12 @@ BASES = (0, 1_000_000)
 """Each caller's request numbers: a reply delivered to the other caller shows."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _tcp() -> str:
     try:
         transport_class("tcp://127.0.0.1:1")
     except Exception as exc:  # the tcp transport module is missing or broken here
         require_module("kerna.transports._tcp", f"the tcp transport ({exc})")
-    return f"tcp://127.0.0.1:{_free_port()}"
+    return f"tcp://127.0.0.1:{free_ports(1)[0]}"
 
 
 async def _read_line(proc: asyncio.subprocess.Process) -> bytes:

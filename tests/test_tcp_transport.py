@@ -15,6 +15,7 @@ import msgspec
 import pytest
 
 from kerna import ConfigError
+from kerna.testing import free_ports
 from kerna.transports import (
     PeerUnreachable,
     SendQueueFull,
@@ -24,7 +25,7 @@ from kerna.transports import (
 from kerna.transports._tcp import TcpTransport
 from kerna.transports._tcp_handshake import accept
 
-from .tcp_peers import WAIT, closed_by_peer, free_port, node, raw_client
+from .tcp_peers import WAIT, closed_by_peer, node, raw_client
 
 pytestmark = pytest.mark.anyio
 
@@ -145,7 +146,7 @@ async def test_closing_fails_senders_waiting_for_room_and_leaves_no_task() -> No
 
 async def test_a_send_to_a_peer_that_is_not_listening_fails_fast_with_peer_unreachable() -> None:
     async with node(connect_timeout=WAIT) as (a, _):
-        address = f"tcp://127.0.0.1:{free_port()}"
+        address = f"tcp://127.0.0.1:{free_ports(1)[0]}"
         with pytest.raises(PeerUnreachable, match=f"cannot reach {address}"):
             await asyncio.wait_for(a.send(address, b"x"), WAIT)
         assert a.stats()["tasks"] == 1  # only the heartbeat
@@ -155,7 +156,7 @@ async def test_a_send_to_a_peer_that_is_not_listening_fails_fast_with_peer_unrea
 
 async def test_a_closed_peer_is_reported_lost_and_the_next_send_reconnects() -> None:
     async with node() as (a, lost):
-        port = free_port()
+        (port,) = free_ports(1)
         async with node(url=f"tcp://127.0.0.1:{port}") as (b, got):
             await a.send(b.address, b"one")
             await got.wait_frames(1)
@@ -309,7 +310,7 @@ async def _break(server: asyncio.Server, writers: list[asyncio.StreamWriter]) ->
 
 
 async def test_frames_queued_when_a_connection_breaks_go_out_in_order_after_reconnecting() -> None:
-    port = free_port()
+    (port,) = free_ports(1)
     address = f"tcp://127.0.0.1:{port}"
     server, writers = await _stalled_on(port)
     options = {"send_queue": 4, "reconnect_attempts": 50, "backoff_max": 0.1}
@@ -331,7 +332,7 @@ async def test_frames_queued_when_a_connection_breaks_go_out_in_order_after_reco
 
 
 async def test_waiting_senders_get_peer_unreachable_when_reconnecting_gives_up() -> None:
-    port = free_port()
+    (port,) = free_ports(1)
     address = f"tcp://127.0.0.1:{port}"
     server, writers = await _stalled_on(port)
     options = {"send_queue": 4, "reconnect_attempts": 2, "backoff_initial": 0.01}
