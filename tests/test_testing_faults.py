@@ -1,7 +1,8 @@
 """kerna.testing's fault tools, each with an observable effect: the TCP fault proxy
-(delay, reset, blackhole, drip, heal) between a client and an echo server and between
-kerna's etcd backend and etcd; the process helpers; ``ip netns`` + ``nft`` partitions
-(root only); the toxiproxy adapter's selection (no toxiproxy server runs here)."""
+(delay, reset, blackhole, drip, heal) between a client and an echo server, between
+kerna's etcd backend and etcd, and between two kerna tcp transports; the process
+helpers; ``ip netns`` + ``nft`` partitions (root only); the toxiproxy adapter's
+selection (no toxiproxy server runs here)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from kerna.testing import (
     resume_process,
     wait_for_exit,
 )
+
+from .tcp_peers import node
 
 pytestmark = pytest.mark.anyio
 
@@ -290,3 +293,25 @@ async def test_toxiproxy_is_chosen_by_toxiproxy_url_and_an_absent_server_is_name
     monkeypatch.setenv("TOXIPROXY_URL", "127.0.0.1:8474")
     with pytest.raises(ValueError, match="TOXIPROXY_URL must be http://host:port"):
         fault_proxy("127.0.0.1:1")
+
+
+async def test_a_kerna_tcp_pair_through_the_proxy_sees_a_blackhole_as_a_lost_peer() -> None:
+    async with (
+        node(heartbeat=0.2, heartbeat_misses=3) as (a, a_got),
+        node() as (b, b_got),
+        FaultProxy(b.address.removeprefix("tcp://")) as p,
+    ):
+        via = f"tcp://{p.endpoint}"
+        await a.send(via, b"through")
+        await b_got.wait_frames(1)
+        assert b_got.frames == [(a.address, b"through")]
+        await p.blackhole()
+        loop = asyncio.get_running_loop()
+        silent = loop.time()
+        error = await a_got.wait_lost(via)
+        assert "sent nothing" in str(error)
+        assert loop.time() - silent < 0.6 + 2.0  # the heartbeat bound, loaded machine
+        await p.heal()
+        await a.send(via, b"healed")  # a new connection through the healed proxy
+        await b_got.wait_frames(2)
+        assert b_got.frames[1] == (a.address, b"healed")

@@ -132,7 +132,7 @@ def test_the_plugin_registers_fixtures_and_no_hook() -> None:
     assert hooks == []
 
 
-PROJECT_TESTS = '''
+PROJECT_TESTS = """
 import socket
 
 
@@ -149,7 +149,7 @@ def test_etcd_is_healthy(etcd_server):
 
 def test_nothing_of_kerna_is_used_unasked(request):
     assert request.fixturenames == ["request"]
-'''
+"""
 
 
 def _pytest_in(project: Path, *args: str, **env: str) -> subprocess.Popen[str]:
