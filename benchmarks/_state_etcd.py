@@ -1,8 +1,9 @@
 """One etcd member for the state benchmarks, and the raw gRPC floor's channel.
 
-The process logic is a trimmed copy of ``tests/etcd.py`` (which imports pytest, not
-installed in ``.venv-bench``): free 127.0.0.1 ports, data directory on /dev/shm, wait
-for ``GET /health``, stop by PID and reap. The raw floor talks to the member through
+The process logic is a trimmed copy of ``kerna.testing.EtcdMember`` that keeps etcd's
+default election timing (the test servers run fast elections, which the recorded
+results were not measured with): free 127.0.0.1 ports, data directory on /dev/shm,
+wait for ``GET /health``, stop by PID and reap. The raw floor talks to the member through
 aetcd's gRPC stubs on a channel built exactly as kerna's etcd backend builds its own
 (same channel options, same ``hasleader`` metadata, same per-call timeout).
 """

@@ -27,8 +27,8 @@ def inproc(request: pytest.FixtureRequest) -> TransportFactory:
 
 
 def nats(request: pytest.FixtureRequest) -> TransportFactory:
-    """On the session's nats-server (tests/nats.py: max_payload 8 MiB), node names of
-    the test's own."""
+    """On the session's nats-server (kerna.testing's ``nats_server`` fixture:
+    max_payload 8 MiB), node names of the test's own."""
     server = request.getfixturevalue("nats_server")
 
     def make(url: str | None = None, /, **options: Any) -> Transport:
