@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -143,6 +144,22 @@ async def test_reset_gives_both_sides_connection_reset_and_heal_accepts_again(
     writer.close()
     await proxy.heal()
     await _round_trip(proxy, b"again")
+
+
+async def test_a_reset_from_the_target_reaches_the_client_as_a_reset() -> None:
+    async def rst(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    server = await asyncio.start_server(rst, "127.0.0.1", 0)
+    async with server, FaultProxy(server.sockets[0].getsockname()[:2]) as p:
+        reader, writer = await _dial(p)
+        writer.write(b"x")
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(reader.read(1), 5)
+        writer.close()
 
 
 async def test_blackhole_keeps_connections_silent_and_heal_delivers_what_was_held(

@@ -209,8 +209,9 @@ class FaultProxy:
                 await self._flowing.wait()  # blackholed: read no more, hold the rest
                 try:
                     data = await src.read(_CHUNK)
-                except OSError:
-                    data = _EOF
+                except OSError:  # reset by its peer: pass the reset on
+                    _rst(dst)
+                    return
                 queue.put_nowait((loop.time() + self._delay, data))
                 if not data:
                     break
