@@ -157,6 +157,9 @@ def kill_process(target: int | subprocess.Popen[bytes], timeout: float = 10.0) -
     Raises:
         TimeoutError: still there after ``timeout`` (a process in uninterruptible sleep).
     """
+    if not isinstance(target, int) and target.poll() is not None:
+        _running.discard(target)
+        return target.returncode  # reaped: its PID may be another process's by now
     pid = target if isinstance(target, int) else target.pid
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
