@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -104,6 +103,8 @@ class EtcdMember(ServerProcess):
 
     def healthy(self, timeout: float = 0.5) -> bool:
         """Whether ``GET /health`` says true (the member is up and has a leader)."""
+        import urllib.request  # here: 20 ms, which every pytest session would pay
+
         url = f"http://127.0.0.1:{self._health_port}/health"
         try:
             with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -113,6 +114,8 @@ class EtcdMember(ServerProcess):
 
     def status(self, timeout: float = 0.5) -> dict[str, object] | None:
         """The member's ``Maintenance.Status`` (JSON gateway), or None if it does not answer."""
+        import urllib.request
+
         request = urllib.request.Request(
             f"http://{self.endpoint}/v3/maintenance/status", data=b"{}", method="POST"
         )
