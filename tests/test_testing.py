@@ -82,3 +82,14 @@ def test_importing_kerna_testing_needs_no_pytest_until_the_transport_suite_is_us
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_kerna_testing_all_lists_exactly_its_public_names_sorted() -> None:
+    import types
+
+    import kerna.testing
+
+    public = {n for n in dir(kerna.testing) if not n.startswith("_")}
+    public = {n for n in public if not isinstance(getattr(kerna.testing, n), types.ModuleType)}
+    assert sorted(public) == sorted(kerna.testing.__all__)
+    assert list(kerna.testing.__all__) == sorted(kerna.testing.__all__)
