@@ -18,8 +18,8 @@ import pytest
 
 from kerna import Kernel, TransportError
 from kerna.node import NodeHttp, load_config
+from kerna.testing import EtcdMember
 
-from .etcd import EtcdMember
 from .node_agents import Counter, Echo, Ping, Pong, Read
 from .node_proc import NodeProcess, free_port, run_cli
 
@@ -332,15 +332,15 @@ async def test_readyz_fails_while_the_state_backend_does_not_answer(
     await proc.start()
     try:
         assert (await call(proc.url + "/readyz"))[0] == 200
-        etcd_server.sigstop()
+        etcd_server.pause()
         try:
             status, body = await call(proc.url + "/readyz")
             assert status == 503
             assert body["reason"] == "the state backend did not answer in 0.5s"
             assert (await call(proc.url + "/healthz"))[0] == 200  # alive, just not ready
         finally:
-            etcd_server.sigcont()
-        await asyncio.to_thread(etcd_server.wait_healthy)  # the fixture's bounded wait
+            etcd_server.resume()
+        await asyncio.to_thread(etcd_server.wait_ready)  # the fixture's bounded wait
         assert (await call(proc.url + "/readyz"))[0] == 200  # ready again: the store answers
     finally:
         etcd_server.ensure_running()
