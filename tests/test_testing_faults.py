@@ -2,19 +2,24 @@
 (delay, reset, blackhole, drip, heal) between a client and an echo server, between
 kerna's etcd backend and etcd, and between two kerna tcp transports; the process
 helpers; ``ip netns`` + ``nft`` partitions (root only); the toxiproxy adapter's
-selection (no toxiproxy server runs here)."""
+selection and the toxics it asks for (no toxiproxy server runs here: a recording
+stand-in answers)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
+import json
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
@@ -332,3 +337,84 @@ async def test_a_kerna_tcp_pair_through_the_proxy_sees_a_blackhole_as_a_lost_pee
         await a.send(via, b"healed")  # a new connection through the healed proxy
         await b_got.wait_frames(2)
         assert b_got.frames[1] == (a.address, b"healed")
+
+
+class _ToxiproxyStandIn(http.server.BaseHTTPRequestHandler):
+    """Records the toxiproxy API calls it gets and answers like toxiproxy 2.x would. A
+    stand-in (no toxiproxy server runs here): it checks what the adapter asks for, not
+    what toxiproxy then does with the traffic."""
+
+    calls: ClassVar[list[tuple[str, str, Any]]] = []
+
+    def _record(self) -> Any:
+        size = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(size)) if size else None
+        self.calls.append((self.command, self.path, body))
+        return body
+
+    def _answer(self, status: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._record()
+        self._answer(200, {})  # /proxies: none yet
+
+    def do_POST(self) -> None:
+        body = self._record()
+        if self.path == "/proxies":
+            self._answer(201, {**body, "listen": "127.0.0.1:26379", "enabled": True})
+        else:
+            self._answer(200, body)
+
+    def do_DELETE(self) -> None:
+        self._record()
+        self._answer(204, {})
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+async def test_the_toxiproxy_adapter_asks_for_the_toxic_of_each_fault(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ToxiproxyStandIn)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    calls = _ToxiproxyStandIn.calls
+    calls.clear()
+    try:
+        monkeypatch.setenv("TOXIPROXY_URL", f"http://127.0.0.1:{server.server_address[1]}")
+        proxy = fault_proxy("127.0.0.1:6379")
+        assert isinstance(proxy, ToxiproxyFaults)
+        async with proxy:
+            assert proxy.endpoint == "127.0.0.1:26379"
+            await proxy.delay(0.1)
+            await proxy.drip(10, 0.02)
+            await proxy.heal()
+        posted = [(path, body) for method, path, body in calls if method == "POST"]
+        assert posted[0] == ("/proxies", {"upstream": "127.0.0.1:6379", "name": proxy.name,
+                                          "listen": "127.0.0.1:0"})  # fmt: skip
+        toxics = [(b["type"], b["stream"], b["attributes"]) for _, b in posted[1:]]
+        assert toxics == [
+            ("latency", "upstream", {"latency": 100}),
+            ("latency", "downstream", {"latency": 100}),
+            ("slicer", "upstream", {"average_size": 10, "size_variation": 0, "delay": 20000}),
+            ("slicer", "downstream", {"average_size": 10, "size_variation": 0, "delay": 20000}),
+        ]
+        deleted = [path for method, path, _ in calls if method == "DELETE"]
+        base = f"/proxies/{proxy.name}"
+        assert sorted(deleted[:4]) == sorted(
+            f"{base}/toxics/{kind}_{stream}"
+            for kind in ("latency", "slicer")
+            for stream in ("upstream", "downstream")
+        )
+        assert deleted[4:] == [base]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
