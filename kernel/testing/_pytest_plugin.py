@@ -27,8 +27,11 @@ control methods of ``kerna.testing.ServerProcess``: ``stop``, ``kill``, ``pause`
 (SIGSTOP), ``resume`` (SIGCONT), ``restart``, ``ensure_running``. A test that stops or
 pauses a session-scoped server calls ``ensure_running()`` when it is done.
 
-The ``cluster of kerna node processes`` fixture of issue 9 is not here yet: it needs the
-``kerna node`` daemon; it will start ``ServerProcess`` subclasses the same way.
+Not here yet: the fixture for a cluster of ``kerna node`` processes from a config (issue
+9, section 5), built while the daemon was. The seam: a ``ServerProcess`` subclass whose
+``argv`` is ``python -m kerna node --config ...`` and whose ``ready`` is the node's
+``/readyz`` (or the asyncio ``NodeProcess`` of kerna's tests/node_proc.py moved here),
+and a fixture beside these that starts N of them against ``etcd_server``.
 """
 
 from __future__ import annotations
