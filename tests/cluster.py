@@ -8,8 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from kerna import Kernel, Member
-
-from .etcd import EtcdMember
+from kerna.testing import EtcdMember
 
 SECRET = b"shop secret"
 TCP = "tcp://127.0.0.1:0"

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 import pytest
 
 from kerna import Agent, AgentId
+from kerna.testing import EtcdMember
 
 from .cluster import hosting, nodes
 from .cluster_agents import STARTS, Add, Ledger, Total, Tracked, Where
-from .etcd import EtcdMember
 
 pytestmark = pytest.mark.anyio
 

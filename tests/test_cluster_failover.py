@@ -15,10 +15,10 @@ import pytest
 
 from kerna import AgentId, Kernel, Rendezvous
 from kerna.state import connect
+from kerna.testing import EtcdMember
 
 from .cluster import SECRET, TCP, hosting, nodes
 from .cluster_agents import Add, Ledger, Total, Where
-from .etcd import EtcdMember
 from .faulty import FaultyBackend
 
 pytestmark = pytest.mark.anyio

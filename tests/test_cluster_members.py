@@ -9,10 +9,10 @@ import pytest
 
 from kerna import ConfigError, Kernel, Member, __version__
 from kerna.state import connect
+from kerna.testing import EtcdMember
 
 from .cluster import SECRET, TCP, cluster_name, hosting, node, nodes, only
 from .cluster_agents import Billing, Charge, Ledger
-from .etcd import EtcdMember
 
 pytestmark = pytest.mark.anyio
 

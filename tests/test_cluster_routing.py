@@ -13,10 +13,10 @@ import pytest
 
 from kerna import AgentId, BlockingKernel, Kernel, Rendezvous, UnknownAgent
 from kerna._cluster_placement import ClusterRoute
+from kerna.testing import EtcdMember
 
 from .cluster import SECRET, TCP, hosting, node, nodes, only
 from .cluster_agents import Billing, Charge, Where
-from .etcd import EtcdMember
 
 pytestmark = pytest.mark.anyio
 
