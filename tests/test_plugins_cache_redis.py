@@ -1,8 +1,8 @@
 """``@cached(redis=...)``: the second cache level, against a real redis-server.
 
-The server is the session's (``kerna.testing``'s ``redis_server`` fixture); each test's handlers write
-under a key prefix of their own. Two kernels in one process stand for two nodes: they
-share nothing but the Redis.
+The server is the session's (``kerna.testing``'s ``redis_server`` fixture); each
+test's handlers write under a key prefix of their own. Two kernels in one process stand
+for two nodes: they share nothing but the Redis.
 """
 
 from __future__ import annotations
@@ -16,9 +16,7 @@ import pytest
 
 from kerna import Agent, Kernel, Message, RemoteError, Request, handler
 from kerna.plugins import cache_stats, cached
-
-from .conftest import require_module
-from .redis_server import RedisServer
+from kerna.testing import RedisServer, require_module
 
 pytestmark = pytest.mark.anyio
 
@@ -153,7 +151,7 @@ async def test_a_redis_that_fails_never_fails_an_ask(
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
-    from .etcd import free_ports
+    from kerna.testing import free_ports
 
     (port,) = free_ports(1)  # nothing listens there: refused at once (no retries)
     Clients.current = aioredis.Redis(port=port, retry=Retry(NoBackoff(), 0))
