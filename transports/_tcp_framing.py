@@ -64,16 +64,7 @@ async def read_frame(
         raise FrameTooLarge(f"peer announced a frame of {length} bytes, over the limit of {limit}")
     if length <= CHUNK or alive is None:
         return await reader.readexactly(length) if length else b""
-    chunks: list[bytes] = []
-    remaining = length
-    while remaining:
-        chunk = await reader.read(min(remaining, CHUNK))
-        if not chunk:
-            raise asyncio.IncompleteReadError(b"".join(chunks), length)
-        chunks.append(chunk)
-        remaining -= len(chunk)
-        alive()
-    return b"".join(chunks)
+    return await _rest(reader, b"", length, alive)
 
 
 READ_SIZE = 64 * 1024  # what one read asks the stream for: many small frames at once
@@ -144,7 +135,9 @@ async def read_frames(
 async def _rest(
     reader: asyncio.StreamReader, start: bytes, length: int, alive: Callable[[], None]
 ) -> bytes:
-    chunks = [start]
+    """The body of a ``length``-byte frame whose first bytes are ``start``: the rest
+    read in chunks of at most ``CHUNK``, ``alive()`` after each, joined once."""
+    chunks = [start] if start else []
     remaining = length - len(start)
     while remaining:
         chunk = await reader.read(min(remaining, CHUNK))
