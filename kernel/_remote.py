@@ -38,6 +38,7 @@ from ._failure_log import LogBudget
 from ._failures import describe
 from ._ids import AgentId
 from ._message import DeadLetterReason
+from ._runtime import RUNNING
 from ._wire import Delivery, Reply, WireCodec, WireError
 
 if TYPE_CHECKING:
@@ -355,7 +356,7 @@ class Remote:
         reply_to = peer if delivery.reply_to is not None else None
         if env.kind == ASK and reply_to is not None:
             env.reply = _RemoteReply(self, reply_to, env.id, type(env.payload), env.deadline)
-        if not rt.accepts(None):
+        if rt.phase is not RUNNING and not rt.accepts(None):
             self._not_delivered(env, rt.refusal(f"{type(env.payload).__qualname__} from {peer}"))
             return None
         parked = self._parked.get(peer, 0)
@@ -368,8 +369,17 @@ class Remote:
             if len(self._local_routes) >= _LOCAL_ROUTES:
                 self._local_routes.clear()
             holder = self._local_routes[target] = _LocalRoute()
+        route = holder.route
         try:
-            pending = rt.deliver(env, holder)
+            if (  # warm: the route deliver chose last time still takes it (as a ref does)
+                route is not None
+                and not route.closed
+                and route.failure is None
+                and type(env.payload) in route.atype.handlers
+            ):
+                pending = route.put(env)
+            else:
+                pending = rt.deliver(env, holder)
         except Exception as exc:  # unknown agent, no handler, full mailbox, failed start
             self._not_delivered(env, exc)
             return None
