@@ -382,7 +382,7 @@ class Kernel:
         remote = self._runtime.remote
         if remote is not None:  # what other nodes may send this type, by wire tag
             try:
-                remote.codec.types.add_all(atype.handled_types())
+                remote.codec.types.add_handled(atype.handled_types())
             except RegistrationError:
                 del self._runtime.types[name]
                 raise

@@ -26,9 +26,12 @@ __all__ = ["MessageTypes"]
 class MessageTypes:
     """The message types a node decodes, by wire tag, with their declared reply types.
 
-    The kernel adds the handled types of every registered agent type (``add_all``);
+    The kernel adds the handled types of every registered agent type (``add_handled``);
     ``add`` also adds a request's declared reply type (and the Message classes in it),
-    and encoding a message adds its type, so the replies to an ask decode.
+    and encoding a message adds its type, so the replies to an ask decode. A handler of
+    a base class takes its subclasses in-process; so does it across nodes: a delivery's
+    tag that names a subclass of a handled type, defined in this process, is added when
+    it first arrives.
     """
 
     def __init__(self) -> None:
@@ -40,6 +43,7 @@ class MessageTypes:
         # scans a payload's bytes for depth only where this is over its cap.
         self._depths: dict[str, int] = {}
         self._reply_depths: dict[str, int] = {}
+        self._handled: tuple[type[Message], ...] = ()  # what agents here handle
 
     def add(self, message_type: type[Message]) -> str:
         """Register ``message_type`` (idempotent); returns its wire tag.
@@ -92,6 +96,17 @@ class MessageTypes:
         for message_type in message_types:
             self.add(message_type)
 
+    def add_handled(self, message_types: Iterable[type[Message]]) -> None:
+        """``add`` each of ``message_types``, the types an agent type handles: their
+        subclasses (defined in this process) decode too, as ``decoder`` says.
+
+        Raises:
+            RegistrationError: as ``add``.
+        """
+        types = list(message_types)
+        self.add_all(types)
+        self._handled += tuple(t for t in types if t not in self._handled)
+
     def fingerprints(self) -> dict[str, str]:
         """A stable hash of each registered type's wire schema, by tag: what nodes
         compare in their handshake (``kerna._schema.fingerprint``).
@@ -119,21 +134,24 @@ class MessageTypes:
             return None
 
     def decoder(self, tag: str, *, imported: bool = False) -> msgspec.msgpack.Decoder[Any] | None:
-        """The decoder of the messages tagged ``tag``: a registered type, or else, with
-        ``imported`` (for replies), the Message class defined (imported) in this
-        process under that tag, added then: so the reply to an ask of a plain
-        ``Message`` decodes wherever its class is imported. A delivery's tag must be
-        registered (a type some agent here handles): a peer cannot make this node build
+        """The decoder of the messages tagged ``tag``: a registered type, or else the
+        Message class defined (imported) in this process under that tag, added then:
+        with ``imported`` (for replies) any such class, so the reply to an ask of a
+        plain ``Message`` decodes wherever its class is imported; for a delivery only a
+        subclass of a type some agent here handles: a peer cannot make this node build
         any class it happens to import."""
         decoder = self._decoders.get(tag)
-        if decoder is None and imported:
+        if decoder is None:
             defined = defined_message(tag)
-            if defined is not None and issubclass(defined, Message):
-                try:
-                    self.add(defined)
-                except RegistrationError:
-                    return None
-                decoder = self._decoders.get(tag)
+            if defined is None or not issubclass(defined, Message):
+                return None
+            if not imported and not issubclass(defined, self._handled):
+                return None  # a delivery of a type no agent here handles
+            try:
+                self.add(defined)
+            except RegistrationError:
+                return None
+            decoder = self._decoders.get(tag)
         return decoder
 
     def reply_decoder(self, request_tag: str) -> msgspec.msgpack.Decoder[Any] | None:

@@ -337,3 +337,42 @@ async def test_asks_that_timed_out_on_another_node_are_forgotten() -> None:
         assert remote.waiting_asks() <= 2 * 2000 + 1
         Holder.release.set()
         assert await held == "held"
+
+
+class Part(Message):
+    n: int
+
+
+class PartA(Part):
+    pass
+
+
+class PartB(Part, tag="test.part-b"):
+    label: str = ""
+
+
+class Parts(Agent):
+    got: list[Part] = []
+    arrived = asyncio.Event()
+
+    @handler
+    async def part(self, msg: Part) -> None:  # a base class: its subclasses come too
+        Parts.got.append(msg)
+        if len(Parts.got) == 2:
+            Parts.arrived.set()
+
+
+async def test_a_handler_of_a_base_class_gets_its_subclasses_from_another_node() -> None:
+    Parts.got, Parts.arrived = [], asyncio.Event()
+    async with (
+        Kernel(transport="inproc://", stop_grace=0.1) as a,
+        Kernel(transport="inproc://", stop_grace=0.1) as b,
+    ):
+        b.register(Parts)
+        ref = a.ref("Parts", "p", node=b.address)
+        await ref.tell(PartA(n=1))
+        await ref.tell(PartB(n=2, label="b"))
+        async with asyncio.timeout(5):
+            await Parts.arrived.wait()
+        assert Parts.got == [PartA(n=1), PartB(n=2, label="b")]
+        assert b.stats().dead_letters == 0
