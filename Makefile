@@ -5,7 +5,7 @@ BENCH_VENV := .venv-bench
 STAMP := $(VENV)/.installed
 SOURCES := $(shell find kernel state transports plugins -name '*.py' 2>/dev/null | sort)
 
-.PHONY: demo test lint typecheck pytest bench bench-net clean servers
+.PHONY: demo demo-cluster test lint typecheck pytest bench bench-net clean servers
 
 # Re-install (strict editable mode: a tree of links mypy and pytest both see) whenever
 # pyproject.toml changes or a module is added or removed.
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml $(VENV)/.files
 
 demo: $(STAMP)
 	$(VENV)/bin/kerna demo --docs 20000
+
+# The same pipeline across 3 `kerna node` processes on an etcd the demo starts and stops.
+demo-cluster: $(STAMP) servers
+	$(VENV)/bin/kerna demo --nodes 3 --docs 5000
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check kernel state transports plugins tests benchmarks examples

@@ -2,7 +2,7 @@
 
 Commands::
 
-    kerna demo [--docs N] [--seed S] [--loop auto|asyncio|uvloop] ...
+    kerna demo [--docs N] [--seed S] [--loop auto|asyncio|uvloop] [--nodes N] ...
     kerna schema export [module...] [-o schema.json]
     kerna schema check schema.json [module...]
     kerna node [--config node.toml] [--check]
@@ -91,7 +91,8 @@ def _add_demo(commands: Any) -> None:
             "while an orchestrator asks a summarizer and an indexer in sequence, each "
             "with a timeout (orchestration). A few documents are corrupted or stall, on "
             "purpose, so the summary shows failures. Deterministic for a given --seed; "
-            "no network, no server."
+            "in process, no network, no server, unless --nodes N runs it across N "
+            "`kerna node` processes on an etcd it starts itself, killing one midway."
         ),
     )
     demo.add_argument(
@@ -123,6 +124,16 @@ def _add_demo(commands: Any) -> None:
         help="fraction of the intact documents whose indexing stalls, 0..1 "
         "(default: %(default)s)",
     )  # fmt: skip
+    demo.add_argument(
+        "--nodes", type=_positive_int, default=1, metavar="N",
+        help="1: in this process (default); N >= 2: across N `kerna node` processes on a "
+        "throwaway etcd (etcd-server installed), one of them killed with SIGKILL midway",
+    )  # fmt: skip
+    demo.add_argument(
+        "--lease-ttl", type=_positive_seconds, default=2.0, metavar="SECONDS",
+        help="with --nodes: the nodes' lease TTL, how long a killed node stays a member "
+        "(default: %(default)s)",
+    )  # fmt: skip
     demo.add_argument("--json", action="store_true", help="print the report as JSON")
     demo.add_argument(
         "--plain", action="store_true", help="plain text output even when rich is installed"
@@ -133,25 +144,35 @@ def _add_demo(commands: Any) -> None:
 
 def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     # here, so that `kerna --version` stays instant
-    from .demo import format_plain, loop_factory, print_rich, run_demo
+    from .demo import format_plain, loop_factory, print_rich, run_cluster_demo, run_demo
 
     try:
         loop_factory(args.loop)
     except ConfigError as exc:
         parser.error(f"argument --loop: {exc}")
+    if args.nodes == 1 and "--lease-ttl" in sys.argv:
+        parser.error("argument --lease-ttl: only with --nodes N (N >= 2)")
+    if args.nodes > 1 and args.docs < 2:
+        parser.error(
+            "argument --docs: --nodes needs at least 2 documents (a half each side of the kill)"
+        )
     rich_lib = None if args.plain else _import_rich()
+    options: dict[str, Any] = {
+        "loop": args.loop,
+        "concurrency": args.concurrency,
+        "step_timeout": args.step_timeout,
+        "corrupt_rate": args.corrupt_rate,
+        "stall_rate": args.stall_rate,
+    }
     try:
         with _progress(rich_lib, args.docs) as progress:
-            report = run_demo(
-                args.docs,
-                args.seed,
-                loop=args.loop,
-                concurrency=args.concurrency,
-                step_timeout=args.step_timeout,
-                corrupt_rate=args.corrupt_rate,
-                stall_rate=args.stall_rate,
-                progress=progress,
-            )
+            if args.nodes > 1:
+                report = run_cluster_demo(
+                    args.docs, args.seed, nodes=args.nodes, lease_ttl=args.lease_ttl,
+                    progress=progress, **options,
+                )  # fmt: skip
+            else:
+                report = run_demo(args.docs, args.seed, progress=progress, **options)
     except Exception as exc:
         if args.verbose:
             raise

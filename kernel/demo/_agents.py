@@ -89,6 +89,7 @@ __all__ = [
     "TextExtractor",
     "error_text",
     "install",
+    "shard_key",
 ]
 
 log = logging.getLogger("kerna.demo")
@@ -184,8 +185,10 @@ class DocumentAggregate(Agent):
         self.latencies: dict[str, float] = {}
         self.errors: dict[str, str] = {}
 
+    # The concrete parts, not their base class: a handler for a base class takes its
+    # subclasses in process, but only the classes it names are known on the wire.
     @handler
-    async def on_part(self, msg: StagePart) -> None:
+    async def on_part(self, msg: TextExtracted | EntitiesFound | Classified | PartFailed) -> None:
         if isinstance(msg, PartFailed):
             self.errors[msg.failed_stage] = msg.error
         else:
@@ -343,6 +346,7 @@ class Tally:
         self.latencies: dict[str, list[float]] = {stage: [] for stage in LATENCY_STAGES}
         self.errors: dict[str, str] = {}
         self.done = asyncio.Event()
+        self._marks: dict[int, asyncio.Event] = {}
         self._first: dict[int, tuple[str, bool, float]] = {}  # doc -> (path, ok, finished)
 
     @property
@@ -368,6 +372,16 @@ class Tally:
             self.failed += 1
         if self.accounted == self.docs:
             self.done.set()
+        mark = self._marks.get(self.accounted)
+        if mark is not None:
+            mark.set()
+
+    def reached(self, accounted: int) -> asyncio.Event:
+        """An event set once ``accounted`` documents are accounted for."""
+        mark = self._marks.setdefault(accounted, asyncio.Event())
+        if self.accounted >= accounted:
+            mark.set()
+        return mark
 
     def error(self, kind: str, text: str) -> None:
         """Keep the first failure of each kind, as an example for the summary."""
@@ -419,7 +433,7 @@ def install(kernel: Kernel, tally: Tally, *, step_timeout: float) -> AgentRef:
     """Register the pipeline's agents and subscriptions; returns the Collector's ref."""
     for stage in (TextExtractor, EntityExtractor, Classifier):
         kernel.register(stage)
-        kernel.subscribe(UPLOADED, stage, key=_shard_key)
+        kernel.subscribe(UPLOADED, stage, key=shard_key)
     kernel.register(DocumentAggregate, mailbox_size=len(STAGES) + 1)
     kernel.register(Collector, name=COLLECTOR, factory=lambda: Collector(tally))
     # Dead letters are offered without waiting: give the watcher room for bursts.
@@ -432,5 +446,6 @@ def install(kernel: Kernel, tally: Tally, *, step_timeout: float) -> AgentRef:
     return kernel.ref(COLLECTOR, "default")
 
 
-def _shard_key(msg: DocumentUploaded) -> str:
+def shard_key(msg: DocumentUploaded) -> str:
+    """The stage shard of a document (``s<doc_id mod 4>``)."""
     return SHARDS[msg.doc_id % len(SHARDS)]

@@ -78,6 +78,11 @@ class DemoReport(msgspec.Struct, frozen=True):
             ``aggregate``, ``end_to_end``).
         errors: the first failure of each kind, as ``"doc N: <path>, <step>:
             <ErrorType>: <text>"`` (the error's class name, without its module).
+        nodes: 1 for the embedded demo; the ``kerna node`` processes of
+            ``kerna demo --nodes N`` (``cluster_demo``).
+        killed: the node killed with SIGKILL midway (cluster demo), else None.
+        failover_s: seconds from that kill to the first reply a survivor served for an
+            agent the killed node hosted (cluster demo), else None.
     """
 
     docs: int
@@ -101,6 +106,9 @@ class DemoReport(msgspec.Struct, frozen=True):
     late_replies: int
     latencies: tuple[StageLatency, ...]
     errors: tuple[str, ...]
+    nodes: int = 1
+    killed: str | None = None
+    failover_s: float | None = None
 
 
 # -- the driver ------------------------------------------------------------------------

@@ -11,7 +11,7 @@ __all__ = ["format_plain", "print_rich", "summary_rows"]
 def summary_rows(report: DemoReport) -> list[tuple[str, str]]:
     """The summary as (label, text) rows, shared by the plain and the rich output."""
     r = report
-    return [
+    rows = [
         ("loop", r.loop),
         ("documents", f"{r.docs:,} uploaded: {r.completed:,} completed, {r.failed:,} failed"
          + (f", {r.lost:,} LOST" if r.lost else "")),
@@ -26,6 +26,23 @@ def summary_rows(report: DemoReport) -> list[tuple[str, str]]:
          f"{_count(r.handler_failures, 'handler failure')}, "
          f"{_count(r.late_replies, 'late reply', 'late replies')}"),
     ]  # fmt: skip
+    if r.nodes > 1:
+        failover = "-" if r.failover_s is None else f"{r.failover_s:.2f} s"
+        rows.insert(
+            1,
+            (
+                "cluster",
+                f"{r.nodes} kerna node processes on etcd; {r.killed} killed (SIGKILL) midway",
+            ),
+        )
+        rows.append(
+            (
+                "failover",
+                f"{failover} from the kill to the first reply a survivor "
+                f"served for an agent {r.killed} hosted",
+            )
+        )
+    return rows
 
 
 def _count(n: int, singular: str, plural: str | None = None) -> str:
@@ -33,7 +50,8 @@ def _count(n: int, singular: str, plural: str | None = None) -> str:
 
 
 def _title(report: DemoReport) -> str:
-    return f"kerna demo: {_count(report.docs, 'document')}, seed {report.seed}"
+    where = f", {report.nodes} nodes" if report.nodes > 1 else ""
+    return f"kerna demo: {_count(report.docs, 'document')}, seed {report.seed}{where}"
 
 
 _LATENCY_HEADER = ("latency since upload (ms)", "count", "p50", "p95", "p99", "max")
