@@ -121,7 +121,7 @@ def _status(args: argparse.Namespace) -> int:
     print(f"node {body['node']} (cluster {body['cluster']}) at {body.get('address')}: {ready}")
     members = body.get("members")
     if members is None:
-        print("members: not reported by this kernel")
+        print("members: none (this node runs alone, in no cluster)")
     else:
         print(f"members: {len(members)}")
         for member in members:

@@ -6,9 +6,12 @@ Endpoints:
   over the last ``LAG_WINDOW`` seconds is under ``[http] max_loop_lag``; else 503 (a
   stall shows for that long, whenever the probe comes). Liveness: restart the process
   when it keeps failing.
-- ``GET /readyz``: 200 once the kernel runs and the state backend answers a read within
-  ``[http] probe_timeout``; 503 while starting, stopping or when the store does not
-  answer. Readiness: route traffic to the node only while it passes.
+- ``GET /readyz``: 200 once the kernel runs, has joined its cluster (its own member
+  record, under its id and at its address, is in its view of the members; always, for
+  a node that runs alone) and the state backend answers a read within
+  ``[http] probe_timeout``; 503 while starting, stopping, while not a member (its lease
+  lapsed and it has not rejoined yet, or another record holds its id), or when the
+  store does not answer. Readiness: route traffic to the node only while it passes.
 - ``GET /metrics``: Prometheus text (``kerna.node._metrics``).
 - ``GET /admin/status``, ``POST /admin/ask``, ``/admin/tell``, ``/admin/publish``: the
   admin API of ``kerna status|ask|tell|publish``. With a token configured (required
@@ -37,7 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from kerna import AskTimeout, Kernel, KernelStopped, UnknownAgent
 
 from ._config import NodeConfig
-from ._members import members_of
+from ._members import joined, members_of
 from ._messages import BadMessage, decode_message, encode_value
 from ._metrics import KernelCollector, node_registry
 
@@ -165,6 +168,9 @@ class NodeHttp:
         if self.stopping or not (self.ready and self.kernel.running):
             reason = "stopping" if self.stopping else "not started"
             return web.json_response({"status": "unready", "reason": reason}, status=503)
+        unjoined = joined(self.kernel)
+        if unjoined is not None:
+            return web.json_response({"status": "unready", "reason": unjoined}, status=503)
         try:
             async with asyncio.timeout(self.config.http.probe_timeout):
                 await self.kernel.state_backend.get(f"{self.kernel.state_prefix}node/probe")

@@ -1,7 +1,8 @@
-"""The cluster's members, as the node's status and metrics show them.
+"""The cluster's members, as the node's status, metrics and ``/readyz`` see them.
 
-``Kernel.members()`` comes with the cluster (membership); until the kernel has it, a
-node reports no member list (``None``) rather than a made-up one.
+``Kernel.members()`` is the live member set the node's watch shows. A node that runs
+alone (no cluster: no transport, or ``memory://`` state) has none to report: ``None``,
+not an empty list, so status says it runs alone rather than that its cluster is empty.
 """
 
 from __future__ import annotations
@@ -10,16 +11,32 @@ from typing import Any
 
 import msgspec
 
-from kerna import Kernel
+from kerna import Kernel, Member
 
-__all__ = ["members_of"]
+__all__ = ["joined", "members_of"]
 
 
-def members_of(kernel: Kernel) -> list[Any] | None:
-    """The live members as JSON-ready values, or None when the kernel has no
-    membership (no ``members()``)."""
-    members = getattr(kernel, "members", None)
-    if not callable(members):
+def members_of(kernel: Kernel) -> list[dict[str, Any]] | None:
+    """The live members as JSON-ready values (by node id), or None when the kernel is
+    not in a cluster."""
+    if kernel.cluster is None:
         return None
-    found = members()
-    return [msgspec.to_builtins(member) for member in found]
+    members: list[dict[str, Any]] = msgspec.to_builtins(kernel.members())
+    return members
+
+
+def joined(kernel: Kernel) -> str | None:
+    """None when the node has joined its cluster (or runs alone): its own member record,
+    under its id and at its address, is in its view of the members. Otherwise why not.
+    """
+    if kernel.cluster is None:
+        return None
+    mine: Member | None = next((m for m in kernel.members() if m.id == kernel.node_id), None)
+    if mine is None:
+        return f"not a member of cluster {kernel.cluster!r} (no record under {kernel.node_id!r})"
+    if mine.address != kernel.address:
+        return (
+            f"not a member of cluster {kernel.cluster!r}: the record under {kernel.node_id!r}"
+            f" is another node's (at {mine.address}, this node is at {kernel.address})"
+        )
+    return None

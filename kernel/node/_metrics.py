@@ -5,7 +5,9 @@ Read from ``Kernel.stats()`` at scrape time by a custom collector on the node's 
 latency histogram: the kernel does not time handlers today, and a histogram measured
 here (around the admin API's asks only) would misrepresent the agents' latency. The
 tcp transport counts frames, socket writes and connections (``Kernel.transport_stats``);
-it keeps no byte or error counters, so none are exported.
+it keeps no byte or error counters, so none are exported. A node in a cluster lists the
+live members as it sees them: ``kerna_members`` (how many) and ``kerna_cluster_member``
+(one series per member, labelled with its id, address and version).
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from kerna import Kernel, __version__
-
-from ._members import members_of
 
 __all__ = ["KernelCollector", "node_registry"]
 
@@ -93,9 +93,17 @@ class KernelCollector(Collector):
         )
         lag.add_metric([], self.loop_lag())
         yield lag
-        members = members_of(self.kernel)
-        if members is not None:
+        if self.kernel.cluster is not None:
+            members = self.kernel.members()
             yield GaugeMetricFamily("kerna_members", "Live cluster members", value=len(members))
+            listed = GaugeMetricFamily(
+                "kerna_cluster_member",
+                "1 per live member of the cluster, as this node's watch sees it",
+                labels=["node", "address", "version"],
+            )
+            for member in members:
+                listed.add_metric([member.id, member.address, member.version], 1)
+            yield listed
         for key, value in sorted(self.kernel.transport_stats().items()):
             known = _TRANSPORT.get(key)
             if known is None:
