@@ -5,7 +5,7 @@ BENCH_VENV := .venv-bench
 STAMP := $(VENV)/.installed
 SOURCES := $(shell find kernel state transports plugins -name '*.py' 2>/dev/null | sort)
 
-.PHONY: demo demo-cluster test lint typecheck pytest bench bench-net clean servers
+.PHONY: demo demo-cluster test lint typecheck pytest bench bench-net bench-cluster clean servers
 
 # Re-install (strict editable mode: a tree of links mypy and pytest both see) whenever
 # pyproject.toml changes or a module is added or removed.
@@ -79,6 +79,10 @@ bench: $(BENCH_VENV)/.installed
 # Cross-process (ISSUE8 section 6): starts its own servers and nats-server, ~10 minutes.
 bench-net: $(BENCH_VENV)/.installed servers
 	$(BENCH_VENV)/bin/python -m benchmarks.net_bench
+
+# The cluster (ISSUE9 section 7): starts its own etcd and node processes, ~4 minutes.
+bench-cluster: $(BENCH_VENV)/.installed servers
+	$(BENCH_VENV)/bin/python -m benchmarks.cluster_bench
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info
