@@ -14,8 +14,7 @@ import msgspec
 import pytest
 
 from kerna.demo import DemoReport, run_demo
-
-from .etcd import require_etcd
+from kerna.testing import EtcdMember
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE_TTL = 1.5
@@ -36,8 +35,9 @@ def _leftovers() -> list[str]:
     return found
 
 
-def test_the_cluster_demo_survives_a_killed_node_with_the_embedded_demos_counts() -> None:
-    require_etcd()
+def test_the_cluster_demo_survives_a_killed_node_with_the_embedded_demos_counts(
+    etcd_server: EtcdMember,  # etcd is installed (else a skip, or a failure under CI)
+) -> None:
     docs = 600
     proc = subprocess.run(
         [sys.executable, "-m", "kerna", "demo", "--nodes", "3", "--docs", str(docs), "--json",
@@ -69,7 +69,8 @@ def test_the_cluster_demo_survives_a_killed_node_with_the_embedded_demos_counts(
     assert "3 nodes" in plain.stdout
     assert "n2 killed (SIGKILL) midway" in plain.stdout
     assert f"failover      {report.failover_s:.2f} s" in plain.stdout
-    # etcd and the nodes were stopped, their temporary directory removed
+    # etcd and the nodes were stopped (their command lines name the demo's temporary
+    # directory: the nodes' configs, etcd's write-ahead log), the directory removed
     assert _leftovers() == []
     assert not [p for p in Path("/dev/shm").glob("kerna-demo-*")]
 

@@ -126,16 +126,9 @@ def demo_sources() -> list[Path]:
 
 def test_the_demo_package_has_its_modules() -> None:
     names = {path.name for path in demo_sources()}
-    # the cluster demo (kerna demo --nodes) too: its driver, the node processes' agent
-    # module and its etcd are checked like the rest
-    assert {
-        "__init__.py",
-        "_agents.py",
-        "_driver.py",
-        "_cluster.py",
-        "_nodes.py",
-        "_etcd.py",
-    } <= names
+    # the cluster demo (kerna demo --nodes) too: its driver and its node processes'
+    # agent module are checked like the rest
+    assert {"__init__.py", "_agents.py", "_driver.py", "_cluster.py", "_nodes.py"} <= names
     # kernel/ holds the kernel only (the source tree: an editable install links only
     # the modules it was built with)
     kernel_dir = Path(__file__).resolve().parents[1] / "kernel"

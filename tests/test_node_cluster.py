@@ -15,8 +15,8 @@ import pytest
 
 from kerna import Member
 from kerna.state import Put, connect
+from kerna.testing import EtcdMember
 
-from .etcd import EtcdMember
 from .node_proc import NodeProcess, run_cli
 from .test_node_daemon import BASE, SECRET, call
 

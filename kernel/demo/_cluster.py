@@ -1,13 +1,13 @@
 """``kerna demo --nodes N``: the document pipeline across N ``kerna node`` processes.
 
-``run_cluster_demo(docs, nodes=3)`` starts a throwaway etcd (``_etcd.LocalEtcd``: free
-ports, a temporary directory), N ``kerna node`` processes (``n1``..``nN``, each loading
-``kerna.demo._nodes``) and, in this process, a driver kernel that joins the same
-cluster and hosts only the Collector (the run's tally lives here). The driver uploads
-the first half of the corpus (a tell to the node's ``Ingest`` shard, which publishes it
-on its node, then an ask to an Orchestrator, wherever the cluster places each), waits
-until that half is accounted for, kills one node (``n2``) with SIGKILL, and uploads the
-second half on the survivors.
+``run_cluster_demo(docs, nodes=3)`` starts a throwaway etcd (``kerna.testing``'s
+``running_etcd``: free ports, a temporary directory), N ``kerna node`` processes
+(``n1``..``nN``, each loading ``kerna.demo._nodes``) and, in this process, a driver
+kernel that joins the same cluster and hosts only the Collector (the run's tally lives
+here). The driver uploads the first half of the corpus (a tell to the node's ``Ingest``
+shard, which publishes it on its node, then an ask to an Orchestrator, wherever the
+cluster places each), waits until that half is accounted for, kills one node (``n2``)
+with SIGKILL, and uploads the second half on the survivors.
 
 Why the kill falls between the halves: delivery is at-most-once, so a message in flight
 to a killed node is lost, and which messages those are depends on timing. Killing
@@ -44,7 +44,8 @@ from typing import Any, BinaryIO
 
 import msgspec
 
-from kerna import AgentRef, KernaError, Kernel
+from kerna import AgentRef, ConfigError, KernaError, Kernel
+from kerna.testing import ServerNotInstalled, data_root, free_ports, running_etcd
 
 from ._agents import COLLECTOR, LATENCY_STAGES, SHARDS, Collector, Tally, error_text
 from ._corpus import fault_plan, make_corpus
@@ -57,7 +58,6 @@ from ._driver import (
     loop_factory,
     loop_name,
 )
-from ._etcd import LocalEtcd, free_ports, temp_root
 from ._messages import DocumentUploaded, Orchestrated, ProcessDocument
 from ._nodes import STEP_TIMEOUT_ENV
 
@@ -153,11 +153,18 @@ async def _servers(
     count: int, lease_ttl: float, step_timeout: float
 ) -> AsyncIterator[tuple[str, bytes, list[_Node]]]:
     """etcd and ``count`` node processes; everything stopped and removed on exit."""
-    root = temp_root()
+    root = data_root("kerna-demo-")
     nodes: list[_Node] = []
-    etcd = LocalEtcd(root)
+    # The etcd of kerna.testing (free ports, a temporary directory, killed by its PID at
+    # the end); its write-ahead log in our directory, so its command line names it.
+    servers = contextlib.ExitStack()
     try:
-        await asyncio.to_thread(etcd.start)
+        try:
+            etcd = await asyncio.to_thread(
+                servers.enter_context, running_etcd(["--wal-dir", str(root / "etcd-wal")])
+            )
+        except ServerNotInstalled as exc:
+            raise ConfigError(f"kerna demo --nodes needs etcd: {exc}") from None
         secret = os.urandom(16).hex().encode()
         (root / "secret").write_bytes(secret)
         ports = free_ports(count)
@@ -174,7 +181,7 @@ async def _servers(
         try:
             await asyncio.gather(*(node.stop() for node in nodes))
         finally:
-            etcd.close()
+            servers.close()
             shutil.rmtree(root, ignore_errors=True)
 
 
