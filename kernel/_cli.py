@@ -130,9 +130,9 @@ def _add_demo(commands: Any) -> None:
         "throwaway etcd (etcd-server installed), one of them killed with SIGKILL midway",
     )  # fmt: skip
     demo.add_argument(
-        "--lease-ttl", type=_positive_seconds, default=2.0, metavar="SECONDS",
+        "--lease-ttl", type=_positive_seconds, default=None, metavar="SECONDS",
         help="with --nodes: the nodes' lease TTL, how long a killed node stays a member "
-        "(default: %(default)s)",
+        "(default: 2)",
     )  # fmt: skip
     demo.add_argument("--json", action="store_true", help="print the report as JSON")
     demo.add_argument(
@@ -150,7 +150,7 @@ def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         loop_factory(args.loop)
     except ConfigError as exc:
         parser.error(f"argument --loop: {exc}")
-    if args.nodes == 1 and "--lease-ttl" in sys.argv:
+    if args.nodes == 1 and args.lease_ttl is not None:
         parser.error("argument --lease-ttl: only with --nodes N (N >= 2)")
     if args.nodes > 1 and args.docs < 2:
         parser.error(
@@ -168,7 +168,7 @@ def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         with _progress(rich_lib, args.docs) as progress:
             if args.nodes > 1:
                 report = run_cluster_demo(
-                    args.docs, args.seed, nodes=args.nodes, lease_ttl=args.lease_ttl,
+                    args.docs, args.seed, nodes=args.nodes, lease_ttl=args.lease_ttl or 2.0,
                     progress=progress, **options,
                 )  # fmt: skip
             else:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -261,7 +262,8 @@ async def cluster_demo(
     Raises:
         TypeError: an argument has the wrong type.
         ValueError: an argument is out of range.
-        ConfigError: etcd is not installed.
+        ConfigError: etcd, or the ``node`` extra (aiohttp, prometheus-client), is not
+            installed.
         RuntimeError: a node process failed to start or join (its log in the message).
     """
     _check_args(docs, seed, concurrency, step_timeout, corrupt_rate, stall_rate, settle_timeout)
@@ -270,6 +272,12 @@ async def cluster_demo(
     if docs < 2:
         raise ValueError(
             f"a cluster demo needs docs >= 2 (one half each side of the kill), got {docs}"
+        )
+    missing = [m for m in ("aiohttp", "prometheus_client") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(
+            f"kerna demo --nodes runs kerna node processes, which need {', '.join(missing)}:"
+            " pip install 'kerna[node]'"
         )
     corpus = make_corpus(docs, seed, corrupt_rate, stall_rate)
     faults = Counter(fault_plan(docs, seed, corrupt_rate, stall_rate))
