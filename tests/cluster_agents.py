@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import msgspec
 
-from kerna import Agent, Request, handler
+from kerna import Agent, Message, Request, handler
 
 
 class Where(Request[str]):
@@ -75,6 +75,60 @@ class Ledger(Agent, state=Tally):
     @handler
     async def total(self, msg: Total) -> int:
         return int(self.state.n)
+
+    @handler
+    async def where(self, msg: Where) -> str:
+        return self.kernel.node_id
+
+
+class Stamped(Message):
+    """``Mirror``'s reply: the asker and request number it was given, and its node."""
+
+    client: str
+    n: int
+    node: str
+
+
+class Stamp(Request[Stamped]):
+    """Asks ``Mirror`` to send back who asked and which request this was."""
+
+    client: str
+    n: int
+
+
+class Mirror(Agent):
+    """A volatile agent answering each ``Stamp`` with its own fields (and where it ran),
+    for the tests that check every asker gets its own reply."""
+
+    @handler
+    async def stamp(self, msg: Stamp) -> Stamped:
+        return Stamped(msg.client, msg.n, self.kernel.node_id)
+
+
+class Book(msgspec.Struct, frozen=True):
+    """Per writing node, the sum of the credits it saved: the store tells who wrote."""
+
+    by: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class Credit(Request[int]):
+    n: int
+
+
+class Journal(Agent, state=Book):
+    """A stateful counter whose state records which node saved each increment."""
+
+    @handler
+    async def credit(self, msg: Credit) -> int:
+        node = self.kernel.node_id
+        by = dict(self.state.by)
+        by[node] = by.get(node, 0) + msg.n
+        await self.save(Book(by))
+        return sum(by.values())
+
+    @handler
+    async def total(self, msg: Total) -> int:
+        return sum(self.state.by.values())
 
     @handler
     async def where(self, msg: Where) -> str:
