@@ -14,11 +14,14 @@ import asyncio
 from collections import Counter
 from collections.abc import Sequence
 
-from kerna import Kernel
+import msgspec
 
-from .cluster_agents import Add
+from kerna import AgentId, Kernel, Rendezvous
 
-__all__ = ["SteadyLoad"]
+from .cluster_agents import Add, Ledger, Total
+from .etcd import EtcdMember
+
+__all__ = ["Failover", "SteadyLoad", "kill_owner_under_load"]
 
 
 class SteadyLoad:
@@ -139,3 +142,62 @@ class SteadyLoad:
             async with asyncio.timeout(self.timeout + 5):
                 await asyncio.gather(*self._tasks)
         self._tasks.clear()
+
+
+class Failover(msgspec.Struct):
+    """One ``kill_owner_under_load`` run."""
+
+    served_after: float  # seconds from the kill until every counter was served again
+    per_key: dict[str, float]
+    sent: dict[str, int]
+    acked: dict[str, int]
+    final: dict[str, int]
+    errors: str
+
+
+async def kill_owner_under_load(
+    etcd: EtcdMember, *, lease_ttl: float, counters: int = 4, acked_before: int = 3
+) -> Failover:
+    """Two nodes here (``s1``, ``s2``) and ``p1`` in a process of its own, all hosting
+    ``Ledger``; ``counters`` counters homed on ``p1`` take increments from ``s1`` and
+    ``s2`` (``SteadyLoad``); once each has ``acked_before`` acknowledged, ``p1`` is
+    killed with SIGKILL, and the load goes on until every counter was served again by
+    an ask sent after the kill; then each counter's final value is read."""
+    from .cluster import nodes
+    from .cluster_proc import NodeProc
+
+    async with nodes(etcd, 2, ids=["s1", "s2"]) as (s1, s2):
+        for k in (s1, s2):
+            k.register(Ledger)
+        assert s1.cluster is not None
+        owner = NodeProc(etcd.url, s1.cluster, "p1", lease_ttl)
+        try:
+            await owner.start()
+            await s1.wait_members(lambda ms: {m.id for m in ms if m.types} == _ALL, 5)
+            await s2.wait_members(lambda ms: {m.id for m in ms if m.types} == _ALL, 5)
+            keys = [
+                k
+                for k in (f"acct-{i}" for i in range(400))
+                if Rendezvous().choose(AgentId("Ledger", k), sorted(_ALL)) == "p1"
+            ][:counters]
+            load = SteadyLoad([s1, s2], "Ledger", keys, timeout=1.0)
+            load.start()
+            try:
+                await load.wait_acked(acked_before, timeout=10)
+                for key in keys:
+                    assert await s1.ref(Ledger, key).locate() == "p1"
+                await owner.kill()
+                load.mark()
+                served = await load.wait_served(timeout=lease_ttl + 10)
+            finally:
+                await load.stop()
+        finally:
+            await owner.close()
+        final = {key: await s2.ref(Ledger, key).ask(Total(), timeout=5) for key in keys}
+        return Failover(
+            served, dict(load.served), dict(load.sent), dict(load.acked), final,
+            load.describe_errors(),
+        )  # fmt: skip
+
+
+_ALL = {"p1", "s1", "s2"}
