@@ -20,18 +20,14 @@ import statistics
 import sys
 from pathlib import Path
 
+from kerna.testing import running_etcd
 from tests.cluster_load import Failover, kill_owner_under_load
-from tests.etcd import EtcdMember, _data_root, free_ports
 
 HERE = Path(__file__).resolve().parent
 
 
 async def _runs(count: int, ttl: float) -> list[Failover]:
-    client, peer = free_ports(2)
-    etcd = EtcdMember("bench", _data_root(), client, peer, f"bench=http://127.0.0.1:{peer}")
-    etcd.start()
-    try:
-        etcd.wait_healthy()
+    with running_etcd() as etcd:
         runs = []
         for i in range(count):
             run = await kill_owner_under_load(etcd, lease_ttl=ttl)
@@ -40,13 +36,11 @@ async def _runs(count: int, ttl: float) -> list[Failover]:
                   f"{'; LOST ' + str(lost) if lost else ''}", flush=True)  # fmt: skip
             runs.append(run)
         return runs
-    finally:
-        etcd.kill()
 
 
 def _report(runs: list[Failover], ttl: float) -> str:
     times = sorted(run.served_after for run in runs)
-    q = statistics.quantiles(times, n=10) if len(times) > 1 else times * 9
+    q = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else times * 9
     lost = sum(1 for run in runs for k, v in run.final.items() if v < run.acked[k])
     within = sum(1 for t in times if t <= ttl + 1.0)
     load = os.getloadavg()

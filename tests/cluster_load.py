@@ -17,9 +17,9 @@ from collections.abc import Sequence
 import msgspec
 
 from kerna import AgentId, Kernel, Rendezvous
+from kerna.testing import EtcdMember
 
 from .cluster_agents import Add, Ledger, Total
-from .etcd import EtcdMember
 
 __all__ = ["Failover", "SteadyLoad", "kill_owner_under_load"]
 

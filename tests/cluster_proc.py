@@ -19,7 +19,7 @@ from asyncio.subprocess import PIPE
 from pathlib import Path
 from typing import IO, Any
 
-from .etcd import wait_until
+from kerna.testing import pause_process, resume_process
 
 __all__ = ["ROOT", "NodeProc"]
 
@@ -97,26 +97,12 @@ class NodeProc:
             await proc.wait()
 
     async def sigstop(self) -> None:
-        """Freeze it; returns once the kernel shows it stopped."""
-        self.proc_signal(signal.SIGSTOP)
-        await self._wait_state(stopped=True)
+        """Freeze it (SIGSTOP); returns once the kernel shows it stopped."""
+        await asyncio.to_thread(pause_process, self.pid)
 
     async def sigcont(self) -> None:
-        self.proc_signal(signal.SIGCONT)
-        await self._wait_state(stopped=False)
-
-    def proc_signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    async def _wait_state(self, *, stopped: bool) -> None:
-        stat = Path(f"/proc/{self.pid}/stat")
-
-        def reached() -> bool:
-            return (stat.read_text().rsplit(")", 1)[1].split()[0] in "Tt") == stopped
-
-        # /proc has no change notification: polled, in a thread, bounded
-        await asyncio.to_thread(wait_until, reached, 5, f"node {self.node_id} stopped={stopped}")
+        """Resume it (SIGCONT); returns once it runs again."""
+        await asyncio.to_thread(resume_process, self.pid)
 
     async def close(self) -> None:
         """End it (stdin closed, then SIGKILL if it is still there after 5 s) and reap."""

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import pytest
 
+from kerna.testing import EtcdMember
+
 from .cluster_load import kill_owner_under_load
-from .etcd import EtcdMember
 
 pytestmark = pytest.mark.anyio
 

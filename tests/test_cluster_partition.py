@@ -1,5 +1,5 @@
-"""A partition of one node from etcd (a black-holing proxy between that node and the
-store; the nodes still reach each other over tcp): the cut-off node fences its
+"""A partition of one node from etcd (``kerna.testing.FaultProxy`` between that node
+and the store, black-holing; the nodes still reach each other over tcp): the cut-off node fences its
 stateful agents within the lease TTL and fails its new state writes, its local volatile
 agents keep running, the other nodes take its stateful agents over; after heal it
 rejoins under a new lease, and no acknowledged increment was lost."""
@@ -12,12 +12,11 @@ import logging
 import pytest
 
 from kerna import ActivationFailed, AgentId, AskTimeout, Kernel, Rendezvous, Unavailable
+from kerna.testing import EtcdMember, FaultProxy
 
 from .cluster import SECRET, TCP, hosting, nodes
 from .cluster_agents import Add, Billing, Charge, Ledger, Total, Where
 from .cluster_load import SteadyLoad
-from .etcd import EtcdMember
-from .tcp_proxy import Blackhole
 
 pytestmark = pytest.mark.anyio
 
@@ -45,14 +44,14 @@ async def test_a_node_cut_off_from_etcd_fences_itself_keeps_its_volatile_agents_
     etcd_server: EtcdMember,
 ) -> None:
     loop = asyncio.get_running_loop()
-    proxy = await Blackhole("127.0.0.1", etcd_server.client_port).start()
+    proxy = await FaultProxy(etcd_server.endpoint).start()
     fenced = _Seen("stateful activations stop serving")
     logger = logging.getLogger("kerna")
     logger.addHandler(fenced)
     try:
         async with nodes(etcd_server, 2, ids=IDS[1:], lease_ttl=TTL) as (n2, n3):
             assert n2.cluster is not None
-            n1 = Kernel(state=f"etcd://127.0.0.1:{proxy.port}", transport=TCP,
+            n1 = Kernel(state=f"etcd://{proxy.endpoint}", transport=TCP,
                         cluster=n2.cluster, node_id="n1", secret=SECRET, lease_ttl=TTL,
                         stop_grace=0.2, ask_timeout=10.0)  # fmt: skip
             async with n1:
@@ -75,7 +74,7 @@ async def test_a_node_cut_off_from_etcd_fences_itself_keeps_its_volatile_agents_
                         assert await n2.ref(Ledger, key).locate() == "n1"
                     assert n1.stats().types["Ledger"].active == len(keys)
 
-                    proxy.cut()
+                    await proxy.blackhole()
                     cut = loop.time()
                     load.mark()
                     # It fences itself within the TTL (before the store can expire its
@@ -96,7 +95,7 @@ async def test_a_node_cut_off_from_etcd_fences_itself_keeps_its_volatile_agents_
                     for key in keys:
                         assert await n2.ref(Ledger, key).ask(Where(), timeout=5) in IDS[1:]
 
-                    proxy.heal()
+                    await proxy.heal()
                     # It rejoins under a new lease and serves again.
                     await n2.wait_members(hosting("Ledger", n1, n2, n3), TTL + 8)
                     acked = min(load.acked[key] for key in keys)

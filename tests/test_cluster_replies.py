@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
+from kerna.testing import EtcdMember
+
 from .cluster import hosting, nodes
 from .cluster_agents import Mirror
 from .cluster_proc import ROOT
-from .etcd import EtcdMember
 
 pytestmark = pytest.mark.anyio
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from kerna import Kernel, Member
+from kerna.testing import EtcdMember
 
 from .cluster import SECRET, cluster_name, nodes
 from .cluster_agents import Ledger, Total
 from .cluster_load import SteadyLoad
-from .etcd import EtcdMember
 from .node_proc import NodeProcess
 
 pytestmark = pytest.mark.anyio

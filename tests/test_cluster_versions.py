@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from kerna import AgentId, Rendezvous
+from kerna.testing import EtcdMember
 
 from .cluster import SECRET, cluster_name
-from .etcd import EtcdMember
 from .node_proc import NodeProcess, run_cli
 from .test_node_daemon import call
 

@@ -19,11 +19,11 @@ import pytest
 
 from kerna import AgentId, Rendezvous
 from kerna.state import Layout
+from kerna.testing import EtcdMember
 
 from .cluster import nodes
 from .cluster_agents import Book, Credit, Journal, Total, Where
 from .cluster_proc import NodeProc
-from .etcd import EtcdMember
 
 pytestmark = pytest.mark.anyio
 
