@@ -386,6 +386,7 @@ class Kernel:
             except RegistrationError:
                 del self._runtime.types[name]
                 raise
+            remote.types_changed()  # peers met from now on hear of this type's schemas
         if self._runtime.cluster is not None:
             self._runtime.cluster.types_changed()  # other nodes learn it hosts the type
         return name
@@ -452,10 +453,12 @@ class Kernel:
         return self._node_id
 
     def schema_mismatches(self) -> dict[str, list[str]]:
-        """Per peer node, the message tags whose wire schemas differ from this node's
-        (compared in the transport's handshake, e.g. tcp's; each is also logged once).
-        Empty without a transport or when every shared tag matches; the node's status
-        reports it (cluster issue)."""
+        """Per peer node, the message tags whose wire schemas are incompatible with this
+        node's (checked as ``kerna schema check`` does, from the schema documents nodes
+        exchange when they meet: the tcp handshake, nats probes; each is also logged
+        once). A compatible difference is not listed (it is logged at INFO). Empty
+        without a transport or when every shared tag is compatible; the node's status
+        reports it."""
         remote = self._runtime.remote
         return {} if remote is None else remote.schema_mismatches()
 

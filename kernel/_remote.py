@@ -18,7 +18,6 @@ A peer that is lost fails the asks waiting on it with ``PeerUnreachable``.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable
@@ -39,6 +38,7 @@ from ._failures import describe
 from ._ids import AgentId
 from ._message import DeadLetterReason
 from ._runtime import RUNNING
+from ._schema_exchange import SchemaExchange
 from ._wire import Delivery, Reply, WireCodec, WireError
 
 if TYPE_CHECKING:
@@ -149,12 +149,12 @@ class Remote:
         # Per local target of messages from other nodes, its cached route (what a ref
         # keeps): Runtime.deliver then skips the directory lookup for a live agent.
         self._local_routes: dict[Any, _LocalRoute] = {}
-        self._compared: set[str] = set()  # peers whose schema fingerprints we compared
+        self._compared: set[str] = set()  # peers whose schemas we compared
+        self.schemas = SchemaExchange(codec.types)
         # Receive-side flow control, per peer: deliveries parked on full mailboxes, and
         # the future the transport waits on while that peer is paused.
         self._parked: dict[str, int] = {}
         self._resume: dict[str, asyncio.Future[None]] = {}
-        self._mismatches: dict[str, set[str]] = {}  # peer -> tags whose schemas differ
 
     @classmethod
     def open(cls, runtime: Runtime, url: str, options: dict[str, Any]) -> Remote:
@@ -172,8 +172,7 @@ class Remote:
 
     async def start(self) -> None:
         transport = self.transport
-        if hasattr(transport, "schema"):  # a transport with a handshake (tcp) sends them
-            transport.schema = json.dumps(self.codec.types.fingerprints(), sort_keys=True)
+        self.types_changed()
         await transport.start(self._on_frame, self._on_peer_lost)
         # A transport may lower its limit on start (nats: the server's max_payload).
         self.codec.max_frame_size = self.transport.max_frame_size
@@ -267,36 +266,25 @@ class Remote:
     # -- receiving -----------------------------------------------------------------------
 
     def schema_mismatches(self) -> dict[str, list[str]]:
-        """Per peer, the wire tags both nodes know whose schemas differ (from the
-        peers' handshakes; a transport without one reports none)."""
-        return {peer: sorted(tags) for peer, tags in self._mismatches.items() if tags}
+        """Per peer, the wire tags both nodes know whose schemas are incompatible (from
+        what peers sent when they met; a transport that exchanges nothing reports
+        none)."""
+        return self.schemas.mismatches()
 
     def _compare_schemas(self, peer: str) -> None:
-        """Compare ``peer``'s fingerprints (its handshake) with ours, once per peer;
-        each differing tag is logged once and kept for ``schema_mismatches``."""
+        """Compare what ``peer`` sent about its schemas (its handshake or probe) with
+        ours, once per peer (``kerna._schema_exchange``)."""
         self._compared.add(peer)
         peer_info = getattr(self.transport, "peer_info", None)
         info = None if peer_info is None else peer_info(peer)
-        if info is None or not info.schema:
-            return
-        try:
-            theirs = json.loads(info.schema)
-        except ValueError:
-            log.warning("%s sent schema fingerprints that are not JSON; not compared", peer)
-            return
-        if not isinstance(theirs, dict):
-            return
-        ours = self.codec.types.fingerprints()
-        differ = {tag for tag, mine in ours.items() if tag in theirs and theirs[tag] != mine}
-        known = self._mismatches.setdefault(peer, set())
-        for tag in sorted(differ - known):
-            log.warning(
-                "schema of %r differs between this node and %s: messages of that type may"
-                " not decode on one side (kerna schema check tells what changed)",
-                tag,
-                peer,
-            )
-        known |= differ
+        if info is not None and info.schema:
+            self.schemas.compare(peer, info.schema)
+
+    def types_changed(self) -> None:
+        """The types this node decodes changed (an agent type registered): what it
+        tells the peers it meets from now on changes too."""
+        if hasattr(self.transport, "schema"):  # a transport that tells peers (tcp, nats)
+            self.transport.schema = self.schemas.document()
 
     def _on_frame(self, peer: str, frame: bytes) -> asyncio.Future[None] | None:
         """A frame from ``peer``: a reply, or a delivery; returns the future the

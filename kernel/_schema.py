@@ -17,7 +17,10 @@ change, exiting 1 if there is any:
 - for ``array_like`` Structs, fields that moved (their position is their identity).
 
 Fingerprints (``fingerprint``) are a stable hash of what the check compares, per tag:
-equal fingerprints mean the same wire schema; nodes compare them in their handshake.
+equal fingerprints mean the same wire schema. Nodes exchange their schema documents
+when they meet (the tcp handshake, nats presence probes) and run the same check on each
+tag whose fingerprints differ (``peer_problems``): a compatible difference is logged at
+INFO, an incompatible one at WARNING and kept for ``Kernel.schema_mismatches()``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,15 @@ import msgspec
 from ._message import Message
 from ._replies import resolved_reply
 
-__all__ = ["SCHEMA_VERSION", "check", "describe", "export", "fingerprint", "message_types"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "check",
+    "describe",
+    "export",
+    "fingerprint",
+    "message_types",
+    "peer_problems",
+]
 
 SCHEMA_VERSION = 1
 _REF = "#/$defs/{name}"
@@ -177,16 +188,40 @@ def check(old: dict[str, Any], types: Iterable[type[Message]]) -> list[str]:
             else:
                 problems.append(f"{tag}: removed message type {before['type']} (still in the file)")
             continue
-        problems += _fields(tag, before, after)
-        if before.get("reply") != after.get("reply"):
-            problems.append(
-                f"{tag}: changed reply type: {_show(before.get('reply'))} -> "
-                f"{_show(after.get('reply'))}"
-            )
-        for name, struct in before.get("structs", {}).items():
-            now = after.get("structs", {}).get(name)
-            if now is not None:
-                problems += _fields(f"{tag}: struct {name}", struct, now)
+        problems += _entry_problems(tag, before, after)
+    return problems
+
+
+def peer_problems(theirs: dict[str, Any], ours: dict[str, Any]) -> dict[str, list[str]]:
+    """For each tag that two nodes' schema documents (their ``messages``) both have with
+    different fingerprints, what breaks between them (an empty list: they differ
+    compatibly, e.g. a field added with a default). A tag only one side knows is not a
+    problem: a new message type is compatible."""
+    out: dict[str, list[str]] = {}
+    for tag, before in theirs.items():
+        after = ours.get(tag)
+        if after is None or not isinstance(before, dict):
+            continue
+        if before.get("fingerprint") == after.get("fingerprint"):
+            continue
+        try:
+            out[tag] = _entry_problems(tag, before, after)
+        except (KeyError, TypeError) as exc:  # a peer's document we cannot read
+            out[tag] = [f"{tag}: the peer's schema is not readable ({exc!r})"]
+    return out
+
+
+def _entry_problems(tag: str, before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    problems = _fields(tag, before, after)
+    if before.get("reply") != after.get("reply"):
+        problems.append(
+            f"{tag}: changed reply type: {_show(before.get('reply'))} -> "
+            f"{_show(after.get('reply'))}"
+        )
+    for name, struct in before.get("structs", {}).items():
+        now = after.get("structs", {}).get(name)
+        if now is not None:
+            problems += _fields(f"{tag}: struct {name}", struct, now)
     return problems
 
 

@@ -95,11 +95,20 @@ class NodeProcess:
                 async with self._more:
                     self._more.notify_all()
 
-    async def line(self, message: str, timeout: float = 10.0) -> dict[str, Any]:
-        """The first JSON log line whose ``message`` is ``message`` (waits for it)."""
+    async def line(
+        self, message: str, timeout: float = 10.0, *, prefix: bool = False
+    ) -> dict[str, Any]:
+        """The first JSON log line whose ``message`` is ``message`` (or, with
+        ``prefix``, starts with it); waits for it."""
+
+        def matches(entry: dict[str, Any]) -> bool:
+            text = entry.get("message")
+            if not isinstance(text, str):
+                return False
+            return text.startswith(message) if prefix else text == message
 
         def found() -> dict[str, Any] | None:
-            return next((e for e in self.lines if e.get("message") == message), None)
+            return next((e for e in self.lines if matches(e)), None)
 
         async with asyncio.timeout(timeout), self._more:
             await self._more.wait_for(lambda: found() is not None)
