@@ -33,7 +33,7 @@ from ._tcp_framing import header, read_frame
 __all__ = ["PROTOCOL_VERSION", "HandshakeError", "PeerInfo", "accept", "connect"]
 
 PROTOCOL_VERSION = 1
-HANDSHAKE_LIMIT = 64 * 1024  # bytes per handshake message: schemas are fingerprints
+HANDSHAKE_LIMIT = 64 * 1024  # bytes per handshake message (a schema document: <= 48 KiB)
 _NONCE = 32
 
 
