@@ -408,3 +408,54 @@ async def test_accepted_connections_past_max_connections_are_closed_after_their_
         async with node() as (a4, _):
             await a4.send(b.address, b"room again")
             await got.wait_frames(3)
+
+
+class _Attempts(logging.Handler):
+    """The loop time of each failed reconnect attempt the tcp transport logs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.times: list[float] = []
+        self.gave_up = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("reconnect "):
+            self.times.append(asyncio.get_running_loop().time())
+        elif "dropped" in record.getMessage():
+            self.gave_up.set()
+
+
+async def test_reconnects_back_off_exponentially_with_jitter() -> None:
+    (port,) = free_ports(1)
+    address = f"tcp://127.0.0.1:{port}"
+    server, writers = await _stalled_on(port)
+    initial, attempts = 0.1, 4
+    options = {"send_queue": 4, "reconnect_attempts": attempts, "backoff_initial": initial,
+               "backoff_max": 10.0}  # fmt: skip
+    attempts_seen = _Attempts()
+    logger = logging.getLogger("kerna.transports.tcp")
+    logger.addHandler(attempts_seen)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        async with node(**options) as (a, lost):  # type: ignore[arg-type]
+            waiting = await _fill(a, address, b"0" * (1 << 20))
+            await _break(server, writers)  # nothing listens any more: each try is refused
+            broke = asyncio.get_running_loop().time()
+            assert await lost.wait_lost(address) is not None
+            async with asyncio.timeout(WAIT):
+                await attempts_seen.gave_up.wait()
+            with pytest.raises(PeerUnreachable):
+                await asyncio.wait_for(waiting, WAIT)
+    finally:
+        logger.removeHandler(attempts_seen)
+        logger.setLevel(level)
+    times = [broke, *attempts_seen.times]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert len(gaps) == attempts
+    # Each wait is initial * 2**k times a jitter in [0.5, 1): never less than half of
+    # it (a loaded machine can only make it longer), and not all at the full value.
+    caps = [initial * 2**k for k in range(attempts)]
+    assert all(gap >= 0.5 * cap - 0.005 for gap, cap in zip(gaps, caps, strict=True)), gaps
+    assert gaps[-1] > 2 * 0.5 * caps[0], gaps  # it grew
+    assert min(gap / cap for gap, cap in zip(gaps, caps, strict=True)) < 0.97, gaps
