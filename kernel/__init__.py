@@ -55,6 +55,9 @@ _EXPORTS: dict[str, str] = {
     "UnknownAgent": "_errors",
     "UsageError": "_errors",
     "ValueTooLarge": "_errors",
+    "DeadLetterRecord": "_dead_letters",
+    "DeadLetterStats": "_dead_letters",
+    "ReplayResult": "_dead_letters",
     "AgentId": "_ids",
     "Kernel": "_kernel",
     "KernelStats": "_kernel",
@@ -75,6 +78,7 @@ if typing.TYPE_CHECKING:
     from ._cluster_members import Member
     from ._cluster_placement import PlacementStrategy, Rendezvous
     from ._context import MessageContext
+    from ._dead_letters import DeadLetterRecord, DeadLetterStats, ReplayResult
     from ._deferred import PendingReply
     from ._errors import (
         ActivationFailed,
@@ -128,6 +132,8 @@ __all__ = [
     "Conflict",
     "DeadLetter",
     "DeadLetterReason",
+    "DeadLetterRecord",
+    "DeadLetterStats",
     "DeadlockError",
     "DecodeError",
     "Fenced",
@@ -149,6 +155,7 @@ __all__ = [
     "RegistrationError",
     "RemoteError",
     "Rendezvous",
+    "ReplayResult",
     "Request",
     "StateError",
     "StoreFailed",

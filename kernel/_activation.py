@@ -190,6 +190,7 @@ class Activation(StateOwner):
         reply = env.reply
         if reply is not None and reply.done():
             self.atype.stats.expired += 1  # an ask that timed out while parked
+            self.runtime.expired(env, self.id)
         else:
             self.atype.stats.rejected += 1  # a sender cancelled while parked
 
@@ -299,6 +300,7 @@ class Activation(StateOwner):
             reply = env.reply
             if reply is not None and reply.done():
                 stats.expired += 1  # nobody waits for this ask any more: do not run it
+                runtime.expired(env, self.id)
                 continue
             self.current = env
             message = env.payload

@@ -36,6 +36,7 @@ from ._agent import Agent
 from ._blocking_state import BlockingEventLog, BlockingReplica
 from ._cluster_members import Member
 from ._cluster_placement import PlacementStrategy
+from ._dead_letters import DeadLetterRecord, DeadLetterStats, ReplayResult
 from ._errors import KernelStopped, UsageError
 from ._ids import AgentId
 from ._kernel import Kernel, KernelStats, Subscription
@@ -294,6 +295,7 @@ class BlockingKernel:
         secret: bytes | str | None = None,
         secret_file: str | os.PathLike[str] | None = None,
         placement_strategy: PlacementStrategy | None = None,
+        dead_letters_kept: int = 1000,
     ) -> None:
         self._kernel = Kernel(
             ask_timeout=ask_timeout,
@@ -315,6 +317,7 @@ class BlockingKernel:
             secret=secret,
             secret_file=secret_file,
             placement_strategy=placement_strategy,
+            dead_letters_kept=dead_letters_kept,
         )
         self._loop = _LoopThread()
 
@@ -423,6 +426,47 @@ class BlockingKernel:
     def stats(self) -> KernelStats:
         """See ``Kernel.stats``; after ``stop()``, the final counters."""
         return self._loop.call(self._kernel.stats)
+
+    def dead_letters(
+        self,
+        *,
+        reason: str | None = None,
+        agent_type: type[Agent] | str | None = None,
+        message_type: type[Message] | str | None = None,
+        limit: int | None = None,
+    ) -> list[DeadLetterRecord]:
+        """See ``Kernel.dead_letters``."""
+        return self._loop.call(
+            functools.partial(
+                self._kernel.dead_letters,
+                reason=reason,
+                agent_type=agent_type,
+                message_type=message_type,
+                limit=limit,
+            )
+        )
+
+    def dead_letter_stats(self) -> DeadLetterStats:
+        """See ``Kernel.dead_letter_stats``."""
+        return self._loop.call(self._kernel.dead_letter_stats)
+
+    def replay_dead_letters(
+        self,
+        *,
+        reason: str | None = None,
+        agent_type: type[Agent] | str | None = None,
+        message_type: type[Message] | str | None = None,
+        seqs: list[int] | None = None,
+    ) -> ReplayResult:
+        """See ``Kernel.replay_dead_letters``; blocks until every resend is accepted."""
+        replay = functools.partial(
+            self._kernel.replay_dead_letters,
+            reason=reason,
+            agent_type=agent_type,
+            message_type=message_type,
+            seqs=seqs,
+        )
+        return self._loop.run(replay, "no dead letter replayed")
 
     def message_types(self) -> dict[str, type[Message]]:
         """See ``Kernel.message_types``."""

@@ -30,6 +30,7 @@ from ._agent import Agent
 from ._cluster import Cluster, check_cluster, default_node_id
 from ._cluster_members import Member
 from ._cluster_placement import PlacementStrategy, check_placement
+from ._dead_letters import DeadLetterRecord, DeadLetterStats, ReplayResult, replay
 from ._envelope import EVENT, Envelope, outgoing
 from ._errors import ConfigError, IdleTimeout, RegistrationError, UnknownAgent, UsageError
 from ._failure_log import check_level
@@ -84,6 +85,13 @@ class KernelStats(msgspec.Struct):
     types: dict[str, TypeStats]
     dead_letters: int
     running: int
+
+
+def _tag_of(message_type: type[Message] | str) -> str:
+    if isinstance(message_type, str):
+        return message_type
+    tag = message_type.__struct_config__.tag
+    return tag if isinstance(tag, str) else message_type.__qualname__
 
 
 class Kernel:
@@ -143,6 +151,9 @@ class Kernel:
         failure_log_level: the level at which a handler failure nobody else hears of
             (a tell's or an event's) is logged on ``kerna.activation``: WARNING by default,
             at most 10 records per agent type per minute.
+        dead_letters_kept: how many dead letters the kernel keeps for
+            ``dead_letters()`` and ``replay_dead_letters()`` (1000; 0 keeps none): the
+            oldest is evicted for a new one, counted in ``dead_letter_stats()``.
 
     Raises:
         ValueError: an option is out of range.
@@ -173,6 +184,7 @@ class Kernel:
         secret: bytes | str | None = None,
         secret_file: str | os.PathLike[str] | None = None,
         placement_strategy: PlacementStrategy | None = None,
+        dead_letters_kept: int = 1000,
     ) -> None:
         check_positive("ask_timeout", ask_timeout)
         check_positive("lease_ttl", lease_ttl)
@@ -217,7 +229,8 @@ class Kernel:
             )
         self.cluster = cluster
         self._node_id = node_id or default_node_id()
-        self._runtime = Runtime(self)
+        self.dead_letters_kept = dead_letters_kept
+        self._runtime = Runtime(self)  # checks dead_letters_kept (DeadLetterStore)
         if transport is not None:  # a bad URL or option fails here, not at start
             self._runtime.remote = Remote.open(self._runtime, transport, options)
         if cluster is not None:
@@ -633,6 +646,80 @@ class Kernel:
         }
         running = rt.busy - len(rt.tasks)  # kernel tasks are not agents
         return KernelStats(types=types, dead_letters=rt.dead_letters, running=running)
+
+    def dead_letters(
+        self,
+        *,
+        reason: str | None = None,
+        agent_type: type[Agent] | str | None = None,
+        message_type: type[Message] | str | None = None,
+        limit: int | None = None,
+    ) -> list[DeadLetterRecord]:
+        """The dead letters this kernel keeps (``dead_letters_kept``), oldest first.
+
+        Every dead letter is kept, whoever subscribes to ``DEAD_LETTERS``: tells and
+        events that were not handled, asks that failed before their handler ran (their
+        asker got the error) and asks that expired in a mailbox (``"expired"``). See
+        ``kerna._dead_letters`` for the rules.
+
+        Args:
+            reason: only this ``DeadLetterReason``.
+            agent_type: only those for agents of this type (a class or a name).
+            message_type: only messages of this type (a class or its wire tag).
+            limit: only the newest ``limit`` of them.
+
+        Raises:
+            ValueError: ``limit`` is negative.
+        """
+        if limit is not None and (isinstance(limit, bool) or limit < 0):
+            raise ValueError(f"limit must be an int >= 0, got {limit!r}")
+        return self._runtime.dead_letter_store.select(
+            reason=None if reason is None else str(reason),
+            agent_type=None if agent_type is None else self._type_name(agent_type),
+            message_type=None if message_type is None else _tag_of(message_type),
+            limit=limit,
+        )
+
+    def dead_letter_stats(self) -> DeadLetterStats:
+        """The dead-letter store's counters: kept, capacity, evicted, recorded by reason."""
+        return self._runtime.dead_letter_store.stats()
+
+    async def replay_dead_letters(
+        self,
+        *,
+        reason: str | None = None,
+        agent_type: type[Agent] | str | None = None,
+        message_type: type[Message] | str | None = None,
+        seqs: list[int] | None = None,
+    ) -> ReplayResult:
+        """Send the kept dead letters matching every given filter to their agents again.
+
+        Each message goes again, in the order it died, as a new tell from outside any
+        agent (a new message id and conversation). An ask is replayed as a tell: its
+        asker already got its error and waits no more, so the handler's reply is
+        dropped. A record leaves the store once its resend is accepted; a message that
+        fails again is a new dead letter. Records that cannot be replayed (their target
+        is not one agent: a subscription whose key failed, an undecodable frame) or
+        whose resend is refused stay, and are named in the result.
+
+        Args:
+            reason, agent_type, message_type: as ``dead_letters``.
+            seqs: only the records with these ``seq`` numbers.
+
+        Raises:
+            KernelStopped: the kernel is not running.
+        """
+        rt = self._runtime
+        if rt.phase is not RUNNING:
+            raise rt.refusal("no dead letter replayed")
+        store = rt.dead_letter_store
+        records = store.select(
+            reason=None if reason is None else str(reason),
+            agent_type=None if agent_type is None else self._type_name(agent_type),
+            message_type=None if message_type is None else _tag_of(message_type),
+            seqs=seqs,
+        )
+        return await replay(self, store, records)
 
     def message_types(self) -> dict[str, type[Message]]:
         """The message types the registered agent types handle, by wire tag (read-only):

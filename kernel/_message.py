@@ -220,6 +220,10 @@ class DeadLetterReason(enum.StrEnum):
     """Still queued when the kernel stopped."""
     INTERNAL_ERROR = "internal_error"
     """A bug in kerna failed the agent's worker (logged at ERROR)."""
+    EXPIRED = "expired"
+    """An ask whose asker had given up (timed out or cancelled) when its turn came:
+    not run, counted in ``TypeStats.expired``. Kept in the dead-letter store
+    (``Kernel.dead_letters``) but not published: its asker already heard."""
     UNDECODABLE = "undecodable"
     """A frame from another node that does not decode (``target`` names the peer, the
     error why: ``kerna._wire.WireErrorReason``); its message is lost."""

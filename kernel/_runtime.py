@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._activation import Activation
+from ._dead_letters import DeadLetterStore
 from ._envelope import Envelope
 from ._errors import (
     Fenced,
@@ -92,6 +93,7 @@ class Runtime:
         tasks: the kernel tasks running now.
         unstarted: workers spawned that have not run yet (see ``SPAWN_BURST``).
         dead_letters: dead letters so far, including those for unknown agent types.
+        dead_letter_store: the last dead letters, kept for inspection and replay.
     """
 
     def __init__(self, kernel: Kernel) -> None:
@@ -117,6 +119,7 @@ class Runtime:
         # memory) however many agents it wakes without awaiting.
         self.unstarted = 0
         self.dead_letters = 0
+        self.dead_letter_store = DeadLetterStore(kernel.dead_letters_kept)
         # Tasks started through ``Kernel.create_task`` (plug-ins' shared computations,
         # batches): counted in ``busy`` and cancelled with the workers at stop.
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -375,8 +378,15 @@ class Runtime:
         if reply is not None:
             if not reply.done():
                 reply.set_exception(error)
+            self.dead_letter_store.add(env, target, reason, error)
             return
         self.publish_dead_letter(env, target, reason, error)
+
+    def expired(self, env: Envelope, target: AgentId) -> None:
+        """An ask whose asker gave up before its turn came, not run (the caller has
+        counted it as expired): kept in the dead-letter store, not published (its
+        asker heard of it)."""
+        self.dead_letter_store.add(env, target, DeadLetterReason.EXPIRED, None)
 
     def handler_failed(self, env: Envelope, target: AgentId, error: BaseException) -> None:
         """A tell's or an event's handler raised: log it (rate-limited) and publish it
@@ -394,7 +404,9 @@ class Runtime:
     def publish_dead_letter(
         self, env: Envelope, target: AgentId | str, reason: str, error: BaseException | None
     ) -> None:
-        """Publish a ``DeadLetter`` about ``env`` (never blocking; not while stopping)."""
+        """Keep a record of ``env`` and publish a ``DeadLetter`` about it (never
+        blocking; not while stopping)."""
+        self.dead_letter_store.add(env, target, reason, error)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("dead letter for %s (%s): %s", target, reason, error and describe(error))
         if not self.stopped:

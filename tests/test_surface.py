@@ -163,6 +163,7 @@ NOT_MIRRORED = {
     "failure_log_level": "option",
     "transport": "option",
     "cluster": "option",
+    "dead_letters_kept": "option",
 }
 
 
