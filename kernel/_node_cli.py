@@ -8,6 +8,8 @@ library's client: no extra needed)::
     kerna ask Echo a '{"type": "Ping", "n": 1}' [--timeout 5]
     kerna tell Counter c1 '{"type": "Inc"}'
     kerna publish uploads '{"type": "doc.uploaded", "doc_id": "d1"}'
+    kerna deadletters list [--reason R] [--type T] [--message-type M] [--limit N] [--json]
+    kerna deadletters replay (--reason R | --type T | --message-type M | --seq N... | --all)
 
 A message is a JSON object: ``"type"`` is its wire tag (or the class name, when one
 registered type has it) and the other keys are its fields. ``--node`` (default
@@ -25,6 +27,7 @@ import json
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -34,7 +37,7 @@ DEFAULT_NODE = "http://127.0.0.1:9101"
 
 
 def add_node_commands(commands: Any) -> None:
-    """Add ``node``, ``status``, ``ask``, ``tell`` and ``publish``."""
+    """Add ``node``, ``status``, ``ask``, ``tell``, ``publish`` and ``deadletters``."""
     node: argparse.ArgumentParser = commands.add_parser(
         "node",
         help="run a node: agents, HTTP probes, metrics and the admin API",
@@ -53,16 +56,7 @@ def add_node_commands(commands: Any) -> None:
         ("publish", "publish an event on a topic through a node"),
     ):
         parser: argparse.ArgumentParser = commands.add_parser(name, help=text, description=text)
-        parser.add_argument(
-            "--node",
-            default=os.environ.get("KERNA_NODE_URL", DEFAULT_NODE),
-            help="the node's HTTP address (default: $KERNA_NODE_URL or %(default)s)",
-        )
-        parser.add_argument(
-            "--token",
-            default=os.environ.get("KERNA_HTTP_TOKEN"),
-            help="the node's admin token (default: $KERNA_HTTP_TOKEN)",
-        )
+        _node_options(parser)
         if name == "status":
             parser.add_argument("--json", action="store_true", help="print the status as JSON")
             parser.set_defaults(run=_status)
@@ -78,6 +72,109 @@ def add_node_commands(commands: Any) -> None:
                 "--timeout", type=float, default=None, help="seconds (default: the node's)"
             )
         parser.set_defaults(run=_send, action=name)
+    _add_dead_letters(commands)
+
+
+def _node_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--node",
+        default=os.environ.get("KERNA_NODE_URL", DEFAULT_NODE),
+        help="the node's HTTP address (default: $KERNA_NODE_URL or %(default)s)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("KERNA_HTTP_TOKEN"),
+        help="the node's admin token (default: $KERNA_HTTP_TOKEN)",
+    )
+
+
+def _add_dead_letters(commands: Any) -> None:
+    text = "list or replay the dead letters a node keeps"
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "deadletters", help=text, description=text
+    )
+    actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
+    for name, what in (
+        ("list", "list the kept dead letters, oldest first"),
+        ("replay", "send the selected dead letters to their agents again, as tells"),
+    ):
+        action: argparse.ArgumentParser = actions.add_parser(name, help=what, description=what)
+        _node_options(action)
+        action.add_argument("--reason", help="only this reason (e.g. handler_failed)")
+        action.add_argument("--type", dest="agent_type", help="only for this agent type")
+        action.add_argument("--message-type", help="only messages of this wire tag")
+        if name == "list":
+            action.add_argument("--limit", type=int, help="only the newest N")
+            action.add_argument("--json", action="store_true", help="print them as JSON")
+            action.set_defaults(run=_dead_letters_list)
+        else:
+            action.add_argument(
+                "--seq", type=int, action="append", dest="seqs", help="this record (repeatable)"
+            )
+            action.add_argument("--all", action="store_true", help="every kept dead letter")
+            action.set_defaults(run=_dead_letters_replay)
+
+
+def _dead_letters_list(args: argparse.Namespace) -> int:
+    query = {
+        key: value
+        for key, value in (
+            ("reason", args.reason),
+            ("type", args.agent_type),
+            ("message_type", args.message_type),
+            ("limit", args.limit),
+        )
+        if value is not None
+    }
+    path = "/admin/deadletters"
+    if query:
+        path += "?" + urllib.parse.urlencode(query)
+    status, body = _call(args, "GET", path, None)
+    if status != 200:
+        return _refused("deadletters list", status, body)
+    if args.json:
+        print(json.dumps(body, indent=2, sort_keys=True))
+        return 0
+    for record in body["dead_letters"]:
+        message = json.dumps(record["message"], sort_keys=True)
+        error = f" ({record['error']})" if record.get("error") else ""
+        print(
+            f"{record['seq']:>6} {record['reason']:<18} {record['kind']:<5} "
+            f"{record['target']} {message}{error}"
+        )
+    stats = body["stats"]
+    print(f"{stats['kept']} kept (of {stats['capacity']}), {stats['evicted']} evicted")
+    return 0
+
+
+def _dead_letters_replay(args: argparse.Namespace) -> int:
+    payload: dict[str, Any] = {
+        key: value
+        for key, value in (
+            ("reason", args.reason),
+            ("agent_type", args.agent_type),
+            ("message_type", args.message_type),
+            ("seqs", args.seqs),
+        )
+        if value is not None
+    }
+    if bool(payload) == args.all:
+        print(
+            "kerna deadletters replay: name what to replay (--reason, --type, "
+            "--message-type, --seq) or --all, not both",
+            file=sys.stderr,
+        )
+        return 2
+    if args.all:
+        payload["all"] = True
+    status, body = _call(args, "POST", "/admin/deadletters/replay", payload)
+    if status != 200:
+        return _refused("deadletters replay", status, body)
+    print(f"replayed {len(body['replayed'])}")
+    for label in ("skipped", "failed"):
+        for seq, why in sorted(body[label].items(), key=lambda item: int(item[0])):
+            print(f"{label} {seq}: {why}")
+    return 1 if body["failed"] else 0
 
 
 def _node(args: argparse.Namespace) -> int:

@@ -14,8 +14,12 @@ Endpoints:
   store does not answer. Readiness: route traffic to the node only while it passes.
 - ``GET /metrics``: Prometheus text (``kerna.node._metrics``).
 - ``GET /admin/status``, ``POST /admin/ask``, ``/admin/tell``, ``/admin/publish``: the
-  admin API of ``kerna status|ask|tell|publish``. With a token configured (required
-  when listening on anything but loopback) each admin call needs
+  admin API of ``kerna status|ask|tell|publish``.
+- ``GET /admin/deadletters`` (query ``reason``, ``type``, ``message_type``, ``limit``)
+  and ``POST /admin/deadletters/replay`` (a JSON object of the same filters and
+  ``seqs``, or ``"all": true``): the kept dead letters (``Kernel.dead_letters``) and
+  their replay (``Kernel.replay_dead_letters``), for ``kerna deadletters list|replay``.
+  With a token configured (required when listening on anything but loopback) each admin call needs
   ``Authorization: Bearer <token>``; a missing or wrong one is 401. The probes and
   ``/metrics`` need none (what probes and scrapers expect).
 
@@ -37,7 +41,7 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from kerna import AskTimeout, Kernel, KernelStopped, UnknownAgent
+from kerna import AskTimeout, DeadLetterRecord, Kernel, KernelStopped, UnknownAgent
 
 from ._config import NodeConfig
 from ._members import joined, members_of
@@ -67,6 +71,30 @@ class TellBody(msgspec.Struct, forbid_unknown_fields=True):
 class PublishBody(msgspec.Struct, forbid_unknown_fields=True):
     topic: str
     message: dict[str, Any]
+
+
+class ReplayBody(msgspec.Struct, forbid_unknown_fields=True):
+    reason: str | None = None
+    agent_type: str | None = None
+    message_type: str | None = None
+    seqs: list[int] | None = None
+    all: bool = False
+
+
+def record_json(record: DeadLetterRecord) -> dict[str, Any]:
+    """A kept dead letter as JSON-ready builtins (its message keeps its ``"type"``)."""
+    return {
+        "seq": record.seq,
+        "at": record.at,
+        "target": record.target,
+        "reason": record.reason,
+        "kind": record.kind,
+        "message_type": record.message_type,
+        "message": encode_value(record.message),
+        "error": record.error,
+        "message_id": record.message_id,
+        "correlation_id": record.correlation_id,
+    }
 
 
 class _Refused(Exception):
@@ -111,6 +139,8 @@ class NodeHttp:
         app.router.add_post("/admin/ask", self.ask)
         app.router.add_post("/admin/tell", self.tell)
         app.router.add_post("/admin/publish", self.publish)
+        app.router.add_get("/admin/deadletters", self.dead_letters)
+        app.router.add_post("/admin/deadletters/replay", self.replay)
         self.app = app
 
     async def start(self) -> tuple[str, int]:
@@ -251,6 +281,52 @@ class NodeHttp:
         message = self._message(body.message)
         await self._run(self.kernel.publish(body.topic, message))
         return web.json_response({"accepted": True}, status=202)
+
+    async def dead_letters(self, request: web.Request) -> web.Response:
+        query = request.query
+        unknown = sorted(set(query) - {"reason", "type", "message_type", "limit"})
+        if unknown:
+            raise _Refused(400, "bad_request", f"unknown query parameter {', '.join(unknown)}")
+        limit = None
+        if "limit" in query:
+            try:
+                limit = int(query["limit"])
+            except ValueError:
+                limit = -1
+            if limit < 0:
+                raise _Refused(400, "bad_request", f"limit must be an int >= 0: {query['limit']!r}")
+        records = self.kernel.dead_letters(
+            reason=query.get("reason"),
+            agent_type=query.get("type"),
+            message_type=query.get("message_type"),
+            limit=limit,
+        )
+        stats = self.kernel.dead_letter_stats()
+        body = {
+            "dead_letters": [record_json(r) for r in records],
+            "stats": msgspec.to_builtins(stats),
+        }
+        return web.json_response(body)
+
+    async def replay(self, request: web.Request) -> web.Response:
+        body = await self._body(request, ReplayBody)
+        filters = (body.reason, body.agent_type, body.message_type, body.seqs)
+        if body.all == any(f is not None for f in filters):
+            raise _Refused(
+                400,
+                "bad_request",
+                "name what to replay (reason, agent_type, message_type, seqs) or all: true,"
+                " not both",
+            )
+        result = await self._run(
+            self.kernel.replay_dead_letters(
+                reason=body.reason,
+                agent_type=body.agent_type,
+                message_type=body.message_type,
+                seqs=body.seqs,
+            )
+        )
+        return web.json_response(msgspec.to_builtins(result))
 
     async def _body(self, request: web.Request, shape: type[Any]) -> Any:
         if not self.kernel.running:
