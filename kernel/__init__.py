@@ -58,6 +58,8 @@ _EXPORTS: dict[str, str] = {
     "DeadLetterRecord": "_dead_letters",
     "DeadLetterStats": "_dead_letters",
     "ReplayResult": "_dead_letters",
+    "ScalingPolicy": "_autoscale",
+    "WorkerPool": "_autoscale",
     "AgentId": "_ids",
     "Kernel": "_kernel",
     "KernelStats": "_kernel",
@@ -73,6 +75,7 @@ _EXPORTS: dict[str, str] = {
 
 if typing.TYPE_CHECKING:
     from ._agent import Agent, handler
+    from ._autoscale import ScalingPolicy, WorkerPool
     from ._blocking import BlockingKernel, BlockingRef
     from ._blocking_state import BlockingEventLog, BlockingReplica
     from ._cluster_members import Member
@@ -157,6 +160,7 @@ __all__ = [
     "Rendezvous",
     "ReplayResult",
     "Request",
+    "ScalingPolicy",
     "StateError",
     "StoreFailed",
     "Subscription",
@@ -168,6 +172,7 @@ __all__ = [
     "UnknownAgent",
     "UsageError",
     "ValueTooLarge",
+    "WorkerPool",
     "handler",
 ]
 

@@ -542,6 +542,11 @@ class Activation(StateOwner):
     def queued(self) -> int:
         return len(self.mailbox or ()) + len(self.waiters or ())
 
+    def handling(self) -> bool:
+        """Whether a handler of this activation runs now (its worker is awaiting it:
+        ``current`` is cleared whenever the worker waits for anything else)."""
+        return self.task is not None and self.current is not None
+
     def __repr__(self) -> str:
         state = "failed" if self.failure else "running" if self.task else "idle"
         return f"<Activation {self.id} {state} queued={self.queued()}>"

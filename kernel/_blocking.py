@@ -468,6 +468,10 @@ class BlockingKernel:
         )
         return self._loop.run(replay, "no dead letter replayed")
 
+    def agent_classes(self) -> dict[str, type[Agent]]:
+        """See ``Kernel.agent_classes``."""
+        return self._loop.call(self._kernel.agent_classes)
+
     def message_types(self) -> dict[str, type[Message]]:
         """See ``Kernel.message_types``."""
         return self._loop.call(self._kernel.message_types)

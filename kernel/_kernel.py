@@ -634,14 +634,23 @@ class Kernel:
                 rt.forget_quiet(quiet)
 
     def stats(self) -> KernelStats:
-        """A snapshot of per-agent-type counters, queue depths and dead letters."""
+        """A snapshot of per-agent-type counters, queue depths, handlers in flight and
+        dead letters (``TypeStats``)."""
         rt = self._runtime
         queued: dict[str, int] = dict.fromkeys(rt.types, 0)
+        in_flight: dict[str, int] = dict.fromkeys(rt.types, 0)
         for act in rt.directory.values():
             if act.mailbox or act.waiters:
                 queued[act.atype.name] += act.queued()
+            if act.handling():
+                in_flight[act.atype.name] += 1
         types = {
-            name: msgspec.structs.replace(atype.stats, queued=queued[name])
+            name: msgspec.structs.replace(
+                atype.stats,
+                queued=queued[name],
+                in_flight=in_flight[name],
+                pending=queued[name] + in_flight[name],
+            )
             for name, atype in rt.types.items()
         }
         running = rt.busy - len(rt.tasks)  # kernel tasks are not agents
@@ -720,6 +729,10 @@ class Kernel:
             seqs=seqs,
         )
         return await replay(self, store, records)
+
+    def agent_classes(self) -> dict[str, type[Agent]]:
+        """The registered agent classes, by type name (a copy)."""
+        return {name: atype.cls for name, atype in self._runtime.types.items()}
 
     def message_types(self) -> dict[str, type[Message]]:
         """The message types the registered agent types handle, by wire tag (read-only):

@@ -59,6 +59,11 @@ class TypeStats(msgspec.Struct):
             timed out or was cancelled): their handler was not run.
         restarts: ``on_start`` retries.
         activations: activations created since the kernel started.
+        deactivations: activations that left since the kernel started (idle, asked
+            to, fenced, failed).
+        in_flight: handlers running now (one per activation at most).
+        pending: the type's work now: ``queued + in_flight``, the autoscaling signal
+            (queued messages count, not only running ones).
     """
 
     active: int = 0
@@ -72,6 +77,9 @@ class TypeStats(msgspec.Struct):
     expired: int = 0
     restarts: int = 0
     activations: int = 0
+    deactivations: int = 0
+    in_flight: int = 0
+    pending: int = 0
 
 
 def _message_types(annotation: Any, where: str) -> tuple[type[Message], ...]:

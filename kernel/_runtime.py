@@ -325,6 +325,7 @@ class Runtime:
         if act.task is not None:
             self.retiring.add(act)
         act.atype.stats.active -= 1
+        act.atype.stats.deactivations += 1
         if act.on_closed is not None and not act.on_closed.done():
             act.on_closed.set_result(None)
 

@@ -38,7 +38,15 @@ _PER_TYPE: tuple[tuple[str, str, str, str], ...] = (
     ("rejected", "kerna_messages_rejected", "Sends refused before a mailbox took them", "counter"),
     ("expired", "kerna_messages_expired", "Asks whose asker had given up", "counter"),
     ("dropped", "kerna_messages_dropped", "Messages pushed out by drop_oldest", "counter"),
+    ("in_flight", "kerna_in_flight", "Handlers running now", "gauge"),
+    (
+        "pending",
+        "kerna_pending_work",
+        "Queued messages plus handlers running now: the autoscaling signal",
+        "gauge",
+    ),
     ("activations", "kerna_activations", "Activations created", "counter"),
+    ("deactivations", "kerna_deactivations", "Activations that left", "counter"),
     ("restarts", "kerna_restarts", "on_start retries", "counter"),
 )
 _TRANSPORT: dict[str, tuple[str, str, str]] = {
