@@ -60,6 +60,8 @@ _EXPORTS: dict[str, str] = {
     "ReplayResult": "_dead_letters",
     "ScalingPolicy": "_autoscale",
     "WorkerPool": "_autoscale",
+    "Histogram": "_timing",
+    "TypeTimings": "_timing",
     "AgentId": "_ids",
     "Kernel": "_kernel",
     "KernelStats": "_kernel",
@@ -118,6 +120,7 @@ if typing.TYPE_CHECKING:
     from ._ref import AgentRef
     from ._registry import TypeStats
     from ._timers import Timer
+    from ._timing import Histogram, TypeTimings
 
 __all__ = [
     "ActivationFailed",
@@ -140,6 +143,7 @@ __all__ = [
     "DeadlockError",
     "DecodeError",
     "Fenced",
+    "Histogram",
     "IdleTimeout",
     "KernaError",
     "KernaInternalError",
@@ -167,6 +171,7 @@ __all__ = [
     "Timer",
     "TransportError",
     "TypeStats",
+    "TypeTimings",
     "Unavailable",
     "UnhandledMessage",
     "UnknownAgent",

@@ -125,6 +125,9 @@ class Activation(StateOwner):
         mailbox = self.mailbox
         if mailbox is None:
             mailbox = self.mailbox = deque()
+        timing = self.atype.timing
+        if timing is not None and not env.id % timing.every:  # sampled: kerna._timing
+            env.queued_at = self.runtime.loop.time()
         if len(mailbox) < self.atype.capacity and not self.waiters:
             mailbox.append(env)
             if self.task is None:
@@ -285,6 +288,9 @@ class Activation(StateOwner):
         handlers = atype.handlers
         stats = atype.stats
         runtime = self.runtime
+        timing = atype.timing
+        timed = False
+        started = 0.0
         while True:
             if not mailbox:
                 # Linger one loop iteration before giving the task up: a caller woken by
@@ -308,6 +314,11 @@ class Activation(StateOwner):
             if fn is None:  # events are checked here; tell and ask at the sender
                 runtime.unhandled(env, self.id, atype)
                 continue
+            if timing is not None:
+                timed = env.queued_at >= 0.0  # a sampled message
+                if timed:
+                    started = runtime.loop.time()
+                    timing.wait.observe(started - env.queued_at)
             try:
                 if atype.plain and not self.stale:
                     result = await fn(agent, message)
@@ -337,6 +348,8 @@ class Activation(StateOwner):
                         stats.late_replies += 1
                     else:
                         reply.set_result(result)
+            if timed and timing is not None:
+                timing.handling.observe(runtime.loop.time() - started)
         self.mailbox = None
 
     def _deferred(self, env: Envelope) -> PendingReply | None:

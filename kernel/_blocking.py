@@ -43,6 +43,7 @@ from ._kernel import Kernel, KernelStats, Subscription
 from ._message import Askable, Message, ReplyT, Request
 from ._options import check_seconds, check_timeout
 from ._ref import AgentRef
+from ._timing import TypeTimings
 
 __all__ = ["BlockingKernel", "BlockingRef"]
 
@@ -296,6 +297,7 @@ class BlockingKernel:
         secret_file: str | os.PathLike[str] | None = None,
         placement_strategy: PlacementStrategy | None = None,
         dead_letters_kept: int = 1000,
+        timing: int = 0,
     ) -> None:
         self._kernel = Kernel(
             ask_timeout=ask_timeout,
@@ -318,6 +320,7 @@ class BlockingKernel:
             secret_file=secret_file,
             placement_strategy=placement_strategy,
             dead_letters_kept=dead_letters_kept,
+            timing=timing,
         )
         self._loop = _LoopThread()
 
@@ -467,6 +470,10 @@ class BlockingKernel:
             seqs=seqs,
         )
         return self._loop.run(replay, "no dead letter replayed")
+
+    def timings(self) -> dict[str, TypeTimings]:
+        """See ``Kernel.timings``."""
+        return self._loop.call(self._kernel.timings)
 
     def agent_classes(self) -> dict[str, type[Agent]]:
         """See ``Kernel.agent_classes``."""

@@ -43,6 +43,8 @@ class Envelope(msgspec.Struct):
         chain: agents waiting on asks up the current call chain (deadlock detection).
         reply: the asker's future, for asks.
         headers: metadata that flows down the conversation (tracing, auth, ...).
+        queued_at: ``loop.time()`` when a mailbox took it, for a message timing
+            samples (``kerna._timing``); -1 otherwise.
     """
 
     id: int
@@ -56,6 +58,7 @@ class Envelope(msgspec.Struct):
     chain: tuple[AgentId, ...] = ()
     reply: asyncio.Future[Any] | None = None
     headers: Mapping[str, str] | None = None
+    queued_at: float = -1.0
 
 
 def outgoing(

@@ -18,6 +18,7 @@ import msgspec
 from ._errors import RegistrationError
 from ._message import Message
 from ._replies import check_reply
+from ._timing import TypeTiming
 
 if TYPE_CHECKING:
     from ._agent import Agent
@@ -181,6 +182,7 @@ class AgentType:
         "restart_backoff",
         "state_spec",
         "stats",
+        "timing",
     )
 
     def __init__(
@@ -224,6 +226,8 @@ class AgentType:
         # Activation._call, whatever its type).
         self.plain = not cancel_at_deadline and not conflict_retries
         self.stats = TypeStats()
+        # Mailbox wait and handling histograms, with Kernel(timing=N) only.
+        self.timing: TypeTiming | None = None
 
     def handled_types(self) -> tuple[type, ...]:
         """The message types this type's handlers declare (not the cached fallbacks)."""

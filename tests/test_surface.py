@@ -164,6 +164,7 @@ NOT_MIRRORED = {
     "transport": "option",
     "cluster": "option",
     "dead_letters_kept": "option",
+    "timing": "option",
 }
 
 

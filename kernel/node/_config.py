@@ -62,6 +62,9 @@ class NodeSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         lease_ttl: seconds a dead node's claims outlive it (its lease's TTL).
         stop_grace: seconds a stop (SIGTERM) lets mailboxes drain.
         ask_timeout: the default ask timeout of the node's kernel.
+        timing: time one message in this many per agent type for the wait and
+            handling histograms of ``/metrics`` (``Kernel(timing=)``; 1: every
+            message, 0: none). Default 16.
     """
 
     cluster: str
@@ -70,6 +73,7 @@ class NodeSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     lease_ttl: float = 10.0
     stop_grace: float = 10.0
     ask_timeout: float = 30.0
+    timing: int = 16
 
 
 class StateSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -363,6 +367,8 @@ def _check_node(node: NodeSection, at: Callable[[str, str], str], problems: list
             problems.append(
                 f"{at('node', key)}: must be a number of seconds {bound}, got {seconds}"
             )
+    if node.timing < 0:
+        problems.append(f"{at('node', 'timing')}: must be an int >= 0, got {node.timing}")
 
 
 def _check_transport(

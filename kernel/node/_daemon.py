@@ -43,6 +43,7 @@ def kernel_options(config: NodeConfig) -> dict[str, Any]:
         "lease_ttl": config.node.lease_ttl,
         "stop_grace": config.node.stop_grace,
         "ask_timeout": config.node.ask_timeout,
+        "timing": config.node.timing,  # /metrics' wait and handling histograms
     }
     transport = config.transport
     if transport.url is not None:

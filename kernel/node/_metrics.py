@@ -1,13 +1,20 @@
 """``/metrics``: the kernel's counters in the Prometheus text format.
 
 Read from ``Kernel.stats()`` at scrape time by a custom collector on the node's own
-``CollectorRegistry`` (so two nodes in one process never share series). No handling-
-latency histogram: the kernel does not time handlers today, and a histogram measured
-here (around the admin API's asks only) would misrepresent the agents' latency. The
-tcp transport counts frames, socket writes and connections (``Kernel.transport_stats``);
-it keeps no byte or error counters, so none are exported. A node in a cluster lists the
-live members as it sees them: ``kerna_members`` (how many) and ``kerna_cluster_member``
-(one series per member, labelled with its id, address and version).
+``CollectorRegistry`` (so two nodes in one process never share series). Per agent type:
+counters, the autoscaling gauges (``kerna_queue_depth``, ``kerna_in_flight``,
+``kerna_pending_work``) and, from ``Kernel.timings()`` (a node's kernel times its
+handlers), the histograms ``kerna_mailbox_wait_seconds`` and
+``kerna_handling_seconds``. Dead letters by reason come from the dead-letter store's
+counters. ``@cached`` and ``@batched`` handlers of the registered types (found through
+``kerna.plugins.cache_stats``/``batch_stats``) export their hits, misses, coalesced
+calls, batches and items, labelled ``type`` and ``handler``; the plugins count batch
+items and the largest batch, not a distribution, so the mean batch size is
+``rate(items) / rate(batches)``. The tcp transport counts frames, socket writes and
+connections (``Kernel.transport_stats``); it keeps no byte or error counters, so none
+are exported. A node in a cluster lists the live members as it sees them:
+``kerna_members`` (how many) and ``kerna_cluster_member`` (one series per member,
+labelled with its id, address and version).
 """
 
 from __future__ import annotations
@@ -16,10 +23,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
 from prometheus_client.registry import Collector
 
-from kerna import Kernel, __version__
+from kerna import Histogram, Kernel, __version__
 
 __all__ = ["KernelCollector", "node_registry"]
 
@@ -101,6 +113,9 @@ class KernelCollector(Collector):
         )
         lag.add_metric([], self.loop_lag())
         yield lag
+        yield from self._timings()
+        yield from self._dead_letters()
+        yield from plugin_metrics(self.kernel)
         if self.kernel.cluster is not None:
             members = self.kernel.members()
             yield GaugeMetricFamily("kerna_members", "Live cluster members", value=len(members))
@@ -121,6 +136,98 @@ class KernelCollector(Collector):
                 yield GaugeMetricFamily(name, text, value=value)
             else:
                 yield CounterMetricFamily(name, text, value=value)
+
+    def _timings(self) -> Iterator[Any]:
+        timings = sorted(self.kernel.timings().items())
+        for field, name, text in (
+            ("wait", "kerna_mailbox_wait_seconds", "Time from mailbox to handler start"),
+            ("handling", "kerna_handling_seconds", "Time handlers took"),
+        ):
+            family = HistogramMetricFamily(name, text, labels=["type"])
+            for type_name, timing in timings:
+                histogram: Histogram = getattr(timing, field)
+                family.add_metric(
+                    [type_name], buckets=cumulative(histogram), sum_value=histogram.sum
+                )
+            yield family
+
+    def _dead_letters(self) -> Iterator[Any]:
+        stats = self.kernel.dead_letter_stats()
+        by_reason = CounterMetricFamily(
+            "kerna_dead_letters_recorded",
+            "Dead letters recorded in the node's store, by reason (expired asks included)",
+            labels=["reason"],
+        )
+        for reason, count in sorted(stats.recorded.items()):
+            by_reason.add_metric([reason], count)
+        yield by_reason
+        yield GaugeMetricFamily(
+            "kerna_dead_letters_kept", "Dead letters kept for replay now", value=stats.kept
+        )
+        yield CounterMetricFamily(
+            "kerna_dead_letters_evicted",
+            "Dead letters pushed out of the full store",
+            value=stats.evicted,
+        )
+
+
+def cumulative(histogram: Histogram) -> list[tuple[str, float]]:
+    """Prometheus' cumulative ``le`` buckets of a ``Histogram`` snapshot."""
+    buckets: list[tuple[str, float]] = []
+    seen = 0
+    for bound, count in zip(histogram.bounds, histogram.counts, strict=False):
+        seen += count
+        buckets.append((repr(bound), seen))
+    buckets.append(("+Inf", histogram.count))
+    return buckets
+
+
+# (field of CacheStats/BatchStats, metric name, help, kind)
+_CACHE: tuple[tuple[str, str, str, str], ...] = (
+    ("hits", "kerna_cache_hits", "@cached calls answered from the cache", "counter"),
+    ("misses", "kerna_cache_misses", "@cached calls that started a computation", "counter"),
+    ("coalesced", "kerna_cache_coalesced", "@cached calls that joined one running", "counter"),
+    ("size", "kerna_cache_size", "@cached answers held now", "gauge"),
+)
+_BATCH: tuple[tuple[str, str, str, str], ...] = (
+    ("batches", "kerna_batch_batches", "@batched handler calls", "counter"),
+    ("items", "kerna_batch_items", "Messages passed to @batched handler calls", "counter"),
+    ("largest", "kerna_batch_largest", "The largest batch so far", "gauge"),
+    ("failed", "kerna_batch_failed", "Batches whose handler failed", "counter"),
+)
+
+
+def plugin_metrics(kernel: Kernel) -> Iterator[Any]:
+    """The counters of every ``@cached`` and ``@batched`` handler of the kernel's
+    registered types (none when ``kerna.plugins`` does not import)."""
+    try:
+        from kerna.plugins import batch_stats, cache_stats
+    except ImportError:  # the plugins extra is not installed: no such handler exists
+        return
+    cached: list[tuple[str, str, Any]] = []
+    batched: list[tuple[str, str, Any]] = []
+    for type_name, cls in sorted(kernel.agent_classes().items()):
+        for attr in sorted(dir(cls)):
+            fn = getattr(cls, attr, None)
+            if not callable(fn):
+                continue
+            for stats_of, found in ((cache_stats, cached), (batch_stats, batched)):
+                try:
+                    found.append((type_name, attr, stats_of(kernel, fn)))
+                except TypeError:  # not a handler of that kind
+                    continue
+    for rows, table in ((cached, _CACHE), (batched, _BATCH)):
+        if not rows:
+            continue
+        for field, name, text, kind in table:
+            family: Any = (
+                GaugeMetricFamily(name, text, labels=["type", "handler"])
+                if kind == "gauge"
+                else CounterMetricFamily(name, text, labels=["type", "handler"])
+            )
+            for type_name, attr, stats in rows:
+                family.add_metric([type_name, attr], getattr(stats, field))
+            yield family
 
 
 def node_registry(collector: KernelCollector) -> CollectorRegistry:
