@@ -7,6 +7,8 @@ Commands::
     kerna schema check schema.json [module...]
     kerna node [--config node.toml] [--check]
     kerna status | ask TYPE KEY MESSAGE | tell TYPE KEY MESSAGE | publish TOPIC MESSAGE
+    kerna deadletters list | replay ...
+    kerna top [--interval SECONDS] [--once]
     kerna --version
 
 ``kerna demo`` runs ``kerna.demo`` (its own package, on kerna's public API); this module

@@ -10,6 +10,7 @@ library's client: no extra needed)::
     kerna publish uploads '{"type": "doc.uploaded", "doc_id": "d1"}'
     kerna deadletters list [--reason R] [--type T] [--message-type M] [--limit N] [--json]
     kerna deadletters replay (--reason R | --type T | --message-type M | --seq N... | --all)
+    kerna top [--interval 1] [--once]
 
 A message is a JSON object: ``"type"`` is its wire tag (or the class name, when one
 registered type has it) and the other keys are its fields. ``--node`` (default
@@ -31,7 +32,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-__all__ = ["add_node_commands"]
+__all__ = ["add_node_commands", "call_node"]
 
 DEFAULT_NODE = "http://127.0.0.1:9101"
 
@@ -73,6 +74,9 @@ def add_node_commands(commands: Any) -> None:
             )
         parser.set_defaults(run=_send, action=name)
     _add_dead_letters(commands)
+    from ._top import add_top
+
+    add_top(commands, _node_options)
 
 
 def _node_options(parser: argparse.ArgumentParser) -> None:
@@ -129,7 +133,7 @@ def _dead_letters_list(args: argparse.Namespace) -> int:
     path = "/admin/deadletters"
     if query:
         path += "?" + urllib.parse.urlencode(query)
-    status, body = _call(args, "GET", path, None)
+    status, body = call_node(args, "GET", path, None)
     if status != 200:
         return _refused("deadletters list", status, body)
     if args.json:
@@ -167,7 +171,7 @@ def _dead_letters_replay(args: argparse.Namespace) -> int:
         return 2
     if args.all:
         payload["all"] = True
-    status, body = _call(args, "POST", "/admin/deadletters/replay", payload)
+    status, body = call_node(args, "POST", "/admin/deadletters/replay", payload)
     if status != 200:
         return _refused("deadletters replay", status, body)
     print(f"replayed {len(body['replayed'])}")
@@ -208,7 +212,7 @@ def _node(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    status, body = _call(args, "GET", "/admin/status", None)
+    status, body = call_node(args, "GET", "/admin/status", None)
     if status != 200:
         return _refused("status", status, body)
     if args.json:
@@ -252,7 +256,7 @@ def _send(args: argparse.Namespace) -> int:
         payload["key"] = args.key
     if args.action == "ask" and args.timeout is not None:
         payload["timeout"] = args.timeout
-    status, body = _call(args, "POST", f"/admin/{args.action}", payload)
+    status, body = call_node(args, "POST", f"/admin/{args.action}", payload)
     if not 200 <= status < 300:  # 0: unreachable
         return _refused(args.action, status, body)
     if args.action == "ask":
@@ -260,8 +264,9 @@ def _send(args: argparse.Namespace) -> int:
     return 0
 
 
-def _call(args: argparse.Namespace, method: str, path: str, payload: Any) -> tuple[int, Any]:
-    """``(status, decoded JSON body)``; status 0 when the node cannot be reached."""
+def call_node(args: argparse.Namespace, method: str, path: str, payload: Any) -> tuple[int, Any]:
+    """``(status, decoded JSON body)`` of a call to the node's HTTP API (``args.node``,
+    ``args.token``); status 0 when the node cannot be reached."""
     url = args.node.rstrip("/") + path
     data = None if payload is None else json.dumps(payload).encode()
     request = urllib.request.Request(url, data=data, method=method)
