@@ -58,6 +58,8 @@ def test_the_readme_examples_run_verbatim(capsys: pytest.CaptureFixture[str]) ->
     assert namespace["pong"].n == 1  # the BlockingKernel example
     assert "Total(n=3)" in out  # the state example, on memory://
     assert "CacheStats(hits=0, misses=1, coalesced=9, size=1, in_flight=0," in out  # plugins
+    assert "replayed 2 []" in out  # dead letters, fixed and replayed
+    assert "pending 40 -> 4" in out  # the worker pool
     assert "Completion(text='P0') 1" in out
 
 
