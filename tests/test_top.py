@@ -73,7 +73,8 @@ def test_a_frame_shows_rates_and_the_latency_of_the_last_interval() -> None:
         {"Model": {"wait": histogram(108, 0, 2, 0), "handling": histogram(0, 110, 0, 0)}},
     )
     text = text_of(render(before, after, 2.0))
-    assert "node n1 (cluster shop) ready · 1 members · 2 handlers running · 3 dead letters kept" in text
+    title = "node n1 (cluster shop) ready · 1 members · 2 handlers running · 3 dead letters kept"
+    assert title in text
     cells = row(text, "Model")
     assert cells[:8] == ["Model", "2", "5", "2", "7", "100.0", "2.0", "4"]
     assert cells[8:] == ["≤1ms", "≤100ms", "≤10ms", "≤10ms"]
