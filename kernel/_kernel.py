@@ -18,8 +18,6 @@ import os
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
-import msgspec
-
 from kerna.state import StateBackend
 from kerna.state._eventlog import EventLog
 from kerna.state._layout import Layout, unescape
@@ -30,11 +28,11 @@ from ._agent import Agent
 from ._cluster import Cluster, check_cluster, default_node_id
 from ._cluster_members import Member
 from ._cluster_placement import PlacementStrategy, check_placement
-from ._dead_letters import DeadLetterRecord, DeadLetterStats, ReplayResult, replay
 from ._envelope import EVENT, Envelope, outgoing
 from ._errors import ConfigError, IdleTimeout, RegistrationError, UnknownAgent, UsageError
 from ._failure_log import check_level
 from ._ids import AgentId
+from ._kernel_views import KernelStats, KernelViews
 from ._lifecycle import Lifecycle
 from ._message import Message
 from ._options import (
@@ -48,10 +46,10 @@ from ._options import (
 )
 from ._persistence import Persistence
 from ._ref import AgentRef
-from ._registry import AgentType, TypeStats, build_state_spec
+from ._registry import AgentType, build_state_spec
 from ._remote import Remote
 from ._runtime import RUNNING, Phase, Runtime, names
-from ._timing import TypeTiming, TypeTimings
+from ._timing import TypeTiming
 from ._topics import DEAD_LETTERS, Subscription
 
 T = TypeVar("T")
@@ -74,28 +72,7 @@ class _Default:
 _KERNEL_DEFAULT: Any = _Default("<kernel default>")
 
 
-class KernelStats(msgspec.Struct):
-    """A snapshot of the kernel's counters (``Kernel.stats()``).
-
-    Attributes:
-        types: per registered agent type name, its counters.
-        dead_letters: all dead letters, including those for unknown agent types.
-        running: agent workers running right now.
-    """
-
-    types: dict[str, TypeStats]
-    dead_letters: int
-    running: int
-
-
-def _tag_of(message_type: type[Message] | str) -> str:
-    if isinstance(message_type, str):
-        return message_type
-    tag = message_type.__struct_config__.tag
-    return tag if isinstance(tag, str) else message_type.__qualname__
-
-
-class Kernel:
+class Kernel(KernelViews):
     """An in-process agent runtime.
 
     Use it as an async context manager (or ``await start()`` / ``await stop()``)::
@@ -496,16 +473,6 @@ class Kernel:
         remote = self._runtime.remote
         return None if remote is None else remote.address
 
-    def _type_name(self, agent_type: type[Agent] | str) -> str:
-        if isinstance(agent_type, str):
-            return agent_type
-        if isinstance(agent_type, type):
-            for name, atype in self._runtime.types.items():
-                if atype.cls is agent_type:
-                    return name
-            return agent_type.__name__
-        raise TypeError(f"agent type must be an Agent class or a name, got {agent_type!r}")
-
     # -- pub/sub ---------------------------------------------------------------------
 
     def subscribe(
@@ -646,135 +613,6 @@ class Kernel:
         finally:
             if quiet.cancelled():  # timed out or the caller was cancelled
                 rt.forget_quiet(quiet)
-
-    def stats(self) -> KernelStats:
-        """A snapshot of per-agent-type counters, queue depths, handlers in flight and
-        dead letters (``TypeStats``)."""
-        rt = self._runtime
-        queued: dict[str, int] = dict.fromkeys(rt.types, 0)
-        in_flight: dict[str, int] = dict.fromkeys(rt.types, 0)
-        for act in rt.directory.values():
-            if act.mailbox or act.waiters:
-                queued[act.atype.name] += act.queued()
-            if act.handling():
-                in_flight[act.atype.name] += 1
-        types = {
-            name: msgspec.structs.replace(
-                atype.stats,
-                queued=queued[name],
-                in_flight=in_flight[name],
-                pending=queued[name] + in_flight[name],
-            )
-            for name, atype in rt.types.items()
-        }
-        running = rt.busy - len(rt.tasks)  # kernel tasks are not agents
-        return KernelStats(types=types, dead_letters=rt.dead_letters, running=running)
-
-    def dead_letters(
-        self,
-        *,
-        reason: str | None = None,
-        agent_type: type[Agent] | str | None = None,
-        message_type: type[Message] | str | None = None,
-        limit: int | None = None,
-    ) -> list[DeadLetterRecord]:
-        """The dead letters this kernel keeps (``dead_letters_kept``), oldest first.
-
-        Every dead letter is kept, whoever subscribes to ``DEAD_LETTERS``: tells and
-        events that were not handled, asks that failed before their handler ran (their
-        asker got the error) and asks that expired in a mailbox (``"expired"``). See
-        ``kerna._dead_letters`` for the rules.
-
-        Args:
-            reason: only this ``DeadLetterReason``.
-            agent_type: only those for agents of this type (a class or a name).
-            message_type: only messages of this type (a class or its wire tag).
-            limit: only the newest ``limit`` of them.
-
-        Raises:
-            ValueError: ``limit`` is negative.
-        """
-        if limit is not None and (isinstance(limit, bool) or limit < 0):
-            raise ValueError(f"limit must be an int >= 0, got {limit!r}")
-        return self._runtime.dead_letter_store.select(
-            reason=None if reason is None else str(reason),
-            agent_type=None if agent_type is None else self._type_name(agent_type),
-            message_type=None if message_type is None else _tag_of(message_type),
-            limit=limit,
-        )
-
-    def dead_letter_stats(self) -> DeadLetterStats:
-        """The dead-letter store's counters: kept, capacity, evicted, recorded by reason."""
-        return self._runtime.dead_letter_store.stats()
-
-    async def replay_dead_letters(
-        self,
-        *,
-        reason: str | None = None,
-        agent_type: type[Agent] | str | None = None,
-        message_type: type[Message] | str | None = None,
-        seqs: list[int] | None = None,
-    ) -> ReplayResult:
-        """Send the kept dead letters matching every given filter to their agents again.
-
-        Each message goes again, in the order it died, as a new tell from outside any
-        agent (a new message id and conversation). An ask is replayed as a tell: its
-        asker already got its error and waits no more, so the handler's reply is
-        dropped. A record leaves the store once its resend is accepted; a message that
-        fails again is a new dead letter. Records that cannot be replayed (their target
-        is not one agent: a subscription whose key failed, an undecodable frame) or
-        whose resend is refused stay, and are named in the result.
-
-        Args:
-            reason, agent_type, message_type: as ``dead_letters``.
-            seqs: only the records with these ``seq`` numbers.
-
-        Raises:
-            KernelStopped: the kernel is not running.
-        """
-        rt = self._runtime
-        if rt.phase is not RUNNING:
-            raise rt.refusal("no dead letter replayed")
-        store = rt.dead_letter_store
-        records = store.select(
-            reason=None if reason is None else str(reason),
-            agent_type=None if agent_type is None else self._type_name(agent_type),
-            message_type=None if message_type is None else _tag_of(message_type),
-            seqs=seqs,
-        )
-        return await replay(self, store, records)
-
-    def timings(self) -> dict[str, TypeTimings]:
-        """Per agent type, its mailbox wait and handling time histograms (a snapshot);
-        empty unless the kernel times messages (``Kernel(timing=N)``)."""
-        return {
-            name: atype.timing.snapshot()
-            for name, atype in self._runtime.types.items()
-            if atype.timing is not None
-        }
-
-    def agent_classes(self) -> dict[str, type[Agent]]:
-        """The registered agent classes, by type name (a copy)."""
-        return {name: atype.cls for name, atype in self._runtime.types.items()}
-
-    def message_types(self) -> dict[str, type[Message]]:
-        """The message types the registered agent types handle, by wire tag (read-only):
-        what a node's admin API decodes a JSON message into (``kerna ask``)."""
-        found: dict[str, type[Message]] = {}
-        for atype in self._runtime.types.values():
-            for message_type in atype.handled_types():
-                if issubclass(message_type, Message):
-                    tag = message_type.__struct_config__.tag
-                    if isinstance(tag, str):
-                        found.setdefault(tag, message_type)
-        return found
-
-    def transport_stats(self) -> dict[str, int]:
-        """The transport's counters (read-only; e.g. tcp's ``frames_written``); empty
-        without a transport or when it keeps none."""
-        remote = self._runtime.remote
-        stats = None if remote is None else getattr(remote.transport, "stats", None)
-        return dict(stats()) if callable(stats) else {}
 
     # -- state -------------------------------------------------------------------------
 
