@@ -24,7 +24,7 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar, overload
 
@@ -298,6 +298,8 @@ class BlockingKernel:
         placement_strategy: PlacementStrategy | None = None,
         dead_letters_kept: int = 1000,
         timing: int = 0,
+        middleware: Sequence[object] = (),
+        plugins: Sequence[str] | None = None,
     ) -> None:
         self._kernel = Kernel(
             ask_timeout=ask_timeout,
@@ -321,6 +323,8 @@ class BlockingKernel:
             placement_strategy=placement_strategy,
             dead_letters_kept=dead_letters_kept,
             timing=timing,
+            middleware=middleware,
+            plugins=plugins,
         )
         self._loop = _LoopThread()
 
@@ -385,6 +389,15 @@ class BlockingKernel:
         """See ``Kernel.wait_members``; raises the same errors in the calling thread."""
         wait = functools.partial(self._kernel.wait_members, condition, timeout)
         return self._loop.run(wait, "wait_members")
+
+    def use(self, *middleware: object) -> None:
+        """See ``Kernel.use``."""
+        self._loop.call(functools.partial(self._kernel.use, *middleware))
+
+    @property
+    def middleware(self) -> tuple[object, ...]:
+        """See ``Kernel.middleware``."""
+        return self._kernel.middleware
 
     @property
     def node_id(self) -> str:

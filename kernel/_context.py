@@ -1,7 +1,8 @@
 """``MessageContext``: what a handler can know about the message it handles.
 
 A read-only view over the message's envelope, made when ``self.context`` is read (a
-handler that never reads it pays nothing).
+handler that never reads it pays nothing). Middleware (``kerna.plugins``) gets the same
+view: around a handler, of the message handled; around a send, of the message sent.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._envelope import EVENT, KIND_NAMES
 
@@ -38,6 +39,8 @@ class MessageContext:
         kind: ``"tell"``, ``"ask"`` or ``"event"``.
         topic: the topic it was published on (events), else None.
         headers: metadata that came with it (read-only; empty when none).
+        target: the agent it is addressed to (for an event: the topic).
+        message: the message itself (by reference: messages are frozen).
     """
 
     __slots__ = ("_envelope", "_loop")
@@ -61,6 +64,14 @@ class MessageContext:
     @property
     def causation_id(self) -> int:
         return self._envelope.causation_id
+
+    @property
+    def target(self) -> AgentId | str:
+        return self._envelope.target
+
+    @property
+    def message(self) -> Any:
+        return self._envelope.payload
 
     @property
     def kind(self) -> Kind:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from kerna.state import StateBackend
@@ -25,6 +25,7 @@ from kerna.state._replica import Replica
 
 from ._activation import SPAWN_BURST, current_activation
 from ._agent import Agent
+from ._chain import check_middleware, hooks, load_plugins
 from ._cluster import Cluster, check_cluster, default_node_id
 from ._cluster_members import Member
 from ._cluster_placement import PlacementStrategy, check_placement
@@ -126,6 +127,14 @@ class Kernel(KernelViews):
         secret_file: see ``secret``.
         placement_strategy: chooses an agent's home among the live nodes hosting its
             type (a ``PlacementStrategy``); default ``Rendezvous`` hashing.
+        middleware: the kernel's middleware chain, outermost first: objects with an
+            ``async def handle(ctx, call_next)`` (around every handler) and/or an
+            ``async def send(ctx, call_next)`` (around every tell and ask), see
+            ``kerna.plugins.Middleware``; ``use`` adds more. Empty by default, and an
+            empty chain costs nothing.
+        plugins: names of installed plug-ins (the ``kerna.plugins`` entry point group)
+            to import and add to the chain after ``middleware``: an allowlist, nothing
+            else of the group is imported (default: none).
         failure_log_level: the level at which a handler failure nobody else hears of
             (a tell's or an event's) is logged on ``kerna.activation``: WARNING by default,
             at most 10 records per agent type per minute.
@@ -169,8 +178,13 @@ class Kernel(KernelViews):
         placement_strategy: PlacementStrategy | None = None,
         dead_letters_kept: int = 1000,
         timing: int = 0,
+        middleware: Sequence[object] = (),
+        plugins: Sequence[str] | None = None,
     ) -> None:
         check_positive("ask_timeout", ask_timeout)
+        chain = check_middleware(middleware, "Kernel(middleware=...)")
+        if plugins is not None:
+            chain += load_plugins(plugins, "Kernel(plugins=...)")
         check_positive("lease_ttl", lease_ttl)
         if not isinstance(state, str | StateBackend):
             raise WrongType(f"state must be a URL or a StateBackend, got {state!r}")
@@ -227,6 +241,9 @@ class Kernel(KernelViews):
                 self._runtime, cluster, self._node_id, placement_strategy
             )
         self._lifecycle = Lifecycle(self._runtime)
+        self._middleware: tuple[object, ...] = ()
+        if chain:
+            self.use(*chain)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -290,6 +307,31 @@ class Kernel(KernelViews):
 
     # -- registration and references -------------------------------------------------
 
+    def use(self, *middleware: object) -> None:
+        """Add middleware to the end (the inner side) of the kernel's chain; it applies
+        to every agent type, registered or not yet, from their next message.
+
+        A middleware with an ``attach(kernel)`` method has it called once, here.
+
+        Raises:
+            TypeError: an argument is not a middleware (see ``Kernel``'s ``middleware``).
+        """
+        added = check_middleware(middleware, "Kernel.use()")
+        for m in added:
+            attach = getattr(m, "attach", None)
+            if callable(attach):
+                attach(self)
+        self._middleware += added
+        rt = self._runtime
+        rt.outbound = hooks(self._middleware, "send")
+        for atype in rt.types.values():
+            atype.chain(self._middleware)
+
+    @property
+    def middleware(self) -> tuple[object, ...]:
+        """The kernel's middleware chain, outermost first (agent types' own come after)."""
+        return self._middleware
+
     def register(
         self,
         agent_class: type[Agent],
@@ -304,6 +346,7 @@ class Kernel(KernelViews):
         conflict_retries: int = 0,
         factory: Callable[[], Agent] | None = None,
         placement: str | None = None,
+        middleware: Sequence[object] = (),
     ) -> str:
         """Register an agent class; returns its type name.
 
@@ -327,13 +370,17 @@ class Kernel(KernelViews):
                 hashing, no store write, a duplicate possible while nodes' member views
                 differ) or ``"local"`` (one activation per node hosting the type).
                 Stateful types always claim: only ``"directory"``.
+            middleware: this type's own middleware chain, inside the kernel's (after
+                the class's, ``@kerna.plugins.middleware(...)``): around its handlers
+                and around the sends its agents make.
 
         Raises:
             RegistrationError: not an Agent subclass, the name is taken, or a handler is
                 invalid (not async, no Message annotation, two handlers for one type),
                 or a placement other than ``"directory"`` for a stateful type.
             ValueError: an option is out of range.
-            TypeError: ``cancel_at_deadline`` is not a bool.
+            TypeError: ``cancel_at_deadline`` is not a bool, or ``middleware`` holds
+                something that is not a middleware.
         """
         if not (isinstance(agent_class, type) and issubclass(agent_class, Agent)):
             raise RegistrationError(f"register() takes an Agent subclass, got {agent_class!r}")
@@ -363,6 +410,10 @@ class Kernel(KernelViews):
             raise TypeError(f"cancel_at_deadline must be a bool, got {cancel_at_deadline!r}")
         if factory is not None and not callable(factory):
             raise RegistrationError(f"factory must be a callable returning an agent: {factory!r}")
+        own = check_middleware(
+            (*getattr(agent_class, "__kerna_middleware__", ()), *middleware),
+            f"register({agent_class.__qualname__})",
+        )
         state_spec = build_state_spec(agent_class, agent_class.__qualname__)
         placement = check_placement(placement, name, stateful=state_spec is not None)
         self._runtime.types[name] = atype = AgentType(
@@ -383,6 +434,9 @@ class Kernel(KernelViews):
         )
         if self.timing:
             atype.timing = TypeTiming(self.timing)
+        if own or self._middleware:
+            atype.middleware = own
+            atype.chain(self._middleware)
         remote = self._runtime.remote
         if remote is not None:  # what other nodes may send this type, by wire tag
             try:

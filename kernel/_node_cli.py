@@ -32,7 +32,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-__all__ = ["add_node_commands", "call_node"]
+__all__ = ["add_node_commands", "call_node", "without_plugins"]
 
 DEFAULT_NODE = "http://127.0.0.1:9101"
 
@@ -49,6 +49,11 @@ def add_node_commands(commands: Any) -> None:
     )
     node.add_argument("--config", metavar="FILE", help="the node's TOML file (default: env only)")
     node.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    node.add_argument(
+        "--no-plugins",
+        action="store_true",
+        help="import no plug-in ([node] plugins ignored)",
+    )
     node.set_defaults(run=_node)
     for name, text in (
         ("status", "show a node's status: members, hosted types, active agents, queues"),
@@ -198,6 +203,8 @@ def _node(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"kerna node: {exc}", file=sys.stderr)
         return 2
+    if args.no_plugins:
+        config = without_plugins(config)
     if args.check:
         print(f"kerna node: {args.config or 'the environment'}: configuration OK")
         return 0
@@ -209,6 +216,13 @@ def _node(args: argparse.Namespace) -> int:
     except (OSError, KernaError, ImportError) as exc:  # could not start: say why, briefly
         print(f"kerna node: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+
+
+def without_plugins(config: Any) -> Any:
+    """``config`` with an empty ``[node] plugins`` list (``--no-plugins``)."""
+    import msgspec
+
+    return msgspec.structs.replace(config, node=msgspec.structs.replace(config.node, plugins=[]))
 
 
 def _status(args: argparse.Namespace) -> int:

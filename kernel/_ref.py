@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, overload
 
 from ._activation import SPAWN_BURST, current_activation
+from ._chain import ask_through, expire, tell_through, wait_for_room
 from ._envelope import ASK, TELL, Envelope, outgoing
 from ._errors import AskTimeout, DeadlockError
 from ._ids import AgentId
@@ -28,17 +29,6 @@ if TYPE_CHECKING:
     from ._runtime import Runtime
 
 __all__ = ["AgentRef"]
-
-
-def _expire(reply: asyncio.Future[Any], target: AgentId, message: Any, timeout: float) -> None:
-    if not reply.done():
-        reply.set_exception(
-            AskTimeout(
-                f"no reply from {target} to {type(message).__qualname__} in {timeout:.3g}s",
-                target=target,
-                timeout=timeout,
-            )
-        )
 
 
 class AgentRef:
@@ -110,6 +100,10 @@ class AgentRef:
             env = outgoing(
                 rt.ids, TELL, self.id, message, sender.id, sender.current, None, None, headers
             )
+        outbound = rt.outbound if sender is None else sender.atype.outbound
+        if outbound:  # the middleware chain's send hooks (kerna._chain)
+            await tell_through(outbound, rt, self, env)
+            return
         # A warm send goes straight to the route ``deliver`` chose last time, while it
         # still takes this message; anything else is ``deliver``'s to decide.
         route = self.route
@@ -211,11 +205,14 @@ class AgentRef:
                     target=self.id,
                     timeout=0.0,
                 )
+        outbound = rt.outbound if sender is None else sender.atype.outbound
+        if outbound:  # the middleware chain's send hooks (kerna._chain)
+            return await ask_through(outbound, rt, self, env)
         waiter = rt.deliver(env, self)
-        timer = loop.call_at(deadline, _expire, reply, self.id, message, timeout)
+        timer = loop.call_at(deadline, expire, reply, self.id, message, timeout)
         try:
             if waiter is not None:
-                await _wait_for_room(waiter, reply)
+                await wait_for_room(waiter, reply)
             return await reply
         finally:
             timer.cancel()
@@ -260,21 +257,3 @@ class AgentRef:
                 f"{self.id} cannot await its own deactivation; use self.deactivate_on_idle()"
             )
         await asyncio.shield(act.deactivation())
-
-
-async def _wait_for_room(waiter: Any, reply: asyncio.Future[Any]) -> None:
-    """Wait for a mailbox slot, but give up when the ask's own deadline fires first."""
-    if reply.done():
-        waiter.cancel()
-        return
-    try:
-        done, _ = await asyncio.wait((waiter, reply), return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        waiter.cancel()  # a cancelled asker's parked message is skipped
-        raise
-    if waiter not in done:
-        waiter.cancel()  # the parked message is skipped; the reply carries the timeout
-        return
-    error = waiter.exception()
-    if error is not None:
-        raise error

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 import msgspec
 
+from ._chain import compose, hooks
 from ._errors import RegistrationError
 from ._message import Message
 from ._replies import check_reply
@@ -175,7 +176,9 @@ class AgentType:
         "has_on_stop",
         "idle_timeout",
         "max_restarts",
+        "middleware",
         "name",
+        "outbound",
         "overflow",
         "placement",
         "plain",
@@ -183,6 +186,7 @@ class AgentType:
         "state_spec",
         "stats",
         "timing",
+        "table",
     )
 
     def __init__(
@@ -205,8 +209,14 @@ class AgentType:
     ) -> None:
         self.cls = cls
         self.name = name
-        self.handlers = build_handler_table(cls)
-        self.declared = tuple(self.handlers)
+        # ``table``: the plain handlers; ``handlers``: what the worker calls, the same
+        # functions with an empty middleware chain, composed with it otherwise
+        # (``chain``); ``outbound``: the ``send`` hooks around this type's sends.
+        self.table = build_handler_table(cls)
+        self.handlers = dict(self.table)
+        self.declared = tuple(self.table)
+        self.middleware: tuple[object, ...] = ()
+        self.outbound: tuple[Any, ...] = ()
         self.capacity = capacity
         self.overflow = overflow
         self.idle_timeout = idle_timeout
@@ -228,6 +238,17 @@ class AgentType:
         self.stats = TypeStats()
         # Mailbox wait and handling histograms, with Kernel(timing=N) only.
         self.timing: TypeTiming | None = None
+
+    def chain(self, kernel_chain: tuple[object, ...]) -> None:
+        """Compose the handler table and the send hooks with the kernel's chain and
+        this type's own (``middleware``), in that order (outermost first)."""
+        chain = (*kernel_chain, *self.middleware)
+        composed = compose(self.table, hooks(chain, "handle"))
+        # In place: a worker draining its mailbox now holds this dict, and its next
+        # message takes the new chain (cached fallbacks are found again).
+        self.handlers.clear()
+        self.handlers.update(composed)
+        self.outbound = hooks(chain, "send")
 
     def handled_types(self) -> tuple[type, ...]:
         """The message types this type's handlers declare (not the cached fallbacks)."""

@@ -123,6 +123,9 @@ class Runtime:
         # Tasks started through ``Kernel.create_task`` (plug-ins' shared computations,
         # batches): counted in ``busy`` and cancelled with the workers at stop.
         self.tasks: set[asyncio.Task[Any]] = set()
+        # The ``send`` hooks of the kernel's middleware chain, around sends from outside
+        # any agent (an agent's sends take its type's ``AgentType.outbound``).
+        self.outbound: tuple[Any, ...] = ()
         # Futures resolved when no worker runs (stop's grace period, wait_idle).
         self._quiet: list[asyncio.Future[None]] = []
 

@@ -1,5 +1,10 @@
 """kerna.plugins: middleware (breakers, retries, caching, batching, tracing, metrics).
 
+The chain (``_middleware``): ``Middleware``, ``@middleware(...)`` on an agent class,
+``Kernel(middleware=[...])`` / ``kernel.use(...)``; installed plug-ins through the
+``kerna.plugins`` entry point group, imported only when named (``available()`` lists
+them).
+
 Inference cost (needs the ``plugins`` extra, ``pip install 'kerna[plugins]'``, for
 ``@cached``):
 
@@ -13,5 +18,17 @@ Inference cost (needs the ``plugins`` extra, ``pip install 'kerna[plugins]'``, f
 
 from ._batch import BatchStats, batch_stats, batched
 from ._cache import CacheStats, cache_stats, cached
+from ._middleware import Middleware, SendNext, available, middleware
 
-__all__ = ["BatchStats", "CacheStats", "batch_stats", "batched", "cache_stats", "cached"]
+__all__ = [
+    "BatchStats",
+    "CacheStats",
+    "Middleware",
+    "SendNext",
+    "available",
+    "batch_stats",
+    "batched",
+    "cache_stats",
+    "cached",
+    "middleware",
+]

@@ -65,6 +65,8 @@ class NodeSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         timing: time one message in this many per agent type for the wait and
             handling histograms of ``/metrics`` (``Kernel(timing=)``; 1: every
             message, 0: none). Default 16.
+        plugins: installed plug-ins (``kerna.plugins`` entry points) to load into the
+            kernel's middleware chain; only these are imported (``--no-plugins``: none).
     """
 
     cluster: str
@@ -74,6 +76,7 @@ class NodeSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     stop_grace: float = 10.0
     ask_timeout: float = 30.0
     timing: int = 16
+    plugins: list[str] = msgspec.field(default_factory=list)
 
 
 class StateSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -44,6 +44,7 @@ def kernel_options(config: NodeConfig) -> dict[str, Any]:
         "stop_grace": config.node.stop_grace,
         "ask_timeout": config.node.ask_timeout,
         "timing": config.node.timing,  # /metrics' wait and handling histograms
+        "plugins": list(config.node.plugins),
     }
     transport = config.transport
     if transport.url is not None:

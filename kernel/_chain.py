@@ -1,0 +1,264 @@
+"""The middleware chain's mechanism: handlers composed at registration, sends passed
+through the chain (what a middleware is, and the ones kerna ships: ``kerna.plugins``).
+
+A middleware is any object with one or both of these coroutine methods::
+
+    async def handle(self, ctx: MessageContext, call_next: Callable[[], Awaitable[Any]]) -> Any
+    async def send(self, ctx: MessageContext, call_next: SendNext) -> Any
+
+``handle`` runs around a handler, in the agent's worker (``ctx`` is the message handled,
+``call_next()`` runs the rest of the chain and then the handler, and what it returns is
+the reply). ``send`` runs around a ``tell`` or an ``ask``, in the sender's task
+(``ctx`` is the message sent; ``call_next(timeout=None)`` makes one attempt and returns
+the reply of an ask, None for a tell; a later call makes another attempt: the same
+message with a fresh message id, the same correlation id). ``timeout`` narrows that
+attempt's deadline (never past the message's own); the target sees the narrower one.
+
+The cost of an empty chain is nothing: an agent type's handler table holds the plain
+handlers then (the composed ones otherwise, built once here), and a send checks one
+tuple attribute (``Runtime.outbound``, or the sending type's ``AgentType.outbound``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
+
+from ._context import MessageContext
+from ._errors import AskTimeout, ConfigError
+
+if TYPE_CHECKING:
+    from ._envelope import Envelope
+    from ._ids import AgentId
+    from ._ref import AgentRef
+    from ._registry import HandlerFn
+    from ._runtime import Runtime
+
+__all__ = [
+    "InboundHook",
+    "OutboundHook",
+    "SendNext",
+    "ask_through",
+    "check_middleware",
+    "compose",
+    "expire",
+    "hooks",
+    "load_plugins",
+    "plugin_names",
+    "tell_through",
+]
+
+
+class SendNext(Protocol):
+    """``call_next`` of a ``send`` hook: one attempt of the send."""
+
+    def __call__(self, timeout: float | None = None) -> Awaitable[Any]: ...
+
+
+InboundHook = Callable[[MessageContext, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+OutboundHook = Callable[[MessageContext, SendNext], Awaitable[Any]]
+
+
+def check_middleware(chain: Sequence[object], where: str) -> tuple[object, ...]:
+    """``chain`` as a tuple, each element checked to be a middleware.
+
+    Raises:
+        TypeError: ``chain`` is not a sequence, or an element has neither a ``handle``
+            nor a ``send`` coroutine method.
+    """
+    if isinstance(chain, str | bytes) or not isinstance(chain, Sequence | tuple | list):
+        raise TypeError(f"{where}: middleware must be a list of middleware objects, got {chain!r}")
+    for m in chain:
+        found = [getattr(m, name, None) for name in ("handle", "send")]
+        if not any(found) or not all(f is None or asyncio.iscoroutinefunction(f) for f in found):
+            raise TypeError(
+                f"{where}: {m!r} is not a middleware: it needs an 'async def handle(ctx, "
+                "call_next)' and/or an 'async def send(ctx, call_next)' method"
+            )
+    return tuple(chain)
+
+
+def hooks(chain: Sequence[object], name: str) -> tuple[Any, ...]:
+    """The bound ``name`` methods ("handle" or "send") of the chain, in order."""
+    return tuple(h for m in chain if (h := getattr(m, name, None)) is not None)
+
+
+def compose(
+    table: dict[type, HandlerFn], inbound: tuple[InboundHook, ...]
+) -> dict[type, HandlerFn]:
+    """The handler table with the chain around each handler (the plain table's copy
+    when the chain is empty: nothing runs between the worker and the handler)."""
+    if not inbound:
+        return dict(table)
+    composed: dict[type, HandlerFn] = {}
+    for message_type, fn in table.items():
+        for hook in reversed(inbound):
+            fn = _wrap(hook, fn)
+        composed[message_type] = fn
+    return composed
+
+
+def _wrap(hook: InboundHook, inner: HandlerFn) -> HandlerFn:
+    async def through(agent: Any, message: Any) -> Any:
+        return await hook(agent.context, lambda: inner(agent, message))
+
+    return through
+
+
+# -- sends through the chain -----------------------------------------------------------
+
+
+def expire(reply: asyncio.Future[Any], target: AgentId, message: Any, timeout: float) -> None:
+    if not reply.done():
+        reply.set_exception(
+            AskTimeout(
+                f"no reply from {target} to {type(message).__qualname__} in {timeout:.3g}s",
+                target=target,
+                timeout=timeout,
+            )
+        )
+
+
+async def wait_for_room(waiter: Any, reply: asyncio.Future[Any]) -> None:
+    """Wait for a mailbox slot, but give up when the ask's own deadline fires first."""
+    if reply.done():
+        waiter.cancel()
+        return
+    try:
+        done, _ = await asyncio.wait((waiter, reply), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        waiter.cancel()  # a cancelled asker's parked message is skipped
+        raise
+    if waiter not in done:
+        waiter.cancel()  # the parked message is skipped; the reply carries the timeout
+        return
+    error = waiter.exception()
+    if error is not None:
+        raise error
+
+
+def _layer(
+    hook: OutboundHook, ctx: MessageContext, inner: Callable[[float | None], Awaitable[Any]],
+    loop: asyncio.AbstractEventLoop,
+) -> Callable[[float | None], Awaitable[Any]]:  # fmt: skip
+    async def invoke(deadline: float | None) -> Any:
+        def call_next(timeout: float | None = None) -> Awaitable[Any]:
+            limit = deadline
+            if timeout is not None:
+                at = loop.time() + timeout
+                if limit is None or at < limit:
+                    limit = at
+            return inner(limit)
+
+        return await hook(ctx, call_next)
+
+    return invoke
+
+
+async def ask_through(
+    outbound: tuple[OutboundHook, ...], rt: Runtime, ref: AgentRef, env: Envelope
+) -> Any:
+    """``env``, an ask, through the ``send`` hooks; its first attempt is ``env``."""
+    loop = rt.loop
+    ctx = MessageContext(env, loop)
+    sent = False
+
+    async def attempt(deadline: float | None) -> Any:
+        nonlocal sent
+        assert deadline is not None  # an ask always has one
+        if sent:  # another attempt: a fresh message (id, reply) of the same conversation
+            one = msgspec.structs.replace(
+                env, id=next(rt.ids), deadline=deadline, reply=loop.create_future()
+            )
+        else:
+            sent = True
+            one = (
+                env if deadline == env.deadline else msgspec.structs.replace(env, deadline=deadline)
+            )
+        reply = one.reply
+        assert reply is not None
+        waiter = rt.deliver(one, ref)
+        timeout = max(0.0, deadline - loop.time())
+        timer = loop.call_at(deadline, expire, reply, ref.id, one.payload, timeout)
+        try:
+            if waiter is not None:
+                await wait_for_room(waiter, reply)
+            return await reply
+        finally:
+            timer.cancel()
+
+    call: Callable[[float | None], Awaitable[Any]] = attempt
+    for hook in reversed(outbound):
+        call = _layer(hook, ctx, call, loop)
+    return await call(env.deadline)
+
+
+async def tell_through(
+    outbound: tuple[OutboundHook, ...], rt: Runtime, ref: AgentRef, env: Envelope
+) -> None:
+    """``env``, a tell, through the ``send`` hooks (an attempt returns None once the
+    message is in the mailbox; ``timeout`` does not apply: a tell has no deadline)."""
+    ctx = MessageContext(env, rt.loop)
+    sent = False
+
+    async def attempt(deadline: float | None) -> None:
+        nonlocal sent
+        one = msgspec.structs.replace(env, id=next(rt.ids)) if sent else env
+        sent = True
+        waiter = rt.deliver(one, ref)
+        if waiter is not None:
+            await waiter
+
+    call: Callable[[float | None], Awaitable[Any]] = attempt
+    for hook in reversed(outbound):
+        call = _layer(hook, ctx, call, rt.loop)
+    await call(None)
+
+
+# -- plug-ins through entry points -----------------------------------------------------
+
+PLUGIN_GROUP = "kerna.plugins"
+
+
+def plugin_names() -> list[str]:
+    """The names in the ``kerna.plugins`` entry point group, sorted (nothing imported)."""
+    return sorted({ep.name for ep in entry_points(group=PLUGIN_GROUP)})
+
+
+def load_plugins(allow: Sequence[str], where: str = "plugins") -> tuple[object, ...]:
+    """Import the ``kerna.plugins`` entry points named in ``allow``, and only those.
+
+    An entry point names a middleware object, or a class or function that builds one
+    when called with no arguments.
+
+    Raises:
+        ConfigError: a name has no entry point, or its import or factory failed.
+        TypeError: ``allow`` is not a list of names, or what an entry point gives is
+            not a middleware.
+    """
+    if isinstance(allow, str) or not all(isinstance(n, str) for n in allow):
+        raise TypeError(f"{where} must be a list of plug-in names, got {allow!r}")
+    points = {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+    loaded: list[object] = []
+    for name in allow:
+        point = points.get(name)
+        if point is None:
+            raise ConfigError(
+                f"{where}: no plug-in {name!r} is installed (entry point group "
+                f"{PLUGIN_GROUP!r} has: {', '.join(sorted(points)) or 'none'})"
+            )
+        try:
+            found = point.load()
+            made = found() if callable(found) and not _is_middleware(found) else found
+        except Exception as exc:
+            raise ConfigError(f"{where}: plug-in {name!r} ({point.value}) failed: {exc}") from exc
+        loaded.append(made)
+    return check_middleware(loaded, f"{where} (entry points)")
+
+
+def _is_middleware(obj: object) -> bool:
+    return not isinstance(obj, type) and (hasattr(obj, "handle") or hasattr(obj, "send"))

@@ -1,0 +1,86 @@
+"""The middleware chain: what a middleware is, and how it is attached.
+
+A middleware wraps an agent type's handling (``handle``) and its agents' sends
+(``send``). It is attached per kernel (``Kernel(middleware=[...])``, ``kernel.use(m)``)
+or per agent type (``@middleware(m)`` on the class, or
+``kernel.register(Cls, middleware=[m])``); the kernel's chain runs outside the type's,
+each in the order given. It sees the message through ``kerna.MessageContext`` (read-only:
+ids, kind, sender, target, message, headers, deadline), never the kernel's envelope.
+
+Installed packages offer middleware through the ``kerna.plugins`` entry point group
+(``available()`` lists their names without importing any); a kernel imports only the
+ones it names (``Kernel(plugins=["name"])``, ``[node] plugins`` for ``kerna node``, which
+``--no-plugins`` empties).
+
+An empty chain costs nothing: the type's handler table then holds the plain handlers,
+and a send checks one empty tuple (``kerna._chain``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from kerna import Agent, MessageContext
+from kerna._chain import SendNext, check_middleware, plugin_names
+
+__all__ = ["Middleware", "SendNext", "available", "middleware"]
+
+A = TypeVar("A", bound=type[Agent])
+
+
+class Middleware:
+    """A base for middleware (optional: any object with the methods is one).
+
+    Define either method or both; a method left undefined is not in the chain at all
+    (the class attributes below are None), so a middleware that only watches sends
+    costs handling nothing.
+
+    ``async def handle(self, ctx, call_next) -> Any``: around a handler, in the
+    agent's worker. ``ctx`` is the message handled; ``await call_next()`` runs the
+    rest of the chain and the handler and returns its reply (None for a tell, an event,
+    or a handler that deferred its reply); what ``handle`` returns is the reply, what
+    it raises the handler's failure.
+
+    ``async def send(self, ctx, call_next) -> Any``: around ``tell`` and ``ask``, in
+    the sender's task (``ctx.sender`` is None for a send from outside any agent).
+    ``await call_next()`` makes one attempt and returns the ask's reply (None for a
+    tell); ``call_next(timeout=s)`` bounds that attempt by ``s`` seconds (never past
+    the message's own deadline, which the target sees narrowed); calling it again makes
+    another attempt: the same message with a fresh message id, in the same
+    conversation. What ``send`` returns is the ask's result, what it raises the send's.
+
+    ``attach(self, kernel)``, if defined, is called once when the middleware joins a
+    kernel's chain (``Kernel(middleware=)`` or ``use``).
+    """
+
+    handle: Callable[[MessageContext, Callable[[], Awaitable[Any]]], Awaitable[Any]] | None = None
+    send: Callable[[MessageContext, SendNext], Awaitable[Any]] | None = None
+
+
+def middleware(*chain: object) -> Callable[[A], A]:
+    """Class decorator: the agent type's own middleware chain (inside the kernel's;
+    ``register(..., middleware=)`` adds more after it)::
+
+        @middleware(Audit())
+        class Orders(Agent): ...
+
+    Raises:
+        TypeError: an argument is not a middleware.
+    """
+    checked = check_middleware(chain, "@middleware")
+
+    def attach(cls: A) -> A:
+        if not (isinstance(cls, type) and issubclass(cls, Agent)):
+            raise TypeError(f"@middleware decorates Agent classes, not {cls!r}")
+        own = (*getattr(cls, "__kerna_middleware__", ()), *checked)
+        type.__setattr__(cls, "__kerna_middleware__", own)  # read by Kernel.register
+        return cls
+
+    return attach
+
+
+def available() -> list[str]:
+    """The names of the installed plug-ins (``kerna.plugins`` entry points), sorted;
+    none is imported."""
+    return plugin_names()
