@@ -17,18 +17,51 @@ Inference cost (needs the ``plugins`` extra, ``pip install 'kerna[plugins]'``, f
 """
 
 from ._batch import BatchStats, batch_stats, batched
+from ._breaker import Breaker, BreakerStats
+from ._bulkhead import BulkheadStats
 from ._cache import CacheStats, cache_stats, cached
 from ._middleware import Middleware, SendNext, available, middleware
+from ._policy import Policy, Retry, idempotent
+from ._resilience import (
+    BREAKERS,
+    BreakerChanged,
+    Degradation,
+    Dependency,
+    Failed,
+    Resilience,
+    TargetStats,
+    breaker_stats,
+    degradation,
+    dependency,
+    is_degraded,
+)
 
 __all__ = [
+    "BREAKERS",
     "BatchStats",
+    "Breaker",
+    "BreakerChanged",
+    "BreakerStats",
+    "BulkheadStats",
     "CacheStats",
+    "Degradation",
+    "Dependency",
+    "Failed",
     "Middleware",
+    "Policy",
+    "Resilience",
+    "Retry",
     "SendNext",
+    "TargetStats",
     "available",
     "batch_stats",
     "batched",
+    "breaker_stats",
     "cache_stats",
     "cached",
+    "degradation",
+    "dependency",
+    "idempotent",
+    "is_degraded",
     "middleware",
 ]
