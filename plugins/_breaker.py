@@ -11,10 +11,11 @@ A cancelled call, or one that failed by the caller's own mistake
 (``kerna.plugins._policy.never_retried``), is not replayed: it says nothing about the
 target. Two things pybreaker leaves to its caller are done here:
 
-- Time: pybreaker compares ``datetime.now()`` with the storage's ``opened_at``. The
-  storage here (``_LoopStorage``) keeps the loop time it opened at and reports
-  ``opened_at`` as "now minus the loop time elapsed since", so the reset timeout runs
-  on ``loop.time()`` (a ``VirtualClock`` moves it).
+- Time: the reset timeout runs on ``loop.time()`` (a ``VirtualClock`` moves it).
+  Admission checks it; pybreaker's own check (``datetime.now()`` against the
+  storage's ``opened_at``, reached when an outcome is replayed while open) agrees,
+  as the storage here keeps the loop time it opened at and reports ``opened_at`` as
+  "now minus the loop time elapsed since".
 - Half-open admits exactly ``probes`` calls: pybreaker lets every call through while
   half-open (its lock only serialises synchronous calls); callers beyond the probes in
   flight fail fast with ``CircuitOpen``, like callers while open. ``probes``
