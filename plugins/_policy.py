@@ -203,8 +203,8 @@ class Policy:
         breaker: a ``Breaker`` (one per target that names the policy), or None.
         fallback: ``async def fallback(failed: Failed) -> reply``: used when the
             breaker is open, the call timed out or it failed (after its retries); not
-            for caller errors (``never_retried``). Its result is the caller's reply,
-            and the conversation is marked degraded.
+            for caller errors (``never_retried``, ``CircuitOpen`` aside). Its result
+            is the caller's reply, and the conversation is marked degraded.
         bulkhead: at most this many calls to the target at once (per target); more
             callers wait for a slot within their deadline. None: no limit.
         tier: ``"critical"`` (the default) or ``"best_effort"``: a best-effort target

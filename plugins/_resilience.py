@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from kerna import Agent, AgentId, ConfigError, Message, MessageContext, UsageError
+from kerna import Agent, AgentId, CircuitOpen, ConfigError, Message, MessageContext, UsageError
 
 from ._breaker import BreakerState, BreakerStats
 from ._bulkhead import Bulkhead, BulkheadStats
@@ -175,7 +175,8 @@ class _Target:
             return await self._attempts(attempt, time_left, idempotent)
         except Exception as error:
             fallback = self.policy.fallback
-            if fallback is None or never_retried(error):
+            # An open breaker is what a fallback is for; a caller's mistake is not.
+            if fallback is None or (never_retried(error) and not isinstance(error, CircuitOpen)):
                 raise
             try:
                 result = await fallback(failed(error))
@@ -320,7 +321,7 @@ class Resilience(Middleware):
                 )
         self._by_name: dict[str, _Target | None] = {}  # registered type name -> target
         self._kernel: Kernel | None = None
-        self._degraded: dict[int, None] = {}
+        self._degraded: dict[int, list[str]] = {}  # conversation -> fallbacks used
 
     def attach(self, kernel: Kernel) -> None:
         """Bind to ``kernel`` (``Kernel(middleware=)`` and ``use`` call it).
@@ -375,21 +376,22 @@ class Resilience(Middleware):
     # -- degraded conversations ------------------------------------------------------------
 
     def degrade(self, correlation_id: int, target: str) -> None:
-        """Mark a conversation as having used a fallback's result."""
+        """Mark a conversation as having used ``target``'s fallback."""
         degraded = self._degraded
-        degraded[correlation_id] = None
-        if len(degraded) > _DEGRADED_KEPT:
-            del degraded[next(iter(degraded))]
-        marker = _marker.get()
-        if marker is not None:
-            marker.targets.append(target)
+        used = degraded.get(correlation_id)
+        if used is None:
+            used = degraded[correlation_id] = []
+            if len(degraded) > _DEGRADED_KEPT:
+                del degraded[next(iter(degraded))]
+        used.append(target)
 
     def _root_answered(self, correlation_id: int) -> None:
-        if correlation_id in self._degraded:
-            del self._degraded[correlation_id]
+        used = self._degraded.pop(correlation_id, None)
+        if used is not None:
             marker = _marker.get()
             if marker is not None:
                 marker.degraded = True
+                marker.targets.extend(used)
 
     def degraded(self, correlation_id: int) -> bool:
         """Whether the conversation ``correlation_id`` used a fallback's result so far."""
