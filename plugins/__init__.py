@@ -21,7 +21,7 @@ from ._breaker import Breaker, BreakerStats
 from ._bulkhead import BulkheadStats
 from ._cache import CacheStats, cache_stats, cached
 from ._middleware import Middleware, SendNext, available, middleware
-from ._policy import Policy, Retry, idempotent
+from ._policy import Policy, Retry, idempotent, tier_options
 from ._resilience import (
     BREAKERS,
     BreakerChanged,
@@ -64,4 +64,5 @@ __all__ = [
     "idempotent",
     "is_degraded",
     "middleware",
+    "tier_options",
 ]

@@ -51,7 +51,16 @@ if TYPE_CHECKING:
     from ._breaker import Breaker
     from ._resilience import Failed
 
-__all__ = ["NEVER_RETRIED", "Policy", "Retry", "Tier", "idempotent", "is_idempotent", "matches"]
+__all__ = [
+    "NEVER_RETRIED",
+    "Policy",
+    "Retry",
+    "Tier",
+    "idempotent",
+    "is_idempotent",
+    "matches",
+    "tier_options",
+]
 
 M = TypeVar("M", bound=type[Message])
 Tier = Literal["critical", "best_effort"]
@@ -64,6 +73,27 @@ NEVER_RETRIED: tuple[type[BaseException], ...] = (
 )  # fmt: skip
 """Errors a retry cannot fix (a caller's mistake, or a breaker failing fast)."""
 _NEVER_NAMES = frozenset(t.__name__ for t in NEVER_RETRIED) | {"ValidationError", "DecodeError"}
+
+
+def tier_options(tier: Tier) -> dict[str, str]:
+    """The registration options of an agent type of ``tier``::
+
+        kernel.register(Sentiment, **tier_options("best_effort"))
+
+    ``critical``: ``overflow="wait"`` (a full mailbox makes senders wait: nothing is
+    lost); ``best_effort``: ``overflow="drop_oldest"`` (a tell to it never waits, so a
+    critical sender is never held by a backed-up best-effort agent; what is pushed out
+    is counted and dead-lettered). Pair a best-effort type with a best-effort
+    ``Policy`` (a timeout and a fallback) for the asks to it.
+
+    Raises:
+        ConfigError: not a tier.
+    """
+    if tier == "critical":
+        return {"overflow": "wait"}
+    if tier == "best_effort":
+        return {"overflow": "drop_oldest"}
+    raise ConfigError(f"tier must be 'critical' or 'best_effort', got {tier!r}")
 
 
 def idempotent(cls: M) -> M:
