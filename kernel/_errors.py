@@ -294,8 +294,9 @@ class TransportError(KernaError):
 class CircuitOpen(KernaError):
     """A circuit breaker is open: the call was not attempted.
 
-    Not raised yet: the middleware (``kerna.plugins``) raises it from the middleware
-    issue on; defined now so that handlers can already catch it.
+    Raised by ``kerna.plugins.Resilience`` to the caller of a target whose breaker is
+    open, or half-open with every probe in flight, at once (nothing is sent); a
+    policy's fallback, if any, answers instead.
     """
 
 

@@ -60,6 +60,7 @@ def test_the_readme_examples_run_verbatim(capsys: pytest.CaptureFixture[str]) ->
     assert "CacheStats(hits=0, misses=1, coalesced=9, size=1, in_flight=0," in out  # plugins
     assert "replayed 2 []" in out  # dead letters, fixed and replayed
     assert "pending 40 -> 4" in out  # the worker pool
+    assert "Mood(label='positive') True open 3" in out  # failure handling
     assert "Completion(text='P0') 1" in out
 
 
