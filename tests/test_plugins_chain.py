@@ -211,7 +211,10 @@ def plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         (dist / "METADATA").write_text(
             "Metadata-Version: 2.1\nName: kerna-sentinel\nVersion: 1.0\n"
         )
-        (dist / "entry_points.txt").write_text("[kerna.plugins]\nsentinel = kerna_sentinel:Stamp\n")
+        (dist / "entry_points.txt").write_text(
+            "[kerna.plugins]\nsentinel = kerna_sentinel:Stamp\nbroken = kerna_broken:Nothing\n"
+        )
+        (site / "kerna_broken.py").write_text("raise ImportError('needs libfoo')\n")
         (site / "kerna_sentinel.py").write_text(PLUGIN)
         sentinel = site / "imported.txt"
         monkeypatch.setenv("KERNA_SENTINEL", str(sentinel))
@@ -220,6 +223,7 @@ def plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
             yield sentinel
         finally:
             sys.modules.pop("kerna_sentinel", None)
+            sys.modules.pop("kerna_broken", None)
 
 
 async def test_a_plugin_is_listed_but_imported_only_when_allowed(plugin: Path) -> None:
@@ -244,6 +248,10 @@ def test_an_unknown_plugin_name_is_a_config_error_listing_the_installed_ones(
     assert not plugin.exists()
     with pytest.raises(TypeError, match="list of plug-in names"):
         Kernel(plugins="sentinel")
+    with pytest.raises(
+        ConfigError, match=r"plug-in 'broken' \(kerna_broken:Nothing\) failed: needs"
+    ):
+        Kernel(plugins=["broken"])
 
 
 def test_kerna_node_loads_its_plugins_list_and_no_plugins_imports_none(
