@@ -11,7 +11,17 @@ from typing import TypeVar
 
 import pytest
 
-from kerna import Agent, CircuitOpen, Kernel, Message, RemoteError, Request, handler
+from kerna import (
+    Agent,
+    CircuitOpen,
+    ConfigError,
+    Kernel,
+    Message,
+    RemoteError,
+    Request,
+    UsageError,
+    handler,
+)
 from kerna.plugins import (
     Breaker,
     Failed,
@@ -238,3 +248,36 @@ def test_async_with_a_dependency_applies_its_timeout_and_breaker() -> None:
             assert api.calls == 1
 
     run(scenario)
+
+
+class Lost(Agent):
+    @handler
+    async def ask(self, msg: Ask) -> str:
+        try:
+            dependency(self, msg.prompt)
+        except (ConfigError, UsageError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return "found"
+
+
+def test_misuse_is_a_clear_error_naming_what_was_wrong() -> None:
+    resilience = Resilience(policies={"p": Policy()}, targets={"db": "p"})
+
+    async def scenario() -> None:
+        async with Kernel(middleware=[resilience]) as kernel:
+            kernel.register(Lost)
+            reply = await kernel.ref(Lost, "l").ask(Ask("openai"))
+            assert reply == "ConfigError: no dependency 'openai' is a target (dependencies: db)"
+            assert await kernel.ref(Lost, "l").ask(Ask("db")) == "found"
+        with pytest.raises(UsageError, match="one kernel"):
+            Kernel(middleware=[resilience])
+        async with Kernel() as bare:
+            bare.register(Lost)
+            reply = await bare.ref(Lost, "l").ask(Ask("db"))
+            assert reply == (
+                "UsageError: this kernel's middleware chain has no kerna.plugins.Resilience"
+            )
+
+    run(scenario)
+    with pytest.raises(ConfigError, match="neither|not 3"):
+        Resilience(policies={"p": Policy()}, targets={3: "p"})  # type: ignore[dict-item]
