@@ -185,8 +185,8 @@ class AgentType:
         "restart_backoff",
         "state_spec",
         "stats",
-        "timing",
         "table",
+        "timing",
     )
 
     def __init__(
