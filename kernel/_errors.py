@@ -26,7 +26,9 @@
     │   ├── OwnedElsewhere     another kernel holds the agent's activation claim
     │   ├── StoreFailed        the store cannot take writes until an operator acts
     │   └── ValueTooLarge      a write over the store's size limit (etcd's request limit)
-    ├── TransportError         raised by the transports (from the transports issue on)
+    ├── TransportError         a transport failed to carry a frame
+    │   └── PeerUnreachable    the peer cannot be reached (kerna.transports)
+    │       └── NodeLost       the node went away with the ask in flight: .peer
     └── CircuitOpen            raised by circuit breakers (from the middleware issue on)
     KernaInternalError         a bug in kerna, never the user's fault
 
@@ -54,8 +56,10 @@ __all__ = [
     "KernelStopped",
     "LeaseLost",
     "MailboxFull",
+    "NodeLost",
     "OutcomeUnknown",
     "OwnedElsewhere",
+    "PeerUnreachable",
     "RegistrationError",
     "RemoteError",
     "StateError",
@@ -284,11 +288,32 @@ class ValueTooLarge(StateError):
 
 
 class TransportError(KernaError):
-    """A transport failed to carry a frame.
+    """A transport failed to carry a frame (``kerna.transports`` raises its subclasses)."""
 
-    Not raised yet: the transports (``kerna.transports``) raise it from the transports
-    issue on; defined now so that handlers can already catch it.
+
+class PeerUnreachable(TransportError):
+    """The peer cannot be reached (refused, unknown, or its connection failed).
+
+    Exported by ``kerna.transports``; defined here so that ``NodeLost`` can extend it.
     """
+
+
+class NodeLost(PeerUnreachable):
+    """The node an ask was sent to was lost (its connection broke, or it fell silent
+    past the transport's heartbeat timeout) before it replied.
+
+    The ask may or may not have been handled there: it is not retried (delivery is at
+    most once). It is a ``PeerUnreachable``, so code catching that keeps working; a
+    message sent *after* the loss to an agent of that node is not failed but waits for
+    the agent to be placed again (in a cluster, see ``Kernel``), within its deadline.
+
+    Attributes:
+        peer: the lost node's transport address.
+    """
+
+    def __init__(self, message: str, *, peer: str = "") -> None:
+        super().__init__(message)
+        self.peer = peer
 
 
 class CircuitOpen(KernaError):

@@ -12,7 +12,10 @@ future. An ask's deadline travels as remaining time; both sides give up at it.
 What cannot be delivered on the receiving side (an unknown agent type, no handler, a
 full ``reject`` mailbox, a frame that does not decode) comes back to a remote asker as
 a ``RemoteError`` carrying the error's type name, and is logged and counted otherwise.
-A peer that is lost fails the asks waiting on it with ``PeerUnreachable``.
+A peer that is lost fails the asks waiting on it with ``NodeLost`` (a
+``PeerUnreachable``): at once when its connection breaks (a killed process), or once it
+has been silent for the transport's heartbeat timeout (tcp: ``heartbeat *
+heartbeat_misses``), never only at the ask's own timeout.
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from kerna.transports import PeerUnreachable, Transport, open_transport
+from kerna.transports import Transport, open_transport
 
 from ._envelope import ASK, KIND_NAMES, TELL, Envelope
 from ._errors import (
     ActivationFailed,
     KernelStopped,
     MailboxFull,
+    NodeLost,
     UnhandledMessage,
     UnknownAgent,
 )
@@ -460,7 +464,7 @@ class Remote:
             future, _ = self._waiting.pop(message_id)
             if not future.done():
                 future.set_exception(
-                    PeerUnreachable(f"lost the connection to {peer} before it replied: {error}")
+                    NodeLost(f"lost the connection to {peer} before it replied: {error}", peer=peer)
                 )
 
 

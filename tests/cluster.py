@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import sys
+import tempfile
 import uuid
+from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from kerna import Kernel, Member
 from kerna.testing import EtcdMember
@@ -58,3 +65,31 @@ async def nodes(
         for k in kernels:
             await k.wait_members(lambda ms: {m.id for m in ms} >= ids, 5)
         yield kernels
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.asynccontextmanager
+async def node_process(
+    etcd: EtcdMember, cluster: str, node_id: str, ttl: float
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A node of ``cluster`` in a process of its own (``tests/cluster_node.py``),
+    joined once this yields; killed (SIGKILL) and reaped at the end if still running."""
+    with tempfile.TemporaryFile() as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.cluster_node", etcd.url, cluster, node_id, str(ttl),
+            cwd=ROOT, stdin=PIPE, stdout=PIPE, stderr=log,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            async with asyncio.timeout(20):
+                address = await proc.stdout.readline()
+            if not address:
+                log.seek(0)
+                pytest.fail(f"the node process failed:\n{log.read()[-2000:]!r}")
+            yield proc
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()

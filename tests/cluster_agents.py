@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 
 import msgspec
@@ -129,6 +130,25 @@ class Journal(Agent, state=Book):
     @handler
     async def total(self, msg: Total) -> int:
         return sum(self.state.by.values())
+
+    @handler
+    async def where(self, msg: Where) -> str:
+        return self.kernel.node_id
+
+
+class Hang(Request[int]):
+    """Asks an agent to take ``seconds`` before it answers."""
+
+    seconds: float
+
+
+class Stall(Agent):
+    """A volatile agent whose answer takes as long as it is asked to."""
+
+    @handler
+    async def hang(self, msg: Hang) -> int:
+        await asyncio.sleep(msg.seconds)
+        return 0
 
     @handler
     async def where(self, msg: Where) -> str:

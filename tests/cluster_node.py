@@ -1,6 +1,6 @@
 """A cluster node in a process of its own, for the failover tests:
 ``python -m tests.cluster_node ETCD_URL CLUSTER NODE_ID LEASE_TTL`` joins the cluster
-hosting ``Ledger``, ``Billing``, ``Journal`` and ``Mirror`` (tests/cluster_agents.py),
+hosting ``Ledger``, ``Billing``, ``Journal``, ``Mirror`` and ``Stall`` (tests/cluster_agents.py),
 prints its address once joined, and stops when its stdin closes (or dies with the
 signal a test sends). Each line ``stats`` on stdin is answered on stdout with one JSON
 line: per hosted type, its active agents, activations and handled messages, and the
@@ -15,7 +15,7 @@ import sys
 from kerna import Kernel
 
 from .cluster import SECRET, TCP
-from .cluster_agents import Billing, Journal, Ledger, Mirror
+from .cluster_agents import Billing, Journal, Ledger, Mirror, Stall
 
 
 def _stats(kernel: Kernel) -> str:
@@ -37,7 +37,7 @@ async def main() -> None:
         lease_ttl=float(ttl),
         stop_grace=0.5,
     ) as kernel:
-        for agent in (Ledger, Billing, Journal, Mirror):
+        for agent in (Ledger, Billing, Journal, Mirror, Stall):
             kernel.register(agent)
         await kernel.wait_members(lambda ms: any(m.id == node_id and m.types for m in ms), 10)
         print(kernel.address, flush=True)

@@ -46,7 +46,7 @@ import abc
 from collections.abc import Awaitable, Callable
 from typing import ClassVar, NamedTuple
 
-from kerna._errors import ConfigError, TransportError
+from kerna._errors import ConfigError, PeerUnreachable, TransportError
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
@@ -89,10 +89,6 @@ class SendQueueFull(TransportError):
 
 class FrameTooLarge(TransportError):
     """A frame over the transport's ``max_frame_size``."""
-
-
-class PeerUnreachable(TransportError):
-    """The peer cannot be reached (refused, unknown, or its connection failed)."""
 
 
 class TransportClosed(TransportError):
