@@ -15,6 +15,11 @@ A message that reaches a node whose activation finds the agent's claim held by
 another node is forwarded there once, transparently (``Cluster.moved``): an asker
 gets its reply through the node it asked, and the senders' directory watch routes the
 next message straight to the holder.
+
+A member whose node is lost (its connection broke, a send cannot connect) keeps its
+agents until its lease expires: messages to them are parked
+(``kerna._cluster_parking``) until the node answers again or its member record is
+gone, and then placed again, each within its own deadline.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +39,9 @@ from kerna.state import Replica
 from kerna.state._layout import unescape
 
 from ._cluster_members import Member, Membership
+from ._cluster_parking import Parking, Probe
 from ._cluster_placement import ClusterRoute, PlacementStrategy, Rendezvous
-from ._errors import ConfigError, OwnedElsewhere, UnknownAgent
+from ._errors import ConfigError, OwnedElsewhere, PeerUnreachable, UnknownAgent
 from ._ids import AgentId
 from ._message import DeadLetterReason
 from ._persistence_claims import Claim
@@ -146,6 +152,8 @@ class Cluster:
         # those (or a new one) changes a routing decision; any other claim does not.
         self._off_hash: set[str] | None = None
         self.forwarded = 0  # messages forwarded to the holder of their agent's claim
+        self._parked: dict[str, Parking] = {}  # lost member id -> its parked messages
+        self._closing = False
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -157,6 +165,8 @@ class Cluster:
             Unavailable: the store cannot be reached.
         """
         self._persistence, self._remote = persistence, remote
+        remote.codec.types.add(Probe)  # a lost node's probe decodes here
+        remote.peer_lost = self._peer_lost
         self._since = time.time()
         prefix = persistence.layout.prefix
         decode = msgspec.msgpack.Decoder(Claim).decode
@@ -177,6 +187,10 @@ class Cluster:
 
     async def close(self) -> None:
         """Deregister and stop the watches (the lease goes with ``Persistence.close``)."""
+        self._closing = True
+        parked, self._parked = self._parked, {}
+        for parking in parked.values():
+            parking.close()
         self._invalidate()
         membership, self._membership = self._membership, None
         directory, self._directory = self._directory, None
@@ -237,6 +251,15 @@ class Cluster:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        membership = self._membership
+        for node, parking in list(self._parked.items()):
+            member = None if membership is None else membership.get(node)
+            if member is None or member.address != parking.address:
+                del self._parked[node]  # gone (or back under a new address): place again
+                envs = parking.release()
+                log.info("lost node %s left: %d parked messages placed again", node, len(envs))
+                for env in envs:
+                    self.redeliver(env)
 
     def _claim_changed(self, claim_key: str, claim: Claim | None) -> None:
         """A claim was made or released: decisions change only where the holder is
@@ -347,8 +370,80 @@ class Cluster:
             member = None if membership is None else membership.get(node)
             if member is None or remote is None:
                 raise UnknownAgent(f"node {node!r} is not a live member of {self.name!r}")
-            route = self._routes[node] = ClusterRoute(remote, node, member.address)
+            route = ClusterRoute(remote, node, member.address, self._unreachable)
+            parking = self._parked.get(node)
+            if parking is not None and parking.address == member.address:
+                route.parking = parking
+            self._routes[node] = route
         return route
+
+    # -- lost members --------------------------------------------------------------------
+
+    def _peer_lost(self, address: str) -> None:
+        """The transport lost ``address``: park what goes to that member from now on."""
+        for member in self.members():
+            if member.address == address and member.id != self.node_id:
+                self._park(member.id, address)
+
+    def _park(self, node: str, address: str) -> Parking | None:
+        """The parking of member ``node`` (made now if it is new); None if ``node`` at
+        ``address`` is not a member any more, or this node is closing."""
+        parking = self._parked.get(node)
+        if parking is not None:
+            return parking
+        membership, remote, persistence = self._membership, self._remote, self._persistence
+        member = None if membership is None else membership.get(node)
+        if self._closing or member is None or member.address != address:
+            return None
+        assert remote is not None
+        assert persistence is not None
+        bound = max(3 * persistence.claims.lease_ttl, 10.0)
+        parking = Parking(self.runtime, remote, node, address, bound, self._unparked)
+        self._parked[node] = parking
+        for route in self._routes.values():
+            if route.node == node:
+                route.parking = parking
+        log.info("cluster member %s (%s) is lost: its messages wait", node, address)
+        return parking
+
+    def _unparked(self, parking: Parking) -> None:
+        """The lost node answered again and took every parked message."""
+        if self._parked.get(parking.node) is parking:
+            del self._parked[parking.node]
+        for route in self._routes.values():
+            if route.parking is parking:
+                route.parking = None
+
+    def _unreachable(self, route: ClusterRoute, env: Envelope, error: PeerUnreachable) -> None:
+        """A send to ``route``'s node could not connect: park it (or, if the member is
+        gone meanwhile, place it again).
+
+        Raises:
+            PeerUnreachable: this node is closing.
+        """
+        if self._closing:
+            raise error
+        parking = self._park(route.node, route.address)
+        route.parking = parking
+        if parking is None:
+            self.redeliver(env)
+        else:
+            parking.park(env)
+
+    def parked(self) -> int:
+        """Messages parked now for lost members."""
+        return sum(len(p) for p in self._parked.values())
+
+    def redeliver(self, env: Envelope) -> None:
+        """Route ``env`` again, as a new send would be (its asker, if any, waits on)."""
+        rt = self.runtime
+        try:
+            sent = rt.deliver(env, None)
+        except Exception as exc:  # nobody to place it on, it cannot be encoded
+            rt.not_handled(env, env.target, DeadLetterReason.NOT_DELIVERED, exc)
+            return
+        if sent is not None:
+            self._own(sent, env)
 
     async def locate(self, target: AgentId) -> str | None:
         """The node hosting ``target`` now: this one if it is active here; the holder of
@@ -407,10 +502,15 @@ class Cluster:
             self.runtime.not_handled(env, env.target, DeadLetterReason.NOT_DELIVERED, exc)
             return
         if sent is not None:  # nobody awaits a forwarded send: the link owns it
-            owned = route.remote.own(sent)
-            reply = env.reply
-            if reply is not None:
-                owned.add_done_callback(lambda done: _send_done(done, reply))
+            self._own(sent, env)
+
+    def _own(self, sent: Awaitable[None], env: Envelope) -> None:
+        remote = self._remote
+        assert remote is not None
+        owned = remote.own(sent)
+        reply = env.reply
+        if reply is not None:
+            owned.add_done_callback(lambda done: _send_done(done, reply))
 
 
 def _send_done(sent: asyncio.Future[None], reply: asyncio.Future[Any]) -> None:

@@ -23,13 +23,14 @@ Per agent type (``Kernel.register(..., placement=)``):
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from ._errors import RegistrationError
+from ._errors import PeerUnreachable, RegistrationError
 from ._remote import RemoteRoute
 
 if TYPE_CHECKING:
+    from ._cluster_parking import Parking
     from ._envelope import Envelope
     from ._ids import AgentId
     from ._remote import Remote
@@ -72,27 +73,55 @@ class ClusterRoute:
 
     It has the shape ``Runtime.deliver`` and ``AgentRef`` read of a route (as
     ``RemoteRoute``); the cluster closes it when the member set or the directory
-    changes, so the refs caching it decide again on their next send.
+    changes, so the refs caching it decide again on their next send. While the node
+    is lost (``parking`` is set) its messages are parked instead of sent
+    (``kerna._cluster_parking``); a send that cannot connect goes to ``unreachable``,
+    which parks it too.
     """
 
-    __slots__ = ("address", "closed", "failure", "node", "remote")
+    __slots__ = ("address", "closed", "failure", "node", "parking", "remote", "unreachable")
 
     atype = RemoteRoute.atype  # the destination checks handlers itself
 
-    def __init__(self, remote: Remote, node: str, address: str) -> None:
+    def __init__(
+        self,
+        remote: Remote,
+        node: str,
+        address: str,
+        unreachable: Callable[[ClusterRoute, Envelope, PeerUnreachable], None],
+    ) -> None:
         self.remote = remote
         self.node = node
         self.address = address
         self.closed = False
         self.failure = None
+        self.parking: Parking | None = None
+        self.unreachable = unreachable
 
     def put(self, env: Envelope) -> Awaitable[None] | None:
-        """Encode and send ``env`` to the node (see ``RemoteRoute.put``).
+        """Encode and send ``env`` to the node (see ``RemoteRoute.put``), or park it
+        while the node is lost.
 
         Raises:
             WireError: the message cannot be encoded.
+            MailboxFull: too many messages are parked for the lost node.
         """
-        return self.remote.send(self.address, env)
+        parking = self.parking
+        if parking is not None:
+            parking.park(env)
+            return None
+        sent = self.remote.send(self.address, env)
+        if sent is None:
+            return None
+        if env.reply is None:
+            return self._sending(env, sent)  # a tell: its sender awaits it
+        return self.remote.own(self._sending(env, sent))  # an asker waits on a future
+
+    async def _sending(self, env: Envelope, sent: Awaitable[None]) -> None:
+        try:
+            await sent
+        except PeerUnreachable as exc:  # not queued: the node cannot be reached now
+            self.unreachable(self, env, exc)
 
     def __repr__(self) -> str:
         return f"<ClusterRoute {self.node} at {self.address}>"

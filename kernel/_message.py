@@ -224,6 +224,10 @@ class DeadLetterReason(enum.StrEnum):
     """An ask whose asker had given up (timed out or cancelled) when its turn came:
     not run, counted in ``TypeStats.expired``. Kept in the dead-letter store
     (``Kernel.dead_letters``) but not published: its asker already heard."""
+    NODE_LOST = "node_lost"
+    """A tell for an agent of a lost cluster member that waited past its deadline (or
+    the parking bound, ``kerna._cluster_parking``) for the node to answer again or to
+    leave the cluster so that the agent could be placed elsewhere."""
     UNDECODABLE = "undecodable"
     """A frame from another node that does not decode (``target`` names the peer, the
     error why: ``kerna._wire.WireErrorReason``); its message is lost."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from kerna.transports import Transport, open_transport
@@ -159,6 +159,9 @@ class Remote:
         # the future the transport waits on while that peer is paused.
         self._parked: dict[str, int] = {}
         self._resume: dict[str, asyncio.Future[None]] = {}
+        # Told of every lost peer's address, after its waiting asks failed (the cluster
+        # parks what it sends to that node: kerna._cluster_parking).
+        self.peer_lost: Callable[[str], None] | None = None
 
     @classmethod
     def open(cls, runtime: Runtime, url: str, options: dict[str, Any]) -> Remote:
@@ -466,6 +469,8 @@ class Remote:
                 future.set_exception(
                     NodeLost(f"lost the connection to {peer} before it replied: {error}", peer=peer)
                 )
+        if self.peer_lost is not None:
+            self.peer_lost(peer)
 
 
 class _RemoteReply(asyncio.Future[Any]):
