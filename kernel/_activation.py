@@ -74,6 +74,7 @@ class Activation(StateOwner):
         "current",
         "deactivating",
         "failure",
+        "handoff",
         "id",
         "idle_bucket",
         "last_active",
@@ -102,6 +103,7 @@ class Activation(StateOwner):
         self.last_active = runtime.loop.time()
         self.idle_bucket = 0  # the idle collector's bucket this activation is in (0: none)
         self.deactivating = False
+        self.handoff = False  # its node is leaving: close after the current message
         self.closing = False
         self.closed = False
         # The state side (``StateOwner``): the agent's committed state, the revision its
@@ -292,6 +294,9 @@ class Activation(StateOwner):
         timed = False
         started = 0.0
         while True:
+            if self.handoff:
+                self.current = None
+                return  # what is queued goes to the agent's next home (``_close``)
             if not mailbox:
                 # Linger one loop iteration before giving the task up: a caller woken by
                 # the reply just set usually sends its next message in that iteration,
@@ -474,6 +479,13 @@ class Activation(StateOwner):
         return ActivationFailed(f.type_name, f.message, f.traceback)
 
     # -- lifecycle requests ------------------------------------------------------------
+
+    def hand_off(self) -> None:
+        """Its node is leaving the cluster: finish the message being handled, then
+        deactivate (``on_stop``, release the claim); the messages queued then go to
+        the agent's next home (``Runtime.hand_over``). Idempotent."""
+        self.handoff = True
+        self.request_deactivation()
 
     def request_deactivation(self) -> None:
         """Deactivate once the mailbox is empty; idempotent."""

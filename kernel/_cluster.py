@@ -154,6 +154,7 @@ class Cluster:
         self.forwarded = 0  # messages forwarded to the holder of their agent's claim
         self._parked: dict[str, Parking] = {}  # lost member id -> its parked messages
         self._closing = False
+        self.leaving = False  # stopping gracefully: placement skips this node
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -201,6 +202,40 @@ class Cluster:
             if directory is not None:
                 await directory.aclose()
 
+    async def leave(self, deadline: float) -> None:
+        """Stop taking placements: mark this node leaving in its member record (by
+        ``deadline``, when the watch shows it) and hand every local activation off
+        (``Activation.hand_off``: it finishes its message, releases its claim, and
+        what it still holds or is sent goes to the agent's next home)."""
+        self.leaving = True
+        self._invalidate()  # this node is no home any more, for its own sends too
+        membership = self._membership
+        if membership is not None:
+            membership.update()
+            loop = asyncio.get_running_loop()
+            try:
+                await self.wait_members(
+                    lambda ms: any(m.id == self.node_id and m.leaving for m in ms),
+                    max(0.0, deadline - loop.time()),
+                )
+            except TimeoutError:
+                log.warning(
+                    "%s could not announce that it leaves; handing off anyway", self.node_id
+                )
+        acts = list(self.runtime.directory.values())
+        log.info("cluster member %s leaves: handing off %d agents", self.node_id, len(acts))
+        for act in acts:
+            act.hand_off()
+
+    async def settle(self, deadline: float) -> None:
+        """Wait (until ``deadline``) for the asks this leaving node forwarded to be
+        answered, so that their askers get the replies through it."""
+        remote = self._remote
+        unanswered = [] if remote is None else remote.unanswered()
+        if unanswered:
+            timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+            await asyncio.wait(unanswered, timeout=timeout)
+
     def types_changed(self) -> None:
         """A type was registered: publish this node's record again."""
         self._hosts.clear()
@@ -215,7 +250,7 @@ class Cluster:
         types = {name: atype.placement for name, atype in self.runtime.types.items()}
         return Member(
             self.node_id, remote.address, types, remote.codec.types.fingerprints(),
-            __version__, self._since,
+            __version__, self._since, self.leaving,
         )  # fmt: skip
 
     # -- the view ------------------------------------------------------------------------
@@ -297,12 +332,13 @@ class Cluster:
         self._hosts.clear()
 
     def hosts(self, type_name: str) -> list[str]:
-        """The ids of the live nodes hosting ``type_name``, sorted (this node
-        included once it registered the type, before the watch shows it)."""
+        """The ids of the live nodes hosting ``type_name`` that are not leaving, sorted
+        (this node included once it registered the type, before the watch shows it)."""
         hosts = self._hosts.get(type_name)
         if hosts is None:
-            nodes = {m.id for m in self.members() if type_name in m.types}
-            if type_name in self.runtime.types:
+            nodes = {m.id for m in self.members() if type_name in m.types and not m.leaving}
+            nodes.discard(self.node_id)
+            if type_name in self.runtime.types and not self.leaving:
                 nodes.add(self.node_id)
             hosts = self._hosts[type_name] = sorted(nodes)
         return hosts

@@ -48,6 +48,8 @@ class Member(msgspec.Struct, frozen=True):
         fingerprints: the schema fingerprint of each wire tag it knows.
         version: the kerna version it runs.
         since: when it joined (wall-clock seconds since the epoch).
+        leaving: it is stopping gracefully: no new activation is placed on it, and
+            its agents move to other nodes as it hands them over.
     """
 
     id: str
@@ -56,6 +58,7 @@ class Member(msgspec.Struct, frozen=True):
     fingerprints: dict[str, str]
     version: str
     since: float
+    leaving: bool = False
 
 
 _decode_member = msgspec.msgpack.Decoder(Member).decode

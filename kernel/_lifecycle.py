@@ -162,10 +162,15 @@ class Lifecycle:
         hooks_ended = True
         end = math.inf
         try:
+            cluster = rt.cluster
+            if cluster is not None:  # hand the agents over while the grace lasts
+                await cluster.leave(self._drain_deadline)
             if rt.busy and not await self._wait_quiet() and rt.busy:
                 log.warning(
                     "stop: %d agents still busy after %.3gs grace; cancelling", rt.busy, grace
                 )
+            if cluster is not None:
+                await cluster.settle(self._drain_deadline)
             rt.phase = Phase.STOPPING
             # Everything after the grace period shares one bound: grace + 2 x cancel_grace.
             now = loop.time()

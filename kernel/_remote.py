@@ -238,6 +238,11 @@ class Remote:
         since the last sweep)."""
         return len(self._waiting)
 
+    def unanswered(self) -> list[asyncio.Future[Any]]:
+        """The reply futures of the asks sent to other nodes whose askers still wait
+        (forwarded ones too)."""
+        return [future for future, _ in self._waiting.values() if not future.done()]
+
     def _sweep(self) -> None:
         """Forget the asks whose askers gave up (timed out, cancelled) with no reply.
 
@@ -351,7 +356,7 @@ class Remote:
         reply_to = peer if delivery.reply_to is not None else None
         if env.kind == ASK and reply_to is not None:
             env.reply = _RemoteReply(self, reply_to, env.id, type(env.payload), env.deadline)
-        if rt.phase is not RUNNING and not rt.accepts(None):
+        if rt.phase is not RUNNING and not rt.accepts_inbound():
             self._not_delivered(env, rt.refusal(f"{type(env.payload).__qualname__} from {peer}"))
             return None
         parked = self._parked.get(peer, 0)

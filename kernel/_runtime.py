@@ -143,6 +143,16 @@ class Runtime:
         phase = self.phase
         return phase is RUNNING or (phase is DRAINING and sender is not None)
 
+    def accepts_inbound(self) -> bool:
+        """Whether a message from another node is taken now: while running, and while
+        a cluster node drains on its way out (a live activation here handles it, or it
+        is forwarded to the agent's next home)."""
+        phase = self.phase
+        if phase is RUNNING:
+            return True
+        cluster = self.cluster
+        return phase is DRAINING and cluster is not None and cluster.leaving
+
     def refusal(self, what: str) -> KernelStopped:
         """The error for work refused because the kernel is not running."""
         if self.phase is Phase.NEW:
@@ -194,8 +204,8 @@ class Runtime:
             cluster = self.cluster
             # In a cluster, the placement decides, except for a message another node
             # sent here (its sender's placement chose this node; a claim held elsewhere
-            # forwards it: ``Cluster.moved``).
-            if cluster is None or getattr(route, "inbound", False):
+            # forwards it: ``Cluster.moved``), unless this node is leaving.
+            if cluster is None or (getattr(route, "inbound", False) and not cluster.leaving):
                 act = self.resolve(target, env.payload)
             else:
                 act = cluster.route(target, env.payload)
@@ -336,6 +346,12 @@ class Runtime:
         """Move messages that reached a closing activation to its successor, in order."""
         if self.stopped:
             old.abort(KernelStopped(f"kernel stopped before {old.id} could handle them"))
+            return
+        cluster = self.cluster
+        if cluster is not None and cluster.leaving:  # to the agent's next home
+            envs = old.take_messages(KernelStopped(f"{old.id} moved as its node left"))
+            for env in envs:
+                cluster.redeliver(env)
             return
         new = self.activation(old.id, old.atype)
         new.adopt(old)
