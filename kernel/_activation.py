@@ -269,7 +269,7 @@ class Activation(StateOwner):
                     return False
                 # An undecodable stored state or event will not decode on a retry either.
                 if attempt >= atype.max_restarts or isinstance(exc, DecodeError):
-                    self.failure = remote_error(exc, ActivationFailed)
+                    self.failure = remote_error(exc, ActivationFailed, self.node_id())
                     log.warning("%s failed to start %d times: %r", self.id, attempt + 1, exc)
                     self._fail_all(DeadLetterReason.ACTIVATION_FAILED)
                     return False
@@ -340,7 +340,7 @@ class Activation(StateOwner):
                     if reply.done():
                         stats.late_replies += 1
                     else:
-                        reply.set_exception(remote_error(exc, RemoteError))
+                        reply.set_exception(remote_error(exc, RemoteError, self.node_id()))
                 elif env.kind != ASK:
                     runtime.handler_failed(env, self.id, exc)
                 else:  # the handler deferred its reply, then raised
@@ -476,7 +476,11 @@ class Activation(StateOwner):
         """A fresh copy of the failure (one exception object per raise)."""
         f = self.failure
         assert f is not None
-        return ActivationFailed(f.type_name, f.message, f.traceback)
+        return ActivationFailed(f.type_name, f.message, f.traceback, f.node)
+
+    def node_id(self) -> str:
+        """The id of this activation's node (what its errors name)."""
+        return self.runtime.kernel.node_id
 
     # -- lifecycle requests ------------------------------------------------------------
 

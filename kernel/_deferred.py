@@ -93,7 +93,7 @@ class PendingReply:
         if future.done():
             self._activation.atype.stats.late_replies += 1
         else:
-            future.set_exception(remote_error(error, RemoteError))
+            future.set_exception(remote_error(error, RemoteError, self._activation.node_id()))
 
     def abandon(self, error: Exception) -> None:
         """The activation ends before this was sent: the asker gets ``error`` itself

@@ -12,7 +12,7 @@
     ├── IdleTimeout            wait_idle gave up (also a TimeoutError)
     ├── DeadlockError          an ask whose target is already in the current ask chain
     ├── UsageError             an API called where it cannot work (also a RuntimeError)
-    ├── RemoteError            a handler raised: .type_name, .message, .traceback
+    ├── RemoteError            a handler raised: .type_name, .message, .traceback, .node
     │   └── ActivationFailed   on_start kept failing until the restart budget ran out
     ├── KernelStopped          sent after stop, or pending when the kernel stopped
     ├── StateError
@@ -171,17 +171,24 @@ class UsageError(KernaError, RuntimeError):
 class RemoteError(KernaError):
     """A handler raised; the asker gets this, the agent lives on.
 
+    Across nodes it is the same error: the remote type name, message and traceback
+    travel in the error reply, with the id of the node where it was raised (a failure
+    passed up a chain of asks keeps its origin's).
+
     Attributes:
         type_name: qualified name of the original exception type.
         message: ``str()`` of the original exception.
         traceback: the formatted traceback, as a string.
+        node: the id of the node whose handler raised it (``Kernel.node_id``; "" if
+            not known: an error reply from a node of an older version).
     """
 
-    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
+    def __init__(self, type_name: str, message: str, traceback: str = "", node: str = "") -> None:
         super().__init__(f"{type_name}: {message}")
         self.type_name = type_name
         self.message = message
         self.traceback = traceback
+        self.node = node
 
 
 class ActivationFailed(RemoteError):

@@ -79,12 +79,13 @@ def _formatted_traceback(exc: BaseException) -> str:
         return f"Traceback (most recent call last):\n{frames}{type_name(exc)}: {_text(exc)}\n"
 
 
-def remote_error(exc: BaseException, cls: type[E]) -> E:
-    """Wrap a handler's exception for its asker: type name, message and traceback.
+def remote_error(exc: BaseException, cls: type[E], node: str = "") -> E:
+    """Wrap a handler's exception for its asker: type name, message, traceback and the
+    id of the ``node`` it was raised on.
 
     A RemoteError that a handler let through from a nested ask keeps its origin's type
-    name and message, so the root cause reaches the first asker unwrapped.
+    name, message and node, so the root cause reaches the first asker unwrapped.
     """
     if isinstance(exc, RemoteError):
-        return cls(exc.type_name, exc.message, exc.traceback)
-    return cls(type_name(exc), _text(exc), _formatted_traceback(exc))
+        return cls(exc.type_name, exc.message, exc.traceback, exc.node or node)
+    return cls(type_name(exc), _text(exc), _formatted_traceback(exc), node)

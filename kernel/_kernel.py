@@ -236,6 +236,7 @@ class Kernel(KernelViews):
         self._runtime = Runtime(self)  # checks dead_letters_kept (DeadLetterStore)
         if transport is not None:  # a bad URL or option fails here, not at start
             self._runtime.remote = Remote.open(self._runtime, transport, options)
+            self._runtime.remote.codec.node_id = self._node_id
         if cluster is not None:
             self._runtime.cluster = Cluster(
                 self._runtime, cluster, self._node_id, placement_strategy

@@ -191,6 +191,7 @@ class _ErrorReply(msgspec.Struct, array_like=True, tag=3, frozen=True, gc=False)
     type_name: str
     message: str
     traceback: str = ""
+    node: str = ""  # where it was raised (a trailing default: older peers ignore it)
 
 
 class Delivery(msgspec.Struct, frozen=True, gc=False):
@@ -263,6 +264,7 @@ class WireCodec:
         max_frame_size: frames over it are refused both ways (``TOO_LARGE``).
         max_depth: nesting allowed inside one message (``TOO_DEEP``).
         errors: refused frames per ``WireErrorReason`` (a ``Counter``).
+        node_id: this node's id, named by the error replies it sends.
     """
 
     def __init__(
@@ -276,6 +278,7 @@ class WireCodec:
         self.max_frame_size = max_frame_size
         self.max_depth = max_depth
         self.errors: Counter[str] = Counter()
+        self.node_id = ""
         self._encoder = msgspec.msgpack.Encoder()
         self._buffer = bytearray(256)
         # Per delivery tag seen: its decoder and how deep its values can nest.
@@ -366,11 +369,15 @@ class WireCodec:
     def encode_error(self, message_id: int, error: BaseException) -> bytes:
         """The error reply for the ask ``message_id``: the asker raises a
         ``RemoteError`` (``error``'s own fields if it is one, else its type and text)."""
+        node = self.node_id
         if isinstance(error, RemoteError):
-            frame = _ErrorReply(message_id, error.type_name, error.message, error.traceback)
+            frame = _ErrorReply(
+                message_id, error.type_name, error.message, error.traceback, error.node or node
+            )
         else:
             kind = type(error)
-            frame = _ErrorReply(message_id, f"{kind.__module__}.{kind.__qualname__}", str(error))
+            name = f"{kind.__module__}.{kind.__qualname__}"
+            frame = _ErrorReply(message_id, name, str(error), "", node)
         return self._encoder.encode(frame)
 
     def _encode(self, frame: Any, buffer: bytearray, offset: int, tag: str | None) -> None:
@@ -427,7 +434,8 @@ class WireCodec:
         if type(head) is _ReplyIn:
             return self._reply(head, peer)
         assert type(head) is _ErrorReply
-        return Reply(head.id, error=RemoteError(head.type_name, head.message, head.traceback))
+        error = RemoteError(head.type_name, head.message, head.traceback, head.node)
+        return Reply(head.id, error=error)
 
     def _delivery(self, head: _DeliveryIn, peer: str) -> Delivery:
         tag = head.tag
