@@ -41,6 +41,7 @@ from kerna.state._layout import unescape
 from ._cluster_members import Member, Membership
 from ._cluster_parking import Parking, Probe
 from ._cluster_placement import ClusterRoute, PlacementStrategy, Rendezvous
+from ._cluster_topics import ClusterTopics
 from ._errors import ConfigError, OwnedElsewhere, PeerUnreachable, UnknownAgent
 from ._ids import AgentId
 from ._message import DeadLetterReason
@@ -155,6 +156,8 @@ class Cluster:
         self._parked: dict[str, Parking] = {}  # lost member id -> its parked messages
         self._closing = False
         self.leaving = False  # stopping gracefully: placement skips this node
+        self.topics = ClusterTopics(self)
+        self._subscribers: dict[str, dict[str, list[str]]] = {}  # topic -> type -> nodes
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -250,7 +253,7 @@ class Cluster:
         types = {name: atype.placement for name, atype in self.runtime.types.items()}
         return Member(
             self.node_id, remote.address, types, remote.codec.types.fingerprints(),
-            __version__, self._since, self.leaving,
+            __version__, self._since, self.leaving, self.runtime.topics.summary(),
         )  # fmt: skip
 
     # -- the view ------------------------------------------------------------------------
@@ -330,6 +333,7 @@ class Cluster:
             route.closed = True
         self._routes.clear()
         self._hosts.clear()
+        self._subscribers.clear()
 
     def hosts(self, type_name: str) -> list[str]:
         """The ids of the live nodes hosting ``type_name`` that are not leaving, sorted
@@ -342,6 +346,25 @@ class Cluster:
                 nodes.add(self.node_id)
             hosts = self._hosts[type_name] = sorted(nodes)
         return hosts
+
+    def subscribers(self, topic: str) -> dict[str, list[str]]:
+        """Per agent type subscribed to ``topic`` on other nodes, the ids of those nodes
+        (the ones not leaving, unless only leaving ones subscribed), sorted."""
+        found = self._subscribers.get(topic)
+        if found is None:
+            staying: dict[str, list[str]] = {}
+            leaving: dict[str, list[str]] = {}
+            for member in self.members():
+                if member.id == self.node_id:
+                    continue
+                for type_name in member.topics.get(topic, ()):
+                    (leaving if member.leaving else staying).setdefault(type_name, []).append(
+                        member.id
+                    )
+            for type_name, ids in leaving.items():
+                staying.setdefault(type_name, ids)
+            found = self._subscribers[topic] = {t: sorted(ids) for t, ids in staying.items()}
+        return found
 
     def _placement(self, type_name: str) -> str:
         atype = self.runtime.types.get(type_name)

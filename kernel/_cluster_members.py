@@ -50,6 +50,8 @@ class Member(msgspec.Struct, frozen=True):
         since: when it joined (wall-clock seconds since the epoch).
         leaving: it is stopping gracefully: no new activation is placed on it, and
             its agents move to other nodes as it hands them over.
+        topics: per topic, the agent types subscribed to it on this node
+            (``Kernel.subscribe``; the dead-letter topic is per node, not listed).
     """
 
     id: str
@@ -59,6 +61,7 @@ class Member(msgspec.Struct, frozen=True):
     version: str
     since: float
     leaving: bool = False
+    topics: dict[str, list[str]] = msgspec.field(default_factory=dict)
 
 
 _decode_member = msgspec.msgpack.Decoder(Member).decode

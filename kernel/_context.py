@@ -80,7 +80,10 @@ class MessageContext:
     @property
     def topic(self) -> str | None:
         env = self._envelope
-        return env.target if env.kind == EVENT and isinstance(env.target, str) else None
+        target = env.target
+        if env.kind != EVENT or not isinstance(target, str):
+            return None
+        return target.partition("\0")[0]  # in a cluster: topic\0Type\0key (_cluster_topics)
 
     @property
     def headers(self) -> Mapping[str, str]:

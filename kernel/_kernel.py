@@ -558,11 +558,16 @@ class Kernel(KernelViews):
                 "registered (register it before subscribing)",
                 agent_type=name,
             )
-        return self._runtime.topics.subscribe(topic, name, key)
+        subscription = self._runtime.topics.subscribe(topic, name, key)
+        if self._runtime.cluster is not None:
+            self._runtime.cluster.types_changed()  # other nodes learn who subscribes
+        return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
         """Remove a subscription; unknown ones are ignored."""
         self._runtime.topics.unsubscribe(subscription)
+        if self._runtime.cluster is not None:
+            self._runtime.cluster.types_changed()
 
     async def publish(
         self, topic: str, message: Message, *, headers: Mapping[str, str] | None = None

@@ -198,7 +198,10 @@ class Runtime:
         """
         target = env.target
         if type(target) is not AgentId:
-            return self.topics.fan_out(env)
+            cluster = self.cluster
+            if cluster is None:
+                return self.topics.fan_out(env)
+            return cluster.topics.fan_out(env)  # to each subscription's key owner
         act: Any = route.route if route is not None else None  # or a ClusterRoute
         if act is None or act.closed:
             cluster = self.cluster

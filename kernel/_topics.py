@@ -66,6 +66,19 @@ class Topics:
         self._by_topic.setdefault(topic, []).append(sub)
         return sub
 
+    def subscriptions(self, topic: str) -> list[Subscription]:
+        """The subscriptions of ``topic`` on this kernel (a copy)."""
+        return list(self._by_topic.get(topic, ()))
+
+    def summary(self) -> dict[str, list[str]]:
+        """Per topic, the agent types subscribed to it here, sorted (what a cluster
+        node publishes in its member record; the dead-letter topic is per node)."""
+        return {
+            topic: sorted({sub.type_name for sub in subs})
+            for topic, subs in sorted(self._by_topic.items())
+            if topic != DEAD_LETTERS and subs
+        }
+
     def unsubscribe(self, subscription: Subscription) -> None:
         subs = self._by_topic.get(subscription.topic)
         if subs and subscription in subs:
