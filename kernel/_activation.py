@@ -472,6 +472,19 @@ class Activation(StateOwner):
         parked senders get ``error`` raised."""
         return self._take_all(lambda: error)
 
+    def take_to_move(self) -> list[Envelope]:
+        """Take every queued message out, and those of parked senders (released as if
+        admitted), in order, to send them to the agent's next home (its node leaves)."""
+        waiters, self.waiters = self.waiters, None
+        taken = self._take_all(KernelStopped)  # no parked sender is left to refuse
+        for env, waiter in waiters or ():
+            if waiter.done():
+                self._count_abandoned(env)
+            else:
+                taken.append(env)
+                waiter.set_result(None)
+        return taken
+
     def copy_failure(self) -> ActivationFailed:
         """A fresh copy of the failure (one exception object per raise)."""
         f = self.failure

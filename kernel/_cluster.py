@@ -40,7 +40,7 @@ from kerna.state._layout import unescape
 
 from ._cluster_members import Member, Membership
 from ._cluster_parking import Parking, Probe
-from ._cluster_placement import ClusterRoute, PlacementStrategy, Rendezvous
+from ._cluster_placement import ClusterRoute, LeavingRoute, PlacementStrategy, Rendezvous
 from ._cluster_topics import ClusterTopics
 from ._errors import ConfigError, OwnedElsewhere, PeerUnreachable, UnknownAgent
 from ._ids import AgentId
@@ -59,6 +59,14 @@ __all__ = ["Cluster", "check_cluster", "default_node_id"]
 log = logging.getLogger("kerna.cluster")
 
 _taken_ids: set[str] = set()  # default node ids given out in this process
+
+LINGER = 0.25
+"""Seconds without a message reaching it that a leaving node waits for, once it
+deregistered, before it closes its transport (a node that has not seen it leave yet may
+still send to it); only when messages reached it while it left."""
+ANNOUNCE = 2.0
+"""Seconds a stopping node waits at most for its member record to say it leaves (the
+store may be unreachable: the hand-off goes on without it)."""
 
 
 def default_node_id() -> str:
@@ -156,6 +164,8 @@ class Cluster:
         self._parked: dict[str, Parking] = {}  # lost member id -> its parked messages
         self._closing = False
         self.leaving = False  # stopping gracefully: placement skips this node
+        self._late = asyncio.Event()  # a message reached this node while it leaves
+        self._late_count = 0
         self.topics = ClusterTopics(self)
         self._subscribers: dict[str, dict[str, list[str]]] = {}  # topic -> type -> nodes
 
@@ -205,13 +215,19 @@ class Cluster:
             if directory is not None:
                 await directory.aclose()
 
-    async def leave(self, deadline: float) -> None:
-        """Stop taking placements: mark this node leaving in its member record (by
-        ``deadline``, when the watch shows it) and hand every local activation off
-        (``Activation.hand_off``: it finishes its message, releases its claim, and
-        what it still holds or is sent goes to the agent's next home)."""
+    def begin_leaving(self) -> None:
+        """``stop`` was called: from now on this node is no home for any agent (for its
+        own sends too), and messages from other nodes are still taken, to hand over."""
         self.leaving = True
-        self._invalidate()  # this node is no home any more, for its own sends too
+        self._invalidate()
+
+    async def leave(self, deadline: float) -> None:
+        """Mark this node leaving in its member record, so that placement skips it
+        (waiting for the watch to show it, at most ``ANNOUNCE`` seconds and not past
+        ``deadline``), and hand every local activation off (``Activation.hand_off``:
+        it finishes its message, releases its claim, and what it still holds or is
+        sent goes to the agent's next home)."""
+        self.begin_leaving()
         membership = self._membership
         if membership is not None:
             membership.update()
@@ -219,7 +235,7 @@ class Cluster:
             try:
                 await self.wait_members(
                     lambda ms: any(m.id == self.node_id and m.leaving for m in ms),
-                    max(0.0, deadline - loop.time()),
+                    max(0.0, min(deadline - loop.time(), ANNOUNCE)),
                 )
             except TimeoutError:
                 log.warning(
@@ -229,6 +245,31 @@ class Cluster:
         log.info("cluster member %s leaves: handing off %d agents", self.node_id, len(acts))
         for act in acts:
             act.hand_off()
+
+    async def depart(self, deadline: float) -> None:
+        """Delete this node's member record, then wait (until ``deadline``) for the asks
+        it forwarded: messages that still reach it are forwarded until its transport
+        closes (``Runtime.accepts_inbound``)."""
+        membership = self._membership
+        if membership is not None:
+            await membership.deregister()
+        await self.settle(deadline)
+        if not self._late_count:
+            return
+        loop = asyncio.get_running_loop()
+        while loop.time() < deadline:
+            self._late.clear()
+            try:
+                async with asyncio.timeout(min(LINGER, max(0.0, deadline - loop.time()))):
+                    await self._late.wait()
+            except TimeoutError:
+                return  # nothing came for LINGER: the others have seen it leave
+            await self.settle(deadline)
+
+    def late_message(self) -> None:
+        """A message reached this leaving node (it forwards it)."""
+        self._late_count += 1
+        self._late.set()
 
     async def settle(self, deadline: float) -> None:
         """Wait (until ``deadline``) for the asks this leaving node forwarded to be
@@ -429,7 +470,12 @@ class Cluster:
             member = None if membership is None else membership.get(node)
             if member is None or remote is None:
                 raise UnknownAgent(f"node {node!r} is not a live member of {self.name!r}")
-            route = ClusterRoute(remote, node, member.address, self._unreachable)
+            if self.leaving:
+                route = LeavingRoute(
+                    remote, node, member.address, self._unreachable, self.late_message
+                )
+            else:
+                route = ClusterRoute(remote, node, member.address, self._unreachable)
             parking = self._parked.get(node)
             if parking is not None and parking.address == member.address:
                 route.parking = parking

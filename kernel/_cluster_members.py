@@ -153,20 +153,29 @@ class Membership:
     async def close(self, *, deregister: bool = True) -> None:
         """Stop keeping the record; delete it (``deregister``): peers see the node leave
         at once instead of a TTL later (the lease is revoked by ``Persistence.close``)."""
-        await cancel_and_wait(self._keeper)
-        self._keeper = None
         try:
-            if deregister and self._leases:
-                lease = self._claims.lease
-                if lease:
-                    try:
-                        await self.backend.txn(
-                            [Compare(self.key, "lease", "==", lease)], [Delete(self.key)]
-                        )
-                    except (StateError, ConfigError) as exc:
-                        log.warning("could not deregister %s: %s", self.key, exc)
+            if deregister:
+                await self.deregister()
+            else:
+                await cancel_and_wait(self._keeper)
+                self._keeper = None
         finally:
             await self._replica.aclose()
+
+    async def deregister(self) -> None:
+        """Stop keeping the record and delete it (idempotent); the view still follows
+        the others' records until ``close``."""
+        await cancel_and_wait(self._keeper)
+        self._keeper = None
+        leases, self._leases = self._leases, set()
+        lease = self._claims.lease
+        if leases and lease:
+            try:
+                await self.backend.txn(
+                    [Compare(self.key, "lease", "==", lease)], [Delete(self.key)]
+                )
+            except (StateError, ConfigError) as exc:
+                log.warning("could not deregister %s: %s", self.key, exc)
 
     async def _keep(self, join_by: float) -> None:
         """Register under the current lease; again after a loss (a new lease) or a change."""

@@ -204,6 +204,9 @@ class Parking:
             return False
         except KernaError:  # an answer: UnknownAgent, KernelStopped there, ...
             return True
+        finally:
+            if not reply.done():
+                reply.cancel()  # unanswered: failing it later would log it unretrieved
         return True
 
     async def _flush(self) -> bool:

@@ -35,7 +35,14 @@ if TYPE_CHECKING:
     from ._ids import AgentId
     from ._remote import Remote
 
-__all__ = ["PLACEMENTS", "ClusterRoute", "PlacementStrategy", "Rendezvous", "check_placement"]
+__all__ = [
+    "PLACEMENTS",
+    "ClusterRoute",
+    "LeavingRoute",
+    "PlacementStrategy",
+    "Rendezvous",
+    "check_placement",
+]
 
 PLACEMENTS = ("directory", "hash", "local")
 
@@ -125,6 +132,33 @@ class ClusterRoute:
 
     def __repr__(self) -> str:
         return f"<ClusterRoute {self.node} at {self.address}>"
+
+
+class LeavingRoute(ClusterRoute):
+    """A ``ClusterRoute`` made while this node leaves: each message it forwards is
+    reported to ``seen`` (a leaving node lingers while messages still reach it)."""
+
+    __slots__ = ("seen",)
+
+    def __init__(
+        self,
+        remote: Remote,
+        node: str,
+        address: str,
+        unreachable: Callable[[ClusterRoute, Envelope, PeerUnreachable], None],
+        seen: Callable[[], None],
+    ) -> None:
+        super().__init__(remote, node, address, unreachable)
+        self.seen = seen
+
+    def put(self, env: Envelope) -> Awaitable[None] | None:
+        """See ``ClusterRoute.put``.
+
+        Raises:
+            WireError, MailboxFull: as ``ClusterRoute.put``.
+        """
+        self.seen()
+        return super().put(env)
 
 
 def check_placement(placement: str | None, name: str, *, stateful: bool) -> str:

@@ -134,6 +134,8 @@ class Lifecycle:
                 return
             if rt.phase is Phase.RUNNING:
                 rt.phase = Phase.DRAINING  # refuse messages from outside agents at once
+                if rt.cluster is not None:
+                    rt.cluster.begin_leaving()  # no home now; other nodes' messages go on
             self._drain_deadline = rt.loop.time() + grace
             task = self._shutdown = rt.loop.create_task(
                 self._run_shutdown(float(grace), cancel_grace), name="kerna-stop"
@@ -189,10 +191,12 @@ class Lifecycle:
                 act.abort(KernelStopped(f"kernel stopped before {act.id} could handle it"))
                 rt.retire(act)
             try:
-                if rt.cluster is not None:
-                    await rt.cluster.close()  # deregister: peers see this node leave
+                if rt.cluster is not None:  # peers see this node leave; late messages
+                    await rt.cluster.depart(max(end, loop.time() + cancel_grace))  # forwarded
                 if rt.remote is not None:
                     await rt.remote.aclose()  # asks waiting on other nodes fail
+                if rt.cluster is not None:
+                    await rt.cluster.close()  # the watches
                 if rt.persistence is not None:
                     await rt.persistence.close()  # releases every claim with the lease
             finally:

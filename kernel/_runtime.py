@@ -145,13 +145,13 @@ class Runtime:
 
     def accepts_inbound(self) -> bool:
         """Whether a message from another node is taken now: while running, and while
-        a cluster node drains on its way out (a live activation here handles it, or it
-        is forwarded to the agent's next home)."""
+        a cluster node leaves, until its transport closes (a live activation here
+        handles it, or it is forwarded to the agent's next home)."""
         phase = self.phase
         if phase is RUNNING:
             return True
         cluster = self.cluster
-        return phase is DRAINING and cluster is not None and cluster.leaving
+        return cluster is not None and cluster.leaving and phase is not Phase.STOPPED
 
     def refusal(self, what: str) -> KernelStopped:
         """The error for work refused because the kernel is not running."""
@@ -208,9 +208,12 @@ class Runtime:
             # In a cluster, the placement decides, except for a message another node
             # sent here (its sender's placement chose this node; a claim held elsewhere
             # forwards it: ``Cluster.moved``), unless this node is leaving.
-            if cluster is None or (getattr(route, "inbound", False) and not cluster.leaving):
+            inbound = getattr(route, "inbound", False)
+            if cluster is None or (inbound and not cluster.leaving):
                 act = self.resolve(target, env.payload)
             else:
+                if inbound:
+                    cluster.late_message()
                 act = cluster.route(target, env.payload)
             if route is not None:
                 route.route = act
@@ -352,8 +355,7 @@ class Runtime:
             return
         cluster = self.cluster
         if cluster is not None and cluster.leaving:  # to the agent's next home
-            envs = old.take_messages(KernelStopped(f"{old.id} moved as its node left"))
-            for env in envs:
+            for env in old.take_to_move():
                 cluster.redeliver(env)
             return
         new = self.activation(old.id, old.atype)
