@@ -11,10 +11,10 @@ from collections import Counter
 import pytest
 
 from kerna import Kernel
+from kerna.testing import EtcdMember
 
 from .cluster import hosting, nodes
 from .cluster_agents import Add, Ledger, Total, Where
-from .etcd import EtcdMember
 
 pytestmark = pytest.mark.anyio
 

@@ -12,11 +12,11 @@ import signal
 import pytest
 
 from kerna import AgentId, AskTimeout, NodeLost, Rendezvous, TransportError
+from kerna.testing import EtcdMember
 from kerna.transports import PeerUnreachable
 
 from .cluster import node_process, nodes
 from .cluster_agents import Add, Hang, Ledger, Total, Where
-from .etcd import EtcdMember
 
 pytestmark = pytest.mark.anyio
 

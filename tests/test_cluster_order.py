@@ -10,9 +10,9 @@ import asyncio
 import pytest
 
 from kerna import Agent, Message, Request, handler
+from kerna.testing import EtcdMember
 
 from .cluster import hosting, nodes
-from .etcd import EtcdMember
 
 pytestmark = pytest.mark.anyio
 

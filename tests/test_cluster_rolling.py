@@ -87,14 +87,6 @@ async def _total(client: Kernel, key: str) -> int:
     return total
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="graceful handoff is not built yet (issue 9, section 3): a draining node refuses"
-    " the asks that reach it with RemoteError 'kerna._errors.KernelStopped: kernel is"
-    " stopping (Add from tcp://...)' instead of handling or re-routing them (seen: 11 of"
-    " 8045 asks refused over three restarts, 99.86%)",
-)
 async def test_a_rolling_restart_under_steady_asks_loses_no_acknowledged_increment(
     etcd_server: EtcdMember, tmp_path: Path
 ) -> None:

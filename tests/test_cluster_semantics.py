@@ -12,9 +12,9 @@ import asyncio
 import pytest
 
 from kerna import Agent, DeadlockError, PendingReply, RemoteError, Request, handler
+from kerna.testing import EtcdMember
 
 from .cluster import hosting, nodes
-from .etcd import EtcdMember
 
 pytestmark = pytest.mark.anyio
 

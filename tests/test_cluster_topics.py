@@ -9,10 +9,10 @@ import asyncio
 import pytest
 
 from kerna import Agent, Kernel, Message, Request, handler
+from kerna.testing import EtcdMember
 
 from .cluster import nodes
 from .cluster_agents import Where
-from .etcd import EtcdMember
 
 pytestmark = pytest.mark.anyio
 
