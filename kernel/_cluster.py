@@ -26,11 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -38,11 +35,13 @@ import msgspec
 from kerna.state import Replica
 from kerna.state._layout import unescape
 
+from ._cluster_config import check_cluster, default_node_id
+from ._cluster_leave import Departure
 from ._cluster_members import Member, Membership
 from ._cluster_parking import Parking, Probe
 from ._cluster_placement import ClusterRoute, LeavingRoute, PlacementStrategy, Rendezvous
 from ._cluster_topics import ClusterTopics
-from ._errors import ConfigError, OwnedElsewhere, PeerUnreachable, UnknownAgent
+from ._errors import OwnedElsewhere, PeerUnreachable, UnknownAgent
 from ._ids import AgentId
 from ._message import DeadLetterReason
 from ._persistence_claims import Claim
@@ -57,86 +56,6 @@ if TYPE_CHECKING:
 __all__ = ["Cluster", "check_cluster", "default_node_id"]
 
 log = logging.getLogger("kerna.cluster")
-
-_taken_ids: set[str] = set()  # default node ids given out in this process
-
-LINGER = 0.25
-"""Seconds without a message reaching it that a leaving node waits for, once it
-deregistered, before it closes its transport (a node that has not seen it leave yet may
-still send to it); only when messages reached it while it left."""
-ANNOUNCE = 2.0
-"""Seconds a stopping node waits at most for its member record to say it leaves (the
-store may be unreachable: the hand-off goes on without it)."""
-
-
-def default_node_id() -> str:
-    """``hostname-pid``; ``hostname-pid-N`` for the N-th kernel of this process."""
-    base = f"{socket.gethostname()}-{os.getpid()}"
-    node_id, n = base, 1
-    while node_id in _taken_ids:
-        n += 1
-        node_id = f"{base}-{n}"
-    _taken_ids.add(node_id)
-    return node_id
-
-
-def check_cluster(
-    *,
-    cluster: str | None,
-    node_id: str | None,
-    secret: bytes | str | None,
-    secret_file: str | os.PathLike[str] | None,
-    transport: str | None,
-    transport_options: Mapping[str, Any] | None,
-    state: object,
-) -> dict[str, Any]:
-    """Validate the cluster options; the transport options with the secret in them.
-
-    A cluster needs a transport (how other nodes reach this one) and a store its nodes
-    share: ``memory://`` (a URL) is private to one kernel, so it is refused; a
-    ``StateBackend`` object shared by the kernels of one process is fine.
-
-    Raises:
-        ConfigError: a bad cluster name or node id, a cluster without a transport or
-            on ``memory://``, both ``secret`` and ``secret_file`` (or a secret in
-            ``transport_options`` too), a secret without a transport, an unreadable or
-            empty secret file.
-    """
-    options = dict(transport_options or {})
-    if cluster is not None:
-        if not isinstance(cluster, str) or not cluster or "/" in cluster:
-            raise ConfigError(f"cluster must be a non-empty name without '/', got {cluster!r}")
-        if transport is None:
-            raise ConfigError(
-                f"cluster {cluster!r} needs a transport: other nodes reach this one"
-                " through it (Kernel(transport='tcp://host:port'))"
-            )
-        if isinstance(state, str) and state.startswith("memory:"):
-            raise ConfigError(
-                f"cluster {cluster!r} needs a store its nodes share (etcd://...): state"
-                f" {state!r} is private to this kernel"
-            )
-    if node_id is not None and (not isinstance(node_id, str) or not node_id or "/" in node_id):
-        raise ConfigError(f"node_id must be a non-empty str without '/', got {node_id!r}")
-    if secret is not None and secret_file is not None:
-        raise ConfigError("give the cluster secret once: secret= or secret_file=, not both")
-    if secret_file is not None:
-        path = Path(secret_file)
-        try:
-            secret = path.read_bytes().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read secret_file {str(path)!r}: {exc}") from exc
-        if not secret:
-            raise ConfigError(f"secret_file {str(path)!r} is empty")
-    if secret is not None:
-        if not isinstance(secret, bytes | str) or not secret:
-            raise ConfigError(f"secret must be non-empty bytes or str, got {type(secret)!r}")
-        if transport is None:
-            raise ConfigError("a secret needs a transport (Kernel(transport='tcp://...'))")
-        if "secret" in options:
-            raise ConfigError("the secret is given twice: secret= and transport_options")
-        options["secret"] = secret
-    return options
 
 
 class Cluster:
@@ -164,8 +83,7 @@ class Cluster:
         self._parked: dict[str, Parking] = {}  # lost member id -> its parked messages
         self._closing = False
         self.leaving = False  # stopping gracefully: placement skips this node
-        self._late = asyncio.Event()  # a message reached this node while it leaves
-        self._late_count = 0
+        self.departure = Departure(self)
         self.topics = ClusterTopics(self)
         self._subscribers: dict[str, dict[str, list[str]]] = {}  # topic -> type -> nodes
 
@@ -205,7 +123,7 @@ class Cluster:
         parked, self._parked = self._parked, {}
         for parking in parked.values():
             parking.close()
-        self._invalidate()
+        self.invalidate()
         membership, self._membership = self._membership, None
         directory, self._directory = self._directory, None
         try:
@@ -219,66 +137,17 @@ class Cluster:
         """``stop`` was called: from now on this node is no home for any agent (for its
         own sends too), and messages from other nodes are still taken, to hand over."""
         self.leaving = True
-        self._invalidate()
+        self.invalidate()
 
-    async def leave(self, deadline: float) -> None:
-        """Mark this node leaving in its member record, so that placement skips it
-        (waiting for the watch to show it, at most ``ANNOUNCE`` seconds and not past
-        ``deadline``), and hand every local activation off (``Activation.hand_off``:
-        it finishes its message, releases its claim, and what it still holds or is
-        sent goes to the agent's next home)."""
-        self.begin_leaving()
-        membership = self._membership
-        if membership is not None:
-            membership.update()
-            loop = asyncio.get_running_loop()
-            try:
-                await self.wait_members(
-                    lambda ms: any(m.id == self.node_id and m.leaving for m in ms),
-                    max(0.0, min(deadline - loop.time(), ANNOUNCE)),
-                )
-            except TimeoutError:
-                log.warning(
-                    "%s could not announce that it leaves; handing off anyway", self.node_id
-                )
-        acts = list(self.runtime.directory.values())
-        log.info("cluster member %s leaves: handing off %d agents", self.node_id, len(acts))
-        for act in acts:
-            act.hand_off()
+    @property
+    def membership(self) -> Membership | None:
+        """This node's member record and the view of the others' (while it runs)."""
+        return self._membership
 
-    async def depart(self, deadline: float) -> None:
-        """Delete this node's member record, then wait (until ``deadline``) for the asks
-        it forwarded: messages that still reach it are forwarded until its transport
-        closes (``Runtime.accepts_inbound``)."""
-        membership = self._membership
-        if membership is not None:
-            await membership.deregister()
-        await self.settle(deadline)
-        if not self._late_count:
-            return
-        loop = asyncio.get_running_loop()
-        while loop.time() < deadline:
-            self._late.clear()
-            try:
-                async with asyncio.timeout(min(LINGER, max(0.0, deadline - loop.time()))):
-                    await self._late.wait()
-            except TimeoutError:
-                return  # nothing came for LINGER: the others have seen it leave
-            await self.settle(deadline)
-
-    def late_message(self) -> None:
-        """A message reached this leaving node (it forwards it)."""
-        self._late_count += 1
-        self._late.set()
-
-    async def settle(self, deadline: float) -> None:
-        """Wait (until ``deadline``) for the asks this leaving node forwarded to be
-        answered, so that their askers get the replies through it."""
-        remote = self._remote
-        unanswered = [] if remote is None else remote.unanswered()
-        if unanswered:
-            timeout = max(0.0, deadline - asyncio.get_running_loop().time())
-            await asyncio.wait(unanswered, timeout=timeout)
+    @property
+    def remote(self) -> Remote | None:
+        """This node's link to the others (once started)."""
+        return self._remote
 
     def types_changed(self) -> None:
         """A type was registered: publish this node's record again."""
@@ -324,7 +193,7 @@ class Cluster:
         return members
 
     def _members_changed(self) -> None:
-        self._invalidate()
+        self.invalidate()
         self._off_hash = None  # the homes by hash moved: recomputed on the next claim
         waiters, self._member_waiters = self._member_waiters, []
         for waiter in waiters:
@@ -356,7 +225,7 @@ class Cluster:
             off.discard(claim_key)
         else:
             return  # held where senders route it anyway (or never was)
-        self._invalidate()
+        self.invalidate()
 
     def _off(self, claim_key: str, claim: Claim) -> bool:
         """Whether ``claim`` is held elsewhere than its agent's home by hash."""
@@ -368,7 +237,7 @@ class Cluster:
         hosts = self.hosts(target.type)
         return not hosts or self.strategy.choose(target, hosts) != claim.node
 
-    def _invalidate(self, *_: object) -> None:
+    def invalidate(self, *_: object) -> None:
         """The member set or the directory changed: every cached decision is stale."""
         for route in self._routes.values():
             route.closed = True
@@ -472,7 +341,7 @@ class Cluster:
                 raise UnknownAgent(f"node {node!r} is not a live member of {self.name!r}")
             if self.leaving:
                 route = LeavingRoute(
-                    remote, node, member.address, self._unreachable, self.late_message
+                    remote, node, member.address, self._unreachable, self.departure.seen
                 )
             else:
                 route = ClusterRoute(remote, node, member.address, self._unreachable)

@@ -166,13 +166,13 @@ class Lifecycle:
         try:
             cluster = rt.cluster
             if cluster is not None:  # hand the agents over while the grace lasts
-                await cluster.leave(self._drain_deadline)
+                await cluster.departure.leave(self._drain_deadline)
             if rt.busy and not await self._wait_quiet() and rt.busy:
                 log.warning(
                     "stop: %d agents still busy after %.3gs grace; cancelling", rt.busy, grace
                 )
             if cluster is not None:
-                await cluster.settle(self._drain_deadline)
+                await cluster.departure.settle(self._drain_deadline)
             rt.phase = Phase.STOPPING
             # Everything after the grace period shares one bound: grace + 2 x cancel_grace.
             now = loop.time()
@@ -191,8 +191,8 @@ class Lifecycle:
                 act.abort(KernelStopped(f"kernel stopped before {act.id} could handle it"))
                 rt.retire(act)
             try:
-                if rt.cluster is not None:  # peers see this node leave; late messages
-                    await rt.cluster.depart(max(end, loop.time() + cancel_grace))  # forwarded
+                if rt.cluster is not None:  # peers see it leave; late messages forwarded
+                    await rt.cluster.departure.depart(max(end, loop.time() + cancel_grace))
                 if rt.remote is not None:
                     await rt.remote.aclose()  # asks waiting on other nodes fail
                 if rt.cluster is not None:

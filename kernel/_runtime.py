@@ -213,7 +213,7 @@ class Runtime:
                 act = self.resolve(target, env.payload)
             else:
                 if inbound:
-                    cluster.late_message()
+                    cluster.departure.seen()
                 act = cluster.route(target, env.payload)
             if route is not None:
                 route.route = act
