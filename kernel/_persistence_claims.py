@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import msgspec
@@ -67,8 +67,11 @@ class Claims:
         # Who holds a claim: the cluster's node id (its member key names it too), or a
         # name unique to this kernel without a cluster.
         self.node_id = node_id or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        # The live lease, or the lost one until a new grant starts (see _ensure_lease).
         self._lease: KeptLease | None = None
-        self._lease_ready: asyncio.Lock = asyncio.Lock()
+        self._granting: asyncio.Task[KeptLease] | None = None  # the one grant under way
+        self._unreachable: Unavailable | None = None  # why the last grant failed
+        self._tasks: set[asyncio.Task[None]] = set()  # lost leases being revoked
         self._claim_encoder = msgspec.msgpack.Encoder()
         self._claim_decoder = msgspec.msgpack.Decoder(Claim)
         # Claims that may exist under our lease with no activation knowing of them
@@ -83,10 +86,14 @@ class Claims:
         """Release every claim at once (revoke the lease)."""
         try:
             await cancel_and_wait(self._janitor)  # the lease's end deletes the orphans
+            await cancel_and_wait(self._granting)  # a lease granted too late expires
+            for task in list(self._tasks):  # lost leases: they expire by themselves
+                await cancel_and_wait(task)
             if self._lease is not None:
                 await self._lease.revoke()
         finally:
             self._janitor = None
+            self._granting = None
             self._orphans.clear()
             self._lease = None
 
@@ -120,30 +127,81 @@ class Claims:
         """The kernel's kept-alive lease (granted now if there is none, or a new one
         after a loss): the cluster membership key lives under it with the claims.
 
+        Unlike a claim, this waits for a grant even while the store is known to be
+        unreachable (it is how the membership keeper rejoins).
+
         Raises:
             Unavailable: the backend could not be reached to grant it.
         """
-        await self._ensure_lease()
-        assert self._lease is not None
-        return self._lease
+        if self.lease:
+            assert self._lease is not None
+            return self._lease
+        return await asyncio.shield(self._grant())
 
     async def _ensure_lease(self) -> int:
         """The kernel's kept-alive lease, granted on first use and again after a loss.
 
         A lost lease (expired during a pause or partition) took every claim made under
-        it: the activations holding them are fenced on their next write.
+        it: the activations holding them are fenced on their next write. Its
+        revocation runs in the background, and every caller that needs a lease
+        meanwhile shares one grant attempt (the membership keeper's or a claim's), so
+        no caller waits more than one store timeout here. Once a grant has failed,
+        callers fail at once with ``Unavailable`` until one succeeds (each starts a
+        new attempt in the background if none is under way): a node cut off from its
+        store refuses new claims promptly instead of queueing them on the store's
+        timeout.
+
+        Raises:
+            Unavailable: no lease, and the store could not be reached to grant one (at
+                once, if the last attempt failed).
         """
-        async with self._lease_ready:
-            if not self.lease:
-                if self._lease is not None:
-                    log.error(
-                        "lease %d lost: stateful activations on it are fenced", self._lease.id
-                    )
-                    await self._lease.revoke()
-                    self._orphans.clear()  # they went with the lease
-                self._lease = KeptLease(self.backend, self.lease_ttl, on_lost=self._lease_lost)
-                await self._lease.grant()
-            return self.lease
+        lease = self.lease
+        if lease:
+            return lease
+        failed = self._unreachable
+        granting = self._grant()
+        if failed is not None:
+            raise Unavailable(
+                f"the kernel has no lease to claim under: the store could not be reached to"
+                f" grant one ({failed}); another attempt is under way"
+            ) from failed
+        return (await asyncio.shield(granting)).id
+
+    def _grant(self) -> asyncio.Task[KeptLease]:
+        """The grant attempt under way, started now if there is none (the lost lease,
+        if any, is revoked in the background)."""
+        task = self._granting
+        if task is not None:
+            return task
+        old, self._lease = self._lease, None
+        if old is not None:
+            if old.id:
+                log.error("lease %d lost: stateful activations on it are fenced", old.id)
+            self._orphans.clear()  # they went with the lease
+            self._background(old.revoke(), f"kerna.state revoke lease {old.id}")
+        task = self._granting = asyncio.get_running_loop().create_task(
+            self._granted(), name="kerna.state lease grant"
+        )
+        task.add_done_callback(_retrieved)  # every waiter may have gone
+        return task
+
+    async def _granted(self) -> KeptLease:
+        lease = KeptLease(self.backend, self.lease_ttl, on_lost=self._lease_lost)
+        try:
+            await lease.grant()
+        except Unavailable as exc:
+            self._unreachable = exc
+            raise
+        finally:
+            self._granting = None
+        self._unreachable = None
+        self._lease = lease
+        return lease
+
+    def _background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- claims ----------------------------------------------------------------------------
 
@@ -155,7 +213,9 @@ class Claims:
         Raises:
             OwnedElsewhere: another kernel holds the agent.
             LeaseLost: no lease could be kept to claim it under.
-            OutcomeUnknown, Unavailable: the backend could not be reached.
+            OutcomeUnknown, Unavailable: the backend could not be reached (``Unavailable``
+                at once while the kernel has no lease and the last attempt to grant one
+                failed: see ``_ensure_lease``).
         """
         claim_key = self.layout.claim(agent_type, key)
         if claim_key in self._orphans:
@@ -257,6 +317,12 @@ class Claims:
             await self.backend.txn([Compare.created_at(claim_key, token)], [Delete(claim_key)])
         except (StateError, ConfigError) as exc:  # unreachable, failed or closed store
             log.warning("could not release %r (it expires with the lease): %s", claim_key, exc)
+
+
+def _retrieved(task: asyncio.Task[KeptLease]) -> None:
+    """Mark a grant's failure as seen (its waiters, if any, got it)."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def again(what: str, attempt: Callable[[], Awaitable[T]], first: Unavailable) -> T:
