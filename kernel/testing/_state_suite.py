@@ -115,6 +115,45 @@ class StateBackendSuite:
             else:
                 assert result.gets[0] is None
 
+    async def test_txn_branches_read_other_keys_alongside_their_writes(
+        self, backend: StateBackend, prefix: str
+    ) -> None:
+        # A claim and the state it guards, in one round trip (kerna's activation).
+        claim, state = prefix + "claim", prefix + "state"
+        stored = await backend.put(state, b"s1")
+        lease = await backend.lease_grant(30)
+        try:
+            won = await backend.txn(
+                [Compare.absent(claim)],
+                [Put(claim, b"me", lease), Get(state)],
+                [Get(claim), Get(state)],
+            )
+            assert won.succeeded
+            assert won.revision > stored
+            assert len(won.gets) == 1
+            assert won.gets[0] is not None
+            assert (won.gets[0].value, won.gets[0].mod_revision) == (b"s1", stored)
+            lost = await backend.txn(
+                [Compare.absent(claim)],
+                [Put(claim, b"other", lease), Get(state)],
+                [Get(claim), Get(state)],
+            )
+            assert not lost.succeeded
+            assert len(lost.gets) == 2
+            held, read = lost.gets
+            assert held is not None
+            assert (held.value, held.create_revision, held.lease) == (b"me", won.revision, lease)
+            assert read is not None
+            assert read.value == b"s1"
+            absent = await backend.txn(
+                [Compare.absent(prefix + "claim2")],
+                [Put(prefix + "claim2", b"me", lease), Get(prefix + "no-state")],
+            )
+            assert absent.succeeded
+            assert absent.gets == (None,)
+        finally:
+            await backend.lease_revoke(lease)
+
     async def test_txn_writes_share_one_revision(self, backend: StateBackend, prefix: str) -> None:
         await backend.put(prefix + "gone", b"x")
         before = (await backend.range(prefix)).revision
