@@ -219,17 +219,23 @@ class Persistence:
         again if the load fails); with no ``spec`` (a volatile agent whose cluster
         placement is ``"directory"``), only claim it.
 
+        A plain state is read in the claim's own transaction (``Claims.claim``'s
+        ``read``): an activation costs one store round trip. An event-sourced one loads
+        its snapshot and the events after it once claimed (``load``).
+
         Raises:
             OwnedElsewhere: another kernel holds the agent.
             LeaseLost: no lease could be kept to claim it under.
             OutcomeUnknown, Unavailable: the backend could not be reached.
             DecodeError: the stored state or an event does not decode.
         """
-        token = await self.claims.claim(agent.type, agent.key)
         if spec is None:  # a volatile agent placed through the directory: the claim only
+            token, _ = await self.claims.claim(agent.type, agent.key)
             return Claimed(token, Stored(None))
+        read = self.layout.state(agent.type, agent.key) if spec.sourcing is None else None
+        token, kv = await self.claims.claim(agent.type, agent.key, read=read)
         try:
-            stored = await self.load(agent, spec)
+            stored = await self.load(agent, spec) if read is None else self._stored(agent, spec, kv)
         except BaseException:
             await self.release(agent, token)
             raise

@@ -29,7 +29,7 @@ import msgspec
 from kerna.state import KeptLease, StateBackend
 from kerna.state._layout import Layout
 from kerna.state._tasks import cancel_and_wait
-from kerna.state._types import Compare, Delete, Get, Put
+from kerna.state._types import Compare, Delete, Get, KeyValue, Put
 
 from ._errors import (
     ConfigError,
@@ -205,10 +205,19 @@ class Claims:
 
     # -- claims ----------------------------------------------------------------------------
 
-    async def claim(self, agent_type: str, key: str) -> int:
-        """Claim the agent for this kernel; its fencing token (the claim's create
-        revision). A claim of ours that is still there (unreleased, or an earlier
-        attempt that applied unconfirmed) is taken as it is.
+    async def claim(
+        self, agent_type: str, key: str, *, read: str | None = None
+    ) -> tuple[int, KeyValue | None]:
+        """Claim the agent for this kernel: its fencing token (the claim's create
+        revision) and, with ``read``, that key's entry (None: absent) read in the claim's
+        own transaction (an activation's state: one round trip, not a claim and then a
+        load). A claim of ours that is still there (unreleased, or an earlier attempt
+        that applied unconfirmed) is taken as it is.
+
+        The entry read is current for as long as the claim holds: every write of an
+        agent's state compares its claim's create revision (``kerna._persistence``), so
+        none can land between the claim and this read, nor after it but from another
+        claim.
 
         Raises:
             OwnedElsewhere: another kernel holds the agent.
@@ -225,11 +234,12 @@ class Claims:
             lease = await self._ensure_lease()
             kept = self._lease  # the KeptLease of ``lease`` (a later loss replaces it)
             value = self._claim_encoder.encode(Claim(self.node_id, lease, time.time()))
+            reads = () if read is None else (Get(read),)
             attempt = functools.partial(
                 self.backend.txn,
                 [Compare.absent(claim_key)],
-                [Put(claim_key, value, lease)],
-                [Get(claim_key)],
+                [Put(claim_key, value, lease), *reads],
+                [Get(claim_key), *reads],
             )
             try:
                 try:
@@ -261,7 +271,7 @@ class Claims:
                     holder=holder.node if holder else None,
                 )
             if kept is None or not kept.lost.is_set():
-                return token
+                return token, (result.gets[-1] if read is not None else None)
             # The lease was declared lost while the claim was on its way (the activations
             # it fenced did not include this one): give the claim up, claim anew.
             await self._delete_claim(claim_key, token)

@@ -19,6 +19,8 @@ from kerna._persistence import (
 )
 from kerna.state import EventSourcing
 
+from .faulty import FaultyBackend
+
 pytestmark = pytest.mark.anyio
 
 
@@ -63,6 +65,32 @@ async def test_a_save_returns_what_it_wrote_and_a_lost_race_carries_the_stored_s
     assert info.value.stored == written.stored  # what the activation adopts
     assert info.value.owned
     assert await store.load(agent, PLAIN) == written.stored
+
+
+async def test_activating_a_plain_state_claims_and_reads_it_in_one_transaction(
+    faulty: FaultyBackend,
+) -> None:
+    store = Persistence(faulty, owned=False, prefix="kerna/", lease_ttl=30)
+    try:
+        agent = AgentId("Counter", "c")
+        first = await store.activate(agent, PLAIN)
+        written = await store.save(agent, PLAIN, Count(5), token=first.token, revision=0)
+        await store.release(agent, first.token)
+        before = len(faulty.calls)
+        claimed = await store.activate(agent, PLAIN)  # a fresh claim
+        assert faulty.calls[before:] == ["txn"]  # no separate state read
+        assert claimed.stored == written.stored
+        before = len(faulty.calls)
+        again = await store.activate(agent, PLAIN)  # the claim is ours already
+        assert faulty.calls[before:] == ["txn"]
+        assert again == claimed
+        before = len(faulty.calls)
+        sourced = await store.activate(AgentId("Ledger", "l"), SOURCED)
+        assert faulty.calls[before] == "txn"  # claimed, then the log is read
+        assert len(faulty.calls) > before + 1
+        assert sourced.stored == Stored(Count(), seq=0)
+    finally:
+        await store.close()
 
 
 async def test_a_write_after_the_claim_is_released_is_fenced_and_nothing_is_written(
