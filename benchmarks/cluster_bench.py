@@ -11,8 +11,8 @@ each stopped by PID. Workloads:
   node=address)``, no cluster): the same 200 warm-up asks, then sequential p50/p99 over
   5,000 asks, and 64 callers asking in a loop for 5 s (req/s). Targets: >= 0.8x the
   transport-level throughput at 64 in flight, p50 <= 1.2x. Both loops.
-- **Activation**: 10,000 stateful agents (``Counter``, one claim and one state load
-  each) activated by a first ask from a driver node, 64 in flight, spread by placement
+- **Activation**: 10,000 stateful agents (``Counter``, one claim txn each, which also
+  reads the state) activated by a first ask from a driver node, 64 in flight, spread by placement
   over 3 node processes; vs the raw etcd create-if-absent rate: the same txn a claim is
   (``create_revision == 0`` -> put under a lease, else get), sent with aetcd's stubs
   straight to etcd by 64 concurrent tasks, 10,000 fresh keys.
@@ -406,8 +406,8 @@ def render(results: dict[str, Any]) -> str:
     ratio = _ratio(act, "kerna activation (3 nodes)", "raw etcd claim", "rate")
     lines += [
         "",
-        f"kerna / raw: {ratio:.2f} (no target; a kerna activation is a claim txn, a state "
-        "read and a remote ask round trip)",
+        f"kerna / raw: {ratio:.2f} (no target; a kerna activation is a claim txn that "
+        "reads the state too, and a remote ask round trip)",
         "",
         f"## Failover: {len(fo['failover_s'])} kills, lease TTL {sizes['lease_ttl']:g} s",
         "",
