@@ -11,7 +11,10 @@ A script lists what the next data calls (``get``, ``range``, ``txn``) do, in ord
 - ``"ok"``: runs normally.
 
 Calls past the end of the script run normally. ``keepalive_down`` makes every
-``lease_keepalive`` raise ``Unavailable`` (a partition that only the lease notices).
+``lease_keepalive`` raise ``Unavailable`` (a partition that only the lease notices);
+``grant_down`` does the same to ``lease_grant``, after waiting for ``grant_gate`` when
+one is set (a grant held on its way to an unreachable store); ``grants`` counts the
+grants asked for.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ class FaultyBackend(StateBackend):
         self.keepalives_ok = 0
         self.keepalive_ok = asyncio.Event()  # set on each successful keepalive
         self.keepalive_refused = asyncio.Event()  # set on each keepalive refused
+        self.grants = 0
+        self.grant_down = False
+        self.grant_gate: asyncio.Event | None = None
 
     @classmethod
     async def from_url(cls, url: str, **options: object) -> FaultyBackend:
@@ -94,6 +100,11 @@ class FaultyBackend(StateBackend):
         return self.inner.watch(prefix, from_revision)
 
     async def lease_grant(self, ttl: float) -> int:
+        self.grants += 1
+        if self.grant_gate is not None:
+            await self.grant_gate.wait()
+        if self.grant_down:
+            raise Unavailable("injected: a lease grant cannot reach the store")
         return await self.inner.lease_grant(ttl)
 
     async def lease_keepalive(self, lease_id: int) -> float:

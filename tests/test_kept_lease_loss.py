@@ -16,13 +16,14 @@ import asyncio
 
 import pytest
 
-from kerna import ActivationFailed, Kernel
+from kerna import ActivationFailed, AgentId, Kernel, Unavailable
+from kerna._persistence import Persistence, StateSpec
 from kerna.state import KeptLease, connect
 from kerna.state._locks import LOSS_MARGIN
 from kerna.state._memory import MemoryBackend
 from kerna.testing import EtcdMember
 
-from .agents import Counter, Inc, Read
+from .agents import Count, Counter, Inc, Read
 from .faulty import FaultyBackend
 
 pytestmark = pytest.mark.anyio
@@ -193,3 +194,37 @@ async def test_a_lease_on_a_frozen_etcd_is_lost_within_its_ttl(etcd_server: Etcd
     finally:
         etcd_server.ensure_running()
         await backend.aclose()
+
+
+async def test_claims_without_a_lease_share_one_grant_and_fail_at_once_while_it_cannot_be_had(
+    faulty: FaultyBackend,
+) -> None:
+    spec = StateSpec(Count, Count, None)
+    store = Persistence(faulty, owned=False, prefix="kerna/", lease_ttl=30)
+    try:
+        await store.activate(AgentId("Counter", "a"), spec)
+        (await store.claims.kept_lease()).mark_lost("the test")
+        faulty.grant_down = True
+        faulty.grant_gate = gate = asyncio.Event()  # the grant hangs on the store
+        grants = faulty.grants
+        waiting = [
+            asyncio.ensure_future(store.activate(AgentId("Counter", f"w{i}"), spec))
+            for i in range(5)
+        ]
+        gate.set()  # the first asks for a lease, the others join its attempt
+        results = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 5)
+        assert all(isinstance(r, Unavailable) for r in results), results
+        assert faulty.grants == grants + 1  # one attempt, shared: none waited on another
+        # The store is known to be unreachable: a claim fails at once, while the grant it
+        # started in the background hangs.
+        gate.clear()
+        with pytest.raises(Unavailable, match="no lease to claim under"):
+            await asyncio.wait_for(store.activate(AgentId("Counter", "late"), spec), 1)
+        assert faulty.grants == grants + 2
+        faulty.grant_down = False
+        gate.set()
+        await asyncio.wait_for(store.claims.kept_lease(), 5)  # the store answers again
+        claimed = await asyncio.wait_for(store.activate(AgentId("Counter", "late"), spec), 5)
+        assert claimed.token
+    finally:
+        await store.close()
