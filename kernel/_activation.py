@@ -37,6 +37,7 @@ from ._errors import (
     MailboxFull,
     OwnedElsewhere,
     RemoteError,
+    Unavailable,
 )
 from ._failures import describe, is_failure, remote_error
 from ._message import DeadLetterReason
@@ -272,6 +273,10 @@ class Activation(StateOwner):
                     self.failure = remote_error(exc, ActivationFailed, self.node_id())
                     log.warning("%s failed to start %d times: %r", self.id, attempt + 1, exc)
                     self._fail_all(DeadLetterReason.ACTIVATION_FAILED)
+                    if isinstance(exc, Unavailable):
+                        # The store was unreachable, not the agent broken: the failure
+                        # does not stick; the next message activates it afresh.
+                        self.runtime.retire(self)
                     return False
                 delay = atype.restart_backoff * (2**attempt)
                 attempt += 1
