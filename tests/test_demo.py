@@ -16,11 +16,24 @@ import sys
 from collections import Counter
 from typing import Any
 
+import msgspec
 import pytest
 
 from kerna import ConfigError, __version__
 from kerna._cli import main
-from kerna.demo import DemoReport, fault_plan, format_plain, make_corpus, run_demo
+from kerna.demo import (
+    BREAKER_FAILURES,
+    SENTIMENT_SHARDS,
+    DemoReport,
+    down_shard,
+    fault_plan,
+    format_plain,
+    keywords,
+    make_corpus,
+    phrase,
+    run_demo,
+    summary_rows,
+)
 from kerna.testing import require_module
 
 DOCS = 500
@@ -132,7 +145,10 @@ def test_the_corpus_follows_the_seed() -> None:
 def test_run_demo_without_faults_completes_everything() -> None:
     report = run_demo(100, seed=3, loop="asyncio", corrupt_rate=0.0, stall_rate=0.0)
     assert report.completed == 100
-    assert report.failed == report.dead_letters == report.handler_failures == 0
+    assert report.failed == report.dead_letters == 0
+    # The corpus has no faults, but one sentiment shard is still down: its failures
+    # (until its breaker opened) are the only failed handlings, and nothing failed.
+    assert report.handler_failures == BREAKER_FAILURES
     assert report.errors == ()
 
 
@@ -359,3 +375,96 @@ def test_timeouts_print_the_step_timeout_as_given() -> None:
     found = EXAMPLE.match(example)
     assert found, example
     assert found.group("path", "step", "error") == ("orchestration", "index", "AskTimeout")
+
+
+# -- the cost and degradation story (kerna.demo._inference) ---------------------------
+
+
+def _sentiment_docs(carried: dict[int, str]) -> tuple[list[int], list[int]]:
+    """The documents that reach a Sentiment shard (every one whose summary succeeded),
+    split into those on the healthy shards and those on the seed's down shard."""
+    down = SENTIMENT_SHARDS.index(down_shard(SEED))
+    reached = [doc for doc, fault in carried.items() if fault != "corrupt"]
+    healthy = [doc for doc in reached if doc % len(SENTIMENT_SHARDS) != down]
+    return healthy, [doc for doc in reached if doc % len(SENTIMENT_SHARDS) == down]
+
+
+def test_the_down_shard_opens_its_breaker_once_and_degrades_its_documents(
+    report: DemoReport, carried: dict[int, str]
+) -> None:
+    _, on_down_shard = _sentiment_docs(carried)
+    counts = report.inference
+    assert counts is not None
+    assert len(on_down_shard) > BREAKER_FAILURES
+    # One call at a time per shard: exactly BREAKER_FAILURES calls fail, the breaker
+    # opens once and refuses every later call; each one is answered by the fallback.
+    assert counts.failed == BREAKER_FAILURES
+    assert counts.breaker_openings == 1
+    assert counts.failed_fast == len(on_down_shard) - BREAKER_FAILURES
+    assert counts.fallbacks == len(on_down_shard)
+    assert report.degraded == len(on_down_shard)
+    # Degraded is not failed: those documents still completed.
+    assert report.failed == report.injected_corrupt + report.injected_stalls
+
+
+def test_the_cache_computes_each_distinct_phrase_once(
+    report: DemoReport, carried: dict[int, str]
+) -> None:
+    healthy, _ = _sentiment_docs(carried)
+    bodies = dict(make_corpus(DOCS, SEED, CORRUPT_RATE, STALL_RATE))
+    phrases = [phrase(" ".join(keywords(doc, bodies[doc]))) for doc in healthy]
+    counts = report.inference
+    assert counts is not None
+    assert counts.requests == len(phrases)
+    assert counts.computed == len(set(phrases))
+    assert counts.saved_by_cache == len(phrases) - len(set(phrases)) > 0
+
+
+def test_batching_makes_fewer_model_calls_than_items(report: DemoReport) -> None:
+    counts = report.inference
+    assert counts is not None
+    # How many asks share a call is up to timing; at most 64 do (max_size).
+    assert math.ceil(counts.computed / 64) <= counts.model_calls < counts.computed
+    assert counts.saved_by_batching == counts.computed - counts.model_calls
+
+
+def test_the_summary_shows_the_cost_and_degradation_lines(report: DemoReport) -> None:
+    text = format_plain(report)
+    counts = report.inference
+    assert counts is not None
+    assert (
+        f"  model         {counts.requests:,} scoring requests: {counts.saved_by_cache:,} "
+        f"saved by the cache, {counts.computed:,} computed in {counts.model_calls:,} model "
+        f"calls ({counts.saved_by_batching:,} saved by batching)\n"
+    ) in text
+    assert (
+        f"  degraded      {report.degraded:,} documents scored by the keyword filter "
+        f"(sentiment shard down): {BREAKER_FAILURES} failed, 1 breaker opening, "
+        f"{counts.failed_fast:,} refused at once (CircuitOpen)\n"
+    ) in text
+
+
+def _counts_only(report: DemoReport) -> dict[str, Any]:
+    """The report without what timing decides: wall time, rates, latencies, and how
+    many asks the batcher put in one model call."""
+    data = msgspec.to_builtins(report)
+    for timing in ("wall_s", "msgs_per_s", "latencies"):
+        del data[timing]
+    for timing in ("model_calls", "saved_by_batching"):
+        del data["inference"][timing]
+    return data
+
+
+def test_a_second_run_gives_the_same_counts(report: DemoReport) -> None:
+    again = run_demo(
+        DOCS,
+        seed=SEED,
+        loop="asyncio",
+        step_timeout=1.0,
+        corrupt_rate=CORRUPT_RATE,
+        stall_rate=STALL_RATE,
+    )
+    assert _counts_only(again) == _counts_only(report)
+    rows, again_rows = dict(summary_rows(report)), dict(summary_rows(again))
+    assert again_rows["degraded"] == rows["degraded"]
+    assert again_rows["model"].partition(" in ")[0] == rows["model"].partition(" in ")[0]
