@@ -42,6 +42,13 @@ from collections import Counter
 
 from kerna import Agent, AgentRef, AskTimeout, DeadLetter, Kernel, RemoteError, handler
 
+from ._inference import (
+    SENTIMENT_SHARDS,
+    Analyse,
+    Sentiment,
+    install_inference,
+    is_degraded,
+)
 from ._messages import (
     Classified,
     DocumentSettled,
@@ -280,12 +287,15 @@ class Orchestrator(Agent):
     ``factory=lambda: Orchestrator(step_timeout)``: the run's step timeout is injected.
     """
 
-    def __init__(self, step_timeout: float) -> None:
+    def __init__(self, step_timeout: float, sentiment: bool = False) -> None:
         self.step_timeout = step_timeout  # seconds each step may take
+        self.sentiment = sentiment  # ask the best-effort Sentiment agents after summarize
 
     async def on_start(self) -> None:
         self.summarizers = [self.ref(Summarizer, key) for key in SHARDS]
         self.indexers = [self.ref(Indexer, key) for key in SHARDS]
+        if self.sentiment:  # (the cluster demo's nodes do not register Sentiment)
+            self.moods = [self.ref(Sentiment, key) for key in SENTIMENT_SHARDS]
         self.collector = self.ref(COLLECTOR, "default")
 
     @handler
@@ -296,6 +306,13 @@ class Orchestrator(Agent):
             summary: Summary = await target.ask(
                 Summarize(doc_id=msg.doc_id, body=msg.body), timeout=self.step_timeout
             )
+            if self.sentiment:
+                step, target = "sentiment", self.moods[msg.doc_id % len(self.moods)]
+                # Best effort: the policy's fallback answers when this shard is down.
+                await target.ask(
+                    Analyse(doc_id=msg.doc_id, text=" ".join(summary.keywords)),
+                    timeout=self.step_timeout,
+                )
             step = "index"
             target = self.indexers[shard] if summary.tier == "hot" else self.archive(msg)
             await target.ask(
@@ -319,6 +336,7 @@ class Orchestrator(Agent):
                 outcome=result.outcome,
                 step=result.step,
                 error=result.error,
+                degraded=self.sentiment and is_degraded(self),
             )
         )
         return result
@@ -342,6 +360,7 @@ class Tally:
         self.failed = 0
         self.aggregated = 0
         self.choreography_failed = 0
+        self.degraded = 0  # documents whose orchestrated path used a fallback's answer
         self.outcomes: Counter[str] = Counter()
         self.latencies: dict[str, list[float]] = {stage: [] for stage in LATENCY_STAGES}
         self.errors: dict[str, str] = {}
@@ -415,6 +434,7 @@ class Collector(Agent):
     async def on_orchestrated(self, msg: Orchestrated) -> None:
         tally = self.tally
         tally.outcomes[msg.outcome] += 1
+        tally.degraded += msg.degraded
         ok = msg.outcome == "ok"
         if not ok:
             tally.error(msg.outcome, f"doc {msg.doc_id}: orchestration, {msg.step}: {msg.error}")
@@ -429,8 +449,12 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def install(kernel: Kernel, tally: Tally, *, step_timeout: float) -> AgentRef:
-    """Register the pipeline's agents and subscriptions; returns the Collector's ref."""
+def install(kernel: Kernel, tally: Tally, *, step_timeout: float, seed: int = 0) -> AgentRef:
+    """Register the pipeline's agents and subscriptions; returns the Collector's ref.
+
+    The kernel must run ``sentiment_resilience()`` among its middleware: the
+    Orchestrator asks the Sentiment shards (``install_inference``; ``seed`` picks the
+    one that is down)."""
     for stage in (TextExtractor, EntityExtractor, Classifier):
         kernel.register(stage)
         kernel.subscribe(UPLOADED, stage, key=shard_key)
@@ -442,7 +466,8 @@ def install(kernel: Kernel, tally: Tally, *, step_timeout: float) -> AgentRef:
     kernel.register(Summarizer)
     kernel.register(Indexer)
     kernel.register(Archive, cancel_at_deadline=True)
-    kernel.register(Orchestrator, factory=lambda: Orchestrator(step_timeout))
+    install_inference(kernel, seed)
+    kernel.register(Orchestrator, factory=lambda: Orchestrator(step_timeout, sentiment=True))
     return kernel.ref(COLLECTOR, "default")
 
 

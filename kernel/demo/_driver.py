@@ -28,6 +28,7 @@ from kerna import AgentRef, ConfigError, KernaError, Kernel
 
 from ._agents import LATENCY_STAGES, UPLOADED, Tally, error_text, install
 from ._corpus import fault_plan, make_corpus
+from ._inference import InferenceCounts, inference_counts, sentiment_resilience
 from ._messages import DocumentUploaded, Orchestrated, ProcessDocument
 
 __all__ = [
@@ -83,6 +84,10 @@ class DemoReport(msgspec.Struct, frozen=True):
         killed: the node killed with SIGKILL midway (cluster demo), else None.
         failover_s: seconds from that kill to the first reply a survivor served for an
             agent the killed node hosted (cluster demo), else None.
+        degraded: documents whose orchestrated path took the sentiment fallback's
+            answer (the keyword filter) instead of the model's.
+        inference: the model's, cache's, batcher's and breakers' counters
+            (``InferenceCounts``; the embedded demo), else None.
     """
 
     docs: int
@@ -109,6 +114,8 @@ class DemoReport(msgspec.Struct, frozen=True):
     nodes: int = 1
     killed: str | None = None
     failover_s: float | None = None
+    degraded: int = 0
+    inference: InferenceCounts | None = None
 
 
 # -- the driver ------------------------------------------------------------------------
@@ -150,8 +157,9 @@ async def demo(
     tally = Tally(docs)
     # The corrupted documents fail their stages on purpose: their failures are counted
     # and reported below, not logged at WARNING as an unexpected failure would be.
-    async with Kernel(failure_log_level="DEBUG") as kernel:
-        collector = install(kernel, tally, step_timeout=step_timeout)
+    resilience = sentiment_resilience()
+    async with Kernel(failure_log_level="DEBUG", middleware=[resilience]) as kernel:
+        collector = install(kernel, tally, step_timeout=step_timeout, seed=seed)
         started = time.perf_counter()
         async with asyncio.TaskGroup() as tg:
             ticker = tg.create_task(_tick(tally, progress)) if progress else None
@@ -176,6 +184,7 @@ async def demo(
             if ticker is not None:
                 ticker.cancel()
         stats = kernel.stats()
+        inference = inference_counts(kernel, resilience)
     if progress is not None:
         progress(tally.accounted, docs)
     types = stats.types.values()
@@ -202,6 +211,8 @@ async def demo(
         late_replies=sum(t.late_replies for t in types),
         latencies=tuple(_percentiles(stage, tally.latencies[stage]) for stage in LATENCY_STAGES),
         errors=tuple(tally.errors.values()),
+        degraded=tally.degraded,
+        inference=inference,
     )
 
 

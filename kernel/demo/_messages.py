@@ -18,10 +18,12 @@ __all__ = [
     "EntitiesFound",
     "IndexDocument",
     "Indexed",
+    "Mood",
     "Orchestrated",
     "PartFailed",
     "ProcessDocument",
     "ProcessResult",
+    "Scored",
     "StagePart",
     "Summarize",
     "Summary",
@@ -92,6 +94,7 @@ class ProcessResult(Message, tag="demo.doc.result"):
     outcome: str
     step: str | None = None
     error: str | None = None
+    degraded: bool = False
     keywords: tuple[str, ...] = ()
 
 
@@ -130,3 +133,17 @@ class Orchestrated(Message, tag="demo.doc.orchestrated"):
     outcome: str
     step: str | None = None
     error: str | None = None
+    degraded: bool = False
+
+
+class Mood(Message, tag="demo.sentiment.mood"):
+    """A document's sentiment; ``source`` is ``"model"`` or ``"keywords"`` (fallback)."""
+
+    label: str
+    source: str
+
+
+class Scored(Message, tag="demo.sentiment.scored"):
+    """The model's score of a phrase, from -1 (negative) to 1 (positive)."""
+
+    score: float

@@ -4,6 +4,7 @@ installed (the ``cli`` extra; imported only when drawing)."""
 from __future__ import annotations
 
 from ._driver import DemoReport
+from ._inference import InferenceCounts
 
 __all__ = ["format_plain", "print_rich", "summary_rows"]
 
@@ -26,6 +27,8 @@ def summary_rows(report: DemoReport) -> list[tuple[str, str]]:
          f"{_count(r.handler_failures, 'handler failure')}, "
          f"{_count(r.late_replies, 'late reply', 'late replies')}"),
     ]  # fmt: skip
+    if r.inference is not None:
+        rows[-1:-1] = _inference_rows(r, r.inference)
     if r.nodes > 1:
         failover = "-" if r.failover_s is None else f"{r.failover_s:.2f} s"
         rows.insert(
@@ -43,6 +46,20 @@ def summary_rows(report: DemoReport) -> list[tuple[str, str]]:
             )
         )
     return rows
+
+
+def _inference_rows(r: DemoReport, n: InferenceCounts) -> list[tuple[str, str]]:
+    """The cost and degradation story: what the cache and the batcher saved, what the
+    breakers did (``_inference``)."""
+    return [
+        ("model", f"{_count(n.requests, 'scoring request')}: {n.saved_by_cache:,} saved by "
+         f"the cache, {n.computed:,} computed in {_count(n.model_calls, 'model call')} "
+         f"({n.saved_by_batching:,} saved by batching)"),
+        ("degraded", f"{_count(r.degraded, 'document')} scored by the keyword filter "
+         f"(sentiment shard down): {n.failed:,} failed, "
+         f"{_count(n.breaker_openings, 'breaker opening')}, "
+         f"{n.failed_fast:,} refused at once (CircuitOpen)"),
+    ]  # fmt: skip
 
 
 def _count(n: int, singular: str, plural: str | None = None) -> str:
