@@ -32,7 +32,7 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar
 
 from kerna import (
     CircuitOpen,
@@ -75,7 +75,13 @@ NEVER_RETRIED: tuple[type[BaseException], ...] = (
 _NEVER_NAMES = frozenset(t.__name__ for t in NEVER_RETRIED) | {"ValidationError", "DecodeError"}
 
 
-def tier_options(tier: Tier) -> dict[str, str]:
+class TierOptions(TypedDict):
+    """What ``tier_options`` returns: ``Kernel.register`` keyword arguments."""
+
+    overflow: str
+
+
+def tier_options(tier: Tier) -> TierOptions:
     """The registration options of an agent type of ``tier``::
 
         kernel.register(Sentiment, **tier_options("best_effort"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import assert_type
 
 from kerna import Agent, Kernel, Message, Request, handler
-from kerna.plugins import batched, cached
+from kerna.plugins import batched, cached, tier_options
 
 
 class Summary(Message):
@@ -47,3 +47,8 @@ async def asks(kernel: Kernel) -> tuple[Summary, Completion]:
     completion = await kernel.ref(Model, "m").ask(Prompt(text="hi"))
     assert_type(completion, Completion)
     return summary, completion
+
+
+def _tiers(kernel: Kernel) -> None:
+    # tier_options' result spreads into register under mypy --strict
+    kernel.register(Summarizer, **tier_options("best_effort"))
