@@ -569,7 +569,7 @@ class Activation(StateOwner):
             timer.cancel()
             return
         # A root: a tick does not belong to whatever message is being handled now.
-        env = outgoing(runtime.ids, TELL, self.id, message, self.id, None)
+        env = outgoing(runtime.ids, TELL, self.id, message, self.id, None, headers=timer.headers)
         try:
             self.put(env, may_wait=False)
         except MailboxFull as exc:

@@ -180,7 +180,9 @@ class Agent:
         The timer dies with the activation; ``timer.cancel()`` stops it earlier. A tick
         that finds the mailbox full is dropped (and counted as a dead letter) rather than
         blocking. Timers do not keep an agent active: an idle agent is deactivated
-        between ticks spaced wider than its idle timeout.
+        between ticks spaced wider than its idle timeout. A tick starts a conversation
+        of its own (no sender's deadline, a fresh correlation id) but carries the headers
+        of the message being handled when the timer was started, so a trace continues.
 
         Raises:
             ValueError: ``delay`` is negative or not finite, or zero with ``repeat``.

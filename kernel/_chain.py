@@ -13,6 +13,10 @@ the reply). ``send`` runs around a ``tell`` or an ``ask``, in the sender's task
 the reply of an ask, None for a tell; a later call makes another attempt: the same
 message with a fresh message id, the same correlation id). ``timeout`` narrows that
 attempt's deadline (never past the message's own); the target sees the narrower one.
+``headers`` adds to the attempt's headers, key by key (an inner hook's keys over an
+outer one's, both over the sender's): how ``kerna.plugins.Tracing`` carries its
+``traceparent``. A ``publish`` passes through the same hooks (``ctx.kind == "event"``,
+``ctx.target`` the topic; an attempt returns None once every subscriber has it).
 
 The cost of an empty chain is nothing: an agent type's handler table holds the plain
 handlers then (the composed ones otherwise, built once here), and a send checks one
@@ -22,7 +26,7 @@ tuple attribute (``Runtime.outbound``, or the sending type's ``AgentType.outboun
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -49,18 +53,29 @@ __all__ = [
     "hooks",
     "load_plugins",
     "plugin_names",
+    "publish_through",
     "tell_through",
+    "with_headers",
 ]
 
 
 class SendNext(Protocol):
-    """``call_next`` of a ``send`` hook: one attempt of the send."""
+    """``call_next`` of a ``send`` hook: one attempt of the send, bounded by ``timeout``
+    seconds (never past the message's deadline), with ``headers`` added to the message's.
 
-    def __call__(self, timeout: float | None = None) -> Awaitable[Any]: ...
+    Raises:
+        TypeError: ``headers`` is not a mapping of str to str.
+    """
+
+    def __call__(
+        self, timeout: float | None = None, headers: Mapping[str, str] | None = None
+    ) -> Awaitable[Any]: ...
 
 
 InboundHook = Callable[[MessageContext, Callable[[], Awaitable[Any]]], Awaitable[Any]]
 OutboundHook = Callable[[MessageContext, SendNext], Awaitable[Any]]
+Headers = Mapping[str, str] | None
+Attempt = Callable[[float | None, Headers], Awaitable[Any]]
 
 
 def check_middleware(chain: Sequence[object], where: str) -> tuple[object, ...]:
@@ -142,17 +157,20 @@ async def wait_for_room(waiter: Any, reply: asyncio.Future[Any]) -> None:
 
 
 def _layer(
-    hook: OutboundHook, ctx: MessageContext, inner: Callable[[float | None], Awaitable[Any]],
-    loop: asyncio.AbstractEventLoop,
-) -> Callable[[float | None], Awaitable[Any]]:  # fmt: skip
-    async def invoke(deadline: float | None) -> Any:
-        def call_next(timeout: float | None = None) -> Awaitable[Any]:
+    hook: OutboundHook, ctx: MessageContext, inner: Attempt, loop: asyncio.AbstractEventLoop
+) -> Attempt:
+    async def invoke(deadline: float | None, outer: Headers) -> Any:
+        def call_next(timeout: float | None = None, headers: Headers = None) -> Awaitable[Any]:
             limit = deadline
             if timeout is not None:
                 at = loop.time() + timeout
                 if limit is None or at < limit:
                     limit = at
-            return inner(limit)
+            if headers is not None:  # an inner hook's keys win over an outer one's
+                from ._options import check_headers  # _options imports _registry, this
+
+                headers = check_headers({**outer, **headers} if outer else headers)
+            return inner(limit, outer if headers is None else headers)
 
         return await hook(ctx, call_next)
 
@@ -167,7 +185,7 @@ async def ask_through(
     ctx = MessageContext(env, loop)
     sent = False
 
-    async def attempt(deadline: float | None) -> Any:
+    async def attempt(deadline: float | None, headers: Headers) -> Any:
         nonlocal sent
         assert deadline is not None  # an ask always has one
         if sent:  # another attempt: a fresh message (id, reply) of the same conversation
@@ -179,6 +197,8 @@ async def ask_through(
             one = (
                 env if deadline == env.deadline else msgspec.structs.replace(env, deadline=deadline)
             )
+        if headers is not None:
+            one = with_headers(one, headers)
         reply = one.reply
         assert reply is not None
         waiter = rt.deliver(one, ref)
@@ -191,10 +211,10 @@ async def ask_through(
         finally:
             timer.cancel()
 
-    call: Callable[[float | None], Awaitable[Any]] = attempt
+    call: Attempt = attempt
     for hook in reversed(outbound):
         call = _layer(hook, ctx, call, loop)
-    return await call(env.deadline)
+    return await call(env.deadline, None)
 
 
 async def tell_through(
@@ -205,18 +225,48 @@ async def tell_through(
     ctx = MessageContext(env, rt.loop)
     sent = False
 
-    async def attempt(deadline: float | None) -> None:
+    async def attempt(deadline: float | None, headers: Headers) -> None:
         nonlocal sent
         one = msgspec.structs.replace(env, id=next(rt.ids)) if sent else env
         sent = True
+        if headers is not None:
+            one = with_headers(one, headers)
         waiter = rt.deliver(one, ref)
         if waiter is not None:
             await waiter
 
-    call: Callable[[float | None], Awaitable[Any]] = attempt
+    call: Attempt = attempt
     for hook in reversed(outbound):
         call = _layer(hook, ctx, call, rt.loop)
-    await call(None)
+    await call(None, None)
+
+
+async def publish_through(outbound: tuple[OutboundHook, ...], rt: Runtime, env: Envelope) -> None:
+    """``env``, an event, through the ``send`` hooks (as a tell: an attempt returns None
+    once every subscriber has it; another attempt publishes it again, a fresh id)."""
+    ctx = MessageContext(env, rt.loop)
+    sent = False
+
+    async def attempt(deadline: float | None, headers: Headers) -> None:
+        nonlocal sent
+        one = msgspec.structs.replace(env, id=next(rt.ids)) if sent else env
+        sent = True
+        if headers is not None:
+            one = with_headers(one, headers)
+        pending = rt.deliver(one)
+        if pending is not None:
+            await pending
+
+    call: Attempt = attempt
+    for hook in reversed(outbound):
+        call = _layer(hook, ctx, call, rt.loop)
+    await call(None, None)
+
+
+def with_headers(env: Envelope, headers: Mapping[str, str]) -> Envelope:
+    """``env`` with ``headers`` added (key by key over its own)."""
+    own = env.headers
+    return msgspec.structs.replace(env, headers={**own, **headers} if own else dict(headers))
 
 
 # -- plug-ins through entry points -----------------------------------------------------

@@ -25,7 +25,7 @@ from kerna.state._replica import Replica
 
 from ._activation import SPAWN_BURST, current_activation
 from ._agent import Agent
-from ._chain import check_middleware, hooks, load_plugins
+from ._chain import check_middleware, hooks, load_plugins, publish_through
 from ._cluster import Cluster, check_cluster, default_node_id
 from ._cluster_members import Member
 from ._cluster_placement import PlacementStrategy, check_placement
@@ -579,6 +579,7 @@ class Kernel(KernelViews):
         handler, ``reject`` mailbox full, failed activation, key function raising)
         gets nothing and the event becomes a dead letter for it: the other subscribers
         still receive it. ``headers`` reach the subscribers' ``self.context.headers``.
+        A publish passes through the middleware chain's ``send`` hooks, as a tell does.
 
         Raises:
             TypeError: ``message`` is not a kerna.Message, ``topic`` not a non-empty
@@ -607,6 +608,10 @@ class Kernel(KernelViews):
             env = outgoing(
                 rt.ids, EVENT, topic, message, sender.id, sender.current, None, None, headers
             )
+        outbound = rt.outbound if sender is None else sender.atype.outbound
+        if outbound:  # the middleware chain's send hooks (kerna._chain)
+            await publish_through(outbound, rt, env)
+            return
         pending = rt.deliver(env)
         if pending is not None:
             await pending

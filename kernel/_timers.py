@@ -19,7 +19,9 @@ __all__ = ["Timer"]
 class Timer:
     """Handle of a scheduled self-message; ``cancel()`` stops it."""
 
-    __slots__ = ("_activation", "_handle", "_message", "cancelled", "interval", "repeat")
+    __slots__ = (
+        "_activation", "_handle", "_message", "cancelled", "headers", "interval", "repeat",
+    )  # fmt: skip
 
     def __init__(self, activation: Activation, delay: float, message: Message, repeat: bool):
         self._activation = activation
@@ -27,6 +29,10 @@ class Timer:
         self.interval = delay
         self.repeat = repeat
         self.cancelled = False
+        # A tick is a root (a conversation of its own), but it carries the headers of the
+        # message whose handler started the timer, so tracing and the like continue.
+        current = activation.current
+        self.headers = None if current is None else current.headers
         loop = activation.runtime.loop
         self._handle: asyncio.TimerHandle = loop.call_at(loop.time() + delay, self._fire)
 

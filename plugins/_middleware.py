@@ -42,13 +42,16 @@ class Middleware:
     or a handler that deferred its reply); what ``handle`` returns is the reply, what
     it raises the handler's failure.
 
-    ``async def send(self, ctx, call_next) -> Any``: around ``tell`` and ``ask``, in
-    the sender's task (``ctx.sender`` is None for a send from outside any agent).
+    ``async def send(self, ctx, call_next) -> Any``: around ``tell``, ``ask`` and
+    ``publish`` (``ctx.kind == "event"``, ``ctx.target`` the topic), in the sender's task
+    (``ctx.sender`` is None for a send from outside any agent).
     ``await call_next()`` makes one attempt and returns the ask's reply (None for a
     tell); ``call_next(timeout=s)`` bounds that attempt by ``s`` seconds (never past
     the message's own deadline, which the target sees narrowed); calling it again makes
     another attempt: the same message with a fresh message id, in the same
-    conversation. What ``send`` returns is the ask's result, what it raises the send's.
+    conversation. ``call_next(headers={...})`` adds headers to that attempt (over the
+    sender's, key by key; the receiver reads them in ``ctx.headers``, and its own sends
+    inherit them). What ``send`` returns is the ask's result, what it raises the send's.
 
     ``attach(self, kernel)``, if defined, is called once when the middleware joins a
     kernel's chain (``Kernel(middleware=)`` or ``use``).

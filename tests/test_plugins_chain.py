@@ -3,6 +3,7 @@ chain that is not there, and plug-ins loaded from entry points only when allowed
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
@@ -272,3 +273,63 @@ def test_kerna_node_loads_its_plugins_list_and_no_plugins_imports_none(
     kernel = Kernel(**kernel_options(config))
     assert plugin.read_text() == "imported"
     assert type(kernel.middleware[0]).__name__ == "Stamp"
+
+
+class Stamp(Middleware):
+    """Adds a header to every send: its name, and the kind of message it went on."""
+
+    def __init__(self, name: str, value: Any = None) -> None:
+        self.name = name
+        self.value = value
+
+    async def send(self, ctx: MessageContext, call_next: SendNext) -> Any:
+        value = self.value if self.value is not None else ctx.kind
+        return await call_next(headers={self.name: value})
+
+
+class Heard(Agent):
+    """Records the headers of what it handles; starts a timer on Start."""
+
+    heard: list[tuple[str, dict[str, str]]] = []
+    done: asyncio.Event = asyncio.Event()
+
+    @handler
+    async def ping(self, msg: Ping) -> Pong:
+        Heard.heard.append(("ping", dict(self.context.headers)))
+        return Pong(msg.n)
+
+    @handler
+    async def note(self, msg: Note) -> None:
+        Heard.heard.append((msg.text, dict(self.context.headers)))
+        if msg.text == "start":
+            self.schedule(0.001, Note("tick"))
+        if msg.text in ("tick", "event"):
+            Heard.done.set()
+
+
+async def test_a_send_hook_adds_headers_to_asks_tells_and_publishes_and_ticks_keep_them() -> None:
+    Heard.heard, Heard.done = [], asyncio.Event()
+    async with Kernel(middleware=[Stamp("x-outer"), Stamp("x-inner")]) as kernel:
+        kernel.register(Heard)
+        kernel.subscribe("topic", Heard)
+        await kernel.ref(Heard, "h").ask(Ping(1), headers={"x-own": "1", "x-inner": "mine"})
+        await kernel.ref(Heard, "h").tell(Note("start"))
+        async with asyncio.timeout(5):
+            await Heard.done.wait()
+        Heard.done.clear()
+        await kernel.publish("topic", Note("event"))
+        async with asyncio.timeout(5):
+            await Heard.done.wait()
+    heard = dict(Heard.heard)
+    # the hooks' keys win over the sender's; an inner hook's over an outer one's
+    assert heard["ping"] == {"x-own": "1", "x-outer": "ask", "x-inner": "ask"}
+    assert heard["start"] == {"x-outer": "tell", "x-inner": "tell"}
+    assert heard["tick"] == heard["start"]  # a tick: the headers of who started the timer
+    assert heard["event"] == {"x-outer": "event", "x-inner": "event"}
+
+
+async def test_a_send_hook_adding_headers_that_are_not_str_is_a_type_error_naming_them() -> None:
+    async with Kernel(middleware=[Stamp("x-bad", 3)]) as kernel:
+        kernel.register(Echo)
+        with pytest.raises(TypeError, match="headers must map str to str.*x-bad"):
+            await kernel.ref(Echo, "e").tell(Note("x"))
