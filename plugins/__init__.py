@@ -14,6 +14,9 @@ Inference cost (needs the ``plugins`` extra, ``pip install 'kerna[plugins]'``, f
   ``redis=client`` adds a second level shared through Redis (``kerna[redis]``).
 - ``@batched(max_size=..., max_wait=...)`` instead of ``@handler``: single asks become
   one call of a batch handler; ``batch_stats(kernel, Type.handler)`` reads its counters.
+
+Observability: ``Tracing()`` (the ``otel`` extra) puts OpenTelemetry spans around every
+send and handling, the W3C ``traceparent`` carried in the message headers.
 """
 
 from ._batch import BatchStats, batch_stats, batched
@@ -35,9 +38,11 @@ from ._resilience import (
     dependency,
     is_degraded,
 )
+from ._tracing import TRACEPARENT, Tracing
 
 __all__ = [
     "BREAKERS",
+    "TRACEPARENT",
     "BatchStats",
     "Breaker",
     "BreakerChanged",
@@ -53,6 +58,7 @@ __all__ = [
     "Retry",
     "SendNext",
     "TargetStats",
+    "Tracing",
     "available",
     "batch_stats",
     "batched",

@@ -1,0 +1,133 @@
+"""OpenTelemetry tracing as middleware: a span per send and per handling.
+
+``Tracing`` (the ``otel`` extra: ``pip install 'kerna[otel]'``) starts a span around
+every ``tell``, ``ask`` and ``publish`` (in the sender's task, a child of whatever span
+is current there: the handling span inside a handler, the caller's own outside any
+agent) and writes its W3C ``traceparent`` (and ``tracestate``) into the message's
+headers, which travel with it, across nodes too. Around every handling it starts a
+span whose parent is the ``traceparent`` the message carries; the handler's own sends
+are then its children. So one trace follows a conversation through asks, tells, events,
+timers (a tick carries the headers of the message whose handler started the timer:
+its handling continues that trace) and deferred replies (the ask's send span lasts
+until the reply, whichever handler sends it).
+
+OpenTelemetry is imported when a ``Tracing`` is made, never by ``import kerna.plugins``:
+a kernel without it has no spans and pays nothing (an empty chain is the plain path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from kerna import MessageContext, PendingReply
+
+from ._middleware import Middleware, SendNext
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, SpanKind, Tracer, TracerProvider
+
+__all__ = ["TRACEPARENT", "Tracing"]
+
+TRACEPARENT = "traceparent"  # the W3C Trace Context header in a message's headers
+
+_SCOPE = "kerna"
+
+
+class Tracing(Middleware):
+    """OpenTelemetry spans around sends and handling, the trace carried in headers.
+
+    Span names are ``"send <MessageType>"`` and ``"handle <MessageType>"``; kinds CLIENT
+    and SERVER for an ask, PRODUCER and CONSUMER for a tell or an event. Attributes:
+    ``kerna.message.kind``, ``kerna.message.type``, ``kerna.message.id``,
+    ``kerna.correlation_id`` and ``kerna.causation_id``; ``kerna.agent.id`` (the agent
+    that handles, or that sends; absent for a send from outside any agent),
+    ``kerna.target`` on sends (an agent id or a topic) and ``kerna.topic`` for events.
+    A handler's failure, or a send's (an ``AskTimeout``, a ``RemoteError``, an open
+    breaker), is recorded on its span (an exception event, status ERROR) and raised
+    on unchanged. A message without a ``traceparent`` (from a kernel without
+    ``Tracing``) starts a trace of its own.
+
+    Put it first in ``Kernel(middleware=[...])``: its send span then covers every
+    attempt that ``Resilience`` (after it) makes, its handling span the whole chain.
+
+    Args:
+        tracer_provider: where the spans go; the global one
+            (``opentelemetry.trace.set_tracer_provider``) when None.
+
+    Raises:
+        ImportError: OpenTelemetry is not installed (``pip install 'kerna[otel]'``).
+    """
+
+    def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
+        try:
+            from opentelemetry import trace
+            from opentelemetry.context import Context
+            from opentelemetry.trace.propagation.tracecontext import (
+                TraceContextTextMapPropagator,
+            )
+        except ImportError as exc:  # name the extra, not only the module
+            raise ImportError(
+                f"kerna.plugins.Tracing needs OpenTelemetry: pip install 'kerna[otel]' ({exc})"
+            ) from exc
+        self._trace = trace
+        self._tracer: Tracer = trace.get_tracer(_SCOPE, tracer_provider=tracer_provider)
+        self._propagator = TraceContextTextMapPropagator()
+        self._root = Context
+        kinds = trace.SpanKind
+        self._send_kinds: dict[str, SpanKind] = {
+            "ask": kinds.CLIENT, "tell": kinds.PRODUCER, "event": kinds.PRODUCER,
+        }  # fmt: skip
+        self._handle_kinds: dict[str, SpanKind] = {
+            "ask": kinds.SERVER, "tell": kinds.CONSUMER, "event": kinds.CONSUMER,
+        }  # fmt: skip
+
+    def __repr__(self) -> str:
+        return f"<Tracing tracer={self._tracer!r}>"
+
+    async def send(self, ctx: MessageContext, call_next: SendNext) -> Any:
+        kind = ctx.kind
+        with self._tracer.start_as_current_span(
+            f"send {type(ctx.message).__qualname__}",
+            kind=self._send_kinds[kind],
+            attributes=_attributes(ctx, ctx.sender),
+        ) as span:
+            span.set_attribute("kerna.target", str(ctx.target))
+            carrier: dict[str, str] = {}
+            self._propagator.inject(carrier)  # this span: the receiver's parent
+            return await call_next(headers=carrier)
+
+    async def handle(self, ctx: MessageContext, call_next: Callable[[], Awaitable[Any]]) -> Any:
+        headers = ctx.headers
+        # The parent is what the message carries, never the worker task's own context
+        # (an empty one when it carries none: a trace of its own).
+        parent = self._propagator.extract(headers) if TRACEPARENT in headers else self._root()
+        with self._tracer.start_as_current_span(
+            f"handle {type(ctx.message).__qualname__}",
+            context=parent,
+            kind=self._handle_kinds[ctx.kind],
+            attributes=_attributes(ctx, ctx.target if ctx.kind != "event" else None),
+        ) as span:
+            return _deferred(span, await call_next())
+
+
+def _attributes(ctx: MessageContext, agent: object) -> dict[str, str | int]:
+    found: dict[str, str | int] = {
+        "kerna.message.kind": ctx.kind,
+        "kerna.message.type": type(ctx.message).__qualname__,
+        "kerna.message.id": ctx.message_id,
+        "kerna.correlation_id": ctx.correlation_id,
+        "kerna.causation_id": ctx.causation_id,
+    }
+    if agent is not None:
+        found["kerna.agent.id"] = str(agent)
+    topic = ctx.topic
+    if topic is not None:
+        found["kerna.topic"] = topic
+    return found
+
+
+def _deferred(span: Span, result: Any) -> Any:
+    if isinstance(result, PendingReply):  # answered later: the send span waits for it
+        span.set_attribute("kerna.reply.deferred", True)
+    return result
