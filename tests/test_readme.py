@@ -62,6 +62,7 @@ def test_the_readme_examples_run_verbatim(capsys: pytest.CaptureFixture[str]) ->
     assert "pending 40 -> 4" in out  # the worker pool
     assert "Mood(label='positive') True open 3" in out  # failure handling
     assert "Completion(text='P0') 1" in out
+    assert "'send BreakerChanged', 'send Quote'] 1" in out  # tracing: one trace
 
 
 def test_the_state_example_runs_on_etcd_with_the_one_line_change(
