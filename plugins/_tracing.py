@@ -25,6 +25,7 @@ from kerna import MessageContext, PendingReply
 from ._middleware import Middleware, SendNext
 
 if TYPE_CHECKING:
+    from opentelemetry.context import Context
     from opentelemetry.trace import Span, SpanKind, Tracer, TracerProvider
 
 __all__ = ["TRACEPARENT", "Tracing"]
@@ -61,7 +62,7 @@ class Tracing(Middleware):
 
     def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
         try:
-            from opentelemetry import trace
+            from opentelemetry import context, trace
             from opentelemetry.context import Context
             from opentelemetry.trace.propagation.tracecontext import (
                 TraceContextTextMapPropagator,
@@ -74,6 +75,9 @@ class Tracing(Middleware):
         self._tracer: Tracer = trace.get_tracer(_SCOPE, tracer_provider=tracer_provider)
         self._propagator = TraceContextTextMapPropagator()
         self._root = Context
+        self._with_span = trace.set_span_in_context
+        self._attach, self._detach = context.attach, context.detach
+        self._error = trace.StatusCode.ERROR
         kinds = trace.SpanKind
         self._send_kinds: dict[str, SpanKind] = {
             "ask": kinds.CLIENT, "tell": kinds.PRODUCER, "event": kinds.PRODUCER,
@@ -87,28 +91,52 @@ class Tracing(Middleware):
 
     async def send(self, ctx: MessageContext, call_next: SendNext) -> Any:
         kind = ctx.kind
-        with self._tracer.start_as_current_span(
-            f"send {type(ctx.message).__qualname__}",
-            kind=self._send_kinds[kind],
-            attributes=_attributes(ctx, ctx.sender),
-        ) as span:
+        span = self._tracer.start_span(
+            f"send {type(ctx.message).__qualname__}", kind=self._send_kinds[kind]
+        )
+        if span.is_recording():  # a sampled-out span costs no attributes
+            span.set_attributes(_attributes(ctx, ctx.sender))
             span.set_attribute("kerna.target", str(ctx.target))
-            carrier: dict[str, str] = {}
-            self._propagator.inject(carrier)  # this span: the receiver's parent
-            return await call_next(headers=carrier)
+        current = self._with_span(span)
+        carrier: dict[str, str] = {}
+        self._propagator.inject(carrier, current)  # this span: the receiver's parent
+        return await self._run(span, current, lambda: call_next(headers=carrier))
 
     async def handle(self, ctx: MessageContext, call_next: Callable[[], Awaitable[Any]]) -> Any:
         headers = ctx.headers
         # The parent is what the message carries, never the worker task's own context
         # (an empty one when it carries none: a trace of its own).
         parent = self._propagator.extract(headers) if TRACEPARENT in headers else self._root()
-        with self._tracer.start_as_current_span(
+        span = self._tracer.start_span(
             f"handle {type(ctx.message).__qualname__}",
             context=parent,
             kind=self._handle_kinds[ctx.kind],
-            attributes=_attributes(ctx, ctx.target if ctx.kind != "event" else None),
-        ) as span:
-            return _deferred(span, await call_next())
+        )
+        if span.is_recording():
+            span.set_attributes(_attributes(ctx, ctx.target if ctx.kind != "event" else None))
+
+        async def handling() -> Any:
+            result = await call_next()
+            if isinstance(result, PendingReply) and span.is_recording():
+                span.set_attribute("kerna.reply.deferred", True)  # the send span waits
+            return result
+
+        return await self._run(span, self._with_span(span, parent), handling)
+
+    async def _run(self, span: Span, current: Context, work: Callable[[], Awaitable[Any]]) -> Any:
+        """``work()`` with ``span`` current, ended after; a failure recorded on it
+        (``Exception``s only: a cancellation is not an error, as in ``use_span``)."""
+        token = self._attach(current)
+        try:
+            return await work()
+        except Exception as exc:
+            if span.is_recording():
+                span.record_exception(exc)
+                span.set_status(self._error, f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            self._detach(token)
+            span.end()
 
 
 def _attributes(ctx: MessageContext, agent: object) -> dict[str, str | int]:
@@ -125,9 +153,3 @@ def _attributes(ctx: MessageContext, agent: object) -> dict[str, str | int]:
     if topic is not None:
         found["kerna.topic"] = topic
     return found
-
-
-def _deferred(span: Span, result: Any) -> Any:
-    if isinstance(result, PendingReply):  # answered later: the send span waits for it
-        span.set_attribute("kerna.reply.deferred", True)
-    return result

@@ -349,3 +349,20 @@ def test_without_tracing_nothing_imports_opentelemetry_and_no_span_is_made() -> 
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+async def test_a_message_without_a_traceparent_starts_a_trace_of_its_own(
+    exporter: InMemorySpanExporter,
+) -> None:
+    async with (
+        Kernel(transport="inproc://", stop_grace=0.1) as untraced,
+        Kernel(transport="inproc://", stop_grace=0.1, middleware=[tracing(exporter)]) as b,
+    ):
+        b.register(C)
+        assert b.address is not None
+        for n in (1, 2):
+            await untraced.ref("C", "c", node=b.address).ask(Hop(n), timeout=5)
+    handled = named(exporter.get_finished_spans(), "handle Hop")
+    assert len(handled) == 2
+    assert [s.parent for s in handled] == [None, None]
+    assert len({s.context.trace_id for s in handled if s.context}) == 2
