@@ -100,6 +100,8 @@ async def test_metrics_count_per_agent_type_in_prometheus_text(node: NodeProcess
     assert "# TYPE kerna_messages_handled_total counter" in lines
     assert "# TYPE kerna_queue_depth gauge" in lines
     assert any(line.startswith("kerna_transport_frames_written_total ") for line in lines)
+    for counter in ("bytes_written", "frames_read", "bytes_read", "errors"):
+        assert any(line.startswith(f"kerna_transport_{counter}_total ") for line in lines)
     assert any(line.startswith("kerna_loop_lag_seconds ") for line in lines)
 
 

@@ -459,3 +459,21 @@ async def test_reconnects_back_off_exponentially_with_jitter() -> None:
     assert all(gap >= 0.5 * cap - 0.005 for gap, cap in zip(gaps, caps, strict=True)), gaps
     assert gaps[-1] > 2 * 0.5 * caps[0], gaps  # it grew
     assert min(gap / cap for gap, cap in zip(gaps, caps, strict=True)) < 0.97, gaps
+
+
+async def test_stats_count_frames_and_bytes_both_ways_and_errors() -> None:
+    async with node() as (a, _), node(max_frame_size=64) as (b, got):
+        frames = [b"x" * 10, b"y" * 20, b""]
+        for frame in frames:
+            await a.send(b.address, frame)
+        await got.wait_frames(3)
+        sent, received = a.stats(), b.stats()
+        assert sent["frames_written"] == received["frames_read"] == 3
+        assert sent["bytes_written"] == received["bytes_read"] == 30 + 3 * 4
+        assert received["errors"] == 0
+        # a peer that announces an oversized frame: closed, counted as an error
+        reader, writer = await raw_client(b.address)
+        writer.write(struct.pack(">I", 65))
+        assert await closed_by_peer(reader, timeout=WAIT)
+        writer.close()
+        assert b.stats()["errors"] == 1

@@ -323,6 +323,10 @@ class TcpTransport(Transport):
         self._loop: asyncio.AbstractEventLoop  # set by start
         self._writes = 0
         self._frames_written = 0
+        self._bytes_written = 0
+        self._frames_read = 0
+        self._bytes_read = 0
+        self._errors = 0  # connections refused or closed for cause, frames dropped
 
     @property
     def address(self) -> str:
@@ -348,10 +352,17 @@ class TcpTransport(Transport):
 
     def stats(self) -> dict[str, int]:
         """Counters: ``writes`` (socket writes of frames), ``frames_written``,
-        ``connections`` (open, either direction), ``tasks`` (running)."""
+        ``bytes_written`` and ``frames_read``, ``bytes_read`` (data frames, with their
+        length prefixes), ``errors`` (connections refused at accept or in the handshake
+        or closed for a bad frame or silence, and frame batches dropped when a peer was
+        given up), ``connections`` (open, either direction), ``tasks`` (running)."""
         return {
             "writes": self._writes,
             "frames_written": self._frames_written,
+            "bytes_written": self._bytes_written,
+            "frames_read": self._frames_read,
+            "bytes_read": self._bytes_read,
+            "errors": self._errors,
             "connections": len(self._conns),
             "tasks": len(self._tasks) + len(self._handlers),
         }
@@ -470,6 +481,7 @@ class TcpTransport(Transport):
         if self._out.get(out.address) is out:
             del self._out[out.address]
         if out.queue:
+            self._errors += 1
             log.warning("dropped %s frames queued for %s: %s", len(out.queue), out.address, error)
             out.queue.clear()
         while out.waiters:
@@ -624,13 +636,17 @@ class TcpTransport(Transport):
         frames = out.queue
         out.queue = deque()
         chunks: list[bytes] = []
+        size = 0
         for frame in frames:
-            chunks.append(header(len(frame)))
+            length = len(frame)
+            size += length
+            chunks.append(header(length))
             chunks.append(frame)
         self._wake(out)
         conn.writer.writelines(chunks)
         self._writes += 1
         self._frames_written += len(frames)
+        self._bytes_written += size + 4 * len(frames)
         conn.last_tx = self._loop.time()
 
     async def _reopen(self, out: _Outbound) -> bool:
@@ -664,6 +680,7 @@ class TcpTransport(Transport):
             writer.transport.abort()
             return
         if self._accepted >= self._max_connections:
+            self._errors += 1
             log.warning(
                 "refused a connection from %s: %s accepted connections are open (max_connections)",
                 writer.get_extra_info("peername"),
@@ -672,6 +689,7 @@ class TcpTransport(Transport):
             writer.transport.abort()
             return
         if self._handshaking >= self._max_handshakes:
+            self._errors += 1
             log.warning(
                 "refused a connection from %s: %s others are in their handshake",
                 writer.get_extra_info("peername"),
@@ -693,6 +711,7 @@ class TcpTransport(Transport):
                         schema=self._schema,
                     )
             except OSError as exc:  # handshake refused, timed out, TLS, reset
+                self._errors += 1
                 log.warning(
                     "refused a connection from %s: %s", writer.get_extra_info("peername"), exc
                 )
@@ -722,6 +741,8 @@ class TcpTransport(Transport):
             conn.last_rx = loop.time()
 
         def deliver(frame: bytes) -> Awaitable[object] | None:
+            self._frames_read += 1
+            self._bytes_read += len(frame) + 4
             try:
                 return on_frame(peer, frame)
             except Exception:
@@ -740,6 +761,7 @@ class TcpTransport(Transport):
             await read_frames(reader, limit, deliver, alive, paused)
         except (OSError, EOFError, FrameTooLarge) as exc:
             if isinstance(exc, FrameTooLarge | ProtocolError):
+                self._errors += 1
                 log.warning("closing the connection from %s: %s", peer, exc)
             self._lost(peer, conn.error or exc)
 
@@ -775,6 +797,7 @@ class TcpTransport(Transport):
                         f"{conn.peer} sent nothing for {now - conn.last_rx:.1f}s "
                         f"(heartbeat {interval}s x {self._misses})"
                     )
+                    self._errors += 1
                     log.warning("%s", conn.error)
                     self._conns.discard(conn)
                     conn.writer.transport.abort()

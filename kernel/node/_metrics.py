@@ -10,9 +10,9 @@ counters. ``@cached`` and ``@batched`` handlers of the registered types (found t
 ``kerna.plugins.cache_stats``/``batch_stats``) export their hits, misses, coalesced
 calls, batches and items, labelled ``type`` and ``handler``; the plugins count batch
 items and the largest batch, not a distribution, so the mean batch size is
-``rate(items) / rate(batches)``. The tcp transport counts frames, socket writes and
-connections (``Kernel.transport_stats``); it keeps no byte or error counters, so none
-are exported. A node in a cluster lists the live members as it sees them:
+``rate(items) / rate(batches)``. The tcp transport counts frames and bytes both ways,
+socket writes, errors and connections (``Kernel.transport_stats``); the counters a
+transport keeps are exported. A node in a cluster lists the live members as it sees them:
 ``kerna_members`` (how many) and ``kerna_cluster_member`` (one series per member,
 labelled with its id, address and version).
 """
@@ -63,6 +63,14 @@ _PER_TYPE: tuple[tuple[str, str, str, str], ...] = (
 )
 _TRANSPORT: dict[str, tuple[str, str, str]] = {
     "frames_written": ("kerna_transport_frames_written", "Frames written", "counter"),
+    "bytes_written": ("kerna_transport_bytes_written", "Frame bytes written", "counter"),
+    "frames_read": ("kerna_transport_frames_read", "Frames read", "counter"),
+    "bytes_read": ("kerna_transport_bytes_read", "Frame bytes read", "counter"),
+    "errors": (
+        "kerna_transport_errors",
+        "Connections refused or closed for cause, frame batches dropped",
+        "counter",
+    ),
     "writes": ("kerna_transport_writes", "Socket writes of frames", "counter"),
     "connections": ("kerna_transport_connections", "Open connections", "gauge"),
 }
