@@ -153,6 +153,10 @@ class _DeliveryIn(msgspec.Struct, array_like=True, tag=1, frozen=True, gc=False)
     chain: tuple[_Pair, ...] = ()
     headers: dict[str, str] | None = None
     reply_to: str | None = None
+    # The sender's numbering (trailing defaults: an older peer sends neither, and
+    # ignores both): its Remote's random epoch and a per-peer counter from 1.
+    epoch: _Id = 0
+    seq: _Id = 0
 
 
 class _DeliveryOut(msgspec.Struct, array_like=True, tag=1, omit_defaults=True):
@@ -170,6 +174,8 @@ class _DeliveryOut(msgspec.Struct, array_like=True, tag=1, omit_defaults=True):
     chain: tuple[_Pair, ...] = ()
     headers: dict[str, str] | None = None
     reply_to: str | None = None
+    epoch: int = 0
+    seq: int = 0
 
 
 class _ReplyIn(msgspec.Struct, array_like=True, tag=2, frozen=True, gc=False):
@@ -200,6 +206,10 @@ class Delivery(msgspec.Struct, frozen=True, gc=False):
     Attributes:
         remaining: the seconds the sender had left before its deadline (None: none).
         reply_to: for an ask, the asker's node address (send the reply there).
+        epoch: the sending Remote's random epoch (0: the frame is not numbered, an
+            older peer).
+        seq: the frame's number among those that Remote sent to this node (from 1;
+            0: not numbered).
         The others are ``Envelope``'s.
     """
 
@@ -215,6 +225,8 @@ class Delivery(msgspec.Struct, frozen=True, gc=False):
     chain: tuple[AgentId, ...]
     headers: dict[str, str] | None
     reply_to: str | None
+    epoch: int = 0
+    seq: int = 0
 
     def envelope(self, now: float) -> Envelope:
         """The local envelope, its deadline rebuilt on this node's clock (``now``:
@@ -287,7 +299,13 @@ class WireCodec:
     # -- encoding --------------------------------------------------------------------
 
     def encode(
-        self, env: Envelope, reply_to: str | None = None, *, now: float | None = None
+        self,
+        env: Envelope,
+        reply_to: str | None = None,
+        *,
+        now: float | None = None,
+        epoch: int = 0,
+        seq: int = 0,
     ) -> bytes:
         """The delivery frame of ``env`` (a copy of the reused buffer: keep it).
 
@@ -295,13 +313,15 @@ class WireCodec:
             env: the envelope; its payload must be a ``Message``.
             reply_to: for an ask, this node's address, where the reply goes.
             now: ``loop.time()`` (default: the running loop's), for the remaining time.
+            epoch: the sender's epoch (0 with ``seq`` 0: not numbered).
+            seq: the frame's number among those sent to its peer (``Delivery.seq``).
 
         Raises:
             WireError: ``UNENCODABLE`` (not a Message, or a field msgspec cannot encode)
                 or ``TOO_LARGE``.
             RuntimeError: ``env`` has a deadline, ``now`` is not given and no loop runs.
         """
-        self.encode_into(env, self._buffer, reply_to, now=now)
+        self.encode_into(env, self._buffer, reply_to, now=now, epoch=epoch, seq=seq)
         return bytes(self._buffer)
 
     def encode_into(
@@ -312,6 +332,8 @@ class WireCodec:
         *,
         offset: int = 0,
         now: float | None = None,
+        epoch: int = 0,
+        seq: int = 0,
     ) -> None:
         """Encode ``env``'s frame into ``buffer`` at ``offset`` (e.g. after a length
         prefix; the buffer is truncated after the frame).
@@ -346,7 +368,7 @@ class WireCodec:
             env.correlation_id, env.causation_id, remaining,
             tuple([(a.type, a.key) for a in chain]) if chain else (),
             None if headers is None else dict(headers),
-            reply_to if env.kind == ASK else None,
+            reply_to if env.kind == ASK else None, epoch, seq,
         )  # fmt: skip
         self._encode(frame, buffer, offset, tag)
 
@@ -477,7 +499,7 @@ class WireCodec:
             message, None if sender is None else AgentId(*sender),
             head.correlation_id, head.causation_id, head.remaining,
             tuple([AgentId(*a) for a in chain]) if chain else (), head.headers,
-            head.reply_to if kind == ASK else None,
+            head.reply_to if kind == ASK else None, head.epoch, head.seq,
         )  # fmt: skip
 
     def _checked_payload(
