@@ -64,6 +64,7 @@ _EXPORTS: dict[str, str] = {
     "Histogram": "_timing",
     "TypeTimings": "_timing",
     "AgentId": "_ids",
+    "DeliveryStats": "_delivery_order",
     "Kernel": "_kernel",
     "KernelStats": "_kernel",
     "Subscription": "_kernel",
@@ -86,6 +87,7 @@ if typing.TYPE_CHECKING:
     from ._context import MessageContext
     from ._dead_letters import DeadLetterRecord, DeadLetterStats, ReplayResult
     from ._deferred import PendingReply
+    from ._delivery_order import DeliveryStats
     from ._errors import (
         ActivationFailed,
         AskTimeout,
@@ -144,6 +146,7 @@ __all__ = [
     "DeadLetterStats",
     "DeadlockError",
     "DecodeError",
+    "DeliveryStats",
     "Fenced",
     "Histogram",
     "IdleTimeout",

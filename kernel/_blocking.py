@@ -37,6 +37,7 @@ from ._blocking_state import BlockingEventLog, BlockingReplica
 from ._cluster_members import Member
 from ._cluster_placement import PlacementStrategy
 from ._dead_letters import DeadLetterRecord, DeadLetterStats, ReplayResult
+from ._delivery_order import DeliveryStats
 from ._errors import KernelStopped, UsageError
 from ._ids import AgentId
 from ._kernel import Kernel, KernelStats, Subscription
@@ -495,6 +496,10 @@ class BlockingKernel:
     def message_types(self) -> dict[str, type[Message]]:
         """See ``Kernel.message_types``."""
         return self._loop.call(self._kernel.message_types)
+
+    def delivery_stats(self) -> DeliveryStats:
+        """See ``Kernel.delivery_stats``."""
+        return self._loop.call(self._kernel.delivery_stats)
 
     def transport_stats(self) -> dict[str, int]:
         """See ``Kernel.transport_stats``."""

@@ -13,6 +13,7 @@ import msgspec
 
 from ._agent import Agent
 from ._dead_letters import DeadLetterRecord, DeadLetterStats, ReplayResult, replay
+from ._delivery_order import DeliveryStats
 from ._message import Message
 from ._registry import TypeStats
 from ._runtime import RUNNING, Runtime
@@ -181,6 +182,15 @@ class KernelViews:
                     if isinstance(tag, str):
                         found.setdefault(tag, message_type)
         return found
+
+    def delivery_stats(self) -> DeliveryStats:
+        """What the numbers on deliveries from other nodes showed (read-only): ``gaps``,
+        deliveries sent here that never arrived (lost with a connection: delivery is at
+        most once, never duplicated), and ``out_of_order`` (a duplicate or reordering;
+        always 0 unless there is a bug), in total and per peer. All 0 without a
+        transport."""
+        remote = self._runtime.remote
+        return DeliveryStats() if remote is None else remote.delivery_stats()
 
     def transport_stats(self) -> dict[str, int]:
         """The transport's counters (read-only; e.g. tcp's ``frames_written``); empty

@@ -16,18 +16,24 @@ A peer that is lost fails the asks waiting on it with ``NodeLost`` (a
 ``PeerUnreachable``): at once when its connection breaks (a killed process), or once it
 has been silent for the transport's heartbeat timeout (tcp: ``heartbeat *
 heartbeat_misses``), never only at the ask's own timeout.
+
+Delivery is at most once: nothing is sent twice, and a frame written to a connection
+that breaks may be lost. Each delivery is numbered per peer so that the receiver
+counts what was lost (``Kernel.delivery_stats``, ``kerna._delivery_order``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from kerna.transports import Transport, open_transport
 
+from ._delivery_order import DeliveryOrder, DeliveryStats
 from ._envelope import ASK, KIND_NAMES, TELL, Envelope
 from ._errors import (
     ActivationFailed,
@@ -162,6 +168,11 @@ class Remote:
         # Told of every lost peer's address, after its waiting asks failed (the cluster
         # parks what it sends to that node: kerna._cluster_parking).
         self.peer_lost: Callable[[str], None] | None = None
+        # Delivery numbering: this Remote's epoch (never 0: 0 means not numbered), the
+        # last number queued per peer, and what the numbers from peers showed.
+        self.epoch = secrets.randbits(63) or 1
+        self._seq: dict[str, int] = {}
+        self.order = DeliveryOrder()
 
     @classmethod
     def open(cls, runtime: Runtime, url: str, options: dict[str, Any]) -> Remote:
@@ -212,10 +223,18 @@ class Remote:
         """Encode ``env`` for ``node`` and queue it; an ask's reply future is remembered
         until the reply comes back (or the asker gives up).
 
+        A frame the transport queues at once carries the next number for ``node``
+        (numbers are taken in the order frames enter the connection's queue). One that
+        has to wait for the connection or for room is sent unnumbered: waiting frames
+        may be queued in another order than they were sent (senders resume in turn),
+        and a number out of order would read as a bug at the receiver.
+
         Raises:
             WireError: the message cannot be encoded.
         """
-        frame = self.codec.encode(env, self.address if env.kind == ASK else None)
+        reply_to = self.address if env.kind == ASK else None
+        seq = self._seq.get(node, 0) + 1
+        frame = self.codec.encode(env, reply_to, epoch=self.epoch, seq=seq)
         reply = env.reply
         if reply is not None:
             waiting = self._waiting
@@ -223,7 +242,9 @@ class Remote:
             if len(waiting) >= self._sweep_at:
                 self._sweep()
         if self.transport.send_now(node, frame):
+            self._seq[node] = seq
             return None  # queued: no task needed (the common case, once connected)
+        frame = self.codec.encode(env, reply_to)  # waits: unnumbered (see above)
         if reply is None:  # a tell: its sender awaits the transport's send itself
             return self.transport.send(node, frame)
         task = self._spawn(self.transport.send(node, frame))
@@ -311,7 +332,19 @@ class Remote:
         if isinstance(decoded, Reply):
             self._replied(decoded)
             return None
+        seq = decoded.seq
+        if seq:  # numbered: the next one from this peer, or a gap (or a bug) counted
+            seen = self.order.last.get(peer)
+            if seen is not None and seq == seen[1] + 1 and seen[0] == decoded.epoch:
+                seen[1] = seq
+            else:
+                self.order.unexpected(peer, decoded.epoch, seq)
         return self._delivered(peer, decoded)
+
+    def delivery_stats(self) -> DeliveryStats:
+        """What the numbers on deliveries from other nodes showed: how many were lost
+        (gaps) and how many came out of order (never, unless there is a bug)."""
+        return self.order.stats()
 
     def _refused(self, peer: str, error: WireError) -> None:
         """A frame that does not decode (counted per reason by the codec): its asker

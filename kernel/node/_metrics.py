@@ -135,6 +135,17 @@ class KernelCollector(Collector):
             for member in members:
                 listed.add_metric([member.id, member.address, member.version], 1)
             yield listed
+        delivery = self.kernel.delivery_stats()
+        yield CounterMetricFamily(
+            "kerna_delivery_gaps",
+            "Deliveries other nodes sent here that never arrived (lost connections)",
+            value=delivery.gaps,
+        )
+        yield CounterMetricFamily(
+            "kerna_delivery_out_of_order",
+            "Deliveries that came out of their sender's order (always 0 unless a bug)",
+            value=delivery.out_of_order,
+        )
         for key, value in sorted(self.kernel.transport_stats().items()):
             known = _TRANSPORT.get(key)
             if known is None:

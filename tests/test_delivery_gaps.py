@@ -1,0 +1,93 @@
+"""Delivery between nodes is at most once, and what is lost is counted: two kernels
+over tcp through a FaultProxy, a steady stream of numbered tells from A to one agent on
+B, the link reset mid-stream and healed. The agent sees strictly increasing numbers
+(no duplicate, no reordering), and B's ``delivery_stats().gaps`` is exactly how many
+tells A sent (without an error) that B's agent never saw."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+
+from kerna import Agent, Kernel, Message, handler
+from kerna.testing import FaultProxy
+from kerna.transports import PeerUnreachable
+
+pytestmark = pytest.mark.anyio
+
+TCP = "tcp://127.0.0.1:0"
+WAIT = 10.0  # every wait is bounded by this (a loaded machine is slow)
+OPTIONS = {"backoff_initial": 0.01, "backoff_max": 0.05, "reconnect_attempts": 1000}
+
+
+class Numbered(Message, tag="test.gaps.Numbered"):
+    n: int
+
+
+SEEN: list[int] = []
+ARRIVED = asyncio.Event()
+
+
+class Recorder(Agent):
+    @handler
+    async def numbered(self, msg: Numbered) -> None:
+        SEEN.append(msg.n)
+        ARRIVED.set()
+
+
+async def _until_seen(n: int) -> None:
+    async with asyncio.timeout(WAIT):
+        while not SEEN or SEEN[-1] < n:
+            ARRIVED.clear()
+            await ARRIVED.wait()
+
+
+async def test_a_reset_link_loses_tells_but_never_repeats_them_and_b_counts_each_lost_one() -> None:
+    SEEN.clear()
+    failed: set[int] = set()  # tells whose sender got an error (not sent)
+    async with (
+        Kernel(transport=TCP, transport_options=OPTIONS, stop_grace=0.1) as a,
+        Kernel(transport=TCP, transport_options=OPTIONS, stop_grace=0.1) as b,
+    ):
+        b.register(Recorder)
+        assert b.address is not None
+        async with FaultProxy(b.address.removeprefix("tcp://")) as proxy:
+            ref = a.ref(Recorder, "r", node=f"tcp://{proxy.endpoint}")
+            sent = 0
+            stop = asyncio.Event()
+
+            async def stream() -> None:
+                nonlocal sent
+                while not stop.is_set():
+                    sent += 1
+                    try:
+                        await ref.tell(Numbered(n=sent))
+                    except PeerUnreachable:
+                        failed.add(sent)
+                    if sent % 8 == 0:
+                        await asyncio.sleep(0)  # let the frames go out: a steady stream
+
+            sender = asyncio.create_task(stream())
+            try:
+                for _ in range(3):  # three resets mid-stream, each healed
+                    await _until_seen(sent + 50)
+                    await proxy.reset()
+                    await asyncio.sleep(0)
+                    await proxy.heal()
+                await _until_seen(sent + 50)  # flowing again after the last reset
+            finally:
+                stop.set()
+                await sender
+            for _ in range(20):  # the tail: numbered frames after every loss
+                sent += 1
+                await ref.tell(Numbered(n=sent))
+            await _until_seen(sent)
+        stats = b.delivery_stats()
+    assert all(x < y for x, y in itertools.pairwise(SEEN)), "a duplicate or reordering"
+    missing = set(range(1, sent + 1)) - failed - set(SEEN)
+    assert missing, "no tell was lost: the resets did not cut the stream mid-flight"
+    assert stats.gaps == len(missing), (stats, sorted(missing))
+    assert stats.out_of_order == 0
+    assert stats.peers == {a.address: (len(missing), 0)}
