@@ -10,8 +10,10 @@ import asyncio
 import itertools
 
 import pytest
+from prometheus_client import generate_latest
 
 from kerna import Agent, Kernel, Message, handler
+from kerna.node._metrics import KernelCollector, node_registry
 from kerna.testing import FaultProxy
 from kerna.transports import PeerUnreachable
 
@@ -85,9 +87,13 @@ async def test_a_reset_link_loses_tells_but_never_repeats_them_and_b_counts_each
                 await ref.tell(Numbered(n=sent))
             await _until_seen(sent)
         stats = b.delivery_stats()
+        registry = node_registry(KernelCollector(b, "b", "test", lambda: 0.0))
+        exported = generate_latest(registry).decode().splitlines()
     assert all(x < y for x, y in itertools.pairwise(SEEN)), "a duplicate or reordering"
     missing = set(range(1, sent + 1)) - failed - set(SEEN)
     assert missing, "no tell was lost: the resets did not cut the stream mid-flight"
     assert stats.gaps == len(missing), (stats, sorted(missing))
     assert stats.out_of_order == 0
     assert stats.peers == {a.address: (len(missing), 0)}
+    assert f"kerna_delivery_gaps_total {float(len(missing))}" in exported
+    assert "kerna_delivery_out_of_order_total 0.0" in exported
