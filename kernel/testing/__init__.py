@@ -22,6 +22,8 @@
   (``kerna.testing._pytest_plugin``, loaded through the ``pytest11`` entry point)
   wraps them in fixtures: ``etcd_server``, ``etcd_cluster``, ``nats_server``,
   ``fresh_nats_server``, ``nats_jetstream``, ``redis_server``, ``netns``.
+- ``NodeProcess``: one ``kerna node`` process (its config, its JSON log lines, signals);
+  ``NodeCluster``: N of them from one config on one etcd (the ``node_cluster`` fixture).
 - Faults: ``FaultProxy`` (a TCP proxy with delay, reset, blackhole, drip and heal),
   ``fault_proxy`` (the same through toxiproxy when ``TOXIPROXY_URL`` is set),
   ``pause_process``, ``resume_process``, ``kill_process``, ``wait_for_exit``, and
@@ -37,6 +39,7 @@ import typing
 from ._clock import VirtualClock
 from ._etcd import EtcdCluster, EtcdMember, running_etcd, running_etcd_cluster
 from ._netns import Netns, netns_unavailable, network_namespace
+from ._node import NodeCluster, NodeProcess, http_json
 from ._process import (
     ServerNotInstalled,
     ServerProcess,
@@ -64,6 +67,8 @@ __all__ = [
     "FaultProxy",
     "NatsServer",
     "Netns",
+    "NodeCluster",
+    "NodeProcess",
     "RedisServer",
     "ServerNotInstalled",
     "ServerProcess",
@@ -75,6 +80,7 @@ __all__ = [
     "data_root",
     "fault_proxy",
     "free_ports",
+    "http_json",
     "kill_process",
     "netns_unavailable",
     "network_namespace",

@@ -20,6 +20,9 @@ fixture                 scope     yields
 ``redis_server``        function  ``RedisServer`` of one test
 ``netns``               function  ``Netns``: a network namespace to partition
                                   (root with ip and nft, else a skip)
+``node_cluster``        function  ``NodeCluster``: ``await node_cluster.start(
+                                  config, 3)`` starts ``kerna node`` processes
+                                  on ``etcd_server``
 ======================  ========  =============================================
 
 Each yields an object with its ``url`` (``etcd://``, ``nats://``, ``redis://``) and the
@@ -27,23 +30,29 @@ control methods of ``kerna.testing.ServerProcess``: ``stop``, ``kill``, ``pause`
 (SIGSTOP), ``resume`` (SIGCONT), ``restart``, ``ensure_running``. A test that stops or
 pauses a session-scoped server calls ``ensure_running()`` when it is done.
 
-Not here yet: the fixture for a cluster of ``kerna node`` processes from a config (issue
-9, section 5), built while the daemon was. The seam: a ``ServerProcess`` subclass whose
-``argv`` is ``python -m kerna node --config ...`` and whose ``ready`` is the node's
-``/readyz`` (or the asyncio ``NodeProcess`` of kerna's tests/node_proc.py moved here),
-and a fixture beside these that starts N of them against ``etcd_server``.
+``node_cluster`` is a factory, not a started cluster: the config is the test's. ``await
+node_cluster.start(config, count)`` (a TOML text or a dict of tables with the node's
+``[node] agents`` modules, importable from the test session's working directory) starts
+``count`` nodes with distinct ids (``n1``, ``n2``, ...), free transport and HTTP ports,
+one cluster name and secret file, and ``etcd_server``'s URL, and returns once all are
+ready and see each other as members. Each node (``kerna.testing.NodeProcess``) has its
+``url``, ``address``, ``id``, ``pid`` and ``stop()`` (SIGTERM), ``kill()``, ``pause()``,
+``resume()``, ``restart()``; the test's event loop runs them (an anyio or asyncio test).
+At teardown every node still running is stopped by PID.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
 from ._etcd import EtcdCluster, EtcdMember, running_etcd, running_etcd_cluster
 from ._netns import Netns, netns_unavailable, network_namespace
+from ._node import NodeCluster
 from ._requires import skip_missing_servers
 from ._servers import NatsServer, RedisServer, running_nats, running_redis
 
@@ -54,6 +63,7 @@ __all__ = [
     "nats_jetstream",
     "nats_server",
     "netns",
+    "node_cluster",
     "redis_server",
 ]
 
@@ -116,3 +126,14 @@ def netns() -> Iterator[Netns]:
         pytest.skip(reason)
     with network_namespace() as ns:
         yield ns
+
+
+@pytest.fixture
+def node_cluster(etcd_server: EtcdMember, tmp_path: Path) -> Iterator[NodeCluster]:
+    """A factory of ``kerna node`` clusters on ``etcd_server`` (``await
+    node_cluster.start(config, 3)``); its nodes are stopped by PID at teardown."""
+    cluster = NodeCluster(tmp_path / "kerna-nodes", etcd_server.url)
+    try:
+        yield cluster
+    finally:
+        cluster.stop_all()
