@@ -185,3 +185,49 @@ def test_a_project_gets_the_fixtures_through_the_entry_point(tmp_path: Path) -> 
     assert "1 error" in out["required"], out["required"]
     assert "KERNA_REQUIRE_SERVERS=1" in out["required"], out["required"]
     assert "fixture 'redis_server' not found" in out["disabled"], out["disabled"]
+
+
+PROJECT_AGENTS = """
+from kerna import Agent, Request, handler
+
+
+class Hello(Request[str]):
+    name: str
+
+
+class Greeter(Agent):
+    @handler
+    async def hello(self, msg: Hello) -> str:
+        return "hello " + msg.name
+
+
+def setup(kernel):
+    kernel.register(Greeter)
+"""
+
+PROJECT_NODE_TESTS = """
+import pytest
+
+from kerna.testing import http_json
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_two_nodes_see_each_other(node_cluster):
+    nodes = await node_cluster.start({"node": {"agents": ["greeters"], "stop_grace": 1}}, 2)
+    for node in nodes:
+        status, body = await http_json(node.url + "/admin/status")
+        assert status == 200
+        assert {m["id"] for m in body["members"]} == {"n1", "n2"}
+        assert body["members"][0]["types"]["Greeter"] == "directory"
+"""
+
+
+def test_a_project_starts_a_node_cluster_of_its_own_agents(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "greeters.py").write_text(PROJECT_AGENTS)
+    (project / "test_nodes.py").write_text(PROJECT_NODE_TESTS)
+    proc = _pytest_in(project)
+    out, _ = proc.communicate(timeout=120)
+    assert "1 passed" in out, out
