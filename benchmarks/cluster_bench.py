@@ -431,8 +431,8 @@ def render(results: dict[str, Any]) -> str:
         "",
         "The asks that failed meanwhile, by error: "
         + (", ".join(f"{name} {n:,}" for name, n in sorted(fo["errors"].items())) or "none")
-        + ". (ISSUE9 section 3 wants callers to wait within their timeout instead: until "
-        "the dead node's lease expires, an ask to its agents fails at once today.)",
+        + ". (One per kill: the ask in flight when the node died fails with NodeLost, as"
+        " ISSUE9 section 3 says; the next ask waits, parked, until a survivor serves it.)",
         "",
     ]
     return "\n".join(lines)
