@@ -447,3 +447,14 @@ async def test_closing_while_a_first_send_waits_for_its_probe_fails_it_as_closed
                 await sending
     finally:
         await raw.close()
+
+
+async def test_send_now_takes_frames_for_a_peer_found_present_and_not_before(
+    nodes: Callable,
+) -> None:
+    a, b = await nodes(), await nodes()
+    assert not a.transport.send_now(b.address, b"too early")  # no probe answered yet
+    await a.transport.send(b.address, b"first")  # the first contact probes b
+    assert all(a.transport.send_now(b.address, b"now-%d" % i) for i in range(5))
+    await b.until(lambda: len(b.frames) == 6)
+    assert [frame for _, frame in b.frames] == [b"first"] + [b"now-%d" % i for i in range(5)]

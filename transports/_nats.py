@@ -469,6 +469,19 @@ class NatsTransport(Transport):
         p.queue.append(bytes(frame))
         p.ready.set()
 
+    def send_now(self, peer: str, frame: bytes) -> bool:
+        """See ``Transport.send_now``: a peer already found present, with room in its
+        queue, takes ``frame`` at once (no first-contact probe to wait for)."""
+        if self._closed or self._nc is None or self._nc.is_closed:
+            return False
+        p = self._peers.get(peer)
+        if p is None or p.checked_at == float("-inf") or len(p.queue) >= self.send_queue:
+            return False
+        self.check_frame(frame)
+        p.queue.append(bytes(frame))
+        p.ready.set()
+        return True
+
     def _peer_subject(self, peer: str) -> str | None:
         """The subject of a ``nats://server/node-name`` address (None if it is not one)."""
         parts = urlsplit(peer) if isinstance(peer, str) else None
