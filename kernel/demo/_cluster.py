@@ -48,16 +48,15 @@ import msgspec
 from kerna import AgentRef, ConfigError, KernaError, Kernel
 from kerna.testing import ServerNotInstalled, data_root, free_ports, running_etcd
 
-from ._agents import COLLECTOR, LATENCY_STAGES, SHARDS, Collector, Tally, error_text
+from ._agents import COLLECTOR, SHARDS, Collector, Tally, error_text
 from ._corpus import fault_plan, make_corpus
 from ._driver import (
     DemoReport,
     ProgressFn,
     _check_args,
-    _percentiles,
     _tick,
     loop_factory,
-    loop_name,
+    tally_fields,
 )
 from ._messages import DocumentUploaded, Orchestrated, ProcessDocument
 from ._nodes import STEP_TIMEOUT_ENV
@@ -330,29 +329,12 @@ async def cluster_demo(
     types += [msgspec.to_builtins(t) for t in driver.types.values()]
     messages = sum(t["handled"] for t in types)
     return DemoReport(
-        docs=docs,
-        seed=seed,
-        loop=loop_name(asyncio.get_running_loop()),
-        wall_s=wall,
-        messages=messages,
-        msgs_per_s=messages / wall if wall > 0 else 0.0,
-        completed=tally.completed,
-        failed=tally.failed,
-        lost=docs - tally.accounted,
-        aggregated=tally.aggregated,
-        choreography_failed=tally.choreography_failed,
-        orchestrated=tally.outcomes["ok"],
-        orchestration_errors=tally.outcomes["error"],
-        orchestration_timeouts=tally.outcomes["timeout"],
-        injected_corrupt=faults["corrupt"],
-        injected_stalls=faults["stall"],
+        **tally_fields(tally, docs, seed, wall, messages, faults),
         dead_letters=sum(
             s["types"].get("DeadLetterWatcher", {}).get("handled", 0) for s in statuses
         ),
         handler_failures=sum(t["failed"] for t in types),
         late_replies=sum(t["late_replies"] for t in types),
-        latencies=tuple(_percentiles(stage, tally.latencies[stage]) for stage in LATENCY_STAGES),
-        errors=tuple(tally.errors.values()),
         nodes=nodes,
         killed=VICTIM,
         failover_s=min(served) - killed_at if served else None,

@@ -21,6 +21,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import msgspec
 
@@ -190,30 +191,40 @@ async def demo(
     types = stats.types.values()
     messages = sum(t.handled for t in types)
     return DemoReport(
-        docs=docs,
-        seed=seed,
-        loop=loop_name(asyncio.get_running_loop()),
-        wall_s=wall,
-        messages=messages,
-        msgs_per_s=messages / wall if wall > 0 else 0.0,
-        completed=tally.completed,
-        failed=tally.failed,
-        lost=docs - tally.accounted,
-        aggregated=tally.aggregated,
-        choreography_failed=tally.choreography_failed,
-        orchestrated=tally.outcomes["ok"],
-        orchestration_errors=tally.outcomes["error"],
-        orchestration_timeouts=tally.outcomes["timeout"],
-        injected_corrupt=faults["corrupt"],
-        injected_stalls=faults["stall"],
+        **tally_fields(tally, docs, seed, wall, messages, faults),
         dead_letters=stats.types["DeadLetterWatcher"].handled,
         handler_failures=sum(t.failed for t in types),
         late_replies=sum(t.late_replies for t in types),
-        latencies=tuple(_percentiles(stage, tally.latencies[stage]) for stage in LATENCY_STAGES),
-        errors=tuple(tally.errors.values()),
         degraded=tally.degraded,
         inference=inference,
     )
+
+
+def tally_fields(
+    tally: Tally, docs: int, seed: int, wall: float, messages: int, faults: dict[str, int]
+) -> dict[str, Any]:
+    """The ``DemoReport`` fields that come from the Collector's tally and the run (the
+    embedded and the cluster demo report them alike)."""
+    return {
+        "docs": docs,
+        "seed": seed,
+        "loop": loop_name(asyncio.get_running_loop()),
+        "wall_s": wall,
+        "messages": messages,
+        "msgs_per_s": messages / wall if wall > 0 else 0.0,
+        "completed": tally.completed,
+        "failed": tally.failed,
+        "lost": docs - tally.accounted,
+        "aggregated": tally.aggregated,
+        "choreography_failed": tally.choreography_failed,
+        "orchestrated": tally.outcomes["ok"],
+        "orchestration_errors": tally.outcomes["error"],
+        "orchestration_timeouts": tally.outcomes["timeout"],
+        "injected_corrupt": faults["corrupt"],
+        "injected_stalls": faults["stall"],
+        "latencies": tuple(_percentiles(stage, tally.latencies[stage]) for stage in LATENCY_STAGES),
+        "errors": tuple(tally.errors.values()),
+    }
 
 
 async def _worker(
