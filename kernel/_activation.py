@@ -472,14 +472,10 @@ class Activation(StateOwner):
                 waiter.set_exception(refusal())
         return taken
 
-    def take_messages(self, error: Exception) -> list[Envelope]:
-        """Take every queued message out (to send it elsewhere: ``Cluster.moved``);
-        parked senders get ``error`` raised."""
-        return self._take_all(lambda: error)
-
     def take_to_move(self) -> list[Envelope]:
         """Take every queued message out, and those of parked senders (released as if
-        admitted), in order, to send them to the agent's next home (its node leaves)."""
+        admitted), in order, to send them to the agent's next home (its node leaves,
+        or its claim turned out to be held by another node: ``Cluster.moved``)."""
         waiters, self.waiters = self.waiters, None
         taken = self._take_all(KernelStopped)  # no parked sender is left to refuse
         for env, waiter in waiters or ():

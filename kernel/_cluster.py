@@ -461,7 +461,7 @@ class Cluster:
         except UnknownAgent:
             return False
         rt = self.runtime
-        envs = act.take_messages(error)
+        envs = act.take_to_move()  # parked senders' messages too: re-routed, not refused
         rt.retire(act)
         log.debug("%s is held by %s: %d messages forwarded", act.id, holder, len(envs))
         for env in envs:

@@ -161,3 +161,26 @@ async def test_a_blocking_kernel_is_a_node_like_any_other(etcd_server: EtcdMembe
         finally:
             await anyio.to_thread.run_sync(blocking.stop)
         await a.wait_members(only(a), 2)
+
+
+async def test_senders_parked_on_a_full_mailbox_when_the_claim_is_elsewhere_are_forwarded(
+    etcd_server: EtcdMember,
+) -> None:
+    async with nodes(etcd_server, 2) as (a, b):
+        a.register(Billing)
+        b.register(Billing, mailbox_size=1)  # b's queue fills while it claims
+        await a.wait_members(hosting("Billing", a, b), 5)
+        key = next(
+            f"k{i}"
+            for i in range(1000)
+            if home("Billing", f"k{i}", [a.node_id, b.node_id]) == a.node_id
+        )
+        assert await a.ref(Billing, key).ask(Charge(amount=5), timeout=5) == 5  # a holds it
+        async with Kernel(transport=TCP, secret=SECRET, stop_grace=0.1) as outside:
+            assert b.address is not None
+            pinned = outside.ref("Billing", key, node=b.address)
+            async with asyncio.timeout(10):
+                await asyncio.gather(*(pinned.tell(Charge(amount=1)) for _ in range(20)))
+                # every tell reached a's agent: none was refused while parked on b
+                assert await pinned.ask(Charge(amount=0), timeout=5) == 25
+        assert b.stats().dead_letters == 0
