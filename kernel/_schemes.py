@@ -4,12 +4,31 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
+from importlib.metadata import entry_points
 from typing import Any
 
 from ._errors import ConfigError
 
-__all__ = ["load_scheme", "scheme_of"]
+__all__ = ["entry_point_values", "known_schemes", "load_scheme", "scheme_of"]
+
+
+@functools.cache
+def entry_point_values(group: str) -> tuple[tuple[str, str], ...]:
+    """The ``(name, "module:Class")`` entry points of ``group``, read once per process
+    and group: reading them costs milliseconds and every kernel start asks. After
+    installing a package at run time, call ``entry_point_values.cache_clear()``."""
+    return tuple((ep.name, ep.value) for ep in entry_points(group=group))
+
+
+def known_schemes(builtin: dict[str, str], group: str) -> dict[str, str]:
+    """Every scheme a registry knows: its built-ins (also declared as entry points, kept
+    so that a source checkout without installed metadata finds them) and ``group``'s
+    entry points, which win."""
+    found = dict(builtin)
+    found.update(entry_point_values(group))
+    return found
 
 
 def scheme_of(url: str, label: str) -> str:

@@ -7,10 +7,7 @@ declaring an entry point. Modules are imported only when their scheme is used.
 
 from __future__ import annotations
 
-import functools
-from importlib.metadata import entry_points
-
-from kerna._schemes import load_scheme, scheme_of
+from kerna._schemes import known_schemes, load_scheme, scheme_of
 
 from ._backend import StateBackend
 
@@ -29,18 +26,9 @@ _BUILTIN = {
 
 
 def schemes() -> dict[str, str]:
-    """Every known scheme and the ``module:Class`` that serves it."""
-    found = dict(_BUILTIN)
-    found.update(_entry_points())
-    return found
-
-
-@functools.cache
-def _entry_points() -> tuple[tuple[str, str], ...]:
-    """The group's entry points, read once per process: reading them costs milliseconds
-    and every ``connect`` (every kernel start) asks. After installing a backend package at
-    run time, call ``_entry_points.cache_clear()``."""
-    return tuple((ep.name, ep.value) for ep in entry_points(group=GROUP))
+    """Every known scheme and the ``module:Class`` that serves it (entry points are
+    read once per process: ``kerna._schemes.entry_point_values``)."""
+    return known_schemes(_BUILTIN, GROUP)
 
 
 def backend_class(url: str) -> type[StateBackend]:

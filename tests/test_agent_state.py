@@ -228,16 +228,17 @@ async def test_bad_state_urls() -> None:
 
 
 async def test_missing_extra_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kerna import _schemes
     from kerna.state import _registry
 
     monkeypatch.setitem(_registry._BUILTIN, "etcd", "kerna_no_such_module:EtcdBackend")  # noqa: SLF001 - the test inspects or forces kerna internals
-    monkeypatch.setattr(_registry, "entry_points", lambda group: [])
-    _registry._entry_points.cache_clear()  # noqa: SLF001 - the test inspects or forces kerna internals
+    monkeypatch.setattr(_schemes, "entry_points", lambda group: [])
+    _schemes.entry_point_values.cache_clear()
     try:
         with pytest.raises(ConfigError, match=r"pip install 'kerna\[etcd\]'"):
             await connect("etcd://127.0.0.1:2379")
     finally:
-        _registry._entry_points.cache_clear()  # noqa: SLF001 - the test inspects or forces kerna internals
+        _schemes.entry_point_values.cache_clear()
 
 
 async def test_kernel_on_a_backend_it_does_not_own() -> None:

@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 from kerna import ConfigError
+from kerna._schemes import entry_point_values
 from kerna.testing import TransportFactory, TransportSuite
-from kerna.transports import Transport, _registry, open_transport, schemes
+from kerna.transports import Transport, open_transport, schemes
 
 PACKAGE = Path(__file__).resolve().parent.parent / "examples" / "kerna_unix"
 
@@ -43,13 +44,13 @@ def installed() -> Iterator[Path]:
     (dist / "entry_points.txt").write_text("\n".join(lines) + "\n")
     shutil.copy(PACKAGE / "kerna_unix.py", site / "kerna_unix.py")
     sys.path.insert(0, str(site))
-    _registry._entry_points.cache_clear()  # noqa: SLF001 - the documented way to re-read them
+    entry_point_values.cache_clear()  # the documented way to re-read them
     try:
         yield site
     finally:
         sys.path.remove(str(site))
         sys.modules.pop("kerna_unix", None)
-        _registry._entry_points.cache_clear()  # noqa: SLF001 - as above
+        entry_point_values.cache_clear()
         shutil.rmtree(site)
 
 

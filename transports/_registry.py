@@ -7,12 +7,10 @@ declaring an entry point. A module is imported only when its scheme is used.
 
 from __future__ import annotations
 
-import functools
-from importlib.metadata import entry_points
 from typing import Any
 
 from kerna._errors import ConfigError
-from kerna._schemes import load_scheme, scheme_of
+from kerna._schemes import known_schemes, load_scheme, scheme_of
 
 from ._base import Transport
 
@@ -31,17 +29,9 @@ _BUILTIN = {
 
 
 def schemes() -> dict[str, str]:
-    """Every known scheme and the ``module:Class`` that serves it."""
-    found = dict(_BUILTIN)
-    found.update(_entry_points())
-    return found
-
-
-@functools.cache
-def _entry_points() -> tuple[tuple[str, str], ...]:
-    """The group's entry points, read once per process (call ``cache_clear()`` after
-    installing a transport package at run time)."""
-    return tuple((ep.name, ep.value) for ep in entry_points(group=GROUP))
+    """Every known scheme and the ``module:Class`` that serves it (entry points are
+    read once per process: ``kerna._schemes.entry_point_values``)."""
+    return known_schemes(_BUILTIN, GROUP)
 
 
 def transport_class(url: str) -> type[Transport]:
