@@ -19,11 +19,12 @@ receiving ``Remote`` checks them with a ``DeliveryOrder``:
   sets the baseline; nothing is counted (a restarted receiver must not count what its
   previous incarnation received).
 
-A frame without numbers (``seq == 0``: an older peer, or one the sender could not
-queue at once, see ``Remote.send``) is not checked. A frame that does not decode is
-refused (and counted by the codec); its number is never seen, so it also shows as a
-gap. Memory: one entry per peer, kept across lost connections (that is where gaps
-happen), at most ``MAX_PEERS`` (the oldest is forgotten beyond it).
+A frame without numbers (``seq == 0``: an older peer) is not checked; kerna numbers
+every delivery it sends, including those that wait for a connection or for room (they
+are queued in send order by the peer's ``Backlog``, ``kerna._send_backlog``). A frame
+that does not decode is refused (and counted by the codec); its number is never seen,
+so it also shows as a gap. Memory: one entry per peer, kept across lost connections
+(that is where gaps happen), at most ``MAX_PEERS`` (the oldest is forgotten beyond it).
 """
 
 from __future__ import annotations

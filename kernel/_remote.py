@@ -49,6 +49,7 @@ from ._ids import AgentId
 from ._message import DeadLetterReason
 from ._runtime import RUNNING
 from ._schema_exchange import SchemaExchange
+from ._send_backlog import Backlog
 from ._wire import Delivery, Reply, WireCodec, WireError
 
 if TYPE_CHECKING:
@@ -172,6 +173,7 @@ class Remote:
         # last number queued per peer, and what the numbers from peers showed.
         self.epoch = secrets.randbits(63) or 1
         self._seq: dict[str, int] = {}
+        self._backlogs: dict[str, Backlog] = {}  # per peer: deliveries waiting to be queued
         self.order = DeliveryOrder()
 
     @classmethod
@@ -201,6 +203,8 @@ class Remote:
             if not future.done():
                 future.set_exception(KernelStopped(f"kernel stopped before {node} replied"))
         self._waiting.clear()
+        for backlog in self._backlogs.values():
+            backlog.close()
         await self.transport.aclose()
         for resume in self._resume.values():
             if not resume.done():
@@ -223,36 +227,53 @@ class Remote:
         """Encode ``env`` for ``node`` and queue it; an ask's reply future is remembered
         until the reply comes back (or the asker gives up).
 
-        A frame the transport queues at once carries the next number for ``node``
-        (numbers are taken in the order frames enter the connection's queue). One that
-        has to wait for the connection or for room is sent unnumbered: waiting frames
-        may be queued in another order than they were sent (senders resume in turn),
-        and a number out of order would read as a bug at the receiver.
+        Returns None when the transport queued the frame at once; else a future that
+        completes once it has (the connection is being made, or its queue is full: the
+        sender awaits it), failing with the transport's error if it could not be. Every
+        frame carries the next number for ``node`` (``kerna._delivery_order``): those
+        that wait go through the peer's ``Backlog``, in the order they were sent.
 
         Raises:
             WireError: the message cannot be encoded.
         """
         reply_to = self.address if env.kind == ASK else None
-        seq = self._seq.get(node, 0) + 1
-        frame = self.codec.encode(env, reply_to, epoch=self.epoch, seq=seq)
         reply = env.reply
         if reply is not None:
             waiting = self._waiting
             waiting[env.id] = (reply, node)
             if len(waiting) >= self._sweep_at:
                 self._sweep()
-        if self.transport.send_now(node, frame):
-            self._seq[node] = seq
-            return None  # queued: no task needed (the common case, once connected)
-        frame = self.codec.encode(env, reply_to)  # waits: unnumbered (see above)
-        if reply is None:  # a tell: its sender awaits the transport's send itself
-            return self.transport.send(node, frame)
-        task = self._spawn(self.transport.send(node, frame))
-        if reply is not None:
-            # A send that failed (its asker gets the error): no reply will come, and
-            # the stop must not fail that reply future again with nobody awaiting it.
-            task.add_done_callback(lambda t: self._send_failed(t, env.id))
-        return task
+        backlog = self._backlogs.get(node)
+        if backlog is None:
+            seq = self._seq.get(node, 0) + 1
+            frame = self.codec.encode(env, reply_to, epoch=self.epoch, seq=seq)
+            if self.transport.send_now(node, frame):
+                self._seq[node] = seq
+                return None  # queued: no task needed (the common case, once connected)
+            backlog = self._backlogs[node] = Backlog(node)
+            backlog.task = self._spawn(self._drain(node, backlog))
+        else:
+            self.codec.encode(env, reply_to)  # a message that cannot be encoded fails now
+        return backlog.add(env, self.runtime.loop)
+
+    async def _drain(self, node: str, backlog: Backlog) -> None:
+        try:
+            await backlog.run(lambda env: self._send_numbered(node, env))
+        finally:
+            del self._backlogs[node]
+
+    async def _send_numbered(self, node: str, env: Envelope) -> None:
+        """Send ``env`` with the next number for ``node`` (from its backlog, in turn)."""
+        seq = self._seq.get(node, 0) + 1
+        reply_to = self.address if env.kind == ASK else None
+        frame = self.codec.encode(env, reply_to, epoch=self.epoch, seq=seq)
+        try:
+            await self.transport.send(node, frame)
+        except Exception:
+            if env.reply is not None:  # no reply will come: its asker gets this error
+                self._waiting.pop(env.id, None)
+            raise
+        self._seq[node] = seq
 
     def waiting_asks(self) -> int:
         """Asks sent to other nodes that this node still keeps (some may have given up
@@ -273,10 +294,6 @@ class Remote:
         for message_id in [mid for mid, (future, _) in waiting.items() if future.done()]:
             del waiting[message_id]
         self._sweep_at = max(_SWEEP_AT, 2 * len(waiting))
-
-    def _send_failed(self, task: asyncio.Task[None], message_id: int) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self._waiting.pop(message_id, None)
 
     def own(self, sending: Awaitable[None]) -> asyncio.Future[None]:
         """A future for what ``send`` returned, kept running by this link even if

@@ -46,11 +46,17 @@ async def _until_seen(n: int) -> None:
             await ARRIVED.wait()
 
 
-async def test_a_reset_link_loses_tells_but_never_repeats_them_and_b_counts_each_lost_one() -> None:
+@pytest.mark.parametrize("send_queue", [None, 4], ids=["default-queue", "tiny-queue"])
+async def test_a_reset_link_loses_tells_but_never_repeats_them_and_b_counts_each_lost_one(
+    send_queue: int | None,
+) -> None:
+    """With a send queue of 4 frames most tells wait for room (A's backlog for B):
+    those are numbered and counted when lost too."""
     SEEN.clear()
     failed: set[int] = set()  # tells whose sender got an error (not sent)
+    sender_options = dict(OPTIONS) if send_queue is None else {**OPTIONS, "send_queue": send_queue}
     async with (
-        Kernel(transport=TCP, transport_options=OPTIONS, stop_grace=0.1) as a,
+        Kernel(transport=TCP, transport_options=sender_options, stop_grace=0.1) as a,
         Kernel(transport=TCP, transport_options=OPTIONS, stop_grace=0.1) as b,
     ):
         b.register(Recorder)

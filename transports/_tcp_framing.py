@@ -68,6 +68,10 @@ async def read_frame(
 
 
 READ_SIZE = 64 * 1024  # what one read asks the stream for: many small frames at once
+YIELD_EVERY = 32
+"""Frames handed over between two turns given to the loop within one read: with many
+requests in flight, the first ones get handled (and their replies written) while the
+rest of the read is split, instead of after all of it (a pipeline, not a batch)."""
 
 
 async def read_frames(
@@ -87,8 +91,9 @@ async def read_frames(
     which was checked against ``limit`` before any of it was read. ``on_frame`` must
     not raise (the caller wraps it); when it returns an awaitable, nothing more is
     handed over (or read) until ``await paused(it)`` returns. After each read the loop
-    is given a turn: the frames just handed over get handled before more are read (a
-    reader that found its buffer full would otherwise fill mailboxes in one go).
+    is given a turn, and within a read every ``YIELD_EVERY`` frames: the frames just
+    handed over get handled before more are read (a reader that found its buffer full
+    would otherwise fill mailboxes in one go).
 
     Raises:
         FrameTooLarge: a length prefix is over ``limit`` (nothing was allocated for it).
@@ -105,6 +110,7 @@ async def read_frames(
             data = pending + data
         pos = 0
         end = len(data)
+        handed = 0
         while end - pos >= 4:
             (length,) = _unpack_from(data, pos)
             if length & CONTROL:
@@ -128,6 +134,10 @@ async def read_frames(
             pos = stop
             if pause is not None:
                 await paused(pause)
+            handed += 1
+            if handed == YIELD_EVERY:
+                handed = 0
+                await asyncio.sleep(0)
         pending = data[pos:] if pos < end else b""
         await asyncio.sleep(0)
 
