@@ -1,0 +1,294 @@
+"""``@cached(scope="cluster")``: identical asks from different nodes compute once.
+
+Three (or two) kernels of one cluster in this process, on a real etcd, over tcp. The
+computations are held on an ``asyncio.Event`` until every caller has joined: a
+middleware counts the handlings that have returned (a cached handler returns once its
+ask has joined a flight, deferring its reply), so the test releases the computation
+exactly when all callers, and every node's forward to the key's agent, are waiting.
+The handler bodies count their calls in a class attribute shared by all the kernels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
+
+import pytest
+
+from kerna import Agent, Kernel, MessageContext, RemoteError, Request, handler
+from kerna.plugins import CacheStats, Middleware, cache_stats, cached
+from kerna.testing import EtcdMember
+
+from .cluster import nodes
+
+pytestmark = pytest.mark.anyio
+
+
+class Answer(Request[str]):
+    text: str
+
+
+class Broken(Request[str]):
+    text: str
+
+
+class Odd(Request[str]):
+    text: str
+
+
+class Oracle(Agent):
+    """Answers take as long as ``gate`` stays closed; every computation is recorded
+    with the node it ran on and the agent key it ran on."""
+
+    calls: ClassVar[list[tuple[str, str, str]]] = []
+    gate: ClassVar[asyncio.Event] = asyncio.Event()
+
+    @handler
+    @cached(ttl=60, maxsize=100, scope="cluster")
+    async def answer(self, msg: Answer) -> str:
+        Oracle.calls.append((msg.text, self.kernel.node_id, self.id.key))
+        await Oracle.gate.wait()
+        return f"{msg.text.upper()} from {self.kernel.node_id}"
+
+    @handler
+    @cached(ttl=60, maxsize=100, scope="cluster")
+    async def broken(self, msg: Broken) -> str:
+        Oracle.calls.append((msg.text, self.kernel.node_id, self.id.key))
+        await Oracle.gate.wait()
+        raise ValueError(f"no answer to {msg.text}")
+
+    @handler
+    @cached(ttl=60, maxsize=100, scope="cluster", key=lambda msg: object())
+    async def odd(self, msg: Odd) -> str:
+        return "never"
+
+
+class Joined(Middleware):
+    """Counts the handlings of ``Oracle`` messages that have returned (an ask to a
+    cached handler returns once it has joined a flight) and sets ``all_in`` at
+    ``expected``."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.expected = 0
+        self.all_in = asyncio.Event()
+
+    def expect(self, expected: int) -> None:
+        self.count, self.expected = 0, expected
+        self.all_in.clear()
+
+    async def handle(self, ctx: MessageContext, call_next: Callable[[], Awaitable[Any]]) -> Any:
+        result = await call_next()
+        self.count += 1
+        if self.count >= self.expected:
+            self.all_in.set()
+        return result
+
+
+@pytest.fixture(autouse=True)
+def _fresh_records() -> None:
+    Oracle.calls = []
+    Oracle.gate = asyncio.Event()
+
+
+def totals(kernels: list[Kernel], fn: Callable[..., Any]) -> CacheStats:
+    """The field-wise sum of ``fn``'s counters over ``kernels``."""
+    stats = [cache_stats(k, fn) for k in kernels]
+    return CacheStats(
+        **{f: sum(getattr(s, f) for s in stats) for f in CacheStats.__struct_fields__}
+    )
+
+
+async def ask_from_every_node(
+    kernels: list[Kernel], joined: Joined, message: Any, per_node: int
+) -> list[Any]:
+    """``per_node`` asks of ``message`` from each node, to agents of its own; releases
+    the gate once all have joined (each node's callers, and each node's forward)."""
+    joined.expect(len(kernels) * per_node + len(kernels))
+    asks = [
+        asyncio.ensure_future(k.ref(Oracle, f"{k.node_id}-{i}").ask(message, timeout=20))
+        for k in kernels
+        for i in range(per_node)
+    ]
+    async with asyncio.timeout(20):
+        await joined.all_in.wait()
+        assert len(Oracle.calls) <= 1  # held by the gate
+        Oracle.gate.set()
+        return await asyncio.gather(*asks, return_exceptions=True)
+
+
+async def test_identical_concurrent_asks_from_three_nodes_compute_once_on_the_keys_agent(
+    etcd_server: EtcdMember,
+) -> None:
+    joined = Joined()
+    async with nodes(etcd_server, 3, middleware=[joined]) as kernels:
+        for k in kernels:
+            k.register(Oracle)
+        ids = {k.node_id for k in kernels}
+        for k in kernels:
+            await k.wait_members(lambda ms: {m.id for m in ms if "Oracle" in m.types} == ids, 5)
+        replies = await ask_from_every_node(kernels, joined, Answer(text="q"), per_node=4)
+        assert len(Oracle.calls) == 1
+        ((_, computed_on, agent_key),) = Oracle.calls
+        assert replies == [f"Q from {computed_on}"] * 12
+        # It ran on the key's agent, wherever the cluster placed that one.
+        owner = await kernels[0].ref(Oracle, agent_key).locate()
+        assert owner == computed_on
+        assert agent_key.startswith("@cached:")
+        stats = totals(kernels, Oracle.answer)
+        assert (stats.misses, stats.coalesced, stats.hits) == (3, 9, 0)  # one forward a node
+        assert (stats.keyed, stats.keyed_misses, stats.in_flight) == (3, 1, 0)
+        # Answered now from every node's first level, without another computation.
+        async with asyncio.timeout(10):
+            for k in kernels:
+                assert await k.ref(Oracle, "later").ask(Answer(text="q")) == replies[0]
+        assert len(Oracle.calls) == 1
+        assert totals(kernels, Oracle.answer).hits == 3
+
+
+async def test_an_error_reaches_every_caller_on_every_node_and_is_not_cached(
+    etcd_server: EtcdMember,
+) -> None:
+    joined = Joined()
+    async with nodes(etcd_server, 2, middleware=[joined]) as kernels:
+        for k in kernels:
+            k.register(Oracle)
+        ids = {k.node_id for k in kernels}
+        for k in kernels:
+            await k.wait_members(lambda ms: {m.id for m in ms if "Oracle" in m.types} == ids, 5)
+        replies = await ask_from_every_node(kernels, joined, Broken(text="q"), per_node=3)
+        assert len(Oracle.calls) == 1
+        for reply in replies:
+            assert isinstance(reply, RemoteError)
+            assert reply.type_name == "ValueError"
+            assert reply.message == "no answer to q"
+            assert reply.node == Oracle.calls[0][1]  # where it was raised
+        assert len({id(reply) for reply in replies}) == 6
+        # Not cached at either end: the next ask, from either node, computes again.
+        async with asyncio.timeout(10):
+            for k in kernels:
+                with pytest.raises(RemoteError, match="no answer to q"):
+                    await k.ref(Oracle, "again").ask(Broken(text="q"))
+        assert len(Oracle.calls) == 3
+        assert totals(kernels, Oracle.broken).size == 0
+
+
+async def test_different_keys_compute_separately_and_each_once(
+    etcd_server: EtcdMember,
+) -> None:
+    joined = Joined()
+    async with nodes(etcd_server, 2, middleware=[joined]) as (a, b):
+        for k in (a, b):
+            k.register(Oracle)
+        for k in (a, b):
+            await k.wait_members(
+                lambda ms: {m.id for m in ms if "Oracle" in m.types} == {a.node_id, b.node_id}, 5
+            )
+        # Two keys, asked from both nodes: two callers a key a node, one forward a key a node.
+        joined.expect(8 + 4)
+        asks = {
+            text: [
+                asyncio.ensure_future(
+                    k.ref(Oracle, f"{text}-{k.node_id}-{i}").ask(Answer(text=text))
+                )
+                for k in (a, b)
+                for i in range(2)
+            ]
+            for text in ("x", "y")
+        }
+        async with asyncio.timeout(20):
+            await joined.all_in.wait()
+            Oracle.gate.set()
+            replies = {text: await asyncio.gather(*fs) for text, fs in asks.items()}
+        assert sorted(text for text, _, _ in Oracle.calls) == ["x", "y"]
+        by_text = {text: (node, key) for text, node, key in Oracle.calls}
+        assert by_text["x"][1] != by_text["y"][1]  # two keys' agents
+        for text, got in replies.items():
+            assert got == [f"{text.upper()} from {by_text[text][0]}"] * 4
+
+
+async def test_a_first_caller_that_gives_up_does_not_cancel_the_others(
+    etcd_server: EtcdMember,
+) -> None:
+    joined = Joined()
+    async with nodes(etcd_server, 2, middleware=[joined]) as (a, b):
+        for k in (a, b):
+            k.register(Oracle)
+        for k in (a, b):
+            await k.wait_members(
+                lambda ms: {m.id for m in ms if "Oracle" in m.types} == {a.node_id, b.node_id}, 5
+            )
+        joined.expect(2)  # the first caller on a, and a's forward
+        first = asyncio.ensure_future(a.ref(Oracle, "first").ask(Answer(text="q"), timeout=20))
+        async with asyncio.timeout(20):
+            await joined.all_in.wait()
+            joined.expect(3)  # a caller on each node, and b's forward
+            others = [
+                asyncio.ensure_future(k.ref(Oracle, f"other-{k.node_id}").ask(Answer(text="q")))
+                for k in (a, b)
+            ]
+            await joined.all_in.wait()
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            Oracle.gate.set()
+            replies = await asyncio.gather(*others)
+        assert len(Oracle.calls) == 1
+        assert replies == [f"Q from {Oracle.calls[0][1]}"] * 2
+
+
+async def test_a_cluster_key_that_does_not_encode_is_a_clear_error(
+    etcd_server: EtcdMember,
+) -> None:
+    async with nodes(etcd_server, 1) as (a,):
+        a.register(Oracle)
+        async with asyncio.timeout(10):
+            with pytest.raises(RemoteError) as info:
+                await a.ref(Oracle, "o").ask(Odd(text="q"))
+            assert info.value.type_name == "TypeError"
+            assert "the key= result of a Odd does not encode as msgpack" in info.value.message
+            assert "scope='cluster'" in info.value.message
+            Oracle.gate.set()  # nothing else is lost: the agent still answers
+            assert await a.ref(Oracle, "o").ask(Answer(text="ok")) == f"OK from {a.node_id}"
+
+
+async def test_a_local_placement_type_cannot_coalesce_across_nodes_and_says_so(
+    etcd_server: EtcdMember,
+) -> None:
+    async with nodes(etcd_server, 1) as (a,):
+        a.register(Oracle, placement="local")
+        await a.wait_members(lambda ms: any("Oracle" in m.types for m in ms), 5)
+        async with asyncio.timeout(10):
+            with pytest.raises(RemoteError) as info:
+                await a.ref(Oracle, "o").ask(Answer(text="q"))
+        assert info.value.type_name == "ConfigError"
+        assert "placement='local'" in info.value.message
+        assert Oracle.calls == []
+
+
+async def test_without_a_cluster_scope_cluster_coalesces_within_the_kernel_as_before() -> None:
+    joined = Joined()
+    async with Kernel(middleware=[joined]) as kernel:
+        kernel.register(Oracle)
+        joined.expect(5)
+        asks = [
+            asyncio.ensure_future(kernel.ref(Oracle, f"k{i}").ask(Answer(text="q")))
+            for i in range(5)
+        ]
+        async with asyncio.timeout(10):
+            await joined.all_in.wait()
+            Oracle.gate.set()
+            replies = await asyncio.gather(*asks)
+        assert replies == [f"Q from {kernel.node_id}"] * 5
+        assert [key for _, _, key in Oracle.calls] == ["k0"]  # on the first asker's agent
+        assert cache_stats(kernel, Oracle.answer) == CacheStats(
+            hits=0, misses=1, coalesced=4, size=1, in_flight=0
+        )
+
+
+def test_a_scope_other_than_kernel_or_cluster_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="scope must be 'kernel' or 'cluster', got 'galaxy'"):
+        cached(ttl=1, maxsize=1, scope="galaxy")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="scope must be 'kernel' or 'cluster'"):
+        cached(ttl=1, maxsize=1, scope=None)  # type: ignore[arg-type]
