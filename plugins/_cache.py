@@ -48,18 +48,19 @@ The choices, where the issue left room (and why):
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import hashlib
 import math
 import weakref
 from collections.abc import Awaitable, Callable, Hashable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import msgspec
 
 from kerna import Agent, ConfigError, KernelStopped, Message, PendingReply
 
-from ._cache_redis import MISSING, RedisLevel, RedisOption, check_option
+from ._cache_redis import MISSING, RedisLevel, RedisOption, check_option, stable_digest
 
 if TYPE_CHECKING:
     from cachetools import TTLCache
@@ -73,6 +74,7 @@ M = TypeVar("M", bound=Message)
 R = TypeVar("R")
 
 _CACHE_MARK = "__kerna_cache__"
+_KEYED = "@cached:"  # what the key of a key's agent starts with (scope="cluster")
 _encode = msgspec.msgpack.Encoder().encode
 
 
@@ -93,6 +95,16 @@ class CacheStats(msgspec.Struct, frozen=True):
     Attributes:
         l2_hits: computations answered from Redis, without running the handler.
         l2_errors: Redis reads and writes that failed (the ask was answered anyway).
+
+    With ``scope="cluster"`` in a cluster, a miss is forwarded to the key's agent
+    (``misses`` counts the forwards this kernel started, ``coalesced`` the asks that
+    joined one, ``in_flight`` the computations and forwards running here); what the
+    key's agents in this kernel do is counted apart (0 with ``scope="kernel"``):
+
+    Attributes:
+        keyed: forwards, from any node, that a key's agent here answered (from the
+            cache, by joining its computation, or by computing).
+        keyed_misses: of those, the ones that started a computation here.
     """
 
     hits: int = 0
@@ -102,28 +114,44 @@ class CacheStats(msgspec.Struct, frozen=True):
     in_flight: int = 0
     l2_hits: int = 0
     l2_errors: int = 0
+    keyed: int = 0
+    keyed_misses: int = 0
 
 
 class _Scope:
     """The cache, the running computations and the counters of one handler in one
     kernel."""
 
-    __slots__ = ("cache", "coalesced", "flights", "hits", "l2_errors", "l2_hits", "misses")
+    __slots__ = (
+        "cache",
+        "coalesced",
+        "flights",
+        "forwards",
+        "hits",
+        "keyed",
+        "keyed_misses",
+        "l2_errors",
+        "l2_hits",
+        "misses",
+    )
 
     def __init__(self, cache: TTLCache[Hashable, Any]) -> None:
         self.cache = cache
-        self.flights: dict[Hashable, asyncio.Task[Any]] = {}
+        self.flights: dict[Hashable, asyncio.Task[Any]] = {}  # computations
+        self.forwards: dict[Hashable, asyncio.Task[Any]] = {}  # asks to keys' agents
         self.hits = 0
         self.misses = 0
         self.coalesced = 0
         self.l2_hits = 0
         self.l2_errors = 0
+        self.keyed = 0
+        self.keyed_misses = 0
 
 
 class _Cached:
     """What ``@cached`` keeps for one handler (its options and per-kernel scopes)."""
 
-    __slots__ = ("fn", "key", "l2", "maxsize", "scopes", "ttl", "where")
+    __slots__ = ("cluster", "fn", "key", "l2", "maxsize", "scopes", "ttl", "where")
 
     def __init__(
         self,
@@ -132,12 +160,14 @@ class _Cached:
         maxsize: int,
         key: Callable[[Any], Hashable] | None,
         l2: RedisLevel | None,
+        cluster: bool = False,
     ) -> None:
         self.fn = fn
         self.ttl = ttl
         self.maxsize = maxsize
         self.key = key
         self.l2 = l2
+        self.cluster = cluster
         self.where = fn.__qualname__
         self.scopes: weakref.WeakKeyDictionary[Kernel, _Scope] = weakref.WeakKeyDictionary()
 
@@ -179,6 +209,46 @@ class _Cached:
             ) from exc
         return (message_type, hashlib.blake2b(data, digest_size=16).digest())
 
+    def cluster_key(self, message: Any) -> str:
+        """The key of ``message``'s agent (``scope="cluster"``), also its cache key: the
+        same on every node.
+
+        Raises:
+            TypeError: the message (or the ``key=`` result) does not encode.
+        """
+        has_custom = self.key is not None
+        custom = self.key(message) if self.key is not None else None
+        return _KEYED + stable_digest(self.where, message, custom, has_custom, "scope='cluster'")
+
+    def check_placement(self, kernel: Kernel, type_name: str) -> None:
+        """Raises:
+        ConfigError: ``type_name`` has ``placement="local"`` here, where the key's
+            agent would be on every node (no coalescing across them).
+        """
+        for member in kernel.members():  # this node's record says how it registered it
+            if member.id == kernel.node_id:
+                if member.types.get(type_name) == "local":
+                    raise ConfigError(
+                        f"@cached(scope='cluster') {self.where}: agent type {type_name!r}"
+                        " is registered with placement='local' (an activation per node),"
+                        " so its key's agent would be on every node; register it with"
+                        " placement='directory' (or 'hash'), or use scope='kernel'"
+                    )
+                return
+
+    async def forward(
+        self, scope: _Scope, key: str, agent: Any, message: Any, timeout: float
+    ) -> Any:
+        """The single flight of ``key`` on a node that is not the key's: one ask to the
+        key's agent, which computes (or coalesces with the other nodes' forwards); the
+        answer is cached here too before any asker gets it."""
+        try:
+            value = await agent.kernel.ref(agent.id.type, key).ask(message, timeout=timeout)
+            scope.cache[key] = value
+            return value
+        finally:
+            scope.forwards.pop(key, None)
+
     async def compute(self, scope: _Scope, key: Hashable, agent: Any, message: Any) -> Any:
         """The single flight of ``key``: Redis first (with ``redis=``), then the handler;
         the answer is cached before any asker gets it, so the next ask hits."""
@@ -208,6 +278,7 @@ def cached(
     redis: RedisOption = None,
     redis_prefix: str = "kerna:cache:",
     redis_timeout: float = 0.5,
+    scope: Literal["kernel", "cluster"] = "kernel",
 ) -> Callable[[Callable[[A, M], Awaitable[R]]], Callable[[A, M], Awaitable[R]]]:
     """Cache a handler's replies by message, computing concurrent identical asks once.
 
@@ -232,16 +303,26 @@ def cached(
         redis_prefix: what the Redis keys start with.
         redis_timeout: seconds a Redis read or write may take before the level is
             skipped for it (the ask is answered without it).
+        scope: ``"kernel"`` (the default): identical asks coalesce within one kernel.
+            ``"cluster"``: in a cluster, identical asks from every node compute once,
+            on the agent of this type keyed by the cache key (the module docstring's
+            "Cluster-wide single flight" says how, and what "once" means when a node
+            fails); without a cluster, as ``"kernel"``. The message, and the ``key=``
+            result if given, must then encode as msgpack.
 
     Raises:
         ConfigError: cachetools is not installed (``pip install 'kerna[plugins]'``),
             or redis-py is not, with ``redis=`` (``pip install 'kerna[redis]'``).
+            When called with ``scope="cluster"``: the type is registered with
+            ``placement="local"`` (that ask fails with it).
         TypeError: an option has the wrong type, or the decorated function is not
             ``async``. When called: a message that does not encode (without ``key=``)
-            or a key that is not hashable fails that ask with a ``TypeError`` naming
+            or a key that is not hashable (or, with ``scope="cluster"``, a ``key=``
+            result that does not encode) fails that ask with a ``TypeError`` naming
             the message type.
-        ValueError: ``ttl`` or ``redis_timeout`` is not positive and finite, or
-            ``maxsize`` not positive.
+        ValueError: ``ttl`` or ``redis_timeout`` is not positive and finite,
+            ``maxsize`` not positive, or ``scope`` neither ``"kernel"`` nor
+            ``"cluster"``.
     """
     try:
         import cachetools  # noqa: F401 - fail here, where the decorator is written
@@ -265,35 +346,68 @@ def cached(
             raise ValueError(f"@cached redis_timeout must be > 0, got {redis_timeout!r}")
     if key is not None and not callable(key):
         raise TypeError(f"@cached key must be a function of the message, got {key!r}")
+    if not isinstance(scope, str):
+        raise TypeError(f"@cached scope must be 'kernel' or 'cluster', got {scope!r}")
+    if scope not in ("kernel", "cluster"):
+        raise ValueError(f"@cached scope must be 'kernel' or 'cluster', got {scope!r}")
 
     def decorate(fn: Callable[[A, M], Awaitable[R]]) -> Callable[[A, M], Awaitable[R]]:
         if not asyncio.iscoroutinefunction(fn):
             raise TypeError(f"@cached {fn.__qualname__}: the handler must be 'async def'")
         l2 = None if redis is None else RedisLevel(redis, fn, redis_prefix, float(redis_timeout))
-        spec = _Cached(fn, float(ttl), maxsize, key, l2)
+        spec = _Cached(fn, float(ttl), maxsize, key, l2, cluster=scope == "cluster")
 
         @functools.wraps(fn)
         async def lookup(agent: A, message: M) -> Any:
             kernel = agent.kernel
-            scope = spec.scope(kernel)
-            key = spec.key_of(message)
+            here = spec.scope(kernel)
+            if spec.cluster and kernel.cluster is not None:
+                key: Hashable = spec.cluster_key(message)
+                # A key's agent computes, and never forwards: a node whose version
+                # of the message encodes differently computes it apart rather than
+                # sending it on (the key stays the message's own, for the cache).
+                keyed = agent.id.key.startswith(_KEYED)
+                forwards = not keyed
+                if keyed:
+                    here.keyed += 1
+            else:
+                key = spec.key_of(message)
+                keyed = forwards = False
             try:
-                value = scope.cache[key]
+                value = here.cache[key]
             except KeyError:
                 pass
             else:
-                scope.hits += 1
+                if not keyed:
+                    here.hits += 1
                 return value
-            flight = scope.flights.get(key)
+            flights = here.forwards if forwards else here.flights
+            flight = flights.get(key)
             if flight is None:
-                scope.misses += 1
-                flight = kernel.create_task(
-                    spec.compute(scope, key, agent, message), name=f"kerna-cached {spec.where}"
-                )
-                scope.flights[key] = flight
+                if forwards:
+                    spec.check_placement(kernel, agent.id.type)
+                    here.misses += 1
+                    # Bounded like a root ask, not by the first asker's deadline: a
+                    # caller that joins later may have more time left.
+                    timeout = max(kernel.ask_timeout, agent.time_left() or 0.0)
+                    coro = spec.forward(here, str(key), agent, message, timeout)
+                    # Started in an empty context, so that the ask is a root one: no
+                    # asker's deadline, ask chain or correlation id (it serves many).
+                    flight = contextvars.Context().run(
+                        kernel.create_task, coro, name=f"kerna-cached {spec.where} forward"
+                    )
+                else:
+                    if keyed:
+                        here.keyed_misses += 1
+                    else:
+                        here.misses += 1
+                    flight = kernel.create_task(
+                        spec.compute(here, key, agent, message), name=f"kerna-cached {spec.where}"
+                    )
+                flights[key] = flight
                 flight.add_done_callback(_retrieve)
-            else:
-                scope.coalesced += 1
+            elif not keyed:
+                here.coalesced += 1
             if agent.context.kind != "ask":
                 # A tell waits here, in order; the worker's cancellation (at stop) does
                 # not cancel the shared computation: the kernel does.
@@ -347,7 +461,9 @@ def cache_stats(kernel: Kernel, handler: Callable[..., Any]) -> CacheStats:
         misses=scope.misses,
         coalesced=scope.coalesced,
         size=len(scope.cache),
-        in_flight=len(scope.flights),
+        in_flight=len(scope.flights) + len(scope.forwards),
         l2_hits=scope.l2_hits,
         l2_errors=scope.l2_errors,
+        keyed=scope.keyed,
+        keyed_misses=scope.keyed_misses,
     )

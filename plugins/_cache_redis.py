@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
     from kerna import Kernel
 
-__all__ = ["MISSING", "Counts", "RedisLevel", "RedisOption", "check_option"]
+__all__ = ["MISSING", "Counts", "RedisLevel", "RedisOption", "check_option", "stable_digest"]
 
 log = logging.getLogger("kerna.plugins")
 
@@ -52,6 +52,29 @@ RedisOption = Any  # a redis.asyncio.Redis, or a function of the kernel returnin
 MISSING: Any = object()
 _encode = msgspec.msgpack.Encoder().encode
 _QUIET = 10.0  # seconds between two WARNINGs about one handler's Redis
+
+
+def stable_digest(where: str, message: Any, custom: Any, has_custom: bool, needs: str) -> str:
+    """The hex BLAKE2b digest of ``message``'s wire tag and its msgpack encoding (or of
+    ``custom``, what ``key=`` returned, with ``has_custom``): the same in every process
+    and release while the message's schema is, as a key that other processes read
+    needs (Redis keys; the key's agent of ``scope="cluster"``).
+
+    Raises:
+        TypeError: the message (or the ``key=`` result) does not encode; the message
+            names ``where`` (the handler) and what the key is for (``needs``).
+    """
+    message_type = type(message)
+    tag = str(message_type.__struct_config__.tag)
+    what = "the key= result" if has_custom else "the message"
+    try:
+        data = _encode(custom if has_custom else message)
+    except Exception as exc:
+        raise TypeError(
+            f"@cached {where}: {what} of a {message_type.__qualname__}"
+            f" does not encode as msgpack ({exc}), as {needs} needs"
+        ) from exc
+    return hashlib.blake2b(tag.encode() + b"\0" + data, digest_size=16).hexdigest()
 
 
 def check_option(option: RedisOption) -> None:
@@ -110,18 +133,8 @@ class RedisLevel:
         Raises:
             TypeError: the message (or the ``key=`` result) does not encode.
         """
-        message_type = type(message)
-        tag = str(message_type.__struct_config__.tag)
-        what = "the key= result" if has_custom else "the message"
-        try:
-            data = _encode(custom if has_custom else message)
-        except Exception as exc:
-            raise TypeError(
-                f"@cached {self._fn.__qualname__}: {what} of a {message_type.__qualname__}"
-                f" does not encode as msgpack ({exc}), as a Redis key needs"
-            ) from exc
-        digest = hashlib.blake2b(tag.encode() + b"\0" + data, digest_size=16).hexdigest()
-        return self.prefix + digest
+        where = self._fn.__qualname__
+        return self.prefix + stable_digest(where, message, custom, has_custom, "a Redis key")
 
     def _decode(self, data: bytes) -> Any:
         decoder = self._decoder

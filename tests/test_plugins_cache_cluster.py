@@ -16,7 +16,17 @@ from typing import Any, ClassVar
 
 import pytest
 
-from kerna import Agent, Kernel, MessageContext, RemoteError, Request, handler
+from kerna import (
+    Agent,
+    AgentId,
+    AskTimeout,
+    Kernel,
+    MessageContext,
+    RemoteError,
+    Rendezvous,
+    Request,
+    handler,
+)
 from kerna.plugins import CacheStats, Middleware, cache_stats, cached
 from kerna.testing import EtcdMember
 
@@ -66,22 +76,33 @@ class Oracle(Agent):
 
 class Joined(Middleware):
     """Counts the handlings of ``Oracle`` messages that have returned (an ask to a
-    cached handler returns once it has joined a flight) and sets ``all_in`` at
-    ``expected``."""
+    cached handler returns once it has joined a flight): the callers' and the keys'
+    agents' (the forwards) apart; sets ``all_in`` once ``callers`` callers have joined
+    and every forward the kernels started (their ``misses``) has reached its key's
+    agent."""
 
     def __init__(self) -> None:
-        self.count = 0
-        self.expected = 0
+        self.callers = 0
+        self.keyed = 0
         self.all_in = asyncio.Event()
+        self._ready: Callable[[], bool] = lambda: False
 
-    def expect(self, expected: int) -> None:
-        self.count, self.expected = 0, expected
+    def expect(self, callers: int, kernels: list[Kernel], fn: Callable[..., Any]) -> None:
+        """``callers``: counted since this was made; without a cluster, no forwards."""
         self.all_in.clear()
+        clustered = all(k.cluster is not None for k in kernels)
+        self._ready = lambda: (
+            self.callers == callers and (not clustered or self.keyed == totals(kernels, fn).misses)
+        )
 
     async def handle(self, ctx: MessageContext, call_next: Callable[[], Awaitable[Any]]) -> Any:
         result = await call_next()
-        self.count += 1
-        if self.count >= self.expected:
+        assert isinstance(ctx.target, AgentId)
+        if ctx.target.key.startswith("@cached:"):
+            self.keyed += 1
+        else:
+            self.callers += 1
+        if self._ready():
             self.all_in.set()
         return result
 
@@ -90,6 +111,20 @@ class Joined(Middleware):
 def _fresh_records() -> None:
     Oracle.calls = []
     Oracle.gate = asyncio.Event()
+
+
+def homed(kernel: Kernel, kernels: list[Kernel], count: int, prefix: str = "") -> list[str]:
+    """``count`` Oracle keys whose agents live on ``kernel`` (placed by rendezvous
+    hashing among ``kernels``, as no claim exists yet): their handlers run there, so
+    the asks are made from that node."""
+    ids = sorted(k.node_id for k in kernels)
+    keys = (f"{prefix}{kernel.node_id}-{i}" for i in range(10_000))
+    chosen = Rendezvous().choose
+    return [key for key in keys if chosen(AgentId("Oracle", key), ids) == kernel.node_id][:count]
+
+
+def handler_of(message: Any) -> Callable[..., Any]:
+    return Oracle.answer if isinstance(message, Answer) else Oracle.broken
 
 
 def totals(kernels: list[Kernel], fn: Callable[..., Any]) -> CacheStats:
@@ -103,13 +138,13 @@ def totals(kernels: list[Kernel], fn: Callable[..., Any]) -> CacheStats:
 async def ask_from_every_node(
     kernels: list[Kernel], joined: Joined, message: Any, per_node: int
 ) -> list[Any]:
-    """``per_node`` asks of ``message`` from each node, to agents of its own; releases
+    """``per_node`` asks of ``message`` from each node, to agents living there; releases
     the gate once all have joined (each node's callers, and each node's forward)."""
-    joined.expect(len(kernels) * per_node + len(kernels))
+    joined.expect(len(kernels) * per_node, kernels, handler_of(message))
     asks = [
-        asyncio.ensure_future(k.ref(Oracle, f"{k.node_id}-{i}").ask(message, timeout=20))
+        asyncio.ensure_future(k.ref(Oracle, key).ask(message, timeout=20))
         for k in kernels
-        for i in range(per_node)
+        for key in homed(k, kernels, per_node)
     ]
     async with asyncio.timeout(20):
         await joined.all_in.wait()
@@ -185,15 +220,13 @@ async def test_different_keys_compute_separately_and_each_once(
             await k.wait_members(
                 lambda ms: {m.id for m in ms if "Oracle" in m.types} == {a.node_id, b.node_id}, 5
             )
-        # Two keys, asked from both nodes: two callers a key a node, one forward a key a node.
-        joined.expect(8 + 4)
+        # Two keys, asked from both nodes: two callers a key a node.
+        joined.expect(8, [a, b], Oracle.answer)
         asks = {
             text: [
-                asyncio.ensure_future(
-                    k.ref(Oracle, f"{text}-{k.node_id}-{i}").ask(Answer(text=text))
-                )
+                asyncio.ensure_future(k.ref(Oracle, key).ask(Answer(text=text)))
                 for k in (a, b)
-                for i in range(2)
+                for key in homed(k, [a, b], 2, prefix=text)
             ]
             for text in ("x", "y")
         }
@@ -208,7 +241,7 @@ async def test_different_keys_compute_separately_and_each_once(
             assert got == [f"{text.upper()} from {by_text[text][0]}"] * 4
 
 
-async def test_a_first_caller_that_gives_up_does_not_cancel_the_others(
+async def test_first_callers_that_give_up_do_not_cancel_the_others(
     etcd_server: EtcdMember,
 ) -> None:
     joined = Joined()
@@ -219,23 +252,31 @@ async def test_a_first_caller_that_gives_up_does_not_cancel_the_others(
             await k.wait_members(
                 lambda ms: {m.id for m in ms if "Oracle" in m.types} == {a.node_id, b.node_id}, 5
             )
-        joined.expect(2)  # the first caller on a, and a's forward
-        first = asyncio.ensure_future(a.ref(Oracle, "first").ask(Answer(text="q"), timeout=20))
+        # The first caller on each node: a's times out, b's is cancelled.
+        joined.expect(2, [a, b], Oracle.answer)
+        (on_a,) = homed(a, [a, b], 1, prefix="first")
+        (on_b,) = homed(b, [a, b], 1, prefix="first")
+        timing_out = asyncio.ensure_future(a.ref(Oracle, on_a).ask(Answer(text="q"), timeout=0.5))
+        cancelled = asyncio.ensure_future(b.ref(Oracle, on_b).ask(Answer(text="q"), timeout=20))
         async with asyncio.timeout(20):
             await joined.all_in.wait()
-            joined.expect(3)  # a caller on each node, and b's forward
+            joined.expect(4, [a, b], Oracle.answer)  # and a later caller on each node
             others = [
-                asyncio.ensure_future(k.ref(Oracle, f"other-{k.node_id}").ask(Answer(text="q")))
+                asyncio.ensure_future(k.ref(Oracle, homed(k, [a, b], 1)[0]).ask(Answer(text="q")))
                 for k in (a, b)
             ]
             await joined.all_in.wait()
-            first.cancel()
+            cancelled.cancel()
             with pytest.raises(asyncio.CancelledError):
-                await first
+                await cancelled
+            with pytest.raises(AskTimeout):
+                await timing_out
+            assert len(Oracle.calls) == 1  # still computing, held by the gate
             Oracle.gate.set()
             replies = await asyncio.gather(*others)
         assert len(Oracle.calls) == 1
         assert replies == [f"Q from {Oracle.calls[0][1]}"] * 2
+        assert totals([a, b], Oracle.answer).size == 2  # cached on both nodes
 
 
 async def test_a_cluster_key_that_does_not_encode_is_a_clear_error(
@@ -262,7 +303,7 @@ async def test_a_local_placement_type_cannot_coalesce_across_nodes_and_says_so(
         async with asyncio.timeout(10):
             with pytest.raises(RemoteError) as info:
                 await a.ref(Oracle, "o").ask(Answer(text="q"))
-        assert info.value.type_name == "ConfigError"
+        assert info.value.type_name == "kerna.ConfigError"
         assert "placement='local'" in info.value.message
         assert Oracle.calls == []
 
@@ -271,7 +312,7 @@ async def test_without_a_cluster_scope_cluster_coalesces_within_the_kernel_as_be
     joined = Joined()
     async with Kernel(middleware=[joined]) as kernel:
         kernel.register(Oracle)
-        joined.expect(5)
+        joined.expect(5, [kernel], Oracle.answer)
         asks = [
             asyncio.ensure_future(kernel.ref(Oracle, f"k{i}").ask(Answer(text="q")))
             for i in range(5)
