@@ -21,6 +21,7 @@ from kerna import (
     AgentId,
     AskTimeout,
     Kernel,
+    KernelStopped,
     MessageContext,
     RemoteError,
     Rendezvous,
@@ -153,13 +154,14 @@ async def ask_from_every_node(
         return await asyncio.gather(*asks, return_exceptions=True)
 
 
+@pytest.mark.parametrize("placement", ["directory", "hash"])
 async def test_identical_concurrent_asks_from_three_nodes_compute_once_on_the_keys_agent(
-    etcd_server: EtcdMember,
+    etcd_server: EtcdMember, placement: str
 ) -> None:
     joined = Joined()
     async with nodes(etcd_server, 3, middleware=[joined]) as kernels:
         for k in kernels:
-            k.register(Oracle)
+            k.register(Oracle, placement=placement)
         ids = {k.node_id for k in kernels}
         for k in kernels:
             await k.wait_members(lambda ms: {m.id for m in ms if "Oracle" in m.types} == ids, 5)
@@ -333,3 +335,41 @@ def test_a_scope_other_than_kernel_or_cluster_is_a_clear_error() -> None:
         cached(ttl=1, maxsize=1, scope="galaxy")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="scope must be 'kernel' or 'cluster'"):
         cached(ttl=1, maxsize=1, scope=None)  # type: ignore[arg-type]
+
+
+async def test_the_keys_node_leaving_mid_computation_fails_its_waiters_and_a_survivor_computes(
+    etcd_server: EtcdMember,
+) -> None:
+    joined = Joined()
+    async with nodes(etcd_server, 2, middleware=[joined]) as (a, b):
+        for k in (a, b):
+            k.register(Oracle)
+        for k in (a, b):
+            await k.wait_members(
+                lambda ms: {m.id for m in ms if "Oracle" in m.types} == {a.node_id, b.node_id}, 5
+            )
+        joined.expect(4, [a, b], Oracle.answer)
+        asks = {
+            k.node_id: [
+                asyncio.ensure_future(k.ref(Oracle, key).ask(Answer(text="q"), timeout=20))
+                for key in homed(k, [a, b], 2)
+            ]
+            for k in (a, b)
+        }
+        async with asyncio.timeout(20):
+            await joined.all_in.wait()
+            ((_, computing, _),) = Oracle.calls
+            leaving, survivor = (a, b) if computing == a.node_id else (b, a)
+            await leaving.stop()
+            # At most once: the waiters get the error, the computation is not re-run.
+            for outcome in await asyncio.gather(*asks[survivor.node_id], return_exceptions=True):
+                assert isinstance(outcome, RemoteError)
+                assert outcome.type_name.endswith("KernelStopped")
+                assert "was deactivated before it replied" in outcome.message
+            for outcome in await asyncio.gather(*asks[leaving.node_id], return_exceptions=True):
+                assert isinstance(outcome, KernelStopped)
+            assert len(Oracle.calls) == 1
+            Oracle.gate.set()
+            again = await survivor.ref(Oracle, "again").ask(Answer(text="q"))
+        assert again == f"Q from {survivor.node_id}"  # the key's agent, placed anew
+        assert [node for _, node, _ in Oracle.calls] == [leaving.node_id, survivor.node_id]
