@@ -11,7 +11,9 @@ Inference cost (needs the ``plugins`` extra, ``pip install 'kerna[plugins]'``, f
 - ``@cached(ttl=..., maxsize=..., key=None)`` under ``@handler``: a response cache per
   agent type, with single-flight (identical concurrent asks compute once);
   ``cache_stats(kernel, Type.handler)`` reads its hits, misses and coalesced asks;
-  ``redis=client`` adds a second level shared through Redis (``kerna[redis]``).
+  ``redis=client`` adds a second level shared through Redis (``kerna[redis]``);
+  ``scope="cluster"`` computes identical asks from every node of a cluster once, on
+  the agent keyed by the cache key.
 - ``@batched(max_size=..., max_wait=...)`` instead of ``@handler``: single asks become
   one call of a batch handler; ``batch_stats(kernel, Type.handler)`` reads its counters.
 

@@ -13,7 +13,8 @@ The choices, where the issue left room (and why):
   type in that kernel (Orleans' and Ray's users think of a cache as belonging to the
   service, not to one grain or replica: ``Summarizer("a")`` and ``Summarizer("b")``
   asking the same question compute it once). Two kernels in one process (two nodes in
-  a test) do not share: each is a node of its own.
+  a test) do not share: each is a node of its own; ``scope="cluster"`` makes the
+  nodes of a cluster compute once between them (below).
 - Key: the message type plus a 16-byte BLAKE2b digest of the message encoded with
   msgspec's msgpack encoder (equal messages encode equally; a collision needs about
   2**64 distinct messages), or the type plus what ``key=fn(message)`` returns.
@@ -43,6 +44,55 @@ The choices, where the issue left room (and why):
 - A tell (or an event) to a cached handler waits for the computation in the handler,
   like any tell handler: its messages stay in order, and what the computation raises is
   the tell's failure (a dead letter).
+
+Cluster-wide single flight, ``@cached(..., scope="cluster")``, in a kernel that is a
+node of a cluster (without one it is ``scope="kernel"``, exactly as above):
+
+- Where it computes: on the key's agent, an ordinary virtual agent of the handler's own
+  type whose key is ``"@cached:"`` and a 32-hex-digit BLAKE2b digest of the message's
+  wire tag and msgpack encoding (or of the ``key=`` result's encoding: either must then
+  encode, the same on every node). A miss on any node is forwarded to that agent, and
+  the cluster's placement puts it on one node (single activation: strict with
+  ``placement="directory"``, the default; with ``"hash"`` a duplicate, so a second
+  computation, is possible while nodes' member views differ). There the ordinary
+  single flight above coalesces the forwards of every node into one computation, so the
+  key's agent runs the handler itself, on its node, as an instance built like any
+  other of the type (its ``factory``, its middleware, ``on_start``; idle deactivation
+  collects it); a cached handler depends only on its message, so which instance runs
+  it does not matter. Electing one caller to compute instead was rejected: the key's
+  agent would have to watch that caller's node and hand the work on when it fails,
+  which single activation already does for the agent itself. This is Orleans' way
+  (one grain per key, its single activation serialising the work); its
+  ``[StatelessWorker]`` grains run on the calling silo, and a type registered with
+  ``placement="local"`` (kerna's equivalent) cannot coalesce across nodes: it is a
+  ``ConfigError`` for the ask that would forward.
+- On each node, the asks of one key coalesce first into one forward (the node's single
+  flight): a kernel task owned by no asker, an ask made as a root (no asker's deadline,
+  ask chain or correlation id: it serves many), bounded by ``ask_timeout`` or the first
+  asker's deadline when that is longer. So each node sends one ask per key, and an
+  asker that times out or is cancelled, the first one included, leaves the forward and
+  the computation to the others. The answer is cached on the key's node and on every
+  node whose forward it answered (each a first level of its own, each with the TTL from
+  when its answer arrived); with ``redis=``, the key's agent reads and writes Redis as
+  above. Errors reach every caller on every node (a ``RemoteError`` keeping the type
+  name, message and node where the handler raised) and are cached nowhere.
+- What "once" means: at most one computation per key at a time in the cluster while
+  the key's agent has one activation, and at most once per ask: nothing is retried.
+  If the key's node dies (kill -9) mid-computation, the forwards waiting on it fail
+  with ``NodeLost`` within the heartbeat timeout, and every caller on every node gets
+  that (a ``RemoteError`` with ``type_name`` ``"kerna.NodeLost"``); if it leaves
+  gracefully, a ``RemoteError`` carrying ``KernelStopped`` the same way (the key's
+  agent is handed off with its replies unsent). The computation is not re-run for
+  them: it may have cost what caching saves (a model call billed), and the cluster's
+  delivery is at-most-once too. The next ask computes again, on the key's agent's new
+  home (new asks meanwhile wait for the lost node's lease to expire, as any message to
+  its agents). A caller that wants a retry says so with a policy (``Retry`` on those
+  errors, for an ``idempotent`` message).
+- Counters: ``misses`` counts the forwards a node started, ``coalesced`` the asks that
+  joined one, ``hits`` those its first level answered; what the key's agents on a node
+  did is ``CacheStats.keyed`` (forwards answered) and ``keyed_misses`` (computations).
+  A key's agent never forwards: a node whose version of the message encodes it
+  differently computes it apart rather than sending it on.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ first-level miss, the computation task (the single flight, as without Redis) fir
 reads Redis, and computes only if Redis has no answer; a computed answer is written to
 Redis with the same TTL (``SET ... PX``) before any asker is answered. So kernels in
 other processes (nodes) that share the Redis compute an answer once it is stored; two
-nodes that miss at the same moment both compute (cluster-wide single-flight is the
-cluster's, by routing). Errors are cached at neither level.
+nodes that miss at the same moment both compute (unless ``scope="cluster"`` routes
+both misses to one key's agent, which reads Redis once for them). Errors are cached
+at neither level.
 
 The choices:
 
