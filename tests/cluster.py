@@ -72,13 +72,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @contextlib.asynccontextmanager
 async def node_process(
-    etcd: EtcdMember, cluster: str, node_id: str, ttl: float
+    etcd: EtcdMember, cluster: str, node_id: str, ttl: float, module: str = "tests.cluster_node"
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """A node of ``cluster`` in a process of its own (``tests/cluster_node.py``),
-    joined once this yields; killed (SIGKILL) and reaped at the end if still running."""
+    """A node of ``cluster`` in a process of its own (``tests/cluster_node.py``, or
+    another ``module`` taking the same arguments), joined once this yields; killed
+    (SIGKILL) and reaped at the end if still running."""
     with tempfile.TemporaryFile() as log:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.cluster_node", etcd.url, cluster, node_id, str(ttl),
+            sys.executable, "-m", module, etcd.url, cluster, node_id, str(ttl),
             cwd=ROOT, stdin=PIPE, stdout=PIPE, stderr=log,
         )  # fmt: skip
         try:

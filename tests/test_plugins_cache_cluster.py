@@ -29,11 +29,15 @@ from kerna import (
     handler,
 )
 from kerna.plugins import CacheStats, Middleware, cache_stats, cached
+from kerna.plugins._cache_redis import stable_digest
 from kerna.testing import EtcdMember
 
-from .cluster import nodes
+from .cache_cluster_agents import Question, Sage, Started
+from .cluster import node_process, nodes
 
 pytestmark = pytest.mark.anyio
+
+TTL = 1.5  # the lease of the node process the failover test kills
 
 
 class Answer(Request[str]):
@@ -108,10 +112,24 @@ class Joined(Middleware):
         return result
 
 
+class Watcher(Agent):
+    """Records the computations ``Sage`` starts, on any node (it lives on this one)."""
+
+    started: ClassVar[list[tuple[str, str]]] = []
+    changed: ClassVar[asyncio.Event] = asyncio.Event()
+
+    @handler
+    async def on_started(self, msg: Started) -> None:
+        Watcher.started.append((msg.node, msg.text))
+        Watcher.changed.set()
+
+
 @pytest.fixture(autouse=True)
 def _fresh_records() -> None:
     Oracle.calls = []
     Oracle.gate = asyncio.Event()
+    Watcher.started = []
+    Watcher.changed = asyncio.Event()
 
 
 def homed(kernel: Kernel, kernels: list[Kernel], count: int, prefix: str = "") -> list[str]:
@@ -373,3 +391,58 @@ async def test_the_keys_node_leaving_mid_computation_fails_its_waiters_and_a_sur
             again = await survivor.ref(Oracle, "again").ask(Answer(text="q"))
         assert again == f"Q from {survivor.node_id}"  # the key's agent, placed anew
         assert [node for _, node, _ in Oracle.calls] == [leaving.node_id, survivor.node_id]
+
+
+async def test_the_keys_node_killed_mid_computation_fails_every_caller_with_node_lost(
+    etcd_server: EtcdMember,
+) -> None:
+    options = {"heartbeat": 0.5, "heartbeat_misses": 3}
+    async with nodes(etcd_server, 1, ids=["s1"], transport_options=options) as (a,):
+        a.register(Sage)  # its computations end here; in p1's process they never do
+        a.register(Watcher)
+        assert a.cluster is not None
+        async with node_process(
+            etcd_server, a.cluster, "p1", TTL, "tests.cache_cluster_node"
+        ) as p1:
+            await a.wait_members(
+                lambda ms: {m.id for m in ms if "Sage" in m.types} == {"s1", "p1"}, 5
+            )
+            ids = ["p1", "s1"]
+            home = Rendezvous().choose
+            # A question whose key's agent lives on p1, asked by agents living on s1.
+            text = next(
+                t
+                for t in (f"q{i}" for i in range(1000))
+                if home(
+                    AgentId(
+                        "Sage", "@cached:" + stable_digest("", Question(text=t), None, False, "")
+                    ),
+                    ids,
+                )
+                == "p1"
+            )
+            callers = [
+                k for k in (f"c{i}" for i in range(1000)) if home(AgentId("Sage", k), ids) == "s1"
+            ][:3]
+            asks = [
+                asyncio.ensure_future(a.ref(Sage, key).ask(Question(text=text), timeout=30))
+                for key in callers
+            ]
+            async with asyncio.timeout(10):
+                await Watcher.changed.wait()
+            assert Watcher.started == [("p1", text)]  # computing on p1, for good
+            p1.kill()
+            await p1.wait()
+            async with asyncio.timeout(3):  # at once: the connection broke
+                outcomes = await asyncio.gather(*asks, return_exceptions=True)
+        for outcome in outcomes:
+            assert isinstance(outcome, RemoteError)
+            assert outcome.type_name == "kerna.NodeLost"
+        stats = cache_stats(a, Sage.answer)
+        assert (stats.misses, stats.coalesced, stats.size) == (1, 2, 0)  # one forward, lost
+        # Not re-run for them; the next ask waits for p1's lease to expire, and the
+        # key's agent, placed anew on s1, computes.
+        async with asyncio.timeout(TTL + 8):
+            again = await a.ref(Sage, "again").ask(Question(text=text), timeout=TTL + 6)
+        assert again == f"{text} from s1"
+        assert Watcher.started == [("p1", text), ("s1", text)]
