@@ -30,7 +30,7 @@ from kerna import (
 )
 from kerna.plugins import CacheStats, Middleware, cache_stats, cached
 from kerna.plugins._cache_redis import stable_digest
-from kerna.testing import EtcdMember
+from kerna.testing import EtcdMember, RedisServer, require_module
 
 from .cache_cluster_agents import Question, Sage, Started
 from .cluster import node_process, nodes
@@ -77,6 +77,31 @@ class Oracle(Agent):
     @cached(ttl=60, maxsize=100, scope="cluster", key=lambda msg: object())
     async def odd(self, msg: Odd) -> str:
         return "never"
+
+
+class RedisClient:
+    """The Redis client of the test using ``Remembered`` (its own, closed after it)."""
+
+    current: ClassVar[Any] = None
+
+
+class Remembered(Agent):
+    """A cluster-wide cached answer with a Redis second level."""
+
+    calls: ClassVar[list[str]] = []
+
+    @handler
+    @cached(
+        ttl=60,
+        maxsize=100,
+        scope="cluster",
+        redis=lambda kernel: RedisClient.current,
+        redis_prefix="kerna-test-cluster:",
+        redis_timeout=5,
+    )
+    async def answer(self, msg: Answer) -> str:
+        Remembered.calls.append(msg.text)
+        return msg.text.upper()
 
 
 class Joined(Middleware):
@@ -446,3 +471,40 @@ async def test_the_keys_node_killed_mid_computation_fails_every_caller_with_node
             again = await a.ref(Sage, "again").ask(Question(text=text), timeout=TTL + 6)
         assert again == f"{text} from s1"
         assert Watcher.started == [("p1", text), ("s1", text)]
+
+
+async def test_with_redis_the_keys_agent_reads_and_writes_it_once_for_every_node(
+    etcd_server: EtcdMember, redis_server: RedisServer
+) -> None:
+    aioredis = require_module("redis.asyncio", "pip install 'kerna[redis]'")
+    redis = RedisClient.current = aioredis.Redis.from_url(redis_server.url)
+    Remembered.calls = []
+    try:
+        await redis.flushdb()
+        for run in range(2):  # the second cluster starts with empty first levels
+            async with nodes(etcd_server, 2) as kernels:
+                for k in kernels:
+                    k.register(Remembered)
+                ids = {k.node_id for k in kernels}
+                for k in kernels:
+                    await k.wait_members(
+                        lambda ms, ids=ids: {m.id for m in ms if "Remembered" in m.types} == ids,
+                        5,
+                    )
+                async with asyncio.timeout(10):
+                    replies = await asyncio.gather(
+                        *(
+                            k.ref(Remembered, f"{k.node_id}-{i}").ask(Answer(text="q"))
+                            for k in kernels
+                            for i in range(3)
+                        )
+                    )
+                assert replies == ["Q"] * 6
+                assert Remembered.calls == ["q"]  # computed once, by the first cluster
+                stats = totals(kernels, Remembered.answer)
+                assert stats.keyed_misses == 1  # one single flight, on the key's agent
+                assert (stats.l2_hits, stats.l2_errors) == (run, 0)  # the second: from Redis
+                assert len(await redis.keys("kerna-test-cluster:*")) == 1
+    finally:
+        RedisClient.current = None
+        await redis.aclose()
