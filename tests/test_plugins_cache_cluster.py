@@ -6,6 +6,8 @@ middleware counts the handlings that have returned (a cached handler returns onc
 ask has joined a flight, deferring its reply), so the test releases the computation
 exactly when all callers, and every node's forward to the key's agent, are waiting.
 The handler bodies count their calls in a class attribute shared by all the kernels.
+The failover test kills a node process of its own (``tests/cache_cluster_node.py``)
+while the key's agent computes there; one test adds the Redis second level.
 """
 
 from __future__ import annotations
