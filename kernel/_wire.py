@@ -57,6 +57,7 @@ import msgspec
 
 from ._envelope import ASK, EVENT, KIND_NAMES, Envelope
 from ._errors import KernaError, RegistrationError, RemoteError
+from ._failures import type_name
 from ._ids import AgentId
 from ._message import Message
 from ._wire_depth import exceeds
@@ -396,10 +397,8 @@ class WireCodec:
             frame = _ErrorReply(
                 message_id, error.type_name, error.message, error.traceback, error.node or node
             )
-        else:
-            kind = type(error)
-            name = f"{kind.__module__}.{kind.__qualname__}"
-            frame = _ErrorReply(message_id, name, str(error), "", node)
+        else:  # named as in-process (``kerna.MailboxFull``, ``ValueError``)
+            frame = _ErrorReply(message_id, type_name(error), str(error), "", node)
         return self._encoder.encode(frame)
 
     def _encode(self, frame: Any, buffer: bytearray, offset: int, tag: str | None) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from kerna import AgentId, Message, RemoteError
+from kerna import AgentId, KernelStopped, Message, RemoteError
 from kerna._envelope import ASK, EVENT, TELL, Envelope
 from kerna._wire import (
     DEFAULT_MAX_DEPTH,
@@ -104,7 +104,11 @@ def test_replies_decode_as_the_message_by_tag_or_as_the_declared_reply_type() ->
     failed = codec.decode(codec.encode_error(41, ValueError("boom")), PEER)
     assert isinstance(failed, Reply)
     assert isinstance(failed.error, RemoteError)
-    assert (failed.error.type_name, failed.error.message) == ("builtins.ValueError", "boom")
+    assert (failed.error.type_name, failed.error.message) == ("ValueError", "boom")
+    stopped = codec.decode(codec.encode_error(42, KernelStopped("bye")), PEER)
+    assert isinstance(stopped, Reply)
+    assert isinstance(stopped.error, RemoteError)
+    assert stopped.error.type_name == "kerna.KernelStopped"  # the public name, as in-process
     with pytest.raises(RemoteError, match="boom"):
         failed.result()
     remote = RemoteError("app.Oops", "no", "Traceback ...")
