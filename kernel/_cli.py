@@ -2,7 +2,7 @@
 
 Commands::
 
-    kerna demo [--docs N] [--seed S] [--loop auto|asyncio|uvloop] [--nodes N] ...
+    kerna demo [--docs N] [--seed S] [--loop virtual|auto|asyncio|uvloop] [--nodes N] ...
     kerna schema export [module...] [-o schema.json]
     kerna schema check schema.json [module...]
     kerna node [--config node.toml] [--check]
@@ -106,8 +106,11 @@ def _add_demo(commands: Any) -> None:
         help="seed of the corpus and of the injected faults (default: %(default)s)",
     )  # fmt: skip
     demo.add_argument(
-        "--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
-        help="event loop; auto takes uvloop when installed (default: %(default)s)",
+        "--loop", choices=("virtual", "auto", "asyncio", "uvloop"), default=None,
+        help="event loop; virtual: asyncio with the simulated waits (the model, the "
+        "timeouts) on a virtual clock, every count deterministic (the default in "
+        "process); auto takes uvloop when installed (the default with --nodes); asyncio "
+        "and uvloop run in real time, where how many asks share a model call varies",
     )  # fmt: skip
     demo.add_argument(
         "--concurrency", type=_positive_int, default=64, metavar="N",
@@ -148,6 +151,10 @@ def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     # here, so that `kerna --version` stays instant
     from .demo import format_plain, loop_factory, print_rich, run_cluster_demo, run_demo
 
+    if args.loop is None:
+        args.loop = "auto" if args.nodes > 1 else "virtual"
+    elif args.loop == "virtual" and args.nodes > 1:
+        parser.error("argument --loop: virtual runs in process only, not with --nodes")
     try:
         loop_factory(args.loop)
     except ConfigError as exc:

@@ -32,6 +32,7 @@ from kerna.demo import (
     keywords,
     make_corpus,
     phrase,
+    run_cluster_demo,
     run_demo,
     summary_rows,
 )
@@ -114,7 +115,7 @@ def test_messages_and_rates(report: DemoReport) -> None:
     assert report.messages > DOCS * 5
     assert report.wall_s > 0
     assert report.msgs_per_s == pytest.approx(report.messages / report.wall_s)
-    assert report.loop == "asyncio"
+    assert report.loop == "asyncio, virtual clock"  # run_demo's default
 
 
 def test_latency_percentiles_are_ordered(report: DemoReport) -> None:
@@ -329,6 +330,15 @@ def test_plain_output_without_rich(
     assert "latency since upload (ms)" in captured.out
     assert "60 uploaded" in captured.out
     assert "documents 60/60 (100%)" in captured.err  # the plain progress line
+
+
+def test_the_cluster_demo_refuses_the_virtual_clock(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc_info:
+        main(["demo", "--nodes", "3", "--loop", "virtual"])
+    assert exc_info.value.code == 2
+    assert "argument --loop: virtual runs in process only" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="not virtual"):
+        run_cluster_demo(10, loop="virtual")
 
 
 def test_missing_uvloop(

@@ -412,10 +412,16 @@ def run_cluster_demo(
         assert report.completed + report.failed == 1000 and report.failover_s
 
     Raises:
-        ConfigError: ``loop`` is unknown or not installed; etcd is not installed.
+        ConfigError: ``loop`` is unknown, not installed or ``"virtual"`` (the nodes are
+            processes and etcd a server: their time is real); etcd is not installed.
         TypeError, ValueError: as ``cluster_demo``.
         RuntimeError: a node failed to start; or called from a running event loop.
     """
+    if loop == "virtual":
+        raise ConfigError(
+            "the cluster demo runs in real time (node processes, an etcd server):"
+            " loop must be auto, asyncio or uvloop, not virtual"
+        )
     with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
         return runner.run(
             cluster_demo(

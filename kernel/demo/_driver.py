@@ -8,9 +8,16 @@ while the choreographed stages work on it concurrently. The Collector sets an ev
 every document is accounted for; the driver waits on that event (no polling), reads the
 kernel's counters and returns a ``DemoReport``.
 
-Everything is deterministic except timing: which documents fail, and how, follows from
-the seed (``fault_plan``), so a test can predict the failure counts exactly. The corpus
-and its faults are generated in ``_corpus``.
+Every count is deterministic: which documents fail, and how, follows from the seed
+(``fault_plan``), so a test can predict the failure counts exactly (the corpus and its
+faults are generated in ``_corpus``). By default (``loop="virtual"``) the run's loop
+keeps virtual time (``kerna.testing.VirtualClock``): what the demo only simulates, the
+model's cost, the ``@batched`` window, the stalled steps' timeouts, takes no real time
+and happens in the same order on every run, so how many asks one model call carries
+(what batching saves) is the same every run too. The kernel's work is real: the wall
+time, the rate and the latencies are measured on the real clock (``perf_counter``).
+On a real-time loop (``"auto"``, ``"asyncio"``, ``"uvloop"``) the model's calls are
+slept for real, and how many asks share one call depends on timing, as in production.
 """
 
 from __future__ import annotations
@@ -44,7 +51,8 @@ __all__ = [
 
 log = logging.getLogger("kerna.demo")
 
-LOOPS = ("auto", "asyncio", "uvloop")
+LOOPS = ("virtual", "auto", "asyncio", "uvloop")
+"""``loop_factory``'s choices: ``"virtual"`` is asyncio's loop on a virtual clock."""
 ProgressFn = Callable[[int, int], None]
 """Called as ``progress(accounted, docs)`` a few times a second and once at the end."""
 
@@ -318,7 +326,9 @@ def _is_number(value: object) -> bool:
 def loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The event loop factory for ``choice`` (None: asyncio's default loop).
 
-    ``"auto"`` takes uvloop when it is importable, else asyncio.
+    ``"virtual"``: a selector loop on a new ``kerna.testing.VirtualClock`` (the
+    simulated waits take no real time, and every count of the run is deterministic);
+    ``"auto"`` takes uvloop when it is importable, else asyncio (real time).
 
     Raises:
         ConfigError: unknown choice, or ``"uvloop"`` without uvloop installed.
@@ -327,6 +337,10 @@ def loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEventLoop
         raise ConfigError(f"loop must be one of {', '.join(LOOPS)}; got {choice!r}")
     if choice == "asyncio":
         return None
+    if choice == "virtual":
+        from kerna.testing import VirtualClock
+
+        return VirtualClock().new_event_loop
     try:
         import uvloop
     except ImportError:
@@ -338,7 +352,10 @@ def loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEventLoop
 
 
 def loop_name(loop: asyncio.AbstractEventLoop) -> str:
-    """``"uvloop <version>"`` or ``"asyncio"``: what the summary says it ran on."""
+    """``"uvloop <version>"``, ``"asyncio"`` or ``"asyncio, virtual clock"``: what the
+    summary says it ran on."""
+    if type(loop).__module__.startswith("kerna.testing"):
+        return "asyncio, virtual clock"
     if type(loop).__module__.startswith("uvloop"):
         from importlib.metadata import version
 
@@ -350,7 +367,7 @@ def run_demo(
     docs: int,
     seed: int = 0,
     *,
-    loop: str = "auto",
+    loop: str = "virtual",
     concurrency: int = 64,
     step_timeout: float = 0.5,
     corrupt_rate: float = 0.005,
@@ -365,7 +382,9 @@ def run_demo(
         report = run_demo(500, seed=1)
         assert report.completed + report.failed == 500
 
-    See ``demo`` for the arguments; ``loop`` is ``"auto"``, ``"asyncio"`` or ``"uvloop"``.
+    See ``demo`` for the arguments; ``loop`` is ``"virtual"`` (asyncio on a virtual
+    clock: every count deterministic, the module docstring says why), ``"auto"``,
+    ``"asyncio"`` or ``"uvloop"`` (real time: how many asks share a model call varies).
 
     Raises:
         ConfigError: ``loop`` is unknown or not installed.

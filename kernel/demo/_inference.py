@@ -19,7 +19,13 @@ document's mood::
 What is deterministic: which documents reach the model, the distinct phrases (the
 cache's misses), which documents are degraded (every call to the down shard: failed or
 refused) and the breaker openings (one: the shard's ``reset_timeout`` outlasts the run).
-How many asks one model call carries depends on arrival timing, like latencies.
+How many asks one model call carries depends on what arrives while the previous call
+runs and within ``max_wait``: on a real clock that is timing (the CPU's speed, the
+machine's load). The demo runs by default on a virtual clock (``loop="virtual"`` in
+``_driver``), where the model's sleep and the batch window are simulated time that
+moves only when every task waits: the kernel's work then takes no simulated time, each
+batch holds every ask that its window saw coming, and the model calls are the same
+count on every run.
 """
 
 from __future__ import annotations
@@ -163,8 +169,9 @@ class InferenceCounts(msgspec.Struct, frozen=True):
         requests: phrases the healthy Sentiment shards asked the Scorer to score.
         computed: cache misses: the distinct phrases, the items the model had to score.
         saved_by_cache: ``requests - computed`` (answered from the cache or coalesced).
-        model_calls: calls of the model (batches); timing decides how many items each
-            carries, so this one varies from run to run.
+        model_calls: calls of the model (batches): the same every run on the demo's
+            virtual clock; on a real-time loop timing decides how many items each
+            carries, and this count varies from run to run.
         saved_by_batching: ``computed - model_calls``.
         breaker_openings: times a Sentiment shard's breaker opened.
         failed: calls that reached a down shard and failed (what opened its breaker).
