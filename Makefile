@@ -2,10 +2,11 @@
 PY ?= python3
 VENV := .venv
 BENCH_VENV := .venv-bench
+RAY_VENV := .venv-ray
 STAMP := $(VENV)/.installed
 SOURCES := $(shell find kernel state transports plugins -name '*.py' 2>/dev/null | sort)
 
-.PHONY: demo demo-cluster test lint typecheck pytest bench bench-net bench-cluster clean servers
+.PHONY: demo demo-cluster test lint typecheck pytest bench bench-net bench-cluster bench-plugins clean servers
 
 # Re-install (strict editable mode: a tree of links mypy and pytest both see) whenever
 # pyproject.toml changes or a module is added or removed.
@@ -84,5 +85,17 @@ bench-net: $(BENCH_VENV)/.installed servers
 bench-cluster: $(BENCH_VENV)/.installed servers
 	$(BENCH_VENV)/bin/python -m benchmarks.cluster_bench
 
+# kerna.plugins (ISSUE10 section 6): @batched, the cache hit, and Ray Serve's @serve.batch
+# as the peer. Ray has a venv of its own: ray[serve] needs protobuf >= 7, autogen-core
+# (in .venv-bench) pins protobuf ~= 5.29. About a minute.
+$(RAY_VENV)/.installed: pyproject.toml benchmarks/requirements-ray.txt $(VENV)/.files
+	test -x $(RAY_VENV)/bin/python || $(PY) -m venv $(RAY_VENV)
+	$(RAY_VENV)/bin/python -m pip install -q --upgrade pip
+	$(RAY_VENV)/bin/python -m pip install -q -e '.[plugins]' -r benchmarks/requirements-ray.txt
+	touch $@
+
+bench-plugins: $(RAY_VENV)/.installed
+	$(RAY_VENV)/bin/python -m benchmarks.plugins_bench --write
+
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) $(RAY_VENV) build *.egg-info
