@@ -170,6 +170,8 @@ class Flood:
             late = self.loop.time() - expected
             if self.flooding:
                 self.lag_raw.append(late)
+                # the CPU wait of the whole sleep: at most TICK_S more than that of the
+                # late part, so a sample is at most TICK_S short of the loop's own lag
                 self.lag.append(max(0.0, late - (self.run_delay() - waited)))
             self.sample()
 
