@@ -105,19 +105,21 @@ class FailureLog:
         )
         kind = "event" if env.kind == EVENT else "tell"
         message_type = type(env.payload).__qualname__
-        log.log(
+        # Made by hand, not log.log(extra=): the record factory (kerna._log_context)
+        # already set agent_id and correlation_id, which logging refuses to overwrite
+        # from extra; they are set to this message's whatever context this runs in.
+        fn, lno, func, _ = log.findCaller()
+        record = log.makeRecord(
+            log.name,
             self.level,
+            fn,
+            lno,
             "%s: handler failed on %s %s (correlation %d): %s%s",
-            agent,
-            kind,
-            message_type,
-            env.correlation_id,
-            describe(error),
-            note,
-            exc_info=error,
-            extra={
-                "agent_id": str(agent),
-                "message_type": message_type,
-                "correlation_id": env.correlation_id,
-            },
+            (agent, kind, message_type, env.correlation_id, describe(error), note),
+            (type(error), error, error.__traceback__),
+            func,
+            {"message_type": message_type},
         )
+        record.agent_id = str(agent)
+        record.correlation_id = env.correlation_id
+        log.handle(record)

@@ -35,6 +35,7 @@ from ._failure_log import check_level
 from ._ids import AgentId
 from ._kernel_views import KernelStats, KernelViews
 from ._lifecycle import Lifecycle
+from ._log_context import install_log_context
 from ._message import Message
 from ._options import (
     WrongType,
@@ -81,6 +82,11 @@ class Kernel(KernelViews):
         async with Kernel() as kernel:
             kernel.register(Echo)
             pong = await kernel.ref(Echo, "a").ask(Ping(n=1), timeout=1.0)
+
+    Logging: the first kernel of a process wraps the log record factory, so every
+    record made afterwards carries ``agent_id`` and ``correlation_id``: the agent and
+    the conversation of the message it handles when the record is made, None for both
+    outside any agent (``%(correlation_id)s`` works in any format; ``kerna._log_context``).
 
     Args:
         ask_timeout: default ``ask`` timeout in seconds (no ask is unbounded).
@@ -242,6 +248,7 @@ class Kernel(KernelViews):
                 self._runtime, cluster, self._node_id, placement_strategy
             )
         self._lifecycle = Lifecycle(self._runtime)
+        install_log_context()  # records carry agent_id and correlation_id (_log_context)
         self._middleware: tuple[object, ...] = ()
         if chain:
             self.use(*chain)

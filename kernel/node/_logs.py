@@ -1,9 +1,10 @@
 """Structured logs: one JSON object per line, carrying the node id.
 
-A record's ``agent_id`` and ``correlation_id`` come from its ``extra`` when it carries
-them (kerna's own handler-failure records do), else from the agent whose handler is
-running when the record is made (so a user's ``log.info`` inside a handler carries them
-too). Other ``extra`` values are kept as keys of the object.
+A record's ``agent_id`` and ``correlation_id`` are the attributes the kernel's log
+record factory gives every record (``kerna._log_context``): the agent whose worker made
+it and the conversation of the message it was handling (so a user's ``log.info`` inside
+a handler carries them too); they are left out when None (outside any agent). Other
+``extra`` values are kept as keys of the object.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ import logging
 import time
 from typing import Any
 
-from kerna._activation import current_activation
-
 __all__ = ["JsonFormatter", "configure_logging"]
 
 # Attributes every LogRecord has: not extras.
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+_CONTEXT = frozenset({"agent_id", "correlation_id"})  # kerna._log_context's
 
 
 class JsonFormatter(logging.Formatter):
@@ -38,12 +38,9 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "node": self.node_id,
         }
-        act = current_activation.get()
-        if act is not None:  # formatted in the emitting task: the handler running now
-            entry["agent_id"] = str(act.id)
-            if act.current is not None:
-                entry["correlation_id"] = act.current.correlation_id
         for key, value in vars(record).items():
+            if key in _CONTEXT and value is None:
+                continue  # made outside any agent
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
