@@ -7,8 +7,11 @@ the last interval, dead letters, and the mailbox wait and handling time (p50 and
 the messages timed during the interval, from the node's histograms: ``[node]
 timing``). ``--once`` prints one frame, from two reads an interval apart, and exits
 (for scripts). A node that cannot be reached is shown as such and read again at the
-next tick; ``--once`` then exits 1. Circuit breaker states are not shown: the kernel
-reports none yet.
+next tick; ``--once`` then exits 1. Under it, when the node's kernel has a
+``kerna.plugins.Resilience``, one row per target: its circuit breaker's state
+(``closed``, ``half-open``, ``open``; ``-`` for a policy without a breaker), how many
+times it opened, and its calls refused by the open breaker, retries and fallbacks per
+second over the last interval.
 
 ``render(previous, current, elapsed)`` builds the frame from two status bodies; the
 rest only reads them and draws.
@@ -63,7 +66,8 @@ def _rate(now: int, then: int, elapsed: float) -> str:
 
 
 def render(previous: Status | None, current: Status, elapsed: float) -> Any:
-    """One frame of ``kerna top``: a rich renderable (a titled table).
+    """One frame of ``kerna top``: a rich renderable (a titled table; with resilience
+    targets in ``current``, a second table of them under it).
 
     Args:
         previous: the status read an interval ago (None: rates are not known yet).
@@ -125,6 +129,35 @@ def render(previous: Status | None, current: Status, elapsed: float) -> Any:
             _ms(wait[1]),
             _ms(handling[0]),
             _ms(handling[1]),
+        )
+    targets = current.get("resilience") or {}
+    if not targets:
+        return table
+    from rich.console import Group
+
+    return Group(table, _targets(targets, (previous or {}).get("resilience") or {}, elapsed))
+
+
+def _targets(targets: Status, before: Status, elapsed: float) -> Any:
+    """The resilience targets' table: breaker state, openings, and rates."""
+    from rich.table import Table
+
+    table = Table(title="resilience targets", title_justify="left", expand=False)
+    for header in ("TARGET", "BREAKER", "OPENED", "REJECTED/s", "RETRIES/s", "FALLBACKS/s"):
+        table.add_column(header, justify="left" if header == "TARGET" else "right")
+    for name, stats in sorted(targets.items()):
+        old = before.get(name)
+        breaker = stats.get("breaker")
+        old_breaker = old and old.get("breaker")
+        table.add_row(
+            name,
+            breaker["state"] if breaker else "-",
+            str(breaker["opened"]) if breaker else "-",
+            _rate(breaker["rejected"], old_breaker["rejected"], elapsed)
+            if breaker and old_breaker
+            else "-",
+            _rate(stats["retries"], old["retries"], elapsed) if old else "-",
+            _rate(stats["fallbacks"], old["fallbacks"], elapsed) if old else "-",
         )
     return table
 

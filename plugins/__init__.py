@@ -39,6 +39,7 @@ from ._resilience import (
     degradation,
     dependency,
     is_degraded,
+    resilience_stats,
 )
 from ._tracing import TRACEPARENT, Tracing
 
@@ -72,5 +73,6 @@ __all__ = [
     "idempotent",
     "is_degraded",
     "middleware",
+    "resilience_stats",
     "tier_options",
 ]

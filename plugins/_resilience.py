@@ -32,7 +32,9 @@ outside any agent reads the marker of its asks with ``with degradation() as d:``
 
 Breaker state changes are logged (``kerna.plugins.resilience``; an error for a
 ``critical`` target's opening) and published as ``BreakerChanged`` events on the topic
-``BREAKERS``; counters are read with ``breaker_stats``/``target_stats``.
+``BREAKERS``; counters are read with ``breaker_stats``/``target_stats``, and every
+target's at once with ``resilience_stats(kernel)`` (a node's ``/metrics``: the
+``kerna_breaker_*`` series, ``kerna_retries`` and ``kerna_fallbacks``).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ __all__ = [
     "degradation",
     "dependency",
     "is_degraded",
+    "resilience_stats",
 ]
 
 log = logging.getLogger("kerna.plugins.resilience")
@@ -130,7 +133,8 @@ class TargetStats(msgspec.Struct, frozen=True):
         retries: retries made.
         fallbacks: calls answered by the fallback.
         fallback_failures: fallbacks that raised.
-        breaker: its breaker's, or None.
+        breaker: its breaker's (closed, zero counts before the first call), or None:
+            its policy has no breaker.
         bulkhead: its bulkhead's, or None.
     """
 
@@ -233,6 +237,13 @@ class _Target:
             if bulkhead is not None:
                 bulkhead.leave()
 
+    def breaker_stats(self) -> BreakerStats | None:
+        """Its breaker's (closed, zero counts before its first call), or None: the
+        policy has no breaker."""
+        if self.breaker is not None:
+            return self.breaker.stats()
+        return None if self.policy.breaker is None else _NEVER_CALLED
+
     def stats(self) -> TargetStats:
         return TargetStats(
             calls=self.calls,
@@ -240,9 +251,12 @@ class _Target:
             retries=self.retries,
             fallbacks=self.fallbacks,
             fallback_failures=self.fallback_failures,
-            breaker=None if self.breaker is None else self.breaker.stats(),
+            breaker=self.breaker_stats(),
             bulkhead=None if self.bulkhead is None else self.bulkhead.stats(),
         )
+
+
+_NEVER_CALLED = BreakerStats("closed", 0, 0, 0, 0, 0, 0)
 
 
 class Degradation:
@@ -319,6 +333,10 @@ class Resilience(Middleware):
                 raise ConfigError(
                     f"a target is an Agent class, an AgentId or a dependency name, not {target!r}"
                 )
+        names = [t.name for t in self._all_targets()]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:  # events, stats and metrics name targets: each name must say which
+            raise ConfigError(f"two targets have the same name: {', '.join(twice)}")
         self._by_name: dict[str, _Target | None] = {}  # registered type name -> target
         self._kernel: Kernel | None = None
         self._degraded: dict[int, list[str]] = {}  # conversation -> fallbacks used
@@ -437,6 +455,11 @@ class Resilience(Middleware):
         """
         return self.target_of(target).stats()
 
+    def stats(self) -> dict[str, TargetStats]:
+        """Every target's counters, by its name (``Type``, ``Type/key`` or the
+        dependency's name), sorted by name."""
+        return {t.name: t.stats() for t in sorted(self._all_targets(), key=lambda t: t.name)}
+
     def dependency(self, name: str, agent: Agent | None = None) -> Dependency:
         """See ``dependency``.
 
@@ -467,12 +490,18 @@ def breaker_stats(kernel: Kernel, target: Target) -> BreakerStats:
         UsageError: the kernel has no ``Resilience``.
         ConfigError: ``target`` is not a target, or its policy has no breaker.
     """
-    found = _of(kernel).target_of(target)
-    if found.breaker is not None:
-        return found.breaker.stats()
-    if found.policy.breaker is None:
+    found = _of(kernel).target_of(target).breaker_stats()
+    if found is None:
         raise ConfigError(f"the policy of {target!r} has no breaker")
-    return BreakerStats("closed", 0, 0, 0, 0, 0, 0)
+    return found
+
+
+def resilience_stats(kernel: Kernel) -> dict[str, TargetStats]:
+    """The counters of every target of ``kernel``'s ``Resilience``, by target name
+    (``Resilience.stats``); empty when its chain has none (a node exports them on
+    ``/metrics`` and ``kerna top`` shows them)."""
+    found = _by_kernel.get(kernel)
+    return {} if found is None else found.stats()
 
 
 def is_degraded(agent: Agent) -> bool:

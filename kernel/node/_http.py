@@ -46,7 +46,7 @@ from kerna import AskTimeout, DeadLetterRecord, Kernel, KernelStopped, UnknownAg
 from ._config import NodeConfig
 from ._members import joined, members_of
 from ._messages import BadMessage, decode_message, encode_value
-from ._metrics import KernelCollector, node_registry
+from ._metrics import KernelCollector, node_registry, resilience_of
 
 __all__ = ["NodeHttp"]
 
@@ -258,6 +258,7 @@ class NodeHttp:
             "members": members_of(kernel),
             "messages": sorted(kernel.message_types()),
             "schema_mismatches": kernel.schema_mismatches(),
+            "resilience": resilience_of(kernel),
         }
         return web.json_response(body)
 

@@ -10,7 +10,11 @@ counters. ``@cached`` and ``@batched`` handlers of the registered types (found t
 ``kerna.plugins.cache_stats``/``batch_stats``) export their hits, misses, coalesced
 calls, batches and items, labelled ``type`` and ``handler``; the plugins count batch
 items and the largest batch, not a distribution, so the mean batch size is
-``rate(items) / rate(batches)``. The tcp transport counts frames and bytes both ways,
+``rate(items) / rate(batches)``. The targets of a ``kerna.plugins.Resilience`` in the
+kernel's chain (``resilience_stats``), labelled ``target``: ``kerna_breaker_state`` (0
+closed, 1 half-open, 2 open), ``kerna_breaker_openings`` (and rejected, half-openings,
+closings), ``kerna_retries``, ``kerna_fallbacks`` (and fallback failures, calls,
+attempts). The tcp transport counts frames and bytes both ways,
 socket writes, errors and connections (``Kernel.transport_stats``); the counters a
 transport keeps are exported. A node in a cluster lists the live members as it sees them:
 ``kerna_members`` (how many) and ``kerna_cluster_member`` (one series per member,
@@ -22,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import msgspec
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -33,7 +38,7 @@ from prometheus_client.registry import Collector
 
 from kerna import Histogram, Kernel, __version__
 
-__all__ = ["KernelCollector", "node_registry"]
+__all__ = ["KernelCollector", "node_registry", "resilience_of"]
 
 # (TypeStats field, metric name, help, kind)
 _PER_TYPE: tuple[tuple[str, str, str, str], ...] = (
@@ -124,6 +129,7 @@ class KernelCollector(Collector):
         yield from self._timings()
         yield from self._dead_letters()
         yield from plugin_metrics(self.kernel)
+        yield from resilience_metrics(self.kernel)
         if self.kernel.cluster is not None:
             members = self.kernel.members()
             yield GaugeMetricFamily("kerna_members", "Live cluster members", value=len(members))
@@ -247,6 +253,74 @@ def plugin_metrics(kernel: Kernel) -> Iterator[Any]:
             for type_name, attr, stats in rows:
                 family.add_metric([type_name, attr], getattr(stats, field))
             yield family
+
+
+BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
+"""``kerna_breaker_state``'s values."""
+
+# (field of TargetStats, metric name, help): counters per target
+_TARGET: tuple[tuple[str, str, str], ...] = (
+    (
+        "calls",
+        "kerna_resilience_calls",
+        "Calls made to the target (each once, whatever its attempts)",
+    ),
+    ("attempts", "kerna_resilience_attempts", "Attempts made (retries included)"),
+    ("retries", "kerna_retries", "Retries made"),
+    ("fallbacks", "kerna_fallbacks", "Calls answered by the target's fallback"),
+    ("fallback_failures", "kerna_fallback_failures", "Fallbacks that raised"),
+)
+# (field of BreakerStats, metric name, help): counters per target with a breaker
+_BREAKER: tuple[tuple[str, str, str], ...] = (
+    ("opened", "kerna_breaker_openings", "Times the breaker opened"),
+    ("rejected", "kerna_breaker_rejected", "Calls failed fast with CircuitOpen"),
+    ("half_opened", "kerna_breaker_half_openings", "Times the breaker went half-open"),
+    ("closed", "kerna_breaker_closings", "Times the breaker closed again"),
+)
+
+
+def _targets(kernel: Kernel) -> dict[str, Any]:
+    try:
+        from kerna.plugins import resilience_stats
+    except ImportError:  # the plugins extra is not installed: no Resilience exists
+        return {}
+    return resilience_stats(kernel)
+
+
+def resilience_of(kernel: Kernel) -> dict[str, Any]:
+    """``/admin/status``'s ``resilience``: each target's ``TargetStats`` as JSON
+    values, by name (``kerna top`` shows them)."""
+    return {name: msgspec.to_builtins(stats) for name, stats in _targets(kernel).items()}
+
+
+def resilience_metrics(kernel: Kernel) -> Iterator[Any]:
+    """The targets of the kernel's ``kerna.plugins.Resilience`` (none without one),
+    labelled ``target``: ``kerna_breaker_state`` (0 closed, 1 half-open, 2 open), the
+    breaker's openings and rejections, and the calls, attempts, retries and fallbacks."""
+    targets = _targets(kernel)
+    if not targets:
+        return
+    for field, name, text in _TARGET:
+        family = CounterMetricFamily(name, text, labels=["target"])
+        for target, stats in targets.items():
+            family.add_metric([target], getattr(stats, field))
+        yield family
+    breakers = [(t, s.breaker) for t, s in targets.items() if s.breaker is not None]
+    if not breakers:
+        return
+    state = GaugeMetricFamily(
+        "kerna_breaker_state",
+        "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+        labels=["target"],
+    )
+    for target, breaker in breakers:
+        state.add_metric([target], BREAKER_STATES[breaker.state])
+    yield state
+    for field, name, text in _BREAKER:
+        family = CounterMetricFamily(name, text, labels=["target"])
+        for target, breaker in breakers:
+            family.add_metric([target], getattr(breaker, field))
+        yield family
 
 
 def node_registry(collector: KernelCollector) -> CollectorRegistry:
