@@ -156,3 +156,10 @@ def test_top_shows_breaker_states_openings_and_rates() -> None:
 def test_top_without_resilience_shows_no_target_table() -> None:
     text = text_of(render(None, status({"Model": type_stats()}, {}), 1.0))
     assert "BREAKER" not in text
+
+
+def test_two_targets_of_one_name_are_refused() -> None:
+    from kerna import ConfigError
+
+    with pytest.raises(ConfigError, match="two targets have the same name: Down"):
+        Resilience(policies={"p": Policy()}, targets={Down: "p", "Down": "p"})

@@ -37,35 +37,22 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from kerna import Histogram, Kernel, __version__
+from kerna._metric_tables import (
+    BATCH,
+    BREAKER,
+    BREAKER_STATE,
+    BREAKER_STATES,
+    CACHE,
+    PER_TYPE,
+    TARGET,
+    TIMINGS,
+    Row,
+    handler_stats,
+    target_stats,
+)
 
 __all__ = ["KernelCollector", "node_registry", "resilience_of"]
 
-# (TypeStats field, metric name, help, kind)
-_PER_TYPE: tuple[tuple[str, str, str, str], ...] = (
-    ("active", "kerna_agents_active", "Activations alive now", "gauge"),
-    ("queued", "kerna_queue_depth", "Messages waiting in mailboxes now", "gauge"),
-    ("handled", "kerna_messages_handled", "Messages whose handler returned", "counter"),
-    ("failed", "kerna_messages_failed", "Messages whose handler raised", "counter"),
-    (
-        "dead_letters",
-        "kerna_dead_letters",
-        "Accepted messages that never reached a handler",
-        "counter",
-    ),
-    ("rejected", "kerna_messages_rejected", "Sends refused before a mailbox took them", "counter"),
-    ("expired", "kerna_messages_expired", "Asks whose asker had given up", "counter"),
-    ("dropped", "kerna_messages_dropped", "Messages pushed out by drop_oldest", "counter"),
-    ("in_flight", "kerna_in_flight", "Handlers running now", "gauge"),
-    (
-        "pending",
-        "kerna_pending_work",
-        "Queued messages plus handlers running now: the autoscaling signal",
-        "gauge",
-    ),
-    ("activations", "kerna_activations", "Activations created", "counter"),
-    ("deactivations", "kerna_deactivations", "Activations that left", "counter"),
-    ("restarts", "kerna_restarts", "on_start retries", "counter"),
-)
 _TRANSPORT: dict[str, tuple[str, str, str]] = {
     "frames_written": ("kerna_transport_frames_written", "Frames written", "counter"),
     "bytes_written": ("kerna_transport_bytes_written", "Frame bytes written", "counter"),
@@ -104,15 +91,7 @@ class KernelCollector(Collector):
         info.add_metric([], {"node": self.node_id, "cluster": self.cluster, "version": __version__})
         yield info
         stats = self.kernel.stats()
-        for field, name, text, kind in _PER_TYPE:
-            family: Any = (
-                GaugeMetricFamily(name, text, labels=["type"])
-                if kind == "gauge"
-                else CounterMetricFamily(name, text, labels=["type"])
-            )
-            for type_name, type_stats in sorted(stats.types.items()):
-                family.add_metric([type_name], getattr(type_stats, field))
-            yield family
+        yield from _labelled(PER_TYPE, ["type"], [([t], s) for t, s in sorted(stats.types.items())])
         yield CounterMetricFamily(
             "kerna_dead_letters_all",
             "Dead letters of the node, unknown agent types included",
@@ -164,10 +143,7 @@ class KernelCollector(Collector):
 
     def _timings(self) -> Iterator[Any]:
         timings = sorted(self.kernel.timings().items())
-        for field, name, text in (
-            ("wait", "kerna_mailbox_wait_seconds", "Time from mailbox to handler start"),
-            ("handling", "kerna_handling_seconds", "Time handlers took"),
-        ):
+        for field, name, text, _ in TIMINGS:
             family = HistogramMetricFamily(name, text, labels=["type"])
             for type_name, timing in timings:
                 histogram: Histogram = getattr(timing, field)
@@ -207,120 +183,49 @@ def cumulative(histogram: Histogram) -> list[tuple[str, float]]:
     return buckets
 
 
-# (field of CacheStats/BatchStats, metric name, help, kind)
-_CACHE: tuple[tuple[str, str, str, str], ...] = (
-    ("hits", "kerna_cache_hits", "@cached calls answered from the cache", "counter"),
-    ("misses", "kerna_cache_misses", "@cached calls that started a computation", "counter"),
-    ("coalesced", "kerna_cache_coalesced", "@cached calls that joined one running", "counter"),
-    ("size", "kerna_cache_size", "@cached answers held now", "gauge"),
-)
-_BATCH: tuple[tuple[str, str, str, str], ...] = (
-    ("batches", "kerna_batch_batches", "@batched handler calls", "counter"),
-    ("items", "kerna_batch_items", "Messages passed to @batched handler calls", "counter"),
-    ("largest", "kerna_batch_largest", "The largest batch so far", "gauge"),
-    ("failed", "kerna_batch_failed", "Batches whose handler failed", "counter"),
-)
+def _labelled(
+    rows: tuple[Row, ...], labels: list[str], values: list[tuple[list[str], Any]]
+) -> Iterator[Any]:
+    """One family per row: each ``(label values, stats)`` of ``values`` a sample."""
+    for field, name, text, kind in rows:
+        family: Any = (
+            GaugeMetricFamily(name, text, labels=labels)
+            if kind == "gauge"
+            else CounterMetricFamily(name, text, labels=labels)
+        )
+        for label_values, stats in values:
+            family.add_metric(label_values, getattr(stats, field))
+        yield family
 
 
 def plugin_metrics(kernel: Kernel) -> Iterator[Any]:
     """The counters of every ``@cached`` and ``@batched`` handler of the kernel's
     registered types (none when ``kerna.plugins`` does not import)."""
-    try:
-        from kerna.plugins import batch_stats, cache_stats
-    except ImportError:  # the plugins extra is not installed: no such handler exists
-        return
-    cached: list[tuple[str, str, Any]] = []
-    batched: list[tuple[str, str, Any]] = []
-    for type_name, cls in sorted(kernel.agent_classes().items()):
-        for attr in sorted(dir(cls)):
-            fn = getattr(cls, attr, None)
-            if not callable(fn):
-                continue
-            for stats_of, found in ((cache_stats, cached), (batch_stats, batched)):
-                try:
-                    found.append((type_name, attr, stats_of(kernel, fn)))
-                except TypeError:  # not a handler of that kind
-                    continue
-    for rows, table in ((cached, _CACHE), (batched, _BATCH)):
-        if not rows:
-            continue
-        for field, name, text, kind in table:
-            family: Any = (
-                GaugeMetricFamily(name, text, labels=["type", "handler"])
-                if kind == "gauge"
-                else CounterMetricFamily(name, text, labels=["type", "handler"])
-            )
-            for type_name, attr, stats in rows:
-                family.add_metric([type_name, attr], getattr(stats, field))
-            yield family
-
-
-BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
-"""``kerna_breaker_state``'s values."""
-
-# (field of TargetStats, metric name, help): counters per target
-_TARGET: tuple[tuple[str, str, str], ...] = (
-    (
-        "calls",
-        "kerna_resilience_calls",
-        "Calls made to the target (each once, whatever its attempts)",
-    ),
-    ("attempts", "kerna_resilience_attempts", "Attempts made (retries included)"),
-    ("retries", "kerna_retries", "Retries made"),
-    ("fallbacks", "kerna_fallbacks", "Calls answered by the target's fallback"),
-    ("fallback_failures", "kerna_fallback_failures", "Fallbacks that raised"),
-)
-# (field of BreakerStats, metric name, help): counters per target with a breaker
-_BREAKER: tuple[tuple[str, str, str], ...] = (
-    ("opened", "kerna_breaker_openings", "Times the breaker opened"),
-    ("rejected", "kerna_breaker_rejected", "Calls failed fast with CircuitOpen"),
-    ("half_opened", "kerna_breaker_half_openings", "Times the breaker went half-open"),
-    ("closed", "kerna_breaker_closings", "Times the breaker closed again"),
-)
-
-
-def _targets(kernel: Kernel) -> dict[str, Any]:
-    try:
-        from kerna.plugins import resilience_stats
-    except ImportError:  # the plugins extra is not installed: no Resilience exists
-        return {}
-    return resilience_stats(kernel)
+    for rows, table in zip(handler_stats(kernel), (CACHE, BATCH), strict=True):
+        if rows:
+            yield from _labelled(table, ["type", "handler"], [([t, h], s) for t, h, s in rows])
 
 
 def resilience_of(kernel: Kernel) -> dict[str, Any]:
     """``/admin/status``'s ``resilience``: each target's ``TargetStats`` as JSON
     values, by name (``kerna top`` shows them)."""
-    return {name: msgspec.to_builtins(stats) for name, stats in _targets(kernel).items()}
+    return {name: msgspec.to_builtins(stats) for name, stats in target_stats(kernel).items()}
 
 
 def resilience_metrics(kernel: Kernel) -> Iterator[Any]:
     """The targets of the kernel's ``kerna.plugins.Resilience`` (none without one),
     labelled ``target``: ``kerna_breaker_state`` (0 closed, 1 half-open, 2 open), the
     breaker's openings and rejections, and the calls, attempts, retries and fallbacks."""
-    targets = _targets(kernel)
-    if not targets:
-        return
-    for field, name, text in _TARGET:
-        family = CounterMetricFamily(name, text, labels=["target"])
-        for target, stats in targets.items():
-            family.add_metric([target], getattr(stats, field))
-        yield family
-    breakers = [(t, s.breaker) for t, s in targets.items() if s.breaker is not None]
+    targets = target_stats(kernel)
+    yield from _labelled(TARGET, ["target"], [([t], s) for t, s in targets.items()])
+    breakers = [([t], s.breaker) for t, s in targets.items() if s.breaker is not None]
     if not breakers:
         return
-    state = GaugeMetricFamily(
-        "kerna_breaker_state",
-        "Circuit breaker state: 0 closed, 1 half-open, 2 open",
-        labels=["target"],
-    )
-    for target, breaker in breakers:
-        state.add_metric([target], BREAKER_STATES[breaker.state])
+    state = GaugeMetricFamily(*BREAKER_STATE, labels=["target"])
+    for label_values, breaker in breakers:
+        state.add_metric(label_values, BREAKER_STATES[breaker.state])
     yield state
-    for field, name, text in _BREAKER:
-        family = CounterMetricFamily(name, text, labels=["target"])
-        for target, breaker in breakers:
-            family.add_metric([target], getattr(breaker, field))
-        yield family
+    yield from _labelled(BREAKER, ["target"], breakers)
 
 
 def node_registry(collector: KernelCollector) -> CollectorRegistry:
