@@ -51,7 +51,7 @@ from ._ref import AgentRef
 from ._registry import AgentType, build_state_spec
 from ._remote import Remote
 from ._runtime import RUNNING, Phase, Runtime, names
-from ._timing import TypeTiming
+from ._timing import TypeTiming, Watcher
 from ._topics import DEAD_LETTERS, Subscription
 
 T = TypeVar("T")
@@ -239,6 +239,7 @@ class Kernel(KernelViews):
         if timing < 0:
             raise ValueError(f"timing must be an int >= 0 (1 in N messages), got {timing!r}")
         self.timing = timing
+        self._timing_watchers: list[Watcher] = []
         self._runtime = Runtime(self)  # checks dead_letters_kept (DeadLetterStore)
         if transport is not None:  # a bad URL or option fails here, not at start
             self._runtime.remote = Remote.open(self._runtime, transport, options)
@@ -441,7 +442,7 @@ class Kernel(KernelViews):
             claims=self.cluster is not None and placement == "directory",
         )
         if self.timing:
-            atype.timing = TypeTiming(self.timing)
+            atype.timing = TypeTiming(self.timing, atype.name, self._timing_watchers)
         if own or self._middleware:
             atype.middleware = own
             atype.chain(self._middleware)
@@ -639,6 +640,27 @@ class Kernel(KernelViews):
             KernelStopped: the kernel is not running (nor draining); ``coro`` is closed.
         """
         return self._runtime.spawn_task(coro, name)
+
+    def watch_timings(self, watcher: Callable[[str, str, float], None]) -> None:
+        """Call ``watcher(type_name, kind, seconds)`` for each timed observation as it
+        is made: ``kind`` is ``"wait"`` (mailbox to handler start) or ``"handling"``,
+        for the one message in ``timing`` that the kernel times (the ones
+        ``timings()`` counts), of the types registered now and later. It runs in the
+        agent's worker between two messages: keep it short. One that raises is
+        logged and removed.
+
+        Raises:
+            UsageError: the kernel does not time messages (``Kernel(timing=0)``).
+            TypeError: ``watcher`` is not callable.
+        """
+        if not callable(watcher):
+            raise TypeError(f"watch_timings takes a callable, got {watcher!r}")
+        if not self.timing:
+            raise UsageError("watch_timings needs a kernel that times messages: Kernel(timing=N)")
+        self._timing_watchers.append(watcher)
+        for atype in self._runtime.types.values():
+            if atype.timing is not None:
+                atype.timing.watch(watcher)
 
     # -- introspection -----------------------------------------------------------------
 

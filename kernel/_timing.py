@@ -17,15 +17,27 @@ handler's return or raise (a handler that deferred its reply counts until it ret
 not until it replied). An event shares one envelope among its subscribers: each
 subscriber's wait is measured from the last mailbox that took it, which a fan-out does
 in one pass.
+
+``Kernel.watch_timings(fn)`` has ``fn`` called with each timed observation, as it is
+made (``kerna.plugins.Metrics`` feeds OpenTelemetry histograms so): a timed message
+then pays one call per watcher; an untimed one nothing.
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
+import logging
+from collections.abc import Callable, Iterable
 
 import msgspec
 
-__all__ = ["BOUNDS", "Histogram", "TypeTiming", "TypeTimings"]
+__all__ = ["BOUNDS", "Histogram", "TypeTiming", "TypeTimings", "Watcher"]
+
+log = logging.getLogger("kerna.kernel")
+
+Watcher = Callable[[str, str, float], None]
+"""``watcher(type name, "wait" | "handling", seconds)`` (``Kernel.watch_timings``)."""
 
 # Seconds: from sub-millisecond in-process handlers to a slow model call.
 BOUNDS: tuple[float, ...] = (
@@ -88,17 +100,30 @@ class TypeTimings(msgspec.Struct, frozen=True):
 
 
 class _Buckets:
-    __slots__ = ("count", "counts", "sum")
+    __slots__ = ("count", "counts", "sum", "watchers")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(BOUNDS) + 1)
         self.count = 0
         self.sum = 0.0
+        self.watchers: tuple[Callable[[float], None], ...] = ()
 
     def observe(self, seconds: float) -> None:
         self.counts[bisect.bisect_left(BOUNDS, seconds)] += 1
         self.count += 1
         self.sum += seconds
+        if self.watchers:
+            self._tell(seconds)
+
+    def _tell(self, seconds: float) -> None:
+        for watcher in self.watchers:
+            try:
+                watcher(seconds)
+            except Exception:
+                # In a worker, between two messages: a broken watcher must not fail
+                # the agent. It is dropped, once, loudly.
+                log.exception("timing watcher %r raised: it is removed", watcher)
+                self.watchers = tuple(w for w in self.watchers if w is not watcher)
 
     def snapshot(self) -> Histogram:
         return Histogram(BOUNDS, tuple(self.counts), self.count, self.sum)
@@ -111,12 +136,20 @@ class TypeTiming:
         every: time the messages whose id is a multiple of ``every``.
     """
 
-    __slots__ = ("every", "handling", "wait")
+    __slots__ = ("every", "handling", "name", "wait")
 
-    def __init__(self, every: int) -> None:
+    def __init__(self, every: int, name: str = "", watchers: Iterable[Watcher] = ()) -> None:
         self.every = every
+        self.name = name
         self.wait = _Buckets()
         self.handling = _Buckets()
+        for watcher in watchers:
+            self.watch(watcher)
+
+    def watch(self, watcher: Watcher) -> None:
+        """Call ``watcher(type name, "wait" | "handling", seconds)`` at each timing."""
+        for kind, buckets in (("wait", self.wait), ("handling", self.handling)):
+            buckets.watchers = (*buckets.watchers, functools.partial(watcher, self.name, kind))
 
     def snapshot(self) -> TypeTimings:
         return TypeTimings(self.wait.snapshot(), self.handling.snapshot())

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from kerna import Agent, Kernel, Message, Request, handler
+from kerna import Agent, Kernel, Message, Request, UsageError, handler
 from kerna.node import NodeHttp, load_config
 from kerna.plugins import batched, cached
 from kerna.testing import VirtualClock
@@ -147,3 +147,37 @@ async def test_metrics_export_histograms_lifecycle_dead_letters_and_plugin_count
     assert 'kerna_cache_coalesced_total{handler="square",type="Model"} 0.0' in lines
     assert 'kerna_batch_items_total{handler="embed",type="Embedder"} 5.0' in lines
     assert any(line.startswith('kerna_batch_batches_total{handler="embed"') for line in lines)
+
+
+async def test_timing_watchers_see_each_timed_observation_and_a_raising_one_is_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[tuple[str, str, float]] = []
+    broken: list[str] = []
+
+    def breaks(type_name: str, kind: str, seconds: float) -> None:
+        broken.append(kind)
+        raise RuntimeError("watcher bug")
+
+    async with Kernel(timing=2) as kernel:
+        kernel.watch_timings(lambda *observed: seen.append(observed))  # before register
+        kernel.register(Slow)
+        kernel.watch_timings(breaks)  # after
+        for _ in range(10):
+            assert await kernel.ref(Slow, "s").ask(Work(seconds=0)) == 1
+        timing = kernel.timings()["Slow"]
+    assert timing.wait.count == timing.handling.count == 5  # one in 2
+    assert [kind for _, kind, _ in seen] == ["wait", "handling"] * 5
+    assert {name for name, _, _ in seen} == {"Slow"}
+    assert all(seconds >= 0 for _, _, seconds in seen)
+    assert broken == ["wait", "handling"]  # each of its two watches dropped at its first raise
+    assert "timing watcher" in caplog.text
+
+
+async def test_watch_timings_needs_timing_and_a_callable() -> None:
+    async with Kernel() as kernel:
+        with pytest.raises(UsageError, match="Kernel\\(timing=N\\)"):
+            kernel.watch_timings(lambda *observed: None)
+    async with Kernel(timing=1) as kernel:
+        with pytest.raises(TypeError, match="callable"):
+            kernel.watch_timings("histogram")  # type: ignore[arg-type]
