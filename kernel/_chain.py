@@ -78,21 +78,28 @@ Headers = Mapping[str, str] | None
 Attempt = Callable[[float | None, Headers], Awaitable[Any]]
 
 
-def check_middleware(chain: Sequence[object], where: str) -> tuple[object, ...]:
+def check_middleware(
+    chain: Sequence[object], where: str, kernel: bool = False
+) -> tuple[object, ...]:
     """``chain`` as a tuple, each element checked to be a middleware.
+
+    In a kernel's chain (``kernel``), one with only an ``attach`` method is one too: it
+    watches the kernel (``kerna.plugins.Metrics``) and adds nothing to the chain.
 
     Raises:
         TypeError: ``chain`` is not a sequence, or an element has neither a ``handle``
-            nor a ``send`` coroutine method.
+            nor a ``send`` coroutine method (nor, in a kernel's chain, ``attach``).
     """
     if isinstance(chain, str | bytes) or not isinstance(chain, Sequence | tuple | list):
         raise TypeError(f"{where}: middleware must be a list of middleware objects, got {chain!r}")
     for m in chain:
         found = [getattr(m, name, None) for name in ("handle", "send")]
-        if not any(found) or not all(f is None or asyncio.iscoroutinefunction(f) for f in found):
+        hooked = any(found) or (kernel and callable(getattr(m, "attach", None)))
+        if not hooked or not all(f is None or asyncio.iscoroutinefunction(f) for f in found):
             raise TypeError(
                 f"{where}: {m!r} is not a middleware: it needs an 'async def handle(ctx, "
                 "call_next)' and/or an 'async def send(ctx, call_next)' method"
+                + (" (or an 'attach(kernel)' method)" if kernel else "")
             )
     return tuple(chain)
 
@@ -307,7 +314,7 @@ def load_plugins(allow: Sequence[str], where: str = "plugins") -> tuple[object, 
         except Exception as exc:
             raise ConfigError(f"{where}: plug-in {name!r} ({point.value}) failed: {exc}") from exc
         loaded.append(made)
-    return check_middleware(loaded, f"{where} (entry points)")
+    return check_middleware(loaded, f"{where} (entry points)", kernel=True)
 
 
 def _is_middleware(obj: object) -> bool:

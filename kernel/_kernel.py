@@ -188,7 +188,7 @@ class Kernel(KernelViews):
         plugins: Sequence[str] | None = None,
     ) -> None:
         check_positive("ask_timeout", ask_timeout)
-        chain = check_middleware(middleware, "Kernel(middleware=...)")
+        chain = check_middleware(middleware, "Kernel(middleware=...)", kernel=True)
         if plugins is not None:
             chain += load_plugins(plugins, "Kernel(plugins=...)")
         check_positive("lease_ttl", lease_ttl)
@@ -325,7 +325,7 @@ class Kernel(KernelViews):
         Raises:
             TypeError: an argument is not a middleware (see ``Kernel``'s ``middleware``).
         """
-        added = check_middleware(middleware, "Kernel.use()")
+        added = check_middleware(middleware, "Kernel.use()", kernel=True)
         for m in added:
             attach = getattr(m, "attach", None)
             if callable(attach):

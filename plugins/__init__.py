@@ -18,7 +18,10 @@ Inference cost (needs the ``plugins`` extra, ``pip install 'kerna[plugins]'``, f
   one call of a batch handler; ``batch_stats(kernel, Type.handler)`` reads its counters.
 
 Observability: ``Tracing()`` (the ``otel`` extra) puts OpenTelemetry spans around every
-send and handling, the W3C ``traceparent`` carried in the message headers.
+send and handling, the W3C ``traceparent`` carried in the message headers; ``Metrics()``
+exports the kernel's metrics (the names of a node's ``/metrics``) through an
+OpenTelemetry ``MeterProvider``; ``resilience_stats(kernel)`` reads every
+``Resilience`` target's counters and breaker state.
 """
 
 from ._batch import BatchStats, batch_stats, batched
@@ -26,6 +29,7 @@ from ._breaker import Breaker, BreakerStats
 from ._bulkhead import BulkheadStats
 from ._cache import CacheStats, cache_stats, cached
 from ._middleware import Middleware, SendNext, available, middleware
+from ._otel_metrics import Metrics
 from ._policy import Policy, Retry, idempotent, tier_options
 from ._resilience import (
     BREAKERS,
@@ -55,6 +59,7 @@ __all__ = [
     "Degradation",
     "Dependency",
     "Failed",
+    "Metrics",
     "Middleware",
     "Policy",
     "Resilience",

@@ -54,7 +54,9 @@ class Middleware:
     inherit them). What ``send`` returns is the ask's result, what it raises the send's.
 
     ``attach(self, kernel)``, if defined, is called once when the middleware joins a
-    kernel's chain (``Kernel(middleware=)`` or ``use``).
+    kernel's chain (``Kernel(middleware=)`` or ``use``). In a kernel's chain a
+    middleware may have only ``attach`` (it watches the kernel, as ``Metrics`` does,
+    and adds nothing to handling or sends); a type's chain needs a hook.
     """
 
     handle: Callable[[MessageContext, Callable[[], Awaitable[Any]]], Awaitable[Any]] | None = None
