@@ -22,8 +22,10 @@ fallback failures.
 These are observable instruments: their callbacks read the kernel's own counters
 (``Kernel.stats()``, ``dead_letter_stats()``, ``cache_stats``, ``resilience_stats``)
 when the reader collects, so a message costs nothing more. A collection in another
-thread (a ``PeriodicExportingMetricReader``'s) reads them on the kernel's loop, waiting
-at most the callback's timeout. The histograms ``kerna_mailbox_wait_seconds`` and
+thread (a ``PeriodicExportingMetricReader``'s) reads them all at once on the kernel's
+loop, waiting for it 5 s at most (a loop that does not answer, or a
+``MeterProvider.shutdown()`` made on it while the kernel runs, gets that collection
+empty). The histograms ``kerna_mailbox_wait_seconds`` and
 ``kerna_handling_seconds`` (unit ``s``, the kernel's bucket bounds) need
 ``Kernel(timing=N)``: the kernel's timed messages, one in ``N``, are recorded as they
 are timed (``Kernel.watch_timings``); without timing there are none.
@@ -32,8 +34,10 @@ are timed (``Kernel.watch_timings``); without timing there are none.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import functools
+import time
 import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -63,6 +67,9 @@ __all__ = ["Metrics"]
 
 Read = Callable[[Kernel], Iterable[tuple[dict[str, str], float]]]
 
+_SNAPSHOT_KEPT = 0.5  # seconds a snapshot serves a collection's other callbacks
+_LOOP_WAIT = 5.0  # seconds a collection in another thread waits for the kernel's loop at most
+
 
 class Metrics(Middleware):
     """The kernel's metrics as OpenTelemetry instruments (see the module docstring).
@@ -89,6 +96,8 @@ class Metrics(Middleware):
         self._meter = metrics.get_meter("kerna", __version__, meter_provider=meter_provider)
         self._observation = metrics.Observation
         self._kernel: weakref.ref[Kernel] | None = None
+        self._reads: dict[str, Read] = {}  # instrument name -> how to read it
+        self._kept: tuple[float, dict[str, list[Any]]] | None = None  # (when, snapshot)
         self._histograms: dict[str, Histogram] = {}
         self._attributes: dict[str, dict[str, str]] = {}  # type name -> {"type": name}
 
@@ -180,8 +189,10 @@ class Metrics(Middleware):
             self._observe(name, text, kind, functools.partial(_per_target, part, field))
 
     def _observe(self, name: str, text: str, kind: str, read: Read) -> None:
+        self._reads[name] = read
+
         def callback(options: CallbackOptions) -> list[Observation]:
-            return self._read(read, options.timeout_millis / 1000)
+            return self._read(name, options.timeout_millis / 1000)
 
         create = (
             self._meter.create_observable_gauge
@@ -190,42 +201,56 @@ class Metrics(Middleware):
         )
         create(name, callbacks=[callback], description=text)
 
-    def _read(self, read: Read, timeout: float) -> list[Observation]:
-        """``read``'s values as observations, read on the kernel's loop."""
+    def _read(self, name: str, timeout: float) -> list[Observation]:
+        """The observations of the instrument ``name``, read on the kernel's loop."""
         kernel = None if self._kernel is None else self._kernel()
         if kernel is None:
             return []  # the kernel is gone: nothing to report
         make = self._observation
-
-        def observations() -> list[Observation]:
-            return [make(value, attributes) for attributes, value in read(kernel)]
-
-        if not kernel.running:
-            return observations()  # nothing changes under a stopped kernel
+        if not kernel.running:  # nothing changes under a stopped kernel
+            return [make(value, attributes) for attributes, value in self._reads[name](kernel)]
         loop = kernel.loop
         try:
             here = asyncio.get_running_loop()
         except RuntimeError:
             here = None
         if here is loop:
-            return observations()
-        # Another thread: the kernel's dicts change only on its loop, so read there.
-        done: concurrent.futures.Future[list[Observation]] = concurrent.futures.Future()
+            return [make(value, attributes) for attributes, value in self._reads[name](kernel)]
+        return [
+            make(value, attributes) for attributes, value in self._snapshot(kernel, timeout)[name]
+        ]
+
+    def _snapshot(self, kernel: Kernel, timeout: float) -> dict[str, list[Any]]:
+        """Every instrument's values, read in one call on the kernel's loop (the
+        kernel's dicts change only there) for a collection in another thread: taken by
+        the first callback of a collection, reused by the others (a collection's
+        callbacks run within ``_SNAPSHOT_KEPT`` of each other)."""
+        now = time.monotonic()
+        kept = self._kept
+        if kept is not None and now - kept[0] < _SNAPSHOT_KEPT:
+            return kept[1]
+        reads = self._reads
+        done: concurrent.futures.Future[dict[str, list[Any]]] = concurrent.futures.Future()
 
         def on_loop() -> None:
             try:
-                done.set_result(observations())
+                done.set_result({name: list(read(kernel)) for name, read in reads.items()})
             except Exception as exc:
                 done.set_exception(exc)
 
+        snapshot: dict[str, list[Any]] = collections.defaultdict(list)  # nothing, if not read
         try:
-            loop.call_soon_threadsafe(on_loop)
+            kernel.loop.call_soon_threadsafe(on_loop)
+            snapshot.update(done.result(min(timeout, _LOOP_WAIT)))
         except RuntimeError:  # the loop closed meanwhile
-            return []
-        try:
-            return done.result(timeout)
+            pass
         except TimeoutError:
-            return []  # the loop is too busy to answer in time: skip this collection
+            # The loop does not answer (busy, or blocked waiting for this thread: a
+            # MeterProvider.shutdown() on it): this collection reports nothing, and
+            # its other callbacks do not wait again.
+            pass
+        self._kept = (time.monotonic(), snapshot)
+        return snapshot
 
     def _timed(self, type_name: str, kind: str, seconds: float) -> None:
         attributes = self._attributes.get(type_name)

@@ -5,6 +5,8 @@ read from the kernel's own counters at collection time."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -184,3 +186,23 @@ def test_a_watcher_with_only_attach_joins_a_kernels_chain_but_not_a_types() -> N
     with pytest.raises(TypeError, match="or an 'attach\\(kernel\\)' method"):
         Kernel(middleware=[object()])
     Kernel(middleware=[Metrics(MeterProvider())])  # accepted
+
+
+async def test_a_collection_in_a_thread_the_loop_waits_for_gives_up_instead_of_deadlocking(
+    metered: tuple[Kernel, InMemoryMetricReader], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kernel, reader = metered
+    await traffic(kernel)
+    monkeypatch.setattr("kerna.plugins._otel_metrics._LOOP_WAIT", 0.2)
+    found: Points = {}
+    collector = threading.Thread(target=lambda: found.update(points(reader)))
+    started = time.monotonic()
+    collector.start()
+    collector.join(10)  # the loop blocks on the thread, as a shutdown() made on it would
+    assert not collector.is_alive()
+    assert time.monotonic() - started < 3  # one wait of 0.2 s, not one per instrument
+    assert not found.get("kerna_messages_handled")  # that collection gave up, once
+    monkeypatch.setattr("kerna.plugins._otel_metrics._SNAPSHOT_KEPT", 0.0)
+    async with asyncio.timeout(10):
+        again = await asyncio.to_thread(points, reader)  # the loop answers again
+    assert at(again, "kerna_messages_handled", type="Echo") == 3
