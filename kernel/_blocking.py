@@ -489,6 +489,15 @@ class BlockingKernel:
         """See ``Kernel.timings``."""
         return self._loop.call(self._kernel.timings)
 
+    def watch_timings(self, watcher: Callable[[str, str, float], None]) -> None:
+        """See ``Kernel.watch_timings`` (``watcher`` runs on the kernel's loop thread).
+
+        Raises:
+            UsageError: the kernel does not time messages (``timing=0``).
+            TypeError: ``watcher`` is not callable.
+        """
+        self._loop.call(functools.partial(self._kernel.watch_timings, watcher))
+
     def agent_classes(self) -> dict[str, type[Agent]]:
         """See ``Kernel.agent_classes``."""
         return self._loop.call(self._kernel.agent_classes)

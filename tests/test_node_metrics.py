@@ -181,3 +181,14 @@ async def test_watch_timings_needs_timing_and_a_callable() -> None:
     async with Kernel(timing=1) as kernel:
         with pytest.raises(TypeError, match="callable"):
             kernel.watch_timings("histogram")  # type: ignore[arg-type]
+
+
+def test_a_blocking_kernel_watches_timings_on_its_loop_thread() -> None:
+    from kerna import BlockingKernel
+
+    seen: list[str] = []
+    with BlockingKernel(timing=1) as kernel:
+        kernel.watch_timings(lambda type_name, kind, seconds: seen.append(kind))
+        kernel.register(Slow)
+        assert kernel.ref(Slow, "s").ask(Work(seconds=0)) == 1
+    assert seen == ["wait", "handling"]
