@@ -163,3 +163,20 @@ def test_two_targets_of_one_name_are_refused() -> None:
 
     with pytest.raises(ConfigError, match="two targets have the same name: Down"):
         Resilience(policies={"p": Policy()}, targets={Down: "p", "Down": "p"})
+
+
+async def test_a_node_without_resilience_exports_no_target_series() -> None:
+    env = {"KERNA_CLUSTER": "c", "KERNA_NODE_ID": "a", "KERNA_HTTP_LISTEN": "127.0.0.1:0"}
+    async with Kernel() as kernel:
+        kernel.register(Down)
+        http = NodeHttp(kernel, load_config(None, env))
+        host, port = await http.start()
+        try:
+            text = (await call(f"http://{host}:{port}/metrics"))[1]
+            status_body = (await call(f"http://{host}:{port}/admin/status"))[1]
+        finally:
+            await http.close()
+    assert "kerna_breaker" not in text
+    assert "kerna_retries" not in text
+    assert "kerna_messages_handled_total" in text
+    assert status_body["resilience"] == {}

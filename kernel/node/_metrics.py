@@ -217,6 +217,8 @@ def resilience_metrics(kernel: Kernel) -> Iterator[Any]:
     labelled ``target``: ``kerna_breaker_state`` (0 closed, 1 half-open, 2 open), the
     breaker's openings and rejections, and the calls, attempts, retries and fallbacks."""
     targets = target_stats(kernel)
+    if not targets:
+        return
     yield from _labelled(TARGET, ["target"], [([t], s) for t, s in targets.items()])
     breakers = [([t], s.breaker) for t, s in targets.items() if s.breaker is not None]
     if not breakers:
