@@ -15,6 +15,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from kerna import Agent, Kernel, Message, Request, UsageError, handler
+from kerna._timing import BOUNDS
 from kerna.plugins import Metrics, batched, cached
 
 from .test_breaker_metrics import Down, Lookup, resilience
@@ -128,6 +129,7 @@ async def test_the_readers_data_has_the_kernels_metrics_after_some_traffic(
     assert at(found, "kerna_agents_active", type="Echo") == 1
     count, buckets = at(found, "kerna_handling_seconds", type="Echo")
     assert (count, sum(buckets)) == (3, 3)
+    assert len(buckets) == len(BOUNDS) + 1  # the kernel's bounds, as /metrics has them
     assert at(found, "kerna_mailbox_wait_seconds", type="Echo")[0] == 3
     assert at(found, "kerna_dead_letters_recorded", reason="handler_failed") == 1
     assert at(found, "kerna_cache_hits", type="Model", handler="square") == 2
