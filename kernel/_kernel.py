@@ -56,6 +56,10 @@ from ._topics import DEAD_LETTERS, Subscription
 
 T = TypeVar("T")
 
+# From the import of Kernel on, so that a format naming %(correlation_id)s works for
+# the records an application makes before its first kernel too (kerna._log_context).
+install_log_context()
+
 __all__ = ["Kernel", "KernelStats", "Subscription"]
 
 log = logging.getLogger("kerna.kernel")
@@ -83,10 +87,11 @@ class Kernel(KernelViews):
             kernel.register(Echo)
             pong = await kernel.ref(Echo, "a").ask(Ping(n=1), timeout=1.0)
 
-    Logging: the first kernel of a process wraps the log record factory, so every
-    record made afterwards carries ``agent_id`` and ``correlation_id``: the agent and
-    the conversation of the message it handles when the record is made, None for both
-    outside any agent (``%(correlation_id)s`` works in any format; ``kerna._log_context``).
+    Logging: importing ``Kernel`` wraps the log record factory (and making one wraps
+    it again if it was replaced since), so every record made afterwards carries
+    ``agent_id`` and ``correlation_id``: the agent and the conversation of the message
+    it handles when the record is made, None for both outside any agent
+    (``%(correlation_id)s`` works in any format; ``kerna._log_context``).
 
     Args:
         ask_timeout: default ``ask`` timeout in seconds (no ask is unbounded).

@@ -1,8 +1,9 @@
 """Log records carry the agent and the conversation they were made in (Akka's MDC).
 
-The first ``Kernel`` made in a process installs a log record factory
-(``logging.setLogRecordFactory``) around the one in place. Every ``LogRecord`` made
-afterwards, by any logger, gets two attributes:
+Importing ``kerna.Kernel`` installs a log record factory (``logging.setLogRecordFactory``)
+around the one in place, and making a ``Kernel`` installs it again if another factory
+replaced it without wrapping it. Every ``LogRecord`` made afterwards, by any logger,
+gets two attributes:
 
 - ``agent_id``: the agent whose worker made the record (``"Type/key"``), else None;
 - ``correlation_id``: the conversation of the message that agent is handling (the int

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
+import sys
 from typing import Any, ClassVar
 
 import pytest
@@ -247,3 +249,27 @@ async def test_json_lines_formatted_later_keep_the_ids_and_omit_them_outside_age
     [outside] = [json.loads(formatter.format(r)) for r in records(caplog, "outside")]
     assert "agent_id" not in outside
     assert "correlation_id" not in outside
+
+
+def test_records_made_before_the_first_kernel_format_with_the_ids_too() -> None:
+    code = (
+        "import logging\n"
+        "from kerna import Kernel\n"
+        "logging.basicConfig(format='%(agent_id)s %(correlation_id)s %(message)s')\n"
+        "logging.warning('starting')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (done.returncode, done.stderr) == (0, "None None starting\n")
+
+
+def test_a_factory_replaced_without_wrapping_is_wrapped_again_by_the_next_kernel() -> None:
+    previous = logging.getLogRecordFactory()
+    logging.setLogRecordFactory(logging.LogRecord)
+    try:
+        Kernel()
+        record = logging.getLogger(LOGGER).makeRecord(LOGGER, logging.INFO, "f", 1, "m", (), None)
+        assert record.correlation_id is None
+    finally:
+        logging.setLogRecordFactory(previous)

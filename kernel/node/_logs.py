@@ -16,8 +16,13 @@ from typing import Any
 
 __all__ = ["JsonFormatter", "configure_logging"]
 
-# Attributes every LogRecord has: not extras.
-_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# Attributes every LogRecord has: not extras. A plain LogRecord, not makeLogRecord's,
+# which the record factory (kerna._log_context) gives agent_id and correlation_id.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
 _CONTEXT = frozenset({"agent_id", "correlation_id"})  # kerna._log_context's
 
 
