@@ -230,10 +230,10 @@ class NodeProcess:
             os.kill(self.pid, signal.SIGCONT)  # a paused node cannot drain
             os.kill(self.pid, signal.SIGTERM)
         try:
-            wait_for_exit(self.pid, timeout)
+            wait_for_exit(self.pid, timeout, reap=False)  # asyncio's watcher reaps it
         except TimeoutError:
             log.warning("node %s ignored SIGTERM for %s s: killed", self.pid, timeout)
-            kill_process(self.pid)
+            kill_process(self.pid, reap=False)
 
 
 async def http_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:

@@ -148,11 +148,13 @@ def resume_process(pid: int, timeout: float = 5.0) -> None:
     wait_until(lambda: _state(pid) not in ("T", "t"), timeout, f"process {pid} resumed")
 
 
-def kill_process(target: int | subprocess.Popen[bytes], timeout: float = 10.0) -> int | None:
+def kill_process(
+    target: int | subprocess.Popen[bytes], timeout: float = 10.0, *, reap: bool = True
+) -> int | None:
     """``kill -9`` and wait for the exit (reaped, when it is a child); returns its exit
     status (None for a process that is not a child of this one).
 
-    A process that is already gone is not an error.
+    A process that is already gone is not an error. ``reap``: as for ``wait_for_exit``.
 
     Raises:
         TimeoutError: still there after ``timeout`` (a process in uninterruptible sleep).
@@ -163,12 +165,18 @@ def kill_process(target: int | subprocess.Popen[bytes], timeout: float = 10.0) -
     pid = target if isinstance(target, int) else target.pid
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    return wait_for_exit(target, timeout)
+    return wait_for_exit(target, timeout, reap=reap)
 
 
-def wait_for_exit(target: int | subprocess.Popen[bytes], timeout: float) -> int | None:
+def wait_for_exit(
+    target: int | subprocess.Popen[bytes], timeout: float, *, reap: bool = True
+) -> int | None:
     """Wait until the process has exited; returns its exit status when it is a child of
     this process (a ``Popen``, or the PID of one: then it is reaped too), else None.
+
+    ``reap=False`` for a child that asyncio started (its child watcher collects the
+    status; reaping it here would leave ``Process.wait()`` a returncode of 255): the
+    wait ends when the process is a zombie or gone, and returns None.
 
     Raises:
         TimeoutError: still running after ``timeout`` seconds.
@@ -184,6 +192,8 @@ def wait_for_exit(target: int | subprocess.Popen[bytes], timeout: float) -> int 
     status: list[int] = []
 
     def gone() -> bool:
+        if not reap:
+            return _state(pid) in ("", "Z")
         try:
             done, code = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:  # not our child: it is gone when its PID is
