@@ -66,10 +66,11 @@ async def test_two_client_nodes_with_64_asks_in_flight_each_get_exactly_their_ow
             assert result["error_count"] == 0, result["errors"]
             assert result["mismatch_count"] == 0, result["mismatches"]
             assert result["duplicates"] == []
-            assert result["replies"] == ROUNDS * IN_FLIGHT
+            assert result["rounds"] >= ROUNDS
+            assert result["replies"] == result["rounds"] * IN_FLIGHT
             assert result["servers"] == ["server"]
         # the two clients' asks were in flight at the same time
         assert max(r["began"] for r in results) < min(r["ended"] for r in results)
         # every ask crossed to the one agent on the server node
-        assert server.stats().types["Mirror"].handled == 2 * ROUNDS * IN_FLIGHT
+        assert server.stats().types["Mirror"].handled == sum(r["replies"] for r in results)
         assert [proc.returncode for proc in clients] == [0, 0]
