@@ -5,9 +5,12 @@ read from the kernel's own counters at collection time."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -208,3 +211,54 @@ async def test_a_collection_in_a_thread_the_loop_waits_for_gives_up_instead_of_d
     async with asyncio.timeout(10):
         again = await asyncio.to_thread(points, reader)  # the loop answers again
     assert at(again, "kerna_messages_handled", type="Echo") == 3
+
+
+GLOBAL_PROVIDERS = """
+import asyncio
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from kerna import Agent, Kernel, Message, handler
+
+reader = InMemoryMetricReader()
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+spans = InMemorySpanExporter()
+tracing = TracerProvider()
+tracing.add_span_processor(SimpleSpanProcessor(spans))
+trace.set_tracer_provider(tracing)
+
+class Hello(Message):
+    n: int
+
+class Greeter(Agent):
+    @handler
+    async def hello(self, msg: Hello) -> int:
+        return msg.n
+
+async def main() -> None:
+    async with Kernel(plugins=["otel-tracing", "otel-metrics"]) as kernel:
+        kernel.register(Greeter)
+        assert await kernel.ref(Greeter, "g").ask(Hello(n=7)) == 7
+        names = {m.name for r in reader.get_metrics_data().resource_metrics
+                 for s in r.scope_metrics for m in s.metrics}
+        print(sorted(n for n in names if n.startswith("kerna_messages_handled")))
+        print(len(spans.get_finished_spans()) >= 2)
+
+asyncio.run(main())
+"""
+
+
+def test_a_node_turns_otel_on_by_name_through_the_global_providers(tmp_path: Path) -> None:
+    """``[node] plugins = ["otel-tracing", "otel-metrics"]`` (here ``Kernel(plugins=...)``,
+    what the daemon passes): the built-in entry points build ``Tracing()`` and
+    ``Metrics()`` on the process's global providers."""
+    script = tmp_path / "global_otel.py"
+    script.write_text(GLOBAL_PROVIDERS)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["['kerna_messages_handled']", "True"], done.stdout
