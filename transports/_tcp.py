@@ -124,7 +124,7 @@ def _format(host: str, port: int) -> str:
 class _Conn:
     """One established connection (either direction), as the heartbeat sees it."""
 
-    __slots__ = ("error", "last_rx", "last_tx", "paused", "peer", "writer")
+    __slots__ = ("error", "last_rx", "last_tx", "paused", "peer", "superseded", "writer")
 
     def __init__(self, peer: str, writer: asyncio.StreamWriter, now: float) -> None:
         self.peer = peer
@@ -133,6 +133,7 @@ class _Conn:
         self.last_tx = now
         self.error: BaseException | None = None  # why the heartbeat closed it
         self.paused = False  # the receiver asked for no more frames from it for now
+        self.superseded = False  # the peer connected again: drop what is left of this one
 
 
 class _Outbound:
@@ -312,6 +313,7 @@ class TcpTransport(Transport):
         self._on_peer_lost: PeerLostCallback | None = None
         self._out: dict[str, _Outbound] = {}
         self._conns: set[_Conn] = set()
+        self._inbound: dict[str, _Conn] = {}  # per peer, its latest accepted connection
         self._tasks: set[asyncio.Task[None]] = set()
         # Accepted connections' tasks (asyncio's, running _serve) and their writers:
         # closed by aborting the connection, not cancelled (3.11's StreamReaderProtocol
@@ -325,6 +327,7 @@ class TcpTransport(Transport):
         self._frames_written = 0
         self._bytes_written = 0
         self._frames_read = 0
+        self._superseded_frames = 0  # dropped: left on a connection its peer replaced
         self._bytes_read = 0
         self._errors = 0  # connections refused or closed for cause, frames dropped
 
@@ -355,7 +358,9 @@ class TcpTransport(Transport):
         ``bytes_written`` and ``frames_read``, ``bytes_read`` (data frames, with their
         length prefixes), ``errors`` (connections refused at accept or in the handshake
         or closed for a bad frame or silence, and frame batches dropped when a peer was
-        given up), ``connections`` (open, either direction), ``tasks`` (running)."""
+        given up), ``superseded`` (frames dropped because their peer had connected again:
+        left on its previous connection), ``connections`` (open, either direction),
+        ``tasks`` (running)."""
         return {
             "writes": self._writes,
             "frames_written": self._frames_written,
@@ -363,6 +368,7 @@ class TcpTransport(Transport):
             "frames_read": self._frames_read,
             "bytes_read": self._bytes_read,
             "errors": self._errors,
+            "superseded": self._superseded_frames,
             "connections": len(self._conns),
             "tasks": len(self._tasks) + len(self._handlers),
         }
@@ -719,6 +725,7 @@ class TcpTransport(Transport):
             finally:
                 self._handshaking -= 1
             conn = _Conn(info.address, writer, asyncio.get_running_loop().time())
+            self._supersede(info.address, conn)
             self._conns.add(conn)
             self._accepted += 1
             self._handshaken(info.address, info)
@@ -727,8 +734,24 @@ class TcpTransport(Transport):
             if conn is not None:
                 self._conns.discard(conn)
                 self._accepted -= 1
+                if self._inbound.get(conn.peer) is conn:
+                    del self._inbound[conn.peer]
             writer.transport.abort()
             self._handlers.pop(task, None)
+
+    def _supersede(self, peer: str, conn: _Conn) -> None:
+        """``conn`` is ``peer``'s connection from now on; an older one still open is
+        closed and what it still holds (frames read and not yet handed over, or waiting
+        behind a pause) is dropped: handed over after the new connection's frames, it
+        would break the peer's order. The peer connected again because it saw the old
+        one break; delivery is at most once, and kerna's delivery numbers count what
+        was dropped as a gap."""
+        old = self._inbound.get(peer)
+        self._inbound[peer] = conn
+        if old is not None:
+            old.superseded = True
+            log.info("%s connected again: its previous connection is closed", peer)
+            old.writer.transport.abort()
 
     async def _receive(self, conn: _Conn, reader: asyncio.StreamReader) -> None:
         on_frame = self._on_frame
@@ -741,6 +764,9 @@ class TcpTransport(Transport):
             conn.last_rx = loop.time()
 
         def deliver(frame: bytes) -> Awaitable[object] | None:
+            if conn.superseded:
+                self._superseded_frames += 1
+                return None
             self._frames_read += 1
             self._bytes_read += len(frame) + 4
             try:
@@ -760,6 +786,8 @@ class TcpTransport(Transport):
         try:
             await read_frames(reader, limit, deliver, alive, paused)
         except (OSError, EOFError, FrameTooLarge) as exc:
+            if conn.superseded:
+                return  # the peer is on its newer connection: not lost
             if isinstance(exc, FrameTooLarge | ProtocolError):
                 self._errors += 1
                 log.warning("closing the connection from %s: %s", peer, exc)
