@@ -14,7 +14,9 @@ Calls past the end of the script run normally. ``keepalive_down`` makes every
 ``lease_keepalive`` raise ``Unavailable`` (a partition that only the lease notices);
 ``grant_down`` does the same to ``lease_grant``, after waiting for ``grant_gate`` when
 one is set (a grant held on its way to an unreachable store); ``grants`` counts the
-grants asked for.
+grants asked for. ``hold_delete`` names a key whose deleting txn is applied on the real
+backend, then sets ``delete_applied`` and waits for ``delete_answer`` before it returns
+(a write applied whose answer is slow to come back).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from kerna import OutcomeUnknown, Unavailable
-from kerna.state import Compare, KeyValue, Op, Page, StateBackend, TxnResult, WatchEvent
+from kerna.state import Compare, Delete, KeyValue, Op, Page, StateBackend, TxnResult, WatchEvent
 from kerna.state._memory import MemoryBackend
 
 __all__ = ["FaultyBackend"]
@@ -48,6 +50,9 @@ class FaultyBackend(StateBackend):
         self.grants = 0
         self.grant_down = False
         self.grant_gate: asyncio.Event | None = None
+        self.hold_delete: str | None = None
+        self.delete_applied = asyncio.Event()
+        self.delete_answer = asyncio.Event()
 
     @classmethod
     async def from_url(cls, url: str, **options: object) -> FaultyBackend:
@@ -92,6 +97,10 @@ class FaultyBackend(StateBackend):
     ) -> TxnResult:
         step = self._next("txn")
         result = await self.inner.txn(compares, success, failure)
+        held = self.hold_delete
+        if held is not None and any(isinstance(op, Delete) and op.key == held for op in success):
+            self.delete_applied.set()
+            await self.delete_answer.wait()
         if step == "applied":
             raise OutcomeUnknown(f"injected: txn applied at {result.revision}, answer lost")
         return result
