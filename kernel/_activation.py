@@ -262,12 +262,11 @@ class Activation(StateOwner):
                     raise
                 await self.release()
                 cluster = self.runtime.cluster
-                if (
-                    isinstance(exc, OwnedElsewhere)
-                    and cluster is not None
-                    and cluster.moved(self, exc)  # its messages went to the holder
-                ):
-                    return False
+                if isinstance(exc, OwnedElsewhere) and cluster is not None:
+                    if await cluster.handed_off(self.id, exc):
+                        continue  # its leaving holder released it: claim it now
+                    if cluster.moved(self, exc):  # its messages went to the holder
+                        return False
                 # An undecodable stored state or event will not decode on a retry either.
                 if attempt >= atype.max_restarts or isinstance(exc, DecodeError):
                     self.failure = remote_error(exc, ActivationFailed, self.node_id())
@@ -404,10 +403,17 @@ class Activation(StateOwner):
                     self._undefer(env)
 
     async def _close(self) -> None:
-        """Run ``on_stop`` and leave the directory; later messages go to a successor."""
+        """Run ``on_stop`` and leave the directory; later messages go to a successor
+        (on a leaving cluster node: to the agent's next home, before the claim is
+        released, ``Departure.hand_off``)."""
         self.closing = True
         self.fail_pending(KernelStopped(f"{self.id} was deactivated before it replied"))
         await self.run_on_stop()
+        cluster = self.runtime.cluster
+        if cluster is not None and cluster.leaving:
+            self.runtime.retire(self)
+            await cluster.departure.hand_off(self)
+            return
         await self.release()
         self.runtime.retire(self)
         if self.mailbox or self.waiters:
@@ -500,8 +506,8 @@ class Activation(StateOwner):
 
     def hand_off(self) -> None:
         """Its node is leaving the cluster: finish the message being handled, then
-        deactivate (``on_stop``, release the claim); the messages queued then go to
-        the agent's next home (``Runtime.hand_over``). Idempotent."""
+        deactivate (``on_stop``); the messages queued then go to the agent's next
+        home, and then the claim is released (``Departure.hand_off``). Idempotent."""
         self.handoff = True
         self.request_deactivation()
 

@@ -14,7 +14,9 @@ one transport round trip and a stale one is decided again.
 A message that reaches a node whose activation finds the agent's claim held by
 another node is forwarded there once, transparently (``Cluster.moved``): an asker
 gets its reply through the node it asked, and the senders' directory watch routes the
-next message straight to the holder.
+next message straight to the holder. A holder that is leaving is handing the agent
+off (``kerna._cluster_leave``): the activation here then waits for its claim's release
+and claims the agent, keeping the handed-off messages in order (``handed_off``).
 
 A member whose node is lost (its connection broke, a send cannot connect) keeps its
 agents until its lease expires: messages to them are parked
@@ -41,7 +43,7 @@ from ._cluster_members import Member, Membership
 from ._cluster_parking import Parking, Probe
 from ._cluster_placement import ClusterRoute, LeavingRoute, PlacementStrategy, Rendezvous
 from ._cluster_topics import ClusterTopics
-from ._errors import OwnedElsewhere, PeerUnreachable, UnknownAgent
+from ._errors import ConfigError, OwnedElsewhere, PeerUnreachable, StateError, UnknownAgent
 from ._ids import AgentId
 from ._message import DeadLetterReason
 from ._persistence_claims import Claim
@@ -81,6 +83,8 @@ class Cluster:
         self._off_hash: set[str] | None = None
         self.forwarded = 0  # messages forwarded to the holder of their agent's claim
         self._parked: dict[str, Parking] = {}  # lost member id -> its parked messages
+        # Claim key -> activations here waiting for a leaving holder to release it.
+        self._release_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._closing = False
         self.leaving = False  # stopping gracefully: placement skips this node
         self.departure = Departure(self)
@@ -196,6 +200,8 @@ class Cluster:
         self.invalidate()
         self._off_hash = None  # the homes by hash moved: recomputed on the next claim
         waiters, self._member_waiters = self._member_waiters, []
+        for key in list(self._release_waiters):  # a holder may have left
+            waiters.extend(self._release_waiters.pop(key))
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -212,6 +218,9 @@ class Cluster:
     def _claim_changed(self, claim_key: str, claim: Claim | None) -> None:
         """A claim was made or released: decisions change only where the holder is
         (or was) another node than the home by hash, which senders pick without it."""
+        for waiter in self._release_waiters.pop(claim_key, ()):
+            if not waiter.done():
+                waiter.set_result(None)
         off = self._off_hash
         if off is None:
             off = self._off_hash = set()
@@ -219,6 +228,9 @@ class Cluster:
             for key, held in () if directory is None else directory.items():
                 if key != claim_key and self._off(key, held):
                     off.add(key)
+            if claim is None:  # what it was is not known any more: it may have been off
+                self.invalidate()
+                return
         if claim is not None and self._off(claim_key, claim):
             off.add(claim_key)
         elif claim_key in off:
@@ -298,6 +310,12 @@ class Cluster:
         """The node ``target``'s messages go to now: the holder of its claim, or the
         strategy's choice among the live nodes hosting its type.
 
+        The holder is the home while its claim holds, also while it leaves: it hands
+        the agent off with the messages it holds, and the new home waits for the
+        claim's release (``handed_off``), so a sender's newer messages never overtake
+        its older ones across the hand-off. (This node, when it leaves, is nobody's
+        home: what reaches it goes to the next one.)
+
         Raises:
             UnknownAgent: no live member hosts the type.
         """
@@ -312,9 +330,61 @@ class Cluster:
             return self.node_id
         if placement == "directory":
             holder = self._holder(target)
-            if holder is not None and (holder == self.node_id or holder in hosts):
+            if holder is not None and (holder in hosts or self._leaving_host(holder, target)):
                 return holder
         return self.strategy.choose(target, hosts)
+
+    def _leaving_host(self, node: str, target: AgentId) -> bool:
+        """Whether ``node`` is another live member, leaving, that hosts ``target``'s type."""
+        membership = self._membership
+        member = None if membership is None or node == self.node_id else membership.get(node)
+        return member is not None and member.leaving and target.type in member.types
+
+    async def handed_off(self, target: AgentId, error: OwnedElsewhere) -> bool:
+        """An activation of ``target`` here found its claim held (``error``): if the
+        holder is leaving, it is handing the agent off, the messages it held on their
+        way here: wait until it releases the claim (or leaves the cluster), at most
+        ``3 x lease_ttl`` (at least 10 s), and return True (claim again); these
+        messages are then handled before the ones sent here meanwhile. False at once
+        when the holder is not leaving (``moved`` forwards to it), or when the wait
+        ran out.
+
+        A member record this node's watch does not show leaving yet is read from the
+        store (the holder may have started its leave just before).
+        """
+        holder = error.holder
+        membership, directory, persistence = self._membership, self._directory, self._persistence
+        if holder is None or holder == self.node_id or membership is None:
+            return False
+        if directory is None or persistence is None:
+            return False
+        member = membership.get(holder)
+        if member is None:
+            return False
+        if not member.leaving:
+            try:
+                member = await membership.fetch(holder)
+            except (StateError, ConfigError):
+                return False
+            if member is None or not member.leaving:
+                return False
+        key = persistence.layout.claim(target.type, target.key)
+        loop = asyncio.get_running_loop()
+        bound = max(3 * persistence.claims.lease_ttl, 10.0)
+        try:
+            async with asyncio.timeout(bound):
+                await directory.wait_for(error.revision)  # the view shows that claim
+                while (claim := directory.get(key)) is not None and claim.node == holder:
+                    if membership.get(holder) is None:
+                        break  # it left: its lease (and the claim) ends with it
+                    waiter = loop.create_future()
+                    self._release_waiters.setdefault(key, []).append(waiter)
+                    await waiter
+        except TimeoutError:
+            log.warning("%s: leaving %s did not release it in %gs", target, holder, bound)
+            return False
+        log.debug("%s handed off by %s: claiming it here", target, holder)
+        return True
 
     # -- routing -------------------------------------------------------------------------
 
@@ -408,16 +478,20 @@ class Cluster:
         """Messages parked now for lost members."""
         return sum(len(p) for p in self._parked.values())
 
-    def redeliver(self, env: Envelope) -> None:
-        """Route ``env`` again, as a new send would be (its asker, if any, waits on)."""
+    def redeliver(self, env: Envelope) -> asyncio.Future[None] | None:
+        """Route ``env`` again, as a new send would be (its asker, if any, waits on).
+
+        Returns:
+            The send, while it waits for its connection (or room): it is owned by the
+            link (nobody needs to await it); None once queued, or if it failed.
+        """
         rt = self.runtime
         try:
             sent = rt.deliver(env, None)
         except Exception as exc:  # nobody to place it on, it cannot be encoded
             rt.not_handled(env, env.target, DeadLetterReason.NOT_DELIVERED, exc)
-            return
-        if sent is not None:
-            self._own(sent, env)
+            return None
+        return None if sent is None else self._own(sent, env)
 
     async def locate(self, target: AgentId) -> str | None:
         """The node hosting ``target`` now: this one if it is active here; the holder of
@@ -478,13 +552,14 @@ class Cluster:
         if sent is not None:  # nobody awaits a forwarded send: the link owns it
             self._own(sent, env)
 
-    def _own(self, sent: Awaitable[None], env: Envelope) -> None:
+    def _own(self, sent: Awaitable[None], env: Envelope) -> asyncio.Future[None]:
         remote = self._remote
         assert remote is not None
         owned = remote.own(sent)
         reply = env.reply
         if reply is not None:
             owned.add_done_callback(lambda done: _send_done(done, reply))
+        return owned
 
 
 def _send_done(sent: asyncio.Future[None], reply: asyncio.Future[Any]) -> None:

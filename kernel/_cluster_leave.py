@@ -5,7 +5,11 @@ agent from then on, and it keeps taking messages from other nodes
 (``Runtime.accepts_inbound``): a live activation here handles them, or they are
 forwarded to the agent's next home. ``Departure.leave`` (the first step of the
 shutdown): its member record says ``leaving`` (placement skips it), and every local
-activation is handed off (``Activation.hand_off``). After the grace,
+activation is handed off (``Activation.hand_off``): after its current message, what it
+holds is forwarded to the agent's next home, then its claim is released
+(``Departure.hand_off``); the new home waits for that release before it claims the agent
+(``Cluster.handed_off``), and senders keep routing to the holder while its claim holds,
+so a sender's messages stay in order across the hand-off. After the grace,
 ``Departure.depart``: it deletes its member record, waits for the asks it forwarded,
 and, if messages reached it while it left, lingers until none came for ``LINGER``
 seconds, before its transport closes.
@@ -15,9 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import TYPE_CHECKING
 
+from ._errors import KernelStopped
+
 if TYPE_CHECKING:
+    from ._activation import Activation
     from ._cluster import Cluster
 
 __all__ = ["ANNOUNCE", "LINGER", "Departure"]
@@ -40,6 +48,7 @@ class Departure:
         self.cluster = cluster
         self._late = asyncio.Event()  # a message reached this node while it leaves
         self._late_count = 0
+        self.deadline = math.inf  # the end of the grace (``leave``)
 
     async def leave(self, deadline: float) -> None:
         """Mark this node leaving in its member record, so that placement skips it
@@ -49,6 +58,7 @@ class Departure:
         sent goes to the agent's next home)."""
         cluster = self.cluster
         cluster.begin_leaving()
+        self.deadline = deadline
         membership = cluster.membership
         if membership is not None:
             membership.update()
@@ -86,6 +96,24 @@ class Departure:
             except TimeoutError:
                 return  # nothing came for LINGER: the others have seen it leave
             await self.settle(deadline)
+
+    async def hand_off(self, act: Activation) -> None:
+        """``act`` (out of the directory) closes while this node leaves: send what it
+        still holds (queued messages, parked senders') to the agent's next home, in
+        order, wait (until the grace ends) until those sends are queued on their
+        connections, and only then release its claim. The new home waits for that
+        release before it claims (``Cluster.handed_off``), so these messages are in its
+        mailbox before any a sender routes there once the claim is gone."""
+        cluster = self.cluster
+        rt = cluster.runtime
+        if rt.stopped:
+            act.abort(KernelStopped(f"kernel stopped before {act.id} could handle them"))
+        else:
+            sends = [s for env in act.take_to_move() if (s := cluster.redeliver(env)) is not None]
+            if sends:
+                left = self.deadline - asyncio.get_running_loop().time()
+                await asyncio.wait(sends, timeout=None if left == math.inf else max(0.0, left))
+        await act.release()
 
     def seen(self) -> None:
         """A message reached this leaving node (it forwards it)."""

@@ -117,6 +117,22 @@ class Membership:
     def get(self, node_id: str) -> Member | None:
         return self._replica.get(node_id)
 
+    async def fetch(self, node_id: str) -> Member | None:
+        """``node_id``'s member record as the store has it now (a linearizable read,
+        not the view, which may lag behind it); None if absent or undecodable.
+
+        Raises:
+            Unavailable: the store cannot be reached.
+            ConfigError: the store is closed.
+        """
+        kv = await self.backend.get(self.prefix + escape(node_id))
+        if kv is None:
+            return None
+        try:
+            return _decode_member(kv.value)
+        except msgspec.MsgspecError:
+            return None
+
     def _changed(self, key: str, member: Member | None) -> None:
         keeping = self._keeper is not None and not self._keeper.done()
         if member is None and key == self.node_id and keeping:

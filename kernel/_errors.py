@@ -262,11 +262,14 @@ class OwnedElsewhere(StateError):
 
     Attributes:
         holder: the node id named in the claim (None when it could not be read).
+        revision: the store revision at which that claim was last written (0: not
+            known); a replica of the directory that has applied it shows the claim.
     """
 
-    def __init__(self, message: str, *, holder: str | None = None) -> None:
+    def __init__(self, message: str, *, holder: str | None = None, revision: int = 0) -> None:
         super().__init__(message)
         self.holder = holder
+        self.revision = revision
 
 
 class StoreFailed(StateError):

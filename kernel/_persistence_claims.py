@@ -269,6 +269,7 @@ class Claims:
                     f"{agent_type}/{key} is active elsewhere "
                     f"(claim {claim_key!r} held by {holder.node if holder else 'unknown'})",
                     holder=holder.node if holder else None,
+                    revision=current.mod_revision if current is not None else 0,
                 )
             if kept is None or not kept.lost.is_set():
                 return token, (result.gets[-1] if read is not None else None)

@@ -14,9 +14,11 @@ Calls past the end of the script run normally. ``keepalive_down`` makes every
 ``lease_keepalive`` raise ``Unavailable`` (a partition that only the lease notices);
 ``grant_down`` does the same to ``lease_grant``, after waiting for ``grant_gate`` when
 one is set (a grant held on its way to an unreachable store); ``grants`` counts the
-grants asked for. ``hold_delete`` names a key whose deleting txn is applied on the real
+grants asked for. ``hold_delete`` names a key whose deleting txn sets ``delete_reached``,
+waits for ``delete_gate`` (when one is set: a write on its way), is applied on the real
 backend, then sets ``delete_applied`` and waits for ``delete_answer`` before it returns
-(a write applied whose answer is slow to come back).
+(a write applied whose answer is slow to come back). ``refused`` is set when a txn
+comparing ``watch_key`` does not succeed (a claim found taken, say).
 """
 
 from __future__ import annotations
@@ -51,8 +53,12 @@ class FaultyBackend(StateBackend):
         self.grant_down = False
         self.grant_gate: asyncio.Event | None = None
         self.hold_delete: str | None = None
+        self.delete_reached = asyncio.Event()
+        self.delete_gate: asyncio.Event | None = None
         self.delete_applied = asyncio.Event()
         self.delete_answer = asyncio.Event()
+        self.watch_key: str | None = None
+        self.refused = asyncio.Event()
 
     @classmethod
     async def from_url(cls, url: str, **options: object) -> FaultyBackend:
@@ -96,11 +102,20 @@ class FaultyBackend(StateBackend):
         self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
     ) -> TxnResult:
         step = self._next("txn")
-        result = await self.inner.txn(compares, success, failure)
         held = self.hold_delete
-        if held is not None and any(isinstance(op, Delete) and op.key == held for op in success):
+        holding = held is not None and any(
+            isinstance(op, Delete) and op.key == held for op in success
+        )
+        if holding:
+            self.delete_reached.set()
+            if self.delete_gate is not None:
+                await self.delete_gate.wait()
+        result = await self.inner.txn(compares, success, failure)
+        if holding:
             self.delete_applied.set()
             await self.delete_answer.wait()
+        if not result.succeeded and any(c.key == self.watch_key for c in compares):
+            self.refused.set()
         if step == "applied":
             raise OutcomeUnknown(f"injected: txn applied at {result.revision}, answer lost")
         return result

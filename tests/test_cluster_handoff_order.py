@@ -54,16 +54,32 @@ def _leaving(node_id: str) -> object:
 async def test_tells_queued_on_a_leaving_node_are_not_overtaken_by_newer_ones_at_the_new_home(
     etcd_server: EtcdMember,
 ) -> None:
+    """n1 leaves while busy with 0, 1..9 queued behind it and 10..19 sent meanwhile;
+    its release of the claim is held until n3 found the claim still taken, then
+    applied, and its answer held while 20..29 are sent (the new home can claim the
+    agent now). n3 keeps what n1 handed off until the release (one activation, none
+    sent back), then handles the numbers in order."""
     Stream.seen = []
     Stream.entered, Stream.gate = asyncio.Event(), asyncio.Event()
     Stream.last, Stream.complete = asyncio.Event(), asyncio.Event()
-    faulty = FaultyBackend(await connect(etcd_server.url))  # n1's store: its release is held
+    old = FaultyBackend(await connect(etcd_server.url))  # n1's store: its release is held
+    new = FaultyBackend(await connect(etcd_server.url))  # n3's: shows its claim refused
     try:
-        async with nodes(etcd_server, 2, ids=["n2", "n3"]) as (n2, n3):
+        async with nodes(etcd_server, 1, ids=["n2"]) as (n2,):
             assert n2.cluster is not None
-            n1 = Kernel(state=faulty, transport=TCP, cluster=n2.cluster, node_id="n1",
-                        secret=SECRET, lease_ttl=2.0, stop_grace=10.0)  # fmt: skip
-            async with n1:
+            n1, n3 = (
+                Kernel(
+                    state=store,
+                    transport=TCP,
+                    cluster=n2.cluster,
+                    node_id=node_id,
+                    secret=SECRET,
+                    lease_ttl=2.0,
+                    stop_grace=10.0,
+                )
+                for store, node_id in ((old, "n1"), (new, "n3"))
+            )
+            async with n1, n3:
                 n1.register(Stream)
                 n3.register(Stream)
                 n1.register(Billing)  # a barrier: hosted on n1 only
@@ -75,8 +91,9 @@ async def test_tells_queued_on_a_leaving_node_are_not_overtaken_by_newer_ones_at
                     for k in (f"s{i}" for i in range(200))
                     if Rendezvous().choose(AgentId("Stream", k), ["n1", "n3"]) == "n1"
                 )
-                assert n1.cluster is not None
-                faulty.hold_delete = f"{n1.state_prefix}{n1.cluster}/act/Stream/{key}"
+                claim_key = f"{n1.state_prefix}{n2.cluster}/act/Stream/{key}"
+                old.hold_delete, old.delete_gate = claim_key, asyncio.Event()
+                new.watch_key = claim_key
                 ref = n2.ref("Stream", key)
                 async with asyncio.timeout(20):
                     await ref.tell(Numbered(n=0))
@@ -93,19 +110,28 @@ async def test_tells_queued_on_a_leaving_node_are_not_overtaken_by_newer_ones_at
                     for n in range(10, 20):  # sent while n1 leaves, still holding it
                         await ref.tell(Numbered(n=n))
                     Stream.gate.set()  # n1 finishes 0 and hands the agent off
-                    # n1's release of its claim is applied (its answer is held): the new
-                    # home may claim the agent now; newer numbers go there.
-                    await faulty.delete_applied.wait()
+                    await old.delete_reached.wait()  # n1 releases its claim: held
+                    await new.refused.wait()  # what n1 handed off reached n3: claim taken
+                    old.delete_gate.set()
+                    # The release is applied (its answer held): n3 may claim the agent
+                    # now, and the newer numbers go there.
+                    await old.delete_applied.wait()
                     for n in range(20, 30):
                         await ref.tell(Numbered(n=n))
                     await Stream.last.wait()
-                    faulty.delete_answer.set()
+                    old.delete_answer.set()
                     await stopping
                     await Stream.complete.wait()
                 assert Stream.seen == list(range(30)), str(Stream.seen)
                 assert await n2.ref(Stream, key).locate() == "n3"
-                assert n1.delivery_stats().out_of_order == 0
+                # n3 kept the handed-off messages until the release: none went back
+                assert n3.stats().types["Stream"].activations == 1
+                assert n1.stats().types["Stream"].activations == 1
+                assert n3.delivery_stats().out_of_order == 0
     finally:
-        faulty.delete_answer.set()
+        old.delete_answer.set()
+        if old.delete_gate is not None:
+            old.delete_gate.set()
         Stream.gate.set()
-        await faulty.aclose()
+        await old.aclose()
+        await new.aclose()
