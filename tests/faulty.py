@@ -14,7 +14,9 @@ Calls past the end of the script run normally. ``keepalive_down`` makes every
 ``lease_keepalive`` raise ``Unavailable`` (a partition that only the lease notices);
 ``grant_down`` does the same to ``lease_grant``, after waiting for ``grant_gate`` when
 one is set (a grant held on its way to an unreachable store); ``grants`` counts the
-grants asked for. ``hold_delete`` names a key whose deleting txn sets ``delete_reached``,
+grants asked for, ``grant_asked`` is set on each, ``grant_refused`` on each refused;
+``grant_plan`` ("down" or "ok" per grant, past the gate) overrides ``grant_down`` for
+the next grants. ``hold_delete`` names a key whose deleting txn sets ``delete_reached``,
 waits for ``delete_gate`` (when one is set: a write on its way), is applied on the real
 backend, then sets ``delete_applied`` and waits for ``delete_answer`` before it returns
 (a write applied whose answer is slow to come back). ``refused`` is set when a txn
@@ -51,6 +53,9 @@ class FaultyBackend(StateBackend):
         self.keepalive_refused = asyncio.Event()  # set on each keepalive refused
         self.grants = 0
         self.grant_down = False
+        self.grant_plan: deque[str] = deque()
+        self.grant_asked = asyncio.Event()
+        self.grant_refused = asyncio.Event()
         self.grant_gate: asyncio.Event | None = None
         self.hold_delete: str | None = None
         self.delete_reached = asyncio.Event()
@@ -125,9 +130,12 @@ class FaultyBackend(StateBackend):
 
     async def lease_grant(self, ttl: float) -> int:
         self.grants += 1
+        self.grant_asked.set()
         if self.grant_gate is not None:
             await self.grant_gate.wait()
-        if self.grant_down:
+        down = self.grant_plan.popleft() == "down" if self.grant_plan else self.grant_down
+        if down:
+            self.grant_refused.set()
             raise Unavailable("injected: a lease grant cannot reach the store")
         return await self.inner.lease_grant(ttl)
 
