@@ -246,7 +246,9 @@ class Activation(StateOwner):
             agent = None
             try:
                 if atype.claims:
-                    claimed = await self.runtime.store().activate(self.id, atype.state_spec)
+                    claimed = await self.runtime.store().activate(
+                        self.id, atype.state_spec, deadline=self._wait_until()
+                    )
                     self.token = claimed.token
                     if atype.state_spec is not None:
                         self.loaded(claimed.stored)
@@ -285,6 +287,17 @@ class Activation(StateOwner):
             else:
                 self.agent = agent
                 return True
+
+    def _wait_until(self) -> float | None:
+        """How long starting may wait for the store (a new lease): until the last
+        deadline of the queued messages; None (no bound of theirs) if one has none."""
+        latest = None
+        for env in self.mailbox or ():
+            if env.deadline is None:
+                return None
+            if latest is None or env.deadline > latest:
+                latest = env.deadline
+        return latest
 
     async def _drain(self) -> None:
         mailbox = self.mailbox

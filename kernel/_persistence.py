@@ -214,14 +214,18 @@ class Persistence:
 
     # -- activation ------------------------------------------------------------------------
 
-    async def activate(self, agent: AgentId, spec: StateSpec | None) -> Claimed:
+    async def activate(
+        self, agent: AgentId, spec: StateSpec | None, *, deadline: float | None = None
+    ) -> Claimed:
         """Claim the agent for this kernel and load its state (the claim is given up
         again if the load fails); with no ``spec`` (a volatile agent whose cluster
         placement is ``"directory"``), only claim it.
 
         A plain state is read in the claim's own transaction (``Claims.claim``'s
         ``read``): an activation costs one store round trip. An event-sourced one loads
-        its snapshot and the events after it once claimed (``load``).
+        its snapshot and the events after it once claimed (``load``). A kernel whose
+        lease was lost waits for a new one to claim under, not past ``deadline`` (the
+        caller's: ``Claims.claim``).
 
         Raises:
             OwnedElsewhere: another kernel holds the agent.
@@ -230,10 +234,10 @@ class Persistence:
             DecodeError: the stored state or an event does not decode.
         """
         if spec is None:  # a volatile agent placed through the directory: the claim only
-            token, _ = await self.claims.claim(agent.type, agent.key)
+            token, _ = await self.claims.claim(agent.type, agent.key, deadline=deadline)
             return Claimed(token, Stored(None))
         read = self.layout.state(agent.type, agent.key) if spec.sourcing is None else None
-        token, kv = await self.claims.claim(agent.type, agent.key, read=read)
+        token, kv = await self.claims.claim(agent.type, agent.key, read=read, deadline=deadline)
         try:
             stored = await self.load(agent, spec) if read is None else self._stored(agent, spec, kv)
         except BaseException:

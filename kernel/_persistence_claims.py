@@ -70,7 +70,8 @@ class Claims:
         # The live lease, or the lost one until a new grant starts (see _ensure_lease).
         self._lease: KeptLease | None = None
         self._granting: asyncio.Task[KeptLease] | None = None  # the one grant under way
-        self._unreachable: Unavailable | None = None  # why the last grant failed
+        self._attempts = 0  # grant attempts begun (the one under way is the last)
+        self._down = False  # the last attempt failed: the store could not be reached
         self._tasks: set[asyncio.Task[None]] = set()  # lost leases being revoked
         self._claim_encoder = msgspec.msgpack.Encoder()
         self._claim_decoder = msgspec.msgpack.Decoder(Claim)
@@ -127,8 +128,8 @@ class Claims:
         """The kernel's kept-alive lease (granted now if there is none, or a new one
         after a loss): the cluster membership key lives under it with the claims.
 
-        Unlike a claim, this waits for a grant even while the store is known to be
-        unreachable (it is how the membership keeper rejoins).
+        It waits for the attempt under way, or one begun now (it is how the membership
+        keeper rejoins); a claim waits the same way (``_ensure_lease``).
 
         Raises:
             Unavailable: the backend could not be reached to grant it.
@@ -138,34 +139,51 @@ class Claims:
             return self._lease
         return await asyncio.shield(self._grant())
 
-    async def _ensure_lease(self) -> int:
+    async def _ensure_lease(self, deadline: float | None = None) -> int:
         """The kernel's kept-alive lease, granted on first use and again after a loss.
 
         A lost lease (expired during a pause or partition) took every claim made under
         it: the activations holding them are fenced on their next write. Its
         revocation runs in the background, and every caller that needs a lease
-        meanwhile shares one grant attempt (the membership keeper's or a claim's), so
-        no caller waits more than one store timeout here. Once a grant has failed,
-        callers fail at once with ``Unavailable`` until one succeeds (each starts a
-        new attempt in the background if none is under way): a node cut off from its
-        store refuses new claims promptly instead of queueing them on the store's
-        timeout.
+        meanwhile shares one grant attempt (the membership keeper's or a claim's).
+
+        A caller waits for the attempt under way, or starts one. When the last attempt
+        had failed already (the store was unreachable) and the one under way, begun
+        before the call, fails too, it may have been sent into a partition that has
+        healed since: the caller waits for one attempt begun after the call. So while
+        the store stays unreachable a claim fails within about two store timeouts, and
+        once it answers again the next claim does not fail (nor wait for the membership
+        keeper's next attempt). Never past ``deadline`` (``loop.time()``, the caller's).
 
         Raises:
-            Unavailable: no lease, and the store could not be reached to grant one (at
-                once, if the last attempt failed).
+            Unavailable: no lease, and the store could not be reached to grant one (by
+                an attempt begun after the call), or not before ``deadline``.
         """
         lease = self.lease
         if lease:
             return lease
-        failed = self._unreachable
-        granting = self._grant()
-        if failed is not None:
+        asked = self._attempts  # an attempt numbered up to this began before the call
+        suspect = self._down  # the store was unreachable: what is under way may be stale
+        try:
+            async with asyncio.timeout_at(deadline) as scope:
+                while True:
+                    granting = self._grant()
+                    number = self._attempts
+                    try:
+                        return (await asyncio.shield(granting)).id
+                    except Unavailable as exc:
+                        if number > asked or not suspect:
+                            raise Unavailable(
+                                "the kernel has no lease to claim under: the store could"
+                                f" not be reached to grant one ({exc})"
+                            ) from exc
+        except TimeoutError:
+            if not scope.expired():
+                raise
             raise Unavailable(
-                f"the kernel has no lease to claim under: the store could not be reached to"
-                f" grant one ({failed}); another attempt is under way"
-            ) from failed
-        return (await asyncio.shield(granting)).id
+                "the kernel has no lease to claim under: none could be granted before the"
+                " caller's deadline"
+            ) from None
 
     def _grant(self) -> asyncio.Task[KeptLease]:
         """The grant attempt under way, started now if there is none (the lost lease,
@@ -179,6 +197,7 @@ class Claims:
                 log.error("lease %d lost: stateful activations on it are fenced", old.id)
             self._orphans.clear()  # they went with the lease
             self._background(old.revoke(), f"kerna.state revoke lease {old.id}")
+        self._attempts += 1
         task = self._granting = asyncio.get_running_loop().create_task(
             self._granted(), name="kerna.state lease grant"
         )
@@ -189,12 +208,12 @@ class Claims:
         lease = KeptLease(self.backend, self.lease_ttl, on_lost=self._lease_lost)
         try:
             await lease.grant()
-        except Unavailable as exc:
-            self._unreachable = exc
+        except Unavailable:
+            self._down = True
             raise
         finally:
             self._granting = None
-        self._unreachable = None
+        self._down = False
         self._lease = lease
         return lease
 
@@ -206,7 +225,7 @@ class Claims:
     # -- claims ----------------------------------------------------------------------------
 
     async def claim(
-        self, agent_type: str, key: str, *, read: str | None = None
+        self, agent_type: str, key: str, *, read: str | None = None, deadline: float | None = None
     ) -> tuple[int, KeyValue | None]:
         """Claim the agent for this kernel: its fencing token (the claim's create
         revision) and, with ``read``, that key's entry (None: absent) read in the claim's
@@ -219,19 +238,21 @@ class Claims:
         none can land between the claim and this read, nor after it but from another
         claim.
 
+        With no lease (the last one was lost), it waits for a new one, not past
+        ``deadline`` (the caller's, in ``loop.time()``): see ``_ensure_lease``.
+
         Raises:
             OwnedElsewhere: another kernel holds the agent.
             LeaseLost: no lease could be kept to claim it under.
             OutcomeUnknown, Unavailable: the backend could not be reached (``Unavailable``
-                at once while the kernel has no lease and the last attempt to grant one
-                failed: see ``_ensure_lease``).
+                also when no lease could be granted: see ``_ensure_lease``).
         """
         claim_key = self.layout.claim(agent_type, key)
         if claim_key in self._orphans:
             async with self._orphans_lock:  # no deletion of it is under way after this
                 self._orphans.pop(claim_key, None)  # if it exists, it is ours: used below
         for _ in range(3):
-            lease = await self._ensure_lease()
+            lease = await self._ensure_lease(deadline)
             kept = self._lease  # the KeptLease of ``lease`` (a later loss replaces it)
             value = self._claim_encoder.encode(Claim(self.node_id, lease, time.time()))
             reads = () if read is None else (Get(read),)

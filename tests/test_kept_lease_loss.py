@@ -196,7 +196,7 @@ async def test_a_lease_on_a_frozen_etcd_is_lost_within_its_ttl(etcd_server: Etcd
         await backend.aclose()
 
 
-async def test_claims_without_a_lease_share_one_grant_and_fail_at_once_while_it_cannot_be_had(
+async def test_claims_without_a_lease_share_one_grant_and_fail_once_one_begun_after_them_fails(
     faulty: FaultyBackend,
 ) -> None:
     spec = StateSpec(Count, Count, None)
@@ -215,14 +215,18 @@ async def test_claims_without_a_lease_share_one_grant_and_fail_at_once_while_it_
         results = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 5)
         assert all(isinstance(r, Unavailable) for r in results), results
         assert faulty.grants == grants + 1  # one attempt, shared: none waited on another
-        # The store is known to be unreachable: a claim fails at once, while the grant it
-        # started in the background hangs.
+        # A later claim starts an attempt of its own (the store may be back) and fails
+        # once that one failed: the store is still unreachable.
         gate.clear()
+        faulty.grant_asked.clear()
+        late = asyncio.ensure_future(store.activate(AgentId("Counter", "late"), spec))
+        await asyncio.wait_for(faulty.grant_asked.wait(), 5)
+        assert not late.done()  # it waits for the attempt, held on its way
+        gate.set()
         with pytest.raises(Unavailable, match="no lease to claim under"):
-            await asyncio.wait_for(store.activate(AgentId("Counter", "late"), spec), 1)
+            await asyncio.wait_for(late, 5)
         assert faulty.grants == grants + 2
         faulty.grant_down = False
-        gate.set()
         await asyncio.wait_for(store.claims.kept_lease(), 5)  # the store answers again
         claimed = await asyncio.wait_for(store.activate(AgentId("Counter", "late"), spec), 5)
         assert claimed.token
