@@ -232,3 +232,26 @@ async def test_claims_without_a_lease_share_one_grant_and_fail_once_one_begun_af
         assert claimed.token
     finally:
         await store.close()
+
+
+async def test_a_claim_waits_for_a_new_lease_no_longer_than_its_callers_deadline(
+    faulty: FaultyBackend,
+) -> None:
+    spec = StateSpec(Count, Count, None)
+    store = Persistence(faulty, owned=False, prefix="kerna/", lease_ttl=30)
+    loop = asyncio.get_running_loop()
+    try:
+        await store.activate(AgentId("Counter", "a"), spec)
+        (await store.claims.kept_lease()).mark_lost("the test")
+        faulty.grant_gate = gate = asyncio.Event()  # the grant hangs on its way
+        deadline = loop.time() + 0.2
+        with pytest.raises(Unavailable, match="before the caller's deadline"):
+            await asyncio.wait_for(
+                store.activate(AgentId("Counter", "b"), spec, deadline=deadline), 5
+            )
+        assert loop.time() >= deadline
+        gate.set()  # the grant goes through: the next claim has its lease
+        claimed = await asyncio.wait_for(store.activate(AgentId("Counter", "b"), spec), 5)
+        assert claimed.token
+    finally:
+        await store.close()
