@@ -347,15 +347,15 @@ class Cluster:
         ``3 x lease_ttl`` (at least 10 s), and return True (claim again); these
         messages are then handled before the ones sent here meanwhile. False at once
         when the holder is not leaving (``moved`` forwards to it), or when the wait
-        ran out.
+        ran out, or when this node is leaving too.
 
         A member record this node's watch does not show leaving yet is read from the
         store (the holder may have started its leave just before).
         """
         holder = error.holder
         membership, directory, persistence = self._membership, self._directory, self._persistence
-        if holder is None or holder == self.node_id or membership is None:
-            return False
+        if holder is None or holder == self.node_id or membership is None or self.leaving:
+            return False  # (a leaving node hands its messages on instead)
         if directory is None or persistence is None:
             return False
         member = membership.get(holder)
