@@ -19,7 +19,8 @@ grants asked for, ``grant_asked`` is set on each, ``grant_refused`` on each refu
 the next grants. ``hold_delete`` names a key whose deleting txn sets ``delete_reached``,
 waits for ``delete_gate`` (when one is set: a write on its way), is applied on the real
 backend, then sets ``delete_applied`` and waits for ``delete_answer`` before it returns
-(a write applied whose answer is slow to come back). ``refused`` is set when a txn
+(a write applied whose answer is slow to come back). ``hold_put`` names a key whose
+writing txn waits for ``put_gate`` before it is applied. ``refused`` is set when a txn
 comparing ``watch_key`` does not succeed (a claim found taken, say).
 """
 
@@ -32,7 +33,17 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from kerna import OutcomeUnknown, Unavailable
-from kerna.state import Compare, Delete, KeyValue, Op, Page, StateBackend, TxnResult, WatchEvent
+from kerna.state import (
+    Compare,
+    Delete,
+    KeyValue,
+    Op,
+    Page,
+    Put,
+    StateBackend,
+    TxnResult,
+    WatchEvent,
+)
 from kerna.state._memory import MemoryBackend
 
 __all__ = ["FaultyBackend"]
@@ -62,6 +73,8 @@ class FaultyBackend(StateBackend):
         self.delete_gate: asyncio.Event | None = None
         self.delete_applied = asyncio.Event()
         self.delete_answer = asyncio.Event()
+        self.hold_put: str | None = None
+        self.put_gate = asyncio.Event()
         self.watch_key: str | None = None
         self.refused = asyncio.Event()
 
@@ -115,6 +128,10 @@ class FaultyBackend(StateBackend):
             self.delete_reached.set()
             if self.delete_gate is not None:
                 await self.delete_gate.wait()
+        if self.hold_put is not None and any(
+            isinstance(op, Put) and op.key == self.hold_put for op in success
+        ):
+            await self.put_gate.wait()
         result = await self.inner.txn(compares, success, failure)
         if holding:
             self.delete_applied.set()

@@ -2,7 +2,9 @@
 again (real etcd behind ``FaultyBackend``, which cuts the lease calls): the next
 message to one of its stateful agents is served under a new lease, even while the grant
 attempt that was on its way across the partition is still out or fails; it does not
-fail for want of a lease until the membership keeper's next attempt goes through."""
+fail for want of a lease until the membership keeper's next attempt goes through. And a
+message from another node to an agent it claimed again before its member record is
+back waits for it to rejoin, instead of failing on a claim held by no member."""
 
 from __future__ import annotations
 
@@ -11,11 +13,11 @@ import logging
 
 import pytest
 
-from kerna import Kernel
+from kerna import AgentId, Kernel, Rendezvous
 from kerna.state import connect
 from kerna.testing import EtcdMember
 
-from .cluster import SECRET, TCP, cluster_name
+from .cluster import SECRET, TCP, cluster_name, hosting
 from .cluster_agents import Add, Ledger, Total
 from .faulty import FaultyBackend
 
@@ -68,3 +70,56 @@ async def test_a_stateful_agent_on_a_healed_node_is_served_while_its_new_lease_i
     finally:
         logging.getLogger("kerna").removeHandler(fenced)
         await faulty.aclose()
+
+
+async def test_a_message_from_another_node_waits_for_a_rejoining_node_that_claimed_its_agent(
+    etcd_server: EtcdMember,
+) -> None:
+    cut = FaultyBackend(await connect(etcd_server.url))  # n1's: lease calls cut, then its
+    watched = FaultyBackend(await connect(etcd_server.url))  # record held; n2's: claims seen
+    fenced = _Fenced()
+    logging.getLogger("kerna").addHandler(fenced)
+    try:
+        name = cluster_name()
+        n1, n2 = (
+            Kernel(
+                state=store,
+                transport=TCP,
+                cluster=name,
+                node_id=node_id,
+                secret=SECRET,
+                lease_ttl=1.2,
+                stop_grace=0.2,
+            )
+            for store, node_id in ((cut, "n1"), (watched, "n2"))
+        )
+        async with n1, n2:
+            n1.register(Ledger)
+            n2.register(Ledger, max_restarts=0)  # a refused claim is not retried
+            for k in (n1, n2):
+                await k.wait_members(hosting("Ledger", n1, n2), 5)
+            key = next(
+                k
+                for k in (f"k{i}" for i in range(200))
+                if Rendezvous().choose(AgentId("Ledger", k), ["n1", "n2"]) == "n1"
+            )
+            assert await n2.ref(Ledger, key).ask(Add(n=4), timeout=5) == 4  # on n1
+            cut.hold_put = f"{n1.state_prefix}{name}/members/n1"  # its rejoin waits
+            cut.keepalive_down = cut.grant_down = True
+            async with asyncio.timeout(15):
+                await fenced.event.wait()
+                await n2.wait_members(lambda ms: "n1" not in {m.id for m in ms}, 10)
+                cut.keepalive_down = cut.grant_down = False  # the store answers n1 again
+                # n1 claims its agent again under a new lease, its record still held
+                assert await n1.ref(Ledger, key).ask(Add(n=1), timeout=5) == 5
+                watched.watch_key = f"{n1.state_prefix}{name}/act/Ledger/{key}"
+                asking = asyncio.ensure_future(n2.ref(Ledger, key).ask(Add(n=1), timeout=5))
+                await watched.refused.wait()  # n2 found it claimed by n1, no member now
+                cut.put_gate.set()  # n1's record goes through: it is a member again
+                assert await asking == 6  # served on n1, not failed
+                assert await n1.ref(Ledger, key).ask(Total(), timeout=5) == 6
+    finally:
+        logging.getLogger("kerna").removeHandler(fenced)
+        cut.put_gate.set()
+        await cut.aclose()
+        await watched.aclose()
