@@ -265,8 +265,8 @@ class Activation(StateOwner):
                 await self.release()
                 cluster = self.runtime.cluster
                 if isinstance(exc, OwnedElsewhere) and cluster is not None:
-                    if await cluster.handed_off(self.id, exc):
-                        continue  # its leaving holder released it: claim it now
+                    if await cluster.wait_for_claim(self.id, exc):
+                        continue  # its holder released it: claim it now
                     if cluster.moved(self, exc):  # its messages went to the holder
                         return False
                 # An undecodable stored state or event will not decode on a retry either.

@@ -16,7 +16,8 @@ another node is forwarded there once, transparently (``Cluster.moved``): an aske
 gets its reply through the node it asked, and the senders' directory watch routes the
 next message straight to the holder. A holder that is leaving is handing the agent
 off (``kerna._cluster_leave``): the activation here then waits for its claim's release
-and claims the agent, keeping the handed-off messages in order (``handed_off``).
+and claims the agent, keeping the handed-off messages in order; one that is no member
+(rejoining under a new lease) is waited for too (``wait_for_claim``).
 
 A member whose node is lost (its connection broke, a send cannot connect) keeps its
 agents until its lease expires: messages to them are parked
@@ -312,7 +313,7 @@ class Cluster:
 
         The holder is the home while its claim holds, also while it leaves: it hands
         the agent off with the messages it holds, and the new home waits for the
-        claim's release (``handed_off``), so a sender's newer messages never overtake
+        claim's release (``wait_for_claim``), so a sender's newer messages never overtake
         its older ones across the hand-off. (This node, when it leaves, is nobody's
         home: what reaches it goes to the next one.)
 
@@ -340,33 +341,36 @@ class Cluster:
         member = None if membership is None or node == self.node_id else membership.get(node)
         return member is not None and member.leaving and target.type in member.types
 
-    async def handed_off(self, target: AgentId, error: OwnedElsewhere) -> bool:
-        """An activation of ``target`` here found its claim held (``error``): if the
-        holder is leaving, it is handing the agent off, the messages it held on their
-        way here: wait until it releases the claim (or leaves the cluster), at most
-        ``3 x lease_ttl`` (at least 10 s), and return True (claim again); these
-        messages are then handled before the ones sent here meanwhile. False at once
-        when the holder is not leaving (``moved`` forwards to it), or when the wait
-        ran out, or when this node is leaving too.
+    async def wait_for_claim(self, target: AgentId, error: OwnedElsewhere) -> bool:
+        """An activation of ``target`` here found its claim held (``error``); whether to
+        claim it again (True) or not (False: ``moved`` forwards its messages to a live
+        holder).
 
-        A member record this node's watch does not show leaving yet is read from the
-        store (the holder may have started its leave just before).
+        - A live holder that is not leaving: False at once (the view may lag behind a
+          leave: the holder's record is then read from the store).
+        - A leaving holder is handing the agent off, with the messages it held on their
+          way here: wait until it releases the claim, then True; these messages are
+          handled here before the ones sent meanwhile.
+        - A holder that is no member (it rejoins under a new lease and its record is on
+          its way, or its lease is ending): wait until it is a member again (False: on
+          to it) or its claim is gone (True), so the senders wait instead of failing.
+
+        At most ``3 x lease_ttl`` (at least 10 s) in all: then False. False at once too
+        when this node is leaving (it hands its messages on instead).
         """
         holder = error.holder
         membership, directory, persistence = self._membership, self._directory, self._persistence
         if holder is None or holder == self.node_id or membership is None or self.leaving:
-            return False  # (a leaving node hands its messages on instead)
+            return False
         if directory is None or persistence is None:
             return False
         member = membership.get(holder)
-        if member is None:
-            return False
-        if not member.leaving:
+        if member is not None and not member.leaving:
             try:
                 member = await membership.fetch(holder)
             except (StateError, ConfigError):
                 return False
-            if member is None or not member.leaving:
+            if member is not None and not member.leaving:
                 return False
         key = persistence.layout.claim(target.type, target.key)
         loop = asyncio.get_running_loop()
@@ -375,15 +379,16 @@ class Cluster:
             async with asyncio.timeout(bound):
                 await directory.wait_for(error.revision)  # the view shows that claim
                 while (claim := directory.get(key)) is not None and claim.node == holder:
-                    if membership.get(holder) is None:
-                        break  # it left: its lease (and the claim) ends with it
+                    member = membership.get(holder)
+                    if member is not None and not member.leaving:
+                        return False  # a member (again): on to it
                     waiter = loop.create_future()
                     self._release_waiters.setdefault(key, []).append(waiter)
                     await waiter
         except TimeoutError:
-            log.warning("%s: leaving %s did not release it in %gs", target, holder, bound)
+            log.warning("%s: its claim stayed with %s for %gs", target, holder, bound)
             return False
-        log.debug("%s handed off by %s: claiming it here", target, holder)
+        log.debug("%s: released by %s, claiming it here", target, holder)
         return True
 
     # -- routing -------------------------------------------------------------------------

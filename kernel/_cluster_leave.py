@@ -8,7 +8,7 @@ shutdown): its member record says ``leaving`` (placement skips it), and every lo
 activation is handed off (``Activation.hand_off``): after its current message, what it
 holds is forwarded to the agent's next home, then its claim is released
 (``Departure.hand_off``); the new home waits for that release before it claims the agent
-(``Cluster.handed_off``), and senders keep routing to the holder while its claim holds,
+(``Cluster.wait_for_claim``), and senders keep routing to the holder while its claim holds,
 so a sender's messages stay in order across the hand-off. After the grace,
 ``Departure.depart``: it deletes its member record, waits for the asks it forwarded,
 and, if messages reached it while it left, lingers until none came for ``LINGER``
@@ -102,7 +102,7 @@ class Departure:
         still holds (queued messages, parked senders') to the agent's next home, in
         order, wait (until the grace ends) until those sends are queued on their
         connections, and only then release its claim. The new home waits for that
-        release before it claims (``Cluster.handed_off``), so these messages are in its
+        release before it claims (``Cluster.wait_for_claim``), so these messages are in its
         mailbox before any a sender routes there once the claim is gone."""
         cluster = self.cluster
         rt = cluster.runtime
