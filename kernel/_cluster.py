@@ -84,7 +84,7 @@ class Cluster:
         self._off_hash: set[str] | None = None
         self.forwarded = 0  # messages forwarded to the holder of their agent's claim
         self._parked: dict[str, Parking] = {}  # lost member id -> its parked messages
-        # Claim key -> activations here waiting for a leaving holder to release it.
+        # Claim key -> activations here waiting for its holder to release it (or rejoin).
         self._release_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._closing = False
         self.leaving = False  # stopping gracefully: placement skips this node
