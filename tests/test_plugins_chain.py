@@ -333,3 +333,31 @@ async def test_a_send_hook_adding_headers_that_are_not_str_is_a_type_error_namin
         kernel.register(Echo)
         with pytest.raises(TypeError, match="headers must map str to str.*x-bad"):
             await kernel.ref(Echo, "e").tell(Note("x"))
+
+
+class Closing(Middleware):
+    """Counts the kernels it saw stop (what a buffering middleware flushes on)."""
+
+    def __init__(self) -> None:
+        self.stopped_kernels: list[Kernel] = []
+        self.busy_at_stop: list[bool] = []
+
+    async def handle(self, ctx: MessageContext, call_next: Callable[[], Awaitable[Any]]) -> Any:
+        return await call_next()
+
+    def stopped(self, kernel: Kernel) -> None:
+        self.stopped_kernels.append(kernel)
+        self.busy_at_stop.append(kernel.running)
+
+
+async def test_a_middleware_hears_once_that_its_kernel_stopped_after_the_last_handler() -> None:
+    own, kernels = Closing(), Closing()
+    kernel = Kernel(middleware=[kernels])
+    async with kernel:
+        kernel.register(Echo, middleware=[own])
+        assert await kernel.ref(Echo, "a").ask(Ping(1)) == Pong(1)
+        assert kernels.stopped_kernels == []
+    await kernel.stop()  # a second stop: not a second notice
+    assert kernels.stopped_kernels == [kernel]
+    assert own.stopped_kernels == [kernel]  # a type's own chain hears it too
+    assert kernels.busy_at_stop == [False]
