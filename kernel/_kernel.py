@@ -256,6 +256,7 @@ class Kernel(KernelViews):
         self._lifecycle = Lifecycle(self._runtime)
         install_log_context()  # records carry agent_id and correlation_id (_log_context)
         self._middleware: tuple[object, ...] = ()
+        self._stop_told = False  # middleware's stopped(kernel) called
         if chain:
             self.use(*chain)
 
@@ -318,6 +319,20 @@ class Kernel(KernelViews):
         """
         grace = self.stop_grace if grace is None else grace
         await self._lifecycle.stop(grace, self.cancel_grace)
+        if not self._stop_told:
+            self._stop_told = True
+            self._tell_stopped()
+
+    def _tell_stopped(self) -> None:
+        """Call ``stopped(kernel)`` once on each middleware of the kernel's chain and of
+        the types' own chains that has it (a buffering one flushes there)."""
+        told: set[int] = set()
+        chains = [self._middleware, *(t.middleware for t in self._runtime.types.values())]
+        for m in (m for chain in chains for m in chain):
+            stopped = getattr(m, "stopped", None)
+            if callable(stopped) and id(m) not in told:
+                told.add(id(m))
+                stopped(self)
 
     # -- registration and references -------------------------------------------------
 
@@ -325,7 +340,9 @@ class Kernel(KernelViews):
         """Add middleware to the end (the inner side) of the kernel's chain; it applies
         to every agent type, registered or not yet, from their next message.
 
-        A middleware with an ``attach(kernel)`` method has it called once, here.
+        A middleware with an ``attach(kernel)`` method has it called once, here; one
+        with a ``stopped(kernel)`` method has that called once, when ``stop()`` has
+        ended (no handler runs any more: ``kerna.plugins.Tracing`` flushes its spans).
 
         Raises:
             TypeError: an argument is not a middleware (see ``Kernel``'s ``middleware``).

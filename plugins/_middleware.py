@@ -54,9 +54,12 @@ class Middleware:
     inherit them). What ``send`` returns is the ask's result, what it raises the send's.
 
     ``attach(self, kernel)``, if defined, is called once when the middleware joins a
-    kernel's chain (``Kernel(middleware=)`` or ``use``). In a kernel's chain a
-    middleware may have only ``attach`` (it watches the kernel, as ``Metrics`` does,
-    and adds nothing to handling or sends); a type's chain needs a hook.
+    kernel's chain (``Kernel(middleware=)`` or ``use``); ``stopped(self, kernel)``, if
+    defined, once when that kernel's ``stop()`` has ended (no handler runs any more:
+    what a middleware buffers, it flushes there), for the kernel's chain and the types'
+    own alike. In a kernel's chain a middleware may have only ``attach`` (it watches
+    the kernel, as ``Metrics`` does, and adds nothing to handling or sends); a type's
+    chain needs a hook.
     """
 
     handle: Callable[[MessageContext, Callable[[], Awaitable[Any]]], Awaitable[Any]] | None = None
