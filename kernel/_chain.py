@@ -166,7 +166,9 @@ async def wait_for_room(waiter: Any, reply: asyncio.Future[Any]) -> None:
 def _layer(
     hook: OutboundHook, ctx: MessageContext, inner: Attempt, loop: asyncio.AbstractEventLoop
 ) -> Attempt:
-    async def invoke(deadline: float | None, outer: Headers) -> Any:
+    # Plain functions, not coroutines: a layer adds the hook's own coroutine and nothing
+    # else to a send (the hook awaits what call_next returns: the inner layer's hook).
+    def invoke(deadline: float | None, outer: Headers) -> Awaitable[Any]:
         def call_next(timeout: float | None = None, headers: Headers = None) -> Awaitable[Any]:
             limit = deadline
             if timeout is not None:
@@ -174,19 +176,33 @@ def _layer(
                 if limit is None or at < limit:
                     limit = at
             if headers is not None:  # an inner hook's keys win over an outer one's
-                from ._options import check_headers  # _options imports _registry, this
-
-                headers = check_headers({**outer, **headers} if outer else headers)
+                headers = merge_headers(outer, headers)
             return inner(limit, outer if headers is None else headers)
 
-        return await hook(ctx, call_next)
+        return hook(ctx, call_next)
 
     return invoke
 
 
-async def ask_through(
+def merge_headers(outer: Headers, headers: object) -> dict[str, str]:
+    """``headers`` over ``outer``, key by key, checked to map str to str (a copy).
+
+    Raises:
+        TypeError: ``headers`` is not a mapping of str to str.
+    """
+    if type(headers) is dict and all(
+        type(k) is str and type(v) is str for k, v in headers.items()
+    ):  # the usual case: checked without the general check's copy and isinstance calls
+        return {**outer, **headers} if outer else dict(headers)
+    from ._options import check_headers  # _options imports _registry, this
+
+    checked = check_headers(headers)
+    return {**outer, **checked} if outer else checked
+
+
+def ask_through(
     outbound: tuple[OutboundHook, ...], rt: Runtime, ref: AgentRef, env: Envelope
-) -> Any:
+) -> Awaitable[Any]:
     """``env``, an ask, through the ``send`` hooks; its first attempt is ``env``."""
     loop = rt.loop
     ctx = MessageContext(env, loop)
@@ -201,9 +217,16 @@ async def ask_through(
             )
         else:
             sent = True
-            one = (
-                env if deadline == env.deadline else msgspec.structs.replace(env, deadline=deadline)
-            )
+            if headers is not None:  # one copy of the envelope for both changes
+                own = env.headers
+                one = msgspec.structs.replace(
+                    env, deadline=deadline, headers={**own, **headers} if own else headers
+                )
+                headers = None
+            elif deadline == env.deadline:
+                one = env
+            else:
+                one = msgspec.structs.replace(env, deadline=deadline)
         if headers is not None:
             one = with_headers(one, headers)
         reply = one.reply
@@ -221,12 +244,12 @@ async def ask_through(
     call: Attempt = attempt
     for hook in reversed(outbound):
         call = _layer(hook, ctx, call, loop)
-    return await call(env.deadline, None)
+    return call(env.deadline, None)  # the outermost hook's coroutine: no frame of its own
 
 
-async def tell_through(
+def tell_through(
     outbound: tuple[OutboundHook, ...], rt: Runtime, ref: AgentRef, env: Envelope
-) -> None:
+) -> Awaitable[None]:
     """``env``, a tell, through the ``send`` hooks (an attempt returns None once the
     message is in the mailbox; ``timeout`` does not apply: a tell has no deadline)."""
     ctx = MessageContext(env, rt.loop)
@@ -245,10 +268,13 @@ async def tell_through(
     call: Attempt = attempt
     for hook in reversed(outbound):
         call = _layer(hook, ctx, call, rt.loop)
-    await call(None, None)
+    awaited: Awaitable[None] = call(None, None)
+    return awaited
 
 
-async def publish_through(outbound: tuple[OutboundHook, ...], rt: Runtime, env: Envelope) -> None:
+def publish_through(
+    outbound: tuple[OutboundHook, ...], rt: Runtime, env: Envelope
+) -> Awaitable[None]:
     """``env``, an event, through the ``send`` hooks (as a tell: an attempt returns None
     once every subscriber has it; another attempt publishes it again, a fresh id)."""
     ctx = MessageContext(env, rt.loop)
@@ -267,7 +293,8 @@ async def publish_through(outbound: tuple[OutboundHook, ...], rt: Runtime, env: 
     call: Attempt = attempt
     for hook in reversed(outbound):
         call = _layer(hook, ctx, call, rt.loop)
-    await call(None, None)
+    awaited: Awaitable[None] = call(None, None)
+    return awaited
 
 
 def with_headers(env: Envelope, headers: Mapping[str, str]) -> Envelope:

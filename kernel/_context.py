@@ -90,6 +90,12 @@ class MessageContext:
         headers = self._envelope.headers
         return _NO_HEADERS if not headers else MappingProxyType(dict(headers))
 
+    def header(self, name: str) -> str | None:
+        """The header ``name``, or None (what ``headers.get(name)`` gives, without the
+        copy ``headers`` makes)."""
+        headers = self._envelope.headers
+        return None if not headers else headers.get(name)
+
     @property
     def deadline(self) -> float | None:
         """The absolute ``loop.time()`` after which nobody waits for the result."""
