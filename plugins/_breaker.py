@@ -176,14 +176,14 @@ class BreakerState:
         Raises:
             CircuitOpen: the breaker is open, or half-open with every probe taken.
         """
-        state = self.breaker.current_state
+        state = self.storage.state
         if state == "open":
             opened = self.storage.opened_loop_time
             if opened is not None and self.loop.time() - opened < self.options.reset_timeout:
                 raise self._reject("open")
             self.breaker.half_open()
             state = "half-open"
-        probe = state == "half-open"
+        probe: bool = state == "half-open"
         if probe:
             if self.probing >= self.options.probes:
                 raise self._reject("half-open, its probes in flight")
@@ -197,6 +197,9 @@ class BreakerState:
 
         if probe:
             self.probing -= 1
+        elif error is None and self.storage.counter == 0 and self.storage.state == "closed":
+            return  # pybreaker would reset a zero count and call its listeners, whose only
+            # one here (ours) hears state changes only: nothing to do
         if error is not None and (
             isinstance(error, asyncio.CancelledError) or never_retried(error)
         ):

@@ -166,6 +166,46 @@ class _Target:
             )
         return self.breaker
 
+    async def ask(self, ctx: MessageContext, call_next: SendNext) -> Any:
+        """An ask to this target under its policy (``run``), its first attempt made here
+        when the target has no bulkhead: the path of a call that does not fail makes no
+        closure and no coroutine of its own."""
+        breaker = self.breaker
+        if self.bulkhead is not None or (breaker is None and self.policy.breaker is not None):
+            return await self.run(*self._ask_arguments(ctx, call_next))
+        self.calls += 1
+        try:
+            probe = False if breaker is None else breaker.admit()
+            self.attempts += 1
+            try:
+                result = await call_next(self.policy.timeout)
+            except BaseException as exc:
+                if breaker is not None:
+                    breaker.done(probe, exc)
+                raise
+            if breaker is not None:
+                breaker.done(probe, None)
+            return result
+        except Exception as error:  # retries and the fallback: as run() does
+            return await self.run(*self._ask_arguments(ctx, call_next), first_error=error)
+
+    def _ask_arguments(
+        self, ctx: MessageContext, call_next: SendNext
+    ) -> tuple[
+        Callable[[float | None], Awaitable[Any]],
+        Callable[[], float | None],
+        bool,
+        Callable[[Exception], Failed],
+        int,
+    ]:
+        return (
+            lambda timeout: call_next(timeout),
+            ctx.time_left,
+            is_idempotent(ctx.message),
+            lambda error: Failed(error, self.name, ctx),
+            ctx.correlation_id,
+        )
+
     async def run(
         self,
         attempt: Callable[[float | None], Awaitable[Any]],
@@ -173,10 +213,14 @@ class _Target:
         idempotent: bool,
         failed: Callable[[Exception], Failed],
         correlation_id: int,
+        first_error: Exception | None = None,
     ) -> Any:
-        self.calls += 1
+        """A call under the policy: its attempts (``first_error``: the first one, made
+        and counted by ``ask``, failed so), then the fallback if it still fails."""
+        if first_error is None:
+            self.calls += 1
         try:
-            return await self._attempts(attempt, time_left, idempotent)
+            return await self._attempts(attempt, time_left, idempotent, first_error)
         except Exception as error:
             fallback = self.policy.fallback
             # An open breaker is what a fallback is for; a caller's mistake is not.
@@ -197,22 +241,26 @@ class _Target:
         attempt: Callable[[float | None], Awaitable[Any]],
         time_left: Callable[[], float | None],
         idempotent: bool,
+        error: Exception | None = None,
     ) -> Any:
         retry = self.policy.retry if idempotent else None
         n = 0
         while True:
-            try:
-                return await self._once(attempt, time_left())
-            except Exception as error:
-                if retry is None or n >= retry.max_retries or not retry.retries(error):
-                    raise
-                delay = retry.delay(n)
-                left = time_left()
-                if left is not None and delay >= left:
-                    raise  # the retry would start at or past the deadline
-                n += 1
-                self.retries += 1
-                await asyncio.sleep(delay)
+            if error is None:
+                try:
+                    return await self._once(attempt, time_left())
+                except Exception as exc:
+                    error = exc
+            if retry is None or n >= retry.max_retries or not retry.retries(error):
+                raise error
+            delay = retry.delay(n)
+            left = time_left()
+            if left is not None and delay >= left:
+                raise error  # the retry would start at or past the deadline
+            n += 1
+            self.retries += 1
+            error = None
+            await asyncio.sleep(delay)
 
     async def _once(
         self, attempt: Callable[[float | None], Awaitable[Any]], left: float | None
@@ -361,14 +409,8 @@ class Resilience(Middleware):
         if target is None:
             result = await call_next()
         else:
-            result = await target.run(
-                lambda timeout: call_next(timeout),
-                ctx.time_left,
-                is_idempotent(ctx.message),
-                lambda error: Failed(error, target.name, ctx),
-                ctx.correlation_id,
-            )
-        if ctx.sender is None:  # a root ask: its conversation is over
+            result = await target.ask(ctx, call_next)
+        if self._degraded and ctx.sender is None:  # a root ask: its conversation is over
             self._root_answered(ctx.correlation_id)
         return result
 
