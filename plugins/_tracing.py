@@ -13,6 +13,12 @@ until the reply, whichever handler sends it).
 
 OpenTelemetry is imported when a ``Tracing`` is made, never by ``import kerna.plugins``:
 a kernel without it has no spans and pays nothing (an empty chain is the plain path).
+
+With the OpenTelemetry SDK's tracer (``opentelemetry.sdk.trace.TracerProvider``, the
+usual case) the spans are recorded by kerna and handed to the provider's span
+processors in batches (``kerna.plugins._spans``: about a tenth of the SDK's own cost
+per span on the hot path; ``flush()``, and a kernel's stop, hand over what is left);
+with any other implementation of the API, through its tracer, span by span.
 """
 
 from __future__ import annotations
@@ -28,9 +34,14 @@ if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.trace import Span, SpanKind, Tracer, TracerProvider
 
+    from kerna import Kernel
+
+    from ._spans import Pipeline
+
 __all__ = ["TRACEPARENT", "Tracing"]
 
 TRACEPARENT = "traceparent"  # the W3C Trace Context header in a message's headers
+TRACESTATE = "tracestate"
 
 _SCOPE = "kerna"
 
@@ -48,6 +59,13 @@ class Tracing(Middleware):
     breaker), is recorded on its span (an exception event, status ERROR) and raised
     on unchanged. A message without a ``traceparent`` (from a kernel without
     ``Tracing``) starts a trace of its own.
+
+    The handling span is the current span (``opentelemetry.trace.get_current_span()``)
+    while the handler runs: the handler's own spans are its children, and what it sets
+    on it (attributes, events, status) is exported with it. A send's span is the
+    parent of the message's handling (its ``traceparent``) but is not made current.
+    The provider's sampler decides as it would for the SDK's own spans; a sampled-out
+    span is not recorded, and its trace's next hops (other nodes too) know it.
 
     Put it first in ``Kernel(middleware=[...])``: its send span then covers every
     attempt that ``Resilience`` (after it) makes, its handling span the whole chain.
@@ -72,10 +90,11 @@ class Tracing(Middleware):
                 f"kerna.plugins.Tracing needs OpenTelemetry: pip install 'kerna[otel]' ({exc})"
             ) from exc
         self._trace = trace
-        self._tracer: Tracer = trace.get_tracer(_SCOPE, tracer_provider=tracer_provider)
+        self._provider = tracer_provider
         self._propagator = TraceContextTextMapPropagator()
         self._root = Context
         self._with_span = trace.set_span_in_context
+        self._current_span = trace.get_current_span
         self._attach, self._detach = context.attach, context.detach
         self._error = trace.StatusCode.ERROR
         kinds = trace.SpanKind
@@ -85,14 +104,102 @@ class Tracing(Middleware):
         self._handle_kinds: dict[str, SpanKind] = {
             "ask": kinds.SERVER, "tell": kinds.CONSUMER, "event": kinds.CONSUMER,
         }  # fmt: skip
+        self._send_names: dict[type, str] = {}  # span names by message type
+        self._handle_names: dict[type, str] = {}
+        self._global_provider = trace.get_tracer_provider
+        # The tracer, and kerna's pipeline when it is the SDK's (see _resolve).
+        self._for: object = None
+        self._tracer: Tracer = trace.get_tracer(_SCOPE, tracer_provider=tracer_provider)
+        self._pipeline: Pipeline | None = None
+        self._pipelines: list[Pipeline] = []
+        if tracer_provider is not None:
+            self._resolve(tracer_provider)
 
     def __repr__(self) -> str:
         return f"<Tracing tracer={self._tracer!r}>"
 
+    def flush(self) -> None:
+        """Hand every span ended so far to the provider's span processors (they are
+        otherwise handed over in batches, at the latest 50 ms after they end, and when
+        a kernel using this ``Tracing`` stops). Then ``provider.force_flush()`` exports
+        what a ``BatchSpanProcessor`` holds."""
+        for pipeline in self._pipelines:
+            pipeline.flush()
+
+    def stopped(self, kernel: Kernel) -> None:
+        """The kernel stopped: its last spans go to the processors."""
+        self.flush()
+
+    def _resolve(self, provider: TracerProvider) -> Pipeline | None:
+        """kerna's pipeline for ``provider``'s tracer if that is the SDK's, else None
+        (then the tracer itself makes the spans)."""
+        if provider is not self._for:
+            self._for = provider
+            tracer = self._trace.get_tracer(_SCOPE, tracer_provider=provider)
+            self._tracer, self._pipeline = tracer, None
+            try:
+                from opentelemetry.sdk.trace import Tracer as SdkTracer
+            except ImportError:  # the API without the SDK
+                return None
+            if type(tracer) is SdkTracer:
+                from . import _spans
+
+                self._pipeline = _spans.Pipeline(tracer, _SCOPE)
+                self._pipelines.append(self._pipeline)
+        return self._pipeline
+
+    def _name(self, is_send: bool, message: object) -> str:
+        names = self._send_names if is_send else self._handle_names
+        found = names.get(type(message))
+        if found is None:
+            verb = "send" if is_send else "handle"
+            found = names[type(message)] = f"{verb} {type(message).__qualname__}"
+        return found
+
+    # -- the chain's hooks ---------------------------------------------------------------
+
     async def send(self, ctx: MessageContext, call_next: SendNext) -> Any:
-        kind = ctx.kind
+        provider = self._provider
+        pipeline = (
+            self._pipeline if provider is not None else self._resolve(self._global_provider())
+        )
+        if pipeline is None:
+            return await self._send_through_tracer(ctx, call_next)
+        span = pipeline.send_span(ctx)
+        try:
+            return await call_next(headers=span.headers())
+        except Exception as exc:
+            span.failed(exc)
+            raise
+        finally:
+            span.finish()
+
+    async def handle(self, ctx: MessageContext, call_next: Callable[[], Awaitable[Any]]) -> Any:
+        provider = self._provider
+        pipeline = (
+            self._pipeline if provider is not None else self._resolve(self._global_provider())
+        )
+        if pipeline is None:
+            return await self._handle_through_tracer(ctx, call_next)
+        span = pipeline.handle_span(ctx)
+        token = self._attach(pipeline.current(span))
+        try:
+            result = await call_next()
+            if isinstance(result, PendingReply):
+                span.deferred = True  # the send span waits for the reply
+            return result
+        except Exception as exc:
+            span.failed(exc)
+            raise
+        finally:
+            self._detach(token)
+            span.finish()
+
+    # -- through a tracer that is not the SDK's --------------------------------------------
+
+    async def _send_through_tracer(self, ctx: MessageContext, call_next: SendNext) -> Any:
         span = self._tracer.start_span(
-            f"send {type(ctx.message).__qualname__}", kind=self._send_kinds[kind]
+            self._name(True, ctx.message), kind=self._send_kinds[ctx.kind]
         )
         if span.is_recording():  # a sampled-out span costs no attributes
             span.set_attributes(_attributes(ctx, ctx.sender))
@@ -102,15 +209,13 @@ class Tracing(Middleware):
         self._propagator.inject(carrier, current)  # this span: the receiver's parent
         return await self._run(span, current, lambda: call_next(headers=carrier))
 
-    async def handle(self, ctx: MessageContext, call_next: Callable[[], Awaitable[Any]]) -> Any:
+    async def _handle_through_tracer(
+        self, ctx: MessageContext, call_next: Callable[[], Awaitable[Any]]
+    ) -> Any:
         headers = ctx.headers
-        # The parent is what the message carries, never the worker task's own context
-        # (an empty one when it carries none: a trace of its own).
         parent = self._propagator.extract(headers) if TRACEPARENT in headers else self._root()
         span = self._tracer.start_span(
-            f"handle {type(ctx.message).__qualname__}",
-            context=parent,
-            kind=self._handle_kinds[ctx.kind],
+            self._name(False, ctx.message), context=parent, kind=self._handle_kinds[ctx.kind]
         )
         if span.is_recording():
             span.set_attributes(_attributes(ctx, ctx.target if ctx.kind != "event" else None))

@@ -1,0 +1,520 @@
+"""``Tracing``'s span pipeline for the OpenTelemetry SDK: cheap records on the hot path,
+the SDK's own ``ReadableSpan``s at its processors, in batches.
+
+The SDK's ``Tracer.start_span`` and ``Span.end`` cost about 9 to 13 µs a span (bounded
+attribute maps with their locks, the sampler's context objects, a processor call per
+start and end); an in-process ask costs about 5 µs in all. So when the tracer is the
+SDK's (``opentelemetry.sdk.trace.Tracer``), ``Tracing`` makes no SDK object per message:
+
+- ``KernaSpan`` records a span as plain fields (ids, times, the ``MessageContext`` its
+  attributes come from). It is an ``opentelemetry.trace.Span``: made current around a
+  handler, a handler's own spans are its children, and ``set_attribute``, ``add_event``,
+  ``set_status``, ``record_exception`` on it land on the exported span.
+- Ids come from the tracer's ``id_generator``, timestamps from ``time.time_ns()`` (as
+  the SDK's), the ``traceparent`` is formatted and read here (``parse_traceparent``: the
+  W3C format the SDK's propagator reads, falling back to that propagator for anything
+  but the common ``00`` form).
+- The provider's sampler is honoured: asked for each span as the SDK asks it, except
+  where its answer is known without asking: the SDK's ``ParentBased`` with its default
+  delegates (what ``TracerProvider()`` uses: a child follows its parent's sampled flag;
+  only a root asks the root sampler, unless that is ``AlwaysOn``), ``ALWAYS_ON`` and
+  ``ALWAYS_OFF``. A span sampled out is never buffered; its ids still travel, so the next
+  hops (other nodes too) know the trace is sampled out.
+- Ended spans are buffered and handed to the tracer's span processor (the provider's:
+  ``on_end`` with a ``ReadableSpan``, what ``BatchSpanProcessor`` and
+  ``SimpleSpanProcessor`` export) in batches: ``BATCH`` spans at a time, or
+  ``FLUSH_AFTER`` seconds after the first one ended, from the event loop but outside
+  any handler or sender; and on ``Tracing.flush()``, when a kernel using it stops, and
+  at interpreter exit.
+
+What differs from spans the SDK makes itself: processors get ``on_end`` only (their
+``on_start`` is not called: ``SimpleSpanProcessor`` and ``BatchSpanProcessor`` do
+nothing there), the provider's ``SpanLimits`` are not applied to the few attributes
+kerna sets, and the SDK's internal self-metrics do not count these spans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import random
+import re
+import time
+import traceback
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace as api
+from opentelemetry.context import Context as OtelContext
+from opentelemetry.sdk.trace import Event, ReadableSpan, sampling
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from kerna import MessageContext
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.trace import Tracer
+    from opentelemetry.util import types
+
+__all__ = ["BATCH", "FLUSH_AFTER", "KernaSpan", "Pipeline", "foreign_parent", "parse_traceparent"]
+
+log = logging.getLogger("kerna.plugins.tracing")
+
+BATCH = 256  # spans handed to the processor at once (about half a millisecond's work)
+FLUSH_AFTER = 0.05  # seconds an ended span waits at most (unless the loop is blocked)
+
+TRACEPARENT, TRACESTATE = "traceparent", "tracestate"
+_getrandbits = random.getrandbits
+_COMMON = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")  # version 00, no more
+_NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
+_FLAGS = [TraceFlags(i) for i in range(256)]
+_FLAG_OF = {f"{i:02x}": i for i in range(256)}
+_DASH = [f"-{i:02x}" for i in range(256)]  # a traceparent's end: its flags
+_PROPAGATOR = TraceContextTextMapPropagator()
+_DEFAULT_DELEGATES = (
+    ",remoteParentSampled:AlwaysOnSampler,remoteParentNotSampled:AlwaysOffSampler"
+    ",localParentSampled:AlwaysOnSampler,localParentNotSampled:AlwaysOffSampler}"
+)
+_ASK, _FOLLOW, _ON, _OFF = range(4)  # how a sampler's decision is reached
+
+Parent = tuple[str, int, int, bool, str]  # trace hex, span id, flags, remote, tracestate
+Decided = tuple[bool, int, str, "types.Attributes"]  # recording, flags, tracestate, attrs
+
+
+def parse_traceparent(traceparent: str, tracestate: str | None) -> Parent | None:
+    """The parent a message's W3C ``traceparent`` names (None: none, or invalid), as
+    ``TraceContextTextMapPropagator.extract`` reads it."""
+    if _COMMON.fullmatch(traceparent) is not None:
+        trace, span = traceparent[3:35], traceparent[36:52]
+        if trace == _NO_TRACE or span == _NO_SPAN:
+            return None
+        state = _normal_state(tracestate) if tracestate else ""
+        return trace, int(span, 16), _FLAG_OF[traceparent[53:]], True, state
+    carrier = {TRACEPARENT: traceparent}
+    if tracestate:
+        carrier[TRACESTATE] = tracestate
+    found = api.get_current_span(_PROPAGATOR.extract(carrier)).get_span_context()
+    return _foreign(found)
+
+
+def foreign_parent(span: api.Span) -> Parent | None:
+    """The parent a span that is not kerna's makes (None: it is not a valid one)."""
+    return _foreign(span.get_span_context())
+
+
+def _foreign(found: SpanContext) -> Parent | None:
+    if not found.is_valid:
+        return None
+    state = found.trace_state.to_header() if found.trace_state else ""
+    return f"{found.trace_id:032x}", found.span_id, int(found.trace_flags), found.is_remote, state
+
+
+_states: dict[str, str] = {}
+
+
+def _normal_state(header: str) -> str:
+    """A ``tracestate`` header as the SDK passes it on (parsed and written again)."""
+    found = _states.get(header)
+    if found is None:
+        if len(_states) > 1024:
+            _states.clear()
+        found = _states[header] = TraceState.from_header([header]).to_header()
+    return found
+
+
+def _trace_state(header: str) -> TraceState | None:
+    return TraceState.from_header([header]) if header else None
+
+
+def sampling_mode(sampler: sampling.Sampler) -> tuple[int, bool | None]:
+    """How ``sampler`` decides, and whether a root is sampled (None: ask it); see the
+    module docstring. Anything but the SDK's own known samplers is asked every time."""
+    description = sampler.get_description()
+    if type(sampler) is sampling.ParentBased and description.endswith(_DEFAULT_DELEGATES):
+        root = description[len("ParentBased{root:") : -len(_DEFAULT_DELEGATES)]
+        return _FOLLOW, _STATIC.get(root)
+    if type(sampler) is sampling.StaticSampler:
+        return (_ON, True) if description == "AlwaysOnSampler" else (_OFF, False)
+    return _ASK, None
+
+
+_STATIC = {"AlwaysOnSampler": True, "AlwaysOffSampler": False}
+_RATIO = re.compile(
+    r"ParentBased\{root:TraceIdRatioBased\{([0-9.e+-]+)\}" + re.escape(_DEFAULT_DELEGATES)
+)
+_RATIO_LIMIT = sampling.TraceIdRatioBased.TRACE_ID_LIMIT
+_SEND_KINDS = {"ask": SpanKind.CLIENT, "tell": SpanKind.PRODUCER, "event": SpanKind.PRODUCER}
+_HANDLE_KINDS = {"ask": SpanKind.SERVER, "tell": SpanKind.CONSUMER, "event": SpanKind.CONSUMER}
+_ROOT_CONTEXT = OtelContext()  # what the SDK's sampler is given for a root handling
+
+
+def _sampler_context(parent: Parent) -> Context:
+    """What the SDK passes a sampler for a handling span: the extracted parent."""
+    carrier = {TRACEPARENT: f"00-{parent[0]}-{parent[1]:016x}-{parent[2]:02x}"}
+    if parent[4]:
+        carrier[TRACESTATE] = parent[4]
+    return _PROPAGATOR.extract(carrier)
+
+
+class KernaSpan(api.Span):
+    """One span of ``Tracing``'s: its fields, made a ``ReadableSpan`` once ended."""
+
+    # What most spans never set is a class default: fewer stores on the hot path.
+    attributes: dict[str, Any] | None = None  # set by the handler's own code
+    events: list[Event] | None = None
+    links: list[api.Link] | None = None
+    status: Status | None = None
+    deferred = False  # a handler that deferred its reply
+    end_time = 0
+    _traceparent: str | None = None
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        name: str,
+        kind: SpanKind,
+        ctx: MessageContext,
+        is_send: bool,
+        trace: str,
+        decided: tuple[bool, int, str, types.Attributes],
+        parent: Parent | None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.name = name
+        self.kind = kind
+        self.ctx = ctx
+        self.is_send = is_send
+        self.trace = trace  # the trace id, 32 hex digits
+        # The SDK's RandomIdGenerator draws 64 random bits until they are not 0: so here.
+        self.span_id = (pipeline.fast_ids and _getrandbits(64)) or pipeline.ids.generate_span_id()
+        # recording, flags, tracestate header ("" when empty), the sampler's attributes
+        self.recording, self.flags, self.state, self.sampler_attributes = decided
+        self.parent = parent
+        self.start_time = time.time_ns()
+
+    def headers(self) -> dict[str, str]:
+        """What a message sent under this span carries: its ``traceparent``, and its
+        ``tracestate`` when there is one."""
+        found = self._traceparent
+        if found is None:  # (to_bytes().hex() is about twice as fast as format())
+            found = self._traceparent = (
+                "00-" + self.trace + "-" + self.span_id.to_bytes(8, "big").hex() + _DASH[self.flags]
+            )
+        if self.state:
+            return {TRACEPARENT: found, TRACESTATE: self.state}
+        return {TRACEPARENT: found}
+
+    def as_parent(self) -> Parent:
+        return self.trace, self.span_id, self.flags, False, self.state
+
+    def failed(self, error: Exception) -> None:
+        """Record ``error`` as the SDK's ``record_exception`` and ``set_status`` do."""
+        if self.recording:
+            self.record_exception(error)
+            self.status = Status(StatusCode.ERROR, f"{type(error).__name__}: {error}")
+
+    def finish(self) -> None:
+        if self.end_time == 0:
+            self.end_time = time.time_ns()
+            if self.recording:
+                self.pipeline.ended(self)
+
+    # -- opentelemetry.trace.Span, for the handler's own code ------------------------------
+
+    def end(self, end_time: int | None = None) -> None:
+        if self.end_time == 0:
+            self.end_time = time.time_ns() if end_time is None else end_time
+            if self.recording:
+                self.pipeline.ended(self)
+
+    def get_span_context(self) -> SpanContext:
+        return SpanContext(
+            int(self.trace, 16), self.span_id, False, _FLAGS[self.flags], _trace_state(self.state)
+        )
+
+    def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
+        if self.recording and self.end_time == 0:
+            if self.attributes is None:
+                self.attributes = {}
+            self.attributes.update(attributes)
+
+    def set_attribute(self, key: str, value: types.AnyValue) -> None:
+        self.set_attributes({key: value})
+
+    def add_event(
+        self, name: str, attributes: types.Attributes = None, timestamp: int | None = None
+    ) -> None:
+        if self.recording and self.end_time == 0:
+            if self.events is None:
+                self.events = []
+            self.events.append(Event(name, attributes, timestamp or time.time_ns()))
+
+    def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
+        if self.recording and self.end_time == 0 and context.is_valid:
+            if self.links is None:
+                self.links = []
+            self.links.append(api.Link(context, attributes))
+
+    def update_name(self, name: str) -> None:
+        if self.recording and self.end_time == 0:
+            self.name = name
+
+    def is_recording(self) -> bool:
+        return self.recording and self.end_time == 0
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        if self.recording and self.end_time == 0:
+            self.status = status if isinstance(status, Status) else Status(status, description)
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: types.Attributes = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        module, qualname = type(exception).__module__, type(exception).__qualname__
+        found: dict[str, Any] = {
+            "exception.type": f"{module}.{qualname}" if module != "builtins" else qualname,
+            "exception.message": str(exception),
+            "exception.stacktrace": "".join(traceback.format_exception(exception)),
+            "exception.escaped": str(escaped),
+        }
+        if attributes:
+            found.update(attributes)
+        self.add_event("exception", found, timestamp)
+
+    def readable(self, pipeline: Pipeline) -> ReadableSpan:
+        """The SDK's ``ReadableSpan`` of this ended span."""
+        trace_id = int(self.trace, 16)
+        parent = self.parent
+        parent_context = None
+        if parent is not None:
+            parent_context = SpanContext(
+                trace_id, parent[1], parent[3], _FLAGS[parent[2]], _trace_state(parent[4])
+            )
+        attributes = kerna_attributes(self)
+        if self.sampler_attributes:
+            attributes = {**self.sampler_attributes, **attributes}
+        if self.attributes:
+            attributes.update(self.attributes)
+        return ReadableSpan(
+            self.name,
+            SpanContext(
+                trace_id, self.span_id, False, _FLAGS[self.flags], _trace_state(self.state)
+            ),
+            parent_context,
+            pipeline.resource,
+            attributes,
+            self.events or (),
+            self.links or (),
+            self.kind,
+            pipeline.info,
+            self.status or _UNSET,
+            self.start_time,
+            self.end_time,
+            pipeline.scope,
+        )
+
+
+_UNSET = Status(StatusCode.UNSET)
+
+
+def kerna_attributes(span: KernaSpan) -> dict[str, Any]:
+    """The attributes kerna sets (see ``Tracing``)."""
+    ctx = span.ctx
+    found: dict[str, Any] = {
+        "kerna.message.kind": ctx.kind,
+        "kerna.message.type": type(ctx.message).__qualname__,
+        "kerna.message.id": ctx.message_id,
+        "kerna.correlation_id": ctx.correlation_id,
+        "kerna.causation_id": ctx.causation_id,
+    }
+    agent = ctx.sender if span.is_send else (ctx.target if ctx.kind != "event" else None)
+    if agent is not None:
+        found["kerna.agent.id"] = str(agent)
+    topic = ctx.topic
+    if topic is not None:
+        found["kerna.topic"] = topic
+    if span.is_send:
+        found["kerna.target"] = str(ctx.target)
+    if span.deferred:
+        found["kerna.reply.deferred"] = True  # the send span waits for the reply
+    return found
+
+
+_pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_all() -> None:  # before the provider's own atexit shutdown (registered earlier)
+    for pipeline in list(_pipelines):
+        pipeline.flush()
+
+
+class Pipeline:
+    """The SDK tracer's sampler, ids and span processor; the ended spans not yet handed
+    to the processor."""
+
+    def __init__(self, tracer: Tracer, scope_name: str) -> None:
+        self.tracer = tracer
+        self.sampler = tracer.sampler
+        self.mode, self.root_on = sampling_mode(tracer.sampler)
+        self.asks_always = self.mode == _ASK  # the sampler sees every span's parent
+        self.ids = tracer.id_generator
+        is_random = getattr(self.ids, "is_trace_id_random", None)
+        self.random_flag = 0x02 if is_random is not None and is_random() else 0  # W3C level 2
+        # A root's decision when it is known without asking the sampler.
+        self.root: Decided | None = None
+        if self.root_on is not None:
+            self.root = (self.root_on, int(self.root_on) | self.random_flag, "", None)
+        self.bound: int | None = None  # ParentBased(TraceIdRatioBased(r))'s root, known
+        ratio = _RATIO.fullmatch(tracer.sampler.get_description())
+        if self.mode == _FOLLOW and self.root is None and ratio is not None:
+            self.bound = sampling.TraceIdRatioBased(float(ratio[1])).bound
+        self.sampled: Decided = (True, 1 | self.random_flag, "", None)
+        self.unsampled: Decided = (False, self.random_flag, "", None)
+        self.fast_ids = type(self.ids) is RandomIdGenerator
+        self.get_current = otel_context.get_current
+        # The key OpenTelemetry keeps the current span under (its own API finds it).
+        self.span_key = next(iter(api.set_span_in_context(api.INVALID_SPAN, OtelContext())))
+        self.send_names: dict[type, str] = {}  # span names by message type
+        self.handle_names: dict[type, str] = {}
+        self.processor = tracer.span_processor
+        self.resource = tracer.resource
+        self.info = tracer.instrumentation_info
+        self.scope = InstrumentationScope(scope_name, "", None, None)  # as get_tracer's
+        self.buffer: list[KernaSpan] = []
+        self.timer: asyncio.TimerHandle | None = None
+        self.soon = False
+        _pipelines.add(self)
+
+    def child(self, parent: Parent) -> Decided | None:
+        """The sampler's decision for a child of ``parent`` when it is known without
+        asking (None: ask it, ``decide``)."""
+        mode = self.mode
+        flags = parent[2]
+        if mode == _FOLLOW:
+            sampled = flags & 1
+            return bool(sampled), sampled | (flags & 0x02), parent[4], None
+        if mode == _ON:
+            return True, 1 | (flags & 0x02), parent[4], None
+        if mode == _OFF:
+            return False, flags & 0x02, parent[4], None
+        return None
+
+    def decide(
+        self, parent: Parent | None, trace: str, name: str, kind: SpanKind, context: Context | None
+    ) -> Decided:
+        """Ask the sampler: recording, the span's flags, its tracestate and the
+        sampler's attributes. ``context`` is what the SDK would pass the sampler (None:
+        the current one)."""
+        random_bit = self.random_flag if parent is None else parent[2] & 0x02
+        result = self.sampler.should_sample(context, int(trace, 16), name, kind, None, ())
+        decision = result.decision
+        state = result.trace_state.to_header() if result.trace_state else ""
+        sampled = 1 if decision is sampling.Decision.RECORD_AND_SAMPLE else 0
+        recording = decision is not sampling.Decision.DROP
+        return recording, sampled | random_bit, state, result.attributes
+
+    def new_root(self, name: str, kind: SpanKind, context: Context | None) -> tuple[str, Decided]:
+        """A new trace's id (as 32 hex digits) and the sampler's decision for its root."""
+        trace_id = (self.fast_ids and _getrandbits(128)) or self.ids.generate_trace_id()
+        trace = trace_id.to_bytes(16, "big").hex()
+        if self.root is not None:
+            return trace, self.root
+        bound = self.bound
+        if bound is not None:  # TraceIdRatioBased's own test, on the same bits
+            return trace, self.sampled if trace_id & _RATIO_LIMIT < bound else self.unsampled
+        return trace, self.decide(None, trace, name, kind, context)
+
+    def send_span(self, ctx: MessageContext) -> KernaSpan:
+        """The span of a send, a child of the current span (the handling span inside a
+        handler, the caller's own outside any agent)."""
+        current = self.get_current().get(self.span_key)
+        message = ctx.message
+        name = self.send_names.get(type(message)) or self._name(True, message)
+        kind = _SEND_KINDS[ctx.kind]
+        if type(current) is KernaSpan:
+            trace = current.trace
+            parent: Parent | None = (trace, current.span_id, current.flags, False, current.state)
+        else:  # the caller's own span (outside any agent), if any
+            parent = foreign_parent(current) if isinstance(current, api.Span) else None
+        if parent is None:
+            trace, decided = self.new_root(name, kind, None)
+            return KernaSpan(self, name, kind, ctx, True, trace, decided, None)
+        trace = parent[0]
+        decided = self.child(parent) or self.decide(parent, trace, name, kind, None)
+        return KernaSpan(self, name, kind, ctx, True, trace, decided, parent)
+
+    def handle_span(self, ctx: MessageContext) -> KernaSpan:
+        """The span of a handling, a child of what the message carries (never of the
+        worker task's own context; a trace of its own when it carries nothing)."""
+        traceparent = ctx.header(TRACEPARENT)
+        parent = None
+        if traceparent is not None:
+            parent = parse_traceparent(traceparent, ctx.header(TRACESTATE))
+        message = ctx.message
+        name = self.handle_names.get(type(message)) or self._name(False, message)
+        kind = _HANDLE_KINDS[ctx.kind]
+        if parent is None:
+            trace, decided = self.new_root(name, kind, _ROOT_CONTEXT)
+        elif self.asks_always:  # the sampler sees the parent context the SDK passes it
+            trace = parent[0]
+            decided = self.decide(parent, trace, name, kind, _sampler_context(parent))
+        else:
+            trace = parent[0]
+            decided = self.child(parent) or self.decide(parent, trace, name, kind, None)
+        return KernaSpan(self, name, kind, ctx, False, trace, decided, parent)
+
+    def current(self, span: KernaSpan) -> Context:
+        """The OpenTelemetry context a handler runs in: its handling span current."""
+        return OtelContext({self.span_key: span})
+
+    def _name(self, is_send: bool, message: object) -> str:
+        names = self.send_names if is_send else self.handle_names
+        found = names[type(message)] = (
+            f"{'send' if is_send else 'handle'} {type(message).__qualname__}"
+        )
+        return found
+
+    def ended(self, span: KernaSpan) -> None:
+        buffer = self.buffer
+        buffer.append(span)
+        if (len(buffer) == 1 and self.timer is None) or (len(buffer) >= BATCH and not self.soon):
+            self._schedule(len(buffer) >= BATCH)
+
+    def _schedule(self, now: bool) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # ended outside the event loop (the handler's own thread)
+            self.flush()
+            return
+        if now:
+            self.soon = True
+            loop.call_soon(self.flush)  # never inside the handler or the sender
+        else:
+            self.timer = loop.call_later(FLUSH_AFTER, self.flush)
+
+    def flush(self) -> None:
+        """Hand every ended span to the processor (the SDK's ``ReadableSpan``s)."""
+        timer, self.timer, self.soon = self.timer, None, False
+        if timer is not None:
+            timer.cancel()
+        while self.buffer:
+            spans, self.buffer = self.buffer, []
+            self._export(spans)
+
+    def _export(self, spans: Sequence[KernaSpan]) -> None:
+        on_end = self.processor.on_end
+        for span in spans:
+            try:
+                on_end(span.readable(self))
+            except Exception:  # one processor's failure loses no other span
+                log.exception("a span processor failed on a span of %s", span.name)
