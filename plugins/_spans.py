@@ -128,8 +128,11 @@ def _normal_state(header: str) -> str:
     return found
 
 
-def _trace_state(header: str) -> TraceState | None:
-    return TraceState.from_header([header]) if header else None
+_NO_STATE = TraceState()  # immutable: shared (SpanContext makes one per None otherwise)
+
+
+def _trace_state(header: str) -> TraceState:
+    return TraceState.from_header([header]) if header else _NO_STATE
 
 
 def sampling_mode(sampler: sampling.Sampler) -> tuple[int, bool | None]:
@@ -222,8 +225,12 @@ class KernaSpan(api.Span):
     def finish(self) -> None:
         if self.end_time == 0:
             self.end_time = time.time_ns()
-            if self.recording:
-                self.pipeline.ended(self)
+            if self.recording:  # Pipeline.ended, inline: the hot path
+                pipeline = self.pipeline
+                buffer = pipeline.buffer
+                buffer.append(self)
+                if (len(buffer) == 1 and pipeline.timer is None) or len(buffer) >= BATCH:
+                    pipeline.first_or_full()
 
     # -- opentelemetry.trace.Span, for the handler's own code ------------------------------
 
@@ -329,19 +336,24 @@ _UNSET = Status(StatusCode.UNSET)
 def kerna_attributes(span: KernaSpan) -> dict[str, Any]:
     """The attributes kerna sets (see ``Tracing``)."""
     ctx = span.ctx
+    kind = ctx.kind
     found: dict[str, Any] = {
-        "kerna.message.kind": ctx.kind,
+        "kerna.message.kind": kind,
         "kerna.message.type": type(ctx.message).__qualname__,
         "kerna.message.id": ctx.message_id,
         "kerna.correlation_id": ctx.correlation_id,
         "kerna.causation_id": ctx.causation_id,
     }
-    agent = ctx.sender if span.is_send else (ctx.target if ctx.kind != "event" else None)
-    if agent is not None:
-        found["kerna.agent.id"] = str(agent)
-    topic = ctx.topic
-    if topic is not None:
-        found["kerna.topic"] = topic
+    if span.is_send:
+        sender = ctx.sender
+        if sender is not None:
+            found["kerna.agent.id"] = str(sender)
+    elif kind != "event":
+        found["kerna.agent.id"] = str(ctx.target)
+    if kind == "event":
+        topic = ctx.topic
+        if topic is not None:
+            found["kerna.topic"] = topic
     if span.is_send:
         found["kerna.target"] = str(ctx.target)
     if span.deferred:
@@ -384,6 +396,8 @@ class Pipeline:
         self.get_current = otel_context.get_current
         # The key OpenTelemetry keeps the current span under (its own API finds it).
         self.span_key = next(iter(api.set_span_in_context(api.INVALID_SPAN, OtelContext())))
+        # The sends in flight by their traceparent: what a handling here parses least.
+        self.sent: dict[str, KernaSpan] = {}
         self.send_names: dict[type, str] = {}  # span names by message type
         self.handle_names: dict[type, str] = {}
         self.processor = tracer.span_processor
@@ -449,8 +463,11 @@ class Pipeline:
         if parent is None:
             trace, decided = self.new_root(name, kind, None)
             return KernaSpan(self, name, kind, ctx, True, trace, decided, None)
-        trace = parent[0]
-        decided = self.child(parent) or self.decide(parent, trace, name, kind, None)
+        trace, flags = parent[0], parent[2]
+        if self.mode == _FOLLOW:  # the SDK's default: a child follows its parent
+            decided = (bool(flags & 1), flags & 0x03, parent[4], None)
+        else:
+            decided = self.child(parent) or self.decide(parent, trace, name, kind, None)
         return KernaSpan(self, name, kind, ctx, True, trace, decided, parent)
 
     def handle_span(self, ctx: MessageContext) -> KernaSpan:
@@ -459,7 +476,12 @@ class Pipeline:
         traceparent = ctx.header(TRACEPARENT)
         parent = None
         if traceparent is not None:
-            parent = parse_traceparent(traceparent, ctx.header(TRACESTATE))
+            sender = self.sent.get(traceparent)  # sent from here, still in flight
+            state = ctx.header(TRACESTATE)
+            if sender is not None and (state or "") == sender.state:
+                parent = (sender.trace, sender.span_id, sender.flags, True, sender.state)
+            else:
+                parent = parse_traceparent(traceparent, state)
         message = ctx.message
         name = self.handle_names.get(type(message)) or self._name(False, message)
         kind = _HANDLE_KINDS[ctx.kind]
@@ -468,14 +490,13 @@ class Pipeline:
         elif self.asks_always:  # the sampler sees the parent context the SDK passes it
             trace = parent[0]
             decided = self.decide(parent, trace, name, kind, _sampler_context(parent))
+        elif self.mode == _FOLLOW:  # the SDK's default: a child follows its parent
+            trace, flags = parent[0], parent[2]
+            decided = (bool(flags & 1), flags & 0x03, parent[4], None)
         else:
             trace = parent[0]
             decided = self.child(parent) or self.decide(parent, trace, name, kind, None)
         return KernaSpan(self, name, kind, ctx, False, trace, decided, parent)
-
-    def current(self, span: KernaSpan) -> Context:
-        """The OpenTelemetry context a handler runs in: its handling span current."""
-        return OtelContext({self.span_key: span})
 
     def _name(self, is_send: bool, message: object) -> str:
         names = self.send_names if is_send else self.handle_names
@@ -485,10 +506,18 @@ class Pipeline:
         return found
 
     def ended(self, span: KernaSpan) -> None:
+        """``span`` ended: buffer it."""
         buffer = self.buffer
         buffer.append(span)
-        if (len(buffer) == 1 and self.timer is None) or (len(buffer) >= BATCH and not self.soon):
-            self._schedule(len(buffer) >= BATCH)
+        if (len(buffer) == 1 and self.timer is None) or len(buffer) >= BATCH:
+            self.first_or_full()
+
+    def first_or_full(self) -> None:
+        """The first span of a batch ended (flush within ``FLUSH_AFTER``), or the batch
+        is full (flush soon, once)."""
+        full = len(self.buffer) >= BATCH
+        if not full or not self.soon:
+            self._schedule(full)
 
     def _schedule(self, now: bool) -> None:
         try:

@@ -107,6 +107,7 @@ class Tracing(Middleware):
         self._send_names: dict[type, str] = {}  # span names by message type
         self._handle_names: dict[type, str] = {}
         self._global_provider = trace.get_tracer_provider
+        self._context = Context
         # The tracer, and kerna's pipeline when it is the SDK's (see _resolve).
         self._for: object = None
         self._tracer: Tracer = trace.get_tracer(_SCOPE, tracer_provider=tracer_provider)
@@ -166,12 +167,16 @@ class Tracing(Middleware):
         if pipeline is None:
             return await self._send_through_tracer(ctx, call_next)
         span = pipeline.send_span(ctx)
+        headers = span.headers()
+        sent, traceparent = pipeline.sent, headers[TRACEPARENT]
+        sent[traceparent] = span  # its handling here finds it without parsing
         try:
-            return await call_next(headers=span.headers())
+            return await call_next(headers=headers)
         except Exception as exc:
             span.failed(exc)
             raise
         finally:
+            del sent[traceparent]
             span.finish()
 
     async def handle(self, ctx: MessageContext, call_next: Callable[[], Awaitable[Any]]) -> Any:
@@ -182,7 +187,7 @@ class Tracing(Middleware):
         if pipeline is None:
             return await self._handle_through_tracer(ctx, call_next)
         span = pipeline.handle_span(ctx)
-        token = self._attach(pipeline.current(span))
+        token = self._attach(self._context({pipeline.span_key: span}))  # its span current
         try:
             result = await call_next()
             if isinstance(result, PendingReply):

@@ -172,7 +172,7 @@ async def test_a_sampled_out_trace_exports_nothing_and_says_so_to_the_next_hops(
         assert await k.ref(First, "a").ask(Hop(0)) == Done(3)
     assert exporter.get_finished_spans() == ()
     (seen,) = Seen.headers
-    version, trace_id, span_id, flags = seen[TRACEPARENT].split("-")
+    _version, trace_id, span_id, flags = seen[TRACEPARENT].split("-")
     assert int(flags, 16) & 1 == 0  # not sampled: the hop after does not record either
     assert int(trace_id, 16) != 0
     assert int(span_id, 16) != 0
