@@ -17,9 +17,12 @@ SDK's (``opentelemetry.sdk.trace.Tracer``), ``Tracing`` makes no SDK object per 
 - The provider's sampler is honoured: asked for each span as the SDK asks it, except
   where its answer is known without asking: the SDK's ``ParentBased`` with its default
   delegates (what ``TracerProvider()`` uses: a child follows its parent's sampled flag;
-  only a root asks the root sampler, unless that is ``AlwaysOn``), ``ALWAYS_ON`` and
-  ``ALWAYS_OFF``. A span sampled out is never buffered; its ids still travel, so the next
-  hops (other nodes too) know the trace is sampled out.
+  a root is sampled as its root sampler says: ``ALWAYS_ON``, ``ALWAYS_OFF`` and
+  ``TraceIdRatioBased`` are decided here by their own rule, any other is asked),
+  ``ALWAYS_ON`` and ``ALWAYS_OFF``. A span sampled out is never buffered; its ids still
+  travel, so the next hops (other nodes too) know the trace is sampled out.
+- A handling whose message was sent here and is still in flight (an ask, always) finds
+  its parent by the ``traceparent`` string itself (``Pipeline.sent``), without parsing.
 - Ended spans are buffered and handed to the tracer's span processor (the provider's:
   ``on_end`` with a ``ReadableSpan``, what ``BatchSpanProcessor`` and
   ``SimpleSpanProcessor`` export) in batches: ``BATCH`` spans at a time, or
@@ -55,12 +58,12 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from kerna import MessageContext
-
 if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import Tracer
     from opentelemetry.util import types
+
+    from kerna import MessageContext
 
 __all__ = ["BATCH", "FLUSH_AFTER", "KernaSpan", "Pipeline", "foreign_parent", "parse_traceparent"]
 
