@@ -125,8 +125,9 @@ def compose(
 
 
 def _wrap(hook: InboundHook, inner: HandlerFn) -> HandlerFn:
-    async def through(agent: Any, message: Any) -> Any:
-        return await hook(agent.context, lambda: inner(agent, message))
+    # A plain function, not a coroutine: a layer adds only the hook's own coroutine.
+    def through(agent: Any, message: Any) -> Awaitable[Any]:
+        return hook(agent.context, lambda: inner(agent, message))
 
     return through
 
