@@ -166,30 +166,12 @@ class _Target:
             )
         return self.breaker
 
-    async def ask(self, ctx: MessageContext, call_next: SendNext) -> Any:
-        """An ask to this target under its policy (``run``), its first attempt made here
-        when the target has no bulkhead: the path of a call that does not fail makes no
-        closure and no coroutine of its own."""
-        breaker = self.breaker
-        if self.bulkhead is not None or (breaker is None and self.policy.breaker is not None):
-            return await self.run(*self._ask_arguments(ctx, call_next))
-        self.calls += 1
-        try:
-            probe = False if breaker is None else breaker.admit()
-            self.attempts += 1
-            try:
-                result = await call_next(self.policy.timeout)
-            except BaseException as exc:
-                if breaker is not None:
-                    breaker.done(probe, exc)
-                raise
-            if breaker is not None:
-                breaker.done(probe, None)
-            return result
-        except Exception as error:  # retries and the fallback: as run() does
-            return await self.run(*self._ask_arguments(ctx, call_next), first_error=error)
+    def inline(self) -> bool:
+        """Whether an ask's first attempt is made inline (``Resilience.send``): no
+        bulkhead, and the breaker (if any) made by an earlier call."""
+        return self.bulkhead is None and (self.breaker is not None or self.policy.breaker is None)
 
-    def _ask_arguments(
+    def ask_arguments(
         self, ctx: MessageContext, call_next: SendNext
     ) -> tuple[
         Callable[[float | None], Awaitable[Any]],
@@ -216,7 +198,8 @@ class _Target:
         first_error: Exception | None = None,
     ) -> Any:
         """A call under the policy: its attempts (``first_error``: the first one, made
-        and counted by ``ask``, failed so), then the fallback if it still fails."""
+        and counted by ``Resilience.send``, failed so), then the fallback if it still
+        fails."""
         if first_error is None:
             self.calls += 1
         try:
@@ -408,8 +391,25 @@ class Resilience(Middleware):
         target = self._agent_target(ctx.target)
         if target is None:
             result = await call_next()
-        else:
-            result = await target.ask(ctx, call_next)
+        elif not target.inline():
+            result = await target.run(*target.ask_arguments(ctx, call_next))
+        else:  # the first attempt here: a call that does not fail makes no closure
+            target.calls += 1
+            breaker = target.breaker
+            try:
+                probe = False if breaker is None else breaker.admit()
+                target.attempts += 1
+                try:
+                    result = await call_next(target.policy.timeout)
+                except BaseException as exc:
+                    if breaker is not None:
+                        breaker.done(probe, exc)
+                    raise
+                if breaker is not None:
+                    breaker.done(probe, None)
+            except Exception as error:  # retries and the fallback: as run() does
+                arguments = target.ask_arguments(ctx, call_next)
+                result = await target.run(*arguments, first_error=error)
         if self._degraded and ctx.sender is None:  # a root ask: its conversation is over
             self._root_answered(ctx.correlation_id)
         return result
