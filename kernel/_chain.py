@@ -191,10 +191,12 @@ def merge_headers(outer: Headers, headers: object) -> dict[str, str]:
     Raises:
         TypeError: ``headers`` is not a mapping of str to str.
     """
-    if type(headers) is dict and all(
-        type(k) is str and type(v) is str for k, v in headers.items()
-    ):  # the usual case: checked without the general check's copy and isinstance calls
-        return {**outer, **headers} if outer else dict(headers)
+    if type(headers) is dict:  # the usual case: checked without the general check's copy
+        for name, value in headers.items():
+            if type(name) is not str or type(value) is not str:
+                break
+        else:
+            return {**outer, **headers} if outer else dict(headers)
     from ._options import check_headers  # _options imports _registry, this
 
     checked = check_headers(headers)

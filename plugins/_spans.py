@@ -226,6 +226,7 @@ class KernaSpan(api.Span):
             self.status = Status(StatusCode.ERROR, f"{type(error).__name__}: {error}")
 
     def finish(self) -> None:
+        """The span ended (kerna's hooks end their spans here)."""
         if self.end_time == 0:
             self.end_time = time.time_ns()
             if self.recording:  # Pipeline.ended, inline: the hot path
@@ -462,7 +463,9 @@ class Pipeline:
             trace = current.trace
             parent: Parent | None = (trace, current.span_id, current.flags, False, current.state)
         else:  # the caller's own span (outside any agent), if any
-            parent = foreign_parent(current) if isinstance(current, api.Span) else None
+            parent = None  # (None is the usual case: an ABC's isinstance is slow)
+            if current is not None and isinstance(current, api.Span):
+                parent = foreign_parent(current)
         if parent is None:
             trace, decided = self.new_root(name, kind, None)
             return KernaSpan(self, name, kind, ctx, True, trace, decided, None)
