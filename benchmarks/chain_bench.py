@@ -5,9 +5,10 @@
 benchmarks/RESULTS-chain.md and results-chain.json.
 
 W2 sequential: one caller outside any agent asks an echo agent and waits for each
-reply; the figures are the p50 µs per ask (the target's measure) and the mean (the
-whole run's time over its asks: it includes the spans' hand-over to the exporter,
-which runs between asks). Empty chain: ``Kernel()``. Full chain:
+reply; the figures are the p50 µs per ask (the target's measure) and the CPU µs per
+ask (the run's process time over its asks: it includes the spans' hand-over to the
+exporter, which runs between asks, and not the time other work took the CPU). Empty
+chain: ``Kernel()``. Full chain:
 ``Kernel(middleware=[Tracing(provider), resilience], timing=16)``: an SDK
 ``TracerProvider`` (its default sampler: every trace) whose ``SimpleSpanProcessor``
 hands every ended span to an exporter that drops it (two spans per ask are made,
@@ -124,8 +125,9 @@ def chain(variant: str, exporter: Dropping) -> tuple[list[object], TracerProvide
 
 
 async def w2(variant: str, asks: int) -> tuple[float, float]:
-    """The p50 and the mean µs per ask (the mean includes the spans' batched hand-over
-    to the exporter, which runs on the loop between asks)."""
+    """The p50 µs per ask, and the CPU µs per ask (the run's process time over its
+    asks: it includes the spans' batched hand-over to the exporter, which runs on the
+    loop between asks, and leaves out the time other processes took the CPU)."""
     exporter = Dropping()
     timing = 16 if variant in TIMED else 0  # kerna node's default: one message in 16
     middleware, provider = chain(variant, exporter)
@@ -136,12 +138,12 @@ async def w2(variant: str, asks: int) -> tuple[float, float]:
             await ref.ask(Ping(i))
         clock = time.perf_counter
         samples = []
-        began = clock()
+        began = time.process_time()  # CPU time: what other work on the machine takes out
         for i in range(asks):
             start = clock()
             await ref.ask(Ping(i))
             samples.append(clock() - start)
-        took = clock() - began
+        took = time.process_time() - began
     provider.shutdown()  # a BatchSpanProcessor exports what it holds
     if variant in ("full", "tracing", "batched"):  # the chain did run: two spans an ask
         assert exporter.exported == 2 * (asks + 1000), exporter.exported
@@ -199,8 +201,8 @@ def main() -> None:
                 {
                     "p50": raw,
                     "ratios": ratios,
-                    "mean": means,
-                    "mean_ratios": mean_ratios,
+                    "cpu_us_per_ask": means,
+                    "cpu_ratios": mean_ratios,
                     "load": load,
                 },
                 indent=1,
@@ -236,7 +238,8 @@ def render(
     ]
     empty = med(raw["empty"])
     extra = {v: med(raw[v]) - empty for v in VARIANTS[1:]}
-    export = med(means["tracing"]) - med(raw["tracing"])
+    # The spans' export: what Tracing adds to the CPU time beyond what it adds to the p50.
+    export = (med(means["tracing"]) - med(raw["tracing"])) - (med(means["empty"]) - empty)
     parts = [
         "| part | extra µs per ask (p50) |",
         "|---|---|",
@@ -271,16 +274,17 @@ def render(
 
 ## W2 sequential ask: the full chain vs an empty chain
 
-| chain | p50 µs per ask | p50 ratio | mean µs per ask | mean ratio |
+| chain | p50 µs per ask | p50 ratio | CPU µs per ask | CPU ratio |
 |---|---|---|---|---|
 {chr(10).join(rows)}
 
 Target <= 2x (p50, every trace recorded and every span exported): \
 **{"PASS" if ratio <= 2 else "MISS"}** ({ratio:.2f}x). With 1% of traces sampled:
-{sampled:.2f}x. The mean includes what the p50 leaves out: ended spans are handed to the
-provider's span processor (and so to the exporter) in batches of 256, from the event
-loop between asks (kerna.plugins._spans); the mean minus the p50 of `Tracing` alone is
-{export:.1f} µs an ask, about {export / 2:.1f} µs a span, most of it the SDK's own
+{sampled:.2f}x. The CPU time counts what the p50 leaves out: ended spans are handed to
+the provider's span processor (and so to the exporter) in batches of 256, from the event
+loop between asks (kerna.plugins._spans). What `Tracing` alone adds to the CPU time
+beyond what it adds to the p50 is {export:.1f} µs an ask, about {export / 2:.1f} µs a
+span, most of it the SDK's own
 `ReadableSpan` and `SimpleSpanProcessor.on_end` (which attaches and detaches a context
 per span).
 
@@ -294,35 +298,44 @@ hook's mechanism, `Resilience` alone one send hook's):
 
 {chr(10).join(parts)}
 
-Profiled (pyinstrument and cProfile on this benchmark, and each piece timed apart with
-`timeit`), the full chain's extra time is, roughly:
+Profiled (pyinstrument, cProfile and py-spy on this benchmark; each piece also timed
+apart with `timeit`):
 
-- the chain's mechanism, about 1.2 µs per send hook and 0.5 µs per handle hook (the
-  `hooks` row has one of each): every hook is a coroutine of its own, called with a
-  `call_next` closure made for that call, and a send's attempt is a coroutine too. Two
-  send hooks and one handle hook: about 3 µs, before any middleware does anything.
-- `Tracing`'s own work, about 4.5 µs for the two spans: per span a `KernaSpan` record
-  (ids from the provider's id generator, `time.time_ns()` twice), the decision of the
-  provider's sampler (the SDK's default `ParentBased` decided inline), the
-  `traceparent` written (send) and found again (handling: the send is still in flight
-  here, else it is parsed), and the handling span made current (a `Context` attached
-  and detached, about 0.4 µs) so that the handler's own OpenTelemetry spans are its
-  children. No SDK object is made on the hot path any more: the SDK's own
-  `start_span` + `end` costs {fig(raw["span"], ".2f")} µs a span on this provider
-  ({fig(raw["span_sampled"], ".2f")} µs sampled out); before kerna recorded its own
-  spans (commit db0265c, this file's previous run) the full chain was 13.07x.
-- `Resilience`'s own work, about 1 µs: the target's policy found, the breaker's
+- the chain's mechanism: the `hooks` row, {extra["hooks"]:.1f} µs for one send and one
+  handle hook that do nothing (about two thirds of it the send hook's): every hook is a
+  coroutine of its own, called with a `call_next` closure made for that call, and a
+  send's attempt is a coroutine too. The full chain has two send hooks and one handle
+  hook: about 3 µs before any middleware does anything.
+- `Tracing`'s own work: the `Tracing` row minus the `hooks` row,
+  {extra["tracing"] - extra["hooks"]:.1f} µs for two spans. Per span a `KernaSpan`
+  record (ids from the provider's id generator, `time.time_ns()` twice), the provider's
+  sampler's decision (the SDK's default `ParentBased` decided inline), the
+  `traceparent` written (send) and found again (handling: by the string itself while
+  the send is in flight here, else parsed), and the handling span made current (a
+  `Context` attached and detached, about 0.4 µs) so that the handler's own
+  OpenTelemetry spans are its children. In a py-spy profile of `Tracing` alone (export
+  switched off) kerna.plugins._spans and _tracing and OpenTelemetry's context take
+  about a third of the time, kerna._chain about 15%, the event loop about 20%. No SDK
+  object is made on the hot path any more: the SDK's own `start_span` + `end` costs
+  {fig(raw["span"], ".2f")} µs a span on this provider ({fig(raw["span_sampled"], ".2f")}
+  µs sampled out); before kerna recorded its own spans (commit db0265c, this file's
+  previous run) the full chain was 13.07x.
+- `Resilience`: its row, {extra["resilience"]:.1f} µs, is a send hook (most of the
+  `hooks` row) and about 1 µs of its own: the target's policy found, the breaker's
   admission and outcome (no replay into pybreaker while it is closed with no failure
   counted), the attempt's timeout (a narrower deadline: a copy of the envelope).
 - metrics (`timing=16`): a modulo per message and, for one in 16, three clock reads.
 
-So about 3 µs of the chain's mechanism plus 4.5 µs for two spans leave no room under
-2x an ask of about 5 µs, even with nothing else: the remainder is Python's cost of a
-coroutine layer and an object per span. Sampling does not remove it (a sampled-out
-span is not recorded but its ids and `traceparent` still travel, and every hook still
-runs: the `sampled` row); the next steps would be hooks that are not coroutines (a
-synchronous before/after form of `send` and `handle` in kerna._chain) and spans made
-by the handle hook only when the handler reads its context.
+About 3 µs of the chain's mechanism and about {extra["tracing"] - extra["hooks"]:.0f} µs
+for two spans leave no room under 2x an ask of {empty:.1f} µs: the remainder is Python's
+cost of a coroutine layer per hook and of an object, two ids, two clock reads and a
+context switch per span. Sampling does not remove it: a sampled-out span is not
+recorded or exported (the `sampled` row's CPU time), but its ids and `traceparent` still
+travel (the next hops must know the trace is sampled out) and every hook still runs.
+What would: hooks that are not coroutines (a synchronous before/after form of `send`
+and `handle` in kerna._chain, for middleware that does not await), and not making the
+handling span current unless the handler asks for it (a choice per agent type: a
+handler's own spans would then start traces of their own).
 """
 
 
