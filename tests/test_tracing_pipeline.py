@@ -6,12 +6,16 @@ propagator reads it (the SDK's in-memory exporter throughout)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import (
@@ -300,3 +304,131 @@ async def test_a_traceparent_from_another_system_is_read_as_the_sdks_propagator_
     assert handling.context.trace_state == wanted.trace_state
     assert onward["tracestate"] == "vendor=v1"
     assert onward[TRACEPARENT].split("-")[1] == f"{wanted.trace_id:032x}"
+
+
+class Wrapped(trace.Tracer):
+    """A tracer that is not the SDK's (as another implementation of the API would be):
+    Tracing goes through it, span by span."""
+
+    def __init__(self, inner: trace.Tracer) -> None:
+        self.inner = inner
+        self.started = 0
+
+    def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
+        self.started += 1
+        return self.inner.start_span(*args, **kwargs)
+
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.start_as_current_span(*args, **kwargs)
+
+
+class WrappingProvider(trace.TracerProvider):
+    def __init__(self, inner: TracerProvider) -> None:
+        self.tracer = Wrapped(inner.get_tracer("kerna"))
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        return self.tracer
+
+
+async def test_a_tracer_that_is_not_the_sdks_makes_the_spans_itself_with_the_same_links() -> None:
+    exporter = InMemorySpanExporter()
+    provider = WrappingProvider(provider_for(exporter))
+    async with Kernel(middleware=[Tracing(provider)]) as k:
+        for t in (First, Middle, Last):
+            k.register(t)
+        assert await k.ref(First, "a").ask(Hop(0)) == Done(3)
+        assert len(exporter.get_finished_spans()) == 6  # at once: no batching here
+    assert provider.tracer.started == 6
+    spans = exporter.get_finished_spans()
+    root = next(s for s in spans if s.parent is None)
+    assert root.name == "send Hop"
+    chain = [root]
+    while len(chain) < 6:
+        chain.append(
+            next(
+                s
+                for s in spans
+                if s.parent and s is not chain[-1] and parent_of(s, spans) is chain[-1]
+            )
+        )
+    assert [s.name for s in chain] == ["send Hop", "handle Hop"] * 3
+
+
+class Failing(SpanProcessor):
+    """A processor that raises on every other span."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.seen += 1
+        if self.seen % 2:
+            raise RuntimeError("processor bug")
+
+
+async def test_a_processor_that_raises_loses_no_other_span_and_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    failing = Failing()
+    provider.add_span_processor(failing)  # first: it raises before the exporter's turn
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async with Kernel(middleware=[Tracing(provider)]) as k:
+        k.register(Last)
+        for n in range(3):
+            await k.ref(Last, "c").ask(Hop(n))
+    assert failing.seen == 6
+    assert len(exporter.get_finished_spans()) == 3  # the spans the failing one let by
+    failures = [r for r in caplog.records if r.name == "kerna.plugins.tracing"]
+    assert len(failures) == 3
+    assert all(r.exc_info and "processor bug" in str(r.exc_info[1]) for r in failures)
+
+
+def test_tracing_with_the_global_provider_set_after_it_was_made_uses_it() -> None:
+    script = textwrap.dedent(
+        """
+        import asyncio
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+            InMemorySpanExporter,
+        )
+        from kerna import Agent, Kernel, Message, Request, handler
+        from kerna.plugins import Tracing
+
+        class Done(Message):
+            n: int
+
+        class Hop(Request[Done]):
+            n: int
+
+        class Far(Agent):
+            @handler
+            async def hop(self, msg: Hop) -> Done:
+                return Done(msg.n + 1)
+
+        tracing = Tracing()  # before any provider is set: the API's proxy
+
+        async def main():
+            async with Kernel(middleware=[tracing]) as kernel:
+                kernel.register(Far)
+                await kernel.ref(Far, "f").ask(Hop(0))
+
+        asyncio.run(main())  # no provider yet: no spans, and no error
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+        asyncio.run(main())
+        names = sorted(s.name for s in exporter.get_finished_spans())
+        assert names == ["handle Hop", "send Hop"], names
+        print("ok")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
