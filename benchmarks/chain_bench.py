@@ -328,10 +328,11 @@ apart with `timeit`):
 
 About 3 µs of the chain's mechanism and about {extra["tracing"] - extra["hooks"]:.0f} µs
 for two spans leave no room under 2x an ask of {empty:.1f} µs: the remainder is Python's
-cost of a coroutine layer per hook and of an object, two ids, two clock reads and a
-context switch per span. Sampling does not remove it: a sampled-out span is not
-recorded or exported (the `sampled` row's CPU time), but its ids and `traceparent` still
-travel (the next hops must know the trace is sampled out) and every hook still runs.
+cost of a coroutine layer per hook, and per span of an object, its ids and clock
+reads, and (for a handling) an OpenTelemetry context attached and detached. Sampling
+does not remove it: a sampled-out span is not recorded or exported (the `sampled`
+row's CPU time), but its ids and `traceparent` still travel (the next hops must know
+the trace is sampled out) and every hook still runs.
 What would: hooks that are not coroutines (a synchronous before/after form of `send`
 and `handle` in kerna._chain, for middleware that does not await), and not making the
 handling span current unless the handler asks for it (a choice per agent type: a
