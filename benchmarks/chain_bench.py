@@ -16,7 +16,9 @@ filled, ended and exported; the run checks the exporter got every one), ``Resili
 with a policy on the target: a 1 s timeout per attempt, a retry policy (3 retries on
 ``ConnectionError``, the message ``@idempotent``) and a breaker (5 failures), and the
 kernel's metrics: mailbox wait and handling histograms for one message in 16 (what
-``kerna node`` exports on ``/metrics`` by default). The target never fails, so what is
+``kerna node`` exports on ``/metrics`` by default), also through OpenTelemetry
+(``kerna.plugins.Metrics`` on an SDK ``MeterProvider``, its reader read once at the
+end). The target never fails, so what is
 measured is the cost of the machinery on every call. Target: full <= 2x empty (p50).
 The other rows take the chain apart (each part alone, and a middleware that does
 nothing: the chain's own mechanism), and vary it (1% of traces sampled; the SDK's
@@ -40,6 +42,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
@@ -50,7 +54,16 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from kerna import Agent, Kernel, Message, MessageContext, Request, handler
-from kerna.plugins import Breaker, Policy, Resilience, Retry, SendNext, Tracing, idempotent
+from kerna.plugins import (
+    Breaker,
+    Metrics,
+    Policy,
+    Resilience,
+    Retry,
+    SendNext,
+    Tracing,
+    idempotent,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -84,13 +97,13 @@ class Dropping(SpanExporter):
 VARIANTS = ("empty", "full", "sampled", "batched", "tracing", "resilience", "metrics", "hooks")
 LABELS = {
     "full": "the full chain: `Tracing` (SDK, no-op exporter) + `Resilience` (timeout, "
-    "retry, breaker) + metrics (`timing=16`)",
+    "retry, breaker) + metrics (`timing=16` and `Metrics`, OpenTelemetry)",
     "sampled": "the full chain, 1% of traces sampled (`ParentBased(TraceIdRatioBased(0.01))`)",
     "batched": "the full chain, the SDK's `BatchSpanProcessor` (its queue raised to 65,536 "
     "spans) instead of `SimpleSpanProcessor`",
     "tracing": "`Tracing` alone",
     "resilience": "`Resilience` alone",
-    "metrics": "metrics alone (`Kernel(timing=16)`)",
+    "metrics": "metrics alone (`Kernel(timing=16)` and `Metrics`)",
     "hooks": "a middleware whose `send` and `handle` only call `call_next()`",
 }
 TRACED = ("full", "tracing", "sampled", "batched")
@@ -108,11 +121,13 @@ class Passing:
         return await call_next()
 
 
-def chain(variant: str, exporter: Dropping) -> tuple[list[object], TracerProvider]:
+def chain(
+    variant: str, exporter: Dropping
+) -> tuple[list[object], TracerProvider, InMemoryMetricReader | None]:
     sampler = ParentBased(TraceIdRatioBased(0.01)) if variant == "sampled" else None
     provider = TracerProvider(sampler=sampler, shutdown_on_exit=False)
     if variant == "hooks":
-        return [Passing()], provider
+        return [Passing()], provider, None
     if variant == "batched":
         # Its default queue (2,048 spans) overflows at this rate, dropping spans: its
         # export thread gets the GIL too rarely while the loop runs flat out.
@@ -126,7 +141,14 @@ def chain(variant: str, exporter: Dropping) -> tuple[list[object], TracerProvide
     )
     tracing = [Tracing(provider)] if variant in TRACED else []
     resilience = Resilience(policies={"echo": policy}, targets={Echo: "echo"})
-    return [*tracing, *([resilience] if variant in RESILIENT else [])], provider
+    # The kernel's metrics through OpenTelemetry too (kerna.plugins.Metrics): its
+    # histograms take the timed messages (timing=16); a reader that is read at the end.
+    reader = InMemoryMetricReader() if variant in TIMED else None
+    metrics = []
+    if reader is not None:
+        metrics = [Metrics(MeterProvider(metric_readers=[reader], shutdown_on_exit=False))]
+    chain = [*tracing, *([resilience] if variant in RESILIENT else []), *metrics]
+    return chain, provider, reader
 
 
 async def w2(variant: str, asks: int) -> tuple[float, float]:
@@ -135,7 +157,7 @@ async def w2(variant: str, asks: int) -> tuple[float, float]:
     loop between asks, and leaves out the time other processes took the CPU)."""
     exporter = Dropping()
     timing = 16 if variant in TIMED else 0  # kerna node's default: one message in 16
-    middleware, provider = chain(variant, exporter)
+    middleware, provider, reader = chain(variant, exporter)
     async with Kernel(middleware=middleware, timing=timing) as kernel:
         kernel.register(Echo)
         ref = kernel.ref(Echo, "e")
@@ -154,6 +176,10 @@ async def w2(variant: str, asks: int) -> tuple[float, float]:
         assert exporter.exported == 2 * (asks + 1000), exporter.exported
     if timing:
         assert sum(t.handling.count for t in kernel.timings().values()) > asks // 20
+    if reader is not None:  # Metrics' histograms took the timed messages
+        data = reader.get_metrics_data()
+        assert data is not None
+        assert data.resource_metrics, "no metrics"
     return statistics.median(samples) * 1e6, took / asks * 1e6
 
 
@@ -251,7 +277,7 @@ def render(
         f"| a send and a handle hook that only call `call_next()` | {extra['hooks']:.2f} |",
         f"| `Tracing` (two spans, the `traceparent`, the current span) | {extra['tracing']:.2f} |",
         f"| `Resilience` (timeout, retry policy, breaker) | {extra['resilience']:.2f} |",
-        f"| metrics (`timing=16`) | {extra['metrics']:.2f} |",
+        f"| metrics (`timing=16`, `Metrics`) | {extra['metrics']:.2f} |",
         f"| the full chain | {extra['full']:.2f} |",
     ]
     commit = subprocess.run(
@@ -300,9 +326,10 @@ the queue; in production, size it for the span rate.
 
 Each ask of the full chain makes two spans (its send and its handling), carries a
 `traceparent`, passes two send hooks (`Tracing`, `Resilience`) and one handle hook
-(`Tracing`); one message in 16 is timed. Extra p50 µs over the empty chain ({empty:.2f}
-µs), each part alone (the parts overlap: `Tracing` alone includes one send and one handle
-hook's mechanism, `Resilience` alone one send hook's):
+(`Tracing`); one message in 16 is timed (also into OpenTelemetry histograms). Extra
+p50 µs over the empty chain ({empty:.2f} µs), each part alone (the parts overlap:
+`Tracing` alone includes one send and one handle hook's mechanism, `Resilience` alone
+one send hook's):
 
 {chr(10).join(parts)}
 
@@ -332,7 +359,10 @@ apart with `timeit`):
   `hooks` row) and about 1 µs of its own: the target's policy found, the breaker's
   admission and outcome (no replay into pybreaker while it is closed with no failure
   counted), the attempt's timeout (a narrower deadline: a copy of the envelope).
-- metrics (`timing=16`): a modulo per message and, for one in 16, three clock reads.
+- metrics (`timing=16` and `Metrics`): a modulo per message and, for one in 16, three
+  clock reads and two histogram records (kerna's, and the OpenTelemetry SDK's through
+  `Kernel.watch_timings`); `Metrics`' other instruments read the kernel's counters only
+  when collected.
 
 About 3 µs of the chain's mechanism and about {extra["tracing"] - extra["hooks"]:.0f} µs
 for two spans leave no room under 2x an ask of {empty:.1f} µs: the remainder is Python's
