@@ -94,7 +94,6 @@ class Tracing(Middleware):
         self._propagator = TraceContextTextMapPropagator()
         self._root = Context
         self._with_span = trace.set_span_in_context
-        self._current_span = trace.get_current_span
         self._attach, self._detach = context.attach, context.detach
         self._error = trace.StatusCode.ERROR
         kinds = trace.SpanKind
