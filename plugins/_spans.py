@@ -46,7 +46,8 @@ import re
 import time
 import traceback
 import weakref
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -408,7 +409,7 @@ class Pipeline:
         self.resource = tracer.resource
         self.info = tracer.instrumentation_info
         self.scope = InstrumentationScope(scope_name, "", None, None)  # as get_tracer's
-        self.buffer: list[KernaSpan] = []
+        self.buffer: deque[KernaSpan] = deque()
         self.timer: asyncio.TimerHandle | None = None
         self.soon = False
         _pipelines.add(self)
@@ -542,13 +543,11 @@ class Pipeline:
         timer, self.timer, self.soon = self.timer, None, False
         if timer is not None:
             timer.cancel()
-        while self.buffer:
-            spans, self.buffer = self.buffer, []
-            self._export(spans)
-
-    def _export(self, spans: Sequence[KernaSpan]) -> None:
-        on_end = self.processor.on_end
-        for span in spans:
+        # popleft, not a swap of lists: a span another thread's loop ends meanwhile (one
+        # Tracing shared by kernels in two threads) is appended, never lost.
+        buffer, on_end = self.buffer, self.processor.on_end
+        while buffer:
+            span = buffer.popleft()
             try:
                 on_end(span.readable(self))
             except Exception:  # one processor's failure loses no other span
