@@ -16,7 +16,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
@@ -432,3 +432,22 @@ def test_tracing_with_the_global_provider_set_after_it_was_made_uses_it() -> Non
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+async def test_the_providers_force_flush_exports_the_spans_kerna_still_holds() -> None:
+    for processor in ("simple", "batch"):
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        if processor == "simple":
+            provider.add_span_processor(SimpleSpanProcessor(exporter))
+        else:
+            provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=60_000))
+        async with Kernel(middleware=[Tracing(provider)]) as k:
+            k.register(Last)
+            await k.ref(Last, "c").ask(Hop(0))
+            assert provider.force_flush(5_000)  # the SDK's way to see every ended span
+            assert sorted(s.name for s in exporter.get_finished_spans()) == [
+                "handle Hop",
+                "send Hop",
+            ], processor
+        provider.shutdown()
