@@ -27,8 +27,9 @@ SDK's (``opentelemetry.sdk.trace.Tracer``), ``Tracing`` makes no SDK object per 
   ``on_end`` with a ``ReadableSpan``, what ``BatchSpanProcessor`` and
   ``SimpleSpanProcessor`` export) in batches: ``BATCH`` spans at a time, or
   ``FLUSH_AFTER`` seconds after the first one ended, from the event loop but outside
-  any handler or sender; and on ``Tracing.flush()``, when a kernel using it stops, and
-  at interpreter exit.
+  any handler or sender; and on ``Tracing.flush()``, the provider's ``force_flush()``
+  and ``shutdown()`` (``Flusher``, a processor ``Tracing`` adds to the provider), when a
+  kernel using it stops, and at interpreter exit.
 
 What differs from spans the SDK makes itself: processors get ``on_end`` only (their
 ``on_start`` is not called: ``SimpleSpanProcessor`` and ``BatchSpanProcessor`` do
@@ -53,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace as api
 from opentelemetry.context import Context as OtelContext
-from opentelemetry.sdk.trace import Event, ReadableSpan, sampling
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, sampling
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
@@ -66,7 +67,15 @@ if TYPE_CHECKING:
 
     from kerna import MessageContext
 
-__all__ = ["BATCH", "FLUSH_AFTER", "KernaSpan", "Pipeline", "foreign_parent", "parse_traceparent"]
+__all__ = [
+    "BATCH",
+    "FLUSH_AFTER",
+    "Flusher",
+    "KernaSpan",
+    "Pipeline",
+    "foreign_parent",
+    "parse_traceparent",
+]
 
 log = logging.getLogger("kerna.plugins.tracing")
 
@@ -367,6 +376,32 @@ def kerna_attributes(span: KernaSpan) -> dict[str, Any]:
 
 
 _pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()
+
+
+class Flusher(SpanProcessor):
+    """Added to the provider by ``Tracing``: its ``force_flush()`` (what a user calls to
+    see every ended span) hands kerna's buffered spans to the other processors first,
+    then flushes them again; ``shutdown()`` hands them over too."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = weakref.ref(pipeline)
+        self.flushing = False
+
+    def shutdown(self) -> None:
+        pipeline = self.pipeline()
+        if pipeline is not None:
+            pipeline.flush()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        pipeline = self.pipeline()
+        if self.flushing or pipeline is None or not pipeline.buffer:
+            return True  # (the second pass below reaches this processor too)
+        self.flushing = True
+        try:
+            pipeline.flush()
+            return bool(pipeline.processor.force_flush(timeout_millis))
+        finally:
+            self.flushing = False
 
 
 @atexit.register

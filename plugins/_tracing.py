@@ -121,8 +121,9 @@ class Tracing(Middleware):
     def flush(self) -> None:
         """Hand every span ended so far to the provider's span processors (they are
         otherwise handed over in batches, at the latest 50 ms after they end, and when
-        a kernel using this ``Tracing`` stops). Then ``provider.force_flush()`` exports
-        what a ``BatchSpanProcessor`` holds."""
+        a kernel using this ``Tracing`` stops). The provider's ``force_flush()`` does
+        this too (``Tracing`` adds a processor of its own to the provider for it), and
+        then exports what a ``BatchSpanProcessor`` holds."""
         for pipeline in self._pipelines:
             pipeline.flush()
 
@@ -144,8 +145,11 @@ class Tracing(Middleware):
             if type(tracer) is SdkTracer:
                 from . import _spans
 
-                self._pipeline = _spans.Pipeline(tracer, _SCOPE)
-                self._pipelines.append(self._pipeline)
+                pipeline = self._pipeline = _spans.Pipeline(tracer, _SCOPE)
+                self._pipelines.append(pipeline)
+                add = getattr(provider, "add_span_processor", None)
+                if add is not None:  # provider.force_flush() then reaches kerna's spans
+                    add(_spans.Flusher(pipeline))
         return self._pipeline
 
     def _name(self, is_send: bool, message: object) -> str:

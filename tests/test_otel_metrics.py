@@ -245,6 +245,7 @@ async def main() -> None:
         names = {m.name for r in reader.get_metrics_data().resource_metrics
                  for s in r.scope_metrics for m in s.metrics}
         print(sorted(n for n in names if n.startswith("kerna_messages_handled")))
+        tracing.force_flush()  # Tracing hands its spans over in batches
         print(len(spans.get_finished_spans()) >= 2)
 
 asyncio.run(main())
