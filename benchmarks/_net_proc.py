@@ -120,10 +120,23 @@ names (``net_bench`` sets it for the rows that miss a target)."""
 
 _profiler: Any = None
 
+PIN_ENV = "KERNA_NET_PIN"
+"""When set (``net_bench --pin``), a server runs on the last CPU and a caller on the
+first: every system's two processes on two cores of their own, the same placement for
+all (unpinned, the scheduler sometimes puts both on one core, which makes a ping-pong
+about twice as fast and the run's latencies bimodal)."""
+
+
+def _pin(role: str) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    if os.environ.get(PIN_ENV) and len(cpus) > 1:
+        os.sched_setaffinity(0, {cpus[-1] if role == "serve" else cpus[0]})
+
 
 def main(argv: list[str]) -> int:
     global _profiler
     role, kind, loop = argv[0], argv[1], cast(LoopName, argv[2])
+    _pin(role)
     profile = os.environ.get(PROFILE_ENV)
     if profile:
         from pyinstrument import Profiler

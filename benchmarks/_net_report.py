@@ -135,7 +135,14 @@ def render(data: dict[str, Any]) -> str:
         " in brackets); a ratio is the median of the per-run ratios. Each measurement starts"
         " its own server process(es) and a fresh caller process on 127.0.0.1 (free ports,"
         " stopped by PID), makes 200 warm-up asks, then the workload. One nats-server for"
-        " the whole run. See benchmarks/README.md (Cross-process).",
+        " the whole run."
+        + (
+            " Pinned (`--pin`): every server process on the last CPU, every caller on the"
+            " first (nats-server and autogen's host unpinned)."
+            if "--pin" in env["command"].split()
+            else ""
+        )
+        + " See benchmarks/README.md (Cross-process).",
         "",
     ]
     names = list(samples)

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ._common import LoopName
-from ._net_proc import PROFILE_ENV
+from ._net_proc import PIN_ENV, PROFILE_ENV
 from ._net_report import Samples, environment, render, targets
 
 __all__ = ["main"]
@@ -348,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated system names")
     parser.add_argument("--render", metavar="FILE", help="re-render from a results file")
     parser.add_argument("--no-profile", action="store_true", help="do not profile the misses")
+    parser.add_argument(
+        "--pin", action="store_true", help="servers on the last CPU, callers on the first"
+    )
     cli_args = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(cli_args)
     if args.render:
@@ -370,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         wanted = set(args.only.split(","))
         skipped.update({s.name: "not selected (--only)" for s in systems if s.name not in wanted})
     chosen = [s for s in systems if s.name not in skipped]
+    if args.pin:  # read by every _net_proc started from here (kerna's own too)
+        os.environ[PIN_ENV] = "1"
     started = time.time()
     nats = Nats() if any(s.kind in ("nats", "kerna-nats") for s in chosen) else None
     checks: dict[str, dict[str, float]] = {}
