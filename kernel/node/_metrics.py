@@ -64,6 +64,11 @@ _TRANSPORT: dict[str, tuple[str, str, str]] = {
         "counter",
     ),
     "writes": ("kerna_transport_writes", "Socket writes of frames", "counter"),
+    "superseded": (
+        "kerna_transport_frames_superseded",
+        "Frames dropped: left on a connection its peer had replaced by a newer one",
+        "counter",
+    ),
     "connections": ("kerna_transport_connections", "Open connections", "gauge"),
 }
 
