@@ -14,9 +14,27 @@ the reply of an ask, None for a tell; a later call makes another attempt: the sa
 message with a fresh message id, the same correlation id). ``timeout`` narrows that
 attempt's deadline (never past the message's own); the target sees the narrower one.
 ``headers`` adds to the attempt's headers, key by key (an inner hook's keys over an
-outer one's, both over the sender's): how ``kerna.plugins.Tracing`` carries its
-``traceparent``. A ``publish`` passes through the same hooks (``ctx.kind == "event"``,
-``ctx.target`` the topic; an attempt returns None once every subscriber has it).
+outer one's, both over the sender's). A ``publish`` passes through the same hooks
+(``ctx.kind == "event"``, ``ctx.target`` the topic; an attempt returns None once every
+subscriber has it).
+
+A middleware that only acts before and after (it never awaits, never retries, never
+replaces the result) may define plain methods instead, called inline around the inner
+part of the chain, with no coroutine of their own::
+
+    def before_send(self, ctx) -> tuple[state, Mapping[str, str] | None]
+    def after_send(self, ctx, state, result, error: BaseException | None) -> None
+    def before_handle(self, ctx) -> state
+    def after_handle(self, ctx, state, result, error: BaseException | None) -> None
+
+``before_send`` returns its state and the headers to add (None: none), as
+``call_next(headers=)`` adds them; ``after_*`` gets that state and the outcome: the
+result (error None), or what was raised (a cancellation too: ``CancelledError``). A
+before hook that raises fails that message (the hooks outside it still get their
+``after_*``, with that error); an after hook that raises fails it too, except a
+cancellation, which goes on (that error is logged). Either error carries a note naming
+the hook. Such a middleware sits in the chain where it is listed, as a coroutine hook
+would, around every attempt inside it: ``kerna.plugins.Tracing`` is one.
 
 The cost of an empty chain is nothing: an agent type's handler table holds the plain
 handlers then (the composed ones otherwise, built once here), and a send checks one
@@ -26,6 +44,7 @@ tuple attribute (``Runtime.outbound``, or the sending type's ``AgentType.outboun
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol
@@ -43,9 +62,11 @@ if TYPE_CHECKING:
     from ._runtime import Runtime
 
 __all__ = [
+    "SYNC_HOOKS",
     "InboundHook",
     "OutboundHook",
     "SendNext",
+    "SyncHooks",
     "ask_through",
     "check_middleware",
     "compose",
@@ -78,6 +99,12 @@ Headers = Mapping[str, str] | None
 Attempt = Callable[[float | None, Headers], Awaitable[Any]]
 
 
+log = logging.getLogger("kerna.chain")
+
+# The synchronous hooks, by the coroutine hook they stand for.
+SYNC_HOOKS = {"send": ("before_send", "after_send"), "handle": ("before_handle", "after_handle")}
+
+
 def check_middleware(
     chain: Sequence[object], where: str, kernel: bool = False
 ) -> tuple[object, ...]:
@@ -88,29 +115,107 @@ def check_middleware(
 
     Raises:
         TypeError: ``chain`` is not a sequence, or an element has neither a ``handle``
-            nor a ``send`` coroutine method (nor, in a kernel's chain, ``attach``).
+            nor a ``send`` coroutine method nor a synchronous hook (nor, in a kernel's
+            chain, ``attach``); a synchronous hook is a coroutine function; or one
+            direction has both its coroutine hook and a synchronous one.
     """
     if isinstance(chain, str | bytes) or not isinstance(chain, Sequence | tuple | list):
         raise TypeError(f"{where}: middleware must be a list of middleware objects, got {chain!r}")
     for m in chain:
         found = [getattr(m, name, None) for name in ("handle", "send")]
-        hooked = any(found) or (kernel and callable(getattr(m, "attach", None)))
+        plain = [getattr(m, name, None) for pair in SYNC_HOOKS.values() for name in pair]
+        hooked = any(found) or any(plain) or (kernel and callable(getattr(m, "attach", None)))
         if not hooked or not all(f is None or asyncio.iscoroutinefunction(f) for f in found):
             raise TypeError(
                 f"{where}: {m!r} is not a middleware: it needs an 'async def handle(ctx, "
-                "call_next)' and/or an 'async def send(ctx, call_next)' method"
+                "call_next)' and/or an 'async def send(ctx, call_next)' method, or the "
+                "plain before_send/after_send, before_handle/after_handle hooks"
                 + (" (or an 'attach(kernel)' method)" if kernel else "")
             )
+        for direction, pair in SYNC_HOOKS.items():
+            for name in pair:
+                fn = getattr(m, name, None)
+                if fn is None:
+                    continue
+                if not callable(fn) or asyncio.iscoroutinefunction(fn):
+                    raise TypeError(
+                        f"{where}: {m!r}: {name} must be a plain (not async) method: it "
+                        f"runs inline (use 'async def {direction}' to await)"
+                    )
+                if getattr(m, direction, None) is not None:
+                    raise TypeError(
+                        f"{where}: {m!r} has both {direction!r} and {name!r}: one "
+                        "middleware wraps a direction once (split it in two)"
+                    )
     return tuple(chain)
 
 
+class SyncHooks:
+    """A middleware's synchronous pair for one direction, as a link of the chain."""
+
+    __slots__ = ("after", "before", "names", "owner")
+
+    def __init__(self, owner: object, direction: str) -> None:
+        before_name, after_name = SYNC_HOOKS[direction]
+        self.owner = owner
+        self.names = (f"{owner!r}.{before_name}", f"{owner!r}.{after_name}")
+        before = getattr(owner, before_name, None)
+        after = getattr(owner, after_name, None)
+        if before is None:
+            before = _no_headers if direction == "send" else _nothing
+        self.before: Callable[[MessageContext], Any] = before
+        self.after: Callable[[MessageContext, Any, Any, BaseException | None], Any] = (
+            after or _nothing
+        )
+
+    def __repr__(self) -> str:
+        return f"<SyncHooks of {self.owner!r}>"
+
+    def entered(self, error: BaseException, which: int = 0) -> None:
+        """``error`` came from the before (0) or after (1) hook: say so on it."""
+        error.add_note(f"raised in {self.names[which]}")
+
+    def exit_failed(self, ctx: MessageContext, state: Any, error: BaseException) -> None:
+        """The inner part raised ``error``: the after hook hears it. Its own error
+        replaces ``error`` (raised here), unless ``error`` is a cancellation."""
+        try:
+            self.after(ctx, state, None, error)
+        except Exception as own:
+            if not isinstance(error, Exception):  # never swallow a cancellation
+                log.error("%s raised while %r went on", self.names[1], error, exc_info=own)
+                return
+            self.entered(own, 1)
+            raise
+
+
+InboundLink = InboundHook | SyncHooks
+OutboundLink = OutboundHook | SyncHooks
+
+
+def _nothing(*args: object) -> None:
+    return None
+
+
+def _no_headers(ctx: MessageContext) -> tuple[None, None]:
+    return None, None
+
+
 def hooks(chain: Sequence[object], name: str) -> tuple[Any, ...]:
-    """The bound ``name`` methods ("handle" or "send") of the chain, in order."""
-    return tuple(h for m in chain if (h := getattr(m, name, None)) is not None)
+    """The chain's links for ``name`` ("handle" or "send"), in order: the bound
+    coroutine methods, and ``SyncHooks`` for middleware with synchronous ones."""
+    found: list[Any] = []
+    before, after = SYNC_HOOKS[name]
+    for m in chain:
+        hook = getattr(m, name, None)
+        if hook is not None:
+            found.append(hook)
+        elif getattr(m, before, None) is not None or getattr(m, after, None) is not None:
+            found.append(SyncHooks(m, name))
+    return tuple(found)
 
 
 def compose(
-    table: dict[type, HandlerFn], inbound: tuple[InboundHook, ...]
+    table: dict[type, HandlerFn], inbound: tuple[InboundLink, ...]
 ) -> dict[type, HandlerFn]:
     """The handler table with the chain around each handler (the plain table's copy
     when the chain is empty: nothing runs between the worker and the handler)."""
@@ -119,7 +224,7 @@ def compose(
     composed: dict[type, HandlerFn] = {}
     for message_type, fn in table.items():
         for hook in reversed(inbound):
-            fn = _wrap(hook, fn)
+            fn = _wrap_sync(hook, fn) if isinstance(hook, SyncHooks) else _wrap(hook, fn)
         composed[message_type] = fn
     return composed
 
@@ -128,6 +233,34 @@ def _wrap(hook: InboundHook, inner: HandlerFn) -> HandlerFn:
     # A plain function, not a coroutine: a layer adds only the hook's own coroutine.
     def through(agent: Any, message: Any) -> Awaitable[Any]:
         return hook(agent.context, lambda: inner(agent, message))
+
+    return through
+
+
+def _wrap_sync(hook: SyncHooks, inner: HandlerFn) -> HandlerFn:
+    # One coroutine: the before and after hooks run inline in it, in the handler's
+    # task and context (a contextvar the before hook sets is the handler's and is
+    # reset by the after hook in the same context, whatever the handler did).
+    before, after = hook.before, hook.after
+
+    async def through(agent: Any, message: Any) -> Any:
+        ctx = agent.context
+        try:
+            state = before(ctx)
+        except Exception as exc:
+            hook.entered(exc)
+            raise
+        try:
+            result = await inner(agent, message)
+        except BaseException as exc:
+            hook.exit_failed(ctx, state, exc)
+            raise
+        try:
+            after(ctx, state, result, None)
+        except Exception as exc:
+            hook.entered(exc, 1)
+            raise
+        return result
 
     return through
 
@@ -185,6 +318,44 @@ def _layer(
     return invoke
 
 
+def _sync_layer(hook: SyncHooks, ctx: MessageContext, inner: Attempt) -> Attempt:
+    # One coroutine around every attempt inside it, the hooks inline.
+    before, after = hook.before, hook.after
+
+    async def invoke(deadline: float | None, outer: Headers) -> Any:
+        try:
+            got = before(ctx)
+            if type(got) is not tuple or len(got) != 2:
+                raise TypeError(f"it must return (state, headers or None), not {got!r}")
+            state, headers = got
+            if headers is not None:  # an inner hook's keys win over an outer one's
+                outer = merge_headers(outer, headers)
+        except Exception as exc:
+            hook.entered(exc)
+            raise
+        try:
+            result = await inner(deadline, outer)
+        except BaseException as exc:
+            hook.exit_failed(ctx, state, exc)
+            raise
+        try:
+            after(ctx, state, result, None)
+        except Exception as exc:
+            hook.entered(exc, 1)
+            raise
+        return result
+
+    return invoke
+
+
+def _link(
+    hook: OutboundLink, ctx: MessageContext, inner: Attempt, loop: asyncio.AbstractEventLoop
+) -> Attempt:
+    if isinstance(hook, SyncHooks):
+        return _sync_layer(hook, ctx, inner)
+    return _layer(hook, ctx, inner, loop)
+
+
 def merge_headers(outer: Headers, headers: object) -> dict[str, str]:
     """``headers`` over ``outer``, key by key, checked to map str to str (a copy).
 
@@ -204,7 +375,7 @@ def merge_headers(outer: Headers, headers: object) -> dict[str, str]:
 
 
 def ask_through(
-    outbound: tuple[OutboundHook, ...], rt: Runtime, ref: AgentRef, env: Envelope
+    outbound: tuple[OutboundLink, ...], rt: Runtime, ref: AgentRef, env: Envelope
 ) -> Awaitable[Any]:
     """``env``, an ask, through the ``send`` hooks; its first attempt is ``env``."""
     loop = rt.loop
@@ -246,12 +417,12 @@ def ask_through(
 
     call: Attempt = attempt
     for hook in reversed(outbound):
-        call = _layer(hook, ctx, call, loop)
+        call = _link(hook, ctx, call, loop)
     return call(env.deadline, None)  # the outermost hook's coroutine: no frame of its own
 
 
 def tell_through(
-    outbound: tuple[OutboundHook, ...], rt: Runtime, ref: AgentRef, env: Envelope
+    outbound: tuple[OutboundLink, ...], rt: Runtime, ref: AgentRef, env: Envelope
 ) -> Awaitable[None]:
     """``env``, a tell, through the ``send`` hooks (an attempt returns None once the
     message is in the mailbox; ``timeout`` does not apply: a tell has no deadline)."""
@@ -270,13 +441,13 @@ def tell_through(
 
     call: Attempt = attempt
     for hook in reversed(outbound):
-        call = _layer(hook, ctx, call, rt.loop)
+        call = _link(hook, ctx, call, rt.loop)
     awaited: Awaitable[None] = call(None, None)
     return awaited
 
 
 def publish_through(
-    outbound: tuple[OutboundHook, ...], rt: Runtime, env: Envelope
+    outbound: tuple[OutboundLink, ...], rt: Runtime, env: Envelope
 ) -> Awaitable[None]:
     """``env``, an event, through the ``send`` hooks (as a tell: an attempt returns None
     once every subscriber has it; another attempt publishes it again, a fresh id)."""
@@ -295,7 +466,7 @@ def publish_through(
 
     call: Attempt = attempt
     for hook in reversed(outbound):
-        call = _layer(hook, ctx, call, rt.loop)
+        call = _link(hook, ctx, call, rt.loop)
     awaited: Awaitable[None] = call(None, None)
     return awaited
 
@@ -348,4 +519,5 @@ def load_plugins(allow: Sequence[str], where: str = "plugins") -> tuple[object, 
 
 
 def _is_middleware(obj: object) -> bool:
-    return not isinstance(obj, type) and (hasattr(obj, "handle") or hasattr(obj, "send"))
+    names = ("handle", "send", *(name for pair in SYNC_HOOKS.values() for name in pair))
+    return not isinstance(obj, type) and any(hasattr(obj, name) for name in names)

@@ -18,7 +18,7 @@ and a send checks one empty tuple (``kerna._chain``).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from kerna import Agent, MessageContext
@@ -53,6 +53,24 @@ class Middleware:
     sender's, key by key; the receiver reads them in ``ctx.headers``, and its own sends
     inherit them). What ``send`` returns is the ask's result, what it raises the send's.
 
+    A middleware that only acts before and after (a span, a timer, a header) may
+    define plain methods instead, run inline with no coroutine of their own (cheaper:
+    ``kerna.plugins.Tracing`` uses them); one direction takes either its coroutine hook
+    or these:
+
+    ``before_send(self, ctx) -> (state, headers)``: before each attempt inside it (once
+    per send when it is outside any retrying middleware); ``headers`` (a mapping of str
+    to str, or None) are added as ``call_next(headers=)`` adds them.
+    ``after_send(self, ctx, state, result, error)``: after it, with its ``state``, the
+    reply (None for a tell) or what was raised (``error``, a ``CancelledError`` too).
+    ``before_handle(self, ctx) -> state`` and ``after_handle(self, ctx, state, result,
+    error)``: around the handling, in the agent's worker and its context (a contextvar
+    set before is the handler's; the after hook runs in the same context, however the
+    handler ends). After hooks cannot change the outcome. A hook that raises fails
+    that message (the error gets a note naming the hook; hooks entered outside it still
+    get their after hook with it), except that a cancellation goes on (the after hook's
+    error is then logged).
+
     ``attach(self, kernel)``, if defined, is called once when the middleware joins a
     kernel's chain (``Kernel(middleware=)`` or ``use``); ``stopped(self, kernel)``, if
     defined, once when that kernel's ``stop()`` has ended (no handler runs any more:
@@ -64,6 +82,10 @@ class Middleware:
 
     handle: Callable[[MessageContext, Callable[[], Awaitable[Any]]], Awaitable[Any]] | None = None
     send: Callable[[MessageContext, SendNext], Awaitable[Any]] | None = None
+    before_send: Callable[[MessageContext], tuple[Any, Mapping[str, str] | None]] | None = None
+    after_send: Callable[[MessageContext, Any, Any, BaseException | None], None] | None = None
+    before_handle: Callable[[MessageContext], Any] | None = None
+    after_handle: Callable[[MessageContext, Any, Any, BaseException | None], None] | None = None
 
 
 def middleware(*chain: object) -> Callable[[A], A]:
