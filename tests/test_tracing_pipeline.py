@@ -6,6 +6,7 @@ propagator reads it (the SDK's in-memory exporter throughout)."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
@@ -26,11 +27,11 @@ from opentelemetry.sdk.trace.sampling import (
     SamplingResult,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace import Link, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import Attributes
 
-from kerna import Agent, Kernel, Message, Request, handler
+from kerna import Agent, AskTimeout, Kernel, Message, RemoteError, Request, handler
 from kerna.plugins import TRACEPARENT, Tracing
 
 pytestmark = pytest.mark.anyio
@@ -395,7 +396,7 @@ def test_tracing_with_the_global_provider_set_after_it_was_made_uses_it() -> Non
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
             InMemorySpanExporter,
         )
-        from kerna import Agent, Kernel, Message, Request, handler
+        from kerna import Agent, AskTimeout, Kernel, Message, RemoteError, Request, handler
         from kerna.plugins import Tracing
 
         class Done(Message):
@@ -451,3 +452,49 @@ async def test_the_providers_force_flush_exports_the_spans_kerna_still_holds() -
                 "send Hop",
             ], processor
         provider.shutdown()
+
+
+class Current(Agent):
+    """Records the span current in each handling; fails, or is cancelled, on demand."""
+
+    seen: list[int] = []
+    entered: asyncio.Event = asyncio.Event()
+
+    @handler
+    async def hop(self, msg: Hop) -> Done:
+        Current.seen.append(trace.get_current_span().get_span_context().span_id)
+        if msg.n == 1:
+            raise ValueError("handler failed")
+        if msg.n == 2:  # waits past its deadline: cancelled there (cancel_at_deadline)
+            Current.entered.set()
+            await asyncio.Event().wait()
+        return Done(msg.n)
+
+
+async def test_the_handling_span_is_current_in_its_handler_only_however_the_handler_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = provider_for(exporter)
+    Current.seen, Current.entered = [], asyncio.Event()
+    before = trace.get_current_span()
+    async with Kernel(middleware=[Tracing(provider)]) as kernel:
+        kernel.register(Current, cancel_at_deadline=True)
+        ref = kernel.ref(Current, "c")
+        with pytest.raises(RemoteError, match="handler failed"):
+            await ref.ask(Hop(1))
+        with pytest.raises((AskTimeout, RemoteError)):
+            await ref.ask(Hop(2), timeout=0.05)
+        await kernel.wait_idle()
+        assert await ref.ask(Hop(3)) == Done(3)  # the same worker, after both
+        assert trace.get_current_span() is before  # the caller's context is untouched
+    spans = by_name(exporter.get_finished_spans(), "handle Hop")
+    ids = [s.context.span_id for s in spans if s.context is not None]
+    assert Current.seen == ids  # each handler saw its own span, never the one before
+    assert len(set(ids)) == 3
+    failed, cancelled, ok = spans
+    assert failed.status.status_code is StatusCode.ERROR
+    assert cancelled.status.status_code is StatusCode.UNSET  # a cancellation: no error
+    assert ok.status.status_code is StatusCode.UNSET
+    # each context detached where it was attached (OpenTelemetry logs a detach that is not)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
