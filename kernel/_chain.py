@@ -175,6 +175,28 @@ class SyncHooks:
         """``error`` came from the before (0) or after (1) hook: say so on it."""
         error.add_note(f"raised in {self.names[which]}")
 
+    def enter_send(self, ctx: MessageContext, outer: Headers) -> tuple[Any, Headers]:
+        """``before_send``: its state, and ``outer`` with its headers added."""
+        try:
+            got = self.before(ctx)
+            if type(got) is not tuple or len(got) != 2:
+                raise TypeError(f"it must return (state, headers or None), not {got!r}")
+            state, headers = got
+            if headers is not None:  # an inner hook's keys win over an outer one's
+                outer = merge_headers(outer, headers)
+        except Exception as exc:
+            self.entered(exc)
+            raise
+        return state, outer
+
+    def exit(self, ctx: MessageContext, state: Any, result: Any) -> None:
+        """The inner part returned ``result``: the after hook hears it."""
+        try:
+            self.after(ctx, state, result, None)
+        except Exception as exc:
+            self.entered(exc, 1)
+            raise
+
     def exit_failed(self, ctx: MessageContext, state: Any, error: BaseException) -> None:
         """The inner part raised ``error``: the after hook hears it. Its own error
         replaces ``error`` (raised here), unless ``error`` is a cancellation."""
@@ -241,7 +263,7 @@ def _wrap_sync(hook: SyncHooks, inner: HandlerFn) -> HandlerFn:
     # One coroutine: the before and after hooks run inline in it, in the handler's
     # task and context (a contextvar the before hook sets is the handler's and is
     # reset by the after hook in the same context, whatever the handler did).
-    before, after = hook.before, hook.after
+    before = hook.before
 
     async def through(agent: Any, message: Any) -> Any:
         ctx = agent.context
@@ -255,11 +277,7 @@ def _wrap_sync(hook: SyncHooks, inner: HandlerFn) -> HandlerFn:
         except BaseException as exc:
             hook.exit_failed(ctx, state, exc)
             raise
-        try:
-            after(ctx, state, result, None)
-        except Exception as exc:
-            hook.entered(exc, 1)
-            raise
+        hook.exit(ctx, state, result)
         return result
 
     return through
@@ -320,29 +338,14 @@ def _layer(
 
 def _sync_layer(hook: SyncHooks, ctx: MessageContext, inner: Attempt) -> Attempt:
     # One coroutine around every attempt inside it, the hooks inline.
-    before, after = hook.before, hook.after
-
     async def invoke(deadline: float | None, outer: Headers) -> Any:
-        try:
-            got = before(ctx)
-            if type(got) is not tuple or len(got) != 2:
-                raise TypeError(f"it must return (state, headers or None), not {got!r}")
-            state, headers = got
-            if headers is not None:  # an inner hook's keys win over an outer one's
-                outer = merge_headers(outer, headers)
-        except Exception as exc:
-            hook.entered(exc)
-            raise
+        state, outer = hook.enter_send(ctx, outer)
         try:
             result = await inner(deadline, outer)
         except BaseException as exc:
             hook.exit_failed(ctx, state, exc)
             raise
-        try:
-            after(ctx, state, result, None)
-        except Exception as exc:
-            hook.entered(exc, 1)
-            raise
+        hook.exit(ctx, state, result)
         return result
 
     return invoke
@@ -374,6 +377,26 @@ def merge_headers(outer: Headers, headers: object) -> dict[str, str]:
     return {**outer, **checked} if outer else checked
 
 
+def _innermost(outbound: tuple[OutboundLink, ...]) -> SyncHooks | None:
+    """The innermost link when it is synchronous: the attempt runs it inline (no
+    coroutine of its own)."""
+    last = outbound[-1]
+    return last if isinstance(last, SyncHooks) else None
+
+
+def _around(
+    outbound: tuple[OutboundLink, ...],
+    inline: SyncHooks | None,
+    ctx: MessageContext,
+    attempt: Attempt,
+    loop: asyncio.AbstractEventLoop,
+) -> Attempt:
+    call = attempt
+    for hook in reversed(outbound[:-1] if inline is not None else outbound):
+        call = _link(hook, ctx, call, loop)
+    return call
+
+
 def ask_through(
     outbound: tuple[OutboundLink, ...], rt: Runtime, ref: AgentRef, env: Envelope
 ) -> Awaitable[Any]:
@@ -381,43 +404,53 @@ def ask_through(
     loop = rt.loop
     ctx = MessageContext(env, loop)
     sent = False
+    inline = _innermost(outbound)
 
     async def attempt(deadline: float | None, headers: Headers) -> Any:
         nonlocal sent
         assert deadline is not None  # an ask always has one
-        if sent:  # another attempt: a fresh message (id, reply) of the same conversation
-            one = msgspec.structs.replace(
-                env, id=next(rt.ids), deadline=deadline, reply=loop.create_future()
-            )
-        else:
-            sent = True
-            if headers is not None:  # one copy of the envelope for both changes
-                own = env.headers
-                one = msgspec.structs.replace(
-                    env, deadline=deadline, headers={**own, **headers} if own else headers
-                )
-                headers = None
-            elif deadline == env.deadline:
-                one = env
-            else:
-                one = msgspec.structs.replace(env, deadline=deadline)
-        if headers is not None:
-            one = with_headers(one, headers)
-        reply = one.reply
-        assert reply is not None
-        waiter = rt.deliver(one, ref)
-        timeout = max(0.0, deadline - loop.time())
-        timer = loop.call_at(deadline, expire, reply, ref.id, one.payload, timeout)
+        state = None
+        if inline is not None:
+            state, headers = inline.enter_send(ctx, headers)
         try:
-            if waiter is not None:
-                await wait_for_room(waiter, reply)
-            return await reply
-        finally:
-            timer.cancel()
+            if sent:  # another attempt: a fresh message (id, reply) of the same conversation
+                one = msgspec.structs.replace(
+                    env, id=next(rt.ids), deadline=deadline, reply=loop.create_future()
+                )
+            else:
+                sent = True
+                if headers is not None:  # one copy of the envelope for both changes
+                    own = env.headers
+                    one = msgspec.structs.replace(
+                        env, deadline=deadline, headers={**own, **headers} if own else headers
+                    )
+                    headers = None
+                elif deadline == env.deadline:
+                    one = env
+                else:
+                    one = msgspec.structs.replace(env, deadline=deadline)
+            if headers is not None:
+                one = with_headers(one, headers)
+            reply = one.reply
+            assert reply is not None
+            waiter = rt.deliver(one, ref)
+            timeout = max(0.0, deadline - loop.time())
+            timer = loop.call_at(deadline, expire, reply, ref.id, one.payload, timeout)
+            try:
+                if waiter is not None:
+                    await wait_for_room(waiter, reply)
+                result = await reply
+            finally:
+                timer.cancel()
+        except BaseException as exc:
+            if inline is not None:
+                inline.exit_failed(ctx, state, exc)
+            raise
+        if inline is not None:
+            inline.exit(ctx, state, result)
+        return result
 
-    call: Attempt = attempt
-    for hook in reversed(outbound):
-        call = _link(hook, ctx, call, loop)
+    call = _around(outbound, inline, ctx, attempt, loop)
     return call(env.deadline, None)  # the outermost hook's coroutine: no frame of its own
 
 
@@ -428,21 +461,29 @@ def tell_through(
     message is in the mailbox; ``timeout`` does not apply: a tell has no deadline)."""
     ctx = MessageContext(env, rt.loop)
     sent = False
+    inline = _innermost(outbound)
 
     async def attempt(deadline: float | None, headers: Headers) -> None:
         nonlocal sent
-        one = msgspec.structs.replace(env, id=next(rt.ids)) if sent else env
-        sent = True
-        if headers is not None:
-            one = with_headers(one, headers)
-        waiter = rt.deliver(one, ref)
-        if waiter is not None:
-            await waiter
+        state = None
+        if inline is not None:
+            state, headers = inline.enter_send(ctx, headers)
+        try:
+            one = msgspec.structs.replace(env, id=next(rt.ids)) if sent else env
+            sent = True
+            if headers is not None:
+                one = with_headers(one, headers)
+            waiter = rt.deliver(one, ref)
+            if waiter is not None:
+                await waiter
+        except BaseException as exc:
+            if inline is not None:
+                inline.exit_failed(ctx, state, exc)
+            raise
+        if inline is not None:
+            inline.exit(ctx, state, None)
 
-    call: Attempt = attempt
-    for hook in reversed(outbound):
-        call = _link(hook, ctx, call, rt.loop)
-    awaited: Awaitable[None] = call(None, None)
+    awaited: Awaitable[None] = _around(outbound, inline, ctx, attempt, rt.loop)(None, None)
     return awaited
 
 
@@ -453,21 +494,29 @@ def publish_through(
     once every subscriber has it; another attempt publishes it again, a fresh id)."""
     ctx = MessageContext(env, rt.loop)
     sent = False
+    inline = _innermost(outbound)
 
     async def attempt(deadline: float | None, headers: Headers) -> None:
         nonlocal sent
-        one = msgspec.structs.replace(env, id=next(rt.ids)) if sent else env
-        sent = True
-        if headers is not None:
-            one = with_headers(one, headers)
-        pending = rt.deliver(one)
-        if pending is not None:
-            await pending
+        state = None
+        if inline is not None:
+            state, headers = inline.enter_send(ctx, headers)
+        try:
+            one = msgspec.structs.replace(env, id=next(rt.ids)) if sent else env
+            sent = True
+            if headers is not None:
+                one = with_headers(one, headers)
+            pending = rt.deliver(one)
+            if pending is not None:
+                await pending
+        except BaseException as exc:
+            if inline is not None:
+                inline.exit_failed(ctx, state, exc)
+            raise
+        if inline is not None:
+            inline.exit(ctx, state, None)
 
-    call: Attempt = attempt
-    for hook in reversed(outbound):
-        call = _link(hook, ctx, call, rt.loop)
-    awaited: Awaitable[None] = call(None, None)
+    awaited: Awaitable[None] = _around(outbound, inline, ctx, attempt, rt.loop)(None, None)
     return awaited
 
 

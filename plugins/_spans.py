@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextvars
 import logging
 import random
 import re
@@ -188,7 +189,8 @@ class KernaSpan(api.Span):
     status: Status | None = None
     deferred = False  # a handler that deferred its reply
     end_time = 0
-    _traceparent: str | None = None
+    traceparent: str | None = None  # what headers() wrote (a send's span)
+    token: contextvars.Token[Context] | None = None  # its context attached (a handling)
 
     def __init__(
         self,
@@ -217,9 +219,9 @@ class KernaSpan(api.Span):
     def headers(self) -> dict[str, str]:
         """What a message sent under this span carries: its ``traceparent``, and its
         ``tracestate`` when there is one."""
-        found = self._traceparent
+        found = self.traceparent
         if found is None:  # (to_bytes().hex() is about twice as fast as format())
-            found = self._traceparent = (
+            found = self.traceparent = (
                 "00-" + self.trace + "-" + self.span_id.to_bytes(8, "big").hex() + _DASH[self.flags]
             )
         if self.state:

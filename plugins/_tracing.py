@@ -23,14 +23,15 @@ with any other implementation of the API, through its tracer, span by span.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from kerna import MessageContext, PendingReply
 
-from ._middleware import Middleware, SendNext
+from ._middleware import Middleware
 
 if TYPE_CHECKING:
+    from contextvars import Token
+
     from opentelemetry.context import Context
     from opentelemetry.trace import Span, SpanKind, Tracer, TracerProvider
 
@@ -160,52 +161,64 @@ class Tracing(Middleware):
             found = names[type(message)] = f"{verb} {type(message).__qualname__}"
         return found
 
-    # -- the chain's hooks ---------------------------------------------------------------
+    # -- the chain's hooks: synchronous, inline around the send and the handling ---------
+    # (kerna._chain.SyncHooks: no coroutine of Tracing's own per message). The handling
+    # span is made current in before_handle and the context detached in after_handle:
+    # both run in the one coroutine around the handler, in its task and context, so the
+    # detach restores exactly what was current whether the handler returned, raised or
+    # was cancelled.
 
-    async def send(self, ctx: MessageContext, call_next: SendNext) -> Any:
+    def before_send(self, ctx: MessageContext) -> tuple[Any, dict[str, str]]:
         provider = self._provider
         pipeline = (
             self._pipeline if provider is not None else self._resolve(self._global_provider())
         )
         if pipeline is None:
-            return await self._send_through_tracer(ctx, call_next)
+            return self._send_through_tracer(ctx)
         span = pipeline.send_span(ctx)
         headers = span.headers()
-        sent, traceparent = pipeline.sent, headers[TRACEPARENT]
-        sent[traceparent] = span  # its handling here finds it without parsing
-        try:
-            return await call_next(headers=headers)
-        except Exception as exc:
-            span.failed(exc)
-            raise
-        finally:
-            del sent[traceparent]
-            span.finish()
+        pipeline.sent[headers[TRACEPARENT]] = span  # its handling here finds it unparsed
+        return span, headers
 
-    async def handle(self, ctx: MessageContext, call_next: Callable[[], Awaitable[Any]]) -> Any:
+    def after_send(
+        self, ctx: MessageContext, state: Any, result: Any, error: BaseException | None
+    ) -> None:
+        if type(state) is tuple:  # a span of a tracer that is not the SDK's
+            self._end_through_tracer(state, result, error)
+            return
+        if error is not None and isinstance(error, Exception):  # not a cancellation
+            state.failed(error)
+        del state.pipeline.sent[state.traceparent]
+        state.finish()
+
+    def before_handle(self, ctx: MessageContext) -> Any:
         provider = self._provider
         pipeline = (
             self._pipeline if provider is not None else self._resolve(self._global_provider())
         )
         if pipeline is None:
-            return await self._handle_through_tracer(ctx, call_next)
+            return self._handle_through_tracer(ctx)
         span = pipeline.handle_span(ctx)
-        token = self._attach(self._context({pipeline.span_key: span}))  # its span current
-        try:
-            result = await call_next()
-            if isinstance(result, PendingReply):
-                span.deferred = True  # the send span waits for the reply
-            return result
-        except Exception as exc:
-            span.failed(exc)
-            raise
-        finally:
-            self._detach(token)
-            span.finish()
+        span.token = self._attach(self._context({pipeline.span_key: span}))  # its span current
+        return span
+
+    def after_handle(
+        self, ctx: MessageContext, state: Any, result: Any, error: BaseException | None
+    ) -> None:
+        if type(state) is tuple:  # a span of a tracer that is not the SDK's
+            self._end_through_tracer(state, result, error)
+            return
+        self._detach(state.token)
+        if error is not None:
+            if isinstance(error, Exception):  # a cancellation is not an error
+                state.failed(error)
+        elif isinstance(result, PendingReply):
+            state.deferred = True  # the send span waits for the reply
+        state.finish()
 
     # -- through a tracer that is not the SDK's --------------------------------------------
 
-    async def _send_through_tracer(self, ctx: MessageContext, call_next: SendNext) -> Any:
+    def _send_through_tracer(self, ctx: MessageContext) -> tuple[Any, dict[str, str]]:
         span = self._tracer.start_span(
             self._name(True, ctx.message), kind=self._send_kinds[ctx.kind]
         )
@@ -215,11 +228,9 @@ class Tracing(Middleware):
         current = self._with_span(span)
         carrier: dict[str, str] = {}
         self._propagator.inject(carrier, current)  # this span: the receiver's parent
-        return await self._run(span, current, lambda: call_next(headers=carrier))
+        return (span, self._attach(current)), carrier
 
-    async def _handle_through_tracer(
-        self, ctx: MessageContext, call_next: Callable[[], Awaitable[Any]]
-    ) -> Any:
+    def _handle_through_tracer(self, ctx: MessageContext) -> tuple[Span, Token[Context]]:
         headers = ctx.headers
         parent = self._propagator.extract(headers) if TRACEPARENT in headers else self._root()
         span = self._tracer.start_span(
@@ -227,29 +238,22 @@ class Tracing(Middleware):
         )
         if span.is_recording():
             span.set_attributes(_attributes(ctx, ctx.target if ctx.kind != "event" else None))
+        return span, self._attach(self._with_span(span, parent))
 
-        async def handling() -> Any:
-            result = await call_next()
+    def _end_through_tracer(
+        self, state: tuple[Span, Token[Context]], result: Any, error: BaseException | None
+    ) -> None:
+        """The span of ``state`` ended, its context detached; a failure recorded on it
+        (``Exception``s only: a cancellation is not an error, as in ``use_span``)."""
+        span, token = state
+        self._detach(token)
+        if error is None:
             if isinstance(result, PendingReply) and span.is_recording():
                 span.set_attribute("kerna.reply.deferred", True)  # the send span waits
-            return result
-
-        return await self._run(span, self._with_span(span, parent), handling)
-
-    async def _run(self, span: Span, current: Context, work: Callable[[], Awaitable[Any]]) -> Any:
-        """``work()`` with ``span`` current, ended after; a failure recorded on it
-        (``Exception``s only: a cancellation is not an error, as in ``use_span``)."""
-        token = self._attach(current)
-        try:
-            return await work()
-        except Exception as exc:
-            if span.is_recording():
-                span.record_exception(exc)
-                span.set_status(self._error, f"{type(exc).__name__}: {exc}")
-            raise
-        finally:
-            self._detach(token)
-            span.end()
+        elif isinstance(error, Exception) and span.is_recording():
+            span.record_exception(error)
+            span.set_status(self._error, f"{type(error).__name__}: {error}")
+        span.end()
 
 
 def _attributes(ctx: MessageContext, agent: object) -> dict[str, str | int]:
