@@ -176,7 +176,11 @@ class SyncHooks:
         error.add_note(f"raised in {self.names[which]}")
 
     def enter_send(self, ctx: MessageContext, outer: Headers) -> tuple[Any, Headers]:
-        """``before_send``: its state, and ``outer`` with its headers added."""
+        """``before_send``: its state, and ``outer`` with its headers added.
+
+        Raises:
+            TypeError: it returned something else than ``(state, headers or None)``.
+        """
         try:
             got = self.before(ctx)
             if type(got) is not tuple or len(got) != 2:
@@ -263,7 +267,7 @@ def _wrap_sync(hook: SyncHooks, inner: HandlerFn) -> HandlerFn:
     # One coroutine: the before and after hooks run inline in it, in the handler's
     # task and context (a contextvar the before hook sets is the handler's and is
     # reset by the after hook in the same context, whatever the handler did).
-    before = hook.before
+    before, after = hook.before, hook.after
 
     async def through(agent: Any, message: Any) -> Any:
         ctx = agent.context
@@ -277,7 +281,11 @@ def _wrap_sync(hook: SyncHooks, inner: HandlerFn) -> HandlerFn:
         except BaseException as exc:
             hook.exit_failed(ctx, state, exc)
             raise
-        hook.exit(ctx, state, result)
+        try:
+            after(ctx, state, result, None)
+        except Exception as exc:
+            hook.entered(exc, 1)
+            raise
         return result
 
     return through
@@ -337,26 +345,34 @@ def _layer(
 
 
 def _sync_layer(hook: SyncHooks, ctx: MessageContext, inner: Attempt) -> Attempt:
-    # One coroutine around every attempt inside it, the hooks inline.
+    # One coroutine around every attempt inside it, the hooks called inline (the
+    # helpers only on the error paths: a call less per hook on the hot path).
+    before, after = hook.before, hook.after
+
     async def invoke(deadline: float | None, outer: Headers) -> Any:
-        state, outer = hook.enter_send(ctx, outer)
+        try:  # (as hook.enter_send, inline: the hot path)
+            got = before(ctx)
+            if type(got) is not tuple or len(got) != 2:
+                raise TypeError(f"it must return (state, headers or None), not {got!r}")
+            state, headers = got
+            if headers is not None:  # an inner hook's keys win over an outer one's
+                outer = merge_headers(outer, headers)
+        except Exception as exc:
+            hook.entered(exc)
+            raise
         try:
             result = await inner(deadline, outer)
         except BaseException as exc:
             hook.exit_failed(ctx, state, exc)
             raise
-        hook.exit(ctx, state, result)
+        try:
+            after(ctx, state, result, None)
+        except Exception as exc:
+            hook.entered(exc, 1)
+            raise
         return result
 
     return invoke
-
-
-def _link(
-    hook: OutboundLink, ctx: MessageContext, inner: Attempt, loop: asyncio.AbstractEventLoop
-) -> Attempt:
-    if isinstance(hook, SyncHooks):
-        return _sync_layer(hook, ctx, inner)
-    return _layer(hook, ctx, inner, loop)
 
 
 def merge_headers(outer: Headers, headers: object) -> dict[str, str]:
@@ -377,23 +393,19 @@ def merge_headers(outer: Headers, headers: object) -> dict[str, str]:
     return {**outer, **checked} if outer else checked
 
 
-def _innermost(outbound: tuple[OutboundLink, ...]) -> SyncHooks | None:
-    """The innermost link when it is synchronous: the attempt runs it inline (no
-    coroutine of its own)."""
-    last = outbound[-1]
-    return last if isinstance(last, SyncHooks) else None
-
-
 def _around(
-    outbound: tuple[OutboundLink, ...],
-    inline: SyncHooks | None,
+    links: Sequence[OutboundLink],
     ctx: MessageContext,
     attempt: Attempt,
     loop: asyncio.AbstractEventLoop,
 ) -> Attempt:
+    """``attempt`` inside ``links`` (outermost first)."""
     call = attempt
-    for hook in reversed(outbound[:-1] if inline is not None else outbound):
-        call = _link(hook, ctx, call, loop)
+    for hook in reversed(links):
+        if isinstance(hook, SyncHooks):
+            call = _sync_layer(hook, ctx, call)
+        else:
+            call = _layer(hook, ctx, call, loop)
     return call
 
 
@@ -404,14 +416,25 @@ def ask_through(
     loop = rt.loop
     ctx = MessageContext(env, loop)
     sent = False
-    inline = _innermost(outbound)
+    # The innermost link, when synchronous, runs in the attempt (no coroutine of its own).
+    last = outbound[-1]
+    inline = last if isinstance(last, SyncHooks) else None
 
     async def attempt(deadline: float | None, headers: Headers) -> Any:
         nonlocal sent
         assert deadline is not None  # an ask always has one
         state = None
         if inline is not None:
-            state, headers = inline.enter_send(ctx, headers)
+            try:  # (as inline.enter_send, inline: the hot path)
+                got = inline.before(ctx)
+                if type(got) is not tuple or len(got) != 2:
+                    raise TypeError(f"it must return (state, headers or None), not {got!r}")
+                state, extra = got
+                if extra is not None:  # an inner hook's keys win over an outer one's
+                    headers = merge_headers(headers, extra)
+            except Exception as exc:
+                inline.entered(exc)
+                raise
         try:
             if sent:  # another attempt: a fresh message (id, reply) of the same conversation
                 one = msgspec.structs.replace(
@@ -447,10 +470,14 @@ def ask_through(
                 inline.exit_failed(ctx, state, exc)
             raise
         if inline is not None:
-            inline.exit(ctx, state, result)
+            try:
+                inline.after(ctx, state, result, None)
+            except Exception as exc:
+                inline.entered(exc, 1)
+                raise
         return result
 
-    call = _around(outbound, inline, ctx, attempt, loop)
+    call = _around(outbound if inline is None else outbound[:-1], ctx, attempt, loop)
     return call(env.deadline, None)  # the outermost hook's coroutine: no frame of its own
 
 
@@ -461,7 +488,8 @@ def tell_through(
     message is in the mailbox; ``timeout`` does not apply: a tell has no deadline)."""
     ctx = MessageContext(env, rt.loop)
     sent = False
-    inline = _innermost(outbound)
+    last = outbound[-1]
+    inline = last if isinstance(last, SyncHooks) else None
 
     async def attempt(deadline: float | None, headers: Headers) -> None:
         nonlocal sent
@@ -483,7 +511,8 @@ def tell_through(
         if inline is not None:
             inline.exit(ctx, state, None)
 
-    awaited: Awaitable[None] = _around(outbound, inline, ctx, attempt, rt.loop)(None, None)
+    links = outbound if inline is None else outbound[:-1]
+    awaited: Awaitable[None] = _around(links, ctx, attempt, rt.loop)(None, None)
     return awaited
 
 
@@ -494,7 +523,8 @@ def publish_through(
     once every subscriber has it; another attempt publishes it again, a fresh id)."""
     ctx = MessageContext(env, rt.loop)
     sent = False
-    inline = _innermost(outbound)
+    last = outbound[-1]
+    inline = last if isinstance(last, SyncHooks) else None
 
     async def attempt(deadline: float | None, headers: Headers) -> None:
         nonlocal sent
@@ -516,7 +546,8 @@ def publish_through(
         if inline is not None:
             inline.exit(ctx, state, None)
 
-    awaited: Awaitable[None] = _around(outbound, inline, ctx, attempt, rt.loop)(None, None)
+    links = outbound if inline is None else outbound[:-1]
+    awaited: Awaitable[None] = _around(links, ctx, attempt, rt.loop)(None, None)
     return awaited
 
 

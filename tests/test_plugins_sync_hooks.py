@@ -253,6 +253,19 @@ async def test_a_raising_sync_hook_fails_that_message_naming_the_hook_and_the_ke
         with pytest.raises(LookupError, match="no reply to 2"):
             await echo.ask(Ping(2))  # handled, then the after hook failed the send
         assert await echo.ask(Ping(3)) == Pong(3)
+    log.clear()
+    # the same outside a coroutine hook (a link of its own, not run inside the attempt)
+    async with Kernel(middleware=[Refuse("send"), Around("inner", log)]) as kernel:
+        kernel.register(Echo)
+        echo = kernel.ref(Echo, "e")
+        with pytest.raises(LookupError, match="no sending 1") as raised:
+            await echo.ask(Ping(1))
+        assert "raised in <Refuse send>.before_send" in (raised.value.__notes__ or [])
+        assert log == []  # nothing inside it ran
+        with pytest.raises(LookupError, match="no reply to 2") as raised:
+            await echo.ask(Ping(2))
+        assert "raised in <Refuse send>.after_send" in (raised.value.__notes__ or [])
+        assert await echo.ask(Ping(3)) == Pong(3)
 
 
 def test_a_sync_hook_that_is_a_coroutine_or_doubles_a_coroutine_hook_is_refused() -> None:
