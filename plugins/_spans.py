@@ -192,20 +192,20 @@ class KernaSpan(api.Span):
     traceparent: str | None = None  # what headers() wrote (a send's span)
     token: contextvars.Token[Context] | None = None  # its context attached (a handling)
 
+    name: str | None = None  # update_name's; else "send T" / "handle T" (span_name)
+
     def __init__(
         self,
         pipeline: Pipeline,
-        name: str,
-        kind: SpanKind,
         ctx: MessageContext,
         is_send: bool,
         trace: str,
         decided: tuple[bool, int, str, types.Attributes],
         parent: Parent | None,
     ) -> None:
+        # Its name and kind follow from ctx and is_send: found when exported (readable),
+        # not per message.
         self.pipeline = pipeline
-        self.name = name
-        self.kind = kind
         self.ctx = ctx
         self.is_send = is_send
         self.trace = trace  # the trace id, 32 hex digits
@@ -313,6 +313,11 @@ class KernaSpan(api.Span):
             found.update(attributes)
         self.add_event("exception", found, timestamp)
 
+    def span_name(self) -> str:
+        """Its name: ``"send <MessageType>"`` or ``"handle <MessageType>"``, unless the
+        handler's code renamed it."""
+        return self.name or self.pipeline.span_name(self.is_send, self.ctx.message)
+
     def readable(self, pipeline: Pipeline) -> ReadableSpan:
         """The SDK's ``ReadableSpan`` of this ended span."""
         trace_id = int(self.trace, 16)
@@ -328,7 +333,7 @@ class KernaSpan(api.Span):
         if self.attributes:
             attributes.update(self.attributes)
         return ReadableSpan(
-            self.name,
+            self.span_name(),
             SpanContext(
                 trace_id, self.span_id, False, _FLAGS[self.flags], _trace_state(self.state)
             ),
@@ -337,7 +342,7 @@ class KernaSpan(api.Span):
             attributes,
             self.events or (),
             self.links or (),
-            self.kind,
+            (_SEND_KINDS if self.is_send else _HANDLE_KINDS)[self.ctx.kind],
             pipeline.info,
             self.status or _UNSET,
             self.start_time,
@@ -479,7 +484,9 @@ class Pipeline:
         recording = decision is not sampling.Decision.DROP
         return recording, sampled | random_bit, state, result.attributes
 
-    def new_root(self, name: str, kind: SpanKind, context: Context | None) -> tuple[str, Decided]:
+    def new_root(
+        self, ctx: MessageContext, is_send: bool, context: Context | None
+    ) -> tuple[str, Decided]:
         """A new trace's id (as 32 hex digits) and the sampler's decision for its root."""
         trace_id = (self.fast_ids and _getrandbits(128)) or self.ids.generate_trace_id()
         trace = trace_id.to_bytes(16, "big").hex()
@@ -488,15 +495,17 @@ class Pipeline:
         bound = self.bound
         if bound is not None:  # TraceIdRatioBased's own test, on the same bits
             return trace, self.sampled if trace_id & _RATIO_LIMIT < bound else self.unsampled
-        return trace, self.decide(None, trace, name, kind, context)
+        return trace, self.decide(None, trace, *self.name_kind(ctx, is_send), context)
+
+    def name_kind(self, ctx: MessageContext, is_send: bool) -> tuple[str, SpanKind]:
+        """A span's name and kind (what a sampler is asked with)."""
+        kind = (_SEND_KINDS if is_send else _HANDLE_KINDS)[ctx.kind]
+        return self.span_name(is_send, ctx.message), kind
 
     def send_span(self, ctx: MessageContext) -> KernaSpan:
         """The span of a send, a child of the current span (the handling span inside a
         handler, the caller's own outside any agent)."""
         current = self.get_current().get(self.span_key)
-        message = ctx.message
-        name = self.send_names.get(type(message)) or self._name(True, message)
-        kind = _SEND_KINDS[ctx.kind]
         if type(current) is KernaSpan:
             trace = current.trace
             parent: Parent | None = (trace, current.span_id, current.flags, False, current.state)
@@ -505,14 +514,20 @@ class Pipeline:
             if current is not None and isinstance(current, api.Span):
                 parent = foreign_parent(current)
         if parent is None:
-            trace, decided = self.new_root(name, kind, None)
-            return KernaSpan(self, name, kind, ctx, True, trace, decided, None)
+            root = self.root
+            if root is not None and self.fast_ids:  # the usual case, new_root inline
+                trace_id = _getrandbits(128) or self.ids.generate_trace_id()
+                return KernaSpan(self, ctx, True, trace_id.to_bytes(16, "big").hex(), root, None)
+            trace, decided = self.new_root(ctx, True, None)
+            return KernaSpan(self, ctx, True, trace, decided, None)
         trace, flags = parent[0], parent[2]
         if self.mode == _FOLLOW:  # the SDK's default: a child follows its parent
             decided = (bool(flags & 1), flags & 0x03, parent[4], None)
         else:
-            decided = self.child(parent) or self.decide(parent, trace, name, kind, None)
-        return KernaSpan(self, name, kind, ctx, True, trace, decided, parent)
+            decided = self.child(parent) or self.decide(
+                parent, trace, *self.name_kind(ctx, True), None
+            )
+        return KernaSpan(self, ctx, True, trace, decided, parent)
 
     def handle_span(self, ctx: MessageContext) -> KernaSpan:
         """The span of a handling, a child of what the message carries (never of the
@@ -526,27 +541,29 @@ class Pipeline:
                 parent = (sender.trace, sender.span_id, sender.flags, True, sender.state)
             else:
                 parent = parse_traceparent(traceparent, state)
-        message = ctx.message
-        name = self.handle_names.get(type(message)) or self._name(False, message)
-        kind = _HANDLE_KINDS[ctx.kind]
         if parent is None:
-            trace, decided = self.new_root(name, kind, _ROOT_CONTEXT)
+            trace, decided = self.new_root(ctx, False, _ROOT_CONTEXT)
         elif self.asks_always:  # the sampler sees the parent context the SDK passes it
             trace = parent[0]
+            name, kind = self.name_kind(ctx, False)
             decided = self.decide(parent, trace, name, kind, _sampler_context(parent))
         elif self.mode == _FOLLOW:  # the SDK's default: a child follows its parent
             trace, flags = parent[0], parent[2]
             decided = (bool(flags & 1), flags & 0x03, parent[4], None)
         else:
             trace = parent[0]
-            decided = self.child(parent) or self.decide(parent, trace, name, kind, None)
-        return KernaSpan(self, name, kind, ctx, False, trace, decided, parent)
+            decided = self.child(parent) or self.decide(
+                parent, trace, *self.name_kind(ctx, False), None
+            )
+        return KernaSpan(self, ctx, False, trace, decided, parent)
 
-    def _name(self, is_send: bool, message: object) -> str:
+    def span_name(self, is_send: bool, message: object) -> str:
+        """``"send <MessageType>"`` or ``"handle <MessageType>"`` (cached by type)."""
         names = self.send_names if is_send else self.handle_names
-        found = names[type(message)] = (
-            f"{'send' if is_send else 'handle'} {type(message).__qualname__}"
-        )
+        found = names.get(type(message))
+        if found is None:
+            verb = "send" if is_send else "handle"
+            found = names[type(message)] = f"{verb} {type(message).__qualname__}"
         return found
 
     def ended(self, span: KernaSpan) -> None:
@@ -588,4 +605,4 @@ class Pipeline:
             try:
                 on_end(span.readable(self))
             except Exception:  # one processor's failure loses no other span
-                log.exception("a span processor failed on a span of %s", span.name)
+                log.exception("a span processor failed on a span of %s", span.span_name())
