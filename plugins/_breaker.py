@@ -193,8 +193,6 @@ class BreakerState:
 
     def done(self, probe: bool, error: BaseException | None) -> None:
         """Record an admitted call's outcome (``error`` None: it succeeded)."""
-        import pybreaker
-
         if probe:
             self.probing -= 1
         elif error is None and self.storage.counter == 0 and self.storage.state == "closed":
@@ -204,6 +202,8 @@ class BreakerState:
             isinstance(error, asyncio.CancelledError) or never_retried(error)
         ):
             return  # says nothing about the target's health
+
+        import pybreaker  # (past the early returns: not on a closed breaker's hot path)
 
         def replay() -> None:
             if error is not None:

@@ -417,9 +417,10 @@ class Resilience(Middleware):
     def _agent_target(self, agent: object) -> _Target | None:
         if not isinstance(agent, AgentId):
             return None
-        own = self._ids.get(agent)
-        if own is not None:
-            return own
+        if self._ids:  # (no policy per id: no AgentId hashed per send)
+            own = self._ids.get(agent)
+            if own is not None:
+                return own
         try:
             return self._by_name[agent.type]
         except KeyError:
