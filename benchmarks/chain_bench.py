@@ -94,7 +94,10 @@ class Dropping(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-VARIANTS = ("empty", "full", "sampled", "batched", "tracing", "resilience", "metrics", "hooks")
+VARIANTS = (
+    "empty", "full", "sampled", "batched", "tracing", "resilience", "metrics", "hooks", "sync",
+    "tracing+resilience",
+)  # fmt: skip
 LABELS = {
     "full": "the full chain: `Tracing` (SDK, no-op exporter) + `Resilience` (timeout, "
     "retry, breaker) + metrics (`timing=16` and `Metrics`, OpenTelemetry)",
@@ -105,10 +108,12 @@ LABELS = {
     "resilience": "`Resilience` alone",
     "metrics": "metrics alone (`Kernel(timing=16)` and `Metrics`)",
     "hooks": "a middleware whose `send` and `handle` only call `call_next()`",
+    "sync": "a middleware whose synchronous `before_*`/`after_*` hooks do nothing",
+    "tracing+resilience": "`Tracing` + `Resilience` (the full chain without the metrics)",
 }
-TRACED = ("full", "tracing", "sampled", "batched")
+TRACED = ("full", "tracing", "sampled", "batched", "tracing+resilience")
 TIMED = ("full", "sampled", "batched", "metrics")
-RESILIENT = ("full", "resilience", "sampled", "batched")
+RESILIENT = ("full", "resilience", "sampled", "batched", "tracing+resilience")
 
 
 class Passing:
@@ -121,6 +126,22 @@ class Passing:
         return await call_next()
 
 
+class Inline:
+    """The chain's own cost for synchronous hooks: before and after that do nothing."""
+
+    def before_send(self, ctx: MessageContext) -> tuple[None, None]:
+        return None, None
+
+    def after_send(self, ctx: MessageContext, state: None, result: Any, error: object) -> None:
+        pass
+
+    def before_handle(self, ctx: MessageContext) -> None:
+        return None
+
+    def after_handle(self, ctx: MessageContext, state: None, result: Any, error: object) -> None:
+        pass
+
+
 def chain(
     variant: str, exporter: Dropping
 ) -> tuple[list[object], TracerProvider, InMemoryMetricReader | None]:
@@ -128,6 +149,8 @@ def chain(
     provider = TracerProvider(sampler=sampler, shutdown_on_exit=False)
     if variant == "hooks":
         return [Passing()], provider, None
+    if variant == "sync":
+        return [Inline()], provider, None
     if variant == "batched":
         # Its default queue (2,048 spans) overflows at this rate, dropping spans: its
         # export thread gets the GIL too rarely while the loop runs flat out.
@@ -172,7 +195,7 @@ async def w2(variant: str, asks: int) -> tuple[float, float]:
             samples.append(clock() - start)
         took = time.process_time() - began
     provider.shutdown()  # a BatchSpanProcessor exports what it holds
-    if variant in ("full", "tracing", "batched"):  # the chain did run: two spans an ask
+    if variant in ("full", "tracing", "batched", "tracing+resilience"):  # two spans an ask
         assert exporter.exported == 2 * (asks + 1000), exporter.exported
     if timing:
         assert sum(t.handling.count for t in kernel.timings().values()) > asks // 20
@@ -275,9 +298,11 @@ def render(
         "| part | extra µs per ask (p50) |",
         "|---|---|",
         f"| a send and a handle hook that only call `call_next()` | {extra['hooks']:.2f} |",
+        f"| the same as synchronous hooks that do nothing | {extra['sync']:.2f} |",
         f"| `Tracing` (two spans, the `traceparent`, the current span) | {extra['tracing']:.2f} |",
         f"| `Resilience` (timeout, retry policy, breaker) | {extra['resilience']:.2f} |",
         f"| metrics (`timing=16`, `Metrics`) | {extra['metrics']:.2f} |",
+        f"| `Tracing` + `Resilience` | {extra['tracing+resilience']:.2f} |",
         f"| the full chain | {extra['full']:.2f} |",
     ]
     commit = subprocess.run(
@@ -325,56 +350,57 @@ the queue; in production, size it for the span rate.
 ## Where the time goes
 
 Each ask of the full chain makes two spans (its send and its handling), carries a
-`traceparent`, passes two send hooks (`Tracing`, `Resilience`) and one handle hook
-(`Tracing`); one message in 16 is timed (also into OpenTelemetry histograms). Extra
-p50 µs over the empty chain ({empty:.2f} µs), each part alone (the parts overlap:
-`Tracing` alone includes one send and one handle hook's mechanism, `Resilience` alone
-one send hook's):
+`traceparent`, passes `Tracing`'s synchronous send and handle hooks and `Resilience`'s
+send hook (a coroutine: it awaits retries); one message in 16 is timed (also into
+OpenTelemetry histograms). Extra p50 µs over the empty chain ({empty:.2f} µs), each
+part alone:
 
 {chr(10).join(parts)}
 
-Profiled (pyinstrument, cProfile and py-spy on this benchmark; each piece also timed
-apart with `timeit`):
+Profiled (cProfile call counts, py-spy, and each piece timed apart with `timeit`):
 
-- the chain's mechanism: the `hooks` row, {extra["hooks"]:.1f} µs for one send and one
-  handle hook that do nothing (about two thirds of it the send hook's): every hook is a
-  coroutine of its own, called with a `call_next` closure made for that call, and a
-  send's attempt is a coroutine too. The full chain has two send hooks and one handle
-  hook: about 3 µs before any middleware does anything.
-- `Tracing`'s own work: the `Tracing` row minus the `hooks` row,
-  {extra["tracing"] - extra["hooks"]:.1f} µs for two spans. Per span a `KernaSpan`
-  record (ids from the provider's id generator, `time.time_ns()` twice), the provider's
-  sampler's decision (the SDK's default `ParentBased` decided inline), the
-  `traceparent` written (send) and found again (handling: by the string itself while
-  the send is in flight here, else parsed), and the handling span made current (a
-  `Context` attached and detached, about 0.4 µs) so that the handler's own
-  OpenTelemetry spans are its children. In a py-spy profile of `Tracing` alone (export
-  switched off) kerna.plugins._spans and _tracing and OpenTelemetry's context take
-  about a third of the time, kerna._chain about 15%, the event loop about 20%. No SDK
-  object is made on the hot path any more: the SDK's own `start_span` + `end` costs
-  {fig(raw["span"], ".2f")} µs a span on this provider ({fig(raw["span_sampled"], ".2f")}
-  µs sampled out); before kerna recorded its own spans (commit db0265c, this file's
-  previous run) the full chain was 13.07x.
-- `Resilience`: its row, {extra["resilience"]:.1f} µs, is a send hook (most of the
-  `hooks` row) and about 1 µs of its own: the target's policy found, the breaker's
-  admission and outcome (no replay into pybreaker while it is closed with no failure
-  counted), the attempt's timeout (a narrower deadline: a copy of the envelope).
-- metrics (`timing=16` and `Metrics`): a modulo per message and, for one in 16, three
-  clock reads and two histogram records (kerna's, and the OpenTelemetry SDK's through
-  `Kernel.watch_timings`); `Metrics`' other instruments read the kernel's counters only
-  when collected.
+- the chain's own path: {extra["sync"]:.1f} µs with synchronous hooks that do nothing,
+  {extra["hooks"]:.1f} µs with coroutine hooks that do nothing. What the synchronous
+  form leaves is not the hooks but a send's way through any chain: a `MessageContext`
+  of the send, the attempt's closure and its coroutine (a coroutine more than the plain
+  ask, which delivers inline), and around the handler one coroutine of the chain's and
+  the `agent.context` view. A synchronous send link that is the innermost runs inside
+  the attempt (no coroutine of its own); one outside a coroutine hook (`Tracing` outside
+  `Resilience`, as the full chain has it: its span covers every retry) needs a
+  coroutine of its own, which costs about what a coroutine hook does (a coroutine
+  traded for two plain calls).
+- `Tracing`'s own work: its row minus the `sync` row, {extra["tracing"] - extra["sync"]:.1f}
+  µs for two spans. Per span a `KernaSpan` record (ids from the provider's id
+  generator, `time.time_ns()` twice, about 0.35 µs to make), the sampler's decision
+  (inline for the SDK's default), the `traceparent` written (send, about 0.3 µs with
+  its headers merged into the attempt's envelope) and found again (handling: by the
+  string itself while the send is in flight here), and the handling span made current
+  (an OpenTelemetry `Context` made, attached and detached: about 0.4 µs through the
+  API) so that the handler's own spans are its children. A span's name and kind are
+  found when it is exported. No SDK object is made on the hot path: the SDK's own
+  `start_span` + `end` costs {fig(raw["span"], ".2f")} µs a span on this provider
+  ({fig(raw["span_sampled"], ".2f")} µs sampled out).
+- `Resilience`: its row, {extra["resilience"]:.1f} µs: a coroutine send hook (about the
+  `hooks` row's send half) and about 1 µs of its own: the target's policy found, the
+  breaker's admission and outcome, the attempt's timeout (a narrower deadline).
+- together they cost more than apart: `Tracing` + `Resilience` is
+  {extra["tracing+resilience"]:.1f} µs against {extra["tracing"]:.1f} + {extra["resilience"]:.1f}:
+  `Tracing`'s send link then has a coroutine of its own (above), and the envelope is
+  copied for the narrower deadline and the headers at once. The metrics (one message
+  in 16 timed) add {extra["full"] - extra["tracing+resilience"]:.1f} µs to the full chain
+  though {extra["metrics"]:.1f} µs alone: not explained by the code they run per message
+  (a modulo; no garbage collection effect: the same with `gc` disabled); the larger
+  working set of the three together is the likely cause.
 
-About 3 µs of the chain's mechanism and about {extra["tracing"] - extra["hooks"]:.0f} µs
-for two spans leave no room under 2x an ask of {empty:.1f} µs: the remainder is Python's
-cost of a coroutine layer per hook, and per span of an object, its ids and clock
-reads, and (for a handling) an OpenTelemetry context attached and detached. Sampling
-does not remove it: a sampled-out span is not recorded or exported (the `sampled`
-row's CPU time), but its ids and `traceparent` still travel (the next hops must know
-the trace is sampled out) and every hook still runs.
-What would: hooks that are not coroutines (a synchronous before/after form of `send`
-and `handle` in kerna._chain, for middleware that does not await), and not making the
-handling span current unless the handler asks for it (a choice per agent type: a
-handler's own spans would then start traces of their own).
+What is left is Python's cost per call, not a coroutine per hook: an empty ask is
+{empty:.1f} µs, so 2x leaves {empty:.1f} µs for two spans, their context, a breaker, a
+timeout and a retry policy. Measured with a no-op in `Resilience`'s place, a synchronous
+fast path for it (a closed breaker, the first attempt) would save its coroutine, about
+0.6 µs (the chain's protocol would need a synchronous hook to narrow an attempt's
+deadline and to hand a failure on to an awaited retry: not built); not making the
+handling span current unless the handler asks for it would save about 0.4 µs (the
+handler's own spans would then start traces of their own). Neither reaches 2x;
+spans recorded outside Python would.
 """
 
 

@@ -70,6 +70,8 @@ class Tracing(Middleware):
 
     Put it first in ``Kernel(middleware=[...])``: its send span then covers every
     attempt that ``Resilience`` (after it) makes, its handling span the whole chain.
+    Its hooks are the chain's synchronous ones (``before_send``/``after_send``,
+    ``before_handle``/``after_handle``): no coroutine of its own per message.
 
     Args:
         tracer_provider: where the spans go; the global one
