@@ -410,11 +410,19 @@ def _around(
 
 
 def ask_through(
-    outbound: tuple[OutboundLink, ...], rt: Runtime, ref: AgentRef, env: Envelope
+    outbound: tuple[OutboundLink, ...],
+    rt: Runtime,
+    ref: AgentRef,
+    env: Envelope,
+    ctx: MessageContext | None = None,
+    headers: Headers = None,
 ) -> Awaitable[Any]:
-    """``env``, an ask, through the ``send`` hooks; its first attempt is ``env``."""
+    """``env``, an ask, through the ``send`` hooks; its first attempt is ``env``
+    (with ``headers``: what the links outside ``outbound`` added; ``ctx``: their view
+    of it, shared)."""
     loop = rt.loop
-    ctx = MessageContext(env, loop)
+    if ctx is None:
+        ctx = MessageContext(env, loop)
     sent = False
     # The innermost link, when synchronous, runs in the attempt (no coroutine of its own).
     last = outbound[-1]
@@ -478,7 +486,7 @@ def ask_through(
         return result
 
     call = _around(outbound if inline is None else outbound[:-1], ctx, attempt, loop)
-    return call(env.deadline, None)  # the outermost hook's coroutine: no frame of its own
+    return call(env.deadline, headers)  # the outermost hook's coroutine: no frame of its own
 
 
 def tell_through(

@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, overload
 
 from ._activation import SPAWN_BURST, current_activation
-from ._chain import ask_through, expire, tell_through, wait_for_room
+from ._chain import SyncHooks, ask_through, expire, tell_through, wait_for_room, with_headers
+from ._context import MessageContext
 from ._envelope import ASK, TELL, Envelope, outgoing
 from ._errors import AskTimeout, DeadlockError
 from ._ids import AgentId
@@ -207,7 +208,31 @@ class AgentRef:
                 )
         outbound = rt.outbound if sender is None else sender.atype.outbound
         if outbound:  # the middleware chain's send hooks (kerna._chain)
-            return await ask_through(outbound, rt, self, env)
+            head = outbound[0]
+            if not isinstance(head, SyncHooks):
+                return await ask_through(outbound, rt, self, env)
+            # The outermost link is synchronous: its hooks run here, in this coroutine
+            # (none of their own); the rest of the chain inside them, as ask_through does.
+            ctx = MessageContext(env, loop)
+            state, added = head.enter_send(ctx, None)
+            try:
+                if len(outbound) > 1:
+                    result = await ask_through(outbound[1:], rt, self, env, ctx, added)
+                else:
+                    one = env if added is None else with_headers(env, added)
+                    waiter = rt.deliver(one, self)
+                    timer = loop.call_at(deadline, expire, reply, self.id, message, timeout)
+                    try:
+                        if waiter is not None:
+                            await wait_for_room(waiter, reply)
+                        result = await reply
+                    finally:
+                        timer.cancel()
+            except BaseException as exc:
+                head.exit_failed(ctx, state, exc)
+                raise
+            head.exit(ctx, state, result)
+            return result
         waiter = rt.deliver(env, self)
         timer = loop.call_at(deadline, expire, reply, self.id, message, timeout)
         try:
