@@ -363,12 +363,14 @@ Profiled (cProfile call counts, py-spy, and each piece timed apart with `timeit`
   {extra["hooks"]:.1f} µs with coroutine hooks that do nothing. What the synchronous
   form leaves is not the hooks but a send's way through any chain: a `MessageContext`
   of the send, the attempt's closure and its coroutine (a coroutine more than the plain
-  ask, which delivers inline), and around the handler one coroutine of the chain's and
-  the `agent.context` view. A synchronous send link that is the innermost runs inside
-  the attempt (no coroutine of its own); one outside a coroutine hook (`Tracing` outside
-  `Resilience`, as the full chain has it: its span covers every retry) needs a
-  coroutine of its own, which costs about what a coroutine hook does (a coroutine
-  traded for two plain calls).
+  ask, which delivers inline) when a coroutine hook is in the chain, and around the
+  handler one coroutine of the chain's and the `agent.context` view. The outermost
+  synchronous send link of an ask runs in `AgentRef.ask`'s own coroutine (`Tracing`
+  first, as here: no coroutine for its span, which covers every retry inside it; alone,
+  the plain ask's path inside its hooks), the innermost inside the attempt; one between
+  two coroutine hooks needs a coroutine of its own (about what a coroutine hook costs).
+  Tells and publishes run their synchronous links in the attempt or a coroutine of
+  their own.
 - `Tracing`'s own work: its row minus the `sync` row, {extra["tracing"] - extra["sync"]:.1f}
   µs for two spans. Per span a `KernaSpan` record (ids from the provider's id
   generator, `time.time_ns()` twice, about 0.35 µs to make), the sampler's decision
@@ -384,18 +386,21 @@ Profiled (cProfile call counts, py-spy, and each piece timed apart with `timeit`
   `hooks` row's send half) and about 1 µs of its own: the target's policy found, the
   breaker's admission and outcome, the attempt's timeout (a narrower deadline).
 - together they cost more than apart: `Tracing` + `Resilience` is
-  {extra["tracing+resilience"]:.1f} µs against {extra["tracing"]:.1f} + {extra["resilience"]:.1f}:
-  `Tracing`'s send link then has a coroutine of its own (above). The metrics (one message
+  {extra["tracing+resilience"]:.1f} µs against {extra["tracing"]:.1f} + {extra["resilience"]:.1f},
+  though the same code runs (a no-op coroutine send hook in `Resilience`'s place adds
+  what it adds alone; with `Resilience`, one envelope copy serves its narrower deadline
+  and `Tracing`'s headers, as one does for the headers alone). The metrics (one message
   in 16 timed) add {extra["full"] - extra["tracing+resilience"]:.1f} µs to the full chain
   though {extra["metrics"]:.1f} µs alone: not explained by the code they run per message
-  (a modulo; no garbage collection effect: the same with `gc` disabled); the larger
-  working set of the three together is the likely cause.
+  (a modulo; no garbage collection effect: the same with `gc` disabled; the whole
+  distribution moves, p10 to p90, not a tail). The likely cause of both is the larger
+  working set of the pieces together (the CPU's caches; the interpreter's specialized
+  instructions): measured, not proven.
 
 Against the previous run of this file (16:25 UTC, commit 23ce35d: `Tracing` with
-coroutine hooks; empty 5.33 µs, full 15.81 µs, `Tracing` alone 11.67 µs), the full chain
-is about 1 µs an ask faster and `Tracing` alone about 1.4 µs (the synchronous hooks,
-and a span's name and kind found at export); the ratio did not move, because the
-empty ask measured faster too (the machine's load differs between runs).
+coroutine hooks; empty 5.33 µs, full 15.81 µs (2.94x), `Tracing` alone 11.67 µs
+(2.19x)): the synchronous hooks (the outermost in the ask's own coroutine), a span's
+name and kind found at export, and two cuts in `Resilience`'s fast path.
 
 What is left is Python's cost per call, not a coroutine per hook: an empty ask is
 {empty:.1f} µs, so 2x leaves {empty:.1f} µs for two spans, their context, a breaker, a
