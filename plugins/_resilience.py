@@ -32,9 +32,12 @@ outside any agent reads the marker of its asks with ``with degradation() as d:``
 
 Breaker state changes are logged (``kerna.plugins.resilience``; an error for a
 ``critical`` target's opening) and published as ``BreakerChanged`` events on the topic
-``BREAKERS``; counters are read with ``breaker_stats``/``target_stats``, and every
-target's at once with ``resilience_stats(kernel)`` (a node's ``/metrics``: the
-``kerna_breaker_*`` series, ``kerna_retries`` and ``kerna_fallbacks``).
+``BREAKERS``, in order, by one task of the kernel (a change made just before
+``stop()`` by a caller that never yielded is not published: counted in
+``Resilience.events_dropped``, logged); counters are read with
+``breaker_stats``/``target_stats``, and every target's at once with
+``resilience_stats(kernel)`` (a node's ``/metrics``: the ``kerna_breaker_*`` series,
+``kerna_retries`` and ``kerna_fallbacks``).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import asyncio
 import contextvars
 import logging
 import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -50,7 +54,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from kerna import Agent, AgentId, CircuitOpen, ConfigError, Message, MessageContext, UsageError
+from kerna import (
+    Agent,
+    AgentId,
+    CircuitOpen,
+    ConfigError,
+    KernelStopped,
+    Message,
+    MessageContext,
+    UsageError,
+)
 
 from ._breaker import BreakerState, BreakerStats
 from ._bulkhead import Bulkhead, BulkheadStats
@@ -335,6 +348,11 @@ class Resilience(Middleware):
         targets: target -> policy name; a target is an Agent class, an ``AgentId`` or
             a dependency's name.
 
+    Attributes:
+        events_dropped: ``BreakerChanged`` events not published because the kernel
+            stopped first (a change made by a caller that never yielded to the loop
+            before ``stop()``); each drop is logged too.
+
     Raises:
         ConfigError: a target names an unknown policy, or is neither an Agent class,
             an AgentId nor a non-empty str; a policy is not a ``Policy``.
@@ -371,6 +389,9 @@ class Resilience(Middleware):
         self._by_name: dict[str, _Target | None] = {}  # registered type name -> target
         self._kernel: Kernel | None = None
         self._degraded: dict[int, list[str]] = {}  # conversation -> fallbacks used
+        self._events: deque[BreakerChanged] = deque()  # changes not yet published
+        self._publisher: asyncio.Task[None] | None = None
+        self.events_dropped = 0
 
     def attach(self, kernel: Kernel) -> None:
         """Bind to ``kernel`` (``Kernel(middleware=)`` and ``use`` call it).
@@ -468,9 +489,38 @@ class Resilience(Middleware):
         level = logging.ERROR if new == "open" and critical else logging.WARNING
         log.log(level, "circuit breaker of %s: %s -> %s", target, old, new)
         kernel = self._kernel
-        if kernel is not None and kernel.running:
-            event = BreakerChanged(target, old, new, kernel.loop.time())
-            kernel.create_task(kernel.publish(BREAKERS, event), name=f"breaker {target}")
+        if kernel is None or not kernel.running:
+            return
+        self._events.append(BreakerChanged(target, old, new, kernel.loop.time()))
+        if self._publisher is None:  # one task publishes them all, in order
+            self._publisher = kernel.create_task(self._publish(kernel), name="breaker events")
+
+    async def _publish(self, kernel: Kernel) -> None:
+        """Publish the queued ``BreakerChanged`` events, oldest first, until none is left.
+
+        The change is made in the caller's task, which may never yield (a loop failing
+        fast on an open breaker): this task may first run once ``stop()`` has begun and
+        the kernel takes no event from outside an agent. Those events are counted in
+        ``events_dropped`` and logged; nothing is raised from a task nobody awaits.
+        """
+        events = self._events
+        try:
+            while events:
+                await kernel.publish(BREAKERS, events[0])
+                events.popleft()
+        except KernelStopped:
+            self._drop("the kernel is stopping")
+        except asyncio.CancelledError:
+            self._drop("cancelled at stop")
+            raise
+        finally:
+            self._publisher = None
+
+    def _drop(self, why: str) -> None:
+        dropped = len(self._events)
+        self._events.clear()
+        self.events_dropped += dropped
+        log.warning("%d BreakerChanged event(s) not published: %s", dropped, why)
 
     def _all_targets(self) -> Iterator[_Target]:
         yield from self._types.values()
