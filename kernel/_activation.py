@@ -418,11 +418,16 @@ class Activation(StateOwner):
     async def _close(self) -> None:
         """Run ``on_stop`` and leave the directory; later messages go to a successor
         (on a leaving cluster node: to the agent's next home, before the claim is
-        released, ``Departure.hand_off``)."""
+        released, ``Departure.hand_off``). Deferred replies not yet sent fail with
+        ``KernelStopped``; on a leaving node only those still unsent when the stop's
+        grace ends (``_replies_sent``)."""
         self.closing = True
+        cluster = self.runtime.cluster
+        if cluster is not None and cluster.leaving and self.pending:
+            await self._replies_sent(cluster.departure.deadline)
+            self.fail_pending(KernelStopped(f"{self.id}'s node left before it replied"))
         self.fail_pending(KernelStopped(f"{self.id} was deactivated before it replied"))
         await self.run_on_stop()
-        cluster = self.runtime.cluster
         if cluster is not None and cluster.leaving:
             self.runtime.retire(self)
             await cluster.departure.hand_off(self)
@@ -431,6 +436,28 @@ class Activation(StateOwner):
         self.runtime.retire(self)
         if self.mailbox or self.waiters:
             self.runtime.hand_over(self)
+
+    async def _replies_sent(self, deadline: float) -> None:
+        """Wait until ``deadline`` (the end of the stop's grace) for the deferred
+        replies not yet sent to be sent (or their askers to give up): a hand-off, like
+        the idle collector, does not cut short work that finishes within the grace.
+        Messages that arrive meanwhile stay queued, for the agent's next home."""
+        pending = self.pending or set()
+        left = deadline - self.runtime.loop.time()
+        if not pending or left <= 0:
+            return
+        log.info(
+            "%s hands off once its %d deferred replies are sent (%.3gs of the grace left)",
+            self.id,
+            len(pending),
+            left,
+        )
+        waits = [p.over() for p in pending]
+        try:
+            await asyncio.wait(waits, timeout=None if left == math.inf else left)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def run_on_stop(self) -> None:
         """Call the agent's ``on_stop`` (if it started); what it raises is counted."""
@@ -518,8 +545,9 @@ class Activation(StateOwner):
     # -- lifecycle requests ------------------------------------------------------------
 
     def hand_off(self) -> None:
-        """Its node is leaving the cluster: finish the message being handled, then
-        deactivate (``on_stop``); the messages queued then go to the agent's next
+        """Its node is leaving the cluster: finish the message being handled, wait
+        (within the grace) for the deferred replies not yet sent, then deactivate
+        (``on_stop``); the messages queued then go to the agent's next
         home, and then the claim is released (``Departure.hand_off``). Idempotent."""
         self.handoff = True
         self.request_deactivation()

@@ -5,11 +5,12 @@ agent from then on, and it keeps taking messages from other nodes
 (``Runtime.accepts_inbound``): a live activation here handles them, or they are
 forwarded to the agent's next home. ``Departure.leave`` (the first step of the
 shutdown): its member record says ``leaving`` (placement skips it), and every local
-activation is handed off (``Activation.hand_off``): after its current message, what it
-holds is forwarded to the agent's next home, then its claim is released
-(``Departure.hand_off``); the new home waits for that release before it claims the agent
-(``Cluster.wait_for_claim``), and senders keep routing to the holder while its claim holds,
-so a sender's messages stay in order across the hand-off. After the grace,
+activation is handed off (``Activation.hand_off``): after its current message and its
+deferred replies not yet sent (waited for until the grace ends), what it holds is
+forwarded to the agent's next home, then its claim is released (``Departure.hand_off``);
+the new home waits for that release before it claims the agent
+(``Cluster.wait_for_claim``), and senders keep routing to the holder while its claim
+holds, so a sender's messages stay in order across the hand-off. After the grace,
 ``Departure.depart``: it deletes its member record, waits for the asks it forwarded,
 and, if messages reached it while it left, lingers until none came for ``LINGER``
 seconds, before its transport closes.

@@ -65,6 +65,18 @@ class PendingReply:
         gave up): sending it is allowed, and counted as a late reply."""
         return self._future.done()
 
+    def over(self) -> asyncio.Future[None]:
+        """A future resolved (with None) once nobody waits for this reply any more: it
+        was sent or failed, or the asker gave up. Cancelling it changes nothing else."""
+        over: asyncio.Future[None] = self._activation.runtime.loop.create_future()
+
+        def resolve(_: asyncio.Future[Any]) -> None:
+            if not over.done():
+                over.set_result(None)
+
+        self._future.add_done_callback(resolve)
+        return over
+
     def reply(self, value: Any) -> None:
         """Send ``value`` to the asker.
 
