@@ -4,7 +4,9 @@ message to one of its stateful agents is served under a new lease, even while th
 attempt that was on its way across the partition is still out or fails; it does not
 fail for want of a lease until the membership keeper's next attempt goes through. And a
 message from another node to an agent it claimed again before its member record is
-back waits for it to rejoin, instead of failing on a claim held by no member."""
+back waits for it to rejoin, instead of failing on a claim held by no member. A claim
+that gets the new lease wakes the membership keeper: the node rejoins at once, not
+after the keeper's backoff."""
 
 from __future__ import annotations
 
@@ -123,3 +125,44 @@ async def test_a_message_from_another_node_waits_for_a_rejoining_node_that_claim
         cut.put_gate.set()
         await cut.aclose()
         await watched.aclose()
+
+
+async def test_a_node_whose_claim_got_a_new_lease_rejoins_at_once_not_after_the_keepers_backoff(
+    etcd_server: EtcdMember,
+) -> None:
+    """Cut off long enough for the keeper's retries to back off to their longest wait
+    (a third of the TTL), the node heals and a claim obtains the new lease: its member
+    record is back within a round trip or two, not after the keeper's wait."""
+    ttl = 2.4  # the keeper waits up to 0.8 s between attempts
+    faulty = FaultyBackend(await connect(etcd_server.url))
+    fenced = _Fenced()
+    logging.getLogger("kerna").addHandler(fenced)
+    try:
+        n1 = Kernel(state=faulty, transport=TCP, cluster=cluster_name(), node_id="n1",
+                    secret=SECRET, lease_ttl=ttl, stop_grace=0.2)  # fmt: skip
+        async with n1:
+            n1.register(Ledger, max_restarts=0)
+            ref = n1.ref(Ledger, "k")
+            assert await ref.ask(Add(n=4), timeout=5) == 4
+            loop = asyncio.get_running_loop()
+            faulty.keepalive_down = faulty.grant_down = True
+            async with asyncio.timeout(15):
+                await fenced.event.wait()
+                await n1.wait_members(lambda ms: "n1" not in {m.id for m in ms}, 10)
+                # The keeper's 5th refused attempt and later ones each begin its longest
+                # wait (0.05, 0.1, 0.2, 0.4, then 0.8 s).
+                while faulty.grants < 5:
+                    faulty.grant_refused.clear()
+                    await faulty.grant_refused.wait()
+                faulty.grant_refused.clear()
+                await faulty.grant_refused.wait()  # the keeper now waits 0.8 s
+                faulty.keepalive_down = faulty.grant_down = False
+                began = loop.time()
+                assert await ref.ask(Add(n=1), timeout=5) == 5  # the claim takes a new lease
+                await n1.wait_members(lambda ms: "n1" in {m.id for m in ms}, 5)
+                took = loop.time() - began
+            assert took < ttl / 6, f"the member record came back {took:.3f}s after the heal"
+            assert n1.members()[0].id == "n1"
+    finally:
+        logging.getLogger("kerna").removeHandler(fenced)
+        await faulty.aclose()
