@@ -12,7 +12,9 @@ deletes the key and revokes the lease). Every node follows the member set throug
 
 A node that cannot refresh its lease (cut off from the store) declares it lost at 90%
 of the TTL (``KeptLease``): its stateful activations are fenced (``Runtime.lease_lost``),
-and the keeper here rejoins under a new lease once the store answers again.
+and the keeper here rejoins under a new lease once the store answers again: its
+attempts back off (up to a third of the TTL), and it wakes as soon as a lease is
+granted meanwhile (a claim's call got through first).
 """
 
 from __future__ import annotations
@@ -102,6 +104,8 @@ class Membership:
             key_of=lambda k: unescape(k[len(self.prefix) :]),
         )
         self._dirty = asyncio.Event()  # our record changed (a type registered)
+        self._granted = asyncio.Event()  # a lease was granted (maybe by a claim's call)
+        claims.on_lease_granted(self._granted.set)
         self._joined: asyncio.Future[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._leases: set[int] = set()  # every lease this node registered under
@@ -200,6 +204,7 @@ class Membership:
         assert joined is not None
         delay = 0.05
         while True:
+            self._granted.clear()
             try:
                 lease = await self._claims.kept_lease()
                 self._dirty.clear()
@@ -224,7 +229,9 @@ class Membership:
                     self.rejoins += 1
                     log.warning("cluster member %s lost its lease: rejoining", self.node_id)
                 continue
-            await asyncio.sleep(delay)
+            # Back off, but rejoin as soon as a lease is granted meanwhile (a claim's
+            # attempt got through): the node is a member again within a round trip.
+            await _first(asyncio.sleep(delay), self._granted.wait())
             delay = min(delay * 2, max(0.05, self._claims.lease_ttl / 3))
 
     async def _register(self, lease: KeptLease) -> None:

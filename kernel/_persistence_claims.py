@@ -82,6 +82,7 @@ class Claims:
         self._orphans_lock = asyncio.Lock()
         self._janitor: asyncio.Task[None] | None = None
         self._lease_lost_callbacks: list[Callable[[], object]] = []
+        self._lease_granted_callbacks: list[Callable[[], object]] = []
 
     async def close(self) -> None:
         """Release every claim at once (revoke the lease)."""
@@ -116,6 +117,14 @@ class Claims:
         callback raises is logged. The next claim takes a new lease.
         """
         self._lease_lost_callbacks.append(callback)
+
+    def on_lease_granted(self, callback: Callable[[], object]) -> None:
+        """Have ``callback()`` called, on the event loop, each time a lease is granted
+        (the first, and each new one after a loss), whoever's call asked for it (a
+        claim's or the membership keeper's); what it raises is logged. The membership
+        keeper wakes on it: a claim that got the new lease brings the node back at
+        once, not after the keeper's backoff."""
+        self._lease_granted_callbacks.append(callback)
 
     def _lease_lost(self) -> None:
         for callback in list(self._lease_lost_callbacks):
@@ -215,6 +224,11 @@ class Claims:
             self._granting = None
         self._down = False
         self._lease = lease
+        for callback in list(self._lease_granted_callbacks):
+            try:
+                callback()
+            except Exception:
+                log.exception("lease-granted callback %r raised", callback)
         return lease
 
     def _background(self, work: Coroutine[Any, Any, None], name: str) -> None:
