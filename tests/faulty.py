@@ -16,12 +16,13 @@ Calls past the end of the script run normally. ``keepalive_down`` makes every
 one is set (a grant held on its way to an unreachable store); ``grants`` counts the
 grants asked for, ``grant_asked`` is set on each, ``grant_refused`` on each refused;
 ``grant_plan`` ("down" or "ok" per grant, past the gate) overrides ``grant_down`` for
-the next grants. ``hold_delete`` names a key whose deleting txn sets ``delete_reached``,
-waits for ``delete_gate`` (when one is set: a write on its way), is applied on the real
-backend, then sets ``delete_applied`` and waits for ``delete_answer`` before it returns
-(a write applied whose answer is slow to come back). ``hold_put`` names a key whose
-writing txn waits for ``put_gate`` before it is applied. ``refused`` is set when a txn
-comparing ``watch_key`` does not succeed (a claim found taken, say).
+the next grants; ``revoke_down`` makes ``lease_revoke`` raise ``Unavailable``.
+``hold_delete`` names a key whose deleting txn sets ``delete_reached``, waits for
+``delete_gate`` (when one is set: a write on its way), is applied on the real backend,
+then sets ``delete_applied`` and waits for ``delete_answer`` before it returns (a write
+applied whose answer is slow to come back). ``hold_put`` names a key whose writing txn
+waits for ``put_gate`` before it is applied. ``refused`` is set when a txn comparing
+``watch_key`` does not succeed (a claim found taken, say).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class FaultyBackend(StateBackend):
         self.keepalives_ok = 0
         self.keepalive_ok = asyncio.Event()  # set on each successful keepalive
         self.keepalive_refused = asyncio.Event()  # set on each keepalive refused
+        self.revoke_down = False
         self.grants = 0
         self.grant_down = False
         self.grant_plan: deque[str] = deque()
@@ -166,6 +168,8 @@ class FaultyBackend(StateBackend):
         return ttl
 
     async def lease_revoke(self, lease_id: int) -> None:
+        if self.revoke_down:
+            raise Unavailable("injected: a lease revoke cannot reach the store")
         await self.inner.lease_revoke(lease_id)
 
     async def compact(self, revision: int) -> None:

@@ -1,10 +1,12 @@
 """Two ``kerna node`` processes on one real etcd: each lists the members in its status,
 ``kerna status`` and ``/metrics``, and ``/readyz`` passes only while the node's own
-member record is the one the cluster sees under its id."""
+member record is the one the cluster sees under its id, and only while the node holds
+the live lease that record was written under."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,10 +15,14 @@ from typing import Any
 import msgspec
 import pytest
 
-from kerna import Member
+from kerna import Kernel, Member
+from kerna.node import NodeHttp, load_config
 from kerna.state import Put, connect
 from kerna.testing import EtcdMember
 
+from .cluster import SECRET as CLUSTER_SECRET
+from .cluster import TCP, cluster_name
+from .faulty import FaultyBackend
 from .node_proc import NodeProcess, run_cli
 from .test_node_daemon import BASE, SECRET, call
 
@@ -119,4 +125,70 @@ async def test_readyz_fails_while_the_nodes_member_record_is_not_its_own(
 
         await until(ready)
     finally:
+        await store.aclose()
+
+
+class _Logged(logging.Handler):
+    """Sets ``event`` when a record containing ``text`` is logged."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.event = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+
+async def test_readyz_fails_while_the_node_has_lost_its_lease_though_its_record_is_still_seen(
+    etcd_server: EtcdMember,
+) -> None:
+    """Cut off from the store (keepalives, grants and revokes fail) until it declares its
+    lease lost, while the store still holds that lease (kept alive here: a heal before
+    it expired), the node's old member record is still in its view: not ready until it
+    registered again under a new lease."""
+    faulty = FaultyBackend(await connect(etcd_server.url))
+    store = await connect(etcd_server.url)
+    fenced = _Logged("lost its lease")
+    registered = _Logged("registered under lease")
+    for handler in (fenced, registered):
+        logging.getLogger("kerna").addHandler(handler)
+    cluster_log = logging.getLogger("kerna.cluster")
+    level = cluster_log.level
+    cluster_log.setLevel(logging.INFO)  # "registered under lease" is an INFO record
+    name = cluster_name()
+    env = {"KERNA_CLUSTER": name, "KERNA_NODE_ID": "n1", "KERNA_HTTP_LISTEN": "127.0.0.1:0"}
+    try:
+        kernel = Kernel(state=faulty, transport=TCP, cluster=name, node_id="n1",
+                        secret=CLUSTER_SECRET, lease_ttl=2.4, stop_grace=0.2)  # fmt: skip
+        async with kernel:
+            http = NodeHttp(kernel, load_config(None, env))
+            host, port = await http.start()
+            http.ready = True
+            url = f"http://{host}:{port}/readyz"
+            try:
+                assert await call(url) == (200, {"status": "ready"})
+                record = await store.get(f"{kernel.state_prefix}{name}/members/n1")
+                assert record is not None
+                faulty.keepalive_down = faulty.grant_down = faulty.revoke_down = True
+                async with asyncio.timeout(10):
+                    await store.lease_keepalive(record.lease)  # the store keeps it
+                    await fenced.event.wait()  # the node declared its lease lost
+                    await store.lease_keepalive(record.lease)
+                    assert [m.id for m in kernel.members()] == ["n1"]  # the old record
+                    status, body = await call(url)
+                    assert status == 503, body
+                    assert "lease" in body["reason"], body
+                    registered.event.clear()
+                    faulty.keepalive_down = faulty.grant_down = faulty.revoke_down = False
+                    await registered.event.wait()  # under a new lease
+                    assert await call(url) == (200, {"status": "ready"})
+            finally:
+                await http.close()
+    finally:
+        cluster_log.setLevel(level)
+        for handler in (fenced, registered):
+            logging.getLogger("kerna").removeHandler(handler)
+        await faulty.aclose()
         await store.aclose()
