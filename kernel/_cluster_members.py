@@ -110,6 +110,7 @@ class Membership:
         self._keeper: asyncio.Task[None] | None = None
         self._leases: set[int] = set()  # every lease this node registered under
         self._registered_at = 0  # the store revision of our last registration
+        self._registered_under = 0  # the lease of our last registration
         self.rejoins = 0
 
     # -- reads ---------------------------------------------------------------------------
@@ -120,6 +121,14 @@ class Membership:
 
     def get(self, node_id: str) -> Member | None:
         return self._replica.get(node_id)
+
+    def joined(self) -> bool:
+        """Whether this node is a live member now: it holds a live lease, its record was
+        written under that lease, and its view holds the record. False from the loss of
+        its lease (declared at 90% of the TTL, while the store may still show the old
+        record) until it registered again under a new one."""
+        lease = self._claims.lease
+        return bool(lease) and lease == self._registered_under and self.node_id in self._replica
 
     async def fetch(self, node_id: str) -> Member | None:
         """``node_id``'s member record as the store has it now (a linearizable read,
@@ -187,6 +196,7 @@ class Membership:
         the others' records until ``close``."""
         await cancel_and_wait(self._keeper)
         self._keeper = None
+        self._registered_under = 0
         leases, self._leases = self._leases, set()
         lease = self._claims.lease
         if leases and lease:
@@ -262,6 +272,7 @@ class Membership:
                 raise Unavailable(f"{key} changed while it was being registered")
         self._leases.add(lease.id)
         self._registered_at = result.revision
+        self._registered_under = lease.id
         log.info("cluster member %s registered under lease %d", self.node_id, lease.id)
 
 

@@ -517,6 +517,18 @@ class Kernel(KernelViews):
         cluster = self._runtime.cluster
         return [] if cluster is None else cluster.members()
 
+    @property
+    def joined(self) -> bool:
+        """True while this node is a live member of its cluster: it holds a live lease
+        and its member record, written under that lease, is in its view of the members.
+        False without a cluster, before start, and from the loss of its lease (it
+        could not refresh it: the store may still show its old record for a while)
+        until it has registered again under a new one (``/readyz`` of ``kerna node``
+        fails meanwhile)."""
+        cluster = self._runtime.cluster
+        membership = None if cluster is None else cluster.membership
+        return membership is not None and membership.joined()
+
     async def wait_members(
         self, condition: Callable[[list[Member]], bool], timeout: float = 10.0
     ) -> list[Member]:

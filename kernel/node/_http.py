@@ -11,7 +11,9 @@ Endpoints:
   a node that runs alone) and the state backend answers a read within
   ``[http] probe_timeout``; 503 while starting, stopping, while not a member (its lease
   lapsed and it has not rejoined yet, or another record holds its id), or when the
-  store does not answer. Readiness: route traffic to the node only while it passes.
+  store does not answer; also while it holds no live lease (it could not refresh it),
+  though its old record may still be seen, until it registered under a new one.
+  Readiness: route traffic to the node only while it passes.
 - ``GET /metrics``: Prometheus text (``kerna.node._metrics``).
 - ``GET /admin/status``, ``POST /admin/ask``, ``/admin/tell``, ``/admin/publish``: the
   admin API of ``kerna status|ask|tell|publish``.

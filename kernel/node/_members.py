@@ -27,7 +27,8 @@ def members_of(kernel: Kernel) -> list[dict[str, Any]] | None:
 
 def joined(kernel: Kernel) -> str | None:
     """None when the node has joined its cluster (or runs alone): its own member record,
-    under its id and at its address, is in its view of the members. Otherwise why not.
+    under its id and at its address, is in its view of the members, written under the
+    live lease it holds (``Kernel.joined``). Otherwise why not.
     """
     if kernel.cluster is None:
         return None
@@ -38,5 +39,10 @@ def joined(kernel: Kernel) -> str | None:
         return (
             f"not a member of cluster {kernel.cluster!r}: the record under {kernel.node_id!r}"
             f" is another node's (at {mine.address}, this node is at {kernel.address})"
+        )
+    if not kernel.joined:  # the record seen is its old lease's: it has none live now
+        return (
+            f"not a member of cluster {kernel.cluster!r}: it holds no live lease (it could"
+            " not refresh it) and has not registered under a new one yet"
         )
     return None
