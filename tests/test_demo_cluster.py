@@ -6,15 +6,17 @@ accounts for every document, with the embedded demo's counts, and reports the fa
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
 
 from kerna.demo import DemoReport, run_demo
-from kerna.testing import EtcdMember
+from kerna.testing import EtcdMember, data_root
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE_TTL = 1.5
@@ -35,6 +37,23 @@ def _leftovers() -> list[str]:
     return found
 
 
+@pytest.fixture
+def other_demo() -> Iterator[None]:
+    """Another demo running meanwhile (a stand-in): a process whose command line names
+    its temporary directory, and that directory; neither is this test's to account for."""
+    root = data_root("kerna-demo-")
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; time.sleep(120)", str(root / "node.toml")]
+    )
+    try:
+        yield
+    finally:
+        other.kill()
+        other.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.usefixtures("other_demo")
 def test_the_cluster_demo_survives_a_killed_node_with_the_embedded_demos_counts(
     etcd_server: EtcdMember,  # etcd is installed (else a skip, or a failure under CI)
 ) -> None:
