@@ -16,14 +16,15 @@ import msgspec
 import pytest
 
 from kerna.demo import DemoReport, run_demo
-from kerna.testing import EtcdMember, data_root
+from kerna.testing import DATA_ROOT_ENV, EtcdMember, data_root
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE_TTL = 1.5
 
 
-def _leftovers() -> list[str]:
-    """Processes whose command line names a demo's temporary directory."""
+def _leftovers(root: Path) -> list[str]:
+    """Processes whose command line names ``root``, the directory this test's demo made
+    its temporary directory in (another demo running meanwhile has its own)."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
@@ -32,7 +33,7 @@ def _leftovers() -> list[str]:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if "kerna-demo-" in cmdline:
+        if str(root) in cmdline:
             found.append(cmdline)
     return found
 
@@ -56,12 +57,16 @@ def other_demo() -> Iterator[None]:
 @pytest.mark.usefixtures("other_demo")
 def test_the_cluster_demo_survives_a_killed_node_with_the_embedded_demos_counts(
     etcd_server: EtcdMember,  # etcd is installed (else a skip, or a failure under CI)
+    tmp_path: Path,
 ) -> None:
     docs = 600
+    root = tmp_path / "data"  # the demo's temporary directories: apart from other runs'
+    root.mkdir()
     proc = subprocess.run(
         [sys.executable, "-m", "kerna", "demo", "--nodes", "3", "--docs", str(docs), "--json",
          "--lease-ttl", str(LEASE_TTL), "--stall-rate", "0.01"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, DATA_ROOT_ENV: str(root)},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = msgspec.json.decode(proc.stdout, type=DemoReport)
@@ -96,8 +101,8 @@ def test_the_cluster_demo_survives_a_killed_node_with_the_embedded_demos_counts(
     assert f"failover      {report.failover_s:.2f} s" in plain.stdout
     # etcd and the nodes were stopped (their command lines name the demo's temporary
     # directory: the nodes' configs, etcd's write-ahead log), the directory removed
-    assert _leftovers() == []
-    assert not [p for p in Path("/dev/shm").glob("kerna-demo-*")]
+    assert _leftovers(root) == []
+    assert list(root.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,7 @@ from ._etcd import EtcdCluster, EtcdMember, running_etcd, running_etcd_cluster
 from ._netns import Netns, netns_unavailable, network_namespace
 from ._node import NodeCluster, NodeProcess, http_json
 from ._process import (
+    DATA_ROOT_ENV,
     ServerNotInstalled,
     ServerProcess,
     data_root,
@@ -62,6 +63,7 @@ if typing.TYPE_CHECKING:
     from ._transport_suite import TransportFactory, TransportSuite
 
 __all__ = [
+    "DATA_ROOT_ENV",
     "EtcdCluster",
     "EtcdMember",
     "FaultProxy",

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = [
+    "DATA_ROOT_ENV",
     "ServerNotInstalled",
     "ServerProcess",
     "data_root",
@@ -92,9 +93,25 @@ def free_ports(count: int) -> list[int]:
         return [s.getsockname()[1] for s in socks]
 
 
+DATA_ROOT_ENV = "KERNA_DATA_ROOT"
+"""The environment variable naming the directory ``data_root`` makes its directories in
+(instead of /dev/shm): a run that must find what it left behind, apart from other runs'
+(``tests/test_demo_cluster.py`` gives ``kerna demo --nodes`` a directory of its own)."""
+
+
 def data_root(prefix: str) -> Path:
-    """A new temporary directory, on /dev/shm when it is there and writable (a server's
-    fsyncs then cost nothing, which keeps tests fast), else in the system's temp dir."""
+    """A new temporary directory: in ``$KERNA_DATA_ROOT`` when that is set, else on
+    /dev/shm when it is there and writable (a server's fsyncs then cost nothing, which
+    keeps tests fast), else in the system's temp dir.
+
+    Raises:
+        NotADirectoryError: ``$KERNA_DATA_ROOT`` is set but is not a directory.
+    """
+    chosen = os.environ.get(DATA_ROOT_ENV)
+    if chosen:
+        if not Path(chosen).is_dir():
+            raise NotADirectoryError(f"{DATA_ROOT_ENV}={chosen!r} is not a directory")
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=chosen))
     shm = Path("/dev/shm")
     base = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
     return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
