@@ -299,12 +299,12 @@ class Kernel(KernelViews):
         """Stop gracefully; idempotent and safe to call concurrently.
 
         Refuses new messages from outside agents at once (``KernelStopped``), lets agents
-        finish their queued work (and the messages they send each other) for up to
-        ``grace`` seconds, then cancels what is still running. Pending asks and parked
-        senders get ``KernelStopped``; unhandled tells become dead letters. Finally
-        ``on_stop`` runs once for every activation that started, the state backend is
-        closed (releasing every claim with the kernel's lease), and no task of the
-        kernel is left.
+        finish their queued work (and the messages they, and the tasks of
+        ``create_task``, send) for up to ``grace`` seconds, then cancels what is still
+        running. Pending asks and parked senders get ``KernelStopped``; unhandled tells
+        become dead letters. Finally ``on_stop`` runs once for every activation that
+        started, the state backend is closed (releasing every claim with the kernel's
+        lease), and no task of the kernel is left.
 
         Bounded: returns within ``grace + 2 * cancel_grace`` plus the backend's close,
         even when a handler ignores cancellation (such a task cannot be killed: it is
@@ -666,7 +666,9 @@ class Kernel(KernelViews):
         """Run ``coro`` as a task the kernel owns, not its caller: cancelling the
         handler or asker that started it does not cancel it (``kerna.plugins``' shared
         computations and batches run so). It counts as work for ``wait_idle`` and
-        ``stop``'s grace period; ``stop`` then cancels and awaits it with the workers.
+        ``stop``'s grace period, during which the sends it makes itself are taken (as
+        an agent's are, not an outside caller's); ``stop`` then cancels and awaits it
+        with the workers.
         What it raises is its own (read it from the task): it fails no agent. It copies
         the caller's context: its sends carry whatever message that agent handles then.
 

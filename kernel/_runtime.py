@@ -139,9 +139,15 @@ class Runtime:
         return phase is not RUNNING and phase is not DRAINING
 
     def accepts(self, sender: Activation | None) -> bool:
-        """Whether a send from ``sender`` (None: from outside any agent) is taken now."""
+        """Whether a send from ``sender`` (None: from outside any agent) is taken now.
+
+        While draining, sends from agents are taken, and so are those a task of
+        ``Kernel.create_task`` makes itself: work the grace waits for may finish.
+        """
         phase = self.phase
-        return phase is RUNNING or (phase is DRAINING and sender is not None)
+        return phase is RUNNING or (
+            phase is DRAINING and (sender is not None or asyncio.current_task() in self.tasks)
+        )
 
     def accepts_inbound(self) -> bool:
         """Whether a message from another node is taken now: while running, and while

@@ -32,9 +32,10 @@ outside any agent reads the marker of its asks with ``with degradation() as d:``
 
 Breaker state changes are logged (``kerna.plugins.resilience``; an error for a
 ``critical`` target's opening) and published as ``BreakerChanged`` events on the topic
-``BREAKERS``, in order, by one task of the kernel (a change made just before
-``stop()`` by a caller that never yielded is not published: counted in
-``Resilience.events_dropped``, logged); counters are read with
+``BREAKERS``, in order, by one task of the kernel (also a change made just before
+``stop()`` by a caller that never yielded: it goes out during the grace; one the
+grace's end overtakes is counted in ``Resilience.events_dropped`` and logged);
+counters are read with
 ``breaker_stats``/``target_stats``, and every target's at once with
 ``resilience_stats(kernel)`` (a node's ``/metrics``: the ``kerna_breaker_*`` series,
 ``kerna_retries`` and ``kerna_fallbacks``).
@@ -349,9 +350,9 @@ class Resilience(Middleware):
             a dependency's name.
 
     Attributes:
-        events_dropped: ``BreakerChanged`` events not published because the kernel
-            stopped first (a change made by a caller that never yielded to the loop
-            before ``stop()``); each drop is logged too.
+        events_dropped: ``BreakerChanged`` events not published because the end of
+            the stop's grace came first (a publish still waiting for room in a
+            subscriber's mailbox); each drop is logged too.
 
     Raises:
         ConfigError: a target names an unknown policy, or is neither an Agent class,
@@ -499,9 +500,11 @@ class Resilience(Middleware):
         """Publish the queued ``BreakerChanged`` events, oldest first, until none is left.
 
         The change is made in the caller's task, which may never yield (a loop failing
-        fast on an open breaker): this task may first run once ``stop()`` has begun and
-        the kernel takes no event from outside an agent. Those events are counted in
-        ``events_dropped`` and logged; nothing is raised from a task nobody awaits.
+        fast on an open breaker): this task may first run once ``stop()`` has begun.
+        A kernel task's sends are taken during the grace, so the events still go out;
+        those the grace's end overtakes (this task cancelled while a publish waits for
+        room, or run only after it) are counted in ``events_dropped`` and logged;
+        nothing is raised from a task nobody awaits.
         """
         events = self._events
         try:
