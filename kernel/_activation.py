@@ -424,8 +424,11 @@ class Activation(StateOwner):
         self.closing = True
         cluster = self.runtime.cluster
         if cluster is not None and cluster.leaving and self.pending:
-            await self._replies_sent(cluster.departure.deadline)
-            self.fail_pending(KernelStopped(f"{self.id}'s node left before it replied"))
+            left = f"{self.id}'s node left before it replied (the stop's grace ended)"
+            try:
+                await self._replies_sent(cluster.departure.deadline)
+            finally:  # also when stop cancels this worker at the grace's end first
+                self.fail_pending(KernelStopped(left))
         self.fail_pending(KernelStopped(f"{self.id} was deactivated before it replied"))
         await self.run_on_stop()
         if cluster is not None and cluster.leaving:

@@ -384,6 +384,11 @@ class BlockingKernel:
         """See ``Kernel.members``."""
         return self._loop.call(self._kernel.members)
 
+    @property
+    def joined(self) -> bool:
+        """See ``Kernel.joined``."""
+        return self._loop.call(lambda: self._kernel.joined)
+
     def wait_members(
         self, condition: Callable[[list[Member]], bool], timeout: float = 10.0
     ) -> list[Member]:

@@ -93,6 +93,7 @@ async def test_a_leaving_node_sends_deferred_replies_within_the_grace_and_fails_
                         await unanswered
                     at = loop.time()
                     assert _stopped(failed.value), repr(failed.value)
+                    assert "node left before it replied" in str(failed.value)
                     assert at >= began + GRACE - 0.05, f"failed {at - began:.3f}s into the stop"
                     await stopping
                 assert at - began < GRACE + 3.0  # at the grace's end, not much later
