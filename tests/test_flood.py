@@ -26,6 +26,7 @@ schedstat the raw wall-clock figures are used.
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -197,6 +198,18 @@ class Flood:
 async def test_a_flood_at_ten_times_a_slow_agents_rate_stays_bounded_counted_and_fair(
     policy: str,
 ) -> None:
+    # The objects earlier tests left are frozen out of the collector: a full collection
+    # (which the flood's dead letters trigger more often) then costs this test's own
+    # heap, not the whole suite's (in a full run it took the pair to 78% here).
+    gc.collect()
+    gc.freeze()
+    try:
+        await _flood(policy)
+    finally:
+        gc.unfreeze()
+
+
+async def _flood(policy: str) -> None:
     record = Record()
     async with Kernel(ask_timeout=10.0, dead_letters_kept=100_000) as kernel:
         kernel.register(Slow, factory=lambda: Slow(record), mailbox_size=CAPACITY, overflow=policy)
@@ -256,11 +269,13 @@ async def test_a_flood_at_ten_times_a_slow_agents_rate_stays_bounded_counted_and
         f" ms) over {len(flood.lag)} ticks"
     )
 
-    # The healthy pair's throughput, flood against calm.
-    calm_rate = sum(h for h, _ in calm) / sum(s for _, s in calm)
-    flood_rate = sum(h for h, _ in flooded) / sum(s for _, s in flooded)
-    assert calm_rate > 0
-    assert flood_rate >= KEPT * calm_rate, (
-        f"{policy}: the pair kept {flood_rate / calm_rate:.0%} of its throughput"
-        f" ({flood_rate:.0f} vs {calm_rate:.0f} round trips/s)"
+    # The healthy pair's throughput, flood against calm: each flood window against the
+    # calm one just before it, the median of the rounds (one window that the machine's
+    # other work disturbed does not decide it).
+    assert all(h > 0 for h, _ in calm)
+    kept = sorted((fh / fs) / (ch / cs) for (ch, cs), (fh, fs) in zip(calm, flooded, strict=True))
+    median = (kept[(ROUNDS - 1) // 2] + kept[ROUNDS // 2]) / 2
+    assert median >= KEPT, (
+        f"{policy}: the pair kept {median:.0%} of its throughput (median of the rounds:"
+        f" {', '.join(f'{k:.0%}' for k in kept)})"
     )
