@@ -79,7 +79,7 @@ bench: $(BENCH_VENV)/.installed
 
 # Cross-process (ISSUE8 section 6): starts its own servers and nats-server, ~10 minutes.
 bench-net: $(BENCH_VENV)/.installed servers
-	$(BENCH_VENV)/bin/python -m benchmarks.net_bench
+	$(BENCH_VENV)/bin/python -m benchmarks.net_bench --pin
 
 # The cluster (ISSUE9 section 7): starts its own etcd and node processes, ~4 minutes.
 bench-cluster: $(BENCH_VENV)/.installed servers

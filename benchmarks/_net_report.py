@@ -123,7 +123,7 @@ def render(data: dict[str, Any]) -> str:
     lines = [
         "# Cross-process benchmark results (ISSUE8 section 6)",
         "",
-        f"- Command: `{env['command'].strip()}` (`make bench-net` runs it without options)",
+        f"- Command: `{env['command'].strip()}` (`make bench-net` runs it with `--pin` only)",
         f"- Date: {env['date']}; the run took {env['elapsed_s']} s; load average at the end"
         f" {' / '.join(str(x) for x in env['load'])} (1/5/15 min; other work on the machine"
         " shows here)",
