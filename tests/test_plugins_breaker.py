@@ -114,11 +114,15 @@ def test_a_breaker_trips_after_exactly_n_consecutive_failures_and_then_fails_fas
             assert breaker_stats(kernel, Service).state == "open"
             calls = backend.calls
             loop = asyncio.get_running_loop()
+            took: list[float] = []
             for _ in range(20):
                 before, t0 = loop.time(), time.perf_counter()
                 assert await fails(kernel) is CircuitOpen
-                assert time.perf_counter() - t0 < 0.001
-                assert loop.time() == before
+                took.append(time.perf_counter() - t0)
+                assert loop.time() == before  # no wait, not even on the virtual clock
+            # under 1 ms: the median of the 20 (one call preempted by the machine's
+            # other work must not decide it; the loop clock above shows none waited)
+            assert sorted(took)[10] < 0.001, took
             assert backend.calls == calls  # 0 calls let through while open
             stats = breaker_stats(kernel, Service)
             assert (stats.opened, stats.rejected, stats.calls) == (1, 20, 6)
