@@ -251,7 +251,7 @@ class Remote:
                 self._seq[node] = seq
                 return None  # queued: no task needed (the common case, once connected)
             backlog = self._backlogs[node] = Backlog(node)
-            backlog.task = self._spawn(self._drain(node, backlog))
+            self._spawn(self._drain(node, backlog))  # owned by this link, cancelled at close
         else:
             self.codec.encode(env, reply_to)  # a message that cannot be encoded fails now
         return backlog.add(env, self.runtime.loop)
@@ -265,7 +265,7 @@ class Remote:
     async def _send_numbered(self, node: str, env: Envelope) -> None:
         """Send ``env`` with the next number for ``node`` (from its backlog, in turn)."""
         seq = self._seq.get(node, 0) + 1
-        reply_to = self.address if env.kind == ASK else None
+        reply_to = self.address if env.kind == ASK else None  # as in send()
         frame = self.codec.encode(env, reply_to, epoch=self.epoch, seq=seq)
         try:
             await self.transport.send(node, frame)

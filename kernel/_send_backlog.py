@@ -31,12 +31,11 @@ __all__ = ["Backlog"]
 class Backlog:
     """Deliveries waiting for one peer's connection, sent by ``run`` one at a time."""
 
-    __slots__ = ("_items", "node", "task")
+    __slots__ = ("_items", "node")
 
     def __init__(self, node: str) -> None:
         self.node = node
         self._items: deque[tuple[Envelope, asyncio.Future[None]]] = deque()
-        self.task: asyncio.Task[None] | None = None
 
     def add(self, env: Envelope, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
         """Queue ``env``; the future completes when it is handed to the transport (or
