@@ -11,37 +11,13 @@ import itertools
 
 import pytest
 
-from kerna import Agent, Kernel, Message, handler
+from kerna import Kernel
 from kerna.testing import EtcdMember, FaultProxy, free_ports
 
 from .cluster import SECRET, TCP, cluster_name, hosting
+from .numbered_tells import OPTIONS, SEEN, Numbered, Recorder, until_seen
 
 pytestmark = pytest.mark.anyio
-
-WAIT = 10.0
-OPTIONS = {"backoff_initial": 0.01, "backoff_max": 0.05, "reconnect_attempts": 1000}
-
-
-class Counted(Message, tag="test.cluster.gaps.Counted"):
-    n: int
-
-
-SEEN: list[int] = []
-ARRIVED = asyncio.Event()
-
-
-class Tally(Agent):
-    @handler
-    async def counted(self, msg: Counted) -> None:
-        SEEN.append(msg.n)
-        ARRIVED.set()
-
-
-async def _until_seen(n: int) -> None:
-    async with asyncio.timeout(WAIT):
-        while not SEEN or SEEN[-1] < n:
-            ARRIVED.clear()
-            await ARRIVED.wait()
 
 
 async def test_tells_across_a_flapping_link_between_nodes_keep_order_and_each_loss_is_counted(
@@ -59,9 +35,9 @@ async def test_tells_across_a_flapping_link_between_nodes_keep_order_and_each_lo
                    secret=SECRET, lease_ttl=2.0, stop_grace=0.2,
                    transport_options=OPTIONS)  # fmt: skip
         async with b, a:
-            b.register(Tally)
-            await a.wait_members(hosting("Tally", b), 5)
-            ref = a.ref("Tally", "t")
+            b.register(Recorder)
+            await a.wait_members(hosting("Recorder", b), 5)
+            ref = a.ref("Recorder", "t")
             sent = 0
             failed: set[int] = set()
             refused: dict[str, int] = {}  # by error type (MailboxFull: parked too many)
@@ -72,7 +48,7 @@ async def test_tells_across_a_flapping_link_between_nodes_keep_order_and_each_lo
                 while not stop.is_set():
                     sent += 1
                     try:
-                        await ref.tell(Counted(n=sent))
+                        await ref.tell(Numbered(n=sent))
                     except Exception as exc:
                         failed.add(sent)
                         refused[type(exc).__name__] = refused.get(type(exc).__name__, 0) + 1
@@ -82,18 +58,18 @@ async def test_tells_across_a_flapping_link_between_nodes_keep_order_and_each_lo
             sender = asyncio.create_task(stream())
             try:
                 for _ in range(3):  # three resets mid-stream, each healed
-                    await _until_seen(sent + 50)
+                    await until_seen(sent + 50)
                     await proxy.reset()
                     await asyncio.sleep(0)
                     await proxy.heal()
-                await _until_seen(sent + 50)
+                await until_seen(sent + 50)
             finally:
                 stop.set()
                 await sender
             for _ in range(20):
                 sent += 1
-                await ref.tell(Counted(n=sent))
-            await _until_seen(sent)
+                await ref.tell(Numbered(n=sent))
+            await until_seen(sent)
             stats = b.delivery_stats()
     assert all(x < y for x, y in itertools.pairwise(SEEN)), "a duplicate or reordering"
     missing = set(range(1, sent + 1)) - failed - set(SEEN)

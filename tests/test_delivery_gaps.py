@@ -12,38 +12,16 @@ import itertools
 import pytest
 from prometheus_client import generate_latest
 
-from kerna import Agent, Kernel, Message, handler
+from kerna import Kernel
 from kerna.node._metrics import KernelCollector, node_registry
 from kerna.testing import FaultProxy
 from kerna.transports import PeerUnreachable
 
+from .numbered_tells import OPTIONS, SEEN, Numbered, Recorder, until_seen
+
 pytestmark = pytest.mark.anyio
 
 TCP = "tcp://127.0.0.1:0"
-WAIT = 10.0  # every wait is bounded by this (a loaded machine is slow)
-OPTIONS = {"backoff_initial": 0.01, "backoff_max": 0.05, "reconnect_attempts": 1000}
-
-
-class Numbered(Message, tag="test.gaps.Numbered"):
-    n: int
-
-
-SEEN: list[int] = []
-ARRIVED = asyncio.Event()
-
-
-class Recorder(Agent):
-    @handler
-    async def numbered(self, msg: Numbered) -> None:
-        SEEN.append(msg.n)
-        ARRIVED.set()
-
-
-async def _until_seen(n: int) -> None:
-    async with asyncio.timeout(WAIT):
-        while not SEEN or SEEN[-1] < n:
-            ARRIVED.clear()
-            await ARRIVED.wait()
 
 
 @pytest.mark.parametrize("send_queue", [None, 4], ids=["default-queue", "tiny-queue"])
@@ -80,18 +58,18 @@ async def test_a_reset_link_loses_tells_but_never_repeats_them_and_b_counts_each
             sender = asyncio.create_task(stream())
             try:
                 for _ in range(3):  # three resets mid-stream, each healed
-                    await _until_seen(sent + 50)
+                    await until_seen(sent + 50)
                     await proxy.reset()
                     await asyncio.sleep(0)
                     await proxy.heal()
-                await _until_seen(sent + 50)  # flowing again after the last reset
+                await until_seen(sent + 50)  # flowing again after the last reset
             finally:
                 stop.set()
                 await sender
             for _ in range(20):  # the tail: numbered frames after every loss
                 sent += 1
                 await ref.tell(Numbered(n=sent))
-            await _until_seen(sent)
+            await until_seen(sent)
         stats = b.delivery_stats()
         registry = node_registry(KernelCollector(b, "b", "test", lambda: 0.0))
         exported = generate_latest(registry).decode().splitlines()
