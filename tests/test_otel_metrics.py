@@ -17,11 +17,12 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from kerna import Agent, Kernel, Message, Request, UsageError, handler
+from kerna import Agent, Kernel, Request, UsageError, handler
 from kerna._timing import BOUNDS
-from kerna.plugins import Metrics, batched, cached
+from kerna.plugins import Metrics
 
 from .test_breaker_metrics import Down, Lookup, resilience
+from .test_node_metrics import Crash, Embed, Embedder, Model, Square
 
 pytestmark = pytest.mark.anyio
 
@@ -34,35 +35,6 @@ class Echo(Agent):
     @handler
     async def ping(self, msg: Ping) -> int:
         return msg.n
-
-
-class Crash(Message):
-    pass
-
-
-class Square(Request[int]):
-    n: int
-
-
-class Model(Agent):
-    @handler
-    @cached(ttl=60, maxsize=10)
-    async def square(self, msg: Square) -> int:
-        return msg.n * msg.n
-
-    @handler
-    async def crash(self, msg: Crash) -> None:
-        raise RuntimeError("crash")
-
-
-class Embed(Request[int]):
-    n: int
-
-
-class Embedder(Agent):
-    @batched(max_size=8, max_wait=0.01)
-    async def embed(self, batch: list[Embed]) -> list[int]:
-        return [m.n for m in batch]
 
 
 Points = dict[str, dict[frozenset[tuple[str, Any]], Any]]
