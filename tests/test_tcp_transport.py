@@ -22,7 +22,7 @@ from kerna.transports import (
     TransportClosed,
     open_transport,
 )
-from kerna.transports._tcp import TcpTransport
+from kerna.transports._tcp import IDLE_AFTER, TcpTransport
 from kerna.transports._tcp_handshake import accept
 
 from .tcp_peers import WAIT, closed_by_peer, node, raw_client
@@ -66,13 +66,36 @@ async def test_frames_arrive_in_order_and_whole_from_the_senders_listening_addre
 async def test_frames_queued_in_one_loop_turn_go_out_in_one_write() -> None:
     async with node() as (a, _), node() as (b, got):
         await a.send(b.address, b"open")  # waits for the connection
-        await got.wait_frames(1)
+        for i in range(3):  # after "open", the connection is idle: a first write at once
+            await a.send(b.address, b"busy %d" % i)
+        await got.wait_frames(4)
         before = a.stats()["writes"]
         for i in range(200):  # no suspension: all in one loop turn
             await a.send(b.address, b"%d" % i)
-        await got.wait_frames(201)
-        assert a.stats()["writes"] - before == 1
-        assert [f for _, f in got.frames[1:]] == [b"%d" % i for i in range(200)]
+        await got.wait_frames(204)
+        assert a.stats()["writes"] - before == 1  # busy: its last write carried 2 frames
+        assert [f for _, f in got.frames[4:]] == [b"%d" % i for i in range(200)]
+
+
+async def test_a_frame_on_an_idle_connection_is_written_at_once_the_rest_of_its_turn_later() -> (
+    None
+):
+    async with node() as (a, _), node() as (b, got):
+        await a.send(b.address, b"open")
+        await got.wait_frames(1)
+        loop = asyncio.get_running_loop()
+        written = loop.create_future()
+        loop.call_later(2 * IDLE_AFTER, written.set_result, None)
+        await written  # the connection has been idle for longer than IDLE_AFTER
+        before = a.stats()["writes"]
+        assert a.send_now(b.address, b"lone")
+        assert a.stats()["writes"] - before == 1  # written before the loop got a turn
+        for i in range(100):
+            assert a.send_now(b.address, b"%d" % i)
+        assert a.stats()["writes"] - before == 1  # the rest wait for the end of the pass
+        await got.wait_frames(102)
+        assert a.stats()["writes"] - before == 2
+        assert [f for _, f in got.frames[1:]] == [b"lone", *(b"%d" % i for i in range(100))]
 
 
 async def _stalled_server(

@@ -18,7 +18,10 @@ Choices where the contract leaves room (what an Akka/Orleans user expects):
   tries); if it gives up, the queued frames are dropped (logged) and senders waiting
   for room get ``PeerUnreachable``. Frames already written to a socket that broke may
   be lost: delivery is at most once, the kernel's asks time out.
-- Frames queued in one loop turn go out in one write (``writelines``) per peer.
+- Frames queued in one loop turn go out in one write (``writelines``) per peer, with
+  one exception that costs a busy connection nothing: the first frame queued on an idle
+  connection (``IDLE_AFTER``) is written at once, so a lone request or reply does not
+  wait for the end of the loop pass; the rest of that pass's frames go out together.
 - Heartbeats: an idle connection carries a ping every ``heartbeat / 2`` seconds; a
   connection that receives nothing for ``heartbeat * heartbeat_misses`` seconds (a
   SIGSTOPped peer, a half-open TCP connection) is closed and its peer reported lost.
@@ -73,6 +76,12 @@ __all__ = ["PeerInfo", "TcpTransport", "tls_contexts"]
 
 log = logging.getLogger("kerna.transports.tcp")
 
+IDLE_AFTER = 50e-6
+"""Seconds after a connection's last write, when that write carried one frame, from
+which the connection counts as idle: a frame queued on an idle connection is written at
+once instead of at the end of the loop pass, so a lone request or reply does not wait a
+loop pass (Linux's TCP autocorking makes the same choice). A busy connection, whose
+last write carried several frames or came less than this ago, keeps coalescing."""
 WRITE_HIGH_WATER = 64 * 1024
 """Bytes a connection's socket buffer may hold before writing waits for it to drain
 (asyncio's own default high-water mark)."""
@@ -146,6 +155,7 @@ class _Outbound:
         "draining",
         "flushing",
         "host",
+        "lone",
         "port",
         "queue",
         "ready",
@@ -170,6 +180,7 @@ class _Outbound:
         self.task: asyncio.Task[None] | None = None
         self.flushing = False  # a flush is scheduled at the end of this loop pass
         self.draining = False  # the writer task waits for the socket to drain
+        self.lone = True  # the last write carried one frame (the connection is not busy)
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
@@ -612,13 +623,22 @@ class TcpTransport(Transport):
             await out.ready.wait()
 
     def _queued(self, out: _Outbound) -> None:
-        """A frame was queued: write the pass's frames in one write at its end."""
-        if not out.flushing:
-            out.flushing = True
-            self._loop.call_soon(self._flush, out)
+        """A frame was queued: on an idle connection (``IDLE_AFTER``) write it now,
+        else write the pass's frames in one write at its end."""
+        if out.flushing:
+            return
+        conn = out.conn
+        if out.lone and conn is not None and self._loop.time() - conn.last_tx > IDLE_AFTER:
+            self._flush(out)
+            return
+        out.flushing = True
+        self._loop.call_soon(self._scheduled_flush, out)
+
+    def _scheduled_flush(self, out: _Outbound) -> None:
+        out.flushing = False
+        self._flush(out)
 
     def _flush(self, out: _Outbound) -> None:
-        out.flushing = False
         if not out.queue:
             return
         conn = out.conn
@@ -649,6 +669,7 @@ class TcpTransport(Transport):
             chunks.append(header(length))
             chunks.append(frame)
         self._wake(out)
+        out.lone = len(frames) == 1
         conn.writer.writelines(chunks)
         self._writes += 1
         self._frames_written += len(frames)
