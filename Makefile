@@ -30,7 +30,7 @@ demo-cluster: $(STAMP) servers
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check kernel state transports plugins tests benchmarks examples
-	$(VENV)/bin/ruff format --check kernel state transports plugins tests benchmarks examples
+	$(VENV)/bin/ruff format --check kernel state transports plugins tests benchmarks examples README.md ARCHITECTURE.md
 
 # tests.typecheck: modules whose assert_type calls prove the public API's static types
 # (typed asks); examples/ too: they are what users copy, so they type-check strictly.
