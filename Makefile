@@ -83,7 +83,7 @@ bench-net: $(BENCH_VENV)/.installed servers
 
 # The cluster (ISSUE9 section 7): starts its own etcd and node processes, ~4 minutes.
 bench-cluster: $(BENCH_VENV)/.installed servers
-	$(BENCH_VENV)/bin/python -m benchmarks.cluster_bench
+	$(BENCH_VENV)/bin/python -m benchmarks.cluster_bench --pin
 
 # kerna.plugins (ISSUE10 section 6): @batched, the cache hit, and Ray Serve's @serve.batch
 # as the peer. Ray has a venv of its own: ray[serve] needs protobuf >= 7, autogen-core

@@ -25,7 +25,7 @@ from kerna import AgentRef, Kernel
 from ._cluster_agents import Counter
 from ._common import LoopName, run_async
 from ._net_kerna import Echo, Ping, Pong
-from ._net_proc import _measure
+from ._net_proc import _measure, pin
 
 __all__ = ["SECRET", "ClusterCaller", "cluster_kernel", "main"]
 
@@ -81,6 +81,7 @@ async def _call(url: str, cluster: str, workload: str, size: float) -> dict[str,
 
 def main(argv: list[str]) -> int:
     role = argv[0]
+    pin("serve" if role == "node" else "call")
     if role == "node":
         url, cluster, node_id, ttl, loop = argv[1:6]
         try:

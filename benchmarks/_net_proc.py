@@ -127,7 +127,8 @@ all (unpinned, the scheduler sometimes puts both on one core, which makes a ping
 about twice as fast and the run's latencies bimodal)."""
 
 
-def _pin(role: str) -> None:
+def pin(role: str) -> None:
+    """Pin this process as ``PIN_ENV`` says (``"serve"``: the last CPU, else the first)."""
     cpus = sorted(os.sched_getaffinity(0))
     if os.environ.get(PIN_ENV) and len(cpus) > 1:
         os.sched_setaffinity(0, {cpus[-1] if role == "serve" else cpus[0]})
@@ -136,7 +137,7 @@ def _pin(role: str) -> None:
 def main(argv: list[str]) -> int:
     global _profiler
     role, kind, loop = argv[0], argv[1], cast(LoopName, argv[2])
-    _pin(role)
+    pin(role)
     profile = os.environ.get(PROFILE_ENV)
     if profile:
         from pyinstrument import Profiler

@@ -10,7 +10,10 @@ each stopped by PID. Workloads:
   first ask) vs the transport-level W5 of ISSUE8 (``kernel.ref("Echo", "e",
   node=address)``, no cluster): the same 200 warm-up asks, then sequential p50/p99 over
   5,000 asks, and 64 callers asking in a loop for 5 s (req/s). Targets: >= 0.8x the
-  transport-level throughput at 64 in flight, p50 <= 1.2x. Both loops.
+  transport-level throughput at 64 in flight, p50 <= 1.2x. Both loops. ``--pin`` (what
+  ``make bench-cluster`` runs): the echo's process on the last CPU and the caller on the
+  first, for both rows (``net_bench --pin``'s placement: unpinned, the scheduler sometimes
+  puts both on one core and the latencies go bimodal).
 - **Activation**: 10,000 stateful agents (``Counter``, one claim txn each, which also
   reads the state) activated by a first ask from a driver node, 64 in flight, spread by placement
   over 3 node processes; vs the raw etcd create-if-absent rate: the same txn a claim is
@@ -56,6 +59,7 @@ from kerna import AgentId, KernaError, Rendezvous
 from ._cluster_agents import Add, Total, Touch
 from ._cluster_proc import cluster_kernel
 from ._common import percentile
+from ._net_proc import PIN_ENV
 from ._report import _cpu_model, _git
 from ._state_etcd import CALL_TIMEOUT, METADATA, EtcdServer, RawEtcd
 
@@ -446,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--lease-ttl", type=float, default=2.0)
     parser.add_argument("--write", action="store_true", help="write the results of a --scale run")
+    parser.add_argument(
+        "--pin", action="store_true", help="W5: servers on the last CPU, callers on the first"
+    )
     args = parser.parse_args(argv)
     load_before = os.getloadavg()
     started_at = time.perf_counter()
@@ -458,7 +465,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     with EtcdServer() as etcd:
         print("cluster W5", flush=True)
-        w5s = w5(etcd.url, args.runs, sizes["seq"], sizes["seconds"])
+        if args.pin:  # read by the W5 processes (net_bench --pin's placement)
+            os.environ[PIN_ENV] = "1"
+        try:
+            w5s = w5(etcd.url, args.runs, sizes["seq"], sizes["seconds"])
+        finally:
+            os.environ.pop(PIN_ENV, None)
         print("activation", flush=True)
         act = asyncio.run(activation(etcd, args.runs, sizes["agents"], sizes["concurrency"]))
         print("failover", flush=True)
