@@ -98,6 +98,27 @@ async def test_a_frame_on_an_idle_connection_is_written_at_once_the_rest_of_its_
         assert [f for _, f in got.frames[1:]] == [b"lone", *(b"%d" % i for i in range(100))]
 
 
+async def test_a_frame_written_at_once_keeps_its_room_in_the_queue_until_the_pass_ends() -> None:
+    async with node(send_queue=3) as (a, _), node() as (b, got):
+        await a.send(b.address, b"open")
+        await got.wait_frames(1)
+        loop = asyncio.get_running_loop()
+        idle = loop.create_future()
+        loop.call_later(2 * IDLE_AFTER, idle.set_result, None)
+        await idle
+        before = a.stats()["writes"]
+        for i in range(3):  # a burst that does not yield: the first is written at once
+            await a.send(b.address, b"%d" % i, wait=False)
+        assert a.stats()["writes"] - before == 1
+        with pytest.raises(SendQueueFull):
+            await a.send(b.address, b"one too many", wait=False)
+        assert not a.send_now(b.address, b"one too many")
+        await got.wait_frames(4)
+        await a.send(b.address, b"after the pass", wait=False)  # the pass ended: room
+        await got.wait_frames(5)
+        assert [f for _, f in got.frames[1:]] == [b"0", b"1", b"2", b"after the pass"]
+
+
 async def _stalled_server(
     reading: asyncio.Event,
 ) -> tuple[asyncio.Server, str, list[int]]:

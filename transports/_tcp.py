@@ -153,6 +153,7 @@ class _Outbound:
         "broken",
         "conn",
         "draining",
+        "early",
         "flushing",
         "host",
         "lone",
@@ -181,6 +182,7 @@ class _Outbound:
         self.flushing = False  # a flush is scheduled at the end of this loop pass
         self.draining = False  # the writer task waits for the socket to drain
         self.lone = True  # the last write carried one frame (the connection is not busy)
+        self.early = 0  # 1: a frame written at once this pass still holds its room
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
@@ -443,7 +445,7 @@ class TcpTransport(Transport):
             # Raises PeerUnreachable (or TransportClosed); once connected, look again:
             # the connection may have been lost and forgotten before this resumed.
             await asyncio.shield(out.up)
-        if out.waiters or len(out.queue) + out.reserved >= self.send_queue:
+        if out.waiters or len(out.queue) + out.reserved + out.early >= self.send_queue:
             if not wait:
                 raise SendQueueFull(f"the send queue to {peer} is full ({self.send_queue} frames)")
             await self._room(out)
@@ -459,7 +461,7 @@ class TcpTransport(Transport):
             out is None
             or not out.up.done()
             or out.waiters
-            or len(out.queue) + out.reserved >= self.send_queue
+            or len(out.queue) + out.reserved + out.early >= self.send_queue
         ):
             return False
         self.check_frame(frame)
@@ -485,7 +487,7 @@ class TcpTransport(Transport):
         out.reserved -= 1
 
     def _wake(self, out: _Outbound) -> None:
-        room = self.send_queue - len(out.queue) - out.reserved
+        room = self.send_queue - len(out.queue) - out.reserved - out.early
         while room > 0 and out.waiters:
             waiter = out.waiters.popleft()
             if not waiter.done():
@@ -629,13 +631,20 @@ class TcpTransport(Transport):
             return
         conn = out.conn
         if out.lone and conn is not None and self._loop.time() - conn.last_tx > IDLE_AFTER:
+            # Written now, the frame keeps its room in the queue until the pass ends:
+            # a burst of sends that does not yield still finds the queue full after
+            # send_queue frames (the transport contract's backpressure).
+            out.early = 1
             self._flush(out)
-            return
         out.flushing = True
         self._loop.call_soon(self._scheduled_flush, out)
 
     def _scheduled_flush(self, out: _Outbound) -> None:
         out.flushing = False
+        if out.early:
+            out.early = 0
+            if out.waiters and not out.queue:
+                self._wake(out)
         self._flush(out)
 
     def _flush(self, out: _Outbound) -> None:
