@@ -1,26 +1,49 @@
-"""The tcp transport's frame splitter (``read_frames``) on a real StreamReader.
+"""The tcp transport's frame splitter (``FrameReceiver``, the protocol of an accepted
+connection) fed as the event loop feeds it.
 
 Many frames arrive in one read, one frame arrives over many reads, heartbeats sit
-between frames, and a large body is read in chunks: every data frame comes out once,
-whole, in order, and a bad prefix ends the stream with a clear error.
+between frames, and a large body arrives in chunks: every data frame comes out once,
+whole, in order; a pause holds back what follows it; a bad prefix ends the connection
+with a clear error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import pytest
 
 from kerna.transports import FrameTooLarge
-from kerna.transports._tcp_framing import CHUNK, PING_BYTES, ProtocolError, header, read_frames
+from kerna.transports._tcp_framing import CHUNK, PING_BYTES, YIELD_EVERY, ProtocolError, header
+from kerna.transports._tcp_receive import FrameReceiver
 
 pytestmark = pytest.mark.anyio
 
 
-async def _never_paused(_: Awaitable[object]) -> None:
-    raise AssertionError("on_frame asked for a pause")
+class _Socket:
+    """The part of an asyncio transport a FrameReceiver uses: reading paused and
+    resumed, and aborted (this test feeds it only while it reads, as the loop does)."""
+
+    def __init__(self) -> None:
+        self.reading = True
+        self.aborted = False
+        self.resumed = asyncio.Event()
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def pause_reading(self) -> None:
+        self.reading = False
+        self.resumed.clear()
+
+    def resume_reading(self) -> None:
+        self.reading = True
+        self.resumed.set()
+
+    def abort(self) -> None:
+        self.aborted = True
 
 
 def _record(into: list[bytes]) -> Callable[[bytes], None]:
@@ -39,8 +62,24 @@ def _wire(frames: list[bytes], pings: bool) -> bytes:
     return b"".join(parts)
 
 
+def _receiver(
+    on_frame: Callable[[bytes], object],
+    limit: int = 1 << 30,
+    alive: Callable[[], None] = lambda: None,
+) -> tuple[FrameReceiver, _Socket]:
+    sock = _Socket()
+    receiver = FrameReceiver(sock, limit, on_frame, alive, lambda _: None)  # type: ignore[arg-type]
+    return receiver, sock
+
+
+async def _feed(receiver: FrameReceiver, sock: _Socket, piece: bytes) -> None:
+    async with asyncio.timeout(5):
+        while not sock.reading:  # the loop reads nothing while reading is paused
+            await sock.resumed.wait()
+    receiver.data_received(piece)
+
+
 async def _split(data: bytes, cuts: list[int], limit: int = 1 << 30) -> tuple[list[bytes], int]:
-    reader = asyncio.StreamReader()
     got: list[bytes] = []
     reads = 0
 
@@ -48,16 +87,17 @@ async def _split(data: bytes, cuts: list[int], limit: int = 1 << 30) -> tuple[li
         nonlocal reads
         reads += 1
 
-    task = asyncio.ensure_future(read_frames(reader, limit, _record(got), alive, _never_paused))
+    receiver, sock = _receiver(_record(got), limit, alive)
     start = 0
     for cut in [*cuts, len(data)]:
-        reader.feed_data(data[start:cut])
+        await _feed(receiver, sock, data[start:cut])
         start = cut
-        await asyncio.sleep(0)  # let the splitter take this piece on its own
-    reader.feed_eof()
-    with pytest.raises(asyncio.IncompleteReadError):
-        async with asyncio.timeout(5):
-            await task
+    async with asyncio.timeout(5):
+        while not sock.reading:
+            await sock.resumed.wait()
+    receiver.eof_received()
+    async with asyncio.timeout(5):
+        assert isinstance(await receiver.ended, asyncio.IncompleteReadError)
     return got, reads
 
 
@@ -81,45 +121,71 @@ async def test_a_large_body_is_read_in_chunks_each_a_sign_of_life() -> None:
 
 
 async def test_an_oversized_prefix_is_refused_before_its_body_arrives() -> None:
-    reader = asyncio.StreamReader()
-    reader.feed_data(header(1000))  # the body never comes
-    with pytest.raises(FrameTooLarge, match="1000 bytes"):
-        async with asyncio.timeout(5):
-            await read_frames(reader, 999, lambda _: None, lambda: None, _never_paused)
+    receiver, sock = _receiver(lambda _: None, limit=999)
+    receiver.data_received(header(1000))  # the body never comes
+    error = await receiver.ended
+    assert isinstance(error, FrameTooLarge)
+    assert "1000 bytes" in str(error)
+    assert sock.aborted
 
 
 async def test_an_unknown_control_frame_is_a_protocol_error() -> None:
-    reader = asyncio.StreamReader()
-    reader.feed_data(header(4) + b"good" + (0x8000_0001).to_bytes(4, "big"))
     got: list[bytes] = []
-    with pytest.raises(ProtocolError, match="0x80000001"):
-        async with asyncio.timeout(5):
-            await read_frames(reader, 100, _record(got), lambda: None, _never_paused)
+    receiver, sock = _receiver(_record(got), limit=100)
+    receiver.data_received(header(4) + b"good" + (0x8000_0001).to_bytes(4, "big"))
+    error = await receiver.ended
+    assert isinstance(error, ProtocolError)
+    assert "0x80000001" in str(error)
     assert got == [b"good"]
+    assert sock.aborted
 
 
 async def test_a_pause_holds_back_the_frames_after_it_until_it_completes() -> None:
-    reader = asyncio.StreamReader()
-    reader.feed_data(_wire([b"a", b"stop", b"b", b"c"], pings=False))
-    reader.feed_eof()
     got: list[bytes] = []
     gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    held = asyncio.Event()
 
     def on_frame(frame: bytes) -> asyncio.Future[None] | None:
         got.append(frame)
         return gate if frame == b"stop" else None
 
-    async def paused(until: Awaitable[object]) -> None:
-        held.set()
-        await until
-
-    task = asyncio.ensure_future(read_frames(reader, 100, on_frame, lambda: None, paused))
-    async with asyncio.timeout(5):
-        await held.wait()
+    receiver, sock = _receiver(on_frame, limit=100)
+    receiver.data_received(_wire([b"a", b"stop", b"b", b"c"], pings=False))
     assert got == [b"a", b"stop"]
+    assert not sock.reading
     gate.set_result(None)
-    with pytest.raises(asyncio.IncompleteReadError):
-        async with asyncio.timeout(5):
-            await task
+    async with asyncio.timeout(5):
+        await sock.resumed.wait()
     assert got == [b"a", b"stop", b"b", b"c"]
+
+
+async def test_frames_held_behind_a_pause_are_handed_over_when_the_connection_closes_first() -> (
+    None
+):
+    got: list[bytes] = []
+    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_frame(frame: bytes) -> asyncio.Future[None] | None:
+        got.append(frame)
+        return gate if frame == b"stop" else None
+
+    receiver, _ = _receiver(on_frame, limit=100)
+    receiver.data_received(_wire([b"stop", b"b", b"c"], pings=False))
+    receiver.connection_lost(ConnectionResetError("reset"))
+    assert not receiver.ended.done()  # not before what it holds is handed over
+    gate.set_result(None)
+    async with asyncio.timeout(5):
+        assert isinstance(await receiver.ended, ConnectionResetError)
+    assert got == [b"stop", b"b", b"c"]
+
+
+async def test_the_loop_gets_a_turn_every_yield_every_frames_of_one_read() -> None:
+    got: list[bytes] = []
+    receiver, sock = _receiver(_record(got), limit=100)
+    frames = [b"%d" % i for i in range(3 * YIELD_EVERY + 5)]
+    receiver.data_received(_wire(frames, pings=False))
+    assert got == frames[:YIELD_EVERY]  # the rest after the loop's turn
+    assert not sock.reading
+    async with asyncio.timeout(5):
+        await sock.resumed.wait()  # reading again once every frame was handed over
+    assert got == frames
+    assert sock.reading

@@ -46,7 +46,7 @@ import random
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Coroutine, Mapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from kerna._errors import ConfigError
@@ -68,9 +68,9 @@ from ._tcp_framing import (
     ProtocolError,
     header,
     read_frame,
-    read_frames,
 )
 from ._tcp_handshake import PeerInfo, accept, connect
+from ._tcp_receive import FrameReceiver
 
 __all__ = ["PeerInfo", "TcpTransport", "tls_contexts"]
 
@@ -759,7 +759,7 @@ class TcpTransport(Transport):
             self._conns.add(conn)
             self._accepted += 1
             self._handshaken(info.address, info)
-            await self._receive(conn, reader)
+            await self._receive(conn, writer)
         finally:
             if conn is not None:
                 self._conns.discard(conn)
@@ -783,12 +783,17 @@ class TcpTransport(Transport):
             log.info("%s connected again: its previous connection is closed", peer)
             old.writer.transport.abort()
 
-    async def _receive(self, conn: _Conn, reader: asyncio.StreamReader) -> None:
+    async def _receive(self, conn: _Conn, writer: asyncio.StreamWriter) -> None:
+        """Hand ``conn``'s frames to ``on_frame`` until it closes.
+
+        Called as soon as the handshake's last message is written, with no suspension
+        in between: the peer sends frames only once it has that message, so no frame
+        can be in the stream's buffer when its protocol is swapped for a
+        ``FrameReceiver`` (which hands frames over in the read's own callback)."""
         on_frame = self._on_frame
         assert on_frame is not None
         loop = asyncio.get_running_loop()
         peer = conn.peer
-        limit = self.max_frame_size
 
         def alive() -> None:
             conn.last_rx = loop.time()
@@ -805,23 +810,23 @@ class TcpTransport(Transport):
                 log.exception("on_frame raised for a frame from %s", peer)
                 return None
 
-        async def paused(until: Awaitable[object]) -> None:
-            conn.paused = True  # not silent: we stopped reading it
-            try:
-                await asyncio.wait((asyncio.ensure_future(until),))
-            finally:
-                conn.paused = False
+        def paused(now: bool) -> None:
+            conn.paused = now  # not silent while paused: we stopped reading it
+            if not now:
                 conn.last_rx = loop.time()
 
-        try:
-            await read_frames(reader, limit, deliver, alive, paused)
-        except (OSError, EOFError, FrameTooLarge) as exc:
-            if conn.superseded:
-                return  # the peer is on its newer connection: not lost
-            if isinstance(exc, FrameTooLarge | ProtocolError):
-                self._errors += 1
-                log.warning("closing the connection from %s: %s", peer, exc)
-            self._lost(peer, conn.error or exc)
+        transport = writer.transport
+        receiver = FrameReceiver(
+            cast(asyncio.Transport, transport), self.max_frame_size, deliver, alive, paused
+        )
+        transport.set_protocol(receiver)
+        error = await receiver.ended
+        if conn.superseded:
+            return  # the peer is on its newer connection: not lost
+        if isinstance(error, FrameTooLarge | ProtocolError):
+            self._errors += 1
+            log.warning("closing the connection from %s: %s", peer, error)
+        self._lost(peer, conn.error or error)
 
     # -- liveness ----------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from ._base import FrameTooLarge
 
@@ -22,11 +22,19 @@ __all__ = [
     "ProtocolError",
     "header",
     "read_frame",
-    "read_frames",
+    "unpack_length",
 ]
 
 _HEADER = struct.Struct(">I")
 _unpack_from = _HEADER.unpack_from
+
+
+def unpack_length(data: bytes, pos: int) -> int:
+    """The length prefix at ``data[pos:pos + 4]``."""
+    length: int = _unpack_from(data, pos)[0]
+    return length
+
+
 CONTROL = 0x8000_0000
 PING = CONTROL  # "I am alive": sent on an idle connection, carries no body
 MAX_WIRE_FRAME = CONTROL - 1  # the largest data frame the 4-byte prefix can carry
@@ -67,79 +75,10 @@ async def read_frame(
     return await _rest(reader, b"", length, alive)
 
 
-READ_SIZE = 64 * 1024  # what one read asks the stream for: many small frames at once
 YIELD_EVERY = 32
 """Frames handed over between two turns given to the loop within one read: with many
 requests in flight, the first ones get handled (and their replies written) while the
 rest of the read is split, instead of after all of it (a pipeline, not a batch)."""
-
-
-async def read_frames(
-    reader: asyncio.StreamReader,
-    limit: int,
-    on_frame: Callable[[bytes], Awaitable[object] | None],
-    alive: Callable[[], None],
-    paused: Callable[[Awaitable[object]], Awaitable[None]],
-) -> None:
-    """Read the stream until it ends, handing each data frame to ``on_frame``.
-
-    One ``read`` takes whatever has arrived (up to ``READ_SIZE``) and the frames in it
-    are split out in one loop: a stream of small frames costs one read per batch, not
-    two awaits per frame. ``alive()`` is called for every read (heartbeats count as
-    reads). A frame whose body is larger than ``CHUNK`` is read in chunks, each a sign
-    of life, and joined once: memory for a frame in progress stays within its length,
-    which was checked against ``limit`` before any of it was read. ``on_frame`` must
-    not raise (the caller wraps it); when it returns an awaitable, nothing more is
-    handed over (or read) until ``await paused(it)`` returns. After each read the loop
-    is given a turn, and within a read every ``YIELD_EVERY`` frames: the frames just
-    handed over get handled before more are read (a reader that found its buffer full
-    would otherwise fill mailboxes in one go).
-
-    Raises:
-        FrameTooLarge: a length prefix is over ``limit`` (nothing was allocated for it).
-        ProtocolError: an unknown control frame.
-        asyncio.IncompleteReadError: the stream ended inside a frame (or at its end).
-    """
-    pending = b""  # the start of a frame whose end has not arrived yet
-    while True:
-        data = await reader.read(READ_SIZE)
-        if not data:
-            raise asyncio.IncompleteReadError(pending, None)
-        alive()
-        if pending:
-            data = pending + data
-        pos = 0
-        end = len(data)
-        handed = 0
-        while end - pos >= 4:
-            (length,) = _unpack_from(data, pos)
-            if length & CONTROL:
-                if length != PING:
-                    raise ProtocolError(f"unknown control frame 0x{length:08x}")
-                pos += 4
-                continue
-            if length > limit:
-                raise FrameTooLarge(
-                    f"peer announced a frame of {length} bytes, over the limit of {limit}"
-                )
-            stop = pos + 4 + length
-            if stop > end:
-                if length > CHUNK:  # a large body: read the rest in chunks, join once
-                    pause = on_frame(await _rest(reader, data[pos + 4 :], length, alive))
-                    if pause is not None:
-                        await paused(pause)
-                    pos = end
-                break
-            pause = on_frame(data[pos + 4 : stop])
-            pos = stop
-            if pause is not None:
-                await paused(pause)
-            handed += 1
-            if handed == YIELD_EVERY:
-                handed = 0
-                await asyncio.sleep(0)
-        pending = data[pos:] if pos < end else b""
-        await asyncio.sleep(0)
 
 
 async def _rest(
