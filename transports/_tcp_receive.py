@@ -8,7 +8,7 @@ against the limit before anything is kept for the body; a body still arriving is
 as its chunks (each a sign of life) and joined once; when ``on_frame`` returns an
 awaitable, reading pauses (``pause_reading``) until it completes (frames already read
 are handed over even if the connection closes meanwhile); and every ``YIELD_EVERY``
-frames of one read the loop gets a turn (reading paused, resumed by ``call_soon``) so
+frames of one read the loop gets a turn (splitting resumed by ``call_soon``) so
 that the frames handed over are handled before more are split.
 """
 
@@ -41,7 +41,9 @@ class FrameReceiver(asyncio.Protocol):
         self._alive = alive
         self._paused = paused
         self._loop = asyncio.get_running_loop()
-        self._data = b""  # bytes not split yet (the start of a frame)
+        self._data = b""  # bytes read and not split yet, from ``_pos`` on
+        self._pos = 0  # (an offset, not a slice: a turn every 32 frames copies nothing)
+        self._more: list[bytes] = []  # reads that came while waiting, not joined yet
         self._body: list[bytes] = []  # a large frame's body so far
         self._body_size = 0
         self._body_length = 0
@@ -53,15 +55,13 @@ class FrameReceiver(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._alive()
-        if self._body_length:
-            self._more_body(data)
+        if self._waiting:  # split once the pause or the turn is over
+            self._more.append(data)
         else:
-            self._data = self._data + data if self._data else data
-        if not self._waiting:
-            self._split()
+            self._take(data)
 
     def eof_received(self) -> bool:
-        self._end(asyncio.IncompleteReadError(self._data, None))
+        self._end(asyncio.IncompleteReadError(b"", None))
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -69,9 +69,19 @@ class FrameReceiver(asyncio.Protocol):
 
     # -- splitting ----------------------------------------------------------------------
 
+    def _take(self, data: bytes) -> None:
+        """A read to split now (not waiting: everything before it was split, so
+        ``_data`` holds at most the start of one frame and ``_pos`` is 0)."""
+        if self._body_length:
+            self._more_body(data)
+        else:
+            self._data = self._data + data if self._data else data
+        if not self._waiting:
+            self._split()
+
     def _split(self) -> None:
         data = self._data
-        pos = 0
+        pos = self._pos
         end = len(data)
         handed = 0
         try:
@@ -97,21 +107,22 @@ class FrameReceiver(asyncio.Protocol):
                 pos = stop
                 handed += 1
                 if pause is not None:
-                    self._data = data[pos:]
+                    self._pos = pos
                     self._wait(asyncio.ensure_future(pause))
                     return
                 if handed == YIELD_EVERY and end - pos >= 4:
-                    self._data = data[pos:]
+                    self._pos = pos
                     self._turn()
                     return
         except (FrameTooLarge, ProtocolError) as exc:
-            self._data = b""
+            self._data, self._pos, self._more = b"", 0, []
             self._waiting = False
             self._closed = None
             self._end(exc)
             self._transport.abort()
             return
         self._data = data[pos:] if pos < end else b""
+        self._pos = 0
 
     def _more_body(self, data: bytes) -> None:
         need = self._body_length - self._body_size
@@ -122,6 +133,7 @@ class FrameReceiver(asyncio.Protocol):
         frame = b"".join(self._body)
         self._body, self._body_size, self._body_length = [], 0, 0
         self._data = data[need:] if len(data) > need else b""
+        self._pos = 0
         pause = self._on_frame(frame)
         if pause is not None:
             self._wait(asyncio.ensure_future(pause))
@@ -134,9 +146,10 @@ class FrameReceiver(asyncio.Protocol):
         until.add_done_callback(self._resume)
 
     def _turn(self) -> None:
-        """Give the loop a turn before splitting the rest of this read."""
+        """Give the loop a turn before splitting the rest of this read (reading goes
+        on: what arrives meanwhile waits in ``_more``, one loop pass's worth; pausing
+        the socket would cost two system calls per turn)."""
         self._waiting = True
-        self._pause_reading()
         self._loop.call_soon(self._resume, None)
 
     def _resume(self, _: object) -> None:
@@ -146,13 +159,16 @@ class FrameReceiver(asyncio.Protocol):
             return
         self._paused(False)
         self._waiting = False
-        if self._body_length == 0 and self._data:
+        if self._body_length == 0 and len(self._data) > self._pos:
             self._split()
+        more = self._more
+        while more and not self._waiting:
+            self._take(more.pop(0))
         if self._waiting:
             return
         if self._closed is not None:
             self.ended.set_result(self._closed[0])
-        else:
+        elif not self._transport.is_reading():
             self._transport.resume_reading()
 
     def _pause_reading(self) -> None:
@@ -162,7 +178,7 @@ class FrameReceiver(asyncio.Protocol):
     def _end(self, error: BaseException | None) -> None:
         if self.ended.done() or self._closed is not None:
             return
-        if self._waiting and self._data:  # frames held behind a pause: hand them over first
+        if self._waiting and (len(self._data) > self._pos or self._more):  # held go first
             self._closed = (error,)
             return
         self.ended.set_result(error)
