@@ -72,11 +72,31 @@ def _receiver(
     return receiver, sock
 
 
+def _read(receiver: FrameReceiver, data: memoryview) -> int:
+    """One read as the event loop makes it: into the buffer the receiver offers (as
+    much of ``data`` as fits); returns the bytes it took."""
+    buffer = receiver.get_buffer(-1)
+    n = min(len(buffer), len(data))
+    assert n > 0, "the receiver offered an empty buffer"
+    buffer[:n] = data[:n]
+    receiver.buffer_updated(n)
+    return n
+
+
+def _give(receiver: FrameReceiver, sock: _Socket, piece: bytes) -> None:
+    """``piece`` read at once (reads while reading is not paused, as the loop does)."""
+    data = memoryview(piece)
+    while data and sock.reading:
+        data = data[_read(receiver, data) :]
+
+
 async def _feed(receiver: FrameReceiver, sock: _Socket, piece: bytes) -> None:
-    async with asyncio.timeout(5):
-        while not sock.reading:  # the loop reads nothing while reading is paused
-            await sock.resumed.wait()
-    receiver.data_received(piece)
+    data = memoryview(piece)
+    while data:
+        async with asyncio.timeout(5):
+            while not sock.reading:  # the loop reads nothing while reading is paused
+                await sock.resumed.wait()
+        data = data[_read(receiver, data) :]
 
 
 async def _split(data: bytes, cuts: list[int], limit: int = 1 << 30) -> tuple[list[bytes], int]:
@@ -122,7 +142,7 @@ async def test_a_large_body_is_read_in_chunks_each_a_sign_of_life() -> None:
 
 async def test_an_oversized_prefix_is_refused_before_its_body_arrives() -> None:
     receiver, sock = _receiver(lambda _: None, limit=999)
-    receiver.data_received(header(1000))  # the body never comes
+    _give(receiver, sock, header(1000))  # the body never comes
     error = await receiver.ended
     assert isinstance(error, FrameTooLarge)
     assert "1000 bytes" in str(error)
@@ -132,7 +152,7 @@ async def test_an_oversized_prefix_is_refused_before_its_body_arrives() -> None:
 async def test_an_unknown_control_frame_is_a_protocol_error() -> None:
     got: list[bytes] = []
     receiver, sock = _receiver(_record(got), limit=100)
-    receiver.data_received(header(4) + b"good" + (0x8000_0001).to_bytes(4, "big"))
+    _give(receiver, sock, header(4) + b"good" + (0x8000_0001).to_bytes(4, "big"))
     error = await receiver.ended
     assert isinstance(error, ProtocolError)
     assert "0x80000001" in str(error)
@@ -149,7 +169,7 @@ async def test_a_pause_holds_back_the_frames_after_it_until_it_completes() -> No
         return gate if frame == b"stop" else None
 
     receiver, sock = _receiver(on_frame, limit=100)
-    receiver.data_received(_wire([b"a", b"stop", b"b", b"c"], pings=False))
+    _give(receiver, sock, _wire([b"a", b"stop", b"b", b"c"], pings=False))
     assert got == [b"a", b"stop"]
     assert not sock.reading
     gate.set_result(None)
@@ -168,8 +188,8 @@ async def test_frames_held_behind_a_pause_are_handed_over_when_the_connection_cl
         got.append(frame)
         return gate if frame == b"stop" else None
 
-    receiver, _ = _receiver(on_frame, limit=100)
-    receiver.data_received(_wire([b"stop", b"b", b"c"], pings=False))
+    receiver, sock = _receiver(on_frame, limit=100)
+    _give(receiver, sock, _wire([b"stop", b"b", b"c"], pings=False))
     receiver.connection_lost(ConnectionResetError("reset"))
     assert not receiver.ended.done()  # not before what it holds is handed over
     gate.set_result(None)
@@ -182,7 +202,7 @@ async def test_the_loop_gets_a_turn_every_yield_every_frames_of_one_read() -> No
     got: list[bytes] = []
     receiver, sock = _receiver(_record(got), limit=100)
     frames = [b"%d" % i for i in range(3 * YIELD_EVERY + 5)]
-    receiver.data_received(_wire(frames, pings=False))
+    _give(receiver, sock, _wire(frames, pings=False))
     assert got == frames[:YIELD_EVERY]  # the rest after the loop's turns
     async with asyncio.timeout(5):
         for turn in (2, 3):

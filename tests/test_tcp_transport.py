@@ -10,6 +10,7 @@ import signal
 import struct
 import sys
 import textwrap
+import time
 
 import msgspec
 import pytest
@@ -63,6 +64,14 @@ async def test_frames_arrive_in_order_and_whole_from_the_senders_listening_addre
         assert got.frames == [(a.address, frame) for frame in frames]
 
 
+async def _idle_for(seconds: float) -> None:
+    """Let at least ``seconds`` pass: the connection is idle (uvloop's timers move in
+    milliseconds, so a shorter sleep may end at once)."""
+    start = time.monotonic()
+    await asyncio.sleep(max(seconds, 0.002))
+    assert time.monotonic() - start >= seconds
+
+
 async def test_frames_queued_in_one_loop_turn_go_out_in_one_write() -> None:
     async with node() as (a, _), node() as (b, got):
         await a.send(b.address, b"open")  # waits for the connection
@@ -83,10 +92,7 @@ async def test_a_frame_on_an_idle_connection_is_written_at_once_the_rest_of_its_
     async with node() as (a, _), node() as (b, got):
         await a.send(b.address, b"open")
         await got.wait_frames(1)
-        loop = asyncio.get_running_loop()
-        written = loop.create_future()
-        loop.call_later(2 * IDLE_AFTER, written.set_result, None)
-        await written  # the connection has been idle for longer than IDLE_AFTER
+        await _idle_for(2 * IDLE_AFTER)
         before = a.stats()["writes"]
         assert a.send_now(b.address, b"lone")
         assert a.stats()["writes"] - before == 1  # written before the loop got a turn
@@ -102,10 +108,7 @@ async def test_a_frame_written_at_once_keeps_its_room_in_the_queue_until_the_pas
     async with node(send_queue=3) as (a, _), node() as (b, got):
         await a.send(b.address, b"open")
         await got.wait_frames(1)
-        loop = asyncio.get_running_loop()
-        idle = loop.create_future()
-        loop.call_later(2 * IDLE_AFTER, idle.set_result, None)
-        await idle
+        await _idle_for(2 * IDLE_AFTER)
         before = a.stats()["writes"]
         for i in range(3):  # a burst that does not yield: the first is written at once
             await a.send(b.address, b"%d" % i, wait=False)

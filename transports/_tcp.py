@@ -42,10 +42,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Coroutine, Mapping
+from time import monotonic
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -156,7 +158,7 @@ class _Outbound:
         "early",
         "flushing",
         "host",
-        "lone",
+        "lone_at",
         "port",
         "queue",
         "ready",
@@ -181,7 +183,9 @@ class _Outbound:
         self.task: asyncio.Task[None] | None = None
         self.flushing = False  # a flush is scheduled at the end of this loop pass
         self.draining = False  # the writer task waits for the socket to drain
-        self.lone = True  # the last write carried one frame (the connection is not busy)
+        # When the last write was, if it carried one frame (inf: it carried several,
+        # the connection is busy); time.monotonic: uvloop's loop.time() moves in ms
+        self.lone_at = -math.inf
         self.early = 0  # 1: a frame written at once this pass still holds its room
 
 
@@ -630,7 +634,7 @@ class TcpTransport(Transport):
         if out.flushing:
             return
         conn = out.conn
-        if out.lone and conn is not None and self._loop.time() - conn.last_tx > IDLE_AFTER:
+        if conn is not None and monotonic() - out.lone_at > IDLE_AFTER:
             # Written now, the frame keeps its room in the queue until the pass ends:
             # a burst of sends that does not yield still finds the queue full after
             # send_queue frames (the transport contract's backpressure).
@@ -678,7 +682,7 @@ class TcpTransport(Transport):
             chunks.append(header(length))
             chunks.append(frame)
         self._wake(out)
-        out.lone = len(frames) == 1
+        out.lone_at = monotonic() if len(frames) == 1 else math.inf
         conn.writer.writelines(chunks)
         self._writes += 1
         self._frames_written += len(frames)

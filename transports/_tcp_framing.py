@@ -29,7 +29,7 @@ _HEADER = struct.Struct(">I")
 _unpack_from = _HEADER.unpack_from
 
 
-def unpack_length(data: bytes, pos: int) -> int:
+def unpack_length(data: bytes | bytearray, pos: int) -> int:
     """The length prefix at ``data[pos:pos + 4]``."""
     length: int = _unpack_from(data, pos)[0]
     return length
