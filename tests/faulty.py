@@ -22,7 +22,9 @@ the next grants; ``revoke_down`` makes ``lease_revoke`` raise ``Unavailable``.
 then sets ``delete_applied`` and waits for ``delete_answer`` before it returns (a write
 applied whose answer is slow to come back). ``hold_put`` names a key whose writing txn
 waits for ``put_gate`` before it is applied. ``refused`` is set when a txn comparing
-``watch_key`` does not succeed (a claim found taken, say).
+``watch_key`` does not succeed (a claim found taken, say). ``delete_seen`` is set when
+a watch of this backend delivers the deletion of ``follow_delete`` (the node watching
+through it sees that key go: a released claim, say).
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ class FaultyBackend(StateBackend):
         self.put_gate = asyncio.Event()
         self.watch_key: str | None = None
         self.refused = asyncio.Event()
+        self.follow_delete: str | None = None
+        self.delete_seen = asyncio.Event()
 
     @classmethod
     async def from_url(cls, url: str, **options: object) -> FaultyBackend:
@@ -144,8 +148,11 @@ class FaultyBackend(StateBackend):
             raise OutcomeUnknown(f"injected: txn applied at {result.revision}, answer lost")
         return result
 
-    def watch(self, prefix: str, from_revision: int) -> AsyncIterator[WatchEvent]:
-        return self.inner.watch(prefix, from_revision)
+    async def watch(self, prefix: str, from_revision: int) -> AsyncIterator[WatchEvent]:
+        async for event in self.inner.watch(prefix, from_revision):
+            if event.kind == "delete" and event.kv.key == self.follow_delete:
+                self.delete_seen.set()  # its watcher applies it before any waiter runs
+            yield event
 
     async def lease_grant(self, ttl: float) -> int:
         self.grants += 1
