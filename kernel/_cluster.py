@@ -39,6 +39,7 @@ from kerna.state import Replica
 from kerna.state._layout import unescape
 
 from ._cluster_config import check_cluster, default_node_id
+from ._cluster_flush import Flush, Flushing, passed
 from ._cluster_leave import Departure
 from ._cluster_members import Member, Membership
 from ._cluster_parking import Parking, Probe
@@ -60,9 +61,14 @@ __all__ = ["Cluster", "check_cluster", "default_node_id"]
 
 log = logging.getLogger("kerna.cluster")
 
+_SENT_TO = 65_536
+"""Agents whose last remote route a node remembers at most (then it forgets them all)."""
+
 
 class Cluster:
     """One node's view of its cluster: membership, the directory, placement, routes."""
+
+    marker = Flush  # the message type ``Runtime.deliver`` hands to ``pass_marker``
 
     def __init__(
         self, runtime: Runtime, name: str, node_id: str, strategy: PlacementStrategy | None
@@ -84,6 +90,12 @@ class Cluster:
         self._off_hash: set[str] | None = None
         self.forwarded = 0  # messages forwarded to the holder of their agent's claim
         self._parked: dict[str, Parking] = {}  # lost member id -> its parked messages
+        # Per agent, the other node its messages were last routed to (cold decisions
+        # only), and the agents whose messages wait for a marker through a leaving one
+        # (``kerna._cluster_flush``).
+        self._sent_to: dict[AgentId, str] = {}
+        self._flushing: dict[AgentId, Flushing] = {}
+        self.unordered = 0  # held messages sent on without the order guarantee
         # Claim key -> activations here waiting for its holder to release it (or rejoin).
         self._release_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._closing = False
@@ -103,6 +115,7 @@ class Cluster:
         """
         self._persistence, self._remote = persistence, remote
         remote.codec.types.add(Probe)  # a lost node's probe decodes here
+        remote.codec.types.add(Flush)  # and a sender's marker through a leaving node
         remote.peer_lost = self._peer_lost
         self._since = time.time()
         prefix = persistence.layout.prefix
@@ -128,6 +141,9 @@ class Cluster:
         parked, self._parked = self._parked, {}
         for parking in parked.values():
             parking.close()
+        flushing, self._flushing = self._flushing, {}
+        for held in flushing.values():
+            held.close()
         self.invalidate()
         membership, self._membership = self._membership, None
         directory, self._directory = self._directory, None
@@ -393,19 +409,96 @@ class Cluster:
 
     # -- routing -------------------------------------------------------------------------
 
-    def route(self, target: AgentId, message: Any) -> Activation | ClusterRoute:
+    def route(self, target: AgentId, message: Any) -> Activation | ClusterRoute | Flushing:
         """Where a message to ``target`` (no live local activation cached) goes.
 
         Raises:
             UnknownAgent, UnhandledMessage, TypeError: as ``Runtime.resolve``.
         """
-        rt = self.runtime
-        act = rt.directory.get(target)
-        if act is None or act.closed:
-            node = self.home(target)
-            if node != self.node_id:
-                return self.route_to(node)
-        return rt.resolve(target, message)
+        route = self._remote_route(target)
+        return self.runtime.resolve(target, message) if route is None else route
+
+    def _remote_route(self, target: AgentId) -> ClusterRoute | Flushing | None:
+        """The route to ``target``'s home on another node; None if it is this one. A
+        decision that moves ``target`` away from a leaving node this node routed it to
+        holds its messages until those sent there passed (``kerna._cluster_flush``).
+
+        Raises:
+            UnknownAgent: no live member hosts the type.
+        """
+        flushing = self._flushing
+        if flushing and (held := flushing.get(target)) is not None:
+            return held
+        act = self.runtime.directory.get(target)
+        node = self.node_id if act is not None and not act.closed else self.home(target)
+        sent_to = self._sent_to
+        sent = sent_to.get(target)
+        if sent is not None and sent != node:
+            held = self._hold(target, sent)
+            if held is not None:
+                return held
+        if node == self.node_id:
+            return None
+        if sent != node:
+            if len(sent_to) >= _SENT_TO:
+                sent_to.clear()  # bounded: a switch after this is not held (rare, logged)
+                log.info("%s forgot where it routed %d agents", self.node_id, _SENT_TO)
+            sent_to[target] = node
+        return self.route_to(node)
+
+    def _hold(self, target: AgentId, sent: str) -> Flushing | None:
+        """``target``'s messages went to ``sent`` and go elsewhere now: if ``sent`` is a
+        leaving member (it hands the agent off), hold them until what went there passed
+        (``Flushing``); else forget it (None: nothing to wait for, or nobody to ask)."""
+        membership, remote = self._membership, self._remote
+        member = None if membership is None else membership.get(sent)
+        if member is None or not member.leaving or remote is None or self._closing:
+            del self._sent_to[target]
+            return None
+        held = self._flushing[target] = Flushing(self, target, sent, member.address)
+        log.debug("%s: its messages wait for what was sent through leaving %s", target, sent)
+        return held
+
+    def flushed(self, flushing: Flushing, failed: str | None) -> None:
+        """``flushing``'s marker passed (``failed`` None) or could not: send what it
+        held on, in order, to ``target``'s home now, before any newer message."""
+        target = flushing.target
+        if self._flushing.get(target) is flushing:
+            del self._flushing[target]
+        if self._sent_to.get(target) == flushing.node:
+            del self._sent_to[target]
+        envs = [env for env in flushing.take() if env.reply is None or not env.reply.done()]
+        if failed is not None and envs:
+            self.unordered += len(envs)
+            log.warning(
+                "%s: %d messages sent on without waiting for those sent through %s (%s):"
+                " their order after those is not guaranteed",
+                target,
+                len(envs),
+                flushing.node,
+                failed,
+            )
+        for env in envs:
+            self.redeliver(env)
+
+    def pass_marker(self, env: Envelope, inbound: bool) -> Awaitable[None] | None:
+        """A ``Flush`` marker to reach ``env.target`` here (``Runtime.deliver``): answered
+        if the agent's messages from its path land here (a message from another node to
+        this node, which is not leaving, or a live local activation), else sent on
+        behind them, as a message to it would be; it never activates the agent.
+
+        Raises:
+            UnknownAgent, WireError, MailboxFull: it cannot be sent on.
+        """
+        target = env.target
+        if isinstance(target, AgentId) and (not inbound or self.leaving):
+            if inbound:
+                self.departure.seen()
+            route = self._remote_route(target)
+            if route is not None:
+                return route.put(env)
+        passed(env)
+        return None
 
     def route_to(self, node: str) -> ClusterRoute:
         route = self._routes.get(node)

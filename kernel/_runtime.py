@@ -215,6 +215,8 @@ class Runtime:
             # sent here (its sender's placement chose this node; a claim held elsewhere
             # forwards it: ``Cluster.moved``), unless this node is leaving.
             inbound = getattr(route, "inbound", False)
+            if cluster is not None and type(env.payload) is cluster.marker:
+                return cluster.pass_marker(env, inbound)  # kerna._cluster_flush
             if cluster is None or (inbound and not cluster.leaving):
                 act = self.resolve(target, env.payload)
             else:
@@ -224,6 +226,9 @@ class Runtime:
             if route is not None:
                 route.route = act
         elif type(env.payload) not in act.atype.handlers:
+            cluster = self.cluster
+            if cluster is not None and type(env.payload) is cluster.marker:
+                return cluster.pass_marker(env, getattr(route, "inbound", False))
             check_handled(act.atype, env.payload)
         if act.failure is not None:
             act.atype.stats.rejected += 1
