@@ -17,7 +17,9 @@ gets its reply through the node it asked, and the senders' directory watch route
 next message straight to the holder. A holder that is leaving is handing the agent
 off (``kerna._cluster_leave``): the activation here then waits for its claim's release
 and claims the agent, keeping the handed-off messages in order; one that is no member
-(rejoining under a new lease) is waited for too (``wait_for_claim``).
+(rejoining under a new lease) is waited for too (``wait_for_claim``). A sender whose
+decision for an agent moves away from a leaving node it routed it to holds the agent's
+messages until what it sent there has passed (``kerna._cluster_flush``).
 
 A member whose node is lost (its connection broke, a send cannot connect) keeps its
 agents until its lease expires: messages to them are parked
@@ -330,8 +332,9 @@ class Cluster:
         The holder is the home while its claim holds, also while it leaves: it hands
         the agent off with the messages it holds, and the new home waits for the
         claim's release (``wait_for_claim``), so a sender's newer messages never overtake
-        its older ones across the hand-off. (This node, when it leaves, is nobody's
-        home: what reaches it goes to the next one.)
+        its older ones across the hand-off (nor those still on their way to the holder
+        at the release: ``route`` holds them, ``kerna._cluster_flush``). (This node,
+        when it leaves, is nobody's home: what reaches it goes to the next one.)
 
         Raises:
             UnknownAgent: no live member hosts the type.
@@ -470,9 +473,9 @@ class Cluster:
         envs = [env for env in flushing.take() if env.reply is None or not env.reply.done()]
         if failed is not None and envs:
             self.unordered += len(envs)
-            log.warning(
-                "%s: %d messages sent on without waiting for those sent through %s (%s):"
-                " their order after those is not guaranteed",
+            log.info(
+                "%s: sent on %d held message(s) without waiting for those sent through"
+                " %s (%s): their order after those is not guaranteed",
                 target,
                 len(envs),
                 flushing.node,

@@ -1,12 +1,17 @@
 """Per-sender order holds across a graceful hand-off for a message still in flight to
 the old holder when it releases its claim (real etcd, tcp, a ``FaultProxy`` in front
 of the leaving node): the sender's next message, which its watch routes straight to
-the new home, does not overtake the one the old holder forwards there."""
+the new home, does not overtake the one the old holder forwards there, whether the
+sender is a third node or the new home itself; and if the old holder goes before what
+was in flight passed, the held message goes on, counted and logged."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -43,17 +48,20 @@ class Busy(Agent):
         await Busy.gate.wait()
 
 
-class _Held(logging.Handler):
-    """Sets ``event`` when the cluster logs that a sender's messages wait for what it
-    sent through a leaving holder to pass."""
+class _Log(logging.Handler):
+    """The ``kerna.cluster`` records while it is installed; ``held`` is set when one
+    says a sender's messages wait for what it sent through a leaving holder."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
-        self.event = asyncio.Event()
+        self.held = asyncio.Event()
+        self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if "wait for what was sent through" in record.getMessage():
-            self.event.set()
+        message = record.getMessage()
+        self.messages.append(message)
+        if "wait for what was sent through" in message:
+            self.held.set()
 
 
 async def _seen(*numbers: int) -> None:
@@ -66,81 +74,132 @@ def _leaving(node_id: str) -> object:
     return lambda members: any(m.id == node_id and m.leaving for m in members)
 
 
-async def test_a_tell_in_flight_to_the_leaving_holder_is_not_overtaken_by_the_next_one(
-    etcd_server: EtcdMember,
-) -> None:
-    """``a`` tells 1 to the recorder on ``o`` while the proxy in front of ``o`` holds it;
-    ``o`` leaves and releases the claim; ``a``'s watch shows the claim gone and ``a``
-    tells 2, which its placement sends to ``n``. Once 2 reached ``n`` (the reorder) or
-    ``a`` holds it back, the proxy lets 1 through: ``o`` forwards it to ``n``. The
-    recorder sees 0, 1, 2."""
+@dataclass
+class _Stage:
+    """The recorder on ``o`` (behind ``proxy``), ``n`` hosting it too, a sender node
+    (``a``, or ``n`` itself) whose store shows when its watch saw the claim go."""
+
+    o: Kernel
+    n: Kernel
+    sender: Kernel
+    proxy: FaultProxy
+    watcher: FaultyBackend
+    log: _Log
+    key: str
+
+
+@contextlib.asynccontextmanager
+async def _stage(etcd: EtcdMember, sender: str) -> AsyncIterator[_Stage]:
     SEEN.clear()
     Busy.entered, Busy.gate = asyncio.Event(), asyncio.Event()
-    held = _Held()
+    records = _Log()
     cluster_log = logging.getLogger("kerna.cluster")
-    cluster_log.addHandler(held)
+    cluster_log.addHandler(records)
     level = cluster_log.level
     cluster_log.setLevel(logging.DEBUG)
     (port,) = free_ports(1)
     name = cluster_name()
-    watcher = FaultyBackend(await connect(etcd_server.url))  # a's store: sees the release
+    watcher = FaultyBackend(await connect(etcd.url))  # the sender's store
     try:
         async with FaultProxy(("127.0.0.1", port)) as proxy:
             common = {"cluster": name, "secret": SECRET, "lease_ttl": 2.0}
-            o = Kernel(state=etcd_server.url, transport=f"tcp://127.0.0.1:{port}",
+            o = Kernel(state=etcd.url, transport=f"tcp://127.0.0.1:{port}",
                        node_id="o", stop_grace=10.0,
                        transport_options={**LINK, "advertise": f"tcp://{proxy.endpoint}"},
                        **common)  # fmt: skip
-            n = Kernel(state=etcd_server.url, transport=TCP, node_id="n",
-                       transport_options=LINK, **common)  # fmt: skip
-            a = Kernel(state=watcher, transport=TCP, node_id="a",
-                       transport_options=LINK, **common)  # fmt: skip
-            async with o, n, a:
+            n = Kernel(state=watcher if sender == "n" else etcd.url, transport=TCP,
+                       node_id="n", transport_options=LINK, **common)  # fmt: skip
+            kernels = [o, n]
+            if sender == "a":
+                kernels.append(Kernel(state=watcher, transport=TCP, node_id="a",
+                                      transport_options=LINK, **common))  # fmt: skip
+            async with contextlib.AsyncExitStack() as stack:
+                for k in kernels:
+                    await stack.enter_async_context(k)
                 o.register(Recorder)
                 o.register(Busy)
                 n.register(Recorder)
-                for k in (o, n, a):
+                for k in kernels:
                     await k.wait_members(hosting("Recorder", o, n), 5)
                 key = next(
                     k
                     for k in (f"r{i}" for i in range(200))
                     if Rendezvous().choose(AgentId("Recorder", k), ["n", "o"]) == "o"
                 )
-                watcher.follow_delete = f"{a.state_prefix}{name}/act/Recorder/{key}"
-                ref = a.ref("Recorder", key)
-                stopping: asyncio.Future[None] | None = None
+                watcher.follow_delete = f"{o.state_prefix}{name}/act/Recorder/{key}"
                 try:
-                    async with asyncio.timeout(3 * WAIT):
-                        await ref.tell(Numbered(n=0))
-                        await _seen(0)
-                        assert await ref.locate() == "o"
-                        await o.ref(Busy, "b").tell(Block())
-                        await Busy.entered.wait()
-
-                        await proxy.blackhole()
-                        await ref.tell(Numbered(n=1))  # on a's link to o: held
-                        stopping = asyncio.ensure_future(o.stop())
-                        await a.wait_members(_leaving("o"), WAIT)
-                        await watcher.delete_seen.wait()  # a sees o's claim released
-                        await ref.tell(Numbered(n=2))  # o is no home: n is
-                        reached = asyncio.ensure_future(_seen(2))
-                        waiting = asyncio.ensure_future(held.event.wait())
-                        await asyncio.wait({reached, waiting}, return_when="FIRST_COMPLETED")
-                        for task in (reached, waiting):
-                            task.cancel()
-                        await proxy.heal()  # 1 reaches o, which forwards it to n
-                        await _seen(1, 2)
-                        Busy.gate.set()
-                        await stopping
+                    yield _Stage(o, n, kernels[-1], proxy, watcher, records, key)
                 finally:
                     Busy.gate.set()
                     await proxy.heal()
-                    if stopping is not None:
-                        await asyncio.wait({stopping}, timeout=WAIT)
-                assert SEEN == [0, 1, 2], f"{SEEN}: a newer tell overtook one in flight"
-                assert await ref.locate() == "n"
-                assert n.delivery_stats().out_of_order == 0
     finally:
-        cluster_log.removeHandler(held)
+        cluster_log.removeHandler(records)
         cluster_log.setLevel(level)
         await watcher.aclose()
+
+
+async def _in_flight_at_the_release(stage: _Stage) -> asyncio.Future[None]:
+    """Tell 0 (activating the recorder on ``o``), keep ``o``'s stop from ending (its
+    ``Busy`` agent), tell 1 while the proxy holds the link to ``o``, stop ``o``, and
+    return (the stop under way) once the sender's watch shows the claim released."""
+    ref = stage.sender.ref("Recorder", stage.key)
+    await ref.tell(Numbered(n=0))
+    await _seen(0)
+    assert await ref.locate() == "o"
+    await stage.o.ref(Busy, "b").tell(Block())
+    await Busy.entered.wait()
+    await stage.proxy.blackhole()
+    await ref.tell(Numbered(n=1))  # on the sender's link to o: held
+    stopping = asyncio.ensure_future(stage.o.stop())
+    await stage.sender.wait_members(_leaving("o"), WAIT)
+    await stage.watcher.delete_seen.wait()  # the sender sees o's claim released
+    return stopping
+
+
+@pytest.mark.parametrize("sender", ["a", "n"])
+async def test_a_tell_in_flight_to_the_leaving_holder_is_not_overtaken_by_the_next_one(
+    etcd_server: EtcdMember, sender: str
+) -> None:
+    """The sender (a third node ``a``, or the new home ``n``) tells 1 to the recorder
+    on ``o`` while the proxy in front of ``o`` holds it; ``o`` leaves and releases the
+    claim; the sender's watch shows the claim gone and it tells 2, which its placement
+    sends to ``n``. Once 2 reached ``n`` (the reorder) or the sender holds it back, the
+    proxy lets 1 through: ``o`` forwards it to ``n``. The recorder sees 0, 1, 2."""
+    async with _stage(etcd_server, sender) as stage, asyncio.timeout(3 * WAIT):
+        stopping = await _in_flight_at_the_release(stage)
+        await stage.sender.ref("Recorder", stage.key).tell(Numbered(n=2))  # o is no home
+        reached = asyncio.ensure_future(_seen(2))
+        held = asyncio.ensure_future(stage.log.held.wait())
+        await asyncio.wait({reached, held}, return_when="FIRST_COMPLETED")
+        for task in (reached, held):
+            task.cancel()
+        await stage.proxy.heal()  # 1 reaches o, which forwards it to n
+        await _seen(1, 2)
+        Busy.gate.set()
+        await stopping
+        assert SEEN == [0, 1, 2], f"{SEEN}: a newer tell overtook one in flight"
+        assert await stage.sender.ref("Recorder", stage.key).locate() == "n"
+        assert stage.n.delivery_stats().out_of_order == 0
+        assert not [m for m in stage.log.messages if "without waiting for those sent" in m]
+
+
+async def test_a_held_tell_goes_on_counted_when_the_old_holder_closes_before_the_marker_passed(
+    etcd_server: EtcdMember,
+) -> None:
+    """As above, but ``o`` finishes its stop (its transport closes) while 1 and the
+    marker behind it are still held by the proxy: once the link breaks, ``a`` sends 2
+    on, logs it, and counts it as sent without the order guarantee."""
+    async with _stage(etcd_server, "a") as stage, asyncio.timeout(3 * WAIT):
+        stopping = await _in_flight_at_the_release(stage)
+        await stage.sender.ref("Recorder", stage.key).tell(Numbered(n=2))
+        await stage.log.held.wait()
+        Busy.gate.set()
+        await stopping  # o is gone: 1 never reaches it
+        assert SEEN == [0]
+        await stage.proxy.heal()  # the held bytes meet o's closed side: the link breaks
+        await _seen(2)
+        assert SEEN == [0, 2]
+        cluster = stage.sender._runtime.cluster  # noqa: SLF001 - its count of unordered sends
+        assert cluster is not None
+        assert cluster.unordered == 1
+        assert [m for m in stage.log.messages if "sent on 1 held message(s) without waiting" in m]
