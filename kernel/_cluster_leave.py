@@ -10,7 +10,12 @@ deferred replies not yet sent (waited for until the grace ends), what it holds i
 forwarded to the agent's next home, then its claim is released (``Departure.hand_off``);
 the new home waits for that release before it claims the agent
 (``Cluster.wait_for_claim``), and senders keep routing to the holder while its claim
-holds, so a sender's messages stay in order across the hand-off. After the grace,
+holds, so a sender's messages stay in order across the hand-off. A message still on
+its way here when the claim is released is forwarded to the next home as well; a
+sender whose watch then routes the agent there holds its newer messages until a marker
+it sent behind the older ones, through this node, has reached the next home
+(``kerna._cluster_flush``; this node forwards the marker like any message to the
+agent, and waits for its answer in ``settle``). After the grace,
 ``Departure.depart``: it deletes its member record, waits for the asks it forwarded,
 and, if messages reached it while it left, lingers until none came for ``LINGER``
 seconds, before its transport closes.
