@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from kerna import Agent, AgentId, Kernel, Message, Rendezvous, handler
+from kerna import Agent, AgentId, Kernel, MailboxFull, Message, Rendezvous, _cluster_flush, handler
 from kerna.state import connect
 from kerna.testing import EtcdMember, FaultProxy, free_ports
 
@@ -163,43 +163,53 @@ async def test_a_tell_in_flight_to_the_leaving_holder_is_not_overtaken_by_the_ne
     """The sender (a third node ``a``, or the new home ``n``) tells 1 to the recorder
     on ``o`` while the proxy in front of ``o`` holds it; ``o`` leaves and releases the
     claim; the sender's watch shows the claim gone and it tells 2, which its placement
-    sends to ``n``. Once 2 reached ``n`` (the reorder) or the sender holds it back, the
-    proxy lets 1 through: ``o`` forwards it to ``n``. The recorder sees 0, 1, 2."""
+    sends to ``n``, then asks 3. Once 2 reached ``n`` (the reorder) or the sender holds
+    it back, the proxy lets 1 through: ``o`` forwards it to ``n``. The recorder sees 0,
+    1, 2, 3, and the ask is answered."""
     async with _stage(etcd_server, sender) as stage, asyncio.timeout(3 * WAIT):
         stopping = await _in_flight_at_the_release(stage)
-        await stage.sender.ref("Recorder", stage.key).tell(Numbered(n=2))  # o is no home
+        ref = stage.sender.ref("Recorder", stage.key)
+        await ref.tell(Numbered(n=2))  # o is no home
+        asking = asyncio.ensure_future(ref.ask(Numbered(n=3), timeout=WAIT))
         reached = asyncio.ensure_future(_seen(2))
         held = asyncio.ensure_future(stage.log.held.wait())
         await asyncio.wait({reached, held}, return_when="FIRST_COMPLETED")
         for task in (reached, held):
             task.cancel()
         await stage.proxy.heal()  # 1 reaches o, which forwards it to n
-        await _seen(1, 2)
+        await _seen(1, 2, 3)
+        assert await asking is None
         Busy.gate.set()
         await stopping
-        assert SEEN == [0, 1, 2], f"{SEEN}: a newer tell overtook one in flight"
+        assert SEEN == [0, 1, 2, 3], f"{SEEN}: a newer message overtook one in flight"
         assert await stage.sender.ref("Recorder", stage.key).locate() == "n"
         assert stage.n.delivery_stats().out_of_order == 0
         assert not [m for m in stage.log.messages if "without waiting for those sent" in m]
 
 
-async def test_a_held_tell_goes_on_counted_when_the_old_holder_closes_before_the_marker_passed(
-    etcd_server: EtcdMember,
+async def test_held_tells_go_on_counted_when_the_old_holder_closes_before_the_marker_passed(
+    etcd_server: EtcdMember, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """As above, but ``o`` finishes its stop (its transport closes) while 1 and the
     marker behind it are still held by the proxy: once the link breaks, ``a`` sends 2
-    on, logs it, and counts it as sent without the order guarantee."""
+    and 3 on, logs them, and counts them as sent without the order guarantee. At most
+    ``MAX_HELD`` (2 here) wait: 4 is refused with ``MailboxFull``."""
+    monkeypatch.setattr(_cluster_flush, "MAX_HELD", 2)
     async with _stage(etcd_server, "a") as stage, asyncio.timeout(3 * WAIT):
         stopping = await _in_flight_at_the_release(stage)
-        await stage.sender.ref("Recorder", stage.key).tell(Numbered(n=2))
+        ref = stage.sender.ref("Recorder", stage.key)
+        await ref.tell(Numbered(n=2))
         await stage.log.held.wait()
+        await ref.tell(Numbered(n=3))
+        with pytest.raises(MailboxFull, match=rf"2 messages to Recorder/{stage.key} already"):
+            await ref.tell(Numbered(n=4))
         Busy.gate.set()
         await stopping  # o is gone: 1 never reaches it
         assert SEEN == [0]
         await stage.proxy.heal()  # the held bytes meet o's closed side: the link breaks
-        await _seen(2)
-        assert SEEN == [0, 2]
+        await _seen(2, 3)
+        assert SEEN == [0, 2, 3]
         cluster = stage.sender._runtime.cluster  # noqa: SLF001 - its count of unordered sends
         assert cluster is not None
-        assert cluster.unordered == 1
-        assert [m for m in stage.log.messages if "sent on 1 held message(s) without waiting" in m]
+        assert cluster.unordered == 2
+        assert [m for m in stage.log.messages if "sent on 2 held message(s) without waiting" in m]
