@@ -452,10 +452,18 @@ class Cluster:
     def _hold(self, target: AgentId, sent: str) -> Flushing | None:
         """``target``'s messages went to ``sent`` and go elsewhere now: if ``sent`` is a
         leaving member (it hands the agent off), hold them until what went there passed
-        (``Flushing``); else forget it (None: nothing to wait for, or nobody to ask)."""
+        (``Flushing``); else forget it (None: nothing to wait for, or nobody to ask: a
+        node gone from the members, or lost, whose messages here are parked and placed
+        again once it is gone, would only make them wait for the marker's timeout)."""
         membership, remote = self._membership, self._remote
         member = None if membership is None else membership.get(sent)
-        if member is None or not member.leaving or remote is None or self._closing:
+        if (
+            member is None
+            or not member.leaving
+            or sent in self._parked
+            or remote is None
+            or self._closing
+        ):
             del self._sent_to[target]
             return None
         held = self._flushing[target] = Flushing(self, target, sent, member.address)

@@ -13,18 +13,23 @@ for the agent changes from a node that is leaving to another (or to this node), 
 messages to it are held here (``Flushing``, the route the senders get meanwhile) and a
 ``Flush`` marker is asked of the agent through the old node, on the same connection
 as the messages before it: the old node forwards it behind them, and the node where
-they land answers it once it is in the agent's mailbox order there (``pass_marker``:
-where a message to the agent reaches a live local activation, or a node that is the
-agent's home). Then the held messages go on, in order, to the agent's home at that
-time, before any newer one.
+they land answers it, once it is in the agent's mailbox order there
+(``Cluster.pass_marker``: a node that is not leaving and got it from another node, or
+one with a live local activation of the agent). Then the held messages go on, in
+order, to the agent's home at that time, before any newer one. (Akka's shard hand-off
+buffers at every sender for the whole hand-off; here only a sender whose decision
+moves away from a leaving node it sent to waits, for one trip through that node.)
 
 Each sender pays only when it routed to a holder that then left. A marker that is not
 answered in ``FLUSH_TIMEOUT`` seconds, or fails (the old node is lost or gone, it is an
 older version), lets the held messages go on all the same: order is then not
-guaranteed for them; they are counted (``Cluster.unordered``) and logged. At most
-``MAX_HELD`` messages wait per agent; more are refused with ``MailboxFull``. An ask
-whose asker gave up meanwhile is dropped; this node's stop fails what waits with
-``KernelStopped``.
+guaranteed for them; they are counted (``Cluster.unordered``) and logged. Nothing is
+held when the old node is already known lost (its messages here are parked,
+``kerna._cluster_parking``) or is no member any more in this node's view (a member
+watch that shows it gone before the directory watch shows its claim released is the
+one case left unguarded). At most ``MAX_HELD`` messages wait per agent; more are
+refused with ``MailboxFull``. An ask whose asker gave up meanwhile is dropped; this
+node's stop fails what waits with ``KernelStopped``.
 """
 
 from __future__ import annotations
