@@ -1,5 +1,6 @@
 """A numbered stream of tells and the agent that records it, for the tests of order
-and gap counting across nodes (``test_delivery_gaps``, ``test_cluster_gaps``)."""
+and gap counting across nodes (``test_delivery_gaps``, ``test_cluster_gaps``,
+``test_cluster_handoff_inflight``)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ the old holder when it releases its claim (real etcd, tcp, a ``FaultProxy`` in f
 of the leaving node): the sender's next message, which its watch routes straight to
 the new home, does not overtake the one the old holder forwards there, whether the
 sender is a third node or the new home itself; and if the old holder goes before what
-was in flight passed, the held message goes on, counted and logged."""
+was in flight passed, the held messages go on, counted and logged."""
 
 from __future__ import annotations
 
