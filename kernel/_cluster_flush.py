@@ -99,9 +99,6 @@ class Flushing:
             self._flush(), name=f"kerna.cluster flush {target} via {node}"
         )
 
-    def __len__(self) -> int:
-        return len(self._held)
-
     def put(self, env: Envelope) -> None:
         """Hold ``env`` until the marker passed (or could not).
 
