@@ -23,7 +23,8 @@ moves away from a leaving node it sent to waits, for one trip through that node.
 Each sender pays only when it routed to a holder that then left. A marker that is not
 answered in ``FLUSH_TIMEOUT`` seconds, or fails (the old node is lost or gone, it is an
 older version), lets the held messages go on all the same: order is then not
-guaranteed for them; they are counted (``Cluster.unordered``) and logged. Nothing is
+guaranteed for them; they are counted (``Kernel.delivery_stats().unordered``, the
+metric ``kerna_handoff_unordered_total``) and logged. Nothing is
 held when the old node is already known lost (its messages here are parked,
 ``kerna._cluster_parking``) or is no member any more in this node's view (a member
 watch that shows it gone before the directory watch shows its claim released is the

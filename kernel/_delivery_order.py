@@ -56,11 +56,15 @@ class DeliveryStats(msgspec.Struct, frozen=True):
             they were delivered all the same).
         peers: per peer address, its ``(gaps, out_of_order)`` (peers with neither are
             left out; at most ``MAX_PEERS`` are remembered).
+        unordered: in a cluster, messages this node held after a hand-off and sent on
+            without the order guarantee (the marker through the leaving holder did not
+            pass: ``kerna._cluster_flush``).
     """
 
     gaps: int = 0
     out_of_order: int = 0
     peers: dict[str, tuple[int, int]] = {}
+    unordered: int = 0
 
 
 class DeliveryOrder:

@@ -187,10 +187,16 @@ class KernelViews:
         """What the numbers on deliveries from other nodes showed (read-only): ``gaps``,
         deliveries sent here that never arrived (lost with a connection: delivery is at
         most once, never duplicated), and ``out_of_order`` (a duplicate or reordering;
-        always 0 unless there is a bug), in total and per peer. All 0 without a
-        transport."""
-        remote = self._runtime.remote
-        return DeliveryStats() if remote is None else remote.delivery_stats()
+        always 0 unless there is a bug), in total and per peer, and in a cluster
+        ``unordered`` (messages held after a hand-off and sent on without the order
+        guarantee). All 0 without a transport."""
+        runtime = self._runtime
+        remote = runtime.remote
+        stats = DeliveryStats() if remote is None else remote.delivery_stats()
+        cluster = runtime.cluster
+        if cluster is not None and cluster.unordered:
+            stats = msgspec.structs.replace(stats, unordered=cluster.unordered)
+        return stats
 
     def transport_stats(self) -> dict[str, int]:
         """The transport's counters (read-only; e.g. tcp's ``frames_written``); empty

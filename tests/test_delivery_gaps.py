@@ -81,3 +81,4 @@ async def test_a_reset_link_loses_tells_but_never_repeats_them_and_b_counts_each
     assert stats.peers == {a.address: (len(missing), 0)}
     assert f"kerna_delivery_gaps_total {float(len(missing))}" in exported
     assert "kerna_delivery_out_of_order_total 0.0" in exported
+    assert "kerna_handoff_unordered_total 0.0" in exported

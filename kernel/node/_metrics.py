@@ -136,6 +136,11 @@ class KernelCollector(Collector):
             "Deliveries that came out of their sender's order (always 0 unless a bug)",
             value=delivery.out_of_order,
         )
+        yield CounterMetricFamily(
+            "kerna_handoff_unordered",
+            "Messages held after a hand-off and sent on without the order guarantee",
+            value=delivery.unordered,
+        )
         for key, value in sorted(self.kernel.transport_stats().items()):
             known = _TRANSPORT.get(key)
             if known is None:
