@@ -49,17 +49,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol
 
-import msgspec
-
 from ._context import MessageContext
-from ._errors import AskTimeout, ConfigError
+from ._errors import ConfigError
 
 if TYPE_CHECKING:
-    from ._envelope import Envelope
-    from ._ids import AgentId
-    from ._ref import AgentRef
     from ._registry import HandlerFn
-    from ._runtime import Runtime
 
 __all__ = [
     "SYNC_HOOKS",
@@ -67,16 +61,12 @@ __all__ = [
     "OutboundHook",
     "SendNext",
     "SyncHooks",
-    "ask_through",
     "check_middleware",
     "compose",
-    "expire",
     "hooks",
     "load_plugins",
+    "merge_headers",
     "plugin_names",
-    "publish_through",
-    "tell_through",
-    "with_headers",
 ]
 
 
@@ -97,6 +87,11 @@ InboundHook = Callable[[MessageContext, Callable[[], Awaitable[Any]]], Awaitable
 OutboundHook = Callable[[MessageContext, SendNext], Awaitable[Any]]
 Headers = Mapping[str, str] | None
 Attempt = Callable[[float | None, Headers], Awaitable[Any]]
+FailedHook = Callable[[MessageContext, Any, Exception, SendNext], Awaitable[Any]]
+
+_SHAPE = (
+    "it must return (state, headers or None) or (state, headers or None, timeout or None), not {!r}"
+)
 
 
 log = logging.getLogger("kerna.chain")
@@ -132,6 +127,16 @@ def check_middleware(
                 "plain before_send/after_send, before_handle/after_handle hooks"
                 + (" (or an 'attach(kernel)' method)" if kernel else "")
             )
+        failed = getattr(m, "send_failed", None)
+        if failed is not None and (
+            not asyncio.iscoroutinefunction(failed)
+            or getattr(m, "send", None) is not None
+            or all(getattr(m, name, None) is None for name in SYNC_HOOKS["send"])
+        ):
+            raise TypeError(
+                f"{where}: {m!r}: send_failed must be an 'async def' next to the plain "
+                "before_send/after_send hooks (not with 'send')"
+            )
         for direction, pair in SYNC_HOOKS.items():
             for name in pair:
                 fn = getattr(m, name, None)
@@ -151,9 +156,16 @@ def check_middleware(
 
 
 class SyncHooks:
-    """A middleware's synchronous pair for one direction, as a link of the chain."""
+    """A middleware's synchronous pair for one direction, as a link of the chain.
 
-    __slots__ = ("after", "before", "names", "owner")
+    Attributes:
+        failed: its ``send_failed`` coroutine method (None: it has none).
+        rest_sync: this link and every link inside it (after it in the chain) are
+            synchronous: an ask through them makes no coroutine of the chain's
+            (``ask_sync``).
+    """
+
+    __slots__ = ("after", "before", "failed", "names", "owner", "rest_sync")
 
     def __init__(self, owner: object, direction: str) -> None:
         before_name, after_name = SYNC_HOOKS[direction]
@@ -167,6 +179,10 @@ class SyncHooks:
         self.after: Callable[[MessageContext, Any, Any, BaseException | None], Any] = (
             after or _nothing
         )
+        self.failed: FailedHook | None = (
+            getattr(owner, "send_failed", None) if direction == "send" else None
+        )
+        self.rest_sync = False
 
     def __repr__(self) -> str:
         return f"<SyncHooks of {self.owner!r}>"
@@ -175,23 +191,25 @@ class SyncHooks:
         """``error`` came from the before (0) or after (1) hook: say so on it."""
         error.add_note(f"raised in {self.names[which]}")
 
-    def enter_send(self, ctx: MessageContext, outer: Headers) -> tuple[Any, Headers]:
-        """``before_send``: its state, and ``outer`` with its headers added.
+    def enter_send(self, ctx: MessageContext, outer: Headers) -> tuple[Any, Headers, float | None]:
+        """``before_send``: its state, ``outer`` with its headers added, and the
+        timeout it sets on the attempts inside it (None: none).
 
         Raises:
-            TypeError: it returned something else than ``(state, headers or None)``.
+            TypeError: it returned something else than ``(state, headers or None)``
+                or ``(state, headers or None, timeout or None)``.
         """
         try:
             got = self.before(ctx)
-            if type(got) is not tuple or len(got) != 2:
-                raise TypeError(f"it must return (state, headers or None), not {got!r}")
-            state, headers = got
+            if type(got) is not tuple or not 2 <= len(got) <= 3:
+                raise TypeError(_SHAPE.format(got))
+            state, headers = got[0], got[1]
             if headers is not None:  # an inner hook's keys win over an outer one's
                 outer = merge_headers(outer, headers)
         except Exception as exc:
             self.entered(exc)
             raise
-        return state, outer
+        return state, outer, got[2] if len(got) == 3 else None
 
     def exit(self, ctx: MessageContext, state: Any, result: Any) -> None:
         """The inner part returned ``result``: the after hook hears it."""
@@ -212,6 +230,24 @@ class SyncHooks:
                 return
             self.entered(own, 1)
             raise
+
+
+def merge_headers(outer: Headers, headers: object) -> dict[str, str]:
+    """``headers`` over ``outer``, key by key, checked to map str to str (a copy).
+
+    Raises:
+        TypeError: ``headers`` is not a mapping of str to str.
+    """
+    if type(headers) is dict:  # the usual case: checked without the general check's copy
+        for name, value in headers.items():
+            if type(name) is not str or type(value) is not str:
+                break
+        else:
+            return {**outer, **headers} if outer else dict(headers)
+    from ._options import check_headers  # _options imports _registry, this
+
+    checked = check_headers(headers)
+    return {**outer, **checked} if outer else checked
 
 
 InboundLink = InboundHook | SyncHooks
@@ -237,6 +273,12 @@ def hooks(chain: Sequence[object], name: str) -> tuple[Any, ...]:
             found.append(hook)
         elif getattr(m, before, None) is not None or getattr(m, after, None) is not None:
             found.append(SyncHooks(m, name))
+    inner_sync = True  # whether every link after this one is synchronous
+    for link in reversed(found):
+        if isinstance(link, SyncHooks):
+            link.rest_sync = inner_sync
+        else:
+            inner_sync = False
     return tuple(found)
 
 
@@ -289,280 +331,6 @@ def _wrap_sync(hook: SyncHooks, inner: HandlerFn) -> HandlerFn:
         return result
 
     return through
-
-
-# -- sends through the chain -----------------------------------------------------------
-
-
-def expire(reply: asyncio.Future[Any], target: AgentId, message: Any, timeout: float) -> None:
-    if not reply.done():
-        reply.set_exception(
-            AskTimeout(
-                f"no reply from {target} to {type(message).__qualname__} in {timeout:.3g}s",
-                target=target,
-                timeout=timeout,
-            )
-        )
-
-
-async def wait_for_room(waiter: Any, reply: asyncio.Future[Any]) -> None:
-    """Wait for a mailbox slot, but give up when the ask's own deadline fires first."""
-    if reply.done():
-        waiter.cancel()
-        return
-    try:
-        done, _ = await asyncio.wait((waiter, reply), return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        waiter.cancel()  # a cancelled asker's parked message is skipped
-        raise
-    if waiter not in done:
-        waiter.cancel()  # the parked message is skipped; the reply carries the timeout
-        return
-    error = waiter.exception()
-    if error is not None:
-        raise error
-
-
-def _layer(
-    hook: OutboundHook, ctx: MessageContext, inner: Attempt, loop: asyncio.AbstractEventLoop
-) -> Attempt:
-    # Plain functions, not coroutines: a layer adds the hook's own coroutine and nothing
-    # else to a send (the hook awaits what call_next returns: the inner layer's hook).
-    def invoke(deadline: float | None, outer: Headers) -> Awaitable[Any]:
-        def call_next(timeout: float | None = None, headers: Headers = None) -> Awaitable[Any]:
-            limit = deadline
-            if timeout is not None:
-                at = loop.time() + timeout
-                if limit is None or at < limit:
-                    limit = at
-            if headers is not None:  # an inner hook's keys win over an outer one's
-                headers = merge_headers(outer, headers)
-            return inner(limit, outer if headers is None else headers)
-
-        return hook(ctx, call_next)
-
-    return invoke
-
-
-def _sync_layer(hook: SyncHooks, ctx: MessageContext, inner: Attempt) -> Attempt:
-    # One coroutine around every attempt inside it, the hooks called inline (the
-    # helpers only on the error paths: a call less per hook on the hot path).
-    before, after = hook.before, hook.after
-
-    async def invoke(deadline: float | None, outer: Headers) -> Any:
-        try:  # (as hook.enter_send, inline: the hot path)
-            got = before(ctx)
-            if type(got) is not tuple or len(got) != 2:
-                raise TypeError(f"it must return (state, headers or None), not {got!r}")
-            state, headers = got
-            if headers is not None:  # an inner hook's keys win over an outer one's
-                outer = merge_headers(outer, headers)
-        except Exception as exc:
-            hook.entered(exc)
-            raise
-        try:
-            result = await inner(deadline, outer)
-        except BaseException as exc:
-            hook.exit_failed(ctx, state, exc)
-            raise
-        try:
-            after(ctx, state, result, None)
-        except Exception as exc:
-            hook.entered(exc, 1)
-            raise
-        return result
-
-    return invoke
-
-
-def merge_headers(outer: Headers, headers: object) -> dict[str, str]:
-    """``headers`` over ``outer``, key by key, checked to map str to str (a copy).
-
-    Raises:
-        TypeError: ``headers`` is not a mapping of str to str.
-    """
-    if type(headers) is dict:  # the usual case: checked without the general check's copy
-        for name, value in headers.items():
-            if type(name) is not str or type(value) is not str:
-                break
-        else:
-            return {**outer, **headers} if outer else dict(headers)
-    from ._options import check_headers  # _options imports _registry, this
-
-    checked = check_headers(headers)
-    return {**outer, **checked} if outer else checked
-
-
-def _around(
-    links: Sequence[OutboundLink],
-    ctx: MessageContext,
-    attempt: Attempt,
-    loop: asyncio.AbstractEventLoop,
-) -> Attempt:
-    """``attempt`` inside ``links`` (outermost first)."""
-    call = attempt
-    for hook in reversed(links):
-        if isinstance(hook, SyncHooks):
-            call = _sync_layer(hook, ctx, call)
-        else:
-            call = _layer(hook, ctx, call, loop)
-    return call
-
-
-def ask_through(
-    outbound: tuple[OutboundLink, ...],
-    rt: Runtime,
-    ref: AgentRef,
-    env: Envelope,
-    ctx: MessageContext | None = None,
-    headers: Headers = None,
-) -> Awaitable[Any]:
-    """``env``, an ask, through the ``send`` hooks; its first attempt is ``env``
-    (with ``headers``: what the links outside ``outbound`` added; ``ctx``: their view
-    of it, shared)."""
-    loop = rt.loop
-    if ctx is None:
-        ctx = MessageContext(env, loop)
-    sent = False
-    # The innermost link, when synchronous, runs in the attempt (no coroutine of its own).
-    last = outbound[-1]
-    inline = last if isinstance(last, SyncHooks) else None
-
-    async def attempt(deadline: float | None, headers: Headers) -> Any:
-        nonlocal sent
-        assert deadline is not None  # an ask always has one
-        state = None
-        if inline is not None:
-            try:  # (as inline.enter_send, inline: the hot path)
-                got = inline.before(ctx)
-                if type(got) is not tuple or len(got) != 2:
-                    raise TypeError(f"it must return (state, headers or None), not {got!r}")
-                state, extra = got
-                if extra is not None:  # an inner hook's keys win over an outer one's
-                    headers = merge_headers(headers, extra)
-            except Exception as exc:
-                inline.entered(exc)
-                raise
-        try:
-            if sent:  # another attempt: a fresh message (id, reply) of the same conversation
-                one = msgspec.structs.replace(
-                    env, id=next(rt.ids), deadline=deadline, reply=loop.create_future()
-                )
-            else:
-                sent = True
-                if headers is not None:  # one copy of the envelope for both changes
-                    own = env.headers
-                    one = msgspec.structs.replace(
-                        env, deadline=deadline, headers={**own, **headers} if own else headers
-                    )
-                    headers = None
-                elif deadline == env.deadline:
-                    one = env
-                else:
-                    one = msgspec.structs.replace(env, deadline=deadline)
-            if headers is not None:
-                one = with_headers(one, headers)
-            reply = one.reply
-            assert reply is not None
-            waiter = rt.deliver(one, ref)
-            timeout = max(0.0, deadline - loop.time())
-            timer = loop.call_at(deadline, expire, reply, ref.id, one.payload, timeout)
-            try:
-                if waiter is not None:
-                    await wait_for_room(waiter, reply)
-                result = await reply
-            finally:
-                timer.cancel()
-        except BaseException as exc:
-            if inline is not None:
-                inline.exit_failed(ctx, state, exc)
-            raise
-        if inline is not None:
-            try:
-                inline.after(ctx, state, result, None)
-            except Exception as exc:
-                inline.entered(exc, 1)
-                raise
-        return result
-
-    call = _around(outbound if inline is None else outbound[:-1], ctx, attempt, loop)
-    return call(env.deadline, headers)  # the outermost hook's coroutine: no frame of its own
-
-
-def tell_through(
-    outbound: tuple[OutboundLink, ...], rt: Runtime, ref: AgentRef, env: Envelope
-) -> Awaitable[None]:
-    """``env``, a tell, through the ``send`` hooks (an attempt returns None once the
-    message is in the mailbox; ``timeout`` does not apply: a tell has no deadline)."""
-    ctx = MessageContext(env, rt.loop)
-    sent = False
-    last = outbound[-1]
-    inline = last if isinstance(last, SyncHooks) else None
-
-    async def attempt(deadline: float | None, headers: Headers) -> None:
-        nonlocal sent
-        state = None
-        if inline is not None:
-            state, headers = inline.enter_send(ctx, headers)
-        try:
-            one = msgspec.structs.replace(env, id=next(rt.ids)) if sent else env
-            sent = True
-            if headers is not None:
-                one = with_headers(one, headers)
-            waiter = rt.deliver(one, ref)
-            if waiter is not None:
-                await waiter
-        except BaseException as exc:
-            if inline is not None:
-                inline.exit_failed(ctx, state, exc)
-            raise
-        if inline is not None:
-            inline.exit(ctx, state, None)
-
-    links = outbound if inline is None else outbound[:-1]
-    awaited: Awaitable[None] = _around(links, ctx, attempt, rt.loop)(None, None)
-    return awaited
-
-
-def publish_through(
-    outbound: tuple[OutboundLink, ...], rt: Runtime, env: Envelope
-) -> Awaitable[None]:
-    """``env``, an event, through the ``send`` hooks (as a tell: an attempt returns None
-    once every subscriber has it; another attempt publishes it again, a fresh id)."""
-    ctx = MessageContext(env, rt.loop)
-    sent = False
-    last = outbound[-1]
-    inline = last if isinstance(last, SyncHooks) else None
-
-    async def attempt(deadline: float | None, headers: Headers) -> None:
-        nonlocal sent
-        state = None
-        if inline is not None:
-            state, headers = inline.enter_send(ctx, headers)
-        try:
-            one = msgspec.structs.replace(env, id=next(rt.ids)) if sent else env
-            sent = True
-            if headers is not None:
-                one = with_headers(one, headers)
-            pending = rt.deliver(one)
-            if pending is not None:
-                await pending
-        except BaseException as exc:
-            if inline is not None:
-                inline.exit_failed(ctx, state, exc)
-            raise
-        if inline is not None:
-            inline.exit(ctx, state, None)
-
-    links = outbound if inline is None else outbound[:-1]
-    awaited: Awaitable[None] = _around(links, ctx, attempt, rt.loop)(None, None)
-    return awaited
-
-
-def with_headers(env: Envelope, headers: Mapping[str, str]) -> Envelope:
-    """``env`` with ``headers`` added (key by key over its own)."""
-    own = env.headers
-    return msgspec.structs.replace(env, headers={**own, **headers} if own else dict(headers))
 
 
 # -- plug-ins through entry points -----------------------------------------------------

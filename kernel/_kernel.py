@@ -25,7 +25,7 @@ from kerna.state._replica import Replica
 
 from ._activation import SPAWN_BURST, current_activation
 from ._agent import Agent
-from ._chain import check_middleware, hooks, load_plugins, publish_through
+from ._chain import check_middleware, hooks, load_plugins
 from ._cluster import Cluster, check_cluster, default_node_id
 from ._cluster_members import Member
 from ._cluster_placement import PlacementStrategy, check_placement
@@ -51,6 +51,7 @@ from ._ref import AgentRef
 from ._registry import AgentType, build_state_spec
 from ._remote import Remote
 from ._runtime import RUNNING, Phase, Runtime, names
+from ._sends import publish_through
 from ._timing import TypeTiming, Watcher
 from ._topics import DEAD_LETTERS, Subscription
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, overload
 
 from ._activation import SPAWN_BURST, current_activation
-from ._chain import SyncHooks, ask_through, expire, tell_through, wait_for_room, with_headers
+from ._chain import SyncHooks
 from ._context import MessageContext
 from ._envelope import ASK, TELL, Envelope, outgoing
 from ._errors import AskTimeout, DeadlockError
@@ -24,6 +24,7 @@ from ._ids import AgentId
 from ._message import Askable, Message, ReplyT, Request
 from ._options import check_headers, check_timeout
 from ._runtime import RUNNING
+from ._sends import ask_sync, ask_through, expire, tell_through, wait_for_room
 
 if TYPE_CHECKING:
     from ._kernel import Kernel
@@ -209,25 +210,18 @@ class AgentRef:
         outbound = rt.outbound if sender is None else sender.atype.outbound
         if outbound:  # the middleware chain's send hooks (kerna._chain)
             head = outbound[0]
-            if not isinstance(head, SyncHooks):
+            if not isinstance(head, SyncHooks) or head.failed is not None:
                 return await ask_through(outbound, rt, self, env)
+            if head.rest_sync:  # only synchronous links: all of them inline, in one coroutine
+                return await ask_sync(outbound, rt, self, env, None, None, None, False, timeout)
             # The outermost link is synchronous: its hooks run here, in this coroutine
             # (none of their own); the rest of the chain inside them, as ask_through does.
             ctx = MessageContext(env, loop)
-            state, added = head.enter_send(ctx, None)
+            state, added, bound = head.enter_send(ctx, None)
+            if bound is not None:
+                deadline = min(deadline, loop.time() + bound)
             try:
-                if len(outbound) > 1:
-                    result = await ask_through(outbound[1:], rt, self, env, ctx, added)
-                else:
-                    one = env if added is None else with_headers(env, added)
-                    waiter = rt.deliver(one, self)
-                    timer = loop.call_at(deadline, expire, reply, self.id, message, timeout)
-                    try:
-                        if waiter is not None:
-                            await wait_for_room(waiter, reply)
-                        result = await reply
-                    finally:
-                        timer.cancel()
+                result = await ask_through(outbound[1:], rt, self, env, ctx, added, deadline)
             except BaseException as exc:
                 head.exit_failed(ctx, state, exc)
                 raise

@@ -95,13 +95,35 @@ class BreakerStats(msgspec.Struct, frozen=True):
 def _storage_class() -> type[Any]:
     import pybreaker
 
+    closed = pybreaker.STATE_CLOSED
+
     class LoopStorage(pybreaker.CircuitMemoryStorage):
-        """pybreaker's memory storage with ``opened_at`` on the loop's clock."""
+        """pybreaker's memory storage with ``opened_at`` on the loop's clock, and
+        ``clean``: closed with no failure counted (a plain attribute: what a call
+        through a healthy breaker reads, without pybreaker's properties)."""
 
         def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-            super().__init__(pybreaker.STATE_CLOSED)
+            self.clean = True
+            super().__init__(closed)
             self.loop = loop
             self.opened_loop_time: float | None = None
+
+        @property
+        def state(self) -> str:
+            return self._state
+
+        @state.setter
+        def state(self, state: str) -> None:
+            self._state = state
+            self.clean = state == closed and self._fail_counter == 0
+
+        def increment_counter(self) -> None:
+            super().increment_counter()
+            self.clean = False
+
+        def reset_counter(self) -> None:
+            super().reset_counter()
+            self.clean = self._state == closed
 
         @property
         def opened_at(self) -> datetime | None:
@@ -176,7 +198,11 @@ class BreakerState:
         Raises:
             CircuitOpen: the breaker is open, or half-open with every probe taken.
         """
-        state = self.storage.state
+        storage = self.storage
+        if storage.clean:  # closed, no failure counted: the usual case
+            self.calls += 1
+            return False
+        state = storage.state
         if state == "open":
             opened = self.storage.opened_loop_time
             if opened is not None and self.loop.time() - opened < self.options.reset_timeout:
@@ -195,7 +221,7 @@ class BreakerState:
         """Record an admitted call's outcome (``error`` None: it succeeded)."""
         if probe:
             self.probing -= 1
-        elif error is None and self.storage.counter == 0 and self.storage.state == "closed":
+        elif error is None and self.storage.clean:
             return  # pybreaker would reset a zero count and call its listeners, whose only
             # one here (ours) hears state changes only: nothing to do
         if error is not None and (

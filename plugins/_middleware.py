@@ -82,8 +82,16 @@ class Middleware:
 
     handle: Callable[[MessageContext, Callable[[], Awaitable[Any]]], Awaitable[Any]] | None = None
     send: Callable[[MessageContext, SendNext], Awaitable[Any]] | None = None
-    before_send: Callable[[MessageContext], tuple[Any, Mapping[str, str] | None]] | None = None
+    before_send: (
+        Callable[
+            [MessageContext],
+            tuple[Any, Mapping[str, str] | None]
+            | tuple[Any, Mapping[str, str] | None, float | None],
+        ]
+        | None
+    ) = None
     after_send: Callable[[MessageContext, Any, Any, BaseException | None], None] | None = None
+    send_failed: Callable[[MessageContext, Any, Exception, SendNext], Awaitable[Any]] | None = None
     before_handle: Callable[[MessageContext], Any] | None = None
     after_handle: Callable[[MessageContext, Any, Any, BaseException | None], None] | None = None
 

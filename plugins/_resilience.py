@@ -97,6 +97,13 @@ Target = type[Agent] | AgentId | str
 BREAKERS = "kerna.breakers"
 """The topic ``BreakerChanged`` events are published on."""
 
+_PASS = (None, None, None)  # before_send's answer for what is not a call to a target
+
+
+class _Await(Exception):
+    """A target's call must start in a coroutine (its bulkhead): ``send_failed``."""
+
+
 _DEGRADED_KEPT = 100_000  # conversations remembered as degraded (oldest forgotten first)
 _by_kernel: weakref.WeakKeyDictionary[Kernel, Resilience] = weakref.WeakKeyDictionary()
 
@@ -171,6 +178,11 @@ class _Target:
         self.breaker: BreakerState | None = None
         self.bulkhead = None if policy.bulkhead is None else Bulkhead(name, policy.bulkhead)
         self.calls = self.attempts = self.retries = self.fallbacks = self.fallback_failures = 0
+        # Resilience.before_send's state for a first attempt, by whether it is a probe.
+        self.first: tuple[tuple[_Target, bool], tuple[_Target, bool]] = (
+            (self, False),
+            (self, True),
+        )
 
     def breaker_state(self) -> BreakerState | None:
         options = self.policy.breaker
@@ -407,31 +419,61 @@ class Resilience(Middleware):
 
     # -- the chain's hook ----------------------------------------------------------------
 
-    async def send(self, ctx: MessageContext, call_next: SendNext) -> Any:
+    # The hooks are the chain's synchronous ones (kerna._chain.SyncHooks) and
+    # send_failed: a call whose first attempt succeeds (the usual case) makes no
+    # coroutine or closure of Resilience's; a failure, an open breaker or a bulkhead
+    # goes to send_failed, a coroutine, which retries, waits and falls back.
+
+    def before_send(self, ctx: MessageContext) -> tuple[Any, None, float | None]:
+        """A call to a target: its first attempt admitted (the breaker), bounded by the
+        policy's timeout; the state is ``(target, probe)``. Anything else passes.
+
+        Raises:
+            CircuitOpen: the breaker is open (``send_failed`` gets it: the fallback).
+        """
         if ctx.kind != "ask":
-            return await call_next()
+            return _PASS
         target = self._agent_target(ctx.target)
         if target is None:
-            result = await call_next()
-        elif not target.inline():
-            result = await target.run(*target.ask_arguments(ctx, call_next))
-        else:  # the first attempt here: a call that does not fail makes no closure
-            target.calls += 1
+            return _PASS
+        if target.bulkhead is not None:  # its slot may need waiting for: send_failed
+            raise _Await()
+        breaker = target.breaker or target.breaker_state()
+        target.calls += 1
+        probe = False if breaker is None else breaker.admit()
+        target.attempts += 1
+        return target.first[probe], None, target.policy.timeout
+
+    def after_send(
+        self, ctx: MessageContext, state: Any, result: Any, error: BaseException | None
+    ) -> None:
+        if state is not None:  # (error: a cancellation; failures go to send_failed)
+            target, probe = state
             breaker = target.breaker
-            try:
-                probe = False if breaker is None else breaker.admit()
-                target.attempts += 1
-                try:
-                    result = await call_next(target.policy.timeout)
-                except BaseException as exc:
-                    if breaker is not None:
-                        breaker.done(probe, exc)
-                    raise
-                if breaker is not None:
-                    breaker.done(probe, None)
-            except Exception as error:  # retries and the fallback: as run() does
-                arguments = target.ask_arguments(ctx, call_next)
-                result = await target.run(*arguments, first_error=error)
+            if breaker is not None:
+                breaker.done(probe, error)
+        if error is None and self._degraded and ctx.sender is None and ctx.kind == "ask":
+            self._root_answered(ctx.correlation_id)  # a root ask: its conversation is over
+
+    async def send_failed(
+        self, ctx: MessageContext, state: Any, error: Exception, call_next: SendNext
+    ) -> Any:
+        """The first attempt failed, or was not made (``state`` None: an open breaker
+        or a bulkhead): the policy's retries, then its fallback."""
+        if state is not None:
+            target, probe = state
+            breaker = target.breaker
+            if breaker is not None:
+                breaker.done(probe, error)
+            result = await target.run(*target.ask_arguments(ctx, call_next), first_error=error)
+        else:
+            found = self._agent_target(ctx.target) if ctx.kind == "ask" else None
+            if found is None:
+                raise error  # not a target's: it goes on as it came
+            if isinstance(error, _Await):  # a bulkhead: the whole call under the policy
+                result = await found.run(*found.ask_arguments(ctx, call_next))
+            else:  # the breaker refused the first attempt (counted as a call)
+                result = await found.run(*found.ask_arguments(ctx, call_next), first_error=error)
         if self._degraded and ctx.sender is None:  # a root ask: its conversation is over
             self._root_answered(ctx.correlation_id)
         return result
