@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._activation_state import StateOwner
 from ._agent import bind, load_state
+from ._chain import enter_handle, exit_handle
+from ._context import MessageContext
 from ._envelope import ASK, TELL, Envelope, outgoing
 from ._errors import (
     ActivationFailed,
@@ -342,10 +344,21 @@ class Activation(StateOwner):
                     started = runtime.loop.time()
                     timing.wait.observe(started - env.queued_at)
             try:
-                if atype.plain and not self.stale:
-                    result = await fn(agent, message)
-                else:
+                if not atype.plain or self.stale:
                     result = await self._call(fn, env)
+                elif not atype.around:
+                    result = await fn(agent, message)
+                else:  # only synchronous handle hooks: here, no coroutine of their own
+                    around = atype.around
+                    plain = atype.bare.get(type(message)) or atype.plain_for(type(message))
+                    ctx = MessageContext(env, runtime.loop)
+                    states = enter_handle(around, ctx)
+                    try:
+                        result = await plain(agent, message)
+                    except BaseException as exc:
+                        exit_handle(around, ctx, states, None, exc)
+                        raise
+                    exit_handle(around, ctx, states, result, None)
             except BaseException as exc:
                 # Whatever the handler raised is its failure (see kerna._failures),
                 # except KeyboardInterrupt, SystemExit and the kernel's own cancellation.

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 import msgspec
 
-from ._chain import compose, hooks
+from ._chain import SyncHooks, compose, hooks, inline_links
 from ._errors import RegistrationError
 from ._message import Message
 from ._replies import check_reply
@@ -165,6 +165,8 @@ class AgentType:
     """A registered agent class with its options, handler table and counters."""
 
     __slots__ = (
+        "around",
+        "bare",
         "cancel_at_deadline",
         "capacity",
         "claims",
@@ -217,6 +219,8 @@ class AgentType:
         self.declared = tuple(self.table)
         self.middleware: tuple[object, ...] = ()
         self.outbound: tuple[Any, ...] = ()
+        self.around: tuple[SyncHooks, ...] = ()
+        self.bare = dict(self.table)  # the plain handlers, and their cached fallbacks
         self.capacity = capacity
         self.overflow = overflow
         self.idle_timeout = idle_timeout
@@ -243,7 +247,12 @@ class AgentType:
         """Compose the handler table and the send hooks with the kernel's chain and
         this type's own (``middleware``), in that order (outermost first)."""
         chain = (*kernel_chain, *self.middleware)
-        composed = compose(self.table, hooks(chain, "handle"))
+        inbound = hooks(chain, "handle")
+        # Only synchronous handle hooks: the worker calls them itself around the plain
+        # handlers (``around``; no coroutine of the chain's per message).
+        # (The composed table stays what Activation._call runs: each run inside them.)
+        self.around = inline_links(inbound)
+        composed = compose(self.table, inbound)
         # In place: a worker draining its mailbox now holds this dict, and its next
         # message takes the new chain (cached fallbacks are found again).
         self.handlers.clear()
@@ -253,6 +262,18 @@ class AgentType:
     def handled_types(self) -> tuple[type, ...]:
         """The message types this type's handlers declare (not the cached fallbacks)."""
         return self.declared
+
+    def plain_for(self, message_type: type) -> HandlerFn:
+        """The plain handler for ``message_type`` (one ``handler_for`` found)."""
+        fn = self.bare.get(message_type)
+        if fn is None:
+            for base in message_type.__mro__[1:]:
+                fn = self.table.get(base)
+                if fn is not None:
+                    self.bare[message_type] = fn  # cache the fallback
+                    break
+        assert fn is not None  # (handler_for found the composed one)
+        return fn
 
     def handler_for(self, message_type: type) -> HandlerFn | None:
         """The handler for ``message_type``, falling back to its nearest handled base."""

@@ -61,6 +61,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from kerna import PendingReply
+
 if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import Tracer
@@ -85,6 +87,8 @@ FLUSH_AFTER = 0.05  # seconds an ended span waits at most (unless the loop is bl
 
 TRACEPARENT, TRACESTATE = "traceparent", "tracestate"
 _getrandbits = random.getrandbits
+_time_ns = time.time_ns
+_attach, _detach = otel_context.attach, otel_context.detach
 _COMMON = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")  # version 00, no more
 _NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
 _FLAGS = [TraceFlags(i) for i in range(256)]
@@ -179,6 +183,13 @@ def _sampler_context(parent: Parent) -> Context:
     return _PROPAGATOR.extract(carrier)
 
 
+def _followed(flags: int, state: str) -> Decided:
+    """The decision for a child whose parent has ``flags`` and tracestate ``state``
+    under ``ParentBased`` with its default delegates: it follows the parent's sampled
+    flag (and keeps its random-trace-id flag)."""
+    return bool(flags & 1), flags & 0x03, state, None
+
+
 class KernaSpan(api.Span):
     """One span of ``Tracing``'s: its fields, made a ``ReadableSpan`` once ended."""
 
@@ -189,8 +200,12 @@ class KernaSpan(api.Span):
     status: Status | None = None
     deferred = False  # a handler that deferred its reply
     end_time = 0
-    traceparent: str | None = None  # what headers() wrote (a send's span)
+    traceparent = ""  # what headers() wrote (a send's span)
     token: contextvars.Token[Context] | None = None  # its context attached (a handling)
+    sampler_attributes: types.Attributes = None
+    # Its parent: a span of this pipeline (a send's: the handling span current where it
+    # was sent; a handling's: its message's send span, in flight here), or as read.
+    parent: KernaSpan | Parent | None = None
 
     name: str | None = None  # update_name's; else "send T" / "handle T" (span_name)
 
@@ -200,8 +215,9 @@ class KernaSpan(api.Span):
         ctx: MessageContext,
         is_send: bool,
         trace: str,
+        span_id: int,
         decided: tuple[bool, int, str, types.Attributes],
-        parent: Parent | None,
+        parent: KernaSpan | Parent | None,
     ) -> None:
         # Its name and kind follow from ctx and is_send: found when exported (readable),
         # not per message.
@@ -210,26 +226,31 @@ class KernaSpan(api.Span):
         self.is_send = is_send
         self.trace = trace  # the trace id, 32 hex digits
         # The SDK's RandomIdGenerator draws 64 random bits until they are not 0: so here.
-        self.span_id = (pipeline.fast_ids and _getrandbits(64)) or pipeline.ids.generate_span_id()
+        self.span_id = span_id or pipeline.ids.generate_span_id()
         # recording, flags, tracestate header ("" when empty), the sampler's attributes
-        self.recording, self.flags, self.state, self.sampler_attributes = decided
-        self.parent = parent
+        self.recording, self.flags, self.state, attributes = decided
+        if attributes is not None:
+            self.sampler_attributes = attributes
+        if parent is not None:
+            self.parent = parent
         self.start_time = time.time_ns()
 
     def headers(self) -> dict[str, str]:
         """What a message sent under this span carries: its ``traceparent``, and its
         ``tracestate`` when there is one."""
         found = self.traceparent
-        if found is None:  # (to_bytes().hex() is about twice as fast as format())
-            found = self.traceparent = (
+        if not found:
+            found = self.traceparent = (  # (to_bytes().hex() is about twice as fast as format())
                 "00-" + self.trace + "-" + self.span_id.to_bytes(8, "big").hex() + _DASH[self.flags]
             )
         if self.state:
             return {TRACEPARENT: found, TRACESTATE: self.state}
         return {TRACEPARENT: found}
 
-    def as_parent(self) -> Parent:
-        return self.trace, self.span_id, self.flags, False, self.state
+    def as_parent(self, remote: bool = False) -> Parent:
+        """Its ids, as the parent of a span (``remote``: known from a message's
+        ``traceparent``)."""
+        return self.trace, self.span_id, self.flags, remote, self.state
 
     def failed(self, error: Exception) -> None:
         """Record ``error`` as the SDK's ``record_exception`` and ``set_status`` do."""
@@ -321,7 +342,10 @@ class KernaSpan(api.Span):
     def readable(self, pipeline: Pipeline) -> ReadableSpan:
         """The SDK's ``ReadableSpan`` of this ended span."""
         trace_id = int(self.trace, 16)
-        parent = self.parent
+        own = self.parent
+        # A span of this pipeline as a parent: a send's was current (local), a
+        # handling's came in its message (remote, as the SDK's propagator reads it).
+        parent = own.as_parent(not self.is_send) if isinstance(own, KernaSpan) else own
         parent_context = None
         if parent is not None:
             parent_context = SpanContext(
@@ -437,6 +461,9 @@ class Pipeline:
         ratio = _RATIO.fullmatch(tracer.sampler.get_description())
         if self.mode == _FOLLOW and self.root is None and ratio is not None:
             self.bound = sampling.TraceIdRatioBased(float(ratio[1])).bound
+        # A child's decision under ParentBased's defaults, by its parent's flags (no
+        # tracestate): what _followed makes, made once.
+        self.followed: list[Decided] = [_followed(flags, "") for flags in range(256)]
         self.sampled: Decided = (True, 1 | self.random_flag, "", None)
         self.unsampled: Decided = (False, self.random_flag, "", None)
         self.fast_ids = type(self.ids) is RandomIdGenerator
@@ -502,13 +529,104 @@ class Pipeline:
         kind = (_SEND_KINDS if is_send else _HANDLE_KINDS)[ctx.kind]
         return self.span_name(is_send, ctx.message), kind
 
+    # -- Tracing's hooks, when its provider is the SDK's (bound to them: kerna._chain's
+    # SyncHooks call these). The usual cases inline: a root send or one from a handler
+    # under the SDK's default sampler, a handling of a message sent here.
+
+    def before_send(self, ctx: MessageContext) -> tuple[KernaSpan, dict[str, str]]:
+        """A send's span, and the headers that carry it (see ``send_span``)."""
+        current = self.get_current().get(self.span_key)
+        if not self.fast_ids:
+            span = self.send_span(ctx)
+        elif current is None and self.root is not None:  # a root: new_root inline
+            trace_id = _getrandbits(128) or self.ids.generate_trace_id()
+            trace = trace_id.to_bytes(16, "big").hex()
+            span = KernaSpan(self, ctx, True, trace, _getrandbits(64), self.root, None)
+        elif type(current) is KernaSpan and self.mode == _FOLLOW:  # from a handler
+            flags, state = current.flags, current.state
+            decided = self.followed[flags] if not state else _followed(flags, state)
+            span = KernaSpan(self, ctx, True, current.trace, _getrandbits(64), decided, current)
+        else:
+            span = self.send_span(ctx)
+        # (to_bytes().hex() is about twice as fast as format())
+        traceparent = span.traceparent = (
+            "00-" + span.trace + "-" + span.span_id.to_bytes(8, "big").hex() + _DASH[span.flags]
+        )
+        self.sent[traceparent] = span  # its handling here finds it unparsed
+        if span.state:
+            return span, {TRACEPARENT: traceparent, TRACESTATE: span.state}
+        return span, {TRACEPARENT: traceparent}
+
+    def after_send(
+        self, ctx: MessageContext, span: KernaSpan, result: Any, error: BaseException | None
+    ) -> None:
+        """The send's span ended, a failure recorded (not a cancellation)."""
+        if error is not None and isinstance(error, Exception):
+            span.failed(error)
+        del self.sent[span.traceparent]
+        if span.end_time == 0:  # (span.finish, inline)
+            span.end_time = _time_ns()
+            if span.recording:
+                buffer = self.buffer
+                buffer.append(span)
+                if (len(buffer) == 1 and self.timer is None) or len(buffer) >= BATCH:
+                    self.first_or_full()
+
+    def before_handle(self, ctx: MessageContext) -> KernaSpan:
+        """A handling's span (see ``handle_span``), made the current span."""
+        traceparent = ctx.header(TRACEPARENT)
+        sender = None if traceparent is None else self.sent.get(traceparent)
+        if (
+            sender is not None
+            and self.mode == _FOLLOW
+            and self.fast_ids
+            and (ctx.header(TRACESTATE) or "") == sender.state
+        ):  # sent from here and still in flight: its parent is that span
+            flags, state = sender.flags, sender.state
+            decided = self.followed[flags] if not state else _followed(flags, state)
+            span = KernaSpan(self, ctx, False, sender.trace, _getrandbits(64), decided, sender)
+        else:
+            span = self.handle_span(ctx)
+        span.token = _attach(OtelContext({self.span_key: span}))
+        return span
+
+    def after_handle(
+        self, ctx: MessageContext, span: KernaSpan, result: Any, error: BaseException | None
+    ) -> None:
+        """The handling's span ended (its context detached), a failure recorded (not a
+        cancellation), a deferred reply marked."""
+        token = span.token
+        assert token is not None  # (set by before_handle)
+        _detach(token)
+        if error is not None:
+            if isinstance(error, Exception):
+                span.failed(error)
+        elif isinstance(result, PendingReply):
+            span.deferred = True  # the send span waits for the reply
+        if span.end_time == 0:  # (span.finish, inline)
+            span.end_time = _time_ns()
+            if span.recording:
+                buffer = self.buffer
+                buffer.append(span)
+                if (len(buffer) == 1 and self.timer is None) or len(buffer) >= BATCH:
+                    self.first_or_full()
+
+    def new_span_id(self) -> int:
+        """A span id: the id generator's (64 random bits for the SDK's own, drawn here;
+        0, never valid, makes the KernaSpan ask the generator)."""
+        return _getrandbits(64) if self.fast_ids else self.ids.generate_span_id()
+
     def send_span(self, ctx: MessageContext) -> KernaSpan:
         """The span of a send, a child of the current span (the handling span inside a
         handler, the caller's own outside any agent)."""
         current = self.get_current().get(self.span_key)
         if type(current) is KernaSpan:
-            trace = current.trace
-            parent: Parent | None = (trace, current.span_id, current.flags, False, current.state)
+            flags, state = current.flags, current.state
+            if self.mode == _FOLLOW:  # the SDK's default: a child follows its parent
+                decided = self.followed[flags] if not state else _followed(flags, state)
+                span_id = self.new_span_id()
+                return KernaSpan(self, ctx, True, current.trace, span_id, decided, current)
+            parent: Parent | None = current.as_parent()
         else:  # the caller's own span (outside any agent), if any
             parent = None  # (None is the usual case: an ABC's isinstance is slow)
             if current is not None and isinstance(current, api.Span):
@@ -517,17 +635,18 @@ class Pipeline:
             root = self.root
             if root is not None and self.fast_ids:  # the usual case, new_root inline
                 trace_id = _getrandbits(128) or self.ids.generate_trace_id()
-                return KernaSpan(self, ctx, True, trace_id.to_bytes(16, "big").hex(), root, None)
+                trace = trace_id.to_bytes(16, "big").hex()
+                return KernaSpan(self, ctx, True, trace, self.new_span_id(), root, None)
             trace, decided = self.new_root(ctx, True, None)
-            return KernaSpan(self, ctx, True, trace, decided, None)
+            return KernaSpan(self, ctx, True, trace, self.new_span_id(), decided, None)
         trace, flags = parent[0], parent[2]
-        if self.mode == _FOLLOW:  # the SDK's default: a child follows its parent
-            decided = (bool(flags & 1), flags & 0x03, parent[4], None)
+        if self.mode == _FOLLOW:
+            decided = _followed(flags, parent[4])
         else:
             decided = self.child(parent) or self.decide(
                 parent, trace, *self.name_kind(ctx, True), None
             )
-        return KernaSpan(self, ctx, True, trace, decided, parent)
+        return KernaSpan(self, ctx, True, trace, self.new_span_id(), decided, parent)
 
     def handle_span(self, ctx: MessageContext) -> KernaSpan:
         """The span of a handling, a child of what the message carries (never of the
@@ -538,7 +657,12 @@ class Pipeline:
             sender = self.sent.get(traceparent)  # sent from here, still in flight
             state = ctx.header(TRACESTATE)
             if sender is not None and (state or "") == sender.state:
-                parent = (sender.trace, sender.span_id, sender.flags, True, sender.state)
+                if self.mode == _FOLLOW:  # the usual case: its parent is that span
+                    flags, state = sender.flags, sender.state
+                    decided = self.followed[flags] if not state else _followed(flags, state)
+                    span_id = self.new_span_id()
+                    return KernaSpan(self, ctx, False, sender.trace, span_id, decided, sender)
+                parent = sender.as_parent(True)
             else:
                 parent = parse_traceparent(traceparent, state)
         if parent is None:
@@ -548,14 +672,14 @@ class Pipeline:
             name, kind = self.name_kind(ctx, False)
             decided = self.decide(parent, trace, name, kind, _sampler_context(parent))
         elif self.mode == _FOLLOW:  # the SDK's default: a child follows its parent
-            trace, flags = parent[0], parent[2]
-            decided = (bool(flags & 1), flags & 0x03, parent[4], None)
+            trace = parent[0]
+            decided = _followed(parent[2], parent[4])
         else:
             trace = parent[0]
             decided = self.child(parent) or self.decide(
                 parent, trace, *self.name_kind(ctx, False), None
             )
-        return KernaSpan(self, ctx, False, trace, decided, parent)
+        return KernaSpan(self, ctx, False, trace, self.new_span_id(), decided, parent)
 
     def span_name(self, is_send: bool, message: object) -> str:
         """``"send <MessageType>"`` or ``"handle <MessageType>"`` (cached by type)."""

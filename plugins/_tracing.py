@@ -115,8 +115,20 @@ class Tracing(Middleware):
         self._tracer: Tracer = trace.get_tracer(_SCOPE, tracer_provider=tracer_provider)
         self._pipeline: Pipeline | None = None
         self._pipelines: list[Pipeline] = []
+        # The chain's hooks (kerna._chain.SyncHooks): with the SDK's provider given,
+        # its pipeline's own (no call of Tracing's per hook), else the ones below, which
+        # find the provider (the global one may be set later) on each message.
+        self.before_send = self._before_send
+        self.after_send = self._after_send
+        self.before_handle = self._before_handle
+        self.after_handle = self._after_handle
         if tracer_provider is not None:
-            self._resolve(tracer_provider)
+            pipeline = self._resolve(tracer_provider)
+            if pipeline is not None:
+                self.before_send = pipeline.before_send
+                self.after_send = pipeline.after_send
+                self.before_handle = pipeline.before_handle
+                self.after_handle = pipeline.after_handle
 
     def __repr__(self) -> str:
         return f"<Tracing tracer={self._tracer!r}>"
@@ -170,53 +182,39 @@ class Tracing(Middleware):
     # detach restores exactly what was current whether the handler returned, raised or
     # was cancelled.
 
-    def before_send(self, ctx: MessageContext) -> tuple[Any, dict[str, str]]:
+    def _before_send(self, ctx: MessageContext) -> tuple[Any, dict[str, str]]:
         provider = self._provider
         pipeline = (
             self._pipeline if provider is not None else self._resolve(self._global_provider())
         )
         if pipeline is None:
             return self._send_through_tracer(ctx)
-        span = pipeline.send_span(ctx)
-        headers = span.headers()
-        pipeline.sent[headers[TRACEPARENT]] = span  # its handling here finds it unparsed
-        return span, headers
+        return pipeline.before_send(ctx)
 
-    def after_send(
+    def _after_send(
         self, ctx: MessageContext, state: Any, result: Any, error: BaseException | None
     ) -> None:
         if type(state) is tuple:  # a span of a tracer that is not the SDK's
             self._end_through_tracer(state, result, error)
             return
-        if error is not None and isinstance(error, Exception):  # not a cancellation
-            state.failed(error)
-        del state.pipeline.sent[state.traceparent]
-        state.finish()
+        state.pipeline.after_send(ctx, state, result, error)
 
-    def before_handle(self, ctx: MessageContext) -> Any:
+    def _before_handle(self, ctx: MessageContext) -> Any:
         provider = self._provider
         pipeline = (
             self._pipeline if provider is not None else self._resolve(self._global_provider())
         )
         if pipeline is None:
             return self._handle_through_tracer(ctx)
-        span = pipeline.handle_span(ctx)
-        span.token = self._attach(self._context({pipeline.span_key: span}))  # its span current
-        return span
+        return pipeline.before_handle(ctx)
 
-    def after_handle(
+    def _after_handle(
         self, ctx: MessageContext, state: Any, result: Any, error: BaseException | None
     ) -> None:
         if type(state) is tuple:  # a span of a tracer that is not the SDK's
             self._end_through_tracer(state, result, error)
             return
-        self._detach(state.token)
-        if error is not None:
-            if isinstance(error, Exception):  # a cancellation is not an error
-                state.failed(error)
-        elif isinstance(result, PendingReply):
-            state.deferred = True  # the send span waits for the reply
-        state.finish()
+        state.pipeline.after_handle(ctx, state, result, error)
 
     # -- through a tracer that is not the SDK's --------------------------------------------
 
