@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 from ._activation_state import StateOwner
 from ._agent import bind, load_state
-from ._chain import enter_handle, exit_handle
 from ._context import MessageContext
 from ._envelope import ASK, TELL, Envelope, outgoing
 from ._errors import (
@@ -346,19 +345,27 @@ class Activation(StateOwner):
             try:
                 if not atype.plain or self.stale:
                     result = await self._call(fn, env)
-                elif not atype.around:
+                elif atype.around is None:
                     result = await fn(agent, message)
-                else:  # only synchronous handle hooks: here, no coroutine of their own
-                    around = atype.around
+                else:  # one synchronous handle link: its hooks here, no coroutine of its own
+                    link = atype.around
                     plain = atype.bare.get(type(message)) or atype.plain_for(type(message))
                     ctx = MessageContext(env, runtime.loop)
-                    states = enter_handle(around, ctx)
+                    try:
+                        state = link.before(ctx)
+                    except Exception as exc:
+                        link.entered(exc)
+                        raise
                     try:
                         result = await plain(agent, message)
                     except BaseException as exc:
-                        exit_handle(around, ctx, states, None, exc)
+                        link.exit_failed(ctx, state, exc)
                         raise
-                    exit_handle(around, ctx, states, result, None)
+                    try:
+                        link.after(ctx, state, result, None)
+                    except Exception as exc:
+                        link.entered(exc, 1)
+                        raise
             except BaseException as exc:
                 # Whatever the handler raised is its failure (see kerna._failures),
                 # except KeyboardInterrupt, SystemExit and the kernel's own cancellation.

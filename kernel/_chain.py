@@ -63,10 +63,7 @@ __all__ = [
     "SyncHooks",
     "check_middleware",
     "compose",
-    "enter_handle",
-    "exit_handle",
     "hooks",
-    "inline_links",
     "load_plugins",
     "merge_headers",
     "plugin_names",
@@ -334,59 +331,6 @@ def _wrap_sync(hook: SyncHooks, inner: HandlerFn) -> HandlerFn:
         return result
 
     return through
-
-
-# -- synchronous handle hooks inline in the worker (Activation._drain) -------------------
-
-
-def inline_links(inbound: tuple[InboundLink, ...]) -> tuple[SyncHooks, ...]:
-    """``inbound`` when every link is synchronous (the worker then calls their hooks
-    itself around the plain handler: ``enter_handle``, ``exit_handle``), else ()."""
-    found = tuple(link for link in inbound if isinstance(link, SyncHooks))
-    return found if len(found) == len(inbound) else ()
-
-
-def enter_handle(links: tuple[SyncHooks, ...], ctx: MessageContext) -> list[Any]:
-    """The before hooks of ``links``, outermost first: their states. One that raises
-    fails the message: the links entered before it hear it (``exit_handle``)."""
-    states: list[Any] = []
-    for link in links:
-        try:
-            states.append(link.before(ctx))
-        except Exception as exc:
-            link.entered(exc)
-            exit_handle(links, ctx, states, None, exc)
-    return states
-
-
-def exit_handle(
-    links: tuple[SyncHooks, ...],
-    ctx: MessageContext,
-    states: list[Any],
-    result: Any,
-    error: BaseException | None,
-) -> None:
-    """The after hooks of the links entered (``states``), innermost first, with the
-    outcome. Raises the outcome's error: ``error``, or what an after hook raised (it
-    replaces ``error`` for the hooks outside it, except a cancellation: see
-    ``SyncHooks.exit_failed``)."""
-    i = len(states)
-    while i:
-        i -= 1
-        link = links[i]
-        if error is None:
-            try:
-                link.after(ctx, states[i], result, None)
-            except Exception as exc:
-                link.entered(exc, 1)
-                error = exc
-        else:
-            try:
-                link.exit_failed(ctx, states[i], error)
-            except Exception as exc:
-                error = exc
-    if error is not None:
-        raise error
 
 
 # -- plug-ins through entry points -----------------------------------------------------

@@ -24,7 +24,16 @@ from ._ids import AgentId
 from ._message import Askable, Message, ReplyT, Request
 from ._options import check_headers, check_timeout
 from ._runtime import RUNNING
-from ._sends import ask_sync, ask_through, expire, tell_through, wait_for_room
+from ._sends import (
+    ask_through,
+    attempt_envelope,
+    enter_sends,
+    exit_sends,
+    expire,
+    tell_through,
+    unwind,
+    wait_for_room,
+)
 
 if TYPE_CHECKING:
     from ._kernel import Kernel
@@ -212,16 +221,63 @@ class AgentRef:
             head = outbound[0]
             if not isinstance(head, SyncHooks) or head.failed is not None:
                 return await ask_through(outbound, rt, self, env)
-            if head.rest_sync:  # only synchronous links: all of them inline, in one coroutine
-                return await ask_sync(outbound, rt, self, env, None, None, None, False, timeout)
+            ctx = MessageContext(env, loop)
+            if head.rest_sync and len(outbound) > 1:
+                # Only synchronous links: their hooks run here, in this coroutine (none of
+                # the chain's), the first attempt made here (as ask_sync makes the others).
+                entered: list[Any] = []
+                try:
+                    added, limit = enter_sends(outbound, ctx, None, deadline, loop, entered)
+                except Exception as exc:
+                    return await unwind(
+                        outbound, ctx, entered, exc, len(entered) // 2, rt, self, env, None
+                    )
+                try:
+                    one = attempt_envelope(env, added, limit)
+                    waiter = rt.deliver(one, self)
+                    if limit != deadline:
+                        timeout = max(0.0, limit - loop.time())
+                    timer = loop.call_at(limit, expire, reply, self.id, message, timeout)
+                    try:
+                        if waiter is not None:
+                            await wait_for_room(waiter, reply)
+                        result = await reply
+                    finally:
+                        timer.cancel()
+                except BaseException as exc:
+                    return await unwind(
+                        outbound, ctx, entered, exc, len(outbound), rt, self, env, None
+                    )
+                try:
+                    exit_sends(outbound, ctx, entered, result)
+                except Exception as exc:
+                    return await unwind(
+                        outbound, ctx, entered, exc, len(entered) // 2, rt, self, env, None
+                    )
+                return result
             # The outermost link is synchronous: its hooks run here, in this coroutine
             # (none of their own); the rest of the chain inside them, as ask_through does.
-            ctx = MessageContext(env, loop)
             state, added, bound = head.enter_send(ctx, None)
-            if bound is not None:
-                deadline = min(deadline, loop.time() + bound)
+            if bound is not None and loop.time() + bound < deadline:
+                deadline = loop.time() + bound
+                timeout = bound
             try:
-                result = await ask_through(outbound[1:], rt, self, env, ctx, added, deadline)
+                if len(outbound) > 1:
+                    result = await ask_through(outbound[1:], rt, self, env, ctx, added, deadline)
+                else:  # the only link: the attempt made here too
+                    one = (
+                        env
+                        if added is None and bound is None
+                        else (attempt_envelope(env, added, deadline))
+                    )
+                    waiter = rt.deliver(one, self)
+                    timer = loop.call_at(deadline, expire, reply, self.id, message, timeout)
+                    try:
+                        if waiter is not None:
+                            await wait_for_room(waiter, reply)
+                        result = await reply
+                    finally:
+                        timer.cancel()
             except BaseException as exc:
                 head.exit_failed(ctx, state, exc)
                 raise

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 import msgspec
 
-from ._chain import SyncHooks, compose, hooks, inline_links
+from ._chain import SyncHooks, compose, hooks
 from ._errors import RegistrationError
 from ._message import Message
 from ._replies import check_reply
@@ -219,7 +219,7 @@ class AgentType:
         self.declared = tuple(self.table)
         self.middleware: tuple[object, ...] = ()
         self.outbound: tuple[Any, ...] = ()
-        self.around: tuple[SyncHooks, ...] = ()
+        self.around: SyncHooks | None = None
         self.bare = dict(self.table)  # the plain handlers, and their cached fallbacks
         self.capacity = capacity
         self.overflow = overflow
@@ -248,10 +248,12 @@ class AgentType:
         this type's own (``middleware``), in that order (outermost first)."""
         chain = (*kernel_chain, *self.middleware)
         inbound = hooks(chain, "handle")
-        # Only synchronous handle hooks: the worker calls them itself around the plain
-        # handlers (``around``; no coroutine of the chain's per message).
-        # (The composed table stays what Activation._call runs: each run inside them.)
-        self.around = inline_links(inbound)
+        # One synchronous handle link (Tracing's, say): the worker calls its hooks itself
+        # around the plain handlers (``around``; no coroutine of the chain's per
+        # message). The composed table stays what Activation._call runs.
+        self.around = (
+            inbound[0] if len(inbound) == 1 and isinstance(inbound[0], SyncHooks) else None
+        )
         composed = compose(self.table, inbound)
         # In place: a worker draining its mailbox now holds this dict, and its next
         # message takes the new chain (cached fallbacks are found again).

@@ -9,7 +9,7 @@ one a fresh message (a new id and reply future, the same conversation).
 - An ask whose links are all synchronous (``SyncHooks.rest_sync``) goes through
   ``ask_sync``: every ``before_send`` inline, one attempt, every ``after_send`` inline,
   in one coroutine (none of the chain's own per link, no closure per attempt). A
-  failure goes outward link by link (``_unwind``); a link with ``send_failed`` gets it
+  failure goes outward link by link (``unwind``); a link with ``send_failed`` gets it
   instead of its ``after_send`` and may make further attempts through the links inside
   it (``_retry``: built only then).
 - Any other chain: each coroutine link is a layer of plain functions around the next
@@ -48,9 +48,13 @@ if TYPE_CHECKING:
 __all__ = [
     "ask_sync",
     "ask_through",
+    "attempt_envelope",
+    "enter_sends",
+    "exit_sends",
     "expire",
     "publish_through",
     "tell_through",
+    "unwind",
     "wait_for_room",
     "with_headers",
 ]
@@ -178,36 +182,28 @@ def _around(
 _NOT_ENTERED = (None, None)  # a link whose before_send raised, for its send_failed
 
 
-async def ask_sync(
+def enter_sends(
     links: Sequence[SyncHooks],
-    rt: Runtime,
-    ref: AgentRef,
-    env: Envelope,
-    ctx: MessageContext | None = None,
-    headers: Headers = None,
-    deadline: float | None = None,
-    fresh: bool = False,
-    timeout: float | None = None,
-) -> Any:
-    """``env``, an ask, through ``links``, all synchronous, in this one coroutine.
+    ctx: MessageContext,
+    headers: Headers,
+    limit: float,
+    loop: asyncio.AbstractEventLoop,
+    entered: list[Any],
+) -> tuple[Headers, float]:
+    """The ``before_send`` of each of ``links``, outermost first: the headers they add
+    (over ``headers``) and the attempt's deadline (``limit`` narrowed by their
+    timeouts). ``entered`` gets, per link entered, what its hook returned and the
+    deadline outside it.
 
-    ``headers``: what links outside ``links`` added; ``deadline``: the attempt's bound
-    (None: the envelope's); ``fresh``: the attempt is a fresh message (a retry of a
-    link outside); ``timeout``: the ask's own, for the ``AskTimeout`` of an attempt
-    that keeps the envelope's deadline.
+    Raises:
+        Exception: what a hook raised (or the ``TypeError`` of a wrong answer); the
+            links to unwind are then ``links[: len(entered) // 2]`` (``unwind``): it
+            included, when it has ``send_failed``.
     """
-    loop = rt.loop
-    if ctx is None:
-        ctx = MessageContext(env, loop)
-    base = headers
-    limit = env.deadline if deadline is None else deadline
-    assert limit is not None  # an ask always has one
-    # Per link entered: what its before_send returned and the deadline outside it.
-    entered: list[Any] = []
     for link in links:
-        try:  # (as link.enter_send, inline: the hot path)
+        try:
             got = link.before(ctx)
-            if type(got) is not tuple or not 2 <= len(got) <= 3:
+            if type(got) is not tuple or not 2 <= (n := len(got)) <= 3:
                 raise TypeError(_SHAPE.format(got))
             added = got[1]
             if added is not None:  # an inner hook's keys win over an outer one's
@@ -217,42 +213,24 @@ async def ask_sync(
                 link.entered(exc)
             else:  # its send_failed gets it (no attempt made inside it)
                 entered += (_NOT_ENTERED, limit)
-            return await _unwind(links, ctx, entered, exc, len(entered) // 2, rt, ref, env, base)
+            raise
         entered += (got, limit)
-        if len(got) == 3 and got[2] is not None:
+        if n == 3 and got[2] is not None:
             at = loop.time() + got[2]
             if at < limit:
                 limit = at
-    try:
-        if fresh:  # another attempt: a fresh message (id, reply) of the same conversation
-            one = msgspec.structs.replace(
-                env, id=next(rt.ids), deadline=limit, reply=loop.create_future()
-            )
-            if headers is not None:
-                one = with_headers(one, headers)
-        elif headers is not None:  # one copy of the envelope for both changes
-            own = env.headers
-            one = msgspec.structs.replace(
-                env, deadline=limit, headers={**own, **headers} if own else headers
-            )
-        elif limit == env.deadline:
-            one = env
-        else:
-            one = msgspec.structs.replace(env, deadline=limit)
-        reply = one.reply
-        assert reply is not None
-        waiter = rt.deliver(one, ref)
-        if timeout is None or fresh or limit != env.deadline:
-            timeout = max(0.0, limit - loop.time())
-        timer = loop.call_at(limit, expire, reply, ref.id, one.payload, timeout)
-        try:
-            if waiter is not None:
-                await wait_for_room(waiter, reply)
-            result = await reply
-        finally:
-            timer.cancel()
-    except BaseException as exc:
-        return await _unwind(links, ctx, entered, exc, len(links), rt, ref, env, base)
+    return headers, limit
+
+
+def exit_sends(
+    links: Sequence[SyncHooks], ctx: MessageContext, entered: list[Any], result: Any
+) -> None:
+    """The ``after_send`` of each of ``links``, innermost first, with ``result``.
+
+    Raises:
+        Exception: what an after hook raised (a note on it names the hook); ``entered``
+            is then cut to the links outside it, which are to unwind (``unwind``).
+    """
     i = len(links)
     while i:
         i -= 1
@@ -261,11 +239,83 @@ async def ask_sync(
             link.after(ctx, entered[2 * i][0], result, None)
         except Exception as exc:
             link.entered(exc, 1)
-            return await _unwind(links, ctx, entered, exc, i, rt, ref, env, base)
+            del entered[2 * i :]
+            raise
+
+
+async def ask_sync(
+    links: Sequence[SyncHooks],
+    rt: Runtime,
+    ref: AgentRef,
+    env: Envelope,
+    ctx: MessageContext | None = None,
+    headers: Headers = None,
+    deadline: float | None = None,
+    fresh: bool = False,
+) -> Any:
+    """``env``, an ask, through ``links``, all synchronous, in this one coroutine
+    (``AgentRef.ask`` makes the first attempt of a root chain of them itself, the same
+    way).
+
+    ``headers``: what links outside ``links`` added; ``deadline``: the attempt's bound
+    (None: the envelope's); ``fresh``: the attempt is a fresh message (a retry of a
+    link outside).
+    """
+    loop = rt.loop
+    if ctx is None:
+        ctx = MessageContext(env, loop)
+    base = headers
+    limit = env.deadline if deadline is None else deadline
+    assert limit is not None  # an ask always has one
+    entered: list[Any] = []
+    try:
+        headers, limit = enter_sends(links, ctx, headers, limit, loop, entered)
+    except Exception as exc:
+        return await unwind(links, ctx, entered, exc, len(entered) // 2, rt, ref, env, base)
+    try:
+        if fresh:  # another attempt: a fresh message (id, reply) of the same conversation
+            one = msgspec.structs.replace(
+                env, id=next(rt.ids), deadline=limit, reply=loop.create_future()
+            )
+            if headers is not None:
+                one = with_headers(one, headers)
+        else:
+            one = attempt_envelope(env, headers, limit)
+        reply = one.reply
+        assert reply is not None
+        waiter = rt.deliver(one, ref)
+        timer = loop.call_at(
+            limit, expire, reply, ref.id, one.payload, max(0.0, limit - loop.time())
+        )
+        try:
+            if waiter is not None:
+                await wait_for_room(waiter, reply)
+            result = await reply
+        finally:
+            timer.cancel()
+    except BaseException as exc:
+        return await unwind(links, ctx, entered, exc, len(links), rt, ref, env, base)
+    try:
+        exit_sends(links, ctx, entered, result)
+    except Exception as exc:
+        return await unwind(links, ctx, entered, exc, len(entered) // 2, rt, ref, env, base)
     return result
 
 
-async def _unwind(
+def attempt_envelope(env: Envelope, headers: Headers, deadline: float) -> Envelope:
+    """The first attempt of ``env``: with ``headers`` added and ``deadline`` (one copy
+    for both changes; ``env`` itself when neither changes it)."""
+    if headers is not None:
+        own = env.headers
+        return msgspec.structs.replace(
+            env, deadline=deadline, headers={**own, **headers} if own else headers
+        )
+    if deadline == env.deadline:
+        return env
+    return msgspec.structs.replace(env, deadline=deadline)
+
+
+async def unwind(
     links: Sequence[SyncHooks],
     ctx: MessageContext,
     entered: list[Any],

@@ -98,6 +98,7 @@ BREAKERS = "kerna.breakers"
 """The topic ``BreakerChanged`` events are published on."""
 
 _PASS = (None, None, None)  # before_send's answer for what is not a call to a target
+_UNKNOWN: Any = object()  # a type not looked up yet (Resilience._by_name)
 
 
 class _Await(Exception):
@@ -433,14 +434,27 @@ class Resilience(Middleware):
         """
         if ctx.kind != "ask":
             return _PASS
-        target = self._agent_target(ctx.target)
+        agent = ctx.target
+        target = (
+            self._by_name.get(agent.type, _UNKNOWN)
+            if type(agent) is AgentId and not self._ids  # (the usual case: one dict lookup)
+            else _UNKNOWN
+        )
+        if target is _UNKNOWN:
+            target = self._agent_target(agent)
         if target is None:
             return _PASS
         if target.bulkhead is not None:  # its slot may need waiting for: send_failed
             raise _Await()
         breaker = target.breaker or target.breaker_state()
         target.calls += 1
-        probe = False if breaker is None else breaker.admit()
+        if breaker is None:
+            probe = False
+        elif breaker.storage.clean:  # (breaker.admit's first case, inline)
+            breaker.calls += 1
+            probe = False
+        else:
+            probe = breaker.admit()
         target.attempts += 1
         return target.first[probe], None, target.policy.timeout
 
@@ -450,7 +464,8 @@ class Resilience(Middleware):
         if state is not None:  # (error: a cancellation; failures go to send_failed)
             target, probe = state
             breaker = target.breaker
-            if breaker is not None:
+            # (breaker.done's first case, inline: a success on a healthy breaker)
+            if breaker is not None and (probe or error is not None or not breaker.storage.clean):
                 breaker.done(probe, error)
         if error is None and self._degraded and ctx.sender is None and ctx.kind == "ask":
             self._root_answered(ctx.correlation_id)  # a root ask: its conversation is over

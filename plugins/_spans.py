@@ -266,7 +266,7 @@ class KernaSpan(api.Span):
                 pipeline = self.pipeline
                 buffer = pipeline.buffer
                 buffer.append(self)
-                if (len(buffer) == 1 and pipeline.timer is None) or len(buffer) >= BATCH:
+                if pipeline.timer is None or len(buffer) >= BATCH:  # (no timer: the first)
                     pipeline.first_or_full()
 
     # -- opentelemetry.trace.Span, for the handler's own code ------------------------------
@@ -569,7 +569,7 @@ class Pipeline:
             if span.recording:
                 buffer = self.buffer
                 buffer.append(span)
-                if (len(buffer) == 1 and self.timer is None) or len(buffer) >= BATCH:
+                if self.timer is None or len(buffer) >= BATCH:  # (no timer: the first)
                     self.first_or_full()
 
     def before_handle(self, ctx: MessageContext) -> KernaSpan:
@@ -608,7 +608,7 @@ class Pipeline:
             if span.recording:
                 buffer = self.buffer
                 buffer.append(span)
-                if (len(buffer) == 1 and self.timer is None) or len(buffer) >= BATCH:
+                if self.timer is None or len(buffer) >= BATCH:  # (no timer: the first)
                     self.first_or_full()
 
     def new_span_id(self) -> int:
@@ -694,7 +694,7 @@ class Pipeline:
         """``span`` ended: buffer it."""
         buffer = self.buffer
         buffer.append(span)
-        if (len(buffer) == 1 and self.timer is None) or len(buffer) >= BATCH:
+        if self.timer is None or len(buffer) >= BATCH:  # (no timer: the first)
             self.first_or_full()
 
     def first_or_full(self) -> None:
