@@ -45,6 +45,7 @@ TRACEPARENT = "traceparent"  # the W3C Trace Context header in a message's heade
 TRACESTATE = "tracestate"
 
 _SCOPE = "kerna"
+_HOOKS = ("before_send", "after_send", "before_handle", "after_handle")
 
 
 class Tracing(Middleware):
@@ -115,20 +116,16 @@ class Tracing(Middleware):
         self._tracer: Tracer = trace.get_tracer(_SCOPE, tracer_provider=tracer_provider)
         self._pipeline: Pipeline | None = None
         self._pipelines: list[Pipeline] = []
-        # The chain's hooks (kerna._chain.SyncHooks): with the SDK's provider given,
-        # its pipeline's own (no call of Tracing's per hook), else the ones below, which
-        # find the provider (the global one may be set later) on each message.
-        self.before_send = self._before_send
-        self.after_send = self._after_send
-        self.before_handle = self._before_handle
-        self.after_handle = self._after_handle
         if tracer_provider is not None:
             pipeline = self._resolve(tracer_provider)
-            if pipeline is not None:
-                self.before_send = pipeline.before_send
-                self.after_send = pipeline.after_send
-                self.before_handle = pipeline.before_handle
-                self.after_handle = pipeline.after_handle
+            if pipeline is not None and all(
+                getattr(type(self), name) is getattr(Tracing, name) for name in _HOOKS
+            ):
+                # The chain's hooks (kerna._chain.SyncHooks) are then the SDK pipeline's
+                # own (no call of Tracing's per hook; a subclass that overrides one keeps
+                # its own): instance attributes over the methods below, which find the
+                # provider (the global one may be set later) on each message.
+                vars(self).update({name: getattr(pipeline, name) for name in _HOOKS})
 
     def __repr__(self) -> str:
         return f"<Tracing tracer={self._tracer!r}>"
@@ -182,7 +179,7 @@ class Tracing(Middleware):
     # detach restores exactly what was current whether the handler returned, raised or
     # was cancelled.
 
-    def _before_send(self, ctx: MessageContext) -> tuple[Any, dict[str, str]]:
+    def before_send(self, ctx: MessageContext) -> tuple[Any, dict[str, str]]:
         provider = self._provider
         pipeline = (
             self._pipeline if provider is not None else self._resolve(self._global_provider())
@@ -191,7 +188,7 @@ class Tracing(Middleware):
             return self._send_through_tracer(ctx)
         return pipeline.before_send(ctx)
 
-    def _after_send(
+    def after_send(
         self, ctx: MessageContext, state: Any, result: Any, error: BaseException | None
     ) -> None:
         if type(state) is tuple:  # a span of a tracer that is not the SDK's
@@ -199,7 +196,7 @@ class Tracing(Middleware):
             return
         state.pipeline.after_send(ctx, state, result, error)
 
-    def _before_handle(self, ctx: MessageContext) -> Any:
+    def before_handle(self, ctx: MessageContext) -> Any:
         provider = self._provider
         pipeline = (
             self._pipeline if provider is not None else self._resolve(self._global_provider())
@@ -208,7 +205,7 @@ class Tracing(Middleware):
             return self._handle_through_tracer(ctx)
         return pipeline.before_handle(ctx)
 
-    def _after_handle(
+    def after_handle(
         self, ctx: MessageContext, state: Any, result: Any, error: BaseException | None
     ) -> None:
         if type(state) is tuple:  # a span of a tracer that is not the SDK's
