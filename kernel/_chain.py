@@ -28,13 +28,36 @@ part of the chain, with no coroutine of their own::
     def after_handle(self, ctx, state, result, error: BaseException | None) -> None
 
 ``before_send`` returns its state and the headers to add (None: none), as
-``call_next(headers=)`` adds them; ``after_*`` gets that state and the outcome: the
-result (error None), or what was raised (a cancellation too: ``CancelledError``). A
-before hook that raises fails that message (the hooks outside it still get their
-``after_*``, with that error); an after hook that raises fails it too, except a
-cancellation, which goes on (that error is logged). Either error carries a note naming
-the hook. Such a middleware sits in the chain where it is listed, as a coroutine hook
-would, around every attempt inside it: ``kerna.plugins.Tracing`` is one.
+``call_next(headers=)`` adds them, and optionally a third element, a timeout in
+seconds (None: none) that bounds each attempt inside it as ``call_next(timeout=)``
+does; ``after_*`` gets that state and the outcome: the result (error None), or what
+was raised (a cancellation too: ``CancelledError``). A before hook that raises fails
+that message (the hooks outside it still get their ``after_*``, with that error); an
+after hook that raises fails it too, except a cancellation, which goes on (that error
+is logged). Either error carries a note naming the hook. Such a middleware sits in the
+chain where it is listed, as a coroutine hook would, around every attempt inside it:
+``kerna.plugins.Tracing`` is one.
+
+A send middleware that handles failures without a coroutine per message (it retries
+or replaces the result only when something failed) adds to the plain send pair::
+
+    async def send_failed(self, ctx, state, error: Exception, call_next: SendNext) -> Any
+
+It is awaited instead of ``after_send`` when an attempt inside it failed (``state``:
+its ``before_send``'s), or when its own ``before_send`` raised (``state`` None; no
+attempt was made); what it returns is the send's result, what it raises the send's
+error, and ``call_next`` (as a ``send`` hook's) makes another attempt through the
+links inside it, a fresh message with its headers. A cancellation still goes to
+``after_send``. ``kerna.plugins.Resilience`` is one: a call whose first attempt
+succeeds costs no coroutine or closure of its own.
+
+Where the synchronous links run (``kerna._sends``): an ask whose links are all
+synchronous runs every hook inline in ``AgentRef.ask``'s own coroutine (its retries in
+one coroutine each, ``ask_sync``); among coroutine hooks, the outermost runs in the
+ask's coroutine, the innermost in the attempt's, any other in a coroutine of its own.
+A type whose only handle link is synchronous has its hooks called by the worker itself
+around the plain handler (``AgentType.around``; ``Activation._call``, for deadline
+scopes and re-runs, takes the composed table instead).
 
 The cost of an empty chain is nothing: an agent type's handler table holds the plain
 handlers then (the composed ones otherwise, built once here), and a send checks one

@@ -58,11 +58,20 @@ class Middleware:
     ``kerna.plugins.Tracing`` uses them); one direction takes either its coroutine hook
     or these:
 
-    ``before_send(self, ctx) -> (state, headers)``: before each attempt inside it (once
-    per send when it is outside any retrying middleware); ``headers`` (a mapping of str
-    to str, or None) are added as ``call_next(headers=)`` adds them.
+    ``before_send(self, ctx) -> (state, headers)`` or ``(state, headers, timeout)``:
+    before each attempt inside it (once per send when it is outside any retrying
+    middleware); ``headers`` (a mapping of str to str, or None) are added as
+    ``call_next(headers=)`` adds them, ``timeout`` (seconds, or None) bounds each
+    attempt inside it as ``call_next(timeout=)`` does.
     ``after_send(self, ctx, state, result, error)``: after it, with its ``state``, the
     reply (None for a tell) or what was raised (``error``, a ``CancelledError`` too).
+    ``async def send_failed(self, ctx, state, error, call_next) -> Any`` (optional,
+    with the plain send hooks): awaited instead of ``after_send`` when an attempt
+    inside it failed, or when its own ``before_send`` raised (``state`` None, no
+    attempt made); it returns the send's result or raises its error, and
+    ``call_next`` makes another attempt (a fresh message, as a ``send`` hook's): how a
+    middleware retries or falls back with no coroutine of its own when nothing fails
+    (``Resilience``). A cancellation still goes to ``after_send``.
     ``before_handle(self, ctx) -> state`` and ``after_handle(self, ctx, state, result,
     error)``: around the handling, in the agent's worker and its context (a contextvar
     set before is the handler's; the after hook runs in the same context, however the

@@ -13,8 +13,10 @@ A target is an agent type (its class: one breaker, one bulkhead for every agent 
 the type), one agent (an ``AgentId``: its own) or a named external dependency (a str:
 what handlers call through ``dependency(self, "openai")``). An agent's own target wins
 over its type's. The policy applies where the call is made, in the caller: an ask to
-a target (the ``send`` hook: each attempt is a fresh message, see ``kerna._chain``), or
-a dependency call. Tells and events pass untouched (their sender does not wait for
+a target (its send hooks: ``before_send`` admits the first attempt and bounds it by the
+policy's timeout, ``send_failed`` does the rest when it fails, each attempt a fresh
+message, see ``kerna._chain``: a call whose first attempt succeeds costs no coroutine
+of its own), or a dependency call. Tells and events pass untouched (their sender does not wait for
 an outcome to retry, break or replace).
 
 Each call: the bulkhead's slot (waiting within the deadline), then the breaker's
