@@ -104,7 +104,17 @@ def _layer(
     # Plain functions, not coroutines: a layer adds the hook's own coroutine and nothing
     # else to a send (the hook awaits what call_next returns: the inner layer's hook).
     def invoke(deadline: float | None, outer: Headers) -> Awaitable[Any]:
-        return hook(ctx, _next(inner, deadline, outer, loop))
+        def call_next(timeout: float | None = None, headers: Headers = None) -> Awaitable[Any]:
+            limit = deadline  # (as _next's, inline: the hot path)
+            if timeout is not None:
+                at = loop.time() + timeout
+                if limit is None or at < limit:
+                    limit = at
+            if headers is not None:  # an inner hook's keys win over an outer one's
+                headers = merge_headers(outer, headers)
+            return inner(limit, outer if headers is None else headers)
+
+        return hook(ctx, call_next)
 
     return invoke
 
