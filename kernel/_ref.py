@@ -227,7 +227,7 @@ class AgentRef:
                 # the chain's), the first attempt made here (as ask_sync makes the others).
                 entered: list[Any] = []
                 try:
-                    added, limit = enter_sends(outbound, ctx, None, deadline, loop, entered)
+                    added, limit = enter_sends(outbound, ctx, None, deadline, now, entered)
                 except Exception as exc:
                     return await unwind(
                         outbound, ctx, entered, exc, len(entered) // 2, rt, self, env, None
@@ -235,8 +235,8 @@ class AgentRef:
                 try:
                     one = attempt_envelope(env, added, limit)
                     waiter = rt.deliver(one, self)
-                    if limit != deadline:
-                        timeout = max(0.0, limit - loop.time())
+                    if limit != deadline:  # a link's timeout, from now
+                        timeout = limit - now if limit > now else 0.0
                     timer = loop.call_at(limit, expire, reply, self.id, message, timeout)
                     try:
                         if waiter is not None:

@@ -197,13 +197,13 @@ def enter_sends(
     ctx: MessageContext,
     headers: Headers,
     limit: float,
-    loop: asyncio.AbstractEventLoop,
+    now: float,
     entered: list[Any],
 ) -> tuple[Headers, float]:
     """The ``before_send`` of each of ``links``, outermost first: the headers they add
     (over ``headers``) and the attempt's deadline (``limit`` narrowed by their
-    timeouts). ``entered`` gets, per link entered, what its hook returned and the
-    deadline outside it.
+    timeouts, counted from ``now``: the send's ``loop.time()``). ``entered`` gets, per
+    link entered, what its hook returned and the deadline outside it.
 
     Raises:
         Exception: what a hook raised (or the ``TypeError`` of a wrong answer); the
@@ -226,7 +226,7 @@ def enter_sends(
             raise
         entered += (got, limit)
         if n == 3 and got[2] is not None:
-            at = loop.time() + got[2]
+            at = now + got[2]
             if at < limit:
                 limit = at
     return headers, limit
@@ -279,7 +279,7 @@ async def ask_sync(
     assert limit is not None  # an ask always has one
     entered: list[Any] = []
     try:
-        headers, limit = enter_sends(links, ctx, headers, limit, loop, entered)
+        headers, limit = enter_sends(links, ctx, headers, limit, loop.time(), entered)
     except Exception as exc:
         return await unwind(links, ctx, entered, exc, len(entered) // 2, rt, ref, env, base)
     try:
