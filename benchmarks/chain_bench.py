@@ -21,8 +21,10 @@ kernel's metrics: mailbox wait and handling histograms for one message in 16 (wh
 end). The target never fails, so what is
 measured is the cost of the machinery on every call. Target: full <= 2x empty (p50).
 The other rows take the chain apart (each part alone, and a middleware that does
-nothing: the chain's own mechanism), and vary it (1% of traces sampled; the SDK's
-``BatchSpanProcessor``).
+nothing: the chain's own mechanism), vary it (1% of traces sampled; the SDK's
+``BatchSpanProcessor``), and replace one part of the full chain by a stand-in whose
+hooks do nothing (the full chain's row minus that one is the part's own work there);
+each part's hooks are also timed apart, in a loop of their own (``hooks_apart_us``).
 
 Runs interleave the variants (alternating which goes first), each on a fresh event
 loop; figures are medians with min to max, the ratio the median of per-run ratios.
@@ -96,7 +98,7 @@ class Dropping(SpanExporter):
 
 VARIANTS = (
     "empty", "full", "sampled", "batched", "tracing", "resilience", "metrics", "hooks", "sync",
-    "tracing+resilience",
+    "tracing+resilience", "full-stand-in-tracing", "full-stand-in-resilience",
 )  # fmt: skip
 LABELS = {
     "full": "the full chain: `Tracing` (SDK, no-op exporter) + `Resilience` (timeout, "
@@ -110,10 +112,15 @@ LABELS = {
     "hooks": "a middleware whose `send` and `handle` only call `call_next()`",
     "sync": "a middleware whose synchronous `before_*`/`after_*` hooks do nothing",
     "tracing+resilience": "`Tracing` + `Resilience` (the full chain without the metrics)",
+    "full-stand-in-tracing": "the full chain, a stand-in for `Tracing` (its four hooks, "
+    "doing nothing but add one header)",
+    "full-stand-in-resilience": "the full chain, a stand-in for `Resilience` (its hooks, "
+    "doing nothing but set a 1 s timeout)",
 }
-TRACED = ("full", "tracing", "sampled", "batched", "tracing+resilience")
-TIMED = ("full", "sampled", "batched", "metrics")
-RESILIENT = ("full", "resilience", "sampled", "batched", "tracing+resilience")
+STAND_IN_T, STAND_IN_R = "full-stand-in-tracing", "full-stand-in-resilience"
+TRACED = ("full", "tracing", "sampled", "batched", "tracing+resilience", STAND_IN_R)
+TIMED = ("full", "sampled", "batched", "metrics", STAND_IN_T, STAND_IN_R)
+RESILIENT = ("full", "resilience", "sampled", "batched", "tracing+resilience", STAND_IN_T)
 
 
 class Passing:
@@ -140,6 +147,39 @@ class Inline:
 
     def after_handle(self, ctx: MessageContext, state: None, result: Any, error: object) -> None:
         pass
+
+
+class TracingStandIn:
+    """Where ``Tracing`` sits, its four synchronous hooks doing nothing but add one
+    header: the full chain less ``Tracing``'s own work."""
+
+    def before_send(self, ctx: MessageContext) -> tuple[None, dict[str, str]]:
+        return None, {"traceparent": "-"}
+
+    def after_send(self, ctx: MessageContext, state: None, result: Any, error: object) -> None:
+        pass
+
+    def before_handle(self, ctx: MessageContext) -> None:
+        return None
+
+    def after_handle(self, ctx: MessageContext, state: None, result: Any, error: object) -> None:
+        pass
+
+
+class ResilienceStandIn:
+    """Where ``Resilience`` sits, its hooks doing nothing but bound the attempt by 1 s:
+    the full chain less ``Resilience``'s own work."""
+
+    def before_send(self, ctx: MessageContext) -> tuple[None, None, float]:
+        return None, None, 1.0
+
+    def after_send(self, ctx: MessageContext, state: None, result: Any, error: object) -> None:
+        pass
+
+    async def send_failed(
+        self, ctx: MessageContext, state: None, error: Exception, call_next: SendNext
+    ) -> Any:
+        raise error
 
 
 def chain(
@@ -170,7 +210,11 @@ def chain(
     metrics = []
     if reader is not None:
         metrics = [Metrics(MeterProvider(metric_readers=[reader], shutdown_on_exit=False))]
-    chain = [*tracing, *([resilience] if variant in RESILIENT else []), *metrics]
+    chain: list[object] = [*tracing, *([resilience] if variant in RESILIENT else []), *metrics]
+    if variant == STAND_IN_T:
+        chain = [TracingStandIn(), *chain]
+    elif variant == STAND_IN_R:
+        chain = [chain[0], ResilienceStandIn(), *chain[1:]]
     return chain, provider, reader
 
 
@@ -195,7 +239,7 @@ async def w2(variant: str, asks: int) -> tuple[float, float]:
             samples.append(clock() - start)
         took = time.process_time() - began
     provider.shutdown()  # a BatchSpanProcessor exports what it holds
-    if variant in ("full", "tracing", "batched", "tracing+resilience"):  # two spans an ask
+    if variant in ("full", "tracing", "batched", "tracing+resilience", STAND_IN_R):  # 2 an ask
         assert exporter.exported == 2 * (asks + 1000), exporter.exported
     if timing:
         assert sum(t.handling.count for t in kernel.timings().values()) > asks // 20
@@ -219,6 +263,46 @@ def bare_span_us(sampled: bool, spans: int = 20_000) -> float:
     return (time.perf_counter() - start) / spans * 1e6
 
 
+async def hooks_apart_us(rounds: int = 20_000) -> tuple[float, float]:
+    """µs for ``Tracing``'s four hooks (a send's span and its handling's, the handling
+    finding its parent in flight) and for ``Resilience``'s two (a call to its target),
+    each called in a loop of their own outside any ask (as ``timeit`` would: their own
+    code, warm, without the rest of an ask around it)."""
+    import msgspec
+
+    from kerna._envelope import ASK, Envelope  # (the view of one message, made here)
+
+    middleware, _, _ = chain("full", Dropping())
+    tracing: Any = middleware[0]
+    resilience: Any = middleware[1]
+    async with Kernel(middleware=middleware, timing=16) as kernel:
+        kernel.register(Echo)
+        ref = kernel.ref(Echo, "e")
+        await ref.ask(Ping(0))  # the breaker made
+        loop = asyncio.get_running_loop()
+        env = Envelope(1, ASK, ref.id, Ping(0), None, 1, 0, loop.time() + 30, (), None, None)
+        send = MessageContext(env, loop)
+        clock = time.perf_counter
+        took = 0.0
+        for _ in range(rounds // 128):  # the spans handed over between batches, untimed
+            start = clock()
+            for _ in range(128):
+                span, headers = tracing.before_send(send)
+                handle = MessageContext(msgspec.structs.replace(env, headers=headers), loop)
+                state = tracing.before_handle(handle)
+                tracing.after_handle(handle, state, None, None)
+                tracing.after_send(send, span, None, None)
+            took += clock() - start
+            tracing.flush()
+        traced = took / (rounds // 128 * 128) * 1e6
+        start = clock()
+        for _ in range(rounds):
+            state, _, _ = resilience.before_send(send)
+            resilience.after_send(send, state, None, None)
+        resilient = (clock() - start) / rounds * 1e6
+    return traced, resilient
+
+
 def run_loop(coro: Any) -> Any:
     with asyncio.Runner() as runner:
         return runner.run(coro)
@@ -239,6 +323,9 @@ def main() -> None:
             raw[name].append(p50)
             means[name].append(mean)
         print(f"run {run + 1}: " + ", ".join(f"{v} {raw[v][-1]:.1f} µs" for v in VARIANTS))
+        traced, resilient = run_loop(hooks_apart_us())
+        raw.setdefault("tracing_hooks", []).append(traced)
+        raw.setdefault("resilience_hooks", []).append(resilient)
         raw.setdefault("span", []).append(bare_span_us(False))
         raw.setdefault("span_sampled", []).append(bare_span_us(True))
     ratios = {v: [f / e for f, e in zip(raw[v], raw["empty"], strict=True)] for v in VARIANTS[1:]}
@@ -292,6 +379,8 @@ def render(
     ]
     empty = med(raw["empty"])
     extra = {v: med(raw[v]) - empty for v in VARIANTS[1:]}
+    own_t = extra["full"] - extra[STAND_IN_T]  # Tracing's own work in the full chain
+    own_r = extra["full"] - extra[STAND_IN_R]
     # The spans' export: what Tracing adds to the CPU time beyond what it adds to the p50.
     export = (med(means["tracing"]) - med(raw["tracing"])) - (med(means["empty"]) - empty)
     parts = [
@@ -304,6 +393,8 @@ def render(
         f"| metrics (`timing=16`, `Metrics`) | {extra['metrics']:.2f} |",
         f"| `Tracing` + `Resilience` | {extra['tracing+resilience']:.2f} |",
         f"| the full chain | {extra['full']:.2f} |",
+        f"| `Tracing`'s own work in the full chain (full minus its stand-in) | {own_t:.2f} |",
+        f"| `Resilience`'s own work in the full chain | {own_r:.2f} |",
     ]
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
@@ -351,67 +442,73 @@ the queue; in production, size it for the span rate.
 
 Each ask of the full chain makes two spans (its send and its handling), carries a
 `traceparent`, passes `Tracing`'s synchronous send and handle hooks and `Resilience`'s
-send hook (a coroutine: it awaits retries); one message in 16 is timed (also into
-OpenTelemetry histograms). Extra p50 µs over the empty chain ({empty:.2f} µs), each
-part alone:
+synchronous send hooks (its retries and fallback in `send_failed`, awaited only when an
+attempt fails); one message in 16 is timed (also into OpenTelemetry histograms). Extra
+p50 µs over the empty chain ({empty:.2f} µs):
 
 {chr(10).join(parts)}
 
-Profiled (cProfile call counts, py-spy, and each piece timed apart with `timeit`):
+Profiled with cProfile (call counts), each piece timed apart (in a loop of its own, warm:
+the `timeit` way) and, in the full chain itself, each part replaced by a stand-in that
+does nothing (the last two rows above):
 
-- the chain's own path: {extra["sync"]:.1f} µs with synchronous hooks that do nothing,
-  {extra["hooks"]:.1f} µs with coroutine hooks that do nothing. What the synchronous
-  form leaves is not the hooks but a send's way through any chain: a `MessageContext`
-  of the send, the attempt's closure and its coroutine (a coroutine more than the plain
-  ask, which delivers inline) when a coroutine hook is in the chain, and around the
-  handler one coroutine of the chain's and the `agent.context` view. The outermost
-  synchronous send link of an ask runs in `AgentRef.ask`'s own coroutine (`Tracing`
-  first, as here: no coroutine for its span, which covers every retry inside it; alone,
-  the plain ask's path inside its hooks), the innermost inside the attempt; one between
-  two coroutine hooks needs a coroutine of its own (about what a coroutine hook costs).
-  Tells and publishes run their synchronous links in the attempt or a coroutine of
-  their own.
-- `Tracing`'s own work: its row minus the `sync` row, {extra["tracing"] - extra["sync"]:.1f}
-  µs for two spans. Per span a `KernaSpan` record (ids from the provider's id
-  generator, `time.time_ns()` twice, about 0.35 µs to make), the sampler's decision
-  (inline for the SDK's default), the `traceparent` written (send, about 0.3 µs with
-  its headers merged into the attempt's envelope) and found again (handling: by the
-  string itself while the send is in flight here), and the handling span made current
-  (an OpenTelemetry `Context` made, attached and detached: about 0.4 µs through the
-  API) so that the handler's own spans are its children. A span's name and kind are
-  found when it is exported. No SDK object is made on the hot path: the SDK's own
-  `start_span` + `end` costs {fig(raw["span"], ".2f")} µs a span on this provider
-  ({fig(raw["span_sampled"], ".2f")} µs sampled out).
-- `Resilience`: its row, {extra["resilience"]:.1f} µs: a coroutine send hook (about the
-  `hooks` row's send half) and about 1 µs of its own: the target's policy found, the
-  breaker's admission and outcome, the attempt's timeout (a narrower deadline).
-- together they cost more than apart: `Tracing` + `Resilience` is
-  {extra["tracing+resilience"]:.1f} µs against {extra["tracing"]:.1f} + {extra["resilience"]:.1f},
-  though the same code runs (cProfile: `Resilience` makes the same ten calls an ask
-  with and without `Tracing`; a no-op coroutine send hook in its place adds
-  what it adds alone; with `Resilience`, one envelope copy serves its narrower deadline
-  and `Tracing`'s headers, as one does for the headers alone). The metrics (one message
-  in 16 timed) add {extra["full"] - extra["tracing+resilience"]:.1f} µs to the full chain
-  though {extra["metrics"]:.1f} µs alone: not explained by the code they run per message
-  (a modulo; no garbage collection effect: the same with `gc` disabled; the whole
-  distribution moves, p10 to p90, not a tail). The likely cause of both is the larger
-  working set of the pieces together (the CPU's caches; the interpreter's specialized
-  instructions): measured, not proven.
+- the chain's own path: an ask whose send links are all synchronous, as here, runs
+  every `before_send`, its first attempt and every `after_send` in `AgentRef.ask`'s own
+  coroutine (`kerna._sends.enter_sends`/`exit_sends`; a failure goes out link by link,
+  `unwind`, and a link's `send_failed` makes its retries through `ask_sync`), and a type
+  whose one handle link is synchronous has its hooks called by the worker itself
+  (`AgentType.around`): no coroutine or closure of the chain's per ask. What is left:
+  a `MessageContext` per send and per handling, the headers merged into one copy of
+  the envelope, the hooks' calls. With hooks that do nothing: {extra["sync"]:.1f} µs for
+  one synchronous middleware, {extra["hooks"]:.1f} µs for one with coroutine hooks.
+- `Tracing`'s own work: {own_t:.1f} µs in the full chain (the full chain minus its
+  stand-in's row); its four hooks timed apart: {fig(raw["tracing_hooks"], ".2f")} µs.
+  With the SDK's provider given, the chain's hooks are its pipeline's own methods
+  (`kerna.plugins._spans.Pipeline`: no call of `Tracing`'s between). Per span a
+  `KernaSpan` record (ids from `random.getrandbits`, as the SDK's `RandomIdGenerator`
+  draws them, `time.time_ns()` twice, the sampler's decision inline for the SDK's
+  default), the `traceparent` written once (send), the handling's parent the in-flight
+  send span itself (found by the `traceparent` string, nothing parsed), the handling
+  span made current (an OpenTelemetry `Context` attached and detached) so that the
+  handler's own spans are its children. No SDK object is made on the hot path: the SDK's
+  own `start_span` + `end` costs {fig(raw["span"], ".2f")} µs a span on this provider
+  ({fig(raw["span_sampled"], ".2f")} µs sampled out). Sampling out (the 1% row) saves
+  nothing at the p50: a sampled-out span is still made (its ids travel on), only not
+  exported.
+- `Resilience`'s own work: {own_r:.1f} µs in the full chain; its two hooks timed apart:
+  {fig(raw["resilience_hooks"], ".2f")} µs (the target's policy found by its type name, a
+  closed breaker's admission and outcome read from one flag, the attempt's timeout as
+  `before_send`'s third element; a failure, an open breaker or a bulkhead go to
+  `send_failed`: retries, waits and the fallback, as before).
+- the metrics (one message in 16 timed): {extra["full"] - extra["tracing+resilience"]:.1f} µs
+  in the full chain, {extra["metrics"]:.1f} µs alone. Not explained by the code they run
+  per message (a modulo and a comparison; the timed ones' histograms): with a no-op in
+  place of `Metrics`' histogram recording it measured the same (by hand, 18:10-18:25
+  UTC); between runs it moved from 0.3 to 1.4 µs.
 
-Against the previous run of this file (16:25 UTC, commit 23ce35d: `Tracing` with
-coroutine hooks; empty 5.33 µs, full 15.81 µs (2.94x), `Tracing` alone 11.67 µs
-(2.19x)): the synchronous hooks (the outermost in the ask's own coroutine), a span's
-name and kind found at export, and two cuts in `Resilience`'s fast path.
+Inside a running ask each part costs {own_t / med(raw["tracing_hooks"]):.1f}x
+(`Tracing`) and {own_r / med(raw["resilience_hooks"]):.1f}x (`Resilience`) what it costs
+timed apart: the same code, run between the event loop's, the kernel's and the SDK's,
+whose working set does not stay in the CPU's caches (and whose call sites the
+interpreter specializes less): measured, not proven. Taking out pieces by hand
+(18:10-18:25 UTC) fits that, not a count of calls: without the handling span's context
+attach and detach the full chain measured the same (within 1%); a second synchronous
+send link that does nothing added about 0.7 µs next to `Tracing`, 0.25 µs without it.
 
-What is left is Python's cost per call, not a coroutine per hook: an empty ask is
-{empty:.1f} µs, so 2x leaves {empty:.1f} µs for two spans, their context, a breaker, a
-timeout and a retry policy. Measured with a no-op in `Resilience`'s place, a synchronous
-fast path for it (a closed breaker, the first attempt) would save its coroutine, about
-0.6 µs (the chain's protocol would need a synchronous hook to narrow an attempt's
-deadline and to hand a failure on to an awaited retry: not built); not making the
-handling span current unless the handler asks for it would save about 0.4 µs (the
-handler's own spans would then start traces of their own). Neither reaches 2x;
-spans recorded outside Python would.
+Against the previous run of this file (16:46 UTC, commit 6516d2f: empty 5.12 µs, full
+14.49 µs, 2.83x; `Tracing` alone 9.39 µs, `Resilience` alone 7.28 µs): `Resilience` on
+the synchronous protocol (`before_send` with a timeout, `send_failed`), the all-synchronous
+ask in `AgentRef.ask`'s coroutine, `Tracing`'s hooks bound to its pipeline with the
+usual spans made inline, the worker calling one synchronous handle link itself.
+
+What bounds the rest: an empty ask is {empty:.1f} µs, so 2x leaves {empty:.1f} µs for
+two spans, their ids, timestamps and context, the `traceparent` through the envelope, a
+breaker, a timeout and a retry policy, and the metrics; `Tracing`'s own work alone is
+{own_t:.1f} µs of it here. What would still cut it changes what the chain does, so it
+was not done: not making the handling span current unless the handler asks for it
+(measured: it saves nothing in the full chain), writing the `traceparent` only when a
+message leaves the process (a handler reads it in its headers; tells and events are
+told apart by it), one span per ask instead of two. Spans recorded outside Python would.
 """
 
 
