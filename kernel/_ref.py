@@ -15,6 +15,8 @@ import asyncio
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, overload
 
+import msgspec
+
 from ._activation import SPAWN_BURST, current_activation
 from ._chain import SyncHooks
 from ._context import MessageContext
@@ -232,8 +234,16 @@ class AgentRef:
                     return await unwind(
                         outbound, ctx, entered, exc, len(entered) // 2, rt, self, env, None
                     )
-                try:
-                    one = attempt_envelope(env, added, limit)
+                try:  # (attempt_envelope, inline)
+                    if added is not None:  # one copy of the envelope for both changes
+                        own = env.headers
+                        one = msgspec.structs.replace(
+                            env, deadline=limit, headers={**own, **added} if own else added
+                        )
+                    elif limit == deadline:
+                        one = env
+                    else:
+                        one = msgspec.structs.replace(env, deadline=limit)
                     waiter = rt.deliver(one, self)
                     if limit != deadline:  # a link's timeout, from now
                         timeout = limit - now if limit > now else 0.0

@@ -434,8 +434,6 @@ class Resilience(Middleware):
         Raises:
             CircuitOpen: the breaker is open (``send_failed`` gets it: the fallback).
         """
-        if ctx.kind != "ask":
-            return _PASS
         agent = ctx.target
         target = (
             self._by_name.get(agent.type, _UNKNOWN)
@@ -444,7 +442,7 @@ class Resilience(Middleware):
         )
         if target is _UNKNOWN:
             target = self._agent_target(agent)
-        if target is None:
+        if target is None or ctx.kind != "ask":  # (a tell to a target passes too)
             return _PASS
         if target.bulkhead is not None:  # its slot may need waiting for: send_failed
             raise _Await()
