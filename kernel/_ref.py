@@ -268,18 +268,16 @@ class AgentRef:
             # The outermost link is synchronous: its hooks run here, in this coroutine
             # (none of their own); the rest of the chain inside them, as ask_through does.
             state, added, bound = head.enter_send(ctx, None)
-            if bound is not None and loop.time() + bound < deadline:
-                deadline = loop.time() + bound
+            if bound is not None and now + bound < deadline:  # its timeout, from now
+                deadline = now + bound
                 timeout = bound
             try:
                 if len(outbound) > 1:
                     result = await ask_through(outbound[1:], rt, self, env, ctx, added, deadline)
                 else:  # the only link: the attempt made here too
-                    one = (
-                        env
-                        if added is None and bound is None
-                        else (attempt_envelope(env, added, deadline))
-                    )
+                    one = env
+                    if added is not None or bound is not None:
+                        one = attempt_envelope(env, added, deadline)
                     waiter = rt.deliver(one, self)
                     timer = loop.call_at(deadline, expire, reply, self.id, message, timeout)
                     try:
