@@ -27,8 +27,11 @@ loop, waiting for it 5 s at most (a loop that does not answer, or a
 ``MeterProvider.shutdown()`` made on it while the kernel runs, gets that collection
 empty). The histograms ``kerna_mailbox_wait_seconds`` and
 ``kerna_handling_seconds`` (unit ``s``, the kernel's bucket bounds) need
-``Kernel(timing=N)``: the kernel's timed messages, one in ``N``, are recorded as they
-are timed (``Kernel.watch_timings``); without timing there are none.
+``Kernel(timing=N)``: the kernel's timed messages, one in ``N`` (``Kernel.watch_timings``),
+are recorded at the next collection (before it reads the histograms: a collection has
+every value timed before it) or, without one, 256 at a time, from the loop: the SDK's
+recording stays off the messages' own path. They carry no exemplar's trace context
+(they are timed outside any handling span); without timing there are none.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ Read = Callable[[Kernel], Iterable[tuple[dict[str, str], float]]]
 
 _SNAPSHOT_KEPT = 0.5  # seconds a snapshot serves a collection's other callbacks
 _LOOP_WAIT = 5.0  # seconds a collection in another thread waits for the kernel's loop at most
+_RECORD_BATCH = 256  # timed values kept at most before they are recorded
 
 
 class Metrics(Middleware):
@@ -100,6 +104,9 @@ class Metrics(Middleware):
         self._kept: tuple[float, dict[str, list[Any]]] | None = None  # (when, snapshot)
         self._histograms: dict[str, Histogram] = {}
         self._attributes: dict[str, dict[str, str]] = {}  # type name -> {"type": name}
+        # Timed values not recorded yet (kind, type name, seconds): see _timed.
+        self._pending: collections.deque[tuple[str, str, float]] = collections.deque()
+        self._soon = False
 
     def __repr__(self) -> str:
         return f"<Metrics meter={self._meter!r}>"
@@ -192,6 +199,9 @@ class Metrics(Middleware):
         self._reads[name] = read
 
         def callback(options: CallbackOptions) -> list[Observation]:
+            # A collection runs these before it reads the histograms: the timed values
+            # still pending are in it.
+            self._record()
             return self._read(name, options.timeout_millis / 1000)
 
         create = (
@@ -253,10 +263,29 @@ class Metrics(Middleware):
         return snapshot
 
     def _timed(self, type_name: str, kind: str, seconds: float) -> None:
-        attributes = self._attributes.get(type_name)
-        if attributes is None:
-            attributes = self._attributes[type_name] = {"type": type_name}
-        self._histograms[kind].record(seconds, attributes)
+        """A timed message's value (in the worker, between two messages): kept, and
+        recorded into its histogram at the next collection, or with the others once
+        ``_RECORD_BATCH`` are kept (soon after, from the loop): the SDK's recording, a
+        few µs each, stays off the message's own path."""
+        pending = self._pending
+        pending.append((kind, type_name, seconds))
+        if len(pending) >= _RECORD_BATCH and not self._soon:
+            self._soon = True
+            asyncio.get_running_loop().call_soon(self._record)
+
+    def _record(self) -> None:
+        """Record the kept values (on the loop, or in a collection's thread)."""
+        self._soon = False
+        pending, histograms, known = self._pending, self._histograms, self._attributes
+        while True:
+            try:
+                kind, type_name, seconds = pending.popleft()
+            except IndexError:  # (another thread may take the last one first)
+                return
+            attributes = known.get(type_name)
+            if attributes is None:
+                attributes = known[type_name] = {"type": type_name}
+            histograms[kind].record(seconds, attributes)
 
 
 def _per_type(field: str, kernel: Kernel) -> Iterable[tuple[dict[str, str], float]]:

@@ -137,6 +137,22 @@ async def test_a_collection_from_another_thread_reads_the_kernel_on_its_loop(
     assert at(found, "kerna_breaker_state", target="Down") == 2
 
 
+async def test_a_collection_has_every_message_timed_before_it_in_its_histograms(
+    metered: tuple[Kernel, InMemoryMetricReader],
+) -> None:
+    kernel, reader = metered
+    echo = kernel.ref(Echo, "e")
+    for n in range(300):  # more than a batch of kept values (timing=1: every one timed)
+        assert await echo.ask(Ping(n=n)) == n
+    await kernel.wait_idle(5)
+    async with asyncio.timeout(10):  # a collection in a thread of its own
+        found = await asyncio.to_thread(points, reader)
+    assert at(found, "kerna_handling_seconds", type="Echo")[0] == 300
+    assert at(found, "kerna_mailbox_wait_seconds", type="Echo")[0] == 300
+    assert await echo.ask(Ping(n=1)) == 1
+    assert at(points(reader), "kerna_handling_seconds", type="Echo")[0] == 301
+
+
 async def test_without_timing_there_are_no_histograms_and_a_metrics_serves_one_kernel() -> None:
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
