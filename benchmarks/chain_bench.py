@@ -481,25 +481,31 @@ does nothing (the last two rows above):
   `before_send`'s third element; a failure, an open breaker or a bulkhead go to
   `send_failed`: retries, waits and the fallback, as before).
 - the metrics (one message in 16 timed): {extra["full"] - extra["tracing+resilience"]:.1f} µs
-  in the full chain, {extra["metrics"]:.1f} µs alone. Not explained by the code they run
-  per message (a modulo and a comparison; the timed ones' histograms): with a no-op in
-  place of `Metrics`' histogram recording it measured the same (by hand, 18:10-18:25
-  UTC); between runs it moved from 0.3 to 1.4 µs.
+  in the full chain, {extra["metrics"]:.1f} µs alone. `Metrics` keeps a timed message's
+  values and records them into its OpenTelemetry histograms at the next collection (or
+  256 at a time, from the loop): recorded by the worker between messages, as before,
+  the SDK's recording cost the full chain about 0.6 µs of its p50 (measured by hand,
+  18:33 UTC: the full chain 9-10% over `Tracing` + `Resilience` with it, 3-6% with the
+  values only kept), more than its share of one message in 16: the whole distribution
+  moved, not only the timed asks. What is left is about `timing=16` alone (1-2% by
+  hand) and this machine's noise.
 
 Inside a running ask each part costs {own_t / med(raw["tracing_hooks"]):.1f}x
 (`Tracing`) and {own_r / med(raw["resilience_hooks"]):.1f}x (`Resilience`) what it costs
 timed apart: the same code, run between the event loop's, the kernel's and the SDK's,
 whose working set does not stay in the CPU's caches (and whose call sites the
-interpreter specializes less): measured, not proven. Taking out pieces by hand
-(18:10-18:25 UTC) fits that, not a count of calls: without the handling span's context
-attach and detach the full chain measured the same (within 1%); a second synchronous
-send link that does nothing added about 0.7 µs next to `Tracing`, 0.25 µs without it.
+interpreter specializes less): measured, not proven (the metrics above fit it too).
+Taking out pieces by hand (18:10-18:25 UTC) fits that, not a count of calls: without
+the handling span's context attach and detach the full chain measured the same (within
+1%); a second synchronous send link that does nothing added about 0.7 µs next to
+`Tracing`, 0.25 µs without it.
 
 Against the previous run of this file (16:46 UTC, commit 6516d2f: empty 5.12 µs, full
 14.49 µs, 2.83x; `Tracing` alone 9.39 µs, `Resilience` alone 7.28 µs): `Resilience` on
 the synchronous protocol (`before_send` with a timeout, `send_failed`), the all-synchronous
 ask in `AgentRef.ask`'s coroutine, `Tracing`'s hooks bound to its pipeline with the
-usual spans made inline, the worker calling one synchronous handle link itself.
+usual spans made inline, the worker calling one synchronous handle link itself,
+`Metrics` recording its histograms off the worker's path.
 
 What bounds the rest: an empty ask is {empty:.1f} µs, so 2x leaves {empty:.1f} µs for
 two spans, their ids, timestamps and context, the `traceparent` through the envelope, a
