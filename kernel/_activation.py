@@ -343,11 +343,10 @@ class Activation(StateOwner):
                     started = runtime.loop.time()
                     timing.wait.observe(started - env.queued_at)
             try:
-                if not atype.plain or self.stale:
-                    result = await self._call(fn, env)
-                elif atype.around is None:
+                if atype.plain and not self.stale:
                     result = await fn(agent, message)
-                else:  # one synchronous handle link: its hooks here, no coroutine of its own
+                elif atype.around is not None and atype.direct and not self.stale:
+                    # one synchronous handle link: its hooks here, no coroutine of its own
                     link = atype.around
                     plain = atype.bare.get(type(message)) or atype.plain_for(type(message))
                     ctx = MessageContext(env, runtime.loop)
@@ -366,6 +365,8 @@ class Activation(StateOwner):
                     except Exception as exc:
                         link.entered(exc, 1)
                         raise
+                else:
+                    result = await self._call(fn, env)
             except BaseException as exc:
                 # Whatever the handler raised is its failure (see kerna._failures),
                 # except KeyboardInterrupt, SystemExit and the kernel's own cancellation.

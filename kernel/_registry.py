@@ -173,6 +173,7 @@ class AgentType:
         "cls",
         "conflict_retries",
         "declared",
+        "direct",
         "factory",
         "handlers",
         "has_on_stop",
@@ -238,7 +239,9 @@ class AgentType:
         # Handlers of a "plain" type are awaited directly: no deadline scope, no retries
         # (a stateful activation whose state must be reloaded first goes through
         # Activation._call, whatever its type).
-        self.plain = not cancel_at_deadline and not conflict_retries
+        self.direct = not cancel_at_deadline and not conflict_retries
+        # ... and with no handle hook the worker calls itself (``around``, see ``chain``).
+        self.plain = self.direct
         self.stats = TypeStats()
         # Mailbox wait and handling histograms, with Kernel(timing=N) only.
         self.timing: TypeTiming | None = None
@@ -254,6 +257,7 @@ class AgentType:
         self.around = (
             inbound[0] if len(inbound) == 1 and isinstance(inbound[0], SyncHooks) else None
         )
+        self.plain = self.direct and self.around is None
         composed = compose(self.table, inbound)
         # In place: a worker draining its mailbox now holds this dict, and its next
         # message takes the new chain (cached fallbacks are found again).
