@@ -487,8 +487,8 @@ does nothing (the last two rows above):
   the SDK's recording cost the full chain about 0.6 µs of its p50 (measured by hand,
   18:33 UTC: the full chain 9-10% over `Tracing` + `Resilience` with it, 3-6% with the
   values only kept), more than its share of one message in 16: the whole distribution
-  moved, not only the timed asks. What is left is about `timing=16` alone (1-2% by
-  hand) and this machine's noise.
+  moved, not only the timed asks. What is left (3-6% by hand) is more than
+  `timing=16` alone (1-2% by hand): not explained further.
 
 Inside a running ask each part costs {own_t / med(raw["tracing_hooks"]):.1f}x
 (`Tracing`) and {own_r / med(raw["resilience_hooks"]):.1f}x (`Resilience`) what it costs
