@@ -17,7 +17,7 @@ import pytest
 
 from kerna.transports import FrameTooLarge
 from kerna.transports._tcp_framing import CHUNK, PING_BYTES, YIELD_EVERY, ProtocolError, header
-from kerna.transports._tcp_receive import FrameReceiver
+from kerna.transports._tcp_receive import HOLD, FrameReceiver
 
 pytestmark = pytest.mark.anyio
 
@@ -170,6 +170,7 @@ async def test_a_pause_holds_back_the_frames_after_it_until_it_completes() -> No
 
     receiver, sock = _receiver(on_frame, limit=100)
     _give(receiver, sock, _wire([b"a", b"stop", b"b", b"c"], pings=False))
+    await asyncio.sleep(0)  # one loop turn: a read of several frames is split then
     assert got == [b"a", b"stop"]
     assert not sock.reading
     gate.set_result(None)
@@ -203,11 +204,51 @@ async def test_the_loop_gets_a_turn_every_yield_every_frames_of_one_read() -> No
     receiver, sock = _receiver(_record(got), limit=100)
     frames = [b"%d" % i for i in range(3 * YIELD_EVERY + 5)]
     _give(receiver, sock, _wire(frames, pings=False))
-    assert got == frames[:YIELD_EVERY]  # the rest after the loop's turns
+    assert got == []  # a read of several frames: split at the next loop turn
     async with asyncio.timeout(5):
-        for turn in (2, 3):
+        for turn in (1, 2, 3):
             await asyncio.sleep(0)  # one loop turn
             assert got == frames[: turn * YIELD_EVERY]
         await asyncio.sleep(0)
     assert got == frames
     assert sock.reading  # a turn does not pause the socket
+
+
+async def test_a_read_of_one_frame_is_handed_over_at_once_a_read_of_several_at_the_next_turn() -> (
+    None
+):
+    got: list[bytes] = []
+    receiver, sock = _receiver(_record(got), limit=100)
+    _give(receiver, sock, _wire([b"lone"], pings=False))
+    assert got == [b"lone"]  # in the read's own callback: a lone ask waits no pass
+    _give(receiver, sock, _wire([b"a", b"b"], pings=False))
+    _give(receiver, sock, _wire([b"c"], pings=False))  # arrives in the same loop pass
+    assert got == [b"lone"]
+    await asyncio.sleep(0)  # one loop turn: the batch, with what came meanwhile
+    assert got == [b"lone", b"a", b"b", b"c"]
+    _give(receiver, sock, PING_BYTES + _wire([b"d"], pings=False))  # a ping, then a frame
+    assert got == [b"lone", b"a", b"b", b"c"]
+    await asyncio.sleep(0)
+    assert got == [b"lone", b"a", b"b", b"c", b"d"]
+
+
+async def test_reading_pauses_while_more_than_hold_bytes_wait_for_their_turn() -> None:
+    got: list[bytes] = []
+    receiver, sock = _receiver(_record(got), limit=1 << 20)
+    frames = [b"%06d" % i + b"x" * 90 for i in range(3 * HOLD // 100)]
+    data = memoryview(_wire(frames, pings=False))
+    reads = 0
+    while data and sock.reading:  # a peer faster than the splitting: one read a pass
+        data = data[_read(receiver, data[:8192]) :]
+        reads += 1
+    assert not sock.reading, "the receiver kept reading past HOLD bytes"
+    assert reads * 8192 < HOLD + 2 * 8192  # it paused as soon as HOLD bytes waited
+    async with asyncio.timeout(5):
+        while data:
+            await _feed(receiver, sock, bytes(data[:8192]))
+            data = data[8192:]
+        for _ in range(len(frames)):  # loop turns: YIELD_EVERY frames each
+            if len(got) == len(frames):
+                break
+            await asyncio.sleep(0)
+    assert got == frames

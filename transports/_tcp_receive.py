@@ -5,7 +5,9 @@ the event loop reads straight into its buffer (``recv_into``; asyncio's own read
 allocate a fresh ``READ``-sized bytes per read, which costs about 15 µs a read on
 these VMs), and the frames are split out and handed over in the same callback
 (``buffer_updated``), with no reader task to wake in between (one loop pass less per
-received batch than a ``StreamReader`` loop). The length prefix is checked against the
+received frame than a ``StreamReader`` loop). A read that holds more than one frame is
+split at the next loop pass instead, together with the reads that arrive by then (a
+batch, as a ``StreamReader`` loop would take it). The length prefix is checked against the
 limit before anything is kept for the body; a body over ``DIRECT`` bytes is received
 into chunks of its own, at most ``CHUNK`` each (each read a sign of life), and joined
 once, so memory for a frame in progress stays within what arrived plus one chunk; when
@@ -13,7 +15,7 @@ once, so memory for a frame in progress stays within what arrived plus one chunk
 completes (frames already read are handed over even if the connection closes
 meanwhile); and every ``YIELD_EVERY`` frames of one read the loop gets a turn
 (splitting resumed by ``call_soon``) so that the frames handed over are handled before
-more are split.
+more are split; reading goes on during a turn until ``HOLD`` bytes wait to be split.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from ._base import FrameTooLarge
 from ._tcp_framing import CHUNK, CONTROL, PING, YIELD_EVERY, ProtocolError, unpack_length
 
-__all__ = ["BUFFER", "DIRECT", "FrameReceiver"]
+__all__ = ["BUFFER", "DIRECT", "HOLD", "FrameReceiver"]
 
 BUFFER = 256 * 1024
 """Bytes of a connection's receive buffer (reused for every read)."""
@@ -34,6 +36,9 @@ MIN_FREE = 64 * 1024
 DIRECT = 64 * 1024
 """A frame body over this many bytes is received into chunks of its own, not the buffer
 (the buffer then never holds more than one small frame's start between reads)."""
+HOLD = 128 * 1024
+"""Bytes read and not yet split at which reading pauses until they are (a loop turn
+splits ``YIELD_EVERY`` frames; a peer sending faster would otherwise fill memory)."""
 
 
 class FrameReceiver(asyncio.BufferedProtocol):
@@ -91,8 +96,22 @@ class FrameReceiver(asyncio.BufferedProtocol):
             if pause is not None:
                 self._wait(asyncio.ensure_future(pause))
             return
-        self._end += nbytes
-        if not self._waiting:
+        start = self._start
+        end = self._end = self._end + nbytes
+        held = end - start
+        if self._waiting:
+            if held >= HOLD and self._transport.is_reading():
+                # Waiting for its turn while the peer sends faster than this node
+                # splits: read no more until what is held was handed over (a bound).
+                self._paused(True)
+                self._transport.pause_reading()
+            return
+        if held > 4 and held > 4 + (unpack_length(self._buf, start) & ~CONTROL):
+            # More than one frame: split at the next loop pass, with what else arrives
+            # by then (a batch; uvloop calls back per read, and splitting each at once
+            # cut 64 asks in flight by a third there). One frame: handed over now.
+            self._turn()
+        else:
             self._split()
 
     def eof_received(self) -> bool:
@@ -176,8 +195,8 @@ class FrameReceiver(asyncio.BufferedProtocol):
 
     def _turn(self) -> None:
         """Give the loop a turn before splitting the rest of this read (reading goes
-        on: what arrives meanwhile lands behind it in the buffer, one loop pass's worth;
-        pausing the socket would cost two system calls per turn)."""
+        on: what arrives meanwhile lands behind it in the buffer, up to ``HOLD`` bytes;
+        pausing the socket at every turn would cost two system calls each)."""
         self._waiting = True
         self._loop.call_soon(self._resume, None)
 
