@@ -21,7 +21,7 @@ one a fresh message (a new id and reply future, the same conversation).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
@@ -496,34 +496,7 @@ def tell_through(
 ) -> Awaitable[None]:
     """``env``, a tell, through the ``send`` hooks (an attempt returns None once the
     message is in the mailbox; ``timeout`` does not apply: a tell has no deadline)."""
-    ctx = MessageContext(env, rt.loop)
-    sent = False
-    last = outbound[-1]
-    inline = last if isinstance(last, SyncHooks) and last.failed is None else None
-
-    async def attempt(deadline: float | None, headers: Headers) -> None:
-        nonlocal sent
-        state = None
-        if inline is not None:
-            state, headers, _ = inline.enter_send(ctx, headers)  # (no deadline)
-        try:
-            one = msgspec.structs.replace(env, id=next(rt.ids)) if sent else env
-            sent = True
-            if headers is not None:
-                one = with_headers(one, headers)
-            waiter = rt.deliver(one, ref)
-            if waiter is not None:
-                await waiter
-        except BaseException as exc:
-            if inline is not None:
-                inline.exit_failed(ctx, state, exc)
-            raise
-        if inline is not None:
-            inline.exit(ctx, state, None)
-
-    links = outbound if inline is None else outbound[:-1]
-    awaited: Awaitable[None] = _around(links, ctx, attempt, rt.loop)(None, None)
-    return awaited
+    return _one_way_through(outbound, rt, env, lambda one: rt.deliver(one, ref))
 
 
 def publish_through(
@@ -531,6 +504,17 @@ def publish_through(
 ) -> Awaitable[None]:
     """``env``, an event, through the ``send`` hooks (as a tell: an attempt returns None
     once every subscriber has it; another attempt publishes it again, a fresh id)."""
+    return _one_way_through(outbound, rt, env, rt.deliver)
+
+
+def _one_way_through(
+    outbound: tuple[OutboundLink, ...],
+    rt: Runtime,
+    env: Envelope,
+    deliver: Callable[[Envelope], Awaitable[None] | None],
+) -> Awaitable[None]:
+    """A tell or an event through the ``send`` hooks: each attempt ``deliver``s it (a
+    retry with a fresh id) and waits for room when ``deliver`` says so."""
     ctx = MessageContext(env, rt.loop)
     sent = False
     last = outbound[-1]
@@ -546,9 +530,9 @@ def publish_through(
             sent = True
             if headers is not None:
                 one = with_headers(one, headers)
-            pending = rt.deliver(one)
-            if pending is not None:
-                await pending
+            waiter = deliver(one)
+            if waiter is not None:
+                await waiter
         except BaseException as exc:
             if inline is not None:
                 inline.exit_failed(ctx, state, exc)
