@@ -83,6 +83,9 @@ class FaultyBackend(StateBackend):
         self.refused = asyncio.Event()
         self.follow_delete: str | None = None
         self.delete_seen = asyncio.Event()
+        self.late_delete: str | None = None  # its watchers see this key's deletion...
+        self.late_gate = asyncio.Event()  # ...only once this is set (their watch waits)
+        self.late_held = asyncio.Event()  # set when that deletion reached a watch
 
     @classmethod
     async def from_url(cls, url: str, **options: object) -> FaultyBackend:
@@ -150,6 +153,9 @@ class FaultyBackend(StateBackend):
 
     async def watch(self, prefix: str, from_revision: int) -> AsyncIterator[WatchEvent]:
         async for event in self.inner.watch(prefix, from_revision):
+            if event.kind == "delete" and event.kv.key == self.late_delete:
+                self.late_held.set()
+                await self.late_gate.wait()  # this watch lags behind the others
             if event.kind == "delete" and event.kv.key == self.follow_delete:
                 self.delete_seen.set()  # its watcher applies it before any waiter runs
             yield event

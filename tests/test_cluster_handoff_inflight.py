@@ -15,7 +15,17 @@ from dataclasses import dataclass
 
 import pytest
 
-from kerna import Agent, AgentId, Kernel, MailboxFull, Message, Rendezvous, _cluster_flush, handler
+from kerna import (
+    Agent,
+    AgentId,
+    Kernel,
+    MailboxFull,
+    Message,
+    Rendezvous,
+    _cluster_flush,
+    _cluster_leave,
+    handler,
+)
 from kerna.state import connect
 from kerna.testing import EtcdMember, FaultProxy, free_ports
 
@@ -211,3 +221,43 @@ async def test_held_tells_go_on_counted_when_the_old_holder_closes_before_the_ma
         assert SEEN == [0, 2, 3]
         assert stage.sender.delivery_stats().unordered == 2
         assert [m for m in stage.log.messages if "sent on 2 held message(s) without waiting" in m]
+
+
+async def test_the_order_holds_when_the_senders_member_watch_sees_the_holder_gone_first(
+    etcd_server: EtcdMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender's directory watch lags: it still shows ``o``'s claim when its member
+    watch shows ``o`` gone (two watches, no order between them). ``o`` lingers (a
+    message reached it while it left) with 1 still held by the proxy; the sender's
+    next tell, 2, which its placement now sends to ``n``, waits for the marker through
+    ``o``, behind 1: the recorder sees 0, pre, 1, 2."""
+    monkeypatch.setattr(_cluster_leave, "LINGER", 2.0)  # o stays up for 1
+    async with _stage(etcd_server, "a") as stage, asyncio.timeout(3 * WAIT):
+        ref = stage.sender.ref("Recorder", stage.key)
+        await ref.tell(Numbered(n=0))
+        await _seen(0)
+        assert await ref.locate() == "o"
+        await stage.o.ref(Busy, "b").tell(Block())
+        await Busy.entered.wait()
+        stage.watcher.late_delete = stage.watcher.follow_delete  # the claim's release
+        stopping = asyncio.ensure_future(stage.o.stop())
+        await stage.sender.wait_members(_leaving("o"), WAIT)
+        await stage.watcher.late_held.wait()  # o released the claim; a does not see it
+        await ref.tell(Numbered(n=9))  # to o, after its release: forwarded (o lingers)
+        await _seen(9)
+        await stage.proxy.blackhole()
+        await ref.tell(Numbered(n=1))  # on the sender's link to o: held
+        Busy.gate.set()  # o's stop goes on: it deregisters, then lingers
+        await stage.sender.wait_members(lambda ms: all(m.id != "o" for m in ms), WAIT)
+        await ref.tell(Numbered(n=2))  # o is no member: n is the home
+        reached = asyncio.ensure_future(_seen(2))
+        held = asyncio.ensure_future(stage.log.held.wait())
+        await asyncio.wait({reached, held}, return_when="FIRST_COMPLETED")
+        for task in (reached, held):
+            task.cancel()
+        await stage.proxy.heal()  # 1 reaches o, which forwards it to n
+        await _seen(1, 2)
+        stage.watcher.late_gate.set()
+        await stopping
+        assert SEEN == [0, 9, 1, 2], f"{SEEN}: a newer message overtook one in flight"
+        assert stage.sender.delivery_stats().unordered == 0
