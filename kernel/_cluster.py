@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -41,7 +42,7 @@ from kerna.state import Replica
 from kerna.state._layout import unescape
 
 from ._cluster_config import check_cluster, default_node_id
-from ._cluster_flush import Flush, Flushing, passed
+from ._cluster_flush import FLUSH_TIMEOUT, Flush, Flushing, passed
 from ._cluster_leave import Departure
 from ._cluster_members import Member, Membership
 from ._cluster_parking import Parking, Probe
@@ -97,6 +98,11 @@ class Cluster:
         # (``kerna._cluster_flush``).
         self._sent_to: dict[AgentId, str] = {}
         self._flushing: dict[AgentId, Flushing] = {}
+        # Members seen leaving, by id -> (address, when this node saw them gone from the
+        # member set, inf while they are in it): its member watch may show a node gone
+        # before its directory watch shows that node's claims released, and such a node
+        # may still forward what reaches it (``_hold``: for ``FLUSH_TIMEOUT`` after).
+        self._left: dict[str, tuple[str, float]] = {}
         self.unordered = 0  # held messages sent on without the order guarantee
         # Claim key -> activations here waiting for its holder to release it (or rejoin).
         self._release_waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -217,6 +223,23 @@ class Cluster:
 
     def _members_changed(self) -> None:
         self.invalidate()
+        membership = self._membership
+        if membership is not None:
+            left = self._left
+            now = self.runtime.loop.time()
+            present = set()
+            for seen in membership.members():
+                present.add(seen.id)
+                if seen.leaving:
+                    left[seen.id] = (seen.address, math.inf)
+                elif seen.id in left:
+                    del left[seen.id]  # back (restarted under the same id)
+            for node, (address, gone) in list(left.items()):
+                if node not in present:
+                    if gone == math.inf:
+                        left[node] = (address, now)
+                    elif now - gone > FLUSH_TIMEOUT:
+                        del left[node]
         self._off_hash = None  # the homes by hash moved: recomputed on the next claim
         waiters, self._member_waiters = self._member_waiters, []
         for key in list(self._release_waiters):  # a holder may have left
@@ -451,22 +474,26 @@ class Cluster:
 
     def _hold(self, target: AgentId, sent: str) -> Flushing | None:
         """``target``'s messages went to ``sent`` and go elsewhere now: if ``sent`` is a
-        leaving member (it hands the agent off), hold them until what went there passed
-        (``Flushing``); else forget it (None: nothing to wait for, or nobody to ask: a
-        node gone from the members, or lost, whose messages here are parked and placed
-        again once it is gone, would only make them wait for the marker's timeout)."""
+        leaving member (it hands the agent off), or one seen leaving that has left the
+        members since (it may still be forwarding what reached it), hold them until
+        what went there passed (``Flushing``); else forget it (None: nothing to wait
+        for, or nobody to ask: a member that was not leaving, or a lost node whose
+        messages here are parked and placed again once it is gone, would only make them
+        wait for the marker's timeout)."""
         membership, remote = self._membership, self._remote
         member = None if membership is None else membership.get(sent)
-        if (
-            member is None
-            or not member.leaving
-            or sent in self._parked
-            or remote is None
-            or self._closing
+        address: str | None = None
+        if member is not None:
+            if member.leaving:
+                address = member.address
+        elif (left := self._left.get(sent)) is not None and (
+            self.runtime.loop.time() - left[1] <= FLUSH_TIMEOUT
         ):
+            address = left[0]  # gone from the members just now: it may still forward
+        if address is None or sent in self._parked or remote is None or self._closing:
             del self._sent_to[target]
             return None
-        held = self._flushing[target] = Flushing(self, target, sent, member.address)
+        held = self._flushing[target] = Flushing(self, target, sent, address)
         log.debug("%s: its messages wait for what was sent through leaving %s", target, sent)
         return held
 

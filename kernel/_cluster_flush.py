@@ -26,9 +26,13 @@ older version), lets the held messages go on all the same: order is then not
 guaranteed for them; they are counted (``Kernel.delivery_stats().unordered``, the
 metric ``kerna_handoff_unordered_total``) and logged. Nothing is
 held when the old node is already known lost (its messages here are parked,
-``kerna._cluster_parking``) or is no member any more in this node's view (a member
-watch that shows it gone before the directory watch shows its claim released is the
-one case left unguarded). At most ``MAX_HELD`` messages wait per agent; more are
+``kerna._cluster_parking``), or was not leaving. A node this node saw leaving and then
+gone from the members still counts as leaving for ``FLUSH_TIMEOUT`` seconds: the
+member watch and the directory watch are two watches, and the first may show it gone
+before the second shows its claims released, while it still forwards what reaches it
+(after that, a decision that moves from it is not held: its claims are long gone, and
+a node that is gone for good would only make the messages wait). At most
+``MAX_HELD`` messages wait per agent; more are
 refused with ``MailboxFull``. An ask whose asker gave up meanwhile is dropped; this
 node's stop fails what waits with ``KernelStopped``.
 """
