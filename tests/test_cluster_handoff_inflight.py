@@ -18,6 +18,7 @@ import pytest
 from kerna import (
     Agent,
     AgentId,
+    AgentRef,
     Kernel,
     MailboxFull,
     Message,
@@ -148,16 +149,23 @@ async def _stage(etcd: EtcdMember, sender: str) -> AsyncIterator[_Stage]:
         await watcher.aclose()
 
 
-async def _in_flight_at_the_release(stage: _Stage) -> asyncio.Future[None]:
-    """Tell 0 (activating the recorder on ``o``), keep ``o``'s stop from ending (its
-    ``Busy`` agent), tell 1 while the proxy holds the link to ``o``, stop ``o``, and
-    return (the stop under way) once the sender's watch shows the claim released."""
+async def _on_o_and_o_busy(stage: _Stage) -> AgentRef:
+    """Tell 0 (activating the recorder on ``o``) and keep ``o``'s stop from ending (its
+    ``Busy`` agent); the sender's ref to the recorder."""
     ref = stage.sender.ref("Recorder", stage.key)
     await ref.tell(Numbered(n=0))
     await _seen(0)
     assert await ref.locate() == "o"
     await stage.o.ref(Busy, "b").tell(Block())
     await Busy.entered.wait()
+    return ref
+
+
+async def _in_flight_at_the_release(stage: _Stage) -> asyncio.Future[None]:
+    """``_on_o_and_o_busy``, tell 1 while the proxy holds the link to ``o``, stop
+    ``o``, and return (the stop under way) once the sender's watch shows the claim
+    released."""
+    ref = await _on_o_and_o_busy(stage)
     await stage.proxy.blackhole()
     await ref.tell(Numbered(n=1))  # on the sender's link to o: held
     stopping = asyncio.ensure_future(stage.o.stop())
@@ -230,15 +238,10 @@ async def test_the_order_holds_when_the_senders_member_watch_sees_the_holder_gon
     watch shows ``o`` gone (two watches, no order between them). ``o`` lingers (a
     message reached it while it left) with 1 still held by the proxy; the sender's
     next tell, 2, which its placement now sends to ``n``, waits for the marker through
-    ``o``, behind 1: the recorder sees 0, pre, 1, 2."""
+    ``o``, behind 1: the recorder sees 0, 9 (the one that kept ``o`` lingering), 1, 2."""
     monkeypatch.setattr(_cluster_leave, "LINGER", 2.0)  # o stays up for 1
     async with _stage(etcd_server, "a") as stage, asyncio.timeout(3 * WAIT):
-        ref = stage.sender.ref("Recorder", stage.key)
-        await ref.tell(Numbered(n=0))
-        await _seen(0)
-        assert await ref.locate() == "o"
-        await stage.o.ref(Busy, "b").tell(Block())
-        await Busy.entered.wait()
+        ref = await _on_o_and_o_busy(stage)
         stage.watcher.late_delete = stage.watcher.follow_delete  # the claim's release
         stopping = asyncio.ensure_future(stage.o.stop())
         await stage.sender.wait_members(_leaving("o"), WAIT)
