@@ -264,3 +264,25 @@ async def test_the_order_holds_when_the_senders_member_watch_sees_the_holder_gon
         await stopping
         assert SEEN == [0, 9, 1, 2], f"{SEEN}: a newer message overtook one in flight"
         assert stage.sender.delivery_stats().unordered == 0
+
+
+async def test_held_tells_go_on_counted_when_the_marker_is_not_answered_in_time(
+    etcd_server: EtcdMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but ``o`` stays up while the proxy holds 1 and the marker behind it:
+    after ``FLUSH_TIMEOUT`` the sender sends 2 on to ``n`` without the order guarantee,
+    counted and logged; 1, let through later, is forwarded and handled after it."""
+    monkeypatch.setattr(_cluster_flush, "FLUSH_TIMEOUT", 0.3)
+    async with _stage(etcd_server, "a") as stage, asyncio.timeout(3 * WAIT):
+        stopping = await _in_flight_at_the_release(stage)
+        ref = stage.sender.ref("Recorder", stage.key)
+        await ref.tell(Numbered(n=2))
+        await stage.log.held.wait()
+        await _seen(2)  # the marker timed out: 2 went on
+        assert stage.sender.delivery_stats().unordered == 1
+        assert [m for m in stage.log.messages if "not through o in 0.3s" in m]
+        await stage.proxy.heal()
+        await _seen(1)
+        assert SEEN == [0, 2, 1]  # the order the sender could not guarantee, counted
+        Busy.gate.set()
+        await stopping
