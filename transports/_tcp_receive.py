@@ -2,8 +2,8 @@
 
 After the handshake the connection's stream protocol is swapped for ``FrameReceiver``:
 the event loop reads straight into its buffer (``recv_into``; asyncio's own reads
-allocate a fresh ``READ``-sized bytes per read, which costs about 15 µs a read on
-these VMs), and the frames are split out and handed over in the same callback
+allocate a fresh 256 KiB ``bytes`` per read, which costs about 15 µs a read on these
+VMs), and the frames are split out and handed over in the same callback
 (``buffer_updated``), with no reader task to wake in between (one loop pass less per
 received frame than a ``StreamReader`` loop). A read that holds more than one frame is
 split at the next loop pass instead, together with the reads that arrive by then (a
