@@ -63,6 +63,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from kerna import PendingReply
 
+from ._tracing import SpanNames
+
 if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import Tracer
@@ -472,8 +474,7 @@ class Pipeline:
         self.span_key = next(iter(api.set_span_in_context(api.INVALID_SPAN, OtelContext())))
         # The sends in flight by their traceparent: what a handling here parses least.
         self.sent: dict[str, KernaSpan] = {}
-        self.send_names: dict[type, str] = {}  # span names by message type
-        self.handle_names: dict[type, str] = {}
+        self.span_name = SpanNames()  # ``"send T"`` / ``"handle T"``, by message type
         self.processor = tracer.span_processor
         self.resource = tracer.resource
         self.info = tracer.instrumentation_info
@@ -680,15 +681,6 @@ class Pipeline:
                 parent, trace, *self.name_kind(ctx, False), None
             )
         return KernaSpan(self, ctx, False, trace, self.new_span_id(), decided, parent)
-
-    def span_name(self, is_send: bool, message: object) -> str:
-        """``"send <MessageType>"`` or ``"handle <MessageType>"`` (cached by type)."""
-        names = self.send_names if is_send else self.handle_names
-        found = names.get(type(message))
-        if found is None:
-            verb = "send" if is_send else "handle"
-            found = names[type(message)] = f"{verb} {type(message).__qualname__}"
-        return found
 
     def ended(self, span: KernaSpan) -> None:
         """``span`` ended: buffer it."""

@@ -48,6 +48,25 @@ _SCOPE = "kerna"
 _HOOKS = ("before_send", "after_send", "before_handle", "after_handle")
 
 
+class SpanNames:
+    """Span names by message type, cached: ``"send <Type>"`` and ``"handle <Type>"``
+    (``Tracing``'s own, and its SDK pipeline's, ``kerna.plugins._spans``)."""
+
+    __slots__ = ("_handle", "_send")
+
+    def __init__(self) -> None:
+        self._send: dict[type, str] = {}
+        self._handle: dict[type, str] = {}
+
+    def __call__(self, is_send: bool, message: object) -> str:
+        names = self._send if is_send else self._handle
+        found = names.get(type(message))
+        if found is None:
+            verb = "send" if is_send else "handle"
+            found = names[type(message)] = f"{verb} {type(message).__qualname__}"
+        return found
+
+
 class Tracing(Middleware):
     """OpenTelemetry spans around sends and handling, the trace carried in headers.
 
@@ -107,8 +126,7 @@ class Tracing(Middleware):
         self._handle_kinds: dict[str, SpanKind] = {
             "ask": kinds.SERVER, "tell": kinds.CONSUMER, "event": kinds.CONSUMER,
         }  # fmt: skip
-        self._send_names: dict[type, str] = {}  # span names by message type
-        self._handle_names: dict[type, str] = {}
+        self._name = SpanNames()
         self._global_provider = trace.get_tracer_provider
         self._context = Context
         # The tracer, and kerna's pipeline when it is the SDK's (see _resolve).
@@ -143,6 +161,13 @@ class Tracing(Middleware):
         """The kernel stopped: its last spans go to the processors."""
         self.flush()
 
+    def _current_pipeline(self) -> Pipeline | None:
+        """kerna's pipeline for this ``Tracing``'s provider, or for the global one
+        now when it was given none (None: that provider's tracer makes the spans)."""
+        if self._provider is not None:
+            return self._pipeline
+        return self._resolve(self._global_provider())
+
     def _resolve(self, provider: TracerProvider) -> Pipeline | None:
         """kerna's pipeline for ``provider``'s tracer if that is the SDK's, else None
         (then the tracer itself makes the spans)."""
@@ -164,14 +189,6 @@ class Tracing(Middleware):
                     add(_spans.Flusher(pipeline))
         return self._pipeline
 
-    def _name(self, is_send: bool, message: object) -> str:
-        names = self._send_names if is_send else self._handle_names
-        found = names.get(type(message))
-        if found is None:
-            verb = "send" if is_send else "handle"
-            found = names[type(message)] = f"{verb} {type(message).__qualname__}"
-        return found
-
     # -- the chain's hooks: synchronous, inline around the send and the handling ---------
     # (kerna._chain.SyncHooks: no coroutine of Tracing's own per message). The handling
     # span is made current in before_handle and the context detached in after_handle:
@@ -180,10 +197,7 @@ class Tracing(Middleware):
     # was cancelled.
 
     def before_send(self, ctx: MessageContext) -> tuple[Any, dict[str, str]]:
-        provider = self._provider
-        pipeline = (
-            self._pipeline if provider is not None else self._resolve(self._global_provider())
-        )
+        pipeline = self._current_pipeline()
         if pipeline is None:
             return self._send_through_tracer(ctx)
         return pipeline.before_send(ctx)
@@ -197,10 +211,7 @@ class Tracing(Middleware):
         state.pipeline.after_send(ctx, state, result, error)
 
     def before_handle(self, ctx: MessageContext) -> Any:
-        provider = self._provider
-        pipeline = (
-            self._pipeline if provider is not None else self._resolve(self._global_provider())
-        )
+        pipeline = self._current_pipeline()
         if pipeline is None:
             return self._handle_through_tracer(ctx)
         return pipeline.before_handle(ctx)
