@@ -174,6 +174,17 @@ async def _in_flight_at_the_release(stage: _Stage) -> asyncio.Future[None]:
     return stopping
 
 
+async def _heal_once_2_reached_n_or_is_held(stage: _Stage) -> None:
+    """Once 2 reached ``n`` (the reorder) or the sender holds it back, the proxy lets
+    through what it held (1, and the marker behind it)."""
+    reached = asyncio.ensure_future(_seen(2))
+    held = asyncio.ensure_future(stage.log.held.wait())
+    await asyncio.wait({reached, held}, return_when="FIRST_COMPLETED")
+    for task in (reached, held):
+        task.cancel()
+    await stage.proxy.heal()
+
+
 @pytest.mark.parametrize("sender", ["a", "n"])
 async def test_a_tell_in_flight_to_the_leaving_holder_is_not_overtaken_by_the_next_one(
     etcd_server: EtcdMember, sender: str
@@ -189,12 +200,7 @@ async def test_a_tell_in_flight_to_the_leaving_holder_is_not_overtaken_by_the_ne
         ref = stage.sender.ref("Recorder", stage.key)
         await ref.tell(Numbered(n=2))  # o is no home
         asking = asyncio.ensure_future(ref.ask(Numbered(n=3), timeout=WAIT))
-        reached = asyncio.ensure_future(_seen(2))
-        held = asyncio.ensure_future(stage.log.held.wait())
-        await asyncio.wait({reached, held}, return_when="FIRST_COMPLETED")
-        for task in (reached, held):
-            task.cancel()
-        await stage.proxy.heal()  # 1 reaches o, which forwards it to n
+        await _heal_once_2_reached_n_or_is_held(stage)  # 1 reaches o, forwarded to n
         await _seen(1, 2, 3)
         assert await asking is None
         Busy.gate.set()
@@ -253,12 +259,7 @@ async def test_the_order_holds_when_the_senders_member_watch_sees_the_holder_gon
         Busy.gate.set()  # o's stop goes on: it deregisters, then lingers
         await stage.sender.wait_members(lambda ms: all(m.id != "o" for m in ms), WAIT)
         await ref.tell(Numbered(n=2))  # o is no member: n is the home
-        reached = asyncio.ensure_future(_seen(2))
-        held = asyncio.ensure_future(stage.log.held.wait())
-        await asyncio.wait({reached, held}, return_when="FIRST_COMPLETED")
-        for task in (reached, held):
-            task.cancel()
-        await stage.proxy.heal()  # 1 reaches o, which forwards it to n
+        await _heal_once_2_reached_n_or_is_held(stage)  # 1 reaches o, forwarded to n
         await _seen(1, 2)
         stage.watcher.late_gate.set()
         await stopping
