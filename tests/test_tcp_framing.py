@@ -160,15 +160,22 @@ async def test_an_unknown_control_frame_is_a_protocol_error() -> None:
     assert sock.aborted
 
 
+def _pausing_at_stop(
+    into: list[bytes], gate: asyncio.Future[None]
+) -> Callable[[bytes], asyncio.Future[None] | None]:
+    """Records each frame; the frame ``b"stop"`` asks for a pause until ``gate``."""
+
+    def on_frame(frame: bytes) -> asyncio.Future[None] | None:
+        into.append(frame)
+        return gate if frame == b"stop" else None
+
+    return on_frame
+
+
 async def test_a_pause_holds_back_the_frames_after_it_until_it_completes() -> None:
     got: list[bytes] = []
     gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def on_frame(frame: bytes) -> asyncio.Future[None] | None:
-        got.append(frame)
-        return gate if frame == b"stop" else None
-
-    receiver, sock = _receiver(on_frame, limit=100)
+    receiver, sock = _receiver(_pausing_at_stop(got, gate), limit=100)
     _give(receiver, sock, _wire([b"a", b"stop", b"b", b"c"], pings=False))
     await asyncio.sleep(0)  # one loop turn: a read of several frames is split then
     assert got == [b"a", b"stop"]
@@ -184,12 +191,7 @@ async def test_frames_held_behind_a_pause_are_handed_over_when_the_connection_cl
 ):
     got: list[bytes] = []
     gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def on_frame(frame: bytes) -> asyncio.Future[None] | None:
-        got.append(frame)
-        return gate if frame == b"stop" else None
-
-    receiver, sock = _receiver(on_frame, limit=100)
+    receiver, sock = _receiver(_pausing_at_stop(got, gate), limit=100)
     _give(receiver, sock, _wire([b"stop", b"b", b"c"], pings=False))
     receiver.connection_lost(ConnectionResetError("reset"))
     assert not receiver.ended.done()  # not before what it holds is handed over
