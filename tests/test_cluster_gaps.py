@@ -6,7 +6,6 @@ reordering), and what was lost with a connection is counted by the receiver's
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 
 import pytest
@@ -15,7 +14,7 @@ from kerna import Kernel
 from kerna.testing import EtcdMember, FaultProxy, free_ports
 
 from .cluster import SECRET, TCP, cluster_name, hosting
-from .numbered_tells import OPTIONS, SEEN, Numbered, Recorder, until_seen
+from .numbered_tells import OPTIONS, SEEN, Recorder, tell_through_resets
 
 pytestmark = pytest.mark.anyio
 
@@ -23,7 +22,6 @@ pytestmark = pytest.mark.anyio
 async def test_tells_across_a_flapping_link_between_nodes_keep_order_and_each_loss_is_counted(
     etcd_server: EtcdMember,
 ) -> None:
-    SEEN.clear()
     (port,) = free_ports(1)
     name = cluster_name()
     async with FaultProxy(("127.0.0.1", port)) as proxy:
@@ -38,38 +36,8 @@ async def test_tells_across_a_flapping_link_between_nodes_keep_order_and_each_lo
             b.register(Recorder)
             await a.wait_members(hosting("Recorder", b), 5)
             ref = a.ref("Recorder", "t")
-            sent = 0
-            failed: set[int] = set()
-            refused: dict[str, int] = {}  # by error type (MailboxFull: parked too many)
-            stop = asyncio.Event()
-
-            async def stream() -> None:
-                nonlocal sent
-                while not stop.is_set():
-                    sent += 1
-                    try:
-                        await ref.tell(Numbered(n=sent))
-                    except Exception as exc:
-                        failed.add(sent)
-                        refused[type(exc).__name__] = refused.get(type(exc).__name__, 0) + 1
-                    if sent % 8 == 0:
-                        await asyncio.sleep(0)  # let the frames go out: a steady stream
-
-            sender = asyncio.create_task(stream())
-            try:
-                for _ in range(3):  # three resets mid-stream, each healed
-                    await until_seen(sent + 50)
-                    await proxy.reset()
-                    await asyncio.sleep(0)
-                    await proxy.heal()
-                await until_seen(sent + 50)
-            finally:
-                stop.set()
-                await sender
-            for _ in range(20):
-                sent += 1
-                await ref.tell(Numbered(n=sent))
-            await until_seen(sent)
+            # refused: by error type (MailboxFull: parked too many while b was lost)
+            sent, failed, refused = await tell_through_resets(ref, proxy, (Exception,))
             stats = b.delivery_stats()
     assert all(x < y for x, y in itertools.pairwise(SEEN)), "a duplicate or reordering"
     missing = set(range(1, sent + 1)) - failed - set(SEEN)

@@ -6,7 +6,6 @@ tells A sent (without an error) that B's agent never saw."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 
 import pytest
@@ -17,7 +16,7 @@ from kerna.node._metrics import KernelCollector, node_registry
 from kerna.testing import FaultProxy
 from kerna.transports import PeerUnreachable
 
-from .numbered_tells import OPTIONS, SEEN, Numbered, Recorder, until_seen
+from .numbered_tells import OPTIONS, SEEN, Recorder, tell_through_resets
 
 pytestmark = pytest.mark.anyio
 
@@ -30,8 +29,6 @@ async def test_a_reset_link_loses_tells_but_never_repeats_them_and_b_counts_each
 ) -> None:
     """With a send queue of 4 frames most tells wait for room (A's backlog for B):
     those are numbered and counted when lost too."""
-    SEEN.clear()
-    failed: set[int] = set()  # tells whose sender got an error (not sent)
     sender_options = dict(OPTIONS) if send_queue is None else {**OPTIONS, "send_queue": send_queue}
     async with (
         Kernel(transport=TCP, transport_options=sender_options, stop_grace=0.1) as a,
@@ -41,35 +38,7 @@ async def test_a_reset_link_loses_tells_but_never_repeats_them_and_b_counts_each
         assert b.address is not None
         async with FaultProxy(b.address.removeprefix("tcp://")) as proxy:
             ref = a.ref(Recorder, "r", node=f"tcp://{proxy.endpoint}")
-            sent = 0
-            stop = asyncio.Event()
-
-            async def stream() -> None:
-                nonlocal sent
-                while not stop.is_set():
-                    sent += 1
-                    try:
-                        await ref.tell(Numbered(n=sent))
-                    except PeerUnreachable:
-                        failed.add(sent)
-                    if sent % 8 == 0:
-                        await asyncio.sleep(0)  # let the frames go out: a steady stream
-
-            sender = asyncio.create_task(stream())
-            try:
-                for _ in range(3):  # three resets mid-stream, each healed
-                    await until_seen(sent + 50)
-                    await proxy.reset()
-                    await asyncio.sleep(0)
-                    await proxy.heal()
-                await until_seen(sent + 50)  # flowing again after the last reset
-            finally:
-                stop.set()
-                await sender
-            for _ in range(20):  # the tail: numbered frames after every loss
-                sent += 1
-                await ref.tell(Numbered(n=sent))
-            await until_seen(sent)
+            sent, failed, _ = await tell_through_resets(ref, proxy, (PeerUnreachable,))
         stats = b.delivery_stats()
         registry = node_registry(KernelCollector(b, "b", "test", lambda: 0.0))
         exported = generate_latest(registry).decode().splitlines()
