@@ -5,7 +5,9 @@ to, so a pair of nodes talks over two connections (each carries one direction's 
 plus heartbeats back). Every connection starts with the node handshake
 (``_tcp_handshake``: addresses, protocol version, schema fingerprints, HMAC proof of
 the cluster secret) inside TLS when configured; no frame is delivered before it
-succeeds.
+succeeds. This module is the transport's face, its accepted connections and the
+heartbeat; the send side is ``_tcp_send`` (one ``Outbound`` per peer), the receive side
+of an accepted connection ``_tcp_receive``.
 
 Choices where the contract leaves room (what an Akka/Orleans user expects):
 
@@ -42,14 +44,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import random
 import ssl
-from collections import deque
 from collections.abc import Awaitable, Coroutine, Mapping
-from time import monotonic
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 from kerna._errors import ConfigError
 
@@ -60,7 +57,6 @@ from ._base import (
     FrameTooLarge,
     PeerLostCallback,
     PeerUnreachable,
-    SendQueueFull,
     Transport,
     TransportClosed,
 )
@@ -68,25 +64,14 @@ from ._tcp_framing import (
     MAX_WIRE_FRAME,
     PING_BYTES,
     ProtocolError,
-    header,
-    read_frame,
 )
 from ._tcp_handshake import PeerInfo, accept, connect
 from ._tcp_receive import FrameReceiver
+from ._tcp_send import IDLE_AFTER, WRITE_HIGH_WATER, Conn, Sender, split_address
 
-__all__ = ["PeerInfo", "TcpTransport", "tls_contexts"]
+__all__ = ["IDLE_AFTER", "WRITE_HIGH_WATER", "PeerInfo", "TcpTransport", "tls_contexts"]
 
 log = logging.getLogger("kerna.transports.tcp")
-
-IDLE_AFTER = 50e-6
-"""Seconds after a connection's last write, when that write carried one frame, from
-which the connection counts as idle: a frame queued on an idle connection is written at
-once instead of at the end of the loop pass, so a lone request or reply does not wait a
-loop pass (Linux's TCP autocorking makes the same choice). A busy connection, whose
-last write carried several frames or came less than this ago, keeps coalescing."""
-WRITE_HIGH_WATER = 64 * 1024
-"""Bytes a connection's socket buffer may hold before writing waits for it to drain
-(asyncio's own default high-water mark)."""
 
 
 def tls_contexts(
@@ -117,83 +102,8 @@ def tls_contexts(
     return server, client
 
 
-def _split(url: str, what: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if parts.scheme != "tcp" or not parts.hostname or port is None or parts.path:
-        raise ValueError(f"{what} {url!r} is not tcp://host:port")
-    return parts.hostname, port
-
-
 def _format(host: str, port: int) -> str:
     return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
-
-
-class _Conn:
-    """One established connection (either direction), as the heartbeat sees it."""
-
-    __slots__ = ("error", "last_rx", "last_tx", "paused", "peer", "superseded", "writer")
-
-    def __init__(self, peer: str, writer: asyncio.StreamWriter, now: float) -> None:
-        self.peer = peer
-        self.writer = writer
-        self.last_rx = now
-        self.last_tx = now
-        self.error: BaseException | None = None  # why the heartbeat closed it
-        self.paused = False  # the receiver asked for no more frames from it for now
-        self.superseded = False  # the peer connected again: drop what is left of this one
-
-
-class _Outbound:
-    """The send side of one peer: its bounded queue, waiting senders, connection."""
-
-    __slots__ = (
-        "address",
-        "broken",
-        "conn",
-        "draining",
-        "early",
-        "flushing",
-        "host",
-        "lone_at",
-        "port",
-        "queue",
-        "ready",
-        "reserved",
-        "task",
-        "up",
-        "waiters",
-    )
-
-    def __init__(self, address: str, host: str, port: int) -> None:
-        self.address = address
-        self.host = host
-        self.port = port
-        self.queue: deque[bytes] = deque()
-        self.waiters: deque[asyncio.Future[None]] = deque()
-        self.reserved = 0  # room promised to woken waiters that have not appended yet
-        self.ready = asyncio.Event()  # the writer has something to do
-        self.up: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.up.add_done_callback(_retrieve)
-        self.conn: _Conn | None = None
-        self.broken: BaseException | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.flushing = False  # a flush is scheduled at the end of this loop pass
-        self.draining = False  # the writer task waits for the socket to drain
-        # When the last write was, if it carried one frame (inf: it carried several,
-        # the connection is busy); time.monotonic: uvloop's loop.time() moves in ms
-        self.lone_at = -math.inf
-        self.early = 0  # 1: a frame written at once this pass still holds its room
-
-
-def _retrieve(future: asyncio.Future[None]) -> None:
-    # The first connect's outcome is awaited by the senders that were waiting; mark it
-    # retrieved so an outcome nobody awaited (all cancelled) is not logged as lost.
-    if not future.cancelled():
-        future.exception()
 
 
 class TcpTransport(Transport):
@@ -260,9 +170,9 @@ class TcpTransport(Transport):
     ) -> None:
         super().__init__(url, max_frame_size=max_frame_size, send_queue=send_queue)
         try:
-            self._host, self._port = _split(url, "listen URL")
+            self._host, self._port = split_address(url, "listen URL")
             if advertise is not None:
-                _split(advertise, "advertised address")
+                split_address(advertise, "advertised address")
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         if max_frame_size > MAX_WIRE_FRAME:
@@ -328,9 +238,9 @@ class TcpTransport(Transport):
         self._server: asyncio.Server | None = None
         self._on_frame: FrameCallback | None = None
         self._on_peer_lost: PeerLostCallback | None = None
-        self._out: dict[str, _Outbound] = {}
-        self._conns: set[_Conn] = set()
-        self._inbound: dict[str, _Conn] = {}  # per peer, its latest accepted connection
+        self._sender: Sender | None = None  # made by start (it needs the running loop)
+        self._conns: set[Conn] = set()
+        self._inbound: dict[str, Conn] = {}  # per peer, its latest accepted connection
         self._tasks: set[asyncio.Task[None]] = set()
         # Accepted connections' tasks (asyncio's, running _serve) and their writers:
         # closed by aborting the connection, not cancelled (3.11's StreamReaderProtocol
@@ -339,14 +249,10 @@ class TcpTransport(Transport):
         self._info: dict[str, PeerInfo] = {}
         self._alive: set[str] = set()  # peers handshaken and not yet reported lost
         self._closed = False
-        self._loop: asyncio.AbstractEventLoop  # set by start
-        self._writes = 0
-        self._frames_written = 0
-        self._bytes_written = 0
         self._frames_read = 0
         self._superseded_frames = 0  # dropped: left on a connection its peer replaced
         self._bytes_read = 0
-        self._errors = 0  # connections refused or closed for cause, frames dropped
+        self._errors = 0  # connections refused or closed for cause
 
     @property
     def address(self) -> str:
@@ -378,13 +284,14 @@ class TcpTransport(Transport):
         given up), ``superseded`` (frames dropped because their peer had connected again:
         left on its previous connection), ``connections`` (open, either direction),
         ``tasks`` (running)."""
+        sender = self._sender
         return {
-            "writes": self._writes,
-            "frames_written": self._frames_written,
-            "bytes_written": self._bytes_written,
+            "writes": sender.writes if sender else 0,
+            "frames_written": sender.frames_written if sender else 0,
+            "bytes_written": sender.bytes_written if sender else 0,
             "frames_read": self._frames_read,
             "bytes_read": self._bytes_read,
-            "errors": self._errors,
+            "errors": self._errors + (sender.errors if sender else 0),
             "superseded": self._superseded_frames,
             "connections": len(self._conns),
             "tasks": len(self._tasks) + len(self._handlers),
@@ -395,7 +302,16 @@ class TcpTransport(Transport):
             raise RuntimeError(f"{self!r} was already started")
         self._on_frame = on_frame
         self._on_peer_lost = on_peer_lost
-        self._loop = asyncio.get_running_loop()
+        self._sender = Sender(
+            send_queue=self.send_queue,
+            connect=self._connect,
+            conns=self._conns,
+            spawn=self._spawn,
+            handshaken=self._handshaken,
+            lost=self._lost,
+            reconnect_attempts=self._attempts,
+            backoff=self._backoff,
+        )
         try:
             self._server = await asyncio.start_server(
                 self._serve,
@@ -433,89 +349,21 @@ class TcpTransport(Transport):
         self.check_frame(frame)
         if self._closed:
             raise TransportClosed(f"{self!r} is closed: cannot send to {peer!r}")
-        if self._address is None:
+        if self._sender is None:
             raise RuntimeError(f"{self!r} is not started")
-        while True:
-            out = self._out.get(peer)
-            if out is None:
-                try:
-                    host, port = _split(peer, "peer address")
-                except ValueError as exc:
-                    raise PeerUnreachable(str(exc)) from None
-                out = self._out[peer] = _Outbound(peer, host, port)
-                out.task = self._spawn(self._run(out))
-            if out.up.done():  # connected (a failed one is no longer in _out)
-                break
-            # Raises PeerUnreachable (or TransportClosed); once connected, look again:
-            # the connection may have been lost and forgotten before this resumed.
-            await asyncio.shield(out.up)
-        if out.waiters or len(out.queue) + out.reserved + out.early >= self.send_queue:
-            if not wait:
-                raise SendQueueFull(f"the send queue to {peer} is full ({self.send_queue} frames)")
-            await self._room(out)
-        out.queue.append(frame)
-        self._queued(out)
+        await self._sender.send(peer, frame, wait)
 
     def send_now(self, peer: str, frame: bytes) -> bool:
         """See ``Transport.send_now``: a connected peer with room takes it at once."""
-        if self._closed or self._address is None:
-            return False
-        out = self._out.get(peer)
-        if (
-            out is None
-            or not out.up.done()
-            or out.waiters
-            or len(out.queue) + out.reserved + out.early >= self.send_queue
-        ):
+        if self._closed or self._sender is None:
             return False
         self.check_frame(frame)
-        out.queue.append(frame)
-        self._queued(out)
-        return True
+        return self._sender.send_now(peer, frame)
 
-    async def _room(self, out: _Outbound) -> None:
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        out.waiters.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                out.reserved -= 1  # woken, then cancelled: pass the room on
-                self._wake(out)
-            else:
-                try:
-                    out.waiters.remove(waiter)
-                except ValueError:
-                    pass
-            raise
-        out.reserved -= 1
-
-    def _wake(self, out: _Outbound) -> None:
-        room = self.send_queue - len(out.queue) - out.reserved - out.early
-        while room > 0 and out.waiters:
-            waiter = out.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                out.reserved += 1
-                room -= 1
-
-    def _fail(self, out: _Outbound, error: BaseException) -> None:
-        """Give ``out`` up: drop its queue, fail its waiting senders, forget it."""
-        if self._out.get(out.address) is out:
-            del self._out[out.address]
-        if out.queue:
-            self._errors += 1
-            log.warning("dropped %s frames queued for %s: %s", len(out.queue), out.address, error)
-            out.queue.clear()
-        while out.waiters:
-            waiter = out.waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(error)
-        if not out.up.done():
-            out.up.set_exception(error)
-
-    async def _open(self, out: _Outbound) -> None:
-        """Connect, TLS and handshake to ``out``; its reader runs from here on.
+    async def _connect(
+        self, address: str, host: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, PeerInfo]:
+        """Connect, TLS and handshake to the peer at ``address``.
 
         Raises:
             PeerUnreachable: any of them failed or timed out.
@@ -524,191 +372,28 @@ class TcpTransport(Transport):
         try:
             async with asyncio.timeout(self._connect_timeout):
                 reader, writer = await asyncio.open_connection(
-                    out.host,
-                    out.port,
+                    host,
+                    port,
                     ssl=self._ssl_client,
-                    server_hostname=out.host if self._ssl_client else None,
+                    server_hostname=host if self._ssl_client else None,
                 )
                 info = await connect(
                     reader,
                     writer,
                     address=self.address,
-                    expected=out.address,
+                    expected=address,
                     secret=self._secret,
                     schema=self._schema,
                 )
         except OSError as exc:  # refused, reset, TLS, handshake, timeout
             if writer is not None:
                 writer.transport.abort()
-            raise PeerUnreachable(f"cannot reach {out.address}: {exc}") from exc
+            raise PeerUnreachable(f"cannot reach {address}: {exc}") from exc
         except BaseException:
             if writer is not None:
                 writer.transport.abort()
             raise
-        conn = _Conn(out.address, writer, asyncio.get_running_loop().time())
-        self._conns.add(conn)
-        out.conn = conn
-        out.broken = None
-        self._handshaken(out.address, info)
-        self._spawn(self._read_outbound(out, conn, reader))
-
-    async def _read_outbound(
-        self, out: _Outbound, conn: _Conn, reader: asyncio.StreamReader
-    ) -> None:
-        """Reads the heartbeats a peer sends back; its end is the connection's end."""
-        loop = asyncio.get_running_loop()
-        error: BaseException
-        try:
-            while True:
-                if await read_frame(reader, 0) is not None:
-                    raise ProtocolError("the peer sent a data frame on our outbound connection")
-                conn.last_rx = loop.time()
-        except (OSError, EOFError, FrameTooLarge) as exc:
-            error = conn.error or exc
-        self._conns.discard(conn)
-        conn.writer.transport.abort()
-        if out.conn is conn:
-            out.broken = error
-            out.ready.set()
-
-    async def _run(self, out: _Outbound) -> None:
-        try:
-            await self._write_loop(out)
-        finally:
-            # However the writer ends (a bug included), nobody keeps waiting on it.
-            self._fail(out, PeerUnreachable(f"the connection to {out.address} ended"))
-
-    async def _write_loop(self, out: _Outbound) -> None:
-        """The peer's writer: opens the connection, writes everything queued in one
-        write per wake-up, reopens a broken connection while frames are queued."""
-        try:
-            await self._open(out)
-        except PeerUnreachable as exc:
-            self._fail(out, exc)
-            return
-        out.up.set_result(None)
-        while True:
-            conn = out.conn
-            assert conn is not None
-            error = await self._pump(out, conn)
-            self._conns.discard(conn)
-            conn.writer.transport.abort()
-            out.conn = None
-            self._lost(out.address, error)
-            if not out.queue and not out.waiters:
-                # Nothing waits: forget the peer; the next send reconnects.
-                self._fail(out, error)
-                return
-            if not await self._reopen(out):
-                return
-
-    async def _pump(self, out: _Outbound, conn: _Conn) -> BaseException:
-        """Write until the connection breaks; returns why it broke.
-
-        A connected peer's frames are written by ``_flush`` at the end of the loop pass
-        they were queued in; this task writes what is queued when the connection opens
-        or reopens, and waits for the socket to drain when it holds more than
-        ``WRITE_HIGH_WATER`` (meanwhile frames stay queued: senders feel it)."""
-        writer = conn.writer
-        while True:
-            if out.broken is not None:
-                return out.broken
-            try:
-                if out.queue:
-                    self._write(out, conn)
-                if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
-                    out.draining = True
-                    try:
-                        await writer.drain()
-                    finally:
-                        out.draining = False
-                    continue
-            except OSError as exc:
-                return conn.error or exc
-            out.ready.clear()
-            await out.ready.wait()
-
-    def _queued(self, out: _Outbound) -> None:
-        """A frame was queued: on an idle connection (``IDLE_AFTER``) write it now,
-        else write the pass's frames in one write at its end."""
-        if out.flushing:
-            return
-        conn = out.conn
-        if conn is not None and monotonic() - out.lone_at > IDLE_AFTER:
-            # Written now, the frame keeps its room in the queue until the pass ends:
-            # a burst of sends that does not yield still finds the queue full after
-            # send_queue frames (the transport contract's backpressure).
-            out.early = 1
-            self._flush(out)
-        out.flushing = True
-        self._loop.call_soon(self._scheduled_flush, out)
-
-    def _scheduled_flush(self, out: _Outbound) -> None:
-        out.flushing = False
-        if out.early:
-            out.early = 0
-            if out.waiters and not out.queue:
-                self._wake(out)
-        self._flush(out)
-
-    def _flush(self, out: _Outbound) -> None:
-        if not out.queue:
-            return
-        conn = out.conn
-        if conn is None or out.broken is not None or out.draining:
-            out.ready.set()  # the writer task takes them (connecting, broken, draining)
-            return
-        try:
-            self._write(out, conn)
-        except OSError:
-            out.ready.set()  # the writer task finds out why
-            return
-        if conn.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
-            out.ready.set()  # the writer task waits for the socket to drain
-
-    def _write(self, out: _Outbound, conn: _Conn) -> None:
-        """Write everything queued for ``out`` in one ``writelines``.
-
-        Raises:
-            OSError: the transport refused it.
-        """
-        frames = out.queue
-        out.queue = deque()
-        chunks: list[bytes] = []
-        size = 0
-        for frame in frames:
-            length = len(frame)
-            size += length
-            chunks.append(header(length))
-            chunks.append(frame)
-        self._wake(out)
-        out.lone_at = monotonic() if len(frames) == 1 else math.inf
-        conn.writer.writelines(chunks)
-        self._writes += 1
-        self._frames_written += len(frames)
-        self._bytes_written += size + 4 * len(frames)
-        conn.last_tx = self._loop.time()
-
-    async def _reopen(self, out: _Outbound) -> bool:
-        """Reconnect with jittered exponential backoff; False if it gave up."""
-        initial, longest = self._backoff
-        error: PeerUnreachable | None = None
-        for attempt in range(self._attempts):
-            await asyncio.sleep(min(longest, initial * 2**attempt) * random.uniform(0.5, 1.0))
-            try:
-                await self._open(out)
-                return True
-            except PeerUnreachable as exc:
-                error = exc
-                log.info(
-                    "reconnect %s/%s to %s failed: %s",
-                    attempt + 1,
-                    self._attempts,
-                    out.address,
-                    exc,
-                )
-        self._fail(out, error or PeerUnreachable(f"gave up reconnecting to {out.address}"))
-        return False
+        return reader, writer, info
 
     # -- receiving ---------------------------------------------------------------
 
@@ -738,7 +423,7 @@ class TcpTransport(Transport):
             writer.transport.abort()
             return
         self._handlers[task] = writer
-        conn: _Conn | None = None
+        conn: Conn | None = None
         try:
             self._handshaking += 1
             try:
@@ -758,7 +443,7 @@ class TcpTransport(Transport):
                 return
             finally:
                 self._handshaking -= 1
-            conn = _Conn(info.address, writer, asyncio.get_running_loop().time())
+            conn = Conn(info.address, writer, asyncio.get_running_loop().time())
             self._supersede(info.address, conn)
             self._conns.add(conn)
             self._accepted += 1
@@ -773,7 +458,7 @@ class TcpTransport(Transport):
             writer.transport.abort()
             self._handlers.pop(task, None)
 
-    def _supersede(self, peer: str, conn: _Conn) -> None:
+    def _supersede(self, peer: str, conn: Conn) -> None:
         """``conn`` is ``peer``'s connection from now on; an older one still open is
         closed and what it still holds (frames read and not yet handed over, or waiting
         behind a pause) is dropped: handed over after the new connection's frames, it
@@ -787,7 +472,7 @@ class TcpTransport(Transport):
             log.info("%s connected again: its previous connection is closed", peer)
             old.writer.transport.abort()
 
-    async def _receive(self, conn: _Conn, writer: asyncio.StreamWriter) -> None:
+    async def _receive(self, conn: Conn, writer: asyncio.StreamWriter) -> None:
         """Hand ``conn``'s frames to ``on_frame`` until it closes.
 
         Called as soon as the handshake's last message is written, with no suspension
@@ -882,9 +567,8 @@ class TcpTransport(Transport):
         self._closed = True
         if self._server is not None:
             self._server.close()
-        error = TransportClosed(f"{self!r} was closed")
-        for out in list(self._out.values()):
-            self._fail(out, error)
+        if self._sender is not None:
+            self._sender.close(TransportClosed(f"{self!r} was closed"))
         for conn in list(self._conns):
             conn.writer.transport.abort()
         self._conns.clear()
