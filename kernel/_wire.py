@@ -424,39 +424,36 @@ class WireCodec:
             WireError: the frame is refused (counted in ``errors`` by reason); never
                 anything else.
         """
-        try:
-            return self._decode(frame, peer)
+        try:  # (one function, not two: this runs for every frame)
+            if len(frame) > self.max_frame_size:
+                raise WireError(
+                    WireErrorReason.TOO_LARGE,
+                    f"{len(frame)} bytes, over the limit of {self.max_frame_size}",
+                    peer=peer,
+                )
+            data = frame if type(frame) is bytes else bytes(frame)  # a bytearray, a memoryview
+            try:
+                head = _FRAME.decode(data)
+            except (msgspec.DecodeError, RecursionError) as exc:
+                # msgspec recursed (to skip the payload or an unknown field) or the shape
+                # is wrong: name nesting past the cap as such (+ 1: the frame's own array).
+                if exceeds(data, self.max_depth + 1):
+                    raise WireError(
+                        WireErrorReason.TOO_DEEP,
+                        f"nested deeper than {self.max_depth} levels",
+                        peer=peer,
+                    ) from None
+                raise WireError(WireErrorReason.MALFORMED, str(exc), peer=peer) from None
+            if type(head) is _DeliveryIn:
+                return self._delivery(head, peer)
+            if type(head) is _ReplyIn:
+                return self._reply(head, peer)
+            assert type(head) is _ErrorReply
+            error = RemoteError(head.type_name, head.message, head.traceback, head.node)
+            return Reply(head.id, error=error)
         except WireError as exc:
             self.errors[exc.reason] += 1
             raise
-
-    def _decode(self, frame: bytes | bytearray | memoryview, peer: str) -> Delivery | Reply:
-        if len(frame) > self.max_frame_size:
-            raise WireError(
-                WireErrorReason.TOO_LARGE,
-                f"{len(frame)} bytes, over the limit of {self.max_frame_size}",
-                peer=peer,
-            )
-        data = frame if type(frame) is bytes else bytes(frame)  # a bytearray, a memoryview
-        try:
-            head = _FRAME.decode(data)
-        except (msgspec.DecodeError, RecursionError) as exc:
-            # msgspec recursed (to skip the payload or an unknown field) or the shape is
-            # wrong: name nesting past the cap as such (+ 1: the frame's own array).
-            if exceeds(data, self.max_depth + 1):
-                raise WireError(
-                    WireErrorReason.TOO_DEEP,
-                    f"nested deeper than {self.max_depth} levels",
-                    peer=peer,
-                ) from None
-            raise WireError(WireErrorReason.MALFORMED, str(exc), peer=peer) from None
-        if type(head) is _DeliveryIn:
-            return self._delivery(head, peer)
-        if type(head) is _ReplyIn:
-            return self._reply(head, peer)
-        assert type(head) is _ErrorReply
-        error = RemoteError(head.type_name, head.message, head.traceback, head.node)
-        return Reply(head.id, error=error)
 
     def _delivery(self, head: _DeliveryIn, peer: str) -> Delivery:
         tag = head.tag

@@ -22,16 +22,19 @@ __all__ = [
     "ProtocolError",
     "header",
     "read_frame",
+    "unpack_header",
     "unpack_length",
 ]
 
 _HEADER = struct.Struct(">I")
-_unpack_from = _HEADER.unpack_from
+unpack_header = _HEADER.unpack_from
+"""``unpack_header(data, pos)[0]`` is the length prefix at ``pos`` (``unpack_length``
+without its call, for the per-frame loop)."""
 
 
 def unpack_length(data: bytes | bytearray, pos: int) -> int:
     """The length prefix at ``data[pos:pos + 4]``."""
-    length: int = _unpack_from(data, pos)[0]
+    length: int = unpack_header(data, pos)[0]
     return length
 
 

@@ -24,7 +24,15 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from ._base import FrameTooLarge
-from ._tcp_framing import CHUNK, CONTROL, PING, YIELD_EVERY, ProtocolError, unpack_length
+from ._tcp_framing import (
+    CHUNK,
+    CONTROL,
+    PING,
+    YIELD_EVERY,
+    ProtocolError,
+    unpack_header,
+    unpack_length,
+)
 
 __all__ = ["BUFFER", "DIRECT", "HOLD", "FrameReceiver"]
 
@@ -140,18 +148,20 @@ class FrameReceiver(asyncio.BufferedProtocol):
         view = self._view
         pos = self._start
         end = self._end
+        on_frame = self._on_frame
+        limit = self._limit
         handed = 0
         try:
             while end - pos >= 4:
-                length = unpack_length(buf, pos)
+                length = unpack_header(buf, pos)[0]  # (unpack_length, inline: per frame)
                 if length & CONTROL:
                     if length != PING:
                         raise ProtocolError(f"unknown control frame 0x{length:08x}")
                     pos += 4
                     continue
-                if length > self._limit:
+                if length > limit:
                     raise FrameTooLarge(
-                        f"peer announced a frame of {length} bytes, over the limit of {self._limit}"
+                        f"peer announced a frame of {length} bytes, over the limit of {limit}"
                     )
                 stop = pos + 4 + length
                 if stop > end:
@@ -162,7 +172,7 @@ class FrameReceiver(asyncio.BufferedProtocol):
                         self._body_left = length - have
                         pos = end
                     break
-                pause = self._on_frame(bytes(view[pos + 4 : stop]))
+                pause = on_frame(view[pos + 4 : stop].tobytes())
                 pos = stop
                 handed += 1
                 if pause is not None:
