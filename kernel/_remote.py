@@ -50,7 +50,7 @@ from ._message import DeadLetterReason
 from ._runtime import RUNNING
 from ._schema_exchange import SchemaExchange
 from ._send_backlog import Backlog
-from ._wire import Delivery, Reply, WireCodec, WireError
+from ._wire import Reply, WireCodec, WireError
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -356,54 +356,14 @@ class Remote:
                 seen[1] = seq
             else:
                 self.order.unexpected(peer, decoded.epoch, seq)
-        return self._delivered(peer, decoded)
-
-    def delivery_stats(self) -> DeliveryStats:
-        """What the numbers on deliveries from other nodes showed: how many were lost
-        (gaps) and how many came out of order (never, unless there is a bug)."""
-        return self.order.stats()
-
-    def _refused(self, peer: str, error: WireError) -> None:
-        """A frame that does not decode (counted per reason by the codec): its asker
-        gets the error back; a reply that does not decode fails the ask it answers;
-        anything else is a dead letter."""
-        skipped = self._log_budget.allow(peer)
-        if skipped is not None:
-            note = f" ({skipped} earlier refusals from {peer} were not logged)" if skipped else ""
-            log.warning("frame from %s refused: %s%s", peer, error, note)
-        reply_to = error.reply_to
-        if error.is_reply:
-            waiting = self._waiting.pop(error.message_id, None)
-            if waiting is not None and not waiting[0].done():
-                waiting[0].set_exception(error)
-        elif reply_to is not None and error.message_id:
-            # To the node it came from: never to an address a frame names (a hostile
-            # frame must not make this node connect elsewhere).
-            self.send_error(peer, error.message_id, error)
-        else:
-            lost = Envelope(error.message_id, TELL, f"frame from {peer}", None)
-            self.runtime.undeliverable(lost, peer, DeadLetterReason.UNDECODABLE, error)
-
-    def _replied(self, reply: Reply) -> None:
-        waiting = self._waiting.pop(reply.id, None)
-        if waiting is None:
-            return  # the asker gave up (timed out): a late reply
-        future, _ = waiting
-        if future.done():
-            return
-        if reply.error is not None:
-            future.set_exception(reply.error)
-        else:
-            future.set_result(reply.value)
-
-    def _delivered(self, peer: str, delivery: Delivery) -> asyncio.Future[None] | None:
+        # A delivery (handled here, not in a method of its own: this runs per frame).
         rt = self.runtime
-        loop = rt.loop
-        env = delivery.envelope(loop.time())
+        # The clock is read only for a deadline (a tell has none).
+        env = decoded.envelope(0.0 if decoded.remaining is None else rt.loop.time())
         # The reply goes back to the node the ask came from (``peer``), never to an
         # address the frame names: a hostile frame must not make this node connect
         # elsewhere. (Asks forwarded through another node come with the cluster.)
-        reply_to = peer if delivery.reply_to is not None else None
+        reply_to = peer if decoded.reply_to is not None else None
         if env.kind == ASK and reply_to is not None:
             env.reply = _RemoteReply(self, reply_to, env.id, type(env.payload), env.deadline)
         if rt.phase is not RUNNING and not rt.accepts_inbound():
@@ -444,8 +404,46 @@ class Remote:
             return None
         resume = self._resume.get(peer)
         if resume is None:
-            resume = self._resume[peer] = loop.create_future()
+            resume = self._resume[peer] = rt.loop.create_future()
         return resume
+
+    def delivery_stats(self) -> DeliveryStats:
+        """What the numbers on deliveries from other nodes showed: how many were lost
+        (gaps) and how many came out of order (never, unless there is a bug)."""
+        return self.order.stats()
+
+    def _refused(self, peer: str, error: WireError) -> None:
+        """A frame that does not decode (counted per reason by the codec): its asker
+        gets the error back; a reply that does not decode fails the ask it answers;
+        anything else is a dead letter."""
+        skipped = self._log_budget.allow(peer)
+        if skipped is not None:
+            note = f" ({skipped} earlier refusals from {peer} were not logged)" if skipped else ""
+            log.warning("frame from %s refused: %s%s", peer, error, note)
+        reply_to = error.reply_to
+        if error.is_reply:
+            waiting = self._waiting.pop(error.message_id, None)
+            if waiting is not None and not waiting[0].done():
+                waiting[0].set_exception(error)
+        elif reply_to is not None and error.message_id:
+            # To the node it came from: never to an address a frame names (a hostile
+            # frame must not make this node connect elsewhere).
+            self.send_error(peer, error.message_id, error)
+        else:
+            lost = Envelope(error.message_id, TELL, f"frame from {peer}", None)
+            self.runtime.undeliverable(lost, peer, DeadLetterReason.UNDECODABLE, error)
+
+    def _replied(self, reply: Reply) -> None:
+        waiting = self._waiting.pop(reply.id, None)
+        if waiting is None:
+            return  # the asker gave up (timed out): a late reply
+        future, _ = waiting
+        if future.done():
+            return
+        if reply.error is not None:
+            future.set_exception(reply.error)
+        else:
+            future.set_result(reply.value)
 
     def _admitted(self, peer: str, env: Envelope, done: asyncio.Future[None]) -> None:
         """A parked delivery left the queue: in the mailbox, or refused meanwhile."""

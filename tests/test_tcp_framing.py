@@ -19,6 +19,8 @@ from kerna.transports import FrameTooLarge
 from kerna.transports._tcp_framing import CHUNK, PING_BYTES, YIELD_EVERY, ProtocolError, header
 from kerna.transports._tcp_receive import HOLD, FrameReceiver
 
+PEER = "tcp://127.0.0.1:1"
+
 pytestmark = pytest.mark.anyio
 
 
@@ -46,8 +48,8 @@ class _Socket:
         self.aborted = True
 
 
-def _record(into: list[bytes]) -> Callable[[bytes], None]:
-    def on_frame(frame: bytes) -> None:
+def _record(into: list[bytes]) -> Callable[[str, bytes], None]:
+    def on_frame(peer: str, frame: bytes) -> None:
         into.append(frame)
 
     return on_frame
@@ -63,12 +65,12 @@ def _wire(frames: list[bytes], pings: bool) -> bytes:
 
 
 def _receiver(
-    on_frame: Callable[[bytes], object],
+    on_frame: Callable[[str, bytes], object],
     limit: int = 1 << 30,
     alive: Callable[[], None] = lambda: None,
 ) -> tuple[FrameReceiver, _Socket]:
     sock = _Socket()
-    receiver = FrameReceiver(sock, limit, on_frame, alive, lambda _: None)  # type: ignore[arg-type]
+    receiver = FrameReceiver(sock, limit, PEER, on_frame, alive, lambda _: None)  # type: ignore[arg-type]
     return receiver, sock
 
 
@@ -141,7 +143,7 @@ async def test_a_large_body_is_read_in_chunks_each_a_sign_of_life() -> None:
 
 
 async def test_an_oversized_prefix_is_refused_before_its_body_arrives() -> None:
-    receiver, sock = _receiver(lambda _: None, limit=999)
+    receiver, sock = _receiver(lambda _peer, _frame: None, limit=999)
     _give(receiver, sock, header(1000))  # the body never comes
     error = await receiver.ended
     assert isinstance(error, FrameTooLarge)
@@ -162,10 +164,10 @@ async def test_an_unknown_control_frame_is_a_protocol_error() -> None:
 
 def _pausing_at_stop(
     into: list[bytes], gate: asyncio.Future[None]
-) -> Callable[[bytes], asyncio.Future[None] | None]:
+) -> Callable[[str, bytes], asyncio.Future[None] | None]:
     """Records each frame; the frame ``b"stop"`` asks for a pause until ``gate``."""
 
-    def on_frame(frame: bytes) -> asyncio.Future[None] | None:
+    def on_frame(peer: str, frame: bytes) -> asyncio.Future[None] | None:
         into.append(frame)
         return gate if frame == b"stop" else None
 
@@ -254,3 +256,38 @@ async def test_reading_pauses_while_more_than_hold_bytes_wait_for_their_turn() -
                 break
             await asyncio.sleep(0)
     assert got == frames
+
+
+async def test_frames_are_counted_and_after_supersede_dropped_not_handed_over() -> None:
+    got: list[bytes] = []
+    receiver, sock = _receiver(_record(got), limit=1 << 20)
+    big = b"z" * (CHUNK + 10)  # through the large-body path
+    _give(receiver, sock, _wire([b"one"], pings=False))
+    _give(receiver, sock, _wire([big], pings=False))
+    assert got == [b"one", big]
+    assert (receiver.frames, receiver.bytes, receiver.dropped) == (2, 4 + 3 + 4 + len(big), 0)
+    receiver.supersede()
+    _give(receiver, sock, _wire([b"late"], pings=False))
+    _give(receiver, sock, _wire([big], pings=False))
+    assert got == [b"one", big]  # nothing more handed over
+    assert (receiver.frames, receiver.dropped) == (2, 2)
+
+
+async def test_a_frame_whose_on_frame_raises_is_logged_and_the_next_ones_still_come(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    got: list[bytes] = []
+
+    def on_frame(peer: str, frame: bytes) -> None:
+        if frame == b"bad":
+            raise RuntimeError("a bug in the receiver's callback")
+        got.append(frame)
+
+    receiver, sock = _receiver(on_frame, limit=1 << 20)
+    _give(receiver, sock, _wire([b"a"], pings=False))
+    _give(receiver, sock, _wire([b"bad", b"b"], pings=False))  # split at the next pass
+    await asyncio.sleep(0)  # one loop turn: the batch
+    assert got == [b"a", b"b"]
+    assert receiver.frames == 3
+    assert f"on_frame raised for a frame from {PEER}" in caplog.text
+    assert "a bug in the receiver's callback" in caplog.text

@@ -45,7 +45,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Awaitable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any, cast
 
 from kerna._errors import ConfigError
@@ -249,6 +249,9 @@ class TcpTransport(Transport):
         self._info: dict[str, PeerInfo] = {}
         self._alive: set[str] = set()  # peers handshaken and not yet reported lost
         self._closed = False
+        # Accepted connections' receivers (they count their frames); the counts of
+        # those that ended:
+        self._receivers: dict[Conn, FrameReceiver] = {}
         self._frames_read = 0
         self._superseded_frames = 0  # dropped: left on a connection its peer replaced
         self._bytes_read = 0
@@ -285,14 +288,15 @@ class TcpTransport(Transport):
         left on its previous connection), ``connections`` (open, either direction),
         ``tasks`` (running)."""
         sender = self._sender
+        receivers = self._receivers.values()
         return {
             "writes": sender.writes if sender else 0,
             "frames_written": sender.frames_written if sender else 0,
             "bytes_written": sender.bytes_written if sender else 0,
-            "frames_read": self._frames_read,
-            "bytes_read": self._bytes_read,
+            "frames_read": self._frames_read + sum(r.frames for r in receivers),
+            "bytes_read": self._bytes_read + sum(r.bytes for r in receivers),
             "errors": self._errors + (sender.errors if sender else 0),
-            "superseded": self._superseded_frames,
+            "superseded": self._superseded_frames + sum(r.dropped for r in receivers),
             "connections": len(self._conns),
             "tasks": len(self._tasks) + len(self._handlers),
         }
@@ -469,6 +473,9 @@ class TcpTransport(Transport):
         self._inbound[peer] = conn
         if old is not None:
             old.superseded = True
+            receiver = self._receivers.get(old)
+            if receiver is not None:
+                receiver.supersede()
             log.info("%s connected again: its previous connection is closed", peer)
             old.writer.transport.abort()
 
@@ -487,18 +494,6 @@ class TcpTransport(Transport):
         def alive() -> None:
             conn.last_rx = loop.time()
 
-        def deliver(frame: bytes) -> Awaitable[object] | None:
-            if conn.superseded:
-                self._superseded_frames += 1
-                return None
-            self._frames_read += 1
-            self._bytes_read += len(frame) + 4
-            try:
-                return on_frame(peer, frame)
-            except Exception:
-                log.exception("on_frame raised for a frame from %s", peer)
-                return None
-
         def paused(now: bool) -> None:
             conn.paused = now  # not silent while paused: we stopped reading it
             if not now:
@@ -506,10 +501,17 @@ class TcpTransport(Transport):
 
         transport = writer.transport
         receiver = FrameReceiver(
-            cast(asyncio.Transport, transport), self.max_frame_size, deliver, alive, paused
+            cast(asyncio.Transport, transport), self.max_frame_size, peer, on_frame, alive, paused
         )
+        self._receivers[conn] = receiver
         transport.set_protocol(receiver)
-        error = await receiver.ended
+        try:
+            error = await receiver.ended
+        finally:
+            del self._receivers[conn]
+            self._frames_read += receiver.frames
+            self._bytes_read += receiver.bytes
+            self._superseded_frames += receiver.dropped
         if conn.superseded:
             return  # the peer is on its newer connection: not lost
         if isinstance(error, FrameTooLarge | ProtocolError):

@@ -21,6 +21,7 @@ more are split; reading goes on during a turn until ``HOLD`` bytes wait to be sp
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
 from ._base import FrameTooLarge
@@ -36,6 +37,8 @@ from ._tcp_framing import (
 
 __all__ = ["BUFFER", "DIRECT", "HOLD", "FrameReceiver"]
 
+log = logging.getLogger("kerna.transports.tcp")
+
 BUFFER = 256 * 1024
 """Bytes of a connection's receive buffer (reused for every read)."""
 MIN_FREE = 64 * 1024
@@ -50,20 +53,33 @@ splits ``YIELD_EVERY`` frames; a peer sending faster would otherwise fill memory
 
 
 class FrameReceiver(asyncio.BufferedProtocol):
-    """Splits one connection's bytes into frames; ``ended`` completes when it closes
-    (with the error that closed it, None for a clean end of stream)."""
+    """Splits one connection's bytes into frames and hands each to
+    ``on_frame(peer, frame)``; ``ended`` completes when it closes (with the error that
+    closed it, None for a clean end of stream).
+
+    Attributes:
+        frames: data frames handed over so far.
+        bytes: their bytes, with their length prefixes.
+        dropped: frames dropped since ``supersede()`` (not handed over).
+    """
 
     def __init__(
         self,
         transport: asyncio.Transport,
         limit: int,
-        on_frame: Callable[[bytes], Awaitable[object] | None],
+        peer: str,
+        on_frame: Callable[[str, bytes], Awaitable[object] | None],
         alive: Callable[[], None],
         paused: Callable[[bool], None],
     ) -> None:
         self._transport = transport
         self._limit = limit
+        self._peer = peer
         self._on_frame = on_frame
+        self._superseded = False
+        self.frames = 0
+        self.bytes = 0
+        self.dropped = 0
         self._alive = alive
         self._paused = paused
         self._loop = asyncio.get_running_loop()
@@ -100,7 +116,8 @@ class FrameReceiver(asyncio.BufferedProtocol):
                 return
             frame = b"".join(self._chunks)
             self._chunks = []
-            pause = self._on_frame(frame)
+            pause = self._hand(frame)
+            self._count(1, len(frame) + 4)
             if pause is not None:
                 self._wait(asyncio.ensure_future(pause))
             return
@@ -121,6 +138,12 @@ class FrameReceiver(asyncio.BufferedProtocol):
             self._turn()
         else:
             self._split()
+
+    def supersede(self) -> None:
+        """Hand over nothing more: the frames read from here on are dropped (counted
+        in ``dropped``)."""
+        self._superseded = True
+        self._on_frame = _drop
 
     def eof_received(self) -> bool:
         self._finish(asyncio.IncompleteReadError(b"", None))
@@ -149,8 +172,9 @@ class FrameReceiver(asyncio.BufferedProtocol):
         pos = self._start
         end = self._end
         on_frame = self._on_frame
+        peer = self._peer
         limit = self._limit
-        handed = 0
+        handed = got = 0
         try:
             while end - pos >= 4:
                 length = unpack_header(buf, pos)[0]  # (unpack_length, inline: per frame)
@@ -172,7 +196,12 @@ class FrameReceiver(asyncio.BufferedProtocol):
                         self._body_left = length - have
                         pos = end
                     break
-                pause = on_frame(view[pos + 4 : stop].tobytes())
+                try:
+                    pause = on_frame(peer, view[pos + 4 : stop].tobytes())
+                except Exception:  # (as _hand, inline: per frame)
+                    log.exception("on_frame raised for a frame from %s", peer)
+                    pause = None
+                got += stop - pos
                 pos = stop
                 handed += 1
                 if pause is not None:
@@ -190,10 +219,26 @@ class FrameReceiver(asyncio.BufferedProtocol):
             self._finish(exc)
             self._transport.abort()
             return
+        finally:
+            self._count(handed, got)
         if pos == end:
             self._start = self._end = 0
         else:
             self._start = pos
+
+    def _hand(self, frame: bytes) -> Awaitable[object] | None:
+        try:
+            return self._on_frame(self._peer, frame)
+        except Exception:
+            log.exception("on_frame raised for a frame from %s", self._peer)
+            return None
+
+    def _count(self, frames: int, size: int) -> None:
+        if self._superseded:
+            self.dropped += frames
+        else:
+            self.frames += frames
+            self.bytes += size
 
     def _wait(self, until: asyncio.Future[object]) -> None:
         """Hand over nothing more (and read nothing) until ``until`` completes."""
@@ -233,3 +278,7 @@ class FrameReceiver(asyncio.BufferedProtocol):
             self._closed = (error,)
             return
         self.ended.set_result(error)
+
+
+def _drop(peer: str, frame: bytes) -> None:
+    """``on_frame`` once superseded: the frame is not handed over."""
