@@ -458,3 +458,49 @@ async def test_send_now_takes_frames_for_a_peer_found_present_and_not_before(
     assert all(a.transport.send_now(b.address, b"now-%d" % i) for i in range(5))
     await b.until(lambda: len(b.frames) == 6)
     assert [frame for _, frame in b.frames] == [b"first"] + [b"now-%d" % i for i in range(5)]
+
+
+async def test_frames_sent_while_a_publish_waits_in_nats_py_queue_behind_it_in_order(
+    nodes: Callable,
+) -> None:
+    # pending_size=1: every publish is over nats-py's buffer and waits for its flusher.
+    a, b = await nodes(pending_size=1, send_queue=4), await nodes()
+    await a.transport.send(b.address, b"first")
+    await b.until(lambda: len(b.frames) == 1)
+    # Without yielding: the first publish waits in nats-py and keeps its place in the
+    # queue; three more are queued behind it; the fifth finds the queue full.
+    for i in range(4):
+        await a.transport.send(b.address, b"%d" % i, wait=False)
+    with pytest.raises(SendQueueFull):
+        await a.transport.send(b.address, b"refused", wait=False)
+    sent = [b"%d" % i for i in range(4)]
+    async with asyncio.timeout(10):
+        for i in range(4, 60):
+            frame = b"%d" % i
+            if i % 3 or not a.transport.send_now(b.address, frame):
+                await a.transport.send(b.address, frame)
+            sent.append(frame)
+    await b.until(lambda: len(b.frames) == 1 + len(sent))
+    assert [f for _, f in b.frames] == [b"first", *sent]
+    assert not a.lost
+
+
+async def test_a_publish_nats_py_refuses_at_once_loses_the_peer(
+    nodes: Callable, nats_server: NatsServer
+) -> None:
+    # nats-py raises from publish before it waits (here: a message over the server's
+    # max_payload, let past by a limit raised after start): the peer is reported lost
+    # with the cause, the frame dropped, and the next send probes it again.
+    a, b = await nodes(), await nodes()
+    await a.transport.send(b.address, b"first")
+    await b.until(lambda: len(b.frames) == 1)
+    a.transport.max_frame_size = nats_server.max_payload * 2
+    await a.transport.send(b.address, b"x" * (nats_server.max_payload + 1))
+    await a.until(lambda: bool(a.lost))
+    ((peer, error),) = a.lost
+    assert peer == b.address
+    assert isinstance(error, NatsServerUnavailable)
+    assert "MaxPayloadError" in str(error)
+    await a.transport.send(b.address, b"after")  # probed again, then sent
+    await b.until(lambda: len(b.frames) == 2)
+    assert b.frames[1] == (a.address, b"after")
