@@ -460,6 +460,35 @@ async def test_send_now_takes_frames_for_a_peer_found_present_and_not_before(
     assert [frame for _, frame in b.frames] == [b"first"] + [b"now-%d" % i for i in range(5)]
 
 
+def _published(node: Node) -> int:
+    """How many messages ``node``'s nats-py client has taken to publish."""
+    transport = node.transport
+    assert isinstance(transport, NatsTransport)
+    # nats-py's own counter is the one view of when a frame reached the client, so the
+    # test reads the transport's client.
+    client = transport._nc  # noqa: SLF001 - the client's public stats, see above
+    assert client is not None
+    count: int = client.stats["out_msgs"]
+    return count
+
+
+async def test_a_frame_to_an_idle_present_peer_reaches_nats_py_before_send_returns(
+    nodes: Callable,
+) -> None:
+    # A lone request or reply does not wait a loop pass for the peer's publishing task.
+    # (ping_interval: b stays present, not due for a probe, on a slow machine too.)
+    a, b = await nodes(ping_interval=30), await nodes()
+    await a.transport.send(b.address, b"first")  # the first contact probes b
+    await b.until(lambda: len(b.frames) == 1)
+    before = _published(a)
+    await a.transport.send(b.address, b"sent")
+    assert _published(a) == before + 1
+    assert a.transport.send_now(b.address, b"sent now")
+    assert _published(a) == before + 2
+    await b.until(lambda: len(b.frames) == 3)
+    assert [f for _, f in b.frames] == [b"first", b"sent", b"sent now"]
+
+
 async def test_frames_sent_while_a_publish_waits_in_nats_py_queue_behind_it_in_order(
     nodes: Callable,
 ) -> None:

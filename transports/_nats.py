@@ -65,6 +65,9 @@ import logging
 import re
 import secrets
 import ssl
+import sys
+import types
+from collections.abc import Coroutine, Generator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -130,13 +133,16 @@ class _Peer:
 
     __slots__ = (
         "address",
+        "busy",
         "checked_at",
         "headers",
         "probing",
         "queue",
         "ready",
         "room",
+        "started",
         "subject",
+        "taken",
         "task",
     )
 
@@ -144,12 +150,70 @@ class _Peer:
         self.address = address
         self.subject = subject
         self.headers = headers
-        self.queue: collections.deque[bytes] = collections.deque()
+        self.queue: collections.deque[bytes] = collections.deque()  # not yet published
         self.ready = asyncio.Event()  # frames to publish
         self.room = asyncio.Event()  # the queue shrank (or the transport closed)
         self.checked_at = float("-inf")  # when it was last found listening
         self.probing: asyncio.Task[TransportError | None] | None = None  # first contact
         self.task: asyncio.Task[None] | None = None
+        self.busy = False  # a publish waits in nats-py (it holds a place of the queue)
+        self.started: asyncio.Task[None] | None = None  # the rest of a sender's publish
+        self.taken = 0  # frames senders published themselves in this loop pass
+
+
+if sys.version_info >= (3, 12):
+
+    def _start_publish(publish: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None] | None:
+        """Run ``publish`` up to its first suspension now, as an eager task: None if it
+        finished (what it raised is raised here), else the task that goes on with it."""
+        task = asyncio.Task(publish, loop=asyncio.get_running_loop(), name=name, eager_start=True)
+        if not task.done():
+            return task
+        task.result()
+        return None
+
+else:
+
+    def _start_publish(publish: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None] | None:
+        """Run ``publish`` up to its first suspension now: None if it finished (what it
+        raised is raised here), else a task (``name``) that goes on with it from there.
+
+        Python 3.11 has no eager tasks: the first step runs in the sender's task, and
+        the rest in a task that passes up to asyncio what the coroutine waits on, as an
+        eager task would (nats-py's publish uses no ``current_task`` before it waits).
+        """
+        try:
+            waits_on = publish.send(None)
+        except StopIteration:
+            return None
+        return asyncio.get_running_loop().create_task(_go_on(publish, waits_on), name=name)
+
+
+async def _go_on(coro: Coroutine[Any, Any, None], waits_on: object) -> None:
+    await _resume(coro, waits_on)
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, None], waits_on: object) -> Generator[Any, Any, None]:
+    """Drive ``coro``, already started and waiting on ``waits_on``, to its end: each
+    future it waits on goes up to the task awaiting this, each wake-up (or exception,
+    such as a cancellation) back down to ``coro``."""
+    while True:
+        try:
+            sent = yield waits_on
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                waits_on = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                waits_on = coro.send(sent)
+            except StopIteration:
+                return
 
 
 class NatsTransport(Transport):
@@ -459,15 +523,14 @@ class NatsTransport(Transport):
         p = self._peers.get(peer) or self._add_peer(peer)
         if p.checked_at == float("-inf"):
             await self._first_contact(p)
-        while len(p.queue) >= self.send_queue:
+        while self._full(p):
             if not wait:
                 raise SendQueueFull(f"send queue to {peer} is full ({self.send_queue} frames)")
             p.room.clear()
             await p.room.wait()
             if self._closed:
                 raise TransportClosed(f"{self!r} closed while a send to {peer} waited")
-        p.queue.append(bytes(frame))
-        p.ready.set()
+        self._put(p, bytes(frame))
 
     def send_now(self, peer: str, frame: bytes) -> bool:
         """See ``Transport.send_now``: a peer already found present, with room in its
@@ -475,12 +538,54 @@ class NatsTransport(Transport):
         if self._closed or self._nc is None or self._nc.is_closed:
             return False
         p = self._peers.get(peer)
-        if p is None or p.checked_at == float("-inf") or len(p.queue) >= self.send_queue:
+        if p is None or p.checked_at == float("-inf") or self._full(p):
             return False
         self.check_frame(frame)
-        p.queue.append(bytes(frame))
-        p.ready.set()
+        self._put(p, bytes(frame))
         return True
+
+    def _full(self, p: _Peer) -> bool:
+        # Frames handed to nats-py in this loop pass still count: its flusher writes
+        # them in the next, so a burst takes no more than the queue would.
+        return len(p.queue) + p.busy + p.taken >= self.send_queue
+
+    def _put(self, p: _Peer, frame: bytes) -> None:
+        """Publish ``frame`` now if ``p`` is idle (nothing queued or publishing) and not
+        due for its presence probe, else queue it for ``p``'s task.
+
+        Published now, a lone frame reaches nats-py in this loop pass instead of the
+        next (a request or reply does not wait for a task switch). nats-py's publish is
+        a coroutine that, unless its buffer is over ``pending_size``, returns without
+        waiting; if it waits, the rest of it holds ``p``'s place: ``p``'s task finishes
+        it before any frame queued after it.
+        """
+        nc = self._nc
+        assert nc is not None
+        loop = asyncio.get_running_loop()
+        if p.queue or p.busy or loop.time() - p.checked_at > self._ping_interval:
+            p.queue.append(frame)
+            p.ready.set()
+            return
+        try:
+            rest = _start_publish(
+                nc.publish(p.subject, frame, headers=p.headers),
+                f"kerna nats publish to {p.address}",
+            )
+        except (nats.errors.Error, OSError) as exc:  # as p's task would: p is lost
+            self._lose(p, self._server_error(exc))
+            return
+        if rest is not None:
+            p.busy, p.started = True, rest
+            p.ready.set()
+            return
+        if not p.taken:
+            loop.call_soon(self._next_pass, p)
+        p.taken += 1
+
+    @staticmethod
+    def _next_pass(p: _Peer) -> None:
+        p.taken = 0
+        p.room.set()
 
     def _peer_subject(self, peer: str) -> str | None:
         """The subject of a ``nats://server/node-name`` address (None if it is not one)."""
@@ -544,6 +649,15 @@ class NatsTransport(Transport):
         while True:
             await p.ready.wait()
             p.ready.clear()
+            if (started := p.started) is not None:  # a sender's publish, waiting in nats-py
+                try:
+                    await started
+                except (nats.errors.Error, OSError) as exc:
+                    self._lose(p, self._server_error(exc))
+                    continue
+                finally:
+                    p.busy, p.started = False, None
+                    p.room.set()
             while p.queue:
                 if loop.time() - p.checked_at > self._ping_interval:
                     error = await self._probe(nc, p)
@@ -552,12 +666,14 @@ class NatsTransport(Transport):
                         break
                     p.checked_at = loop.time()
                     self._lost.discard(p.address)
+                p.busy = True  # the frame keeps its place in the count while it waits
                 try:
-                    await nc.publish(p.subject, p.queue[0], headers=p.headers)
+                    await nc.publish(p.subject, p.queue.popleft(), headers=p.headers)
                 except (nats.errors.Error, OSError) as exc:
                     self._lose(p, self._server_error(exc))
                     break
-                p.queue.popleft()
+                finally:
+                    p.busy = False
                 p.room.set()
 
     async def _probe(self, nc: Client, p: _Peer) -> TransportError | None:
@@ -677,9 +793,10 @@ class NatsTransport(Transport):
                 tasks.append(p.probing)
             p.queue.clear()
             p.room.set()
-            if p.task is not None:
-                p.task.cancel()
-                tasks.append(p.task)
+            for task in (p.started, p.task):
+                if task is not None:
+                    task.cancel()
+                    tasks.append(task)
         if tasks:
             # Bounded: a cancelled publish ends at its next await.
             await asyncio.wait(tasks, timeout=self._connect_timeout)
