@@ -9,11 +9,20 @@ picks the subject, so peers connected to other servers of the same NATS cluster 
 it too. Credentials never appear in the address.
 
 Each frame is one NATS message whose ``Kerna-From`` header carries the sender's
-address (``on_frame`` gets it). Frames to one peer go out in order from one task on one
-connection, and NATS keeps the order of one connection's messages on a subject. Each
-peer has a bounded queue of ``send_queue`` frames in front of nats-py (whose own buffer
-is bounded by ``pending_size`` bytes, and whose publish waits for the socket when that
-is full): a full queue waits or fails (``SendQueueFull``) by the sender's choice.
+address (``on_frame`` gets it). Frames to one peer go out in order on one connection,
+and NATS keeps the order of one connection's messages on a subject. A frame to a peer
+that is idle (nothing queued for it, no publish to it waiting) and present (not due for
+its probe, below) is published by ``send``/``send_now`` itself, in the sender's loop
+pass, so a lone request or reply does not wait a task switch; otherwise it waits in the
+peer's bounded queue of ``send_queue`` frames for the peer's publishing task, which
+goes on in order. nats-py's flusher task writes what was published in the next loop
+pass; until then those frames count against the queue, and so does a publish that
+waits in nats-py (its own buffer is bounded by ``pending_size`` bytes, and a publish
+over it waits for the socket): a full queue waits or fails (``SendQueueFull``) by the
+sender's choice. An error nats-py raises from a publish loses the peer (below) whether
+the sender or the peer's task published. Received frames reach ``on_frame`` from
+nats-py's subscription task, a loop pass after its reader parsed them (nats-py offers
+no public way to be called from the reader; its own request/reply takes that pass too).
 
 What NATS can tell about peers, and what this transport reports:
 
@@ -129,7 +138,8 @@ class NatsFramesDropped(TransportError):
 
 
 class _Peer:
-    """One peer's send side: its bounded queue and the task that publishes it."""
+    """One peer's send side: its bounded queue, the task that publishes it, and what
+    senders published themselves (``send``/``send_now`` to an idle peer)."""
 
     __slots__ = (
         "address",
