@@ -533,3 +533,30 @@ async def test_a_publish_nats_py_refuses_at_once_loses_the_peer(
     await a.transport.send(b.address, b"after")  # probed again, then sent
     await b.until(lambda: len(b.frames) == 2)
     assert b.frames[1] == (a.address, b"after")
+
+
+async def test_a_goodbye_while_a_publish_waits_leaves_the_peer_sendable_once_back(
+    nats_server: NatsServer, nodes: Callable
+) -> None:
+    # b leaves while a's task is publishing a long queue to it (pending_size=1: each
+    # publish waits for nats-py's flusher): a drops the rest and reports b lost, and
+    # once b is back on its address a's frames reach it again.
+    a = await nodes(pending_size=1)
+    b = Node(NatsTransport(f"{nats_server.url}/{unique('b')}"))
+    await b.transport.start(b.on_frame, b.on_peer_lost)
+    await a.transport.send(b.address, b"first")
+    await b.until(lambda: len(b.frames) == 1)
+    for i in range(500):
+        await a.transport.send(b.address, b"%d" % i, wait=False)
+    async with asyncio.timeout(10):
+        await b.transport.aclose()
+    await a.until(lambda: bool(a.lost))
+    assert [(p, type(e)) for p, e in a.lost] == [(b.address, PeerNotListening)]
+    back = Node(NatsTransport(b.address))
+    await back.transport.start(back.on_frame, back.on_peer_lost)
+    try:
+        await a.transport.send(b.address, b"again")
+        await back.until(lambda: (a.address, b"again") in back.frames)
+    finally:
+        async with asyncio.timeout(10):
+            await back.transport.aclose()
