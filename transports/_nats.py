@@ -200,6 +200,8 @@ else:
 
 
 async def _go_on(coro: Coroutine[Any, Any, None], waits_on: object) -> None:
+    # Cancelled before its first step (aclose right after the send), this never runs
+    # and ``coro`` stays suspended until it is collected, which closes it.
     await _resume(coro, waits_on)
 
 
