@@ -173,20 +173,21 @@ class _Peer:
 
 if sys.version_info >= (3, 12):
 
-    def _start_publish(publish: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None] | None:
+    def _start_publish(publish: Coroutine[Any, Any, None], peer: str) -> asyncio.Task[None] | None:
         """Run ``publish`` up to its first suspension now, as an eager task: None if it
         finished (what it raised is raised here), else the task that goes on with it."""
-        task = asyncio.Task(publish, loop=asyncio.get_running_loop(), name=name, eager_start=True)
+        task = asyncio.Task(publish, loop=asyncio.get_running_loop(), eager_start=True)
         if not task.done():
+            task.set_name(f"kerna nats publish to {peer}")
             return task
         task.result()
         return None
 
 else:
 
-    def _start_publish(publish: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None] | None:
+    def _start_publish(publish: Coroutine[Any, Any, None], peer: str) -> asyncio.Task[None] | None:
         """Run ``publish`` up to its first suspension now: None if it finished (what it
-        raised is raised here), else a task (``name``) that goes on with it from there.
+        raised is raised here), else a task that goes on with it from there.
 
         Python 3.11 has no eager tasks: the first step runs in the sender's task, and
         the rest in a task that passes up to asyncio what the coroutine waits on, as an
@@ -196,7 +197,9 @@ else:
             waits_on = publish.send(None)
         except StopIteration:
             return None
-        return asyncio.get_running_loop().create_task(_go_on(publish, waits_on), name=name)
+        return asyncio.get_running_loop().create_task(
+            _go_on(publish, waits_on), name=f"kerna nats publish to {peer}"
+        )
 
 
 async def _go_on(coro: Coroutine[Any, Any, None], waits_on: object) -> None:
@@ -574,15 +577,14 @@ class NatsTransport(Transport):
         nc = self._nc
         assert nc is not None
         loop = asyncio.get_running_loop()
-        if p.queue or p.busy or loop.time() - p.checked_at > self._ping_interval:
+        # (Found present at the first frame of this pass: the probe is not due for
+        # the rest of the pass.)
+        if p.queue or p.busy or (not p.taken and loop.time() - p.checked_at > self._ping_interval):
             p.queue.append(frame)
             p.ready.set()
             return
         try:
-            rest = _start_publish(
-                nc.publish(p.subject, frame, headers=p.headers),
-                f"kerna nats publish to {p.address}",
-            )
+            rest = _start_publish(nc.publish(p.subject, frame, headers=p.headers), p.address)
         except (nats.errors.Error, OSError) as exc:  # as p's task would: p is lost
             self._lose(p, self._server_error(exc))
             return
