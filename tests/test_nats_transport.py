@@ -175,7 +175,8 @@ async def test_a_smaller_configured_limit_is_kept_and_enforced_on_receipt(
 
 async def test_a_full_send_queue_fails_without_wait_and_waits_with_it(nodes: Callable) -> None:
     a, b = await nodes(send_queue=4), await nodes()
-    # send() only queues (no await on room): the publishing task has not run yet.
+    # send() does not yield here: what it hands to nats-py in this loop pass counts
+    # against the queue until the next pass, as queued frames do.
     for i in range(4):
         await a.transport.send(b.address, b"%d" % i)
     with pytest.raises(SendQueueFull, match="full"):
