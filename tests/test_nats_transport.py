@@ -561,3 +561,24 @@ async def test_a_goodbye_while_a_publish_waits_leaves_the_peer_sendable_once_bac
     finally:
         async with asyncio.timeout(10):
             await back.transport.aclose()
+
+
+async def test_send_now_does_not_overtake_a_sender_waiting_for_room(nodes: Callable) -> None:
+    # pending_size=1: every publish waits for nats-py's flusher, so the queue stays full
+    # until the loop runs. The waiting sender is stepped by hand up to its wait: it is
+    # not a task, so it is still waiting once the queue has drained.
+    a, b = await nodes(pending_size=1, send_queue=4), await nodes()
+    await a.transport.send(b.address, b"first")
+    await b.until(lambda: len(b.frames) == 1)
+    for i in range(4):
+        await a.transport.send(b.address, b"%d" % i, wait=False)
+    waiter = a.transport.send(b.address, b"waiter")
+    waiter.send(None)  # it found the queue full: it waits for room
+    try:
+        await b.until(lambda: len(b.frames) == 5)  # the queue drained: room now
+        assert not a.transport.send_now(b.address, b"overtaker")
+    finally:
+        waiter.close()  # its wait given up: no sender waits any more
+    assert a.transport.send_now(b.address, b"later")
+    await b.until(lambda: len(b.frames) == 6)
+    assert [f for _, f in b.frames] == [b"first", b"0", b"1", b"2", b"3", b"later"]

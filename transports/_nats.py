@@ -154,6 +154,7 @@ class _Peer:
         "subject",
         "taken",
         "task",
+        "waiting",
     )
 
     def __init__(self, address: str, subject: str, headers: dict[str, str]) -> None:
@@ -169,6 +170,7 @@ class _Peer:
         self.busy = False  # a publish waits in nats-py (it holds a place of the queue)
         self.started: asyncio.Task[None] | None = None  # the rest of a sender's publish
         self.taken = 0  # frames senders published themselves in this loop pass
+        self.waiting = 0  # senders waiting for room (send_now does not overtake them)
 
 
 if sys.version_info >= (3, 12):
@@ -542,18 +544,23 @@ class NatsTransport(Transport):
             if not wait:
                 raise SendQueueFull(f"send queue to {peer} is full ({self.send_queue} frames)")
             p.room.clear()
-            await p.room.wait()
+            p.waiting += 1
+            try:
+                await p.room.wait()
+            finally:
+                p.waiting -= 1
             if self._closed:
                 raise TransportClosed(f"{self!r} closed while a send to {peer} waited")
         self._put(p, bytes(frame))
 
     def send_now(self, peer: str, frame: bytes) -> bool:
         """See ``Transport.send_now``: a peer already found present, with room in its
-        queue, takes ``frame`` at once (no first-contact probe to wait for)."""
+        queue and no sender waiting for room, takes ``frame`` at once (no first-contact
+        probe to wait for)."""
         if self._closed or self._nc is None or self._nc.is_closed:
             return False
         p = self._peers.get(peer)
-        if p is None or p.checked_at == float("-inf") or self._full(p):
+        if p is None or p.checked_at == float("-inf") or p.waiting or self._full(p):
             return False
         self.check_frame(frame)
         self._put(p, bytes(frame))
