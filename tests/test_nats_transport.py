@@ -582,3 +582,76 @@ async def test_send_now_does_not_overtake_a_sender_waiting_for_room(nodes: Calla
     assert a.transport.send_now(b.address, b"later")
     await b.until(lambda: len(b.frames) == 6)
     assert [f for _, f in b.frames] == [b"first", b"0", b"1", b"2", b"3", b"later"]
+
+
+def _subject(address: str) -> str:
+    return f"kerna.node.{address.rsplit('/', 1)[1]}"
+
+
+async def test_version_2_peers_name_the_sender_in_the_reply_subject_not_a_header(
+    nodes: Callable, nats_server: NatsServer
+) -> None:
+    a, b = await nodes(), await nodes()
+    seen: list[nats.aio.msg.Msg] = []
+    got = asyncio.Event()
+    raw = await nats.connect(nats_server.url)  # a second subscriber on b's subject
+    try:
+
+        async def record(msg: nats.aio.msg.Msg) -> None:
+            if msg.data == b"hello":  # (the probe comes this way too)
+                seen.append(msg)
+                got.set()
+
+        await raw.subscribe(_subject(b.address), cb=record)
+        await raw.flush()
+        await a.transport.send(b.address, b"hello")
+        await b.until(lambda: len(b.frames) == 1)
+        async with asyncio.timeout(5):
+            await got.wait()
+    finally:
+        await raw.close()
+    assert b.frames == [(a.address, b"hello")]
+    (frame,) = seen
+    assert frame.headers is None  # no header to build or parse
+    assert frame.reply == a.address
+    info = a.transport.peer_info(b.address)
+    assert info is not None
+    assert info.version == 2
+
+
+async def test_a_version_1_peer_gets_the_from_header_and_its_header_frames_are_read(
+    nodes: Callable, nats_server: NatsServer
+) -> None:
+    # An older kerna node, played by a bare client: it answers probes without saying a
+    # version, reads the sender from the Kerna-From header and sends with it.
+    a = await nodes()
+    old = f"{nats_server.url}/{unique('old')}"
+    seen: list[nats.aio.msg.Msg] = []
+    got = asyncio.Event()
+    raw = await nats.connect(nats_server.url)
+    try:
+
+        async def older_node(msg: nats.aio.msg.Msg) -> None:
+            if msg.headers and "Kerna-Probe" in msg.headers:
+                await raw.publish(msg.reply, b"")  # no version: 1
+            else:
+                seen.append(msg)
+                got.set()
+
+        await raw.subscribe(_subject(old), cb=older_node)
+        await raw.flush()
+        await a.transport.send(old, b"to the old one")
+        await raw.publish(_subject(a.address), b"from the old one", headers={"Kerna-From": old})
+        await a.until(lambda: bool(a.frames))
+        async with asyncio.timeout(5):
+            await got.wait()
+    finally:
+        await raw.close()
+    assert a.frames == [(old, b"from the old one")]
+    (frame,) = seen
+    assert frame.data == b"to the old one"
+    assert frame.headers == {"Kerna-From": a.address}
+    assert not frame.reply
+    info = a.transport.peer_info(old)
+    assert info is not None
+    assert info.version == 1

@@ -8,21 +8,24 @@ without a name a unique one is made up, like a port 0). ``transport.address`` is
 picks the subject, so peers connected to other servers of the same NATS cluster reach
 it too. Credentials never appear in the address.
 
-Each frame is one NATS message whose ``Kerna-From`` header carries the sender's
-address (``on_frame`` gets it). Frames to one peer go out in order on one connection,
-and NATS keeps the order of one connection's messages on a subject. A frame to a peer
-that is idle (nothing queued for it, no publish to it waiting) and present (not due for
-its probe, below) is published by ``send``/``send_now`` itself, in the sender's loop
-pass, so a lone request or reply does not wait a task switch; otherwise it waits in the
-peer's bounded queue of ``send_queue`` frames for the peer's publishing task, which
-goes on in order. nats-py's flusher task writes what was published in the next loop
-pass; until then those frames count against the queue, and so does a publish that
-waits in nats-py (its own buffer is bounded by ``pending_size`` bytes, and a publish
-over it waits for the socket): a full queue waits or fails (``SendQueueFull``) by the
-sender's choice. An error nats-py raises from a publish loses the peer (below) whether
-the sender or the peer's task published. Received frames reach ``on_frame`` from
-nats-py's subscription task, a loop pass after its reader parsed them (nats-py offers
-no public way to be called from the reader; its own request/reply takes that pass too).
+Each frame is one NATS message that names the sender's address (``on_frame`` gets it):
+in the message's reply subject, with no header, to a peer of protocol version 2 (this
+one), or in a ``Kerna-From`` header to a version 1 peer; the presence probe and its
+answer say each side's version. Both forms are read. Frames to one peer go out in order
+on one connection, and NATS keeps the order of one connection's messages on a subject. A
+frame to a peer that is idle (nothing queued for it, no publish to it waiting) and
+present (not due for its probe, below) is published by ``send``/``send_now`` itself, in
+the sender's loop pass, so a lone request or reply does not wait a task switch;
+otherwise it waits in the peer's bounded queue of ``send_queue`` frames for the peer's
+publishing task, which goes on in order. nats-py's flusher task writes what was
+published in the next loop pass; until then those frames count against the queue, and so
+does a publish that waits in nats-py (its own buffer is bounded by ``pending_size``
+bytes, and a publish over it waits for the socket): a full queue waits or fails
+(``SendQueueFull``) by the sender's choice. An error nats-py raises from a publish loses
+the peer (below) whether the sender or the peer's task published. Received frames reach
+``on_frame`` from nats-py's subscription task, a loop pass after its reader parsed them
+(nats-py offers no public way to be called from the reader; its own request/reply takes
+that pass too).
 
 What NATS can tell about peers, and what this transport reports:
 
@@ -104,8 +107,12 @@ __all__ = ["NatsFramesDropped", "NatsServerUnavailable", "NatsTransport", "PeerN
 log = logging.getLogger("kerna.transports.nats")
 
 FROM_HEADER = "Kerna-From"
-PROTOCOL_VERSION = 1
-"""What ``PeerInfo.version`` says for a nats peer."""
+VERSION_HEADER = "Kerna-Version"
+PROTOCOL_VERSION = 2
+"""This transport's protocol version (``PeerInfo.version`` says a peer's): from 2, a data
+frame names its sender in the NATS message's reply subject, not in a header (nats-py
+builds and parses headers for about 3 µs a message); a peer that says no version in its
+probe or its probe's answer is 1, and gets (and may send) the ``Kerna-From`` header."""
 PROBE_HEADER = "Kerna-Probe"
 BYE_HEADER = "Kerna-Bye"
 DEFAULT_PORT = 4222
@@ -149,6 +156,7 @@ class _Peer:
         "probing",
         "queue",
         "ready",
+        "reply",
         "room",
         "started",
         "subject",
@@ -160,7 +168,10 @@ class _Peer:
     def __init__(self, address: str, subject: str, headers: dict[str, str]) -> None:
         self.address = address
         self.subject = subject
-        self.headers = headers
+        # How a frame names its sender (set by each probe, from the peer's version): a
+        # header for a version 1 peer, else the reply subject (no header).
+        self.headers: dict[str, str] | None = headers
+        self.reply = ""
         self.queue: collections.deque[bytes] = collections.deque()  # not yet published
         self.ready = asyncio.Event()  # frames to publish
         self.room = asyncio.Event()  # the queue shrank (or the transport closed)
@@ -359,7 +370,12 @@ class NatsTransport(Transport):
         self._receive_queue = receive_queue
         self._address = f"nats://{self.server}/{node}"
         self._from = {FROM_HEADER: self._address}
-        self._probe_headers = {PROBE_HEADER: "1", FROM_HEADER: self._address}
+        self._probe_headers = {
+            PROBE_HEADER: "1",
+            FROM_HEADER: self._address,
+            VERSION_HEADER: str(PROTOCOL_VERSION),
+        }
+        self._answer_headers = {VERSION_HEADER: str(PROTOCOL_VERSION)}
         self._nc: Client | None = None
         self._closed = False
         self._started = False  # connected and subscribed
@@ -485,22 +501,29 @@ class NatsTransport(Transport):
     # -- receiving ---------------------------------------------------------------------
 
     async def _on_msg(self, msg: Msg) -> None:
-        headers = msg.headers or {}
-        if PROBE_HEADER in headers:
+        headers = msg.headers
+        if not headers:  # a data frame from a version 2 peer: the reply names it
+            peer = msg.reply
+        elif PROBE_HEADER in headers:
             prober = headers.get(FROM_HEADER)
             if prober:  # a peer about to send: it tells its schema, and gets ours
-                self._info[prober] = PeerInfo(prober, PROTOCOL_VERSION, bytes(msg.data))
+                version = _version(headers)
+                self._info[prober] = PeerInfo(prober, version, bytes(msg.data))
             if msg.reply and self._nc is not None and not self._closed:
-                await self._nc.publish(msg.reply, self._schema)
+                await self._nc.publish(msg.reply, self._schema, headers=self._answer_headers)
             return
-        peer = headers.get(FROM_HEADER)
+        else:
+            peer = headers.get(FROM_HEADER, "")
+            if peer and BYE_HEADER in headers:
+                self._peer_left(peer, PeerNotListening(f"{peer} closed its transport"))
+                return
         if not peer:
             log.warning(
-                "nats: dropped a message on %s without a %s header", msg.subject, FROM_HEADER
+                "nats: dropped a message on %s that does not name its sender (no reply "
+                "subject, no %s header)",
+                msg.subject,
+                FROM_HEADER,
             )
-            return
-        if BYE_HEADER in headers:
-            self._peer_left(peer, PeerNotListening(f"{peer} closed its transport"))
             return
         self._heard.add(peer)
         self._lost.discard(peer)
@@ -591,7 +614,9 @@ class NatsTransport(Transport):
             p.ready.set()
             return
         try:
-            rest = _start_publish(nc.publish(p.subject, frame, headers=p.headers), p.address)
+            rest = _start_publish(
+                nc.publish(p.subject, frame, reply=p.reply, headers=p.headers), p.address
+            )
         except (nats.errors.Error, OSError) as exc:  # as p's task would: p is lost
             self._lose(p, self._server_error(exc))
             return
@@ -689,7 +714,7 @@ class NatsTransport(Transport):
                     self._lost.discard(p.address)
                 p.busy = True  # the frame keeps its place in the count while it waits
                 try:
-                    await nc.publish(p.subject, p.queue.popleft(), headers=p.headers)
+                    await nc.publish(p.subject, p.queue.popleft(), reply=p.reply, headers=p.headers)
                 except (nats.errors.Error, OSError) as exc:
                     self._lose(p, self._server_error(exc))
                     break
@@ -724,7 +749,12 @@ class NatsTransport(Transport):
                 )
             except (nats.errors.Error, OSError) as exc:
                 return self._server_error(exc)
-            self._info[p.address] = PeerInfo(p.address, PROTOCOL_VERSION, bytes(answer.data))
+            version = _version(answer.headers)
+            if version >= 2:  # it reads the sender from the reply subject: no header
+                p.reply, p.headers = self._address, None
+            else:
+                p.reply, p.headers = "", self._from
+            self._info[p.address] = PeerInfo(p.address, version, bytes(answer.data))
             return None
         return None
 
@@ -849,3 +879,9 @@ class NatsTransport(Transport):
         with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
             async with asyncio.timeout(self._connect_timeout):
                 await nc.close()
+
+
+def _version(headers: dict[str, str] | None) -> int:
+    """The protocol version a probe or its answer says (1 if it says none, or junk)."""
+    said = headers.get(VERSION_HEADER, "") if headers else ""
+    return int(said) if said.isdigit() and len(said) < 6 else 1
