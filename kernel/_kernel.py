@@ -303,9 +303,12 @@ class Kernel(KernelViews):
         finish their queued work (and the messages they, and the tasks of
         ``create_task``, send) for up to ``grace`` seconds, then cancels what is still
         running. Pending asks and parked senders get ``KernelStopped``; unhandled tells
-        become dead letters. Finally ``on_stop`` runs once for every activation that
-        started, the state backend is closed (releasing every claim with the kernel's
-        lease), and no task of the kernel is left.
+        become dead letters. Askers on other nodes get that ``KernelStopped`` in an error
+        reply (a ``RemoteError``), sent before the transport closes (within the bound
+        below), so they do not see the connection break instead (``NodeLost``).
+        Finally ``on_stop`` runs once for every activation that started, the state
+        backend is closed (releasing every claim with the kernel's lease), and no task
+        of the kernel is left.
 
         Bounded: returns within ``grace + 2 * cancel_grace`` plus the backend's close,
         even when a handler ignores cancellation (such a task cannot be killed: it is

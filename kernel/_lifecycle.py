@@ -193,8 +193,9 @@ class Lifecycle:
             try:
                 if rt.cluster is not None:  # peers see it leave; late messages forwarded
                     await rt.cluster.departure.depart(max(end, loop.time() + cancel_grace))
-                if rt.remote is not None:
-                    await rt.remote.aclose()  # asks waiting on other nodes fail
+                if rt.remote is not None:  # asks waiting on other nodes fail; the
+                    # replies owed to other nodes' asks go out first, in the same bound
+                    await rt.remote.aclose(max(end, loop.time() + cancel_grace))
                 if rt.cluster is not None:
                     await rt.cluster.close()  # the watches
                 if rt.persistence is not None:

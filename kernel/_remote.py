@@ -156,6 +156,7 @@ class Remote:
         self._waiting: dict[int, tuple[asyncio.Future[Any], str]] = {}
         self._sweep_at = _SWEEP_AT
         self._tasks: set[asyncio.Task[None]] = set()
+        self._replying: set[asyncio.Task[None]] = set()  # replies waiting for a connection
         self._log_budget = LogBudget(time.monotonic)  # refused frames logged, per peer
         # Per local target of messages from other nodes, its cached route (what a ref
         # keeps): Runtime.deliver then skips the directory lookup for a live agent.
@@ -197,14 +198,25 @@ class Remote:
         # A transport may lower its limit on start (nats: the server's max_payload).
         self.codec.max_frame_size = self.transport.max_frame_size
 
-    async def aclose(self) -> None:
-        """Fail the asks still waiting on other nodes and close the transport."""
+    async def aclose(self, deadline: float | None = None) -> None:
+        """Fail the asks still waiting on other nodes, let the replies this node owes
+        reach the transport, and close it.
+
+        A reply can still be on its way when the kernel stops: the ``KernelStopped``
+        error replies of the asks its agents were handling, say, sent on a connection
+        to the asker that this node had never needed before and is still opening. The
+        transport closes once those are queued on their connections (or could not be:
+        the peer is unreachable), or at ``deadline`` (the loop's time; None: at once);
+        closed first, the asker would see the connection break (``NodeLost``) instead
+        of the error.
+        """
         for future, node in self._waiting.values():
-            if not future.done():
+            if not future.done():  # a forwarded ask's: its asker's reply goes out too
                 future.set_exception(KernelStopped(f"kernel stopped before {node} replied"))
         self._waiting.clear()
         for backlog in self._backlogs.values():
             backlog.close()
+        await self._replies_sent(deadline)
         await self.transport.aclose()
         for resume in self._resume.values():
             if not resume.done():
@@ -214,6 +226,13 @@ class Remote:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=1.0)
+
+    async def _replies_sent(self, deadline: float | None) -> None:
+        """Wait until ``deadline`` for the replies whose sends wait for a connection
+        (more may start meanwhile: an ask refused while stopping is answered too)."""
+        loop = self.runtime.loop
+        while self._replying and deadline is not None and loop.time() < deadline:
+            await asyncio.wait(set(self._replying), timeout=deadline - loop.time())
 
     def route(self, node: str) -> RemoteRoute:
         route = self._routes.get(node)
@@ -512,6 +531,8 @@ class Remote:
             return
         task = self._spawn(self.transport.send(node, frame))
         task.add_done_callback(_log_failed_reply)
+        self._replying.add(task)  # aclose lets it finish first
+        task.add_done_callback(self._replying.discard)
 
     def _on_peer_lost(self, peer: str, error: BaseException | None) -> None:
         """Fail the asks waiting on ``peer``: their frames or replies may be lost."""

@@ -9,12 +9,13 @@ import gc
 
 import pytest
 
-from kerna import Agent, Kernel, Request, handler
+from kerna import Agent, Kernel, RemoteError, Request, handler
 from kerna.transports import PeerUnreachable
 
 pytestmark = pytest.mark.anyio
 
 TCP = "tcp://127.0.0.1:0"
+OPTIONS = {"secret": b"cluster secret"}
 
 
 class Double(Request[int]):
@@ -28,10 +29,9 @@ class Doubler(Agent):
 
 
 async def test_concurrent_asks_between_kernels_over_tcp_each_get_their_own_reply() -> None:
-    options = {"secret": b"cluster secret"}
     async with (
-        Kernel(transport=TCP, transport_options=options, stop_grace=0.1) as a,
-        Kernel(transport=TCP, transport_options=options, stop_grace=0.1) as b,
+        Kernel(transport=TCP, transport_options=OPTIONS, stop_grace=0.1) as a,
+        Kernel(transport=TCP, transport_options=OPTIONS, stop_grace=0.1) as b,
     ):
         b.register(Doubler)
         assert b.address is not None
@@ -57,3 +57,46 @@ async def test_a_kernel_with_the_wrong_secret_cannot_ask_over_tcp() -> None:
     # The failed ask's reply future must not be failed again by the stop, unretrieved
     # ("Future exception was never retrieved", which the loop reports on collection).
     gc.collect()
+
+
+class Hold(Request[str]):
+    pass
+
+
+class Holder(Agent):
+    """Holds every ask until its kernel stops it (``holding`` says one arrived)."""
+
+    holding: asyncio.Event
+
+    @handler
+    async def hold(self, msg: Hold) -> str:
+        Holder.holding.set()
+        await asyncio.Event().wait()
+        return "never"
+
+
+async def held_by_a_stopping_kernel(a: Kernel) -> RemoteError:
+    """What ``a`` gets for an ask that a new kernel's agent holds until that kernel
+    stops. That kernel never sent anything to ``a``: its error reply has to open its
+    connection to ``a`` first."""
+    Holder.holding = asyncio.Event()
+    async with Kernel(transport=TCP, transport_options=OPTIONS, stop_grace=0.1) as b:
+        b.register(Holder)
+        assert b.address is not None
+        asked = asyncio.ensure_future(a.ref(Holder, "h", node=b.address).ask(Hold(), timeout=10))
+        async with asyncio.timeout(5):
+            await Holder.holding.wait()
+        await b.stop()
+    async with asyncio.timeout(5):
+        with pytest.raises(RemoteError) as caught:
+            await asked
+    return caught.value
+
+
+async def test_an_ask_a_stopping_kernel_was_handling_gets_its_error_reply_not_node_lost() -> None:
+    # The stop must not close the transport while that reply's connection opens: a
+    # would see the connection break (NodeLost) instead of the error.
+    async with Kernel(transport=TCP, transport_options=OPTIONS, stop_grace=0.1) as a:
+        error = await held_by_a_stopping_kernel(a)
+    assert error.type_name == "kerna.KernelStopped", error
+    assert "was busy" in error.message
