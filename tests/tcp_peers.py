@@ -19,6 +19,7 @@ class Sink:
     def __init__(self) -> None:
         self.frames: list[tuple[str, bytes]] = []
         self.lost: list[tuple[str, BaseException | None]] = []
+        self.frames_when_lost: dict[str, int] = {}  # per peer: frames recorded by then
         self._changed = asyncio.Event()
 
     def on_frame(self, peer: str, frame: bytes) -> None:
@@ -27,6 +28,7 @@ class Sink:
 
     def on_peer_lost(self, peer: str, error: BaseException | None) -> None:
         self.lost.append((peer, error))
+        self.frames_when_lost.setdefault(peer, len(self.frames))
         self._changed.set()
 
     async def wait_frames(self, count: int, timeout: float = WAIT) -> None:

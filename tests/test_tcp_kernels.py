@@ -10,6 +10,7 @@ import gc
 import pytest
 
 from kerna import Agent, Kernel, RemoteError, Request, handler
+from kerna.testing import FaultProxy, free_ports
 from kerna.transports import PeerUnreachable
 
 pytestmark = pytest.mark.anyio
@@ -98,5 +99,22 @@ async def test_an_ask_a_stopping_kernel_was_handling_gets_its_error_reply_not_no
     # would see the connection break (NodeLost) instead of the error.
     async with Kernel(transport=TCP, transport_options=OPTIONS, stop_grace=0.1) as a:
         error = await held_by_a_stopping_kernel(a)
+    assert error.type_name == "kerna.KernelStopped", error
+    assert "was busy" in error.message
+
+
+async def test_the_error_reply_of_a_stopping_kernel_arrives_before_its_connections_end() -> None:
+    # The reply's connection is slow (a proxy delays every chunk to a), the asker's
+    # connection to the stopping kernel is not: closing both at once, the stopping
+    # kernel would end the fast one while its reply is still on the slow one.
+    (port,) = free_ports(1)
+    async with FaultProxy(f"127.0.0.1:{port}") as proxy:
+        await proxy.delay(0.05)
+        async with Kernel(
+            transport=f"tcp://127.0.0.1:{port}",
+            transport_options={**OPTIONS, "advertise": f"tcp://{proxy.endpoint}"},
+            stop_grace=0.1,
+        ) as a:
+            error = await held_by_a_stopping_kernel(a)
     assert error.type_name == "kerna.KernelStopped", error
     assert "was busy" in error.message

@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from kerna import ConfigError
-from kerna.testing import free_ports
+from kerna.testing import FaultProxy, free_ports
 from kerna.transports import (
     PeerUnreachable,
     SendQueueFull,
@@ -580,3 +580,35 @@ async def test_a_newer_connection_from_a_peer_supersedes_its_older_one_frames_st
         old.close()
     finally:
         await b.aclose()
+
+
+async def test_closing_sends_a_connected_peer_the_frames_still_queued_for_it() -> None:
+    async with node() as (b, got), node() as (a, _):
+        await a.send(b.address, b"first")
+        await got.wait_frames(1)
+        for i in range(5):  # in one loop pass: they wait in the queue for its end
+            assert a.send_now(b.address, b"%d" % i)
+        async with asyncio.timeout(WAIT):
+            await a.aclose()
+        await got.wait_frames(6)
+        assert [frame for _, frame in got.frames] == [b"first", b"0", b"1", b"2", b"3", b"4"]
+
+
+async def test_the_peers_of_a_closing_transport_read_its_last_frames_before_it_is_lost() -> None:
+    # a's frames to b take a slow path (a proxy delaying every chunk); b's own
+    # connection to a is direct. Were a to close both at once, b would see its
+    # connection to a end (and report a lost) while a's last frame is still on its way.
+    (port,) = free_ports(1)
+    async with FaultProxy(f"127.0.0.1:{port}") as proxy:
+        listen, advertise = f"tcp://127.0.0.1:{port}", f"tcp://{proxy.endpoint}"
+        async with node(url=listen, advertise=advertise) as (b, got), node() as (a, _):
+            await b.send(a.address, b"to a")
+            await a.send(b.address, b"to b")
+            await got.wait_frames(1)
+            await proxy.delay(0.05)
+            await a.send(b.address, b"last")
+            async with asyncio.timeout(WAIT):
+                await a.aclose()
+            await got.wait_lost(a.address)
+            assert got.frames_when_lost[a.address] == 2
+            assert [frame for _, frame in got.frames] == [b"to b", b"last"]

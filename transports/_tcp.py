@@ -24,6 +24,10 @@ Choices where the contract leaves room (what an Akka/Orleans user expects):
   one exception that costs a busy connection nothing: the first frame queued on an idle
   connection (``IDLE_AFTER``) is written at once, so a lone request or reply does not
   wait for the end of the loop pass; the rest of that pass's frames go out together.
+- Closing sends connected peers the frames still queued for them, then ends each
+  outbound stream and waits (``CLOSE_WAIT`` at most) for the peer to close its side
+  before closing the connections peers send on: a peer reads the last frames (a
+  stopping kernel's error replies) before it sees this node go.
 - Heartbeats: an idle connection carries a ping every ``heartbeat / 2`` seconds; a
   connection that receives nothing for ``heartbeat * heartbeat_misses`` seconds (a
   SIGSTOPped peer, a half-open TCP connection) is closed and its peer reported lost.
@@ -72,6 +76,10 @@ from ._tcp_send import IDLE_AFTER, WRITE_HIGH_WATER, Conn, Sender, split_address
 __all__ = ["IDLE_AFTER", "WRITE_HIGH_WATER", "PeerInfo", "TcpTransport", "tls_contexts"]
 
 log = logging.getLogger("kerna.transports.tcp")
+
+CLOSE_WAIT = 0.5
+"""Seconds ``aclose`` waits at most for peers to read the last frames sent to them
+(and close their side) before it closes the connections they send on."""
 
 
 def tls_contexts(
@@ -562,15 +570,29 @@ class TcpTransport(Transport):
     # -- closing -----------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Stop listening, fail queued frames (``TransportClosed``), end every task of
-        this transport; idempotent."""
+        """Stop listening, send connected peers what is queued for them, fail the
+        rest (``TransportClosed``), end every task of this transport; idempotent.
+
+        A peer reads the last frames this node sent it before it sees any of its
+        connections to this node end: each outbound connection gets what is still
+        queued and then its end of stream (``Sender.close``), and the peer closes its
+        side once it has read up to there; only then (``CLOSE_WAIT`` at most) are the
+        other connections closed. Frames and their end travel on one connection, so
+        they cannot be overtaken; a connection the peer is paused on (it stopped
+        reading) is closed at ``CLOSE_WAIT`` and what it still holds is lost."""
         if self._closed:
             return
         self._closed = True
         if self._server is not None:
             self._server.close()
         if self._sender is not None:
-            self._sender.close(TransportClosed(f"{self!r} was closed"))
+            ending = self._sender.close(TransportClosed(f"{self!r} was closed"))
+            if ending:
+                closed = [asyncio.ensure_future(conn.writer.wait_closed()) for conn in ending]
+                _, late = await asyncio.wait(closed, timeout=CLOSE_WAIT)
+                for wait in late:
+                    wait.cancel()
+                self._conns.update(ending)  # closed below, like the rest
         for conn in list(self._conns):
             conn.writer.transport.abort()
         self._conns.clear()

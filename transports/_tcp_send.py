@@ -214,10 +214,36 @@ class Sender:
         self._queued(out)
         return True
 
-    def close(self, error: BaseException) -> None:
-        """Give every peer up with ``error`` (their queued frames are dropped)."""
+    def close(self, error: BaseException) -> list[Conn]:
+        """Give every peer up with ``error``; what is queued for a connected one is
+        written first, then its stream ended (``_end``). Returns those connections:
+        each one's writer is closed once its peer has closed its side."""
+        ending = [conn for out in self._out.values() if (conn := self._end(out, error))]
         for out in list(self._out.values()):
             self._fail(out, error)
+        return ending
+
+    def _end(self, out: Outbound, error: BaseException) -> Conn | None:
+        """Write what is queued on ``out``'s connection and end its stream (TLS: close
+        it, which ends it with close_notify); the peer, having read up to there,
+        closes its side. None if there is no live connection."""
+        conn = out.conn
+        if conn is None or out.broken is not None:
+            return None
+        out.broken = error  # nothing is written on it from now on (a late flush)
+        self._conns.discard(conn)  # no heartbeat on it either; it ends on its own
+        transport = conn.writer.transport
+        try:
+            if out.queue:
+                self._write(out, conn, wake=False)  # its waiters fail: no room to give
+            if transport.can_write_eof():
+                transport.write_eof()
+            else:
+                transport.close()
+        except (OSError, RuntimeError):  # broken meanwhile (RuntimeError: already ended)
+            transport.abort()
+            return None
+        return conn
 
     async def _room(self, out: Outbound) -> None:
         waiter: asyncio.Future[None] = self._loop.create_future()
@@ -386,8 +412,9 @@ class Sender:
         if conn.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
             out.ready.set()  # the writer task waits for the socket to drain
 
-    def _write(self, out: Outbound, conn: Conn) -> None:
-        """Write everything queued for ``out`` in one ``writelines``.
+    def _write(self, out: Outbound, conn: Conn, *, wake: bool = True) -> None:
+        """Write everything queued for ``out`` in one ``writelines`` (and give the room
+        to senders waiting for it, if ``wake``).
 
         Raises:
             OSError: the transport refused it.
@@ -401,7 +428,8 @@ class Sender:
             size += length
             chunks.append(header(length))
             chunks.append(frame)
-        self._wake(out)
+        if wake:
+            self._wake(out)
         out.lone_at = monotonic() if len(frames) == 1 else math.inf
         conn.writer.writelines(chunks)
         self.writes += 1
