@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import inspect
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -70,10 +71,41 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> None:
 
     @functools.wraps(test)
     async def bounded(**kwargs: Any) -> None:
-        async with asyncio.timeout(TEST_DEADLINE):
-            await test(**kwargs)
+        before = asyncio.all_tasks()
+        try:
+            async with asyncio.timeout(TEST_DEADLINE):
+                await test(**kwargs)
+        except BaseException:
+            disown_leftovers(before)
+            raise
 
     pyfuncitem.obj = bounded
+
+
+def disown_leftovers(before: set[asyncio.Task[Any]]) -> None:
+    """What a failed test's futures raised is retrieved here, so that it fails no other
+    test: the asks it left unawaited, say.
+
+    Pytest keeps a failed test's frames (``sys.last_traceback``) until the next test
+    starts, so its leftovers are garbage collected during a later test; an exception
+    never retrieved is then reported to the loop's exception handler, and anyio's
+    runner fails whichever test is running with it. So: every future already done
+    (nothing else will retrieve a leftover's outcome; awaiting one still raises), and
+    the tasks the test started that are still running, once they end. Only after a
+    failure: that test is already red.
+    """
+    for task in asyncio.all_tasks() - before:
+        task.add_done_callback(_retrieve)
+    for obj in gc.get_objects():
+        # The base class's methods: a subclass's done() may act (kerna's _RemoteReply
+        # cancels itself once its deadline passed).
+        if isinstance(obj, asyncio.Future) and asyncio.Future.done(obj):
+            _retrieve(obj)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not asyncio.Future.cancelled(future):
+        asyncio.Future.exception(future)
 
 
 @pytest.fixture(params=["memory", "sqlite", "etcd"])
