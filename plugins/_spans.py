@@ -43,13 +43,14 @@ import asyncio
 import atexit
 import contextvars
 import logging
+import os
 import random
 import re
 import time
 import traceback
 import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -146,6 +147,27 @@ def _normal_state(header: str) -> str:
             _states.clear()
         found = _states[header] = TraceState.from_header([header]).to_header()
     return found
+
+
+def runtime_var() -> contextvars.ContextVar[Context] | None:
+    """The ``ContextVar`` OpenTelemetry's default runtime context keeps the current
+    ``Context`` in (what its ``get_current``, ``attach`` and ``detach`` read, set and
+    reset), found through the token ``attach`` returns; None when ``OTEL_PYTHON_CONTEXT``
+    names another runtime context (then its functions are called)."""
+    if os.environ.get("OTEL_PYTHON_CONTEXT", "contextvars_context") not in (
+        "",
+        "contextvars_context",
+    ):
+        return None
+    current = otel_context.get_current()
+    token = otel_context.attach(current)
+    try:
+        var = getattr(token, "var", None)
+        if isinstance(var, contextvars.ContextVar) and var.get() is current:
+            return var
+        return None
+    finally:
+        otel_context.detach(token)
 
 
 _NO_STATE = TraceState()  # immutable: shared (SpanContext makes one per None otherwise)
@@ -469,11 +491,22 @@ class Pipeline:
         self.sampled: Decided = (True, 1 | self.random_flag, "", None)
         self.unsampled: Decided = (False, self.random_flag, "", None)
         self.fast_ids = type(self.ids) is RandomIdGenerator
-        self.get_current = otel_context.get_current
+        # The current Context: read, set and reset straight on OpenTelemetry's own
+        # ContextVar when it keeps it in one (its functions only wrap these calls).
+        var = runtime_var()
+        self.get_current: Callable[[], Context] = otel_context.get_current
+        self.attach: Callable[[Context], contextvars.Token[Context]] = _attach
+        self.reset: Callable[[contextvars.Token[Context]], object] = _detach
+        if var is not None:
+            self.get_current, self.attach, self.reset = var.get, var.set, var.reset
+        # The usual cases' conditions, once: ids drawn here, and a root's decision
+        # known (that decision) or ParentBased's default delegates.
+        self.fast_root = self.root if self.fast_ids else None
+        self.fast_follow = self.fast_ids and self.mode == _FOLLOW
         # The key OpenTelemetry keeps the current span under (its own API finds it).
         self.span_key = next(iter(api.set_span_in_context(api.INVALID_SPAN, OtelContext())))
         # The sends in flight by their traceparent: what a handling here parses least.
-        self.sent: dict[str, KernaSpan] = {}
+        self.sent: dict[str | None, KernaSpan] = {}
         self.span_name = SpanNames()  # ``"send T"`` / ``"handle T"``, by message type
         self.processor = tracer.span_processor
         self.resource = tracer.resource
@@ -537,21 +570,19 @@ class Pipeline:
     def before_send(self, ctx: MessageContext) -> tuple[KernaSpan, dict[str, str]]:
         """A send's span, and the headers that carry it (see ``send_span``)."""
         current = self.get_current().get(self.span_key)
-        if not self.fast_ids:
-            span = self.send_span(ctx)
-        elif current is None and self.root is not None:  # a root: new_root inline
+        if current is None and (root := self.fast_root) is not None:  # new_root inline
             trace_id = _getrandbits(128) or self.ids.generate_trace_id()
             trace = trace_id.to_bytes(16, "big").hex()
-            span = KernaSpan(self, ctx, True, trace, _getrandbits(64), self.root, None)
-        elif type(current) is KernaSpan and self.mode == _FOLLOW:  # from a handler
+            span = KernaSpan(self, ctx, True, trace, _getrandbits(64), root, None)
+        elif type(current) is KernaSpan and self.fast_follow:  # from a handler
             flags, state = current.flags, current.state
             decided = self.followed[flags] if not state else _followed(flags, state)
             span = KernaSpan(self, ctx, True, current.trace, _getrandbits(64), decided, current)
         else:
             span = self.send_span(ctx)
-        # (to_bytes().hex() is about twice as fast as format())
+        # (to_bytes().hex() is about twice as fast as format(); one string built)
         traceparent = span.traceparent = (
-            "00-" + span.trace + "-" + span.span_id.to_bytes(8, "big").hex() + _DASH[span.flags]
+            f"00-{span.trace}-{span.span_id.to_bytes(8, 'big').hex()}{_DASH[span.flags]}"
         )
         self.sent[traceparent] = span  # its handling here finds it unparsed
         if span.state:
@@ -575,12 +606,10 @@ class Pipeline:
 
     def before_handle(self, ctx: MessageContext) -> KernaSpan:
         """A handling's span (see ``handle_span``), made the current span."""
-        traceparent = ctx.header(TRACEPARENT)
-        sender = None if traceparent is None else self.sent.get(traceparent)
+        sender = self.sent.get(ctx.header(TRACEPARENT))  # (None: no such key)
         if (
             sender is not None
-            and self.mode == _FOLLOW
-            and self.fast_ids
+            and self.fast_follow
             and (ctx.header(TRACESTATE) or "") == sender.state
         ):  # sent from here and still in flight: its parent is that span
             flags, state = sender.flags, sender.state
@@ -588,7 +617,7 @@ class Pipeline:
             span = KernaSpan(self, ctx, False, sender.trace, _getrandbits(64), decided, sender)
         else:
             span = self.handle_span(ctx)
-        span.token = _attach(OtelContext({self.span_key: span}))
+        span.token = self.attach(OtelContext({self.span_key: span}))
         return span
 
     def after_handle(
@@ -598,7 +627,10 @@ class Pipeline:
         cancellation), a deferred reply marked."""
         token = span.token
         assert token is not None  # (set by before_handle)
-        _detach(token)
+        try:
+            self.reset(token)
+        except Exception:  # as opentelemetry.context.detach: logged, never raised
+            log.exception("Failed to detach context")
         if error is not None:
             if isinstance(error, Exception):
                 span.failed(error)

@@ -498,3 +498,42 @@ async def test_the_handling_span_is_current_in_its_handler_only_however_the_hand
     assert ok.status.status_code is StatusCode.UNSET
     # each context detached where it was attached (OpenTelemetry logs a detach that is not)
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
+
+
+def test_the_current_context_is_read_where_opentelemetrys_default_runtime_keeps_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry import context as otel_context
+
+    from kerna.plugins._spans import runtime_var
+
+    var = runtime_var()
+    assert var is not None
+    token = otel_context.attach(otel_context.set_value("k", 1))
+    try:  # the very ContextVar OpenTelemetry's own functions read and set
+        assert var.get() is otel_context.get_current()
+        assert var.get().get("k") == 1
+    finally:
+        otel_context.detach(token)
+    assert otel_context.get_value("k") is None
+    for other in ("threadlocal_context", "my_runtime"):  # another runtime context
+        monkeypatch.setenv("OTEL_PYTHON_CONTEXT", other)
+        assert runtime_var() is None
+
+
+async def test_with_another_runtime_context_named_the_handling_span_is_still_current(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # (OpenTelemetry's runtime is chosen at its import: here its functions are called
+    # instead of the ContextVar, the path another runtime context takes)
+    monkeypatch.setenv("OTEL_PYTHON_CONTEXT", "my_runtime")
+    exporter = InMemorySpanExporter()
+    provider = provider_for(exporter)
+    Current.seen, Current.entered = [], asyncio.Event()
+    async with Kernel(middleware=[Tracing(provider)]) as kernel:
+        kernel.register(Current)
+        assert await kernel.ref(Current, "c").ask(Hop(3)) == Done(3)
+        assert trace.get_current_span() is trace.INVALID_SPAN
+    (span,) = by_name(exporter.get_finished_spans(), "handle Hop")
+    assert span.context is not None
+    assert Current.seen == [span.context.span_id]
