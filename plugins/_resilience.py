@@ -186,6 +186,19 @@ class _Target:
             (self, False),
             (self, True),
         )
+        # The usual call: its first attempt admitted by a healthy breaker (closed, no
+        # failure counted) with no bulkhead, inline. ``healthy`` is then that breaker's
+        # storage (None: no breaker made yet, or a bulkhead: the general path),
+        # ``ready`` before_send's answer, and such calls are counted once, in
+        # ``healthy_calls``: each is a call, an attempt and a call of the breaker's
+        # (``stats`` adds them to each).
+        self.healthy: Any = None
+        self.healthy_calls = 0
+        self.ready: tuple[tuple[_Target, bool], None, float | None] = (
+            self.first[0],
+            None,
+            policy.timeout,
+        )
 
     def breaker_state(self) -> BreakerState | None:
         options = self.policy.breaker
@@ -193,6 +206,8 @@ class _Target:
             self.breaker = BreakerState(
                 self.name, options, asyncio.get_running_loop(), self.resilience.changed
             )
+            if self.bulkhead is None:
+                self.healthy = self.breaker.storage
         return self.breaker
 
     def inline(self) -> bool:
@@ -300,14 +315,18 @@ class _Target:
     def breaker_stats(self) -> BreakerStats | None:
         """Its breaker's (closed, zero counts before its first call), or None: the
         policy has no breaker."""
-        if self.breaker is not None:
-            return self.breaker.stats()
+        breaker = self.breaker
+        if breaker is not None:
+            found = breaker.stats()
+            if self.healthy_calls:
+                found = msgspec.structs.replace(found, calls=found.calls + self.healthy_calls)
+            return found
         return None if self.policy.breaker is None else _NEVER_CALLED
 
     def stats(self) -> TargetStats:
         return TargetStats(
-            calls=self.calls,
-            attempts=self.attempts,
+            calls=self.calls + self.healthy_calls,
+            attempts=self.attempts + self.healthy_calls,
             retries=self.retries,
             fallbacks=self.fallbacks,
             fallback_failures=self.fallback_failures,
@@ -444,6 +463,11 @@ class Resilience(Middleware):
             target = self._agent_target(agent)
         if target is None or ctx.kind != "ask":  # (a tell to a target passes too)
             return _PASS
+        storage = target.healthy
+        if storage is not None and storage.clean:  # the usual case (see _Target.ready)
+            target.healthy_calls += 1
+            ready: tuple[Any, None, float | None] = target.ready
+            return ready
         if target.bulkhead is not None:  # its slot may need waiting for: send_failed
             raise _Await()
         breaker = target.breaker or target.breaker_state()

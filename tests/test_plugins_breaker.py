@@ -19,7 +19,9 @@ from kerna.plugins import (
     BreakerChanged,
     Policy,
     Resilience,
+    Retry,
     breaker_stats,
+    idempotent,
 )
 from kerna.testing import VirtualClock
 
@@ -227,3 +229,61 @@ def test_bad_breaker_options_are_refused() -> None:
             Breaker(**options)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="names policy 'q'"):
         Resilience(policies={}, targets={Service: "q"})
+
+
+@idempotent
+class Retried(Request[str]):
+    pass
+
+
+class Flaky(Agent):
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    @handler
+    async def retried(self, msg: Retried) -> str:
+        self.backend.calls += 1
+        if self.backend.failing:
+            raise ConnectionError("service down")
+        return "ok"
+
+
+def test_calls_attempts_and_breaker_calls_are_counted_exactly_on_every_path() -> None:
+    # A healthy breaker's calls take before_send's shortest path, counted once for the
+    # three counters; failures, retries and the calls after them take the others.
+    backend = Backend()
+    policy = Policy(
+        retry=Retry(on=(ConnectionError,), max_retries=1, interval=0.001),
+        breaker=Breaker(failures=5, reset_timeout=30),
+    )
+    resilience = Resilience(policies={"p": policy}, targets={Flaky: "p"})
+
+    def counts() -> tuple[int, ...]:
+        stats = resilience.target_stats(Flaky)
+        assert stats.breaker is not None
+        assert stats.breaker == breaker_stats(kernel, Flaky)
+        return stats.calls, stats.attempts, stats.retries, stats.breaker.calls, backend.calls
+
+    kernel = Kernel(middleware=[resilience])
+    kernel.register(Flaky, factory=lambda: Flaky(backend))
+
+    async def scenario() -> None:
+        async with kernel:
+            ref = kernel.ref(Flaky, "f")
+            backend.failing = False
+            for _ in range(3):
+                assert await ref.ask(Retried()) == "ok"
+            assert counts() == (3, 3, 0, 3, 3)
+            backend.failing = True  # the first attempt and its retry fail
+            with pytest.raises(RemoteError, match="service down"):
+                await ref.ask(Retried())
+            assert counts() == (4, 5, 1, 5, 5)
+            assert breaker_stats(kernel, Flaky).failures == 2
+            backend.failing = False  # two failures counted: not the shortest path
+            assert await ref.ask(Retried()) == "ok"
+            assert counts() == (5, 6, 1, 6, 6)
+            assert breaker_stats(kernel, Flaky).failures == 0  # healthy again
+            assert await ref.ask(Retried()) == "ok"
+            assert counts() == (6, 7, 1, 7, 7)
+
+    run(scenario)
