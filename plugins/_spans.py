@@ -90,6 +90,7 @@ FLUSH_AFTER = 0.05  # seconds an ended span waits at most (unless the loop is bl
 
 TRACEPARENT, TRACESTATE = "traceparent", "tracestate"
 _getrandbits = random.getrandbits
+_new_span = object.__new__
 _time_ns = time.time_ns
 _attach, _detach = otel_context.attach, otel_context.detach
 _COMMON = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")  # version 00, no more
@@ -257,7 +258,7 @@ class KernaSpan(api.Span):
             self.sampler_attributes = attributes
         if parent is not None:
             self.parent = parent
-        self.start_time = time.time_ns()
+        self.start_time = _time_ns()
 
     def headers(self) -> dict[str, str]:
         """What a message sent under this span carries: its ``traceparent``, and its
@@ -501,7 +502,7 @@ class Pipeline:
             self.get_current, self.attach, self.reset = var.get, var.set, var.reset
         # The usual cases' conditions, once: ids drawn here, and a root's decision
         # known (that decision) or ParentBased's default delegates.
-        self.fast_root = self.root if self.fast_ids else None
+        self.fast_root: Decided | None = self.root if self.fast_ids else None
         self.fast_follow = self.fast_ids and self.mode == _FOLLOW
         # The key OpenTelemetry keeps the current span under (its own API finds it).
         self.span_key = next(iter(api.set_span_in_context(api.INVALID_SPAN, OtelContext())))
@@ -572,8 +573,16 @@ class Pipeline:
         current = self.get_current().get(self.span_key)
         if current is None and (root := self.fast_root) is not None:  # new_root inline
             trace_id = _getrandbits(128) or self.ids.generate_trace_id()
-            trace = trace_id.to_bytes(16, "big").hex()
-            span = KernaSpan(self, ctx, True, trace, _getrandbits(64), root, None)
+            span = _new_span(KernaSpan)  # (KernaSpan.__init__, inline: the hot path)
+            span.pipeline = self
+            span.ctx = ctx
+            span.is_send = True
+            span.trace = trace_id.to_bytes(16, "big").hex()
+            span.span_id = _getrandbits(64) or self.ids.generate_span_id()
+            span.recording, span.flags, span.state, attributes = root
+            if attributes is not None:
+                span.sampler_attributes = attributes
+            span.start_time = _time_ns()
         elif type(current) is KernaSpan and self.fast_follow:  # from a handler
             flags, state = current.flags, current.state
             decided = self.followed[flags] if not state else _followed(flags, state)
@@ -613,8 +622,17 @@ class Pipeline:
             and (ctx.header(TRACESTATE) or "") == sender.state
         ):  # sent from here and still in flight: its parent is that span
             flags, state = sender.flags, sender.state
-            decided = self.followed[flags] if not state else _followed(flags, state)
-            span = KernaSpan(self, ctx, False, sender.trace, _getrandbits(64), decided, sender)
+            span = _new_span(KernaSpan)  # (KernaSpan.__init__, inline: the hot path)
+            span.pipeline = self
+            span.ctx = ctx
+            span.is_send = False
+            span.trace = sender.trace
+            span.span_id = _getrandbits(64) or self.ids.generate_span_id()
+            span.recording, span.flags, span.state, _ = (  # (no sampler attributes)
+                self.followed[flags] if not state else _followed(flags, state)
+            )
+            span.parent = sender
+            span.start_time = _time_ns()
         else:
             span = self.handle_span(ctx)
         span.token = self.attach(OtelContext({self.span_key: span}))
