@@ -216,7 +216,16 @@ def enter_sends(
             if type(got) is not tuple or not 2 <= (n := len(got)) <= 3:
                 raise TypeError(_SHAPE.format(got))
             added = got[1]
-            if added is not None:  # an inner hook's keys win over an outer one's
+            if added is None:
+                pass
+            elif headers is None and type(added) is dict:  # (merge_headers, inline)
+                for name, value in added.items():
+                    if type(name) is not str or type(value) is not str:
+                        headers = merge_headers(None, added)  # (checked there)
+                        break
+                else:
+                    headers = dict(added)
+            else:  # an inner hook's keys win over an outer one's
                 headers = merge_headers(headers, added)
         except Exception as exc:
             if link.failed is None:  # the links outside it hear the error

@@ -296,3 +296,46 @@ async def test_a_chain_of_sync_hooks_only_still_composes_and_an_empty_one_does_n
     async with Kernel() as kernel:
         kernel.register(Echo)
         assert kernel._runtime.types["Echo"].handlers[Ping] is Echo.ping  # noqa: SLF001
+
+
+class Show(Message):
+    wait: bool = False
+
+
+class HeadersOf(Agent):
+    """Answers with the headers its message carried (read once released, if told to
+    wait)."""
+
+    @handler
+    async def show(self, msg: Show) -> dict[str, str]:
+        if msg.wait:
+            Gate.entered.set()
+            await Gate.release.wait()
+        return dict(self.context.headers)
+
+
+class Key(str):
+    pass
+
+
+async def test_an_all_sync_asks_headers_are_checked_and_copied_from_each_before_send() -> None:
+    Gate.entered, Gate.release = asyncio.Event(), asyncio.Event()
+    own = {"x-a": "1"}  # the middleware's own dict, returned by every before_send
+    log: list[str] = []
+    chain = [Watch("a", log, own), Watch("b", log)]  # two links: the all-synchronous path
+    async with Kernel(middleware=chain) as kernel:
+        kernel.register(HeadersOf)
+        ref = kernel.ref(HeadersOf, "h")
+        asked = asyncio.create_task(ref.ask(Show(wait=True)))
+        async with asyncio.timeout(5):
+            await Gate.entered.wait()
+        own["x-a"] = "changed"  # while it is handled: its message's headers are a copy
+        Gate.release.set()
+        async with asyncio.timeout(5):
+            assert await asked == {"x-a": "1"}
+        own[Key("x-k")] = "k"  # a str subclass is a str (checked the general way)
+        assert await ref.ask(Show()) == {"x-a": "changed", "x-k": "k"}
+        own[1] = "one"  # type: ignore[index]
+        with pytest.raises(TypeError, match=r"headers must map str to str, got 1: 'one'") as info:
+            await ref.ask(Show())
+        assert any(note.endswith(".before_send") for note in info.value.__notes__)
