@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, overload
 import msgspec
 
 from ._activation import SPAWN_BURST, current_activation
-from ._chain import SyncHooks
+from ._chain import _SHAPE, SyncHooks, merge_headers
 from ._context import MessageContext
 from ._envelope import ASK, TELL, Envelope, outgoing
 from ._errors import AskTimeout, DeadlockError
@@ -27,10 +27,9 @@ from ._message import Askable, Message, ReplyT, Request
 from ._options import check_headers, check_timeout
 from ._runtime import RUNNING
 from ._sends import (
+    NOT_ENTERED,
     ask_through,
     attempt_envelope,
-    enter_sends,
-    exit_sends,
     expire,
     tell_through,
     unwind,
@@ -227,18 +226,45 @@ class AgentRef:
             if head.rest_sync and len(outbound) > 1:
                 # Only synchronous links: their hooks run here, in this coroutine (none of
                 # the chain's), the first attempt made here (as ask_sync makes the others).
+                # (enter_sends and exit_sends inline: the hot path; see them)
                 entered: list[Any] = []
-                try:
-                    added, limit = enter_sends(outbound, ctx, None, deadline, now, entered)
-                except Exception as exc:
-                    return await unwind(
-                        outbound, ctx, entered, exc, len(entered) // 2, rt, self, env, None
-                    )
+                merged: dict[str, str] | None = None
+                limit = deadline
+                for link in outbound:
+                    try:
+                        got = link.before(ctx)
+                        if type(got) is not tuple or not 2 <= (n := len(got)) <= 3:
+                            raise TypeError(_SHAPE.format(got))
+                        extra = got[1]
+                        if extra is None:
+                            pass
+                        elif merged is None and type(extra) is dict:  # (merge_headers)
+                            for name, value in extra.items():
+                                if type(name) is not str or type(value) is not str:
+                                    merged = merge_headers(None, extra)  # (checked there)
+                                    break
+                            else:
+                                merged = dict(extra)
+                        else:  # an inner hook's keys win over an outer one's
+                            merged = merge_headers(merged, extra)
+                    except Exception as exc:
+                        if link.failed is None:  # the links outside it hear the error
+                            link.entered(exc)
+                        else:  # its send_failed gets it (no attempt made inside it)
+                            entered += (NOT_ENTERED, limit)
+                        return await unwind(
+                            outbound, ctx, entered, exc, len(entered) // 2, rt, self, env, None
+                        )
+                    entered += (got, limit)
+                    if n == 3 and got[2] is not None:
+                        at = now + got[2]
+                        if at < limit:
+                            limit = at
                 try:  # (attempt_envelope, inline)
-                    if added is not None:  # one copy of the envelope for both changes
+                    if merged is not None:  # one copy of the envelope for both changes
                         own = env.headers
                         one = msgspec.structs.replace(
-                            env, deadline=limit, headers={**own, **added} if own else added
+                            env, deadline=limit, headers={**own, **merged} if own else merged
                         )
                     elif limit == deadline:
                         one = env
@@ -258,12 +284,16 @@ class AgentRef:
                     return await unwind(
                         outbound, ctx, entered, exc, len(outbound), rt, self, env, None
                     )
-                try:
-                    exit_sends(outbound, ctx, entered, result)
-                except Exception as exc:
-                    return await unwind(
-                        outbound, ctx, entered, exc, len(entered) // 2, rt, self, env, None
-                    )
+                i = len(outbound)
+                while i:
+                    i -= 1
+                    link = outbound[i]
+                    try:
+                        link.after(ctx, entered[2 * i][0], result, None)
+                    except Exception as exc:
+                        link.entered(exc, 1)
+                        del entered[2 * i :]  # the links outside it unwind
+                        return await unwind(outbound, ctx, entered, exc, i, rt, self, env, None)
                 return result
             # The outermost link is synchronous: its hooks run here, in this coroutine
             # (none of their own); the rest of the chain inside them, as ask_through does.

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from ._runtime import Runtime
 
 __all__ = [
+    "NOT_ENTERED",
     "ask_sync",
     "ask_through",
     "attempt_envelope",
@@ -189,7 +190,7 @@ def _around(
 
 # -- an ask through synchronous links only ---------------------------------------------
 
-_NOT_ENTERED = (None, None)  # a link whose before_send raised, for its send_failed
+NOT_ENTERED = (None, None)  # a link whose before_send raised, for its send_failed
 
 
 def enter_sends(
@@ -231,7 +232,7 @@ def enter_sends(
             if link.failed is None:  # the links outside it hear the error
                 link.entered(exc)
             else:  # its send_failed gets it (no attempt made inside it)
-                entered += (_NOT_ENTERED, limit)
+                entered += (NOT_ENTERED, limit)
             raise
         entered += (got, limit)
         if n == 3 and got[2] is not None:
