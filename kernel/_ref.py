@@ -291,8 +291,7 @@ class AgentRef:
                     try:
                         link.after(ctx, entered[2 * i][0], result, None)
                     except Exception as exc:
-                        link.entered(exc, 1)
-                        del entered[2 * i :]  # the links outside it unwind
+                        link.entered(exc, 1)  # the links outside it unwind
                         return await unwind(outbound, ctx, entered, exc, i, rt, self, env, None)
                 return result
             # The outermost link is synchronous: its hooks run here, in this coroutine

@@ -250,8 +250,12 @@ async def test_a_raising_sync_hook_fails_that_message_naming_the_hook_and_the_ke
             await echo.ask(Ping(1))
         assert "raised in <Refuse send>.before_send" in (raised.value.__notes__ or [])
         assert log == ["outer before_send ask Ping", "outer after_send error LookupError"]
+        log.clear()
         with pytest.raises(LookupError, match="no reply to 2"):
             await echo.ask(Ping(2))  # handled, then the after hook failed the send
+        # ... and the hook outside it hears that error
+        assert log[0] == "outer before_send ask Ping"
+        assert log[-1] == "outer after_send error LookupError"
         assert await echo.ask(Ping(3)) == Pong(3)
     log.clear()
     # the same outside a coroutine hook (a link of its own, not run inside the attempt)
