@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from operator import attrgetter
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -49,29 +50,28 @@ class MessageContext:
         self._envelope = envelope
         self._loop = loop
 
-    @property
-    def sender(self) -> AgentId | None:
-        return self._envelope.sender
+    if TYPE_CHECKING:
 
-    @property
-    def message_id(self) -> int:
-        return self._envelope.id
+        @property
+        def sender(self) -> AgentId | None: ...
+        @property
+        def message_id(self) -> int: ...
+        @property
+        def correlation_id(self) -> int: ...
+        @property
+        def causation_id(self) -> int: ...
+        @property
+        def target(self) -> AgentId | str: ...
+        @property
+        def message(self) -> Any: ...
 
-    @property
-    def correlation_id(self) -> int:
-        return self._envelope.correlation_id
-
-    @property
-    def causation_id(self) -> int:
-        return self._envelope.causation_id
-
-    @property
-    def target(self) -> AgentId | str:
-        return self._envelope.target
-
-    @property
-    def message(self) -> Any:
-        return self._envelope.payload
+    else:  # read by C getters (no Python frame per read: middleware reads them per message)
+        sender = property(attrgetter("_envelope.sender"))
+        message_id = property(attrgetter("_envelope.id"))
+        correlation_id = property(attrgetter("_envelope.correlation_id"))
+        causation_id = property(attrgetter("_envelope.causation_id"))
+        target = property(attrgetter("_envelope.target"))
+        message = property(attrgetter("_envelope.payload"))
 
     @property
     def kind(self) -> Kind:

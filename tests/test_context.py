@@ -427,3 +427,28 @@ async def test_a_handler_error_reading_context_wrongly_reaches_the_asker(kernel:
     with pytest.raises(RemoteError) as info:
         await kernel.ref(Wrong, "w").ask(Probe())
     assert info.value.type_name == "AttributeError"
+
+
+def test_the_context_is_a_read_only_view_of_its_message() -> None:
+    from kerna._envelope import ASK, Envelope  # (a view of one message, made here)
+
+    loop = asyncio.new_event_loop()
+    try:
+        target, sender = AgentId("T", "k"), AgentId("S", "s")
+        env = Envelope(7, ASK, target, Probe(), sender, 3, 5, 12.5, (), None, {"h": "v"})
+        ctx = MessageContext(env, loop)
+        assert (ctx.message_id, ctx.correlation_id, ctx.causation_id) == (7, 3, 5)
+        assert (ctx.sender, ctx.target, ctx.message, ctx.kind) == (sender, target, Probe(), "ask")
+        assert (ctx.deadline, ctx.topic, dict(ctx.headers), ctx.header("h")) == (
+            12.5,
+            None,
+            {"h": "v"},
+            "v",
+        )
+        for name in ("sender", "message_id", "correlation_id", "causation_id", "target"):
+            with pytest.raises(AttributeError):
+                setattr(ctx, name, None)
+        with pytest.raises(AttributeError):
+            ctx.message = Probe()  # type: ignore[misc]
+    finally:
+        loop.close()
