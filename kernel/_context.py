@@ -44,11 +44,12 @@ class MessageContext:
         message: the message itself (by reference: messages are frozen).
     """
 
-    __slots__ = ("_envelope", "_loop")
+    __slots__ = ("_envelope", "_kind", "_loop")
 
     def __init__(self, envelope: Envelope, loop: asyncio.AbstractEventLoop) -> None:
         self._envelope = envelope
         self._loop = loop
+        self._kind = KIND_NAMES[envelope.kind]  # (named once: middleware reads it per message)
 
     if TYPE_CHECKING:
 
@@ -64,6 +65,8 @@ class MessageContext:
         def target(self) -> AgentId | str: ...
         @property
         def message(self) -> Any: ...
+        @property
+        def kind(self) -> Kind: ...
 
     else:  # read by C getters (no Python frame per read: middleware reads them per message)
         sender = property(attrgetter("_envelope.sender"))
@@ -72,10 +75,7 @@ class MessageContext:
         causation_id = property(attrgetter("_envelope.causation_id"))
         target = property(attrgetter("_envelope.target"))
         message = property(attrgetter("_envelope.payload"))
-
-    @property
-    def kind(self) -> Kind:
-        return KIND_NAMES[self._envelope.kind]
+        kind = property(attrgetter("_kind"))
 
     @property
     def topic(self) -> str | None:
