@@ -36,7 +36,10 @@ that message (the hooks outside it still get their ``after_*``, with that error)
 after hook that raises fails it too, except a cancellation, which goes on (that error
 is logged). Either error carries a note naming the hook. Such a middleware sits in the
 chain where it is listed, as a coroutine hook would, around every attempt inside it:
-``kerna.plugins.Tracing`` is one.
+``kerna.plugins.Tracing`` is one. The headers ``before_send`` returns are checked (str
+to str) and copied, unless the middleware has an attribute ``fresh_headers = True``:
+it promises a new ``dict`` of ``str`` to ``str`` each time, never changed after it is
+returned, and the chain then takes it as it is (``Tracing`` with the SDK's provider).
 
 A send middleware that handles failures without a coroutine per message (it retries
 or replaces the result only when something failed) adds to the plain send pair::
@@ -183,12 +186,14 @@ class SyncHooks:
 
     Attributes:
         failed: its ``send_failed`` coroutine method (None: it has none).
+        fresh: its ``before_send`` returns a new dict of str to str each time (the
+            owner's ``fresh_headers``): the chain takes it as it is.
         rest_sync: this link and every link inside it (after it in the chain) are
             synchronous: an ask through them makes no coroutine of the chain's
             (``ask_sync``).
     """
 
-    __slots__ = ("after", "before", "failed", "names", "owner", "rest_sync")
+    __slots__ = ("after", "before", "failed", "fresh", "names", "owner", "rest_sync")
 
     def __init__(self, owner: object, direction: str) -> None:
         before_name, after_name = SYNC_HOOKS[direction]
@@ -205,6 +210,9 @@ class SyncHooks:
         self.failed: FailedHook | None = (
             getattr(owner, "send_failed", None) if direction == "send" else None
         )
+        # before_send's headers are a new dict of str each time (the owner says so):
+        # taken as they are, not checked and copied.
+        self.fresh = direction == "send" and getattr(owner, "fresh_headers", False) is True
         self.rest_sync = False
 
     def __repr__(self) -> str:

@@ -238,6 +238,8 @@ class AgentRef:
                         extra = got[1]
                         if extra is None:
                             pass
+                        elif merged is None and link.fresh:  # its own new dict of str
+                            merged = extra
                         elif merged is None and type(extra) is dict:  # (merge_headers)
                             for name, value in extra.items():
                                 if type(name) is not str or type(value) is not str:

@@ -219,6 +219,8 @@ def enter_sends(
             added = got[1]
             if added is None:
                 pass
+            elif headers is None and link.fresh:  # its own new dict of str (SyncHooks)
+                headers = added
             elif headers is None and type(added) is dict:  # (merge_headers, inline)
                 for name, value in added.items():
                     if type(name) is not str or type(value) is not str:

@@ -144,6 +144,8 @@ class Tracing(Middleware):
                 # its own): instance attributes over the methods below, which find the
                 # provider (the global one may be set later) on each message.
                 vars(self).update({name: getattr(pipeline, name) for name in _HOOKS})
+                # before_send's headers: a new dict of str each time, never kept
+                self.fresh_headers = True
 
     def __repr__(self) -> str:
         return f"<Tracing tracer={self._tracer!r}>"

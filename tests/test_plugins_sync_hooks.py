@@ -343,3 +343,37 @@ async def test_an_all_sync_asks_headers_are_checked_and_copied_from_each_before_
         with pytest.raises(TypeError, match=r"headers must map str to str, got 1: 'one'") as info:
             await ref.ask(Show())
         assert any(note.endswith(".before_send") for note in info.value.__notes__)
+
+
+class Fresh:
+    """A before_send that promises a new dict of str each time (``fresh_headers``)."""
+
+    fresh_headers = True
+
+    def __init__(self) -> None:
+        self.given: list[dict[str, str]] = []
+
+    def before_send(self, ctx: MessageContext) -> tuple[None, dict[str, str]]:
+        headers = {"x-f": "fresh", "x-n": str(len(self.given))}
+        self.given.append(headers)
+        return None, headers
+
+
+async def test_a_fresh_before_sends_headers_merge_as_any_others_in_an_all_sync_ask() -> None:
+    fresh, log = Fresh(), list[str]()
+    inner = Watch("inner", log, {"x-b": "2", "x-f": "inner"})
+    async with Kernel(middleware=[fresh, inner]) as kernel:
+        kernel.register(HeadersOf)
+        ref = kernel.ref(HeadersOf, "h")
+        # an inner hook's keys over an outer one's, both over the sender's
+        seen = await ref.ask(Show(), headers={"x-own": "o", "x-f": "sender", "x-n": "s"})
+        assert seen == {"x-own": "o", "x-f": "inner", "x-n": "0", "x-b": "2"}
+        assert await ref.ask(Show()) == {"x-f": "inner", "x-n": "1", "x-b": "2"}
+    async with Kernel(middleware=[fresh, Watch("plain", log)]) as kernel:
+        kernel.register(HeadersOf)
+        assert await kernel.ref(HeadersOf, "h").ask(Show()) == {"x-f": "fresh", "x-n": "2"}
+    assert fresh.given == [
+        {"x-f": "fresh", "x-n": "0"},
+        {"x-f": "fresh", "x-n": "1"},
+        {"x-f": "fresh", "x-n": "2"},
+    ]  # (never changed by the chain)
