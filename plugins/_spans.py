@@ -10,6 +10,10 @@ SDK's (``opentelemetry.sdk.trace.Tracer``), ``Tracing`` makes no SDK object per 
   attributes come from). It is an ``opentelemetry.trace.Span``: made current around a
   handler, a handler's own spans are its children, and ``set_attribute``, ``add_event``,
   ``set_status``, ``record_exception`` on it land on the exported span.
+- The handling span is made current on the ``ContextVar`` OpenTelemetry's default
+  runtime context keeps the current ``Context`` in (``runtime_var``: what its
+  ``attach``/``detach`` set and reset, without their two calls each; through those
+  functions for any other runtime context).
 - Ids come from the tracer's ``id_generator``, timestamps from ``time.time_ns()`` (as
   the SDK's), the ``traceparent`` is formatted and read here (``parse_traceparent``: the
   W3C format the SDK's propagator reads, falling back to that propagator for anything
