@@ -507,6 +507,8 @@ class Pipeline:
         # The usual cases' conditions, once: ids drawn here, and a root's decision
         # known (that decision) or ParentBased's default delegates.
         self.fast_root: Decided | None = self.root if self.fast_ids else None
+        # ParentBased(TraceIdRatioBased(r))'s root: decided inline on the drawn bits
+        self.fast_bound: int | None = self.bound if self.fast_ids else None
         self.fast_follow = self.fast_ids and self.mode == _FOLLOW
         # The key OpenTelemetry keeps the current span under (its own API finds it).
         self.span_key = next(iter(api.set_span_in_context(api.INVALID_SPAN, OtelContext())))
@@ -575,8 +577,13 @@ class Pipeline:
     def before_send(self, ctx: MessageContext) -> tuple[KernaSpan, dict[str, str]]:
         """A send's span, and the headers that carry it (see ``send_span``)."""
         current = self.get_current().get(self.span_key)
-        if current is None and (root := self.fast_root) is not None:  # new_root inline
+        root = self.fast_root
+        bound = self.fast_bound
+        if current is None and (root is not None or bound is not None):  # new_root inline
             trace_id = _getrandbits(128) or self.ids.generate_trace_id()
+            if root is None:  # TraceIdRatioBased's own test, on the same bits
+                assert bound is not None
+                root = self.sampled if trace_id & _RATIO_LIMIT < bound else self.unsampled
             span = _new_span(KernaSpan)  # (KernaSpan.__init__, inline: the hot path)
             span.pipeline = self
             span.ctx = ctx
