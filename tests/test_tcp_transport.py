@@ -4,6 +4,7 @@ reconnect, and hostile peers (a huge length prefix, slow loris, a silent connect
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import signal
@@ -612,3 +613,33 @@ async def test_the_peers_of_a_closing_transport_read_its_last_frames_before_it_i
             await got.wait_lost(a.address)
             assert got.frames_when_lost[a.address] == 2
             assert [frame for _, frame in got.frames] == [b"to b", b"last"]
+
+
+async def test_a_peer_that_resets_while_a_closing_transport_waits_for_it_leaves_no_error() -> None:
+    # a's connection to b goes through a proxy that holds what a sends (blackhole), so
+    # b never reads a's end of stream; then it resets that connection while a's aclose
+    # waits for b to close its side: the reset must not surface as an exception nobody
+    # retrieved (the loop's handler; the suite's runner fails whichever test runs then).
+    (port,) = free_ports(1)
+    loop = asyncio.get_running_loop()
+    problems: list[dict[str, object]] = []
+    handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: problems.append(context))
+    try:
+        async with FaultProxy(f"127.0.0.1:{port}") as proxy:
+            listen, advertise = f"tcp://127.0.0.1:{port}", f"tcp://{proxy.endpoint}"
+            async with node(url=listen, advertise=advertise) as (b, got), node() as (a, _):
+                await a.send(b.address, b"to b")
+                await got.wait_frames(1)
+                await proxy.blackhole()
+                closing = asyncio.ensure_future(a.aclose())
+                await asyncio.sleep(0)  # one step: aclose waits for b (CLOSE_WAIT)
+                assert not closing.done()
+                await proxy.reset()
+                async with asyncio.timeout(WAIT):
+                    await closing
+                del closing
+                gc.collect()
+    finally:
+        loop.set_exception_handler(handler)
+    assert problems == []

@@ -589,9 +589,11 @@ class TcpTransport(Transport):
             ending = self._sender.close(TransportClosed(f"{self!r} was closed"))
             if ending:
                 closed = [asyncio.ensure_future(conn.writer.wait_closed()) for conn in ending]
-                _, late = await asyncio.wait(closed, timeout=CLOSE_WAIT)
+                ended, late = await asyncio.wait(closed, timeout=CLOSE_WAIT)
                 for wait in late:
                     wait.cancel()
+                for wait in ended:  # a peer that reset it instead: it is gone all the same
+                    wait.exception()
                 self._conns.update(ending)  # closed below, like the rest
         for conn in list(self._conns):
             conn.writer.transport.abort()
