@@ -655,3 +655,40 @@ async def test_a_version_1_peer_gets_the_from_header_and_its_header_frames_are_r
     info = a.transport.peer_info(old)
     assert info is not None
     assert info.version == 1
+
+
+class _CountingNode(Node):
+    """A node that also notes how many frames it had when each peer was lost."""
+
+    def __init__(self, transport: Transport) -> None:
+        super().__init__(transport)
+        self.frames_when_lost: list[int] = []
+
+    def on_peer_lost(self, peer: str, error: BaseException | None) -> None:
+        self.frames_when_lost.append(len(self.frames))
+        super().on_peer_lost(peer, error)
+
+
+async def test_closing_publishes_the_frames_still_queued_before_the_goodbye(
+    nats_server: NatsServer, nodes: Callable
+) -> None:
+    # pending_size=1: a's first publish waits in nats-py, the frames sent after it wait
+    # in a's queue for its publishing task; a closes at once (a stopping kernel's last
+    # error replies, say): b gets them all, and only then hears that a left.
+    a = await nodes(pending_size=1)
+    b = _CountingNode(NatsTransport(f"{nats_server.url}/{unique('b')}"))
+    await b.transport.start(b.on_frame, b.on_peer_lost)
+    try:
+        await a.transport.send(b.address, b"first")
+        await b.until(lambda: len(b.frames) == 1)
+        for i in range(5):
+            await a.transport.send(b.address, b"%d" % i, wait=False)
+        async with asyncio.timeout(10):
+            await a.transport.aclose()
+        await b.until(lambda: bool(b.lost))
+        assert [(p, type(e)) for p, e in b.lost] == [(a.address, PeerNotListening)]
+        assert [f for _, f in b.frames] == [b"first", b"0", b"1", b"2", b"3", b"4"]
+        assert b.frames_when_lost == [6]
+    finally:
+        async with asyncio.timeout(10):
+            await b.transport.aclose()

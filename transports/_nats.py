@@ -41,8 +41,8 @@ What NATS can tell about peers, and what this transport reports:
   closing is so found within ``ping_interval + probe_timeout`` of the next frame sent
   to it; an idle peer is not watched (the cluster's membership does that).
 - ``aclose`` tells every peer it sent to or heard from that it leaves (a goodbye
-  message): they report it lost at once. Each loss is reported once, until the peer is
-  heard from or found present again.
+  message, after the frames still queued for it): they report it lost at once. Each
+  loss is reported once, until the peer is heard from or found present again.
 - Losing the server connection (closed, reset, or frozen: a ``ping_interval`` of 2 s
   with ``max_outstanding_pings`` 2 notices a silent server within about
   ``ping_interval * (max_outstanding_pings + 1)``, where nats-py's 120 s default takes
@@ -831,7 +831,9 @@ class NatsTransport(Transport):
             log.warning("the connection to nats server %s is closed", self.server)
 
     async def aclose(self) -> None:
-        """Stop listening, drop queued frames (waiting senders get ``TransportClosed``),
+        """Stop listening, publish what is queued for each peer before telling it
+        this node leaves (a stopping kernel's last error replies arrive before its
+        goodbye; bounded, as the goodbye), fail waiting senders (``TransportClosed``),
         close the server connection and end every task; idempotent."""
         if self._closed:
             return
@@ -854,8 +856,9 @@ class NatsTransport(Transport):
         await self._close_client()
 
     async def _say_goodbye(self) -> None:
-        """Tell every known peer this node leaves (what a plain subject cannot show);
-        bounded, and skipped without a connection (the peers' probes notice then)."""
+        """Tell every known peer this node leaves (what a plain subject cannot show),
+        after the frames still queued for it; bounded, and skipped without a
+        connection (the peers' probes notice then)."""
         nc = self._nc
         if nc is None or not self._started or not nc.is_connected:
             return
@@ -863,6 +866,14 @@ class NatsTransport(Transport):
         try:
             async with asyncio.timeout(self._probe_timeout):
                 for peer in {*self._peers, *self._heard}:
+                    # Its queue first, without the probe it may be due (a peer that
+                    # left misses nothing): the bye must not overtake it. A frame is
+                    # popped and handed to nats-py in one step, as p's task does.
+                    p = self._peers.get(peer)
+                    while p is not None and p.queue:
+                        await nc.publish(
+                            p.subject, p.queue.popleft(), reply=p.reply, headers=p.headers
+                        )
                     if (subject := self._peer_subject(peer)) is not None:
                         await nc.publish(subject, b"", headers=bye)
                 await nc.flush(timeout=max(1, round(self._probe_timeout)))
