@@ -208,7 +208,8 @@ class Remote:
         transport closes once those are queued on their connections (or could not be:
         the peer is unreachable), or at ``deadline`` (the loop's time; None: at once);
         closed first, the asker would see the connection break (``NodeLost``) instead
-        of the error.
+        of the error. A transport that waits for its peers to read the last frames
+        (tcp's ``close_wait``) waits until ``deadline`` at most.
         """
         for future, node in self._waiting.values():
             if not future.done():  # a forwarded ask's: its asker's reply goes out too
@@ -217,6 +218,10 @@ class Remote:
         for backlog in self._backlogs.values():
             backlog.close()
         await self._replies_sent(deadline)
+        if deadline is not None and hasattr(self.transport, "close_wait"):
+            # tcp waits for peers to read its last frames: within the stop's bound too
+            left = deadline - self.runtime.loop.time()
+            self.transport.close_wait = max(0.0, min(self.transport.close_wait, left))
         await self.transport.aclose()
         for resume in self._resume.values():
             if not resume.done():

@@ -118,3 +118,27 @@ async def test_the_error_reply_of_a_stopping_kernel_arrives_before_its_connectio
             error = await held_by_a_stopping_kernel(a)
     assert error.type_name == "kerna.KernelStopped", error
     assert "was busy" in error.message
+
+
+async def test_stop_stays_within_its_bound_when_a_peer_never_reads_the_end_of_stream() -> None:
+    # a's connection to b goes through a proxy that, once blackholed, forwards nothing:
+    # b never reads the end of a's stream, so a's transport waits for it in vain; the
+    # stop's bound (grace + 2 x cancel_grace) caps that wait (CLOSE_WAIT is 0.5 s).
+    (port,) = free_ports(1)
+    async with FaultProxy(f"127.0.0.1:{port}") as proxy:
+        options = {**OPTIONS, "advertise": f"tcp://{proxy.endpoint}"}
+        async with Kernel(transport=f"tcp://127.0.0.1:{port}", transport_options=options) as b:
+            b.register(Doubler)
+            assert b.address is not None
+            a = Kernel(transport=TCP, transport_options=OPTIONS, cancel_grace=0.05)
+            await a.start()
+            try:
+                assert await a.ref(Doubler, "d", node=b.address).ask(Double(n=2), timeout=5) == 4
+                await proxy.blackhole()
+            finally:
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                async with asyncio.timeout(5):
+                    await a.stop(grace=0)
+                took = loop.time() - started
+    assert took < 2 * 0.05 + 0.3, took  # grace + 2 x cancel_grace, with a margin

@@ -147,6 +147,11 @@ class TcpTransport(Transport):
             "cafile"}`` and optionally ``"require_client_cert"`` (True), passed to
             ``tls_contexts`` for both directions.
 
+    Attributes:
+        close_wait: seconds ``aclose`` waits at most for peers to read the last frames
+            (``CLOSE_WAIT``; a stopping kernel lowers it to what is left of its stop's
+            bound).
+
     Raises:
         ConfigError: a malformed URL or a bad option.
     """
@@ -257,6 +262,7 @@ class TcpTransport(Transport):
         self._info: dict[str, PeerInfo] = {}
         self._alive: set[str] = set()  # peers handshaken and not yet reported lost
         self._closed = False
+        self.close_wait = CLOSE_WAIT
         # Accepted connections' receivers (they count their frames); the counts of
         # those that ended:
         self._receivers: dict[Conn, FrameReceiver] = {}
@@ -576,10 +582,10 @@ class TcpTransport(Transport):
         A peer reads the last frames this node sent it before it sees any of its
         connections to this node end: each outbound connection gets what is still
         queued and then its end of stream (``Sender.close``), and the peer closes its
-        side once it has read up to there; only then (``CLOSE_WAIT`` at most) are the
+        side once it has read up to there; only then (``close_wait`` at most) are the
         other connections closed. Frames and their end travel on one connection, so
         they cannot be overtaken; a connection the peer is paused on (it stopped
-        reading) is closed at ``CLOSE_WAIT`` and what it still holds is lost."""
+        reading) is closed at ``close_wait`` and what it still holds is lost."""
         if self._closed:
             return
         self._closed = True
@@ -589,7 +595,7 @@ class TcpTransport(Transport):
             ending = self._sender.close(TransportClosed(f"{self!r} was closed"))
             if ending:
                 closed = [asyncio.ensure_future(conn.writer.wait_closed()) for conn in ending]
-                ended, late = await asyncio.wait(closed, timeout=CLOSE_WAIT)
+                ended, late = await asyncio.wait(closed, timeout=self.close_wait)
                 for wait in late:
                     wait.cancel()
                 for wait in ended:  # a peer that reset it instead: it is gone all the same
