@@ -35,8 +35,10 @@ The contract, which the conformance suite checks:
 - A frame over ``max_frame_size`` is refused by the sender (``FrameTooLarge``) and, if a
   peer sends one anyway, dropped by the receiver before it allocates it (the receiver
   closes that peer's connection and reports the peer lost to its own ``on_peer_lost``).
-- ``await transport.aclose()`` stops listening, fails frames still queued (their
-  senders get ``TransportClosed``), and leaves no task behind; idempotent.
+- ``await transport.aclose()`` stops listening, fails the senders still waiting for
+  room (``TransportClosed``), and leaves no task behind; idempotent. Frames already
+  queued are sent to the peers still connected first (tcp, nats: a stopping kernel's
+  last error replies arrive) or dropped (inproc); bounded either way.
 - What a callback raises is logged, never kills the transport.
 """
 
@@ -175,8 +177,9 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     async def aclose(self) -> None:
-        """Stop listening, fail queued frames (``TransportClosed``), end every task of
-        this transport; idempotent."""
+        """Stop listening, fail the senders waiting for room (``TransportClosed``),
+        end every task of this transport; idempotent (queued frames: module
+        docstring)."""
 
     def check_frame(self, frame: bytes) -> None:
         """Refuse a frame the transport must not send.
