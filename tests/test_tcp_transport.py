@@ -632,6 +632,7 @@ async def test_a_peer_that_resets_while_a_closing_transport_waits_for_it_leaves_
                 await a.send(b.address, b"to b")
                 await got.wait_frames(1)
                 await proxy.blackhole()
+                a.close_wait = WAIT  # the reset comes well within it, on a loaded machine too
                 closing = asyncio.ensure_future(a.aclose())
                 await asyncio.sleep(0)  # one step: aclose waits for b (CLOSE_WAIT)
                 assert not closing.done()
