@@ -692,3 +692,26 @@ async def test_closing_publishes_the_frames_still_queued_before_the_goodbye(
     finally:
         async with asyncio.timeout(10):
             await b.transport.aclose()
+
+
+async def test_a_send_that_will_not_wait_does_not_overtake_a_sender_waiting_for_room(
+    nodes: Callable,
+) -> None:
+    # As send_now (and tcp): while a sender waits for room, a send with wait=False
+    # finds the queue full even once it has drained, rather than go ahead of it.
+    a, b = await nodes(pending_size=1, send_queue=4), await nodes()
+    await a.transport.send(b.address, b"first")
+    await b.until(lambda: len(b.frames) == 1)
+    for i in range(4):
+        await a.transport.send(b.address, b"%d" % i, wait=False)
+    waiter = a.transport.send(b.address, b"waiter")
+    waiter.send(None)  # it found the queue full: it waits for room (stepped by hand)
+    try:
+        await b.until(lambda: len(b.frames) == 5)  # the queue drained: room now
+        with pytest.raises(SendQueueFull):
+            await a.transport.send(b.address, b"overtaker", wait=False)
+    finally:
+        waiter.close()  # its wait given up: no sender waits any more
+    await a.transport.send(b.address, b"later", wait=False)
+    await b.until(lambda: len(b.frames) == 6)
+    assert [f for _, f in b.frames] == [b"first", b"0", b"1", b"2", b"3", b"later"]

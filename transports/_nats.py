@@ -549,7 +549,8 @@ class NatsTransport(Transport):
         """Queue ``frame`` for ``peer`` (a ``nats://server/node-name`` address).
 
         Raises:
-            SendQueueFull: the queue is full and ``wait`` is False.
+            SendQueueFull: the queue is full, or a sender waits for room, and
+                ``wait`` is False.
             FrameTooLarge: over ``max_frame_size`` (the server's limit after start).
             PeerUnreachable: ``peer`` is not a nats address with a valid node name.
             NatsServerUnavailable: nats-py gave up on the server connection.
@@ -563,13 +564,20 @@ class NatsTransport(Transport):
         p = self._peers.get(peer) or self._add_peer(peer)
         if p.checked_at == float("-inf"):
             await self._first_contact(p)
-        while self._full(p):
+        # Behind a sender that waits for room (as send_now, and tcp): this one waits
+        # too, at least for the next room, instead of going ahead of it.
+        behind = p.waiting > 0
+        while behind or self._full(p):
             if not wait:
                 raise SendQueueFull(f"send queue to {peer} is full ({self.send_queue} frames)")
+            behind = False
             p.room.clear()
             p.waiting += 1
             try:
                 await p.room.wait()
+            except BaseException:
+                p.room.set()  # given up (cancelled): the senders behind look again
+                raise
             finally:
                 p.waiting -= 1
             if self._closed:
