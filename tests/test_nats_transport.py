@@ -715,3 +715,53 @@ async def test_a_send_that_will_not_wait_does_not_overtake_a_sender_waiting_for_
     await a.transport.send(b.address, b"later", wait=False)
     await b.until(lambda: len(b.frames) == 6)
     assert [f for _, f in b.frames] == [b"first", b"0", b"1", b"2", b"3", b"later"]
+
+
+async def test_sender_header_names_the_sender_in_a_header_for_rewritten_reply_subjects(
+    nodes: Callable, nats_server: NatsServer
+) -> None:
+    a, b = await nodes(sender_header=True), await nodes()
+    seen: list[nats.aio.msg.Msg] = []
+    got = asyncio.Event()
+    raw = await nats.connect(nats_server.url)  # a second subscriber on b's subject
+    try:
+
+        async def record(msg: nats.aio.msg.Msg) -> None:
+            if msg.data == b"hello":
+                seen.append(msg)
+                got.set()
+
+        await raw.subscribe(_subject(b.address), cb=record)
+        await raw.flush()
+        await a.transport.send(b.address, b"hello")
+        await b.until(lambda: len(b.frames) == 1)
+        async with asyncio.timeout(5):
+            await got.wait()
+    finally:
+        await raw.close()
+    assert b.frames == [(a.address, b"hello")]
+    (frame,) = seen
+    assert frame.headers == {"Kerna-From": a.address}
+
+
+async def test_a_frame_whose_reply_subject_is_no_node_address_is_dropped_and_logged(
+    nodes: Callable, nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What a server that rewrites reply subjects (a cross-account import) delivers.
+    a, b = await nodes(), await nodes()
+    raw = await nats.connect(nats_server.url)
+    try:
+        await raw.publish(_subject(b.address), b"whose?", reply="elsewhere.inbox.1")
+        await raw.flush()
+        await a.transport.send(b.address, b"good")  # after it, on b's one subscription
+        await b.until(lambda: len(b.frames) == 1)
+    finally:
+        await raw.close()
+    assert b.frames == [(a.address, b"good")]
+    assert "reply subject 'elsewhere.inbox.1' is not a kerna node's address" in caplog.text
+    assert "sender_header=True" in caplog.text
+
+
+def test_sender_header_must_be_a_bool() -> None:
+    with pytest.raises(ConfigError, match="sender_header must be True or False, got 'yes'"):
+        NatsTransport("nats://127.0.0.1:4222/n", sender_header="yes")  # type: ignore[arg-type]
