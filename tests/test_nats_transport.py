@@ -490,17 +490,25 @@ async def test_a_frame_to_an_idle_present_peer_reaches_nats_py_before_send_retur
     assert [f for _, f in b.frames] == [b"first", b"sent", b"sent now"]
 
 
+async def _full_queue_of_four(nodes: Callable) -> tuple[Node, Node]:
+    """``a`` with a send queue of 4 to ``b``, filled without yielding after a first
+    frame ``b`` got: with ``pending_size=1`` every publish waits for nats-py's flusher,
+    so the queue stays full until the loop runs."""
+    a, b = await nodes(pending_size=1, send_queue=4), await nodes()
+    await a.transport.send(b.address, b"first")
+    await b.until(lambda: len(b.frames) == 1)
+    for i in range(4):
+        await a.transport.send(b.address, b"%d" % i, wait=False)
+    return a, b
+
+
 async def test_frames_sent_while_a_publish_waits_in_nats_py_queue_behind_it_in_order(
     nodes: Callable,
 ) -> None:
     # pending_size=1: every publish is over nats-py's buffer and waits for its flusher.
-    a, b = await nodes(pending_size=1, send_queue=4), await nodes()
-    await a.transport.send(b.address, b"first")
-    await b.until(lambda: len(b.frames) == 1)
     # Without yielding: the first publish waits in nats-py and keeps its place in the
     # queue; three more are queued behind it; the fifth finds the queue full.
-    for i in range(4):
-        await a.transport.send(b.address, b"%d" % i, wait=False)
+    a, b = await _full_queue_of_four(nodes)
     with pytest.raises(SendQueueFull):
         await a.transport.send(b.address, b"refused", wait=False)
     sent = [b"%d" % i for i in range(4)]
@@ -567,11 +575,7 @@ async def test_send_now_does_not_overtake_a_sender_waiting_for_room(nodes: Calla
     # pending_size=1: every publish waits for nats-py's flusher, so the queue stays full
     # until the loop runs. The waiting sender is stepped by hand up to its wait: it is
     # not a task, so it is still waiting once the queue has drained.
-    a, b = await nodes(pending_size=1, send_queue=4), await nodes()
-    await a.transport.send(b.address, b"first")
-    await b.until(lambda: len(b.frames) == 1)
-    for i in range(4):
-        await a.transport.send(b.address, b"%d" % i, wait=False)
+    a, b = await _full_queue_of_four(nodes)
     waiter = a.transport.send(b.address, b"waiter")
     waiter.send(None)  # it found the queue full: it waits for room
     try:
@@ -588,30 +592,39 @@ def _subject(address: str) -> str:
     return f"kerna.node.{address.rsplit('/', 1)[1]}"
 
 
-async def test_version_2_peers_name_the_sender_in_the_reply_subject_not_a_header(
-    nodes: Callable, nats_server: NatsServer
-) -> None:
-    a, b = await nodes(), await nodes()
+async def _as_a_second_subscriber_sees_it(
+    nats_server: NatsServer, a: Node, b: Node, data: bytes
+) -> nats.aio.msg.Msg:
+    """The NATS message of ``data`` sent from ``a`` to ``b``, as a second subscriber on
+    ``b``'s subject sees it (``b`` gets it too)."""
     seen: list[nats.aio.msg.Msg] = []
     got = asyncio.Event()
-    raw = await nats.connect(nats_server.url)  # a second subscriber on b's subject
+    raw = await nats.connect(nats_server.url)
     try:
 
         async def record(msg: nats.aio.msg.Msg) -> None:
-            if msg.data == b"hello":  # (the probe comes this way too)
+            if msg.data == data:  # (the probe comes this way too)
                 seen.append(msg)
                 got.set()
 
         await raw.subscribe(_subject(b.address), cb=record)
         await raw.flush()
-        await a.transport.send(b.address, b"hello")
+        await a.transport.send(b.address, data)
         await b.until(lambda: len(b.frames) == 1)
         async with asyncio.timeout(5):
             await got.wait()
     finally:
         await raw.close()
+    (message,) = seen
+    return message
+
+
+async def test_version_2_peers_name_the_sender_in_the_reply_subject_not_a_header(
+    nodes: Callable, nats_server: NatsServer
+) -> None:
+    a, b = await nodes(), await nodes()
+    frame = await _as_a_second_subscriber_sees_it(nats_server, a, b, b"hello")
     assert b.frames == [(a.address, b"hello")]
-    (frame,) = seen
     assert frame.headers is None  # no header to build or parse
     assert frame.reply == a.address
     info = a.transport.peer_info(b.address)
@@ -699,11 +712,7 @@ async def test_a_send_that_will_not_wait_does_not_overtake_a_sender_waiting_for_
 ) -> None:
     # As send_now (and tcp): while a sender waits for room, a send with wait=False
     # finds the queue full even once it has drained, rather than go ahead of it.
-    a, b = await nodes(pending_size=1, send_queue=4), await nodes()
-    await a.transport.send(b.address, b"first")
-    await b.until(lambda: len(b.frames) == 1)
-    for i in range(4):
-        await a.transport.send(b.address, b"%d" % i, wait=False)
+    a, b = await _full_queue_of_four(nodes)
     waiter = a.transport.send(b.address, b"waiter")
     waiter.send(None)  # it found the queue full: it waits for room (stepped by hand)
     try:
@@ -721,26 +730,8 @@ async def test_sender_header_names_the_sender_in_a_header_for_rewritten_reply_su
     nodes: Callable, nats_server: NatsServer
 ) -> None:
     a, b = await nodes(sender_header=True), await nodes()
-    seen: list[nats.aio.msg.Msg] = []
-    got = asyncio.Event()
-    raw = await nats.connect(nats_server.url)  # a second subscriber on b's subject
-    try:
-
-        async def record(msg: nats.aio.msg.Msg) -> None:
-            if msg.data == b"hello":
-                seen.append(msg)
-                got.set()
-
-        await raw.subscribe(_subject(b.address), cb=record)
-        await raw.flush()
-        await a.transport.send(b.address, b"hello")
-        await b.until(lambda: len(b.frames) == 1)
-        async with asyncio.timeout(5):
-            await got.wait()
-    finally:
-        await raw.close()
+    frame = await _as_a_second_subscriber_sees_it(nats_server, a, b, b"hello")
     assert b.frames == [(a.address, b"hello")]
-    (frame,) = seen
     assert frame.headers == {"Kerna-From": a.address}
 
 
