@@ -75,8 +75,7 @@ class FrameReceiver(asyncio.BufferedProtocol):
         self._transport = transport
         self._limit = limit
         self._peer = peer
-        self._on_frame = on_frame
-        self._superseded = False
+        self._on_frame = on_frame  # _drop once superseded
         self.frames = 0
         self.bytes = 0
         self.dropped = 0
@@ -142,7 +141,6 @@ class FrameReceiver(asyncio.BufferedProtocol):
     def supersede(self) -> None:
         """Hand over nothing more: the frames read from here on are dropped (counted
         in ``dropped``)."""
-        self._superseded = True
         self._on_frame = _drop
 
     def eof_received(self) -> bool:
@@ -234,7 +232,7 @@ class FrameReceiver(asyncio.BufferedProtocol):
             return None
 
     def _count(self, frames: int, size: int) -> None:
-        if self._superseded:
+        if self._on_frame is _drop:  # superseded
             self.dropped += frames
         else:
             self.frames += frames
