@@ -4,6 +4,7 @@ the server's frame limit, bounded send queues, presence probes, a frozen server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import shutil
 import ssl
@@ -571,18 +572,24 @@ async def test_a_goodbye_while_a_publish_waits_leaves_the_peer_sendable_once_bac
             await back.transport.aclose()
 
 
-async def test_send_now_does_not_overtake_a_sender_waiting_for_room(nodes: Callable) -> None:
-    # pending_size=1: every publish waits for nats-py's flusher, so the queue stays full
-    # until the loop runs. The waiting sender is stepped by hand up to its wait: it is
-    # not a task, so it is still waiting once the queue has drained.
+@contextlib.asynccontextmanager
+async def _a_sender_waiting_on_a_drained_queue(nodes: Callable) -> AsyncIterator[tuple[Node, Node]]:
+    """``a`` and ``b`` of ``_full_queue_of_four``, with a sender to ``b`` waiting for room
+    and the queue since drained: the sender is stepped by hand up to its wait, so (not
+    being a task) it still waits when the room comes. Its wait is given up on exit."""
     a, b = await _full_queue_of_four(nodes)
     waiter = a.transport.send(b.address, b"waiter")
     waiter.send(None)  # it found the queue full: it waits for room
     try:
         await b.until(lambda: len(b.frames) == 5)  # the queue drained: room now
-        assert not a.transport.send_now(b.address, b"overtaker")
+        yield a, b
     finally:
         waiter.close()  # its wait given up: no sender waits any more
+
+
+async def test_send_now_does_not_overtake_a_sender_waiting_for_room(nodes: Callable) -> None:
+    async with _a_sender_waiting_on_a_drained_queue(nodes) as (a, b):
+        assert not a.transport.send_now(b.address, b"overtaker")
     assert a.transport.send_now(b.address, b"later")
     await b.until(lambda: len(b.frames) == 6)
     assert [f for _, f in b.frames] == [b"first", b"0", b"1", b"2", b"3", b"later"]
@@ -712,15 +719,9 @@ async def test_a_send_that_will_not_wait_does_not_overtake_a_sender_waiting_for_
 ) -> None:
     # As send_now (and tcp): while a sender waits for room, a send with wait=False
     # finds the queue full even once it has drained, rather than go ahead of it.
-    a, b = await _full_queue_of_four(nodes)
-    waiter = a.transport.send(b.address, b"waiter")
-    waiter.send(None)  # it found the queue full: it waits for room (stepped by hand)
-    try:
-        await b.until(lambda: len(b.frames) == 5)  # the queue drained: room now
+    async with _a_sender_waiting_on_a_drained_queue(nodes) as (a, b):
         with pytest.raises(SendQueueFull):
             await a.transport.send(b.address, b"overtaker", wait=False)
-    finally:
-        waiter.close()  # its wait given up: no sender waits any more
     await a.transport.send(b.address, b"later", wait=False)
     await b.until(lambda: len(b.frames) == 6)
     assert [f for _, f in b.frames] == [b"first", b"0", b"1", b"2", b"3", b"later"]
