@@ -29,6 +29,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from kerna.transports import Transport, open_transport
@@ -48,9 +49,10 @@ from ._failures import describe
 from ._ids import AgentId
 from ._message import DeadLetterReason
 from ._runtime import RUNNING
-from ._schema_exchange import SchemaExchange
+from ._schema_exchange import SchemaExchange, reads_batches
 from ._send_backlog import Backlog
-from ._wire import Reply, WireCodec, WireError
+from ._send_batch import MAX_BYTES, MAX_ITEMS, SendBatch
+from ._wire import Batch, Reply, WireCodec, WireError
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -120,7 +122,7 @@ class RemoteRoute:
     same path as a local one up to ``put``.
     """
 
-    __slots__ = ("closed", "failure", "node", "remote")
+    __slots__ = ("closed", "failure", "node", "put", "remote")
 
     atype = _REMOTE_TYPE
 
@@ -129,16 +131,12 @@ class RemoteRoute:
         self.node = node
         self.closed = False
         self.failure = None
-
-    def put(self, env: Envelope) -> Awaitable[None] | None:
-        """Encode and send ``env``: None once the frame is queued, or an awaitable that
-        completes when it is (the transport had to connect or wait for room); the
-        sender must await it (for a tell it is the transport's ``send`` itself).
-
-        Raises:
-            WireError: the message cannot be encoded (``UNENCODABLE``, ``TOO_LARGE``).
-        """
-        return self.remote.send(self.node, env)
+        # put(env): encode and send ``env`` (``Remote.send`` for this node, bound here:
+        # no call of its own per message). None once the frame is queued, or an
+        # awaitable that completes when it is (the transport had to connect or wait
+        # for room); the sender must await it. Raises WireError: the message cannot
+        # be encoded (UNENCODABLE, TOO_LARGE).
+        self.put: Callable[[Envelope], Awaitable[None] | None] = partial(remote.send, node)
 
     def __repr__(self) -> str:
         return f"<RemoteRoute {self.node}>"
@@ -176,6 +174,13 @@ class Remote:
         self._seq: dict[str, int] = {}
         self._backlogs: dict[str, Backlog] = {}  # per peer: deliveries waiting to be queued
         self.order = DeliveryOrder()
+        # Per peer, the deliveries gathered in this loop pass (kerna._send_batch), sent
+        # by the callback _pass_over at the pass's end; which peers read batches (by
+        # the schema document they sent: re-read when it changes).
+        self._batches: dict[str, SendBatch] = {}
+        self._pass_over_scheduled = False
+        self._reads_batches: dict[str, tuple[object, bool]] = {}
+        self._peer_info = getattr(transport, "peer_info", None)
 
     @classmethod
     def open(cls, runtime: Runtime, url: str, options: dict[str, Any]) -> Remote:
@@ -192,6 +197,7 @@ class Remote:
         return self.transport.address
 
     async def start(self) -> None:
+        self.codec.clock = self.runtime.loop.time
         transport = self.transport
         self.types_changed()
         await transport.start(self._on_frame, self._on_peer_lost)
@@ -215,6 +221,7 @@ class Remote:
             if not future.done():  # a forwarded ask's: its asker's reply goes out too
                 future.set_exception(KernelStopped(f"kernel stopped before {node} replied"))
         self._waiting.clear()
+        self._pass_over()  # what this pass gathered is queued (or fails) first
         for backlog in self._backlogs.values():
             backlog.close()
         await self._replies_sent(deadline)
@@ -267,12 +274,29 @@ class Remote:
             waiting[env.id] = (reply, node)
             if len(waiting) >= self._sweep_at:
                 self._sweep()
+        if self._batches:
+            batch = self._batches.get(node)
+            if batch is not None:
+                if batch.takes(env):  # (its message encoded now: a failure is the sender's)
+                    payload = self.codec.encode_payload(env.payload)
+                    batch.envelopes.append(env)
+                    batch.payloads.append(payload)
+                    batch.size += len(payload)
+                    if batch.size >= MAX_BYTES or len(batch.envelopes) >= MAX_ITEMS:
+                        self._flush_batch(node)
+                    return None
+                self._flush_batch(node)  # what it gathered goes first
         backlog = self._backlogs.get(node)
         if backlog is None:
             seq = self._seq.get(node, 0) + 1
             frame = self.codec.encode(env, reply_to, epoch=self.epoch, seq=seq)
             if self.transport.send_now(node, frame):
                 self._seq[node] = seq
+                if self._peer_info is not None and self._batching(node):
+                    self._batches[node] = SendBatch(env)  # the pass's next ones may join
+                    if not self._pass_over_scheduled:
+                        self._pass_over_scheduled = True
+                        self.runtime.loop.call_soon(self._pass_over)
                 return None  # queued: no task needed (the common case, once connected)
             backlog = self._backlogs[node] = Backlog(node)
             self._spawn(self._drain(node, backlog))  # owned by this link, cancelled at close
@@ -280,15 +304,93 @@ class Remote:
             self.codec.encode(env, reply_to)  # a message that cannot be encoded fails now
         return backlog.add(env, self.runtime.loop)
 
+    def _batching(self, node: str) -> bool:
+        """Whether ``node`` said it reads batch frames (in the schema document its
+        transport passed on; read again only when that changes)."""
+        assert self._peer_info is not None
+        info = self._peer_info(node)
+        if info is None:
+            return False
+        known = self._reads_batches.get(node)
+        if known is not None and known[0] is info.schema:
+            return known[1]
+        reads = reads_batches(node, info.schema)
+        self._reads_batches[node] = (info.schema, reads)
+        return reads
+
+    def _pass_over(self) -> None:
+        """The loop pass is over: send every batch gathered in it."""
+        self._pass_over_scheduled = False
+        for node in list(self._batches):
+            self._flush_batch(node)
+
+    def _flush_batch(self, node: str) -> None:
+        """Send ``node``'s batch (none is open for it afterwards): queued at once, or
+        in the peer's ``Backlog`` (kerna._send_batch says what its senders see)."""
+        batch = self._batches.pop(node)
+        if not batch.envelopes:
+            return
+        if node in self._backlogs:  # (cannot happen: a backlog's sends never batch)
+            future = self._backlogs[node].add(batch, self.runtime.loop)
+        else:
+            seq = self._seq.get(node, 0) + 1
+            try:
+                frame = self._batch_frame(batch, seq)
+            except WireError as exc:
+                self._batch_failed(batch, exc)
+                return
+            if self.transport.send_now(node, frame):
+                self._seq[node] = seq + len(batch.envelopes) - 1
+                return
+            backlog = self._backlogs[node] = Backlog(node)
+            self._spawn(self._drain(node, backlog))
+            future = backlog.add(batch, self.runtime.loop)
+        future.add_done_callback(lambda done: self._batch_sent(batch, done))
+
+    def _batch_frame(self, batch: SendBatch, seq: int) -> bytes:
+        first = batch.first
+        reply_to = self.address if first.kind == ASK else None
+        items = batch.items(self.runtime.loop.time)
+        return self.codec.encode_batch(first, items, reply_to, epoch=self.epoch, seq=seq)
+
+    def _batch_sent(self, batch: SendBatch, done: asyncio.Future[None]) -> None:
+        """A batch that waited in a backlog was queued, or could not be."""
+        if done.cancelled():
+            self._batch_failed(batch, KernelStopped("kernel stopped before sending"))
+        elif (error := done.exception()) is not None:
+            self._batch_failed(batch, error if isinstance(error, Exception) else KernelStopped())
+
+    def _batch_failed(self, batch: SendBatch, error: Exception) -> None:
+        """Nothing of ``batch`` was sent: its asks fail with ``error``, its tells and
+        events are dead letters (their senders have returned)."""
+        for env in batch.envelopes:
+            reply = env.reply
+            if reply is not None:
+                self._waiting.pop(env.id, None)
+                if not reply.done():
+                    reply.set_exception(error)
+                continue
+            if self._log_budget.allow(f"not sent: {type(error).__name__}") is not None:
+                log.warning(
+                    "%s %s to %s not sent: %s",
+                    KIND_NAMES[env.kind], type(env.payload).__qualname__, env.target,
+                    describe(error),
+                )  # fmt: skip
+            self.runtime.undeliverable(env, env.target, DeadLetterReason.NOT_DELIVERED, error)
+
     async def _drain(self, node: str, backlog: Backlog) -> None:
         try:
             await backlog.run(lambda env: self._send_numbered(node, env))
         finally:
             del self._backlogs[node]
 
-    async def _send_numbered(self, node: str, env: Envelope) -> None:
+    async def _send_numbered(self, node: str, env: Envelope | SendBatch) -> None:
         """Send ``env`` with the next number for ``node`` (from its backlog, in turn)."""
         seq = self._seq.get(node, 0) + 1
+        if isinstance(env, SendBatch):
+            await self.transport.send(node, self._batch_frame(env, seq))
+            self._seq[node] = seq + len(env.envelopes) - 1
+            return
         reply_to = self.address if env.kind == ASK else None  # as in send()
         frame = self.codec.encode(env, reply_to, epoch=self.epoch, seq=seq)
         try:
@@ -373,6 +475,8 @@ class Remote:
         if isinstance(decoded, Reply):
             self._replied(decoded)
             return None
+        if isinstance(decoded, Batch):
+            return self._on_batch(peer, decoded)
         seq = decoded.seq
         if seq:  # numbered: the next one from this peer, or a gap (or a bug) counted
             seen = self.order.last.get(peer)
@@ -381,15 +485,87 @@ class Remote:
             else:
                 self.order.unexpected(peer, decoded.epoch, seq)
         # A delivery (handled here, not in a method of its own: this runs per frame).
-        rt = self.runtime
         # The clock is read only for a deadline (a tell has none).
-        env = decoded.envelope(0.0 if decoded.remaining is None else rt.loop.time())
+        env = decoded.envelope(0.0 if decoded.remaining is None else self.runtime.loop.time())
         # The reply goes back to the node the ask came from (``peer``), never to an
         # address the frame names: a hostile frame must not make this node connect
         # elsewhere. (Asks forwarded through another node come with the cluster.)
-        reply_to = peer if decoded.reply_to is not None else None
-        if env.kind == ASK and reply_to is not None:
-            env.reply = _RemoteReply(self, reply_to, env.id, type(env.payload), env.deadline)
+        if env.kind == ASK and decoded.reply_to is not None:
+            env.reply = _RemoteReply(self, peer, env.id, type(env.payload), env.deadline)
+        target = env.target
+        holder = self._local_routes.get(target)
+        if holder is None:
+            holder = self._holder(target)
+        return self._admit(peer, env, holder)
+
+    def _on_batch(self, peer: str, batch: Batch) -> asyncio.Future[None] | None:
+        """A batch frame from ``peer``: each item delivered as its own delivery frame
+        would be, in order (``kerna._wire_frames``)."""
+        envelopes = batch.envelopes
+        seq = batch.seq
+        if seq:  # the items are numbered from seq on
+            order = self.order
+            seen = order.last.get(peer)
+            if seen is None or seq != seen[1] + 1 or seen[0] != batch.epoch:
+                order.unexpected(peer, batch.epoch, seq)
+                seen = order.last[peer]
+            seen[1] = max(seen[1], seq + len(envelopes) - 1)
+        rt = self.runtime
+        ask = batch.kind == ASK and batch.reply_to is not None  # replies go to peer (above)
+        target = batch.target
+        holder = self._local_routes.get(target)
+        if holder is None:
+            holder = self._holder(target)
+        pause = None
+        for env in envelopes:
+            if type(env) is WireError:
+                self._refused(peer, env)
+                continue
+            assert type(env) is Envelope
+            if ask:
+                env.reply = _RemoteReply(self, peer, env.id, type(env.payload), env.deadline)
+            route = holder.route
+            if (  # warm, running, nothing parked: the route's put (as _admit does)
+                route is not None
+                and rt.phase is RUNNING
+                and not self._parked
+                and not route.closed
+                and route.failure is None
+                and type(env.payload) in route.atype.handlers
+            ):
+                try:
+                    pending = route.put(env)
+                except Exception as exc:  # a full mailbox, a failed start
+                    self._not_delivered(env, exc)
+                    continue
+                if pending is None:
+                    continue
+                waiting = self._park(peer, env, pending, 0)
+            else:
+                waiting = self._admit(peer, env, holder)
+            if waiting is not None:
+                pause = waiting
+        if pause is None:
+            mailbox = getattr(holder.route, "mailbox", None)
+            if mailbox is not None and len(mailbox) + MAX_ITEMS > holder.route.atype.capacity:
+                # The next batch might not fit: let the agent's worker run first (the
+                # transport reads nothing more from this peer until the next loop pass)
+                # rather than park each message on a full mailbox.
+                pause = rt.loop.create_future()
+                rt.loop.call_soon(_turn_over, pause)
+        return pause
+
+    def _holder(self, target: AgentId | str) -> _LocalRoute:
+        """A route cache slot for ``target`` (a new one)."""
+        if len(self._local_routes) >= _LOCAL_ROUTES:
+            self._local_routes.clear()
+        holder = self._local_routes[target] = _LocalRoute()
+        return holder
+
+    def _admit(self, peer: str, env: Envelope, holder: _LocalRoute) -> asyncio.Future[None] | None:
+        """Deliver ``env`` from ``peer`` here; returns the future the transport waits
+        on before it hands over more from ``peer`` (flow control)."""
+        rt = self.runtime
         if rt.phase is not RUNNING and not rt.accepts_inbound():
             self._not_delivered(env, rt.refusal(f"{type(env.payload).__qualname__} from {peer}"))
             return None
@@ -397,12 +573,6 @@ class Remote:
         if parked >= MAX_PARKED:  # the transport did not pause the peer: refuse more
             self._not_delivered(env, self._flooded(env, peer, parked))
             return None
-        target = env.target
-        holder = self._local_routes.get(target)
-        if holder is None:  # remember where this target's messages go, as a ref does
-            if len(self._local_routes) >= _LOCAL_ROUTES:
-                self._local_routes.clear()
-            holder = self._local_routes[target] = _LocalRoute()
         route = holder.route
         try:
             if (  # warm: the route deliver chose last time still takes it (as a ref does)
@@ -419,8 +589,13 @@ class Remote:
             return None
         if pending is None:
             return None
-        # A full ``wait`` mailbox: the envelope waits in its queue, in order; count it
-        # against the peer and, past PAUSE_AT, have the transport stop reading it.
+        return self._park(peer, env, pending, parked)
+
+    def _park(
+        self, peer: str, env: Envelope, pending: Awaitable[None], parked: int
+    ) -> asyncio.Future[None] | None:
+        """A full ``wait`` mailbox: the envelope waits in its queue, in order; count it
+        against the peer and, past PAUSE_AT, have the transport stop reading it."""
         self._parked[peer] = parked + 1
         future = asyncio.ensure_future(pending)
         future.add_done_callback(lambda done: self._admitted(peer, env, done))
@@ -428,7 +603,7 @@ class Remote:
             return None
         resume = self._resume.get(peer)
         if resume is None:
-            resume = self._resume[peer] = rt.loop.create_future()
+            resume = self._resume[peer] = self.runtime.loop.create_future()
         return resume
 
     def delivery_stats(self) -> DeliveryStats:
@@ -528,6 +703,8 @@ class Remote:
         self._answer(node, self.codec.encode_error(message_id, error))
 
     def _answer(self, node: str, frame: bytes) -> None:
+        if self._batches and node in self._batches:
+            self._flush_batch(node)  # the deliveries gathered before this reply go first
         try:
             if self.transport.send_now(node, frame):
                 return
@@ -597,6 +774,11 @@ class _RemoteReply(asyncio.Future[Any]):
         error = self.exception()  # retrieved here: it goes to the asker
         assert error is not None
         self._remote.send_error(self._node, self._message_id, error)
+
+
+def _turn_over(turn: asyncio.Future[None]) -> None:
+    if not turn.done():
+        turn.set_result(None)
 
 
 def _log_failed_reply(task: asyncio.Task[None]) -> None:

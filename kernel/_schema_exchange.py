@@ -9,6 +9,12 @@ field added with a default, a removed field that had one) is logged once at INFO
 incompatible one is logged once at WARNING with what breaks and listed by
 ``Kernel.schema_mismatches()`` (what the node's status shows).
 
+The document also says which frame layouts the node reads beyond the first ones, under
+the key ``WIRE_KEY`` (a str no message tag is): ``WIRE_BATCHES`` means it reads batch
+frames (``kerna._wire_frames``), so a peer may send it those (``reads_batches``). An
+older node's document has no such key (it gets no batches); an older node reading ours
+skips the key, as it skips any tag it does not know.
+
 A document whose compressed form is over ``MAX_SENT`` is replaced by the fingerprints
 alone (JSON, as nodes before this exchange sent): a peer that sent only fingerprints
 cannot be judged, so each differing tag counts as a mismatch. What a peer sends is
@@ -25,12 +31,21 @@ from typing import Any
 from ._schema import export, peer_problems
 from ._wire_types import MessageTypes
 
-__all__ = ["MAX_RECEIVED", "MAX_SENT", "SchemaExchange"]
+__all__ = [
+    "MAX_RECEIVED",
+    "MAX_SENT",
+    "WIRE_BATCHES",
+    "WIRE_KEY",
+    "SchemaExchange",
+    "reads_batches",
+]
 
 log = logging.getLogger("kerna.remote")
 
 MAX_SENT = 48 * 1024  # bytes of a compressed document (the tcp handshake takes 64 KiB)
 MAX_RECEIVED = 4 * 1024 * 1024  # bytes a peer's document may inflate to
+WIRE_KEY = "\x00wire"  # (a NUL: no message tag has one)
+WIRE_BATCHES = "batches"
 
 
 class SchemaExchange:
@@ -47,12 +62,16 @@ class SchemaExchange:
         Raises:
             TypeError: msgspec cannot describe a registered type's field.
         """
-        messages = export(self._types.tags().values())["messages"]
+        messages: dict[str, Any] = export(self._types.tags().values())["messages"]
+        messages[WIRE_KEY] = WIRE_BATCHES
         text = json.dumps(messages, sort_keys=True, separators=(",", ":")).encode()
         packed = zlib.compress(text, 6)
         if len(packed) <= MAX_SENT:
             return packed
-        fingerprints = {tag: entry["fingerprint"] for tag, entry in messages.items()}
+        fingerprints = {
+            tag: entry if tag == WIRE_KEY else entry["fingerprint"]
+            for tag, entry in messages.items()
+        }
         return json.dumps(fingerprints, sort_keys=True).encode()
 
     def mismatches(self) -> dict[str, list[str]]:
@@ -89,6 +108,12 @@ class SchemaExchange:
             elif not found and tag not in compatible:
                 compatible.add(tag)
                 log.info("schema of %r differs compatibly between this node and %s", tag, peer)
+
+
+def reads_batches(peer: str, sent: bytes | str) -> bool:
+    """Whether the schema document ``peer`` sent says it reads batch frames."""
+    theirs = _read(peer, sent)
+    return theirs is not None and theirs.get(WIRE_KEY) == WIRE_BATCHES
 
 
 def _read(peer: str, sent: bytes | str) -> dict[str, Any] | None:

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 
 from ._envelope import Envelope
 from ._errors import KernelStopped
+from ._send_batch import SendBatch
 
 __all__ = ["Backlog"]
 
@@ -35,16 +36,19 @@ class Backlog:
 
     def __init__(self, node: str) -> None:
         self.node = node
-        self._items: deque[tuple[Envelope, asyncio.Future[None]]] = deque()
+        self._items: deque[tuple[Envelope | SendBatch, asyncio.Future[None]]] = deque()
 
-    def add(self, env: Envelope, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
-        """Queue ``env``; the future completes when it is handed to the transport (or
-        fails with why it was not)."""
+    def add(
+        self, env: Envelope | SendBatch, loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[None]:
+        """Queue ``env`` (a delivery, or a batch of them: ``kerna._send_batch``); the
+        future completes when it is handed to the transport (or fails with why it was
+        not)."""
         future: asyncio.Future[None] = loop.create_future()
         self._items.append((env, future))
         return future
 
-    async def run(self, send_one: Callable[[Envelope], Awaitable[None]]) -> None:
+    async def run(self, send_one: Callable[[Envelope | SendBatch], Awaitable[None]]) -> None:
         """Send the queued deliveries in order with ``send_one`` until none is left."""
         items = self._items
         while items:

@@ -51,7 +51,8 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections import Counter
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -61,11 +62,23 @@ from ._failures import type_name
 from ._ids import AgentId
 from ._message import Message
 from ._wire_depth import exceeds
+from ._wire_frames import (
+    BatchIn,
+    BatchOut,
+    DeliveryIn,
+    DeliveryOut,
+    ErrorReply,
+    ItemIn,
+    ItemOut,
+    ReplyIn,
+    ReplyOut,
+)
 from ._wire_types import MessageTypes
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",
     "DEFAULT_MAX_FRAME_SIZE",
+    "Batch",
     "Delivery",
     "MessageTypes",
     "Reply",
@@ -134,73 +147,6 @@ class WireError(KernaError):
         self.is_reply = is_reply
 
 
-_Id = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
-_Kind = Annotated[int, msgspec.Meta(ge=0, le=2)]
-_Seconds = Annotated[float, msgspec.Meta(ge=-1e9, le=1e9)]  # finite: nan fails too
-_Pair = tuple[str, str]
-
-
-class _DeliveryIn(msgspec.Struct, array_like=True, tag=1, frozen=True, gc=False):
-    id: _Id
-    kind: _Kind
-    tag: str
-    target: str  # the agent type, or the topic of an event
-    key: str | None  # None for an event
-    payload: msgspec.Raw
-    sender: _Pair | None = None
-    correlation_id: _Id = 0
-    causation_id: _Id = 0
-    remaining: _Seconds | None = None
-    chain: tuple[_Pair, ...] = ()
-    headers: dict[str, str] | None = None
-    reply_to: str | None = None
-    # The sender's numbering (trailing defaults: an older peer sends neither, and
-    # ignores both): its Remote's random epoch and a per-peer counter from 1.
-    epoch: _Id = 0
-    seq: _Id = 0
-
-
-class _DeliveryOut(msgspec.Struct, array_like=True, tag=1, omit_defaults=True):
-    # _DeliveryIn's layout with the message itself as payload: encoded in one pass
-    id: int
-    kind: int
-    tag: str
-    target: str
-    key: str | None
-    payload: Any
-    sender: _Pair | None = None
-    correlation_id: int = 0
-    causation_id: int = 0
-    remaining: float | None = None
-    chain: tuple[_Pair, ...] = ()
-    headers: dict[str, str] | None = None
-    reply_to: str | None = None
-    epoch: int = 0
-    seq: int = 0
-
-
-class _ReplyIn(msgspec.Struct, array_like=True, tag=2, frozen=True, gc=False):
-    id: _Id
-    request_tag: str
-    tag: str | None  # the value's tag when it is a Message
-    payload: msgspec.Raw
-
-
-class _ReplyOut(msgspec.Struct, array_like=True, tag=2):
-    id: int
-    request_tag: str
-    tag: str | None
-    payload: Any
-
-
-class _ErrorReply(msgspec.Struct, array_like=True, tag=3, frozen=True, gc=False):
-    id: _Id
-    type_name: str
-    message: str
-    traceback: str = ""
-    node: str = ""  # where it was raised (a trailing default: older peers ignore it)
-
-
 class Delivery(msgspec.Struct, frozen=True, gc=False):
     """A decoded delivery frame: an envelope's fields and its message.
 
@@ -239,6 +185,32 @@ class Delivery(msgspec.Struct, frozen=True, gc=False):
         )  # fmt: skip
 
 
+class Batch(msgspec.Struct, frozen=True):
+    """A decoded batch frame: deliveries that share their routing (``kerna._wire_frames``).
+
+    Attributes:
+        kind, tag, target, sender, chain, headers: every message's, as ``Delivery``'s.
+        reply_to: for asks, the asker's node address.
+        epoch: the sending Remote's epoch.
+        seq: the first item's number (the others follow it; 0: not numbered).
+        envelopes: each item's local envelope, in order (its deadline rebuilt on this
+            node's clock, no reply future: the caller routes the reply), or the
+            ``WireError`` that refuses that item alone (counted in ``WireCodec.errors``;
+            the others are delivered).
+    """
+
+    kind: int
+    tag: str
+    target: AgentId | str
+    sender: AgentId | None
+    chain: tuple[AgentId, ...]
+    headers: dict[str, str] | None
+    reply_to: str | None
+    epoch: int
+    seq: int
+    envelopes: list[Envelope | WireError]
+
+
 class Reply(msgspec.Struct, frozen=True, gc=False):
     """A decoded reply frame: the answer to the ask whose message id is ``id``.
 
@@ -264,7 +236,7 @@ class Reply(msgspec.Struct, frozen=True, gc=False):
 
 
 _ANY = msgspec.msgpack.Decoder()
-_FRAME = msgspec.msgpack.Decoder(_DeliveryIn | _ReplyIn | _ErrorReply)
+_FRAME = msgspec.msgpack.Decoder(DeliveryIn | ReplyIn | ErrorReply | BatchIn)
 
 
 class WireCodec:
@@ -278,6 +250,8 @@ class WireCodec:
         max_depth: nesting allowed inside one message (``TOO_DEEP``).
         errors: refused frames per ``WireErrorReason`` (a ``Counter``).
         node_id: this node's id, named by the error replies it sends.
+        clock: the time deadlines are rebuilt on (the loop's ``time``; by default the
+            running loop's).
     """
 
     def __init__(
@@ -292,6 +266,7 @@ class WireCodec:
         self.max_depth = max_depth
         self.errors: Counter[str] = Counter()
         self.node_id = ""
+        self.clock: Callable[[], float] = _loop_time
         self._encoder = msgspec.msgpack.Encoder()
         self._buffer = bytearray(256)
         # Per delivery tag seen: its decoder and how deep its values can nest.
@@ -363,7 +338,7 @@ class WireCodec:
         sender = env.sender
         chain = env.chain
         headers = env.headers
-        frame = _DeliveryOut(
+        frame = DeliveryOut(
             env.id, env.kind, tag, name, key, message,
             None if sender is None else (sender.type, sender.key),
             env.correlation_id, env.causation_id, remaining,
@@ -372,6 +347,59 @@ class WireCodec:
             reply_to if env.kind == ASK else None, epoch, seq,
         )  # fmt: skip
         self._encode(frame, buffer, offset, tag)
+
+    def encode_payload(self, message: Message) -> msgspec.Raw:
+        """``message`` encoded alone, for a batch item (``encode_batch``); its type is
+        the batch's (registered by the delivery frame that opened it).
+
+        Raises:
+            WireError: ``UNENCODABLE`` or ``TOO_LARGE``, as ``encode``.
+        """
+        try:
+            data = self._encoder.encode(message)
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+            raise WireError(WireErrorReason.UNENCODABLE, str(exc)) from exc
+        if len(data) > self.max_frame_size:
+            raise WireError(
+                WireErrorReason.TOO_LARGE,
+                f"{len(data)} bytes, over the limit of {self.max_frame_size}",
+            )
+        return msgspec.Raw(data)
+
+    def encode_batch(
+        self,
+        env: Envelope,
+        items: list[ItemOut] | list[tuple[Any, ...]],
+        reply_to: str | None = None,
+        *,
+        epoch: int = 0,
+        seq: int = 0,
+    ) -> bytes:
+        """The batch frame of ``items``, whose routing is ``env``'s (the batch's first
+        envelope: kind, target, sender, chain and headers; its message's type is every
+        item's). ``seq`` numbers the first item.
+
+        Raises:
+            WireError: ``TOO_LARGE``.
+        """
+        tag = self.types.add(type(env.payload))
+        target = env.target
+        if isinstance(target, AgentId):
+            name, key = target.type, target.key
+        else:
+            name, key = target, None
+        sender = env.sender
+        chain = env.chain
+        headers = env.headers
+        frame = BatchOut(
+            env.kind, tag, name, key, items,
+            None if sender is None else (sender.type, sender.key),
+            tuple([(a.type, a.key) for a in chain]) if chain else (),
+            None if headers is None else dict(headers),
+            reply_to if env.kind == ASK else None, epoch, seq,
+        )  # fmt: skip
+        self._encode(frame, self._buffer, 0, tag)
+        return bytes(self._buffer)
 
     def encode_reply(self, message_id: int, request: type[Message] | str, value: Any) -> bytes:
         """The reply frame for the ask ``message_id`` of type (or tag) ``request``.
@@ -386,7 +414,7 @@ class WireCodec:
                 tag = self.types.add(type(value))
             except RegistrationError as exc:
                 raise WireError(WireErrorReason.UNENCODABLE, str(exc)) from exc
-        self._encode(_ReplyOut(message_id, request_tag, tag, value), self._buffer, 0, tag)
+        self._encode(ReplyOut(message_id, request_tag, tag, value), self._buffer, 0, tag)
         return bytes(self._buffer)
 
     def encode_error(self, message_id: int, error: BaseException) -> bytes:
@@ -394,11 +422,11 @@ class WireCodec:
         ``RemoteError`` (``error``'s own fields if it is one, else its type and text)."""
         node = self.node_id
         if isinstance(error, RemoteError):
-            frame = _ErrorReply(
+            frame = ErrorReply(
                 message_id, error.type_name, error.message, error.traceback, error.node or node
             )
         else:  # named as in-process (``kerna.MailboxFull``, ``ValueError``)
-            frame = _ErrorReply(message_id, type_name(error), str(error), "", node)
+            frame = ErrorReply(message_id, type_name(error), str(error), "", node)
         return self._encoder.encode(frame)
 
     def _encode(self, frame: Any, buffer: bytearray, offset: int, tag: str | None) -> None:
@@ -417,7 +445,7 @@ class WireCodec:
 
     # -- decoding --------------------------------------------------------------------
 
-    def decode(self, frame: bytes | bytearray | memoryview, peer: str) -> Delivery | Reply:
+    def decode(self, frame: bytes | bytearray | memoryview, peer: str) -> Delivery | Reply | Batch:
         """Decode a frame received from ``peer``.
 
         Raises:
@@ -444,49 +472,39 @@ class WireCodec:
                         peer=peer,
                     ) from None
                 raise WireError(WireErrorReason.MALFORMED, str(exc), peer=peer) from None
-            if type(head) is _DeliveryIn:
+            if type(head) is DeliveryIn:
                 return self._delivery(head, peer)
-            if type(head) is _ReplyIn:
+            if type(head) is ReplyIn:
                 return self._reply(head, peer)
-            assert type(head) is _ErrorReply
+            if type(head) is BatchIn:
+                return self._batch(head, peer)
+            assert type(head) is ErrorReply
             error = RemoteError(head.type_name, head.message, head.traceback, head.node)
             return Reply(head.id, error=error)
         except WireError as exc:
             self.errors[exc.reason] += 1
             raise
 
-    def _delivery(self, head: _DeliveryIn, peer: str) -> Delivery:
+    def _delivery(self, head: DeliveryIn, peer: str) -> Delivery:
         tag = head.tag
         kind = head.kind
         key = head.key
+        reply_to = head.reply_to if kind == ASK else None
         if (key is None) != (kind == EVENT):
-            raise WireError(
-                WireErrorReason.MALFORMED,
-                f"a {KIND_NAMES[kind]} "
-                + ("without an agent key" if key is None else "addressed to an agent"),
-                peer=peer, tag=tag, message_id=head.id,
-                reply_to=head.reply_to if kind == ASK else None,
-            )  # fmt: skip
+            raise _misaddressed(kind, key, peer, tag, head.id, reply_to)
         known = self._known.get(tag)
-        if known is None:
-            types = self.types
-            decoder = types.decoder(tag)
-            if decoder is not None:  # a tag's type never changes once registered
-                self._known[tag] = (decoder, types.depth(tag))
-            depth = types.depth(tag)
-        else:
-            decoder, depth = known
+        decoder, depth = known if known is not None else self._decoder(tag)
         if decoder is not None and depth <= self.max_depth:
             try:  # the common case: a type whose values cannot nest past the cap
                 message = decoder.decode(head.payload)
             except Exception:  # the slow path below names what was wrong
-                message = self._checked_payload(decoder, head, peer, tag)
+                message = self._checked_payload(decoder, head.payload, peer, tag, head.id, reply_to)
         else:
-            message = self._checked_payload(decoder, head, peer, tag)
+            message = self._checked_payload(decoder, head.payload, peer, tag, head.id, reply_to)
         if not isinstance(message, Message):
             raise WireError(
                 WireErrorReason.BAD_PAYLOAD, "not a message", peer=peer, tag=tag,
-                message_id=head.id, reply_to=head.reply_to if kind == ASK else None,
+                message_id=head.id, reply_to=reply_to,
             )  # fmt: skip
         sender = head.sender
         chain = head.chain
@@ -495,21 +513,105 @@ class WireCodec:
             message, None if sender is None else AgentId(*sender),
             head.correlation_id, head.causation_id, head.remaining,
             tuple([AgentId(*a) for a in chain]) if chain else (), head.headers,
-            head.reply_to if kind == ASK else None, head.epoch, head.seq,
+            reply_to, head.epoch, head.seq,
         )  # fmt: skip
+
+    def _batch(self, head: BatchIn, peer: str) -> Batch:
+        """Decode each item of a batch; an item that does not decode is refused alone
+        (a ``WireError`` in its place, counted), as a delivery frame of its own would be."""
+        tag = head.tag
+        kind = head.kind
+        key = head.key
+        reply_to = head.reply_to if kind == ASK else None
+        items = head.items
+        sender = None if head.sender is None else AgentId(*head.sender)
+        chain = tuple([AgentId(*a) for a in head.chain]) if head.chain else ()
+        headers = head.headers
+        target = head.target if key is None else AgentId(head.target, key)
+        out: list[Envelope | WireError] = []
+        if (key is None) != (kind == EVENT):
+            out = [_misaddressed(kind, key, peer, tag, item.id, reply_to) for item in items]
+        else:
+            known = self._known.get(tag)
+            decoder, depth = known if known is not None else self._decoder(tag)
+            fast = decoder is not None and depth <= self.max_depth
+            add = out.append
+            now = None
+            for item in items:
+                message: Message | WireError | None = None
+                if fast:
+                    try:  # (as _delivery's common case, inline: per item)
+                        message = decoder.decode(item.payload)  # type: ignore[union-attr]
+                    except Exception:
+                        message = None
+                if not isinstance(message, Message):
+                    message = self._batch_item(decoder, item, peer, tag, reply_to)
+                    if type(message) is WireError:
+                        self.errors[message.reason] += 1
+                        add(message)
+                        continue
+                remaining = item.remaining
+                deadline = None
+                if remaining is not None:
+                    if now is None:
+                        now = self.clock()
+                    deadline = now + remaining
+                add(
+                    Envelope(
+                        item.id, kind, target, message, sender, item.correlation_id,
+                        item.causation_id, deadline, chain, None, headers,
+                    )
+                )  # fmt: skip
+        return Batch(
+            kind, tag, target, sender, chain, headers, reply_to, head.epoch, head.seq, out
+        )  # fmt: skip
+
+    def _batch_item(
+        self,
+        decoder: msgspec.msgpack.Decoder[Any] | None,
+        item: ItemIn,
+        peer: str,
+        tag: str,
+        reply_to: str | None,
+    ) -> Message | WireError:
+        """A batch item's message, or the error that refuses it (not yet counted)."""
+        try:
+            message = self._checked_payload(decoder, item.payload, peer, tag, item.id, reply_to)
+        except WireError as exc:
+            return exc
+        if isinstance(message, Message):
+            return message
+        return WireError(
+            WireErrorReason.BAD_PAYLOAD, "not a message", peer=peer, tag=tag,
+            message_id=item.id, reply_to=reply_to,
+        )  # fmt: skip
+
+    def _decoder(self, tag: str) -> tuple[msgspec.msgpack.Decoder[Any] | None, int]:
+        """The decoder of ``tag``'s type (None: not registered) and how deep its values
+        can nest."""
+        known = self._known.get(tag)
+        if known is not None:
+            return known
+        types = self.types
+        decoder = types.decoder(tag)
+        depth = types.depth(tag)
+        if decoder is not None:  # a tag's type never changes once registered
+            self._known[tag] = (decoder, depth)
+        return decoder, depth
 
     def _checked_payload(
         self,
         decoder: msgspec.msgpack.Decoder[Any] | None,
-        head: _DeliveryIn,
+        payload: msgspec.Raw,
         peer: str,
         tag: str,
+        message_id: int,
+        reply_to: str | None,
     ) -> Any:
         """Decode a delivery's payload checking its depth first, or raise the error
         that names what is wrong with it."""
-        reply_to = head.reply_to if head.kind == ASK else None
-        self._check_depth(head.payload, peer, tag, head.id, reply_to)
-        return self._payload(decoder, head.payload, peer, tag, head.id, reply_to)
+        self._check_depth(payload, peer, tag, message_id, reply_to)
+        return self._payload(decoder, payload, peer, tag, message_id, reply_to)
 
     def _check_depth(
         self,
@@ -527,7 +629,7 @@ class WireCodec:
                 is_reply=is_reply,
             )  # fmt: skip
 
-    def _reply(self, head: _ReplyIn, peer: str) -> Reply:
+    def _reply(self, head: ReplyIn, peer: str) -> Reply:
         tag = head.tag
         types = self.types
         if tag is not None:
@@ -568,3 +670,18 @@ class WireCodec:
                 WireErrorReason.BAD_PAYLOAD, f"{type(exc).__name__}: {exc}",
                 peer=peer, tag=tag, message_id=message_id, reply_to=reply_to,
             ) from None  # fmt: skip
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def _misaddressed(
+    kind: int, key: str | None, peer: str, tag: str, message_id: int, reply_to: str | None
+) -> WireError:
+    """The error for a delivery whose key does not match its kind (an event has none)."""
+    wrong = "without an agent key" if key is None else "addressed to an agent"
+    return WireError(
+        WireErrorReason.MALFORMED, f"a {KIND_NAMES[kind]} {wrong}",
+        peer=peer, tag=tag, message_id=message_id, reply_to=reply_to,
+    )  # fmt: skip

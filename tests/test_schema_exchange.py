@@ -12,7 +12,13 @@ import zlib
 import pytest
 
 from kerna import Message
-from kerna._schema_exchange import MAX_RECEIVED, SchemaExchange
+from kerna._schema_exchange import (
+    MAX_RECEIVED,
+    WIRE_BATCHES,
+    WIRE_KEY,
+    SchemaExchange,
+    reads_batches,
+)
 from kerna._wire_types import MessageTypes
 
 
@@ -99,4 +105,7 @@ def test_a_document_too_large_to_send_falls_back_to_fingerprints() -> None:
     ]
     sent = _exchange(*types).document()
     assert sent[:1] == b"{"  # plain JSON: the fingerprints
-    assert set(json.loads(sent)) == {f"big.{i}" for i in range(300)}
+    fingerprints = json.loads(sent)
+    assert fingerprints.pop(WIRE_KEY) == WIRE_BATCHES  # what this node reads, as in full
+    assert set(fingerprints) == {f"big.{i}" for i in range(300)}
+    assert reads_batches("tcp://peer:1", sent)
