@@ -181,6 +181,7 @@ class Remote:
         self._pass_over_scheduled = False
         self._reads_batches: dict[str, tuple[object, bool]] = {}
         self._peer_info = getattr(transport, "peer_info", None)
+        self._encode_message = codec.encode_message
 
     @classmethod
     def open(cls, runtime: Runtime, url: str, options: dict[str, Any]) -> Remote:
@@ -277,11 +278,30 @@ class Remote:
         if self._batches:
             batch = self._batches.get(node)
             if batch is not None:
-                if batch.takes(env):  # (its message encoded now: a failure is the sender's)
-                    payload = self.codec.encode_payload(env.payload)
+                first = batch.first
+                message = env.payload
+                if (  # the batch's routing (SendBatch.takes, inline: per message)
+                    type(message) is batch.type
+                    and env.kind == first.kind
+                    and env.target == first.target
+                    and env.sender == first.sender
+                    and env.chain == first.chain
+                    and env.headers == first.headers
+                ):
+                    # Encoded now, so that a failure is its sender's, as for a frame.
+                    try:
+                        data = self._encode_message(message)
+                    except Exception:
+                        self.codec.encode_payload(message)  # raises the WireError that says why
+                        raise
+                    size = len(data)
+                    if size > MAX_BYTES:  # (the codec refuses one over the frame limit)
+                        self.codec.encode_payload(message)
                     batch.envelopes.append(env)
-                    batch.payloads.append(payload)
-                    batch.size += len(payload)
+                    batch.payloads.append(data)
+                    batch.size += size
+                    if env.deadline is not None:
+                        batch.timed = True
                     if batch.size >= MAX_BYTES or len(batch.envelopes) >= MAX_ITEMS:
                         self._flush_batch(node)
                     return None

@@ -54,49 +54,43 @@ little loss: its frame's own work is small beside its own."""
 class SendBatch:
     """The deliveries to one peer that followed ``first`` in this loop pass.
 
+    A delivery joins it when its message's type is ``type`` and its kind, target,
+    sender, chain and headers are ``first``'s (``Remote.send`` checks, inline).
+
     Attributes:
         first: the delivery sent alone that opened the batch: its routing is every
             item's (the items are not it).
         envelopes: the batched deliveries, in order.
-        payloads: their messages, encoded (``Remote.send`` appends to both).
+        payloads: their messages, encoded (``Remote.send`` appends to both, after
+            checking ``takes``' conditions itself).
         size: the payloads' bytes.
+        timed: whether one of them has a deadline.
     """
 
-    __slots__ = ("envelopes", "first", "payloads", "size", "type")
+    __slots__ = ("envelopes", "first", "payloads", "size", "timed", "type")
 
     def __init__(self, first: Envelope) -> None:
         self.first = first
         self.type = type(first.payload)
         self.envelopes: list[Envelope] = []
-        self.payloads: list[msgspec.Raw] = []
+        self.payloads: list[bytes] = []
         self.size = 0
-
-    def takes(self, env: Envelope) -> bool:
-        """Whether ``env`` shares the batch's routing."""
-        first = self.first
-        return (
-            type(env.payload) is self.type
-            and env.kind == first.kind
-            and env.target == first.target
-            and env.sender == first.sender
-            and env.chain == first.chain
-            and env.headers == first.headers
-        )
+        self.timed = False
 
     def items(self, now: Callable[[], float]) -> list[tuple[Any, ...]]:
         """The wire items, ``ItemOut``'s layout as plain tuples (cheaper to build, the
         same msgpack arrays; ``now``: the loop's clock, read for the remaining time of a
         delivery with a deadline)."""
-        envelopes, payloads = self.envelopes, self.payloads
-        if all(env.deadline is None for env in envelopes):
+        envelopes, payloads, raw = self.envelopes, self.payloads, msgspec.Raw
+        if not self.timed:
             return [
-                (env.id, payload, env.correlation_id, env.causation_id)
+                (env.id, raw(payload), env.correlation_id, env.causation_id)
                 for env, payload in zip(envelopes, payloads, strict=True)
             ]
         at = now()
         return [
             (
-                env.id, payload, env.correlation_id, env.causation_id,
+                env.id, raw(payload), env.correlation_id, env.causation_id,
                 None if env.deadline is None else env.deadline - at,
             )
             for env, payload in zip(envelopes, payloads, strict=True)

@@ -70,8 +70,11 @@ from ._wire_frames import (
     ErrorReply,
     ItemIn,
     ItemOut,
+    ItemsIn,
     ReplyIn,
     ReplyOut,
+    TypedItem,
+    typed_items,
 )
 from ._wire_types import MessageTypes
 
@@ -237,6 +240,7 @@ class Reply(msgspec.Struct, frozen=True, gc=False):
 
 _ANY = msgspec.msgpack.Decoder()
 _FRAME = msgspec.msgpack.Decoder(DeliveryIn | ReplyIn | ErrorReply | BatchIn)
+_ITEMS = msgspec.msgpack.Decoder(ItemsIn)
 
 
 class WireCodec:
@@ -252,6 +256,8 @@ class WireCodec:
         node_id: this node's id, named by the error replies it sends.
         clock: the time deadlines are rebuilt on (the loop's ``time``; by default the
             running loop's).
+        encode_message: encodes a message alone into bytes (a batch item's payload),
+            raising msgspec's errors unchecked: ``encode_payload`` is the checked form.
     """
 
     def __init__(
@@ -268,9 +274,12 @@ class WireCodec:
         self.node_id = ""
         self.clock: Callable[[], float] = _loop_time
         self._encoder = msgspec.msgpack.Encoder()
+        # A message alone, as bytes (msgspec's errors: encode_payload names them).
+        self.encode_message: Callable[[Any], bytes] = self._encoder.encode
         self._buffer = bytearray(256)
         # Per delivery tag seen: its decoder and how deep its values can nest.
         self._known: dict[str, tuple[msgspec.msgpack.Decoder[Any], int]] = {}
+        self._batch_decoders: dict[str, msgspec.msgpack.Decoder[Any]] = {}  # per tag
 
     # -- encoding --------------------------------------------------------------------
 
@@ -517,39 +526,33 @@ class WireCodec:
         )  # fmt: skip
 
     def _batch(self, head: BatchIn, peer: str) -> Batch:
-        """Decode each item of a batch; an item that does not decode is refused alone
-        (a ``WireError`` in its place, counted), as a delivery frame of its own would be."""
+        """Decode a batch's items: all at once with their type when every one decodes
+        (the common case), else one by one, an item that does not decode refused alone
+        (a ``WireError`` in its place, counted) as a frame of its own would be."""
         tag = head.tag
         kind = head.kind
         key = head.key
         reply_to = head.reply_to if kind == ASK else None
-        items = head.items
         sender = None if head.sender is None else AgentId(*head.sender)
         chain = tuple([AgentId(*a) for a in head.chain]) if head.chain else ()
         headers = head.headers
         target = head.target if key is None else AgentId(head.target, key)
         out: list[Envelope | WireError] = []
-        if (key is None) != (kind == EVENT):
-            out = [_misaddressed(kind, key, peer, tag, item.id, reply_to) for item in items]
-        else:
-            known = self._known.get(tag)
-            decoder, depth = known if known is not None else self._decoder(tag)
-            fast = decoder is not None and depth <= self.max_depth
+        typed: list[TypedItem[Message]] | None = None
+        misaddressed = (key is None) != (kind == EVENT)
+        if not misaddressed:
+            batch_decoder = self._batch_decoders.get(tag)
+            if batch_decoder is None:
+                batch_decoder = self._batch_decoder(tag)
+            if batch_decoder is not None:
+                try:
+                    typed = batch_decoder.decode(head.items)
+                except Exception:  # one of them does not: each is decoded on its own
+                    typed = None
+        if typed is not None:
             add = out.append
             now = None
-            for item in items:
-                message: Message | WireError | None = None
-                if fast:
-                    try:  # (as _delivery's common case, inline: per item)
-                        message = decoder.decode(item.payload)  # type: ignore[union-attr]
-                    except Exception:
-                        message = None
-                if not isinstance(message, Message):
-                    message = self._batch_item(decoder, item, peer, tag, reply_to)
-                    if type(message) is WireError:
-                        self.errors[message.reason] += 1
-                        add(message)
-                        continue
+            for item in typed:
                 remaining = item.remaining
                 deadline = None
                 if remaining is not None:
@@ -558,13 +561,85 @@ class WireCodec:
                     deadline = now + remaining
                 add(
                     Envelope(
-                        item.id, kind, target, message, sender, item.correlation_id,
+                        item.id, kind, target, item.payload, sender, item.correlation_id,
                         item.causation_id, deadline, chain, None, headers,
                     )
                 )  # fmt: skip
+        else:
+            items = self._items(head, peer)
+            if misaddressed:
+                out = [_misaddressed(kind, key, peer, tag, item.id, reply_to) for item in items]
+            else:
+                out = self._batch_slow(head, items, peer, reply_to, sender, chain, target)
+            for refused in out:
+                if type(refused) is WireError:
+                    self.errors[refused.reason] += 1
         return Batch(
             kind, tag, target, sender, chain, headers, reply_to, head.epoch, head.seq, out
         )  # fmt: skip
+
+    def _batch_decoder(self, tag: str) -> msgspec.msgpack.Decoder[Any] | None:
+        """The decoder of a batch of ``tag``'s messages in one pass, for a registered
+        type whose values cannot nest past the cap (None otherwise: one by one)."""
+        known = self._known.get(tag)
+        decoder, depth = known if known is not None else self._decoder(tag)
+        message_type = self.types.get(tag)
+        if decoder is None or message_type is None or depth > self.max_depth:
+            return None
+        batch_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(
+            typed_items(message_type)
+        )
+        self._batch_decoders[tag] = batch_decoder
+        return batch_decoder
+
+    @staticmethod
+    def _items(head: BatchIn, peer: str) -> list[ItemIn]:
+        """A batch's items, each message still encoded.
+
+        Raises:
+            WireError: they are not a list of items (the whole frame is refused).
+        """
+        try:
+            items: list[ItemIn] = _ITEMS.decode(head.items)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            reason = WireErrorReason.MALFORMED
+            if isinstance(exc, RecursionError):
+                reason = WireErrorReason.TOO_DEEP
+            raise WireError(reason, f"batch items: {exc}", peer=peer, tag=head.tag) from None
+        return items
+
+    def _batch_slow(
+        self,
+        head: BatchIn,
+        items: list[ItemIn],
+        peer: str,
+        reply_to: str | None,
+        sender: AgentId | None,
+        chain: tuple[AgentId, ...],
+        target: AgentId | str,
+    ) -> list[Envelope | WireError]:
+        """Each item's envelope, or the error that refuses it (not yet counted)."""
+        tag = head.tag
+        decoder, _ = self._decoder(tag)
+        out: list[Envelope | WireError] = []
+        now = None
+        for item in items:
+            message = self._batch_item(decoder, item, peer, tag, reply_to)
+            if isinstance(message, WireError):
+                out.append(message)
+                continue
+            deadline = None
+            if item.remaining is not None:
+                if now is None:
+                    now = self.clock()
+                deadline = now + item.remaining
+            out.append(
+                Envelope(
+                    item.id, head.kind, target, message, sender, item.correlation_id,
+                    item.causation_id, deadline, chain, None, head.headers,
+                )
+            )  # fmt: skip
+        return out
 
     def _batch_item(
         self,

@@ -19,7 +19,7 @@ from ``seq`` on, in order. Only a peer that said it reads batches gets them
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
 
@@ -31,8 +31,11 @@ __all__ = [
     "ErrorReply",
     "ItemIn",
     "ItemOut",
+    "ItemsIn",
     "ReplyIn",
     "ReplyOut",
+    "TypedItem",
+    "typed_items",
 ]
 
 _Id = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
@@ -122,14 +125,39 @@ class ItemOut(msgspec.Struct, array_like=True, omit_defaults=True):
     remaining: float | None = None
 
 
+ItemsIn = Annotated[list[ItemIn], msgspec.Meta(min_length=1)]
+"""A batch's items, each message still encoded (to refuse them one by one)."""
+
+M = TypeVar("M")
+
+
+class TypedItem(msgspec.Struct, Generic[M], array_like=True, frozen=True, gc=False):
+    """One message of a batch decoded with its type (``ItemIn``'s layout): a batch of a
+    known type is decoded in one pass (``TypedItems``)."""
+
+    id: _Id
+    payload: M
+    correlation_id: _Id = 0
+    causation_id: _Id = 0
+    remaining: _Seconds | None = None
+
+
+def typed_items(message_type: type[M]) -> Any:
+    """The type of a batch's items whose messages are ``message_type``."""
+    generic: Any = TypedItem  # (subscripted with a runtime type argument)
+    listed: Any = list
+    return Annotated[listed[generic[message_type]], msgspec.Meta(min_length=1)]
+
+
 class BatchIn(msgspec.Struct, array_like=True, tag=4, frozen=True, gc=False):
-    """Deliveries sharing their routing, as received (``DeliveryIn``'s fields)."""
+    """Deliveries sharing their routing, as received (``DeliveryIn``'s fields). The
+    items stay encoded until the message type is known (``ItemsIn``, ``typed_items``)."""
 
     kind: _Kind
     tag: str
     target: str
     key: str | None
-    items: Annotated[list[ItemIn], msgspec.Meta(min_length=1)]
+    items: msgspec.Raw
     sender: _Pair | None = None
     chain: tuple[_Pair, ...] = ()
     headers: dict[str, str] | None = None
