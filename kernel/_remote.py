@@ -180,6 +180,10 @@ class Remote:
         self._batches: dict[str, SendBatch] = {}
         self._pass_over_scheduled = False
         self._reads_batches: dict[str, tuple[object, bool]] = {}
+        self._hot: set[str] = set()  # peers whose sends are gathered (_hot_peer)
+        # Per cold peer, how many frames this node had received when it last sent there.
+        self._last_sent: dict[str, int] = {}
+        self._frames_in = 0
         self._peer_info = getattr(transport, "peer_info", None)
         self._encode_message = codec.encode_message
 
@@ -310,13 +314,16 @@ class Remote:
         if backlog is None:
             seq = self._seq.get(node, 0) + 1
             frame = self.codec.encode(env, reply_to, epoch=self.epoch, seq=seq)
+            batching = self._peer_info is not None and self._hot_peer(node)
+            if batching and not self._pass_over_scheduled:
+                # Scheduled before the frame is queued, so before the transport's own
+                # end-of-pass write: the batch is queued in time to go out with it.
+                self._pass_over_scheduled = True
+                self.runtime.loop.call_soon(self._pass_over)
             if self.transport.send_now(node, frame):
                 self._seq[node] = seq
-                if self._peer_info is not None and self._batching(node):
+                if batching:
                     self._batches[node] = SendBatch(env)  # the pass's next ones may join
-                    if not self._pass_over_scheduled:
-                        self._pass_over_scheduled = True
-                        self.runtime.loop.call_soon(self._pass_over)
                 return None  # queued: no task needed (the common case, once connected)
             backlog = self._backlogs[node] = Backlog(node)
             self._spawn(self._drain(node, backlog))  # owned by this link, cancelled at close
@@ -338,10 +345,29 @@ class Remote:
         self._reads_batches[node] = (info.schema, reads)
         return reads
 
+    def _hot_peer(self, node: str) -> bool:
+        """Whether to gather what else this pass sends ``node`` into a batch: it reads
+        batches, and it is hot (kerna._send_batch: its last pass's batch was not empty,
+        or this send follows another to it with no frame received in between). A cold
+        peer costs no callback per send (a sequential ask sends one message per pass,
+        and its reply comes in between)."""
+        if node in self._hot:
+            return True
+        received = self._frames_in
+        last = self._last_sent.get(node)
+        self._last_sent[node] = received
+        if last != received or not self._batching(node):
+            return False
+        self._hot.add(node)
+        return True
+
     def _pass_over(self) -> None:
-        """The loop pass is over: send every batch gathered in it."""
+        """The loop pass is over: send every batch gathered in it (a peer whose batch
+        stayed empty is cold again)."""
         self._pass_over_scheduled = False
-        for node in list(self._batches):
+        for node, batch in list(self._batches.items()):
+            if not batch.envelopes:
+                self._hot.discard(node)
             self._flush_batch(node)
 
     def _flush_batch(self, node: str) -> None:
@@ -485,6 +511,7 @@ class Remote:
     def _on_frame(self, peer: str, frame: bytes) -> asyncio.Future[None] | None:
         """A frame from ``peer``: a reply, or a delivery; returns the future the
         transport waits on before it hands over more from ``peer`` (flow control)."""
+        self._frames_in += 1  # (_hot_peer)
         if peer not in self._compared:
             self._compare_schemas(peer)
         try:

@@ -14,6 +14,11 @@ conversation ids and remaining time) at the end of the pass, when it is full
 that peer: a delivery that does not share the routing, a reply. Order is kept: a peer
 never gets a later message before an earlier one.
 
+Gathering costs a callback per loop pass, so it is done only for a hot peer: one that
+got two sends with no frame received by this node in between (as in one pass), until a
+pass in which it got only one. A node that asks one peer at a time (a sequential ask:
+one message, then its reply) never pays for it.
+
 Each message is encoded when it is sent, so a message that cannot be encoded fails
 its sender at once (``WireError``), batched or not. A batch is sent only to a peer that
 said it reads batches (``kerna._schema_exchange``); the receiver delivers each item
