@@ -765,6 +765,9 @@ class Remote:
 
     def _on_peer_lost(self, peer: str, error: BaseException | None) -> None:
         """Fail the asks waiting on ``peer``: their frames or replies may be lost."""
+        self._hot.discard(peer)  # (a peer met again says again whether it reads batches)
+        self._last_sent.pop(peer, None)
+        self._reads_batches.pop(peer, None)
         lost = [mid for mid, (_, node) in self._waiting.items() if node == peer]
         for message_id in lost:
             future, _ = self._waiting.pop(message_id)
