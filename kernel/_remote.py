@@ -94,21 +94,21 @@ class _LocalRoute:
         self.route: Any = None
 
 
-class _AnyHandlers:
-    """A remote route's handler table: the destination checks handlers itself."""
-
-    __slots__ = ()
-
-    def __contains__(self, _: object) -> bool:
-        return True
-
-
 class _RemoteType:
+    """The agent type a remote route stands for: the destination checks handlers
+    itself, so every message type is handled here. ``handlers`` learns each type sent
+    (``handler_for``, asked by ``check_handled`` on a send's first, slow path), so a
+    warm send's check (``type(message) in route.atype.handlers``) is a dict lookup."""
+
     __slots__ = ("handlers", "name")
 
     def __init__(self) -> None:
-        self.handlers = _AnyHandlers()
+        self.handlers: dict[type, bool] = {}
         self.name = "remote"
+
+    def handler_for(self, message_type: type) -> bool:
+        self.handlers[message_type] = True
+        return True
 
 
 _REMOTE_TYPE = _RemoteType()
