@@ -1,0 +1,436 @@
+"""Batch frames between nodes (``kerna._send_batch``, ``kerna._wire_frames`` tag 4):
+the deliveries a node sends one peer in one loop pass that share their routing go out
+as one frame after the first, and arrive as if each had come alone: all of them, in
+order, each ask answered with its own reply and deadline; a peer that does not read
+batches never gets one; a bad item is refused alone; a batch that waits for its peer
+keeps its place, and one that cannot be sent fails its asks and dead-letters its tells.
+
+The frames a node decodes are observed by wrapping its codec's ``decode`` (the one
+place every received frame goes through: ``frames_decoded``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import zlib
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, ClassVar
+
+import msgspec
+import pytest
+
+from kerna import Agent, DeadLetterReason, Kernel, Message, RemoteError, Request, handler
+from kerna._envelope import ASK, EVENT, TELL
+from kerna._schema_exchange import WIRE_KEY, SchemaExchange
+from kerna._wire import Batch, Delivery, MessageTypes, WireCodec
+from kerna._wire_frames import BatchOut, ItemOut
+from kerna.transports import open_transport
+
+pytestmark = pytest.mark.anyio
+
+WAIT = 10.0  # every wait is bounded by this (a loaded machine is slow)
+
+
+class Numbered(Message, tag="test.batches.Numbered"):
+    n: int
+
+
+class Pong(Message, tag="test.batches.Pong"):
+    n: int
+
+
+class Ping(Request[Pong], tag="test.batches.Ping"):
+    n: int
+
+
+class Log(Agent):
+    """Records, per agent key, what it handled in order: ("tell", n, header "h") for a
+    tell, ("ask", n, the deadline it sees) for an ask."""
+
+    seen: ClassVar[dict[str, list[tuple[str, int, Any]]]] = {}
+    changed: ClassVar[asyncio.Event]
+
+    @handler
+    async def numbered(self, msg: Numbered) -> None:
+        Log.seen.setdefault(self.id.key, []).append(("tell", msg.n, self.context.header("h")))
+        Log.changed.set()
+
+    @handler
+    async def ping(self, msg: Ping) -> Pong:
+        Log.seen.setdefault(self.id.key, []).append(("ask", msg.n, self.context.deadline))
+        Log.changed.set()
+        return Pong(n=msg.n)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log() -> None:
+    Log.seen = {}
+    Log.changed = asyncio.Event()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait (bounded) until ``condition()`` holds, re-checked whenever a Log handled."""
+    async with asyncio.timeout(WAIT):
+        while not condition():
+            Log.changed.clear()
+            await Log.changed.wait()
+
+
+def count(key: str) -> int:
+    return len(Log.seen.get(key, ()))
+
+
+@contextmanager
+def frames_decoded(kernel: Kernel, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
+    """What ``kernel`` decodes from the wire while the block runs, in order."""
+    remote = kernel._runtime.remote  # noqa: SLF001 - its codec sees every frame received
+    assert remote is not None
+    decode = remote.codec.decode
+    seen: list[Any] = []
+
+    def recording(frame: Any, peer: str) -> Any:
+        got = decode(frame, peer)
+        seen.append(got)
+        return got
+
+    with monkeypatch.context() as patch:
+        patch.setattr(remote.codec, "decode", recording)
+        yield seen
+
+
+def batched_items(frames: list[Any]) -> int:
+    return sum(len(f.envelopes) for f in frames if isinstance(f, Batch))
+
+
+def transport(scheme: str, request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    if scheme == "tcp":
+        return "tcp://127.0.0.1:0", {"heartbeat": None}
+    return request.getfixturevalue("nats_server").url, {}
+
+
+# -- 1. many tells in one pass -------------------------------------------------------------
+
+TELLS = 2_000
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "nats"])
+async def test_tells_sent_in_one_pass_arrive_in_order_and_mostly_in_batch_frames(
+    scheme: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, options = transport(scheme, request)
+    async with (
+        Kernel(transport=url, transport_options=options) as a,
+        Kernel(transport=url, transport_options=options) as b,
+    ):
+        b.register(Log)
+        assert b.address is not None
+        ref = a.ref(Log, "x", node=b.address)
+        assert await ref.ask(Ping(n=-1), timeout=WAIT) == Pong(n=-1)  # the link is up
+        with frames_decoded(b, monkeypatch) as frames:
+            for n in range(TELLS):  # one loop pass: no tell waits
+                await ref.tell(Numbered(n=n))
+            await until(lambda: count("x") == TELLS + 1)
+        assert [n for _, n, _ in Log.seen["x"][1:]] == list(range(TELLS))
+        stats = b.delivery_stats()
+        assert (stats.gaps, stats.out_of_order) == (0, 0)
+        # Most came in batch frames, each far fewer frames than messages.
+        assert batched_items(frames) >= TELLS * 0.9
+        assert len(frames) <= TELLS // 20
+
+
+# -- 2. interleaved routing in one pass -------------------------------------------------------
+
+
+async def test_interleaved_targets_kinds_and_headers_in_one_pass_keep_each_targets_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = random.Random(5)
+    async with (
+        Kernel(transport="tcp://127.0.0.1:0", transport_options={"heartbeat": None}) as a,
+        Kernel(transport="tcp://127.0.0.1:0", transport_options={"heartbeat": None}) as b,
+    ):
+        b.register(Log)
+        assert b.address is not None
+        refs = {key: a.ref(Log, key, node=b.address) for key in ("x", "y")}
+        for ref in refs.values():
+            assert await ref.ask(Ping(n=-1), timeout=WAIT) == Pong(n=-1)
+        # A program of runs: to x or y, tells or asks, now and then a tell with a header.
+        expected: dict[str, list[tuple[str, int, Any]]] = {"x": [], "y": []}
+        sends: list[Any] = []
+        answers: list[Pong | None] = []
+        key, kind = "x", "tell"
+        for n in range(600):
+            if rng.random() < 0.2:
+                key = "y" if key == "x" else "x"
+            if rng.random() < 0.15:
+                kind = "ask" if kind == "tell" else "tell"
+            ref = refs[key]
+            if kind == "ask":
+                sends.append(ref.ask(Ping(n=n), timeout=WAIT))
+                expected[key].append(("ask", n))
+                answers.append(Pong(n=n))
+                continue
+            answers.append(None)
+            if rng.random() < 0.05:
+                sends.append(ref.tell(Numbered(n=n), headers={"h": f"h{n}"}))
+                expected[key].append(("tell", n, f"h{n}"))
+            else:
+                sends.append(ref.tell(Numbered(n=n)))
+                expected[key].append(("tell", n, None))
+        with frames_decoded(b, monkeypatch) as frames:
+            # Each send's first step runs in the next loop pass, in this order; the
+            # asks wait there for their replies, the tells return.
+            async with asyncio.timeout(WAIT):
+                replies = await asyncio.gather(*sends)
+            await until(lambda: count("x") + count("y") == 602)
+        assert replies == answers  # each ask its own reply, each tell None
+        for key in ("x", "y"):
+            got = [(kind, n) if kind == "ask" else (kind, n, h) for kind, n, h in Log.seen[key][1:]]
+            assert got == expected[key]
+        assert batched_items(frames) > 100  # the runs went in batches
+        stats = b.delivery_stats()
+        assert (stats.gaps, stats.out_of_order) == (0, 0)
+
+
+# -- 3. concurrent asks -------------------------------------------------------------------------
+
+
+async def test_concurrent_asks_in_one_pass_get_their_own_replies_and_deadlines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with (
+        Kernel(transport="tcp://127.0.0.1:0", transport_options={"heartbeat": None}) as a,
+        Kernel(transport="tcp://127.0.0.1:0", transport_options={"heartbeat": None}) as b,
+    ):
+        b.register(Log)
+        assert b.address is not None
+        ref = a.ref(Log, "x", node=b.address)
+        assert await ref.ask(Ping(n=-1), timeout=WAIT) == Pong(n=-1)
+        loop = asyncio.get_running_loop()
+        with frames_decoded(b, monkeypatch) as frames:
+            started = loop.time()
+            # 64 asks, each with a timeout of its own (30 s, 31 s, ...): one pass
+            async with asyncio.timeout(WAIT):
+                replies = await asyncio.gather(
+                    *(ref.ask(Ping(n=n), timeout=30.0 + n) for n in range(64))
+                )
+            asked = loop.time()
+        assert replies == [Pong(n=n) for n in range(64)]
+        assert batched_items(frames) == 63  # the first went alone, the rest in one batch
+        seen = {n: deadline for kind, n, deadline in Log.seen["x"][1:]}
+        assert sorted(seen) == list(range(64))
+        for n, deadline in seen.items():
+            # what the asker set, within the time the asks took to start (one clock here)
+            assert started + 30.0 + n - 0.001 <= deadline <= asked + 30.0 + n, n
+
+
+# -- a raw peer: a transport that speaks kerna's wire by hand -----------------------------------
+
+
+def _types() -> MessageTypes:
+    types = MessageTypes()
+    types.add_all([Numbered, Ping, Pong])
+    return types
+
+
+def document(*, reads_batches: bool) -> bytes:
+    """This version's schema document; without ``WIRE_KEY``: an older node's."""
+    sent = json.loads(zlib.decompress(SchemaExchange(_types()).document()))
+    if not reads_batches:
+        del sent[WIRE_KEY]
+    return zlib.compress(json.dumps(sent, sort_keys=True).encode())
+
+
+class RawPeer:
+    """A tcp transport with no kernel: what it receives, decoded by its own codec."""
+
+    def __init__(self, schema: bytes) -> None:
+        self.transport = open_transport("tcp://127.0.0.1:0", heartbeat=None)
+        self.transport.schema = schema  # (a tcp transport's handshake sends it)
+        self.codec = WireCodec(_types())
+        self.received: list[Any] = []
+        self.arrived = asyncio.Event()
+
+    @property
+    def address(self) -> str:
+        return self.transport.address
+
+    def _on_frame(self, peer: str, frame: bytes) -> None:
+        self.received.append(self.codec.decode(frame, peer))
+        self.arrived.set()
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        async with asyncio.timeout(WAIT):
+            while not condition():
+                self.arrived.clear()
+                await self.arrived.wait()
+
+    def replies(self) -> dict[int, Any]:
+        """The replies received, by the id of the ask each answers (the error itself
+        for an error reply)."""
+        return {r.id: r.value if r.error is None else r.error for r in self.received}
+
+
+@asynccontextmanager
+async def raw_peer(schema: bytes) -> AsyncIterator[RawPeer]:
+    peer = RawPeer(schema)
+    await peer.transport.start(peer._on_frame, lambda peer, error: None)  # noqa: SLF001 - its own
+    try:
+        yield peer
+    finally:
+        await peer.transport.aclose()
+
+
+# -- 4. a peer that does not read batches -------------------------------------------------------
+
+
+@pytest.mark.parametrize("reads", [False, True], ids=["older-peer", "batch-reader"])
+async def test_a_peer_whose_schema_document_lacks_the_wire_key_gets_only_delivery_frames(
+    reads: bool,
+) -> None:
+    async with (
+        raw_peer(document(reads_batches=reads)) as peer,
+        Kernel(transport="tcp://127.0.0.1:0", transport_options={"heartbeat": None}) as a,
+    ):
+        ref = a.ref("Log", "x", node=peer.address)
+        await ref.tell(Numbered(n=-1))  # connects (and handshakes) first
+        for n in range(500):  # one loop pass
+            await ref.tell(Numbered(n=n))
+        messages: list[int] = []
+
+        def unpacked() -> list[int]:
+            messages.clear()
+            for frame in peer.received:
+                if isinstance(frame, Batch):
+                    messages.extend(env.payload.n for env in frame.envelopes)
+                else:
+                    messages.append(frame.message.n)
+            return messages
+
+        await peer.until(lambda: len(unpacked()) == 501)
+        assert messages == list(range(-1, 500))  # everything, in order
+        kinds = {type(frame) for frame in peer.received}
+        if reads:  # the control: the same sends to a peer that reads them are batched
+            assert Batch in kinds
+        else:
+            assert kinds == {Delivery}
+
+
+# -- 5. hostile or bad batch frames from a raw peer ---------------------------------------------
+
+
+def item(message_id: int, payload: Any, **fields: Any) -> ItemOut:
+    """A batch item; ``payload`` a Message (encoded as a node would) or raw msgpack."""
+    raw = _WIRE.encode_payload(payload) if isinstance(payload, Message) else payload
+    return ItemOut(message_id, msgspec.Raw(raw), **fields)
+
+
+def batch(kind: int, tag: str, key: str | None, items: list[Any], **fields: Any) -> bytes:
+    return msgspec.msgpack.encode(BatchOut(kind, tag, "Log", key, items, **fields))
+
+
+_WIRE = WireCodec(_types())
+PING, NUMBERED = "test.batches.Ping", "test.batches.Numbered"  # their wire tags
+NOT_A_PING = msgspec.msgpack.encode({"type": "test.batches.Ping", "n": "one"})
+NOT_A_NUMBERED = msgspec.msgpack.encode({"type": "test.batches.Numbered", "n": [1]})
+
+
+@pytest.fixture
+async def target(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Kernel, Counter[str]]]:
+    """A node with ``Log`` registered, and its codec's refusal counts."""
+    async with Kernel(transport="tcp://127.0.0.1:0", transport_options={"heartbeat": None}) as b:
+        b.register(Log)
+        remote = b._runtime.remote  # noqa: SLF001 - the refusals its codec counts
+        assert remote is not None
+        yield b, remote.codec.errors
+
+
+async def test_a_batch_item_that_does_not_match_its_type_is_refused_alone(
+    target: tuple[Kernel, Counter[str]],
+) -> None:
+    b, errors = target
+    assert b.address is not None
+    async with raw_peer(document(reads_batches=True)) as peer:
+        asks = [item(101, Ping(n=1)), item(102, NOT_A_PING), item(103, Ping(n=3))]
+        tells = [item(201, Numbered(n=7)), item(202, NOT_A_NUMBERED), item(203, Numbered(n=9))]
+        await peer.transport.send(b.address, batch(ASK, PING, "x", asks, reply_to=peer.address))
+        await peer.transport.send(b.address, batch(TELL, NUMBERED, "x", tells))
+        await peer.until(lambda: len(peer.received) == 3)
+        await until(lambda: count("x") == 4)
+        replies = peer.replies()
+        assert replies[101] == Pong(n=1)
+        assert replies[103] == Pong(n=3)
+        error = replies[102]  # its own error reply, naming why
+        assert isinstance(error, RemoteError)
+        assert error.type_name.endswith("WireError")
+        assert "bad_payload" in error.message
+        assert "test.batches.Ping" in error.message
+        assert [(kind, n) for kind, n, _ in Log.seen["x"]] == [
+            ("ask", 1), ("ask", 3), ("tell", 7), ("tell", 9),
+        ]  # fmt: skip
+        dead = b.dead_letters(reason=DeadLetterReason.UNDECODABLE)
+        assert [record.message_id for record in dead] == [202]  # the tell: a dead letter
+        assert errors == Counter({"bad_payload": 2})
+
+
+async def test_a_batch_whose_kind_and_key_do_not_match_refuses_every_item(
+    target: tuple[Kernel, Counter[str]],
+) -> None:
+    b, errors = target
+    assert b.address is not None
+    async with raw_peer(document(reads_batches=True)) as peer:
+        # asks without an agent key: each answered with its error
+        asks = [item(301, Ping(n=1)), item(302, Ping(n=2))]
+        await peer.transport.send(b.address, batch(ASK, PING, None, asks, reply_to=peer.address))
+        await peer.until(lambda: len(peer.received) == 2)
+        replies = peer.replies()
+        assert sorted(replies) == [301, 302]
+        for error in replies.values():
+            assert isinstance(error, RemoteError)
+            assert "malformed" in error.message
+            assert "without an agent key" in error.message
+        # an event addressed to an agent: each item a dead letter
+        events = [item(401, Numbered(n=1)), item(402, Numbered(n=2)), item(403, Numbered(n=3))]
+        await peer.transport.send(b.address, batch(EVENT, NUMBERED, "x", events))
+        await peer.transport.send(  # and an ask behind them, to know they were read
+            b.address,
+            batch(ASK, PING, "x", [item(404, Ping(n=4))], reply_to=peer.address),
+        )
+        await peer.until(lambda: 404 in peer.replies())
+        assert peer.replies()[404] == Pong(n=4)
+        dead = b.dead_letters(reason=DeadLetterReason.UNDECODABLE)
+        assert [record.message_id for record in dead] == [401, 402, 403]
+        assert [(kind, n) for kind, n, _ in Log.seen["x"]] == [("ask", 4)]
+        assert errors == Counter({"malformed": 5})  # each refused item counted
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        batch(TELL, NUMBERED, "x", []),
+        batch(TELL, NUMBERED, "x", [item(1, Numbered(n=1)), item(-1, Numbered(n=2))]),
+        batch(
+            ASK, PING, "x", [item(1, Ping(n=1), remaining=float("nan"))],
+            reply_to="tcp://127.0.0.1:1",
+        ),
+    ],
+    ids=["no-items", "negative-id", "nan-remaining"],
+)  # fmt: skip
+async def test_a_malformed_batch_delivers_nothing_and_the_connection_carries_on(
+    target: tuple[Kernel, Counter[str]], frame: bytes
+) -> None:
+    b, errors = target
+    assert b.address is not None
+    async with raw_peer(document(reads_batches=True)) as peer:
+        await peer.transport.send(b.address, frame)
+        good = batch(ASK, PING, "x", [item(9, Ping(n=9))], reply_to=peer.address)
+        await peer.transport.send(b.address, good)  # the same connection, after it
+        await peer.until(lambda: 9 in peer.replies())
+        assert peer.replies() == {9: Pong(n=9)}
+        assert [(kind, n) for kind, n, _ in Log.seen["x"]] == [("ask", 9)]
+        assert errors == Counter({"malformed": 1})
+        dead = b.dead_letters(reason=DeadLetterReason.UNDECODABLE)
+        assert [record.message for record in dead] == [None]  # the frame, refused whole
