@@ -25,9 +25,10 @@ import pytest
 from kerna import Agent, DeadLetterReason, Kernel, Message, RemoteError, Request, handler
 from kerna._envelope import ASK, EVENT, TELL
 from kerna._schema_exchange import WIRE_KEY, SchemaExchange
+from kerna._send_batch import MAX_ITEMS
 from kerna._wire import Batch, Delivery, MessageTypes, WireCodec
 from kerna._wire_frames import BatchOut, ItemOut
-from kerna.transports import open_transport
+from kerna.transports import PeerUnreachable, open_transport
 
 pytestmark = pytest.mark.anyio
 
@@ -434,3 +435,193 @@ async def test_a_malformed_batch_delivers_nothing_and_the_connection_carries_on(
         assert errors == Counter({"malformed": 1})
         dead = b.dead_letters(reason=DeadLetterReason.UNDECODABLE)
         assert [record.message for record in dead] == [None]  # the frame, refused whole
+
+
+# -- 6. a batch that cannot be queued at once, or at all -----------------------------------------
+
+
+async def test_a_batch_that_finds_the_send_queue_full_waits_in_order_with_later_sends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A send queue of one frame: the batch, full (MAX_BYTES) in the pass its first
+    # message was queued in, finds the queue full and waits in the peer's Backlog;
+    # the tells after it join that backlog (and wait).
+    options = {"heartbeat": None, "send_queue": 1}
+    async with (
+        Kernel(transport="tcp://127.0.0.1:0", transport_options=options) as a,
+        Kernel(transport="tcp://127.0.0.1:0", transport_options={"heartbeat": None}) as b,
+    ):
+        b.register(Log)
+        assert b.address is not None
+        ref = a.ref(Log, "x", node=b.address)
+        assert await ref.ask(Ping(n=-1), timeout=WAIT) == Pong(n=-1)
+        passed = asyncio.Event()
+        asyncio.get_running_loop().call_soon(passed.set)  # runs once the tells yield
+        with frames_decoded(b, monkeypatch) as frames:
+            async with asyncio.timeout(WAIT):
+                for n in range(MAX_ITEMS + 300):
+                    await ref.tell(Numbered(n=n))
+                    if n == MAX_ITEMS:
+                        waited = passed.is_set()  # the tell after the batch waited
+            await until(lambda: count("x") == MAX_ITEMS + 301)
+        assert waited
+        assert [n for _, n, _ in Log.seen["x"][1:]] == list(range(MAX_ITEMS + 300))
+        assert batched_items(frames) >= MAX_ITEMS
+        stats = b.delivery_stats()
+        assert (stats.gaps, stats.out_of_order) == (0, 0)
+
+
+class Blob(Message, tag="test.batches.Blob"):
+    data: bytes
+
+
+@pytest.mark.parametrize("kind", ["tell", "ask"])
+async def test_a_batch_that_cannot_be_sent_fails_its_asks_and_dead_letters_its_tells(
+    kind: str,
+) -> None:
+    # A peer that stops reading after its first frame, a message big enough to fill the
+    # sockets (the connection's writer then waits for them to drain, frames stay
+    # queued), a send queue of one frame: the next pass's first message takes the
+    # queue's room, the batch behind it waits in the Backlog. Then the peer goes away.
+    first = asyncio.Event()
+
+    def stop_reading(peer: str, frame: bytes) -> asyncio.Future[None]:
+        first.set()
+        return asyncio.get_running_loop().create_future()  # never: no more from peer
+
+    peer = open_transport("tcp://127.0.0.1:0", heartbeat=None)
+    peer.schema = document(reads_batches=True)
+    await peer.start(stop_reading, lambda peer, error: None)
+    options = {"heartbeat": None, "send_queue": 1, "reconnect_attempts": 0}
+    try:
+        async with Kernel(transport="tcp://127.0.0.1:0", transport_options=options) as a:
+            a.register(Log)  # (so that Log's messages are known to this node's codec)
+            ref = a.ref("Log", "x", node=peer.address)
+            await ref.tell(Numbered(n=-1))
+            async with asyncio.timeout(WAIT):
+                await first.wait()
+            await ref.tell(Blob(data=bytes(16 * 1024 * 1024)))  # stays in the sockets
+            for _ in range(3):  # the connection's writer starts waiting for them to drain
+                await asyncio.sleep(0)
+            n = MAX_ITEMS + 20
+            if kind == "tell":
+
+                async def tells() -> None:
+                    for i in range(n):
+                        await ref.tell(Numbered(n=i))
+
+                sending = asyncio.ensure_future(tells())
+            else:
+                sending = asyncio.gather(
+                    *(ref.ask(Ping(n=i), timeout=WAIT) for i in range(n)), return_exceptions=True
+                )
+            await asyncio.sleep(0)  # (their first steps: the batch is in the backlog)
+            await peer.aclose()
+            async with asyncio.timeout(WAIT):
+                if kind == "tell":
+                    with pytest.raises(PeerUnreachable):  # a tell that waited alone
+                        await sending
+                    dead = a.dead_letters(reason=DeadLetterReason.NOT_DELIVERED)
+                    # the batch: the tells after the pass's first, as many as it took
+                    assert [record.message.n for record in dead] == list(range(1, len(dead) + 1))
+                    assert len(dead) > 100
+                    assert all("PeerUnreachable" in (r.error or "") for r in dead), dead[0]
+                else:
+                    failed = await sending  # (the lost peer fails them: NodeLost)
+                    assert all(isinstance(error, PeerUnreachable) for error in failed), failed
+    finally:
+        await peer.aclose()
+
+
+# -- 7. what a pass gathered goes before a reply, and before the link closes --------------------
+
+
+class Relay(Request[int], tag="test.batches.Relay"):
+    to: str  # the asker's node
+    tells: int
+
+
+class Relayer(Agent):
+    @handler
+    async def relay(self, msg: Relay) -> int:
+        ref = self.kernel.ref(Log, "r", node=msg.to)
+        for n in range(msg.tells):  # one step of this worker: gathered for msg.to
+            await ref.tell(Numbered(n=n))
+        return msg.tells  # the reply to the same node, in the same step
+
+
+async def test_a_reply_is_not_sent_before_the_deliveries_gathered_for_its_node(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with (
+        Kernel(transport="tcp://127.0.0.1:0", transport_options={"heartbeat": None}) as a,
+        Kernel(transport="tcp://127.0.0.1:0", transport_options={"heartbeat": None}) as b,
+    ):
+        a.register(Log)
+        b.register(Relayer)
+        assert a.address is not None
+        assert b.address is not None
+        ref = a.ref(Relayer, "r", node=b.address)
+        assert await ref.ask(Relay(to=a.address, tells=1), timeout=WAIT) == 1  # links up
+        await until(lambda: count("r") == 1)
+        Log.seen.clear()
+        with frames_decoded(a, monkeypatch) as frames:
+            assert await ref.ask(Relay(to=a.address, tells=100), timeout=WAIT) == 100
+            kinds = [type(frame).__name__ for frame in frames]
+            await until(lambda: count("r") == 100)
+        assert kinds == ["Delivery", "Batch", "Reply"], kinds  # the reply came last
+        assert [n for _, n, _ in Log.seen["r"]] == list(range(100))
+
+
+async def test_closing_the_link_sends_what_the_pass_gathered_first() -> None:
+    async with (
+        Kernel(transport="tcp://127.0.0.1:0", transport_options={"heartbeat": None}) as a,
+        Kernel(transport="tcp://127.0.0.1:0", transport_options={"heartbeat": None}) as b,
+    ):
+        b.register(Log)
+        assert b.address is not None
+        ref = a.ref(Log, "x", node=b.address)
+        assert await ref.ask(Ping(n=-1), timeout=WAIT) == Pong(n=-1)
+        remote = a._runtime.remote  # noqa: SLF001 - its close, in the pass of the sends
+        assert remote is not None
+        loop = asyncio.get_running_loop()
+        for n in range(100):
+            await ref.tell(Numbered(n=n))
+        # What a stopping kernel does last (Lifecycle), here before the pass ends.
+        await remote.aclose(loop.time() + WAIT)
+        await until(lambda: count("x") == 101)
+        assert [n for _, n, _ in Log.seen["x"][1:]] == list(range(100))
+
+
+class Note(Message, tag="test.batches.Note"):
+    n: int
+    text: str
+
+
+class Notes(Agent):
+    seen: ClassVar[list[int]] = []
+
+    @handler
+    async def note(self, msg: Note) -> None:
+        Notes.seen.append(msg.n)
+        Log.changed.set()
+
+
+async def test_messages_that_fit_the_frame_limit_alone_are_not_lost_for_being_batched() -> None:
+    # A peer whose frames are limited to 1 KiB: each message fits alone, ten do not.
+    options = {"heartbeat": None, "max_frame_size": 1024}
+    Notes.seen = []
+    async with (
+        Kernel(transport="tcp://127.0.0.1:0", transport_options=options) as a,
+        Kernel(transport="tcp://127.0.0.1:0", transport_options=options) as b,
+    ):
+        b.register(Notes)
+        assert b.address is not None
+        ref = a.ref(Notes, "n", node=b.address)
+        await ref.tell(Note(n=-1, text=""))
+        await until(lambda: len(Notes.seen) == 1)
+        for n in range(10):  # one pass
+            await ref.tell(Note(n=n, text="x" * 300))
+        await until(lambda: len(Notes.seen) == 11)
+        assert Notes.seen == list(range(-1, 10))
+        assert a.dead_letters() == []
