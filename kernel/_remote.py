@@ -52,7 +52,7 @@ from ._runtime import RUNNING
 from ._schema_exchange import SchemaExchange, reads_batches
 from ._send_backlog import Backlog
 from ._send_batch import MAX_BYTES, MAX_ITEMS, SendBatch
-from ._wire import Batch, Reply, WireCodec, WireError
+from ._wire import Batch, Reply, WireCodec, WireError, WireErrorReason
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -73,6 +73,7 @@ _REASONS: dict[type[BaseException], DeadLetterReason] = {
 
 
 _LOCAL_ROUTES = 10_000  # cached routes of local targets, then the cache starts afresh
+_MAX_SEQ = (1 << 63) - 1  # the largest delivery number (an upper bound of its size)
 _SWEEP_AT = 1024  # asks waiting on other nodes before the first sweep of given-up ones
 PAUSE_AT = 64
 """Deliveries from one peer parked on full ``wait`` mailboxes at which this node asks
@@ -374,23 +375,31 @@ class Remote:
         """Send ``node``'s batch (none is open for it afterwards): queued at once, or
         in the peer's ``Backlog`` (kerna._send_batch says what its senders see)."""
         batch = self._batches.pop(node)
-        if not batch.envelopes:
-            return
-        if node in self._backlogs:  # (cannot happen: a backlog's sends never batch)
-            future = self._backlogs[node].add(batch, self.runtime.loop)
-        else:
-            seq = self._seq.get(node, 0) + 1
-            try:
-                frame = self._batch_frame(batch, seq)
-            except WireError as exc:
-                self._batch_failed(batch, exc)
+        if batch.envelopes:
+            self._send_batch(node, batch)
+
+    def _send_batch(self, node: str, batch: SendBatch) -> None:
+        """``_flush_batch``'s sending. A batch frame over the frame limit (a transport
+        with a small ``max_frame_size``: each message fit alone) is sent in halves, in
+        order; a message whose frame is over it even alone fails as ``_batch_failed``."""
+        backlog = self._backlogs.get(node)
+        seq = self._seq.get(node, 0) + 1
+        try:  # (a backlog numbers it at its turn: the largest number bounds its size)
+            frame = self._batch_frame(batch, seq if backlog is None else _MAX_SEQ)
+        except WireError as exc:
+            if exc.reason == WireErrorReason.TOO_LARGE and len(batch.envelopes) > 1:
+                for part in batch.halves():
+                    self._send_batch(node, part)
                 return
+            self._batch_failed(batch, exc)
+            return
+        if backlog is None:
             if self.transport.send_now(node, frame):
                 self._seq[node] = seq + len(batch.envelopes) - 1
                 return
             backlog = self._backlogs[node] = Backlog(node)
             self._spawn(self._drain(node, backlog))
-            future = backlog.add(batch, self.runtime.loop)
+        future = backlog.add(batch, self.runtime.loop)
         future.add_done_callback(lambda done: self._batch_sent(batch, done))
 
     def _batch_frame(self, batch: SendBatch, seq: int) -> bytes:

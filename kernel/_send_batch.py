@@ -12,7 +12,9 @@ sender, ask chain, headers), into a ``SendBatch``. The batch goes out as one fra
 conversation ids and remaining time) at the end of the pass, when it is full
 (``MAX_ITEMS`` messages or ``MAX_BYTES`` of them), or before anything else is sent to
 that peer: a delivery that does not share the routing, a reply. Order is kept: a peer
-never gets a later message before an earlier one.
+never gets a later message before an earlier one. A batch whose frame would be over the
+transport's ``max_frame_size`` (a small limit: each message fit alone) goes out in
+halves, in order.
 
 Gathering costs a callback per loop pass, so it is done only for a hot peer: one that
 got two sends with no frame received by this node in between (as in one pass), until a
@@ -81,6 +83,18 @@ class SendBatch:
         self.payloads: list[bytes] = []
         self.size = 0
         self.timed = False
+
+    def halves(self) -> tuple[SendBatch, SendBatch]:
+        """The batch in two, in order (for a frame over the transport's limit)."""
+        half = len(self.envelopes) // 2
+        return self._part(slice(None, half)), self._part(slice(half, None))
+
+    def _part(self, which: slice) -> SendBatch:
+        part = SendBatch(self.first)
+        part.envelopes = self.envelopes[which]
+        part.payloads = self.payloads[which]
+        part.size = sum(len(payload) for payload in part.payloads)
+        return part
 
     def items(self, now: Callable[[], float]) -> list[tuple[Any, ...]]:
         """The wire items, ``ItemOut``'s layout as plain tuples (cheaper to build, the

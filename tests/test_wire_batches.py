@@ -26,7 +26,7 @@ from kerna import Agent, DeadLetterReason, Kernel, Message, RemoteError, Request
 from kerna._envelope import ASK, EVENT, TELL
 from kerna._schema_exchange import WIRE_KEY, SchemaExchange
 from kerna._send_batch import MAX_ITEMS
-from kerna._wire import Batch, Delivery, MessageTypes, WireCodec
+from kerna._wire import Batch, Delivery, MessageTypes, WireCodec, WireError
 from kerna._wire_frames import BatchOut, ItemOut
 from kerna.transports import PeerUnreachable, open_transport
 
@@ -625,3 +625,14 @@ async def test_messages_that_fit_the_frame_limit_alone_are_not_lost_for_being_ba
         await until(lambda: len(Notes.seen) == 11)
         assert Notes.seen == list(range(-1, 10))
         assert a.dead_letters() == []
+        # A message within the limit whose frame is not, even alone: a lone tell of it
+        # raises; batched (its sender has returned) it is a dead letter, named so.
+        over = Note(n=99, text="x" * 975)
+        with pytest.raises(WireError, match="too_large"):
+            await ref.tell(over)
+        await ref.tell(Note(n=10, text=""))
+        await ref.tell(over)  # (the pass's second: batched)
+        await until(lambda: len(Notes.seen) == 12)
+        [dead] = a.dead_letters()
+        assert dead.message == over
+        assert "too_large" in (dead.error or "")
