@@ -1,12 +1,13 @@
 """Fuzz the wire decoder: generated and mutated frames, in-process.
 
-Every frame goes to ``WireCodec.decode``, which must return a ``Delivery`` or a
-``Reply`` or raise ``WireError``, and nothing else (a crash), each within a bounded time
-(a hang). Two engines:
+Every frame goes to ``WireCodec.decode``, which must return a ``Delivery``, a ``Reply``
+or a ``Batch`` or raise ``WireError``, and nothing else (a crash), each within a bounded
+time (a hang). Two engines:
 
 - ``mutate`` (default; what ``make test`` runs a slice of, ``tests/test_wire_fuzz.py``):
   a seeded evolutionary mutator. It starts from valid frames of every kind (deliveries
-  of nested, optional and ``Any``-typed messages, replies, error replies), mixes in
+  of nested, optional and ``Any``-typed messages, replies, error replies, batches of
+  deliveries: ``kerna._wire_frames`` tag 4), mixes in
   structure-aware generated frames (frame-shaped arrays of random msgpack values), and
   applies bit flips, interesting bytes, truncations, insertions, deletions, splices of
   two frames, length-field corruption (a str/array/map header turned into a huge
@@ -35,7 +36,7 @@ import msgspec
 
 from kerna import AgentId, Message
 from kerna._envelope import ASK, EVENT, TELL, Envelope
-from kerna._wire import MessageTypes, WireCodec, WireError
+from kerna._wire import Batch, MessageTypes, WireCodec, WireError
 
 from .wire_messages import ALL, Count, Lookup, Ping, Point, Pong, Shape, Tree
 
@@ -53,6 +54,8 @@ class Result(msgspec.Struct):
 
     frames: int = 0
     decoded: int = 0
+    batches: int = 0  # of the decoded: batch frames
+    batch_items: int = 0  # their items, decoded or refused alone
     refused: dict[str, int] = {}
     crashes: list[str] = []  # "ExceptionType: text: frame hex"
     hangs: list[str] = []
@@ -98,6 +101,27 @@ def seed_frames(wire: WireCodec) -> list[bytes]:
     frames.append(wire.encode_reply(7, Count, 42))
     frames.append(wire.encode_reply(8, "other.Request", {"a": [1, 2.5, "x"]}))
     frames.append(wire.encode_error(9, ValueError("boom")))
+    frames += batch_frames(wire, messages, caller)
+    return frames
+
+
+def batch_frames(wire: WireCodec, messages: list[Message], caller: AgentId) -> list[bytes]:
+    """Batch frames (tag 4) as a node sends them: asks with their remaining times and a
+    routing of every field, tells and events of a few messages each."""
+    frames = []
+    for i, message in enumerate(messages):
+        payloads = [wire.encode_payload(message) for _ in range(3)]
+        ask = Envelope(
+            i + 300, ASK, AgentId("Echo", f"k{i}"), message, caller, 9, 8, 3.0, (caller,),
+            None, {"trace": "abc"},
+        )  # fmt: skip
+        items = [(i + 301 + j, p, 9, 8, 2.5 - j) for j, p in enumerate(payloads)]
+        frames.append(wire.encode_batch(ask, items, "tcp://127.0.0.1:9", epoch=5, seq=7))
+        tell = Envelope(i + 400, TELL, AgentId("A", "b"), message)
+        frames.append(wire.encode_batch(tell, [(i + 401, payloads[0], i + 401, 0)]))
+        event = Envelope(i + 500, EVENT, "topic", message)
+        items = [(i + 501 + j, p, 1, 2, None) for j, p in enumerate(payloads)]
+        frames.append(wire.encode_batch(event, items))
     return frames
 
 
@@ -128,7 +152,9 @@ def _value(rng: random.Random, depth: int) -> Any:
 
 def generated_frame(rng: random.Random) -> bytes:
     """A frame-shaped array: a frame tag, then fields of plausible and random types."""
-    tag = rng.choice([1, 1, 1, 2, 2, 3, 0, 4])
+    tag = rng.choice([1, 1, 1, 2, 2, 3, 0, 4, 4, 5])
+    if tag == 4:
+        return _generated_batch(rng)
     fields: list[Any] = [tag, rng.choice([1, 0, -1, 2**63, 5])]
     if tag == 1:
         fields += [rng.choice([0, 1, 2, 3]), rng.choice([t.__struct_config__.tag for t in ALL])]
@@ -139,6 +165,28 @@ def generated_frame(rng: random.Random) -> bytes:
         fields.append(payload)
     else:
         fields += [_value(rng, 1) for _ in range(rng.randrange(5))]
+    fields += [_value(rng, 1) for _ in range(rng.randrange(8))]
+    return msgspec.msgpack.encode(fields)
+
+
+def _generated_batch(rng: random.Random) -> bytes:
+    """A batch-shaped array: tag 4, a routing of plausible and random fields, items that
+    are [id, payload, ...] arrays (or anything)."""
+    tag = rng.choice([t.__struct_config__.tag for t in ALL] + ["nope", 3])
+    fields: list[Any] = [4, rng.choice([0, 1, 2, 3, -1]), tag]
+    fields += [rng.choice(["A", "topic", 7]), rng.choice(["k", None, 1])]
+    items: list[Any] = []
+    for _ in range(rng.choice([0, 1, 2, 5, 40])):
+        if rng.random() < 0.1:
+            items.append(_value(rng, 2))
+            continue
+        payload = _value(rng, 2)
+        if isinstance(payload, dict) and rng.random() < 0.7:
+            payload["type"] = tag
+        entry = [rng.choice([1, 2, 0, -1, 2**63, 2**64 - 1, "x"]), payload]
+        entry += [_value(rng, 2) for _ in range(rng.randrange(5))]
+        items.append(entry)
+    fields.append(items if rng.random() < 0.95 else _value(rng, 1))
     fields += [_value(rng, 1) for _ in range(rng.randrange(8))]
     return msgspec.msgpack.encode(fields)
 
@@ -230,13 +278,16 @@ def run(frames: int, seed: int, progress: Callable[[int], None] | None = None) -
             frame = mutate(rng, rng.choice(corpus), corpus)
         t0 = time.perf_counter()
         try:
-            wire.decode(frame, "fuzz://peer")
+            got = wire.decode(frame, "fuzz://peer")
         except WireError:
             pass
         except Exception as exc:
             result.crashes.append(f"{type(exc).__name__}: {exc}: {frame.hex()}")
         else:
             result.decoded += 1
+            if type(got) is Batch:
+                result.batches += 1
+                result.batch_items += len(got.envelopes)
             if len(corpus) < 2000 and len(frame) < 4096:
                 corpus.append(frame)
         took = time.perf_counter() - t0
@@ -296,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         return _atheris(args.frames, args.seed)
     result = run(args.frames, args.seed, lambda i: print(f"  {i} frames", file=sys.stderr))
     print(
-        f"{result.frames} frames in {result.seconds:.1f}s: {result.decoded} decoded, "
+        f"{result.frames} frames in {result.seconds:.1f}s: {result.decoded} decoded "
+        f"({result.batches} batches of {result.batch_items} items), "
         f"refused {result.refused}, {len(result.crashes)} crashes, {len(result.hangs)} hangs, "
         f"slowest {result.slowest * 1e3:.2f} ms"
     )
