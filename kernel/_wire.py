@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -255,7 +256,7 @@ class WireCodec:
         errors: refused frames per ``WireErrorReason`` (a ``Counter``).
         node_id: this node's id, named by the error replies it sends.
         clock: the time deadlines are rebuilt on (the loop's ``time``; by default the
-            running loop's).
+            running loop's, or ``time.monotonic`` when none runs).
         encode_message: encodes a message alone into bytes (a batch item's payload),
             raising msgspec's errors unchecked: ``encode_payload`` is the checked form.
     """
@@ -748,7 +749,10 @@ class WireCodec:
 
 
 def _loop_time() -> float:
-    return asyncio.get_running_loop().time()
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:  # no loop runs (a tool decoding frames): decode raises only WireError
+        return time.monotonic()  # (what asyncio's own loop reads)
 
 
 def _misaddressed(

@@ -144,7 +144,7 @@ _CLOCKED = fuzz_wire.codec()
 _CLOCKED.clock = lambda: 100.0  # deadlines rebuilt at a known time
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     st.sampled_from([TELL, ASK, EVENT]), _agents, st.none() | _agents,
     st.lists(_agents, max_size=3).map(tuple),
