@@ -94,6 +94,7 @@ class SendBatch:
         part.envelopes = self.envelopes[which]
         part.payloads = self.payloads[which]
         part.size = sum(len(payload) for payload in part.payloads)
+        part.timed = self.timed
         return part
 
     def items(self, now: Callable[[], float]) -> list[tuple[Any, ...]]:

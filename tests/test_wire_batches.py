@@ -601,13 +601,24 @@ class Note(Message, tag="test.batches.Note"):
     text: str
 
 
+class Question(Request[int], tag="test.batches.Question"):
+    n: int
+    text: str
+
+
 class Notes(Agent):
     seen: ClassVar[list[int]] = []
+    deadlines: ClassVar[dict[int, float | None]] = {}
 
     @handler
     async def note(self, msg: Note) -> None:
         Notes.seen.append(msg.n)
         Log.changed.set()
+
+    @handler
+    async def question(self, msg: Question) -> int:
+        Notes.deadlines[msg.n] = self.context.deadline
+        return msg.n
 
 
 async def test_messages_that_fit_the_frame_limit_alone_are_not_lost_for_being_batched() -> None:
@@ -628,6 +639,17 @@ async def test_messages_that_fit_the_frame_limit_alone_are_not_lost_for_being_ba
         await until(lambda: len(Notes.seen) == 11)
         assert Notes.seen == list(range(-1, 10))
         assert a.dead_letters() == []
+        # asks too, each with its deadline (30 s, 31 s, ...) in whichever part it went
+        Notes.deadlines = {}
+        started = asyncio.get_running_loop().time()
+        async with asyncio.timeout(WAIT):
+            answers = await asyncio.gather(
+                *(ref.ask(Question(n=n, text="x" * 300), timeout=30.0 + n) for n in range(10))
+            )
+        assert answers == list(range(10))
+        for n, deadline in Notes.deadlines.items():
+            assert deadline is not None
+            assert started + 30.0 + n - 0.001 <= deadline <= started + 30.0 + n + WAIT, n
         # A message within the limit whose frame is not, even alone: a lone tell of it
         # raises; batched (its sender has returned) it is a dead letter, named so.
         over = Note(n=99, text="x" * 975)
