@@ -664,3 +664,13 @@ async def test_messages_that_fit_the_frame_limit_alone_are_not_lost_for_being_ba
         [dead] = a.dead_letters()
         assert dead.message == over
         assert "too_large" in (dead.error or "")
+        # ... and such an ask, batched, fails its asker with the error that says why
+        async with asyncio.timeout(WAIT):
+            got = await asyncio.gather(
+                ref.ask(Question(n=100, text=""), timeout=WAIT),
+                ref.ask(Question(n=101, text="x" * 960), timeout=WAIT),
+                return_exceptions=True,
+            )
+        assert got[0] == 100
+        assert isinstance(got[1], WireError)
+        assert got[1].reason == "too_large"
