@@ -573,32 +573,34 @@ class Remote:
         if holder is None:
             holder = self._holder(target)
         pause = None
+        warm = False  # the route deliver chose takes the batch's messages (as _admit checks)
+        route: Any = None
         for env in envelopes:
-            if type(env) is WireError:
+            if isinstance(env, WireError):
                 self._refused(peer, env)
                 continue
-            assert type(env) is Envelope
             if ask:
                 env.reply = _RemoteReply(self, peer, env.id, type(env.payload), env.deadline)
-            route = holder.route
-            if (  # warm, running, nothing parked: the route's put (as _admit does)
-                route is not None
-                and rt.phase is RUNNING
-                and not self._parked
-                and not route.closed
-                and route.failure is None
-                and type(env.payload) in route.atype.handlers
-            ):
+            if warm and not self._parked:  # (every item has the batch's one message type)
                 try:
                     pending = route.put(env)
                 except Exception as exc:  # a full mailbox, a failed start
                     self._not_delivered(env, exc)
+                    warm = False  # the next one goes the whole way (_admit)
                     continue
                 if pending is None:
                     continue
                 waiting = self._park(peer, env, pending, 0)
             else:
                 waiting = self._admit(peer, env, holder)
+                route = holder.route
+                warm = (
+                    route is not None
+                    and rt.phase is RUNNING
+                    and not route.closed
+                    and route.failure is None
+                    and type(env.payload) in route.atype.handlers
+                )
             if waiting is not None:
                 pause = waiting
         if pause is None:
