@@ -32,6 +32,8 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from kerna.transports import Transport, open_transport
 
 from ._delivery_order import DeliveryOrder, DeliveryStats
@@ -303,7 +305,9 @@ class Remote:
                     if size > MAX_BYTES:  # (the codec refuses one over the frame limit)
                         self.codec.encode_payload(message)
                     batch.envelopes.append(env)
-                    batch.payloads.append(data)
+                    batch.items.append(
+                        (env.id, msgspec.Raw(data), env.correlation_id, env.causation_id)
+                    )
                     batch.size += size
                     if env.deadline is not None:
                         batch.timed = True
@@ -405,7 +409,7 @@ class Remote:
     def _batch_frame(self, batch: SendBatch, seq: int) -> bytes:
         first = batch.first
         reply_to = self.address if first.kind == ASK else None
-        items = batch.items(self.runtime.loop.time)
+        items = batch.wire_items(self.runtime.loop.time)
         return self.codec.encode_batch(first, items, reply_to, epoch=self.epoch, seq=seq)
 
     def _batch_sent(self, batch: SendBatch, done: asyncio.Future[None]) -> None:

@@ -39,8 +39,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import msgspec
-
 from ._envelope import Envelope
 
 __all__ = ["MAX_BYTES", "MAX_ITEMS", "SendBatch"]
@@ -62,25 +60,27 @@ class SendBatch:
     """The deliveries to one peer that followed ``first`` in this loop pass.
 
     A delivery joins it when its message's type is ``type`` and its kind, target,
-    sender, chain and headers are ``first``'s (``Remote.send`` checks, inline).
+    sender, chain and headers are ``first``'s (``Remote.send`` checks, inline, and
+    appends to ``envelopes`` and ``items``).
 
     Attributes:
         first: the delivery sent alone that opened the batch: its routing is every
             item's (the items are not it).
         envelopes: the batched deliveries, in order.
-        payloads: their messages, encoded (``Remote.send`` appends to both, after
-            checking ``takes``' conditions itself).
-        size: the payloads' bytes.
+        items: their wire items, ``ItemOut``'s layout as plain tuples (cheaper to build,
+            the same msgpack arrays), without the remaining time: ``(id, message
+            encoded as Raw, correlation_id, causation_id)``.
+        size: the encoded messages' bytes.
         timed: whether one of them has a deadline.
     """
 
-    __slots__ = ("envelopes", "first", "payloads", "size", "timed", "type")
+    __slots__ = ("envelopes", "first", "items", "size", "timed", "type")
 
     def __init__(self, first: Envelope) -> None:
         self.first = first
         self.type = type(first.payload)
         self.envelopes: list[Envelope] = []
-        self.payloads: list[bytes] = []
+        self.items: list[tuple[Any, ...]] = []
         self.size = 0
         self.timed = False
 
@@ -92,26 +92,18 @@ class SendBatch:
     def _part(self, which: slice) -> SendBatch:
         part = SendBatch(self.first)
         part.envelopes = self.envelopes[which]
-        part.payloads = self.payloads[which]
-        part.size = sum(len(payload) for payload in part.payloads)
+        part.items = self.items[which]
+        part.size = sum(len(item[1]) for item in part.items)
         part.timed = self.timed
         return part
 
-    def items(self, now: Callable[[], float]) -> list[tuple[Any, ...]]:
-        """The wire items, ``ItemOut``'s layout as plain tuples (cheaper to build, the
-        same msgpack arrays; ``now``: the loop's clock, read for the remaining time of a
-        delivery with a deadline)."""
-        envelopes, payloads, raw = self.envelopes, self.payloads, msgspec.Raw
+    def wire_items(self, now: Callable[[], float]) -> list[tuple[Any, ...]]:
+        """The items to encode: ``items``, each with its remaining time if one has a
+        deadline (``now``: the loop's clock, read only then)."""
         if not self.timed:
-            return [
-                (env.id, raw(payload), env.correlation_id, env.causation_id)
-                for env, payload in zip(envelopes, payloads, strict=True)
-            ]
+            return self.items
         at = now()
         return [
-            (
-                env.id, raw(payload), env.correlation_id, env.causation_id,
-                None if env.deadline is None else env.deadline - at,
-            )
-            for env, payload in zip(envelopes, payloads, strict=True)
-        ]  # fmt: skip
+            (*item, None if env.deadline is None else env.deadline - at)
+            for item, env in zip(self.items, self.envelopes, strict=True)
+        ]
