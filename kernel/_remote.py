@@ -32,8 +32,6 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from kerna.transports import Transport, open_transport
 
 from ._delivery_order import DeliveryOrder, DeliveryStats
@@ -188,7 +186,7 @@ class Remote:
         self._last_sent: dict[str, int] = {}
         self._frames_in = 0
         self._peer_info = getattr(transport, "peer_info", None)
-        self._encode_message = codec.encode_message
+        self._encode_item = codec.encode_item
 
     @classmethod
     def open(cls, runtime: Runtime, url: str, options: dict[str, Any]) -> Remote:
@@ -295,23 +293,34 @@ class Remote:
                     and env.chain == first.chain
                     and env.headers == first.headers
                 ):
-                    # Encoded now, so that a failure is its sender's, as for a frame.
+                    # Encoded now, so that a failure is its sender's, as for a frame
+                    # (SendBatch.add, inline: per message).
+                    buffer = batch.buffer
+                    start = len(buffer)
+                    deadline = env.deadline
                     try:
-                        data = self._encode_message(message)
+                        self._encode_item(
+                            (env.id, message, env.correlation_id, env.causation_id)
+                            if deadline is None
+                            else (
+                                env.id, message, env.correlation_id, env.causation_id,
+                                deadline - self.runtime.loop.time(),
+                            ),
+                            buffer,
+                            start,
+                        )  # fmt: skip
                     except Exception:
+                        del buffer[start:]
                         self.codec.encode_payload(message)  # raises the WireError that says why
                         raise
-                    size = len(data)
-                    if size > MAX_BYTES:  # (the codec refuses one over the frame limit)
-                        self.codec.encode_payload(message)
+                    if len(buffer) - start > MAX_BYTES:  # the codec refuses one over its limit
+                        try:
+                            self.codec.encode_payload(message)
+                        except WireError:
+                            del buffer[start:]
+                            raise
                     batch.envelopes.append(env)
-                    batch.items.append(
-                        (env.id, msgspec.Raw(data), env.correlation_id, env.causation_id)
-                    )
-                    batch.size += size
-                    if env.deadline is not None:
-                        batch.timed = True
-                    if batch.size >= MAX_BYTES or len(batch.envelopes) >= MAX_ITEMS:
+                    if len(buffer) >= MAX_BYTES or len(batch.envelopes) >= MAX_ITEMS:
                         self._flush_batch(node)
                     return None
                 self._flush_batch(node)  # what it gathered goes first
@@ -392,7 +401,7 @@ class Remote:
             frame = self._batch_frame(batch, seq if backlog is None else _MAX_SEQ)
         except WireError as exc:
             if exc.reason == WireErrorReason.TOO_LARGE and len(batch.envelopes) > 1:
-                for part in batch.halves():
+                for part in batch.halves(self._encode_item, self.runtime.loop.time):
                     self._send_batch(node, part)
                 return
             self._batch_failed(batch, exc)
@@ -409,8 +418,7 @@ class Remote:
     def _batch_frame(self, batch: SendBatch, seq: int) -> bytes:
         first = batch.first
         reply_to = self.address if first.kind == ASK else None
-        items = batch.wire_items(self.runtime.loop.time)
-        return self.codec.encode_batch(first, items, reply_to, epoch=self.epoch, seq=seq)
+        return self.codec.encode_batch(first, batch.items(), reply_to, epoch=self.epoch, seq=seq)
 
     def _batch_sent(self, batch: SendBatch, done: asyncio.Future[None]) -> None:
         """A batch that waited in a backlog was queued, or could not be."""

@@ -39,20 +39,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from ._envelope import Envelope
 
-__all__ = ["MAX_BYTES", "MAX_ITEMS", "SendBatch"]
+__all__ = ["MAX_BYTES", "MAX_ITEMS", "EncodeInto", "SendBatch", "array_header", "item"]
 
 MAX_ITEMS = 256
 """Messages in one batch frame at most: a receiver hands a batch over whole."""
-MAX_BYTES = 4 * 1024
-"""Encoded message bytes in one batch at most (then it is sent and another begins).
+MAX_BYTES = 8 * 1024
+"""Encoded bytes of one batch's items at most (then it is sent and another begins).
 
 Small, because a transport bounds its per-peer send queue in frames (``send_queue``):
 a batch of small messages is what saves per-frame work, and this keeps what a full
-queue holds near what it held before batching (at most ``send_queue`` x 4 KiB of
-batched messages, 4 MiB by default), so a receiver that stops reading still stops its
-senders soon (backpressure). A message of 4 KiB or more fills a batch alone, at
+queue holds near what it held before batching (at most ``send_queue`` x 8 KiB of
+batched messages, 8 MiB by default), so a receiver that stops reading still stops its
+senders soon (backpressure). A message of 8 KiB or more fills a batch alone, at
 little loss: its frame's own work is small beside its own."""
 
 
@@ -60,50 +62,76 @@ class SendBatch:
     """The deliveries to one peer that followed ``first`` in this loop pass.
 
     A delivery joins it when its message's type is ``type`` and its kind, target,
-    sender, chain and headers are ``first``'s (``Remote.send`` checks, inline, and
-    appends to ``envelopes`` and ``items``).
+    sender, chain and headers are ``first``'s (``Remote.send`` checks, then does what
+    ``add`` does, inline).
 
     Attributes:
         first: the delivery sent alone that opened the batch: its routing is every
             item's (the items are not it).
         envelopes: the batched deliveries, in order.
-        items: their wire items, ``ItemOut``'s layout as plain tuples (cheaper to build,
-            the same msgpack arrays), without the remaining time: ``(id, message
-            encoded as Raw, correlation_id, causation_id)``.
-        size: the encoded messages' bytes.
-        timed: whether one of them has a deadline.
+        buffer: their wire items (``ItemOut``'s layout), encoded one after the other
+            as they joined (the frame's items array is this, behind its header).
     """
 
-    __slots__ = ("envelopes", "first", "items", "size", "timed", "type")
+    __slots__ = ("buffer", "envelopes", "first", "type")
 
     def __init__(self, first: Envelope) -> None:
         self.first = first
         self.type = type(first.payload)
         self.envelopes: list[Envelope] = []
-        self.items: list[tuple[Any, ...]] = []
-        self.size = 0
-        self.timed = False
+        self.buffer = bytearray()
 
-    def halves(self) -> tuple[SendBatch, SendBatch]:
+    def add(self, env: Envelope, encode_into: EncodeInto, now: Callable[[], float]) -> None:
+        """Encode ``env``'s item onto the buffer (``encode_into``: msgspec's
+        ``Encoder.encode_into``; ``now``: the loop's clock, read for a deadline).
+
+        Raises:
+            whatever ``encode_into`` raised (the buffer is as it was).
+        """
+        buffer = self.buffer
+        start = len(buffer)
+        try:
+            encode_into(item(env, now), buffer, start)
+        except Exception:
+            del buffer[start:]
+            raise
+        self.envelopes.append(env)
+
+    def items(self) -> msgspec.Raw:
+        """The frame's items array: its msgpack header, then the encoded items."""
+        return msgspec.Raw(array_header(len(self.envelopes)) + self.buffer)
+
+    def halves(
+        self, encode_into: EncodeInto, now: Callable[[], float]
+    ) -> tuple[SendBatch, SendBatch]:
         """The batch in two, in order (for a frame over the transport's limit)."""
         half = len(self.envelopes) // 2
-        return self._part(slice(None, half)), self._part(slice(half, None))
+        parts = SendBatch(self.first), SendBatch(self.first)
+        for part, envelopes in zip(
+            parts, (self.envelopes[:half], self.envelopes[half:]), strict=True
+        ):
+            for env in envelopes:
+                part.add(env, encode_into, now)
+        return parts
 
-    def _part(self, which: slice) -> SendBatch:
-        part = SendBatch(self.first)
-        part.envelopes = self.envelopes[which]
-        part.items = self.items[which]
-        part.size = sum(len(item[1]) for item in part.items)
-        part.timed = self.timed
-        return part
 
-    def wire_items(self, now: Callable[[], float]) -> list[tuple[Any, ...]]:
-        """The items to encode: ``items``, each with its remaining time if one has a
-        deadline (``now``: the loop's clock, read only then)."""
-        if not self.timed:
-            return self.items
-        at = now()
-        return [
-            (*item, None if env.deadline is None else env.deadline - at)
-            for item, env in zip(self.items, self.envelopes, strict=True)
-        ]
+EncodeInto = Callable[[Any, bytearray, int], None]
+
+
+def item(env: Envelope, now: Callable[[], float]) -> tuple[Any, ...]:
+    """``env``'s wire item (``ItemOut``'s layout, a plain tuple: the same msgpack
+    array, cheaper to build); its remaining time read from ``now`` if it has a
+    deadline."""
+    deadline = env.deadline
+    if deadline is None:
+        return (env.id, env.payload, env.correlation_id, env.causation_id)
+    return (env.id, env.payload, env.correlation_id, env.causation_id, deadline - now())
+
+
+def array_header(n: int) -> bytes:
+    """The msgpack header of an array of ``n`` elements."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")

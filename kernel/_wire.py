@@ -257,8 +257,9 @@ class WireCodec:
         node_id: this node's id, named by the error replies it sends.
         clock: the time deadlines are rebuilt on (the loop's ``time``; by default the
             running loop's, or ``time.monotonic`` when none runs).
-        encode_message: encodes a message alone into bytes (a batch item's payload),
-            raising msgspec's errors unchecked: ``encode_payload`` is the checked form.
+        encode_item: encodes a batch item (``ItemOut``'s layout, a tuple) into a
+            buffer at an offset (msgspec's ``Encoder.encode_into``), raising msgspec's
+            errors unchecked: ``encode_payload`` encodes the message alone, checked.
     """
 
     def __init__(
@@ -275,8 +276,8 @@ class WireCodec:
         self.node_id = ""
         self.clock: Callable[[], float] = _loop_time
         self._encoder = msgspec.msgpack.Encoder()
-        # A message alone, as bytes (msgspec's errors: encode_payload names them).
-        self.encode_message: Callable[[Any], bytes] = self._encoder.encode
+        # A batch item into a buffer (msgspec's errors: encode_payload names them).
+        self.encode_item: Callable[[Any, bytearray, int], None] = self._encoder.encode_into
         self._buffer = bytearray(256)
         # Per delivery tag seen: its decoder and how deep its values can nest.
         self._known: dict[str, tuple[msgspec.msgpack.Decoder[Any], int]] = {}
@@ -379,7 +380,7 @@ class WireCodec:
     def encode_batch(
         self,
         env: Envelope,
-        items: list[ItemOut] | list[tuple[Any, ...]],
+        items: list[ItemOut] | list[tuple[Any, ...]] | msgspec.Raw,
         reply_to: str | None = None,
         *,
         epoch: int = 0,
@@ -387,7 +388,8 @@ class WireCodec:
     ) -> bytes:
         """The batch frame of ``items``, whose routing is ``env``'s (the batch's first
         envelope: kind, target, sender, chain and headers; its message's type is every
-        item's). ``seq`` numbers the first item.
+        item's). ``seq`` numbers the first item. ``items``: ``ItemOut``s, tuples in its
+        layout, or their msgpack array already encoded (``msgspec.Raw``).
 
         Raises:
             WireError: ``TOO_LARGE``.

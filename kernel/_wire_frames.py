@@ -173,7 +173,7 @@ class BatchOut(msgspec.Struct, array_like=True, tag=4, omit_defaults=True):
     tag: str
     target: str
     key: str | None
-    items: list[ItemOut] | list[tuple[Any, ...]]  # tuples in ItemOut's layout, too
+    items: list[ItemOut] | list[tuple[Any, ...]] | msgspec.Raw  # (or encoded already)
     sender: _Pair | None = None
     chain: tuple[_Pair, ...] = ()
     headers: dict[str, str] | None = None
