@@ -26,6 +26,7 @@ from kerna.transports import (
 )
 from kerna.transports._tcp import IDLE_AFTER, TcpTransport
 from kerna.transports._tcp_handshake import accept
+from kerna.transports._tcp_send import COALESCE_BYTES
 
 from .tcp_peers import WAIT, closed_by_peer, node, raw_client
 
@@ -85,6 +86,26 @@ async def test_frames_queued_in_one_loop_turn_go_out_in_one_write() -> None:
         await got.wait_frames(204)
         assert a.stats()["writes"] - before == 1  # busy: its last write carried 2 frames
         assert [f for _, f in got.frames[4:]] == [b"%d" % i for i in range(200)]
+
+
+async def test_a_pass_that_queues_coalesce_bytes_writes_them_before_it_ends() -> None:
+    # A sender that queues a lot without yielding keeps its peer busy meanwhile: once a
+    # pass has queued COALESCE_BYTES for a peer they are written, not held to its end.
+    async with node() as (a, _), node() as (b, got):
+        await a.send(b.address, b"open")
+        for i in range(3):  # busy: the pass's frames wait for its end
+            await a.send(b.address, b"busy %d" % i)
+        await got.wait_frames(4)
+        before = a.stats()["writes"]
+        chunk = b"x" * 1024
+        sent = 0
+        while a.stats()["writes"] == before:  # no suspension: all in one loop pass
+            assert a.send_now(b.address, chunk), "the queue filled before anything was written"
+            sent += 1
+        assert sent * len(chunk) >= COALESCE_BYTES  # not before it had that much
+        assert sent * len(chunk) < COALESCE_BYTES + 2 * len(chunk)  # but then at once
+        await got.wait_frames(4 + sent)
+        assert [f for _, f in got.frames[4:]] == [chunk] * sent
 
 
 async def test_a_frame_on_an_idle_connection_is_written_at_once_the_rest_of_its_turn_later() -> (

@@ -23,7 +23,9 @@ Choices where the contract leaves room (what an Akka/Orleans user expects):
 - Frames queued in one loop turn go out in one write (``writelines``) per peer, with
   one exception that costs a busy connection nothing: the first frame queued on an idle
   connection (``IDLE_AFTER``) is written at once, so a lone request or reply does not
-  wait for the end of the loop pass; the rest of that pass's frames go out together.
+  wait for the end of the loop pass; the rest of that pass's frames go out together,
+  or every ``COALESCE_BYTES`` (256 KiB) for a pass that queues more, so that a sender
+  that does not yield keeps its peer busy meanwhile.
 - Closing sends connected peers the frames still queued for them, then ends each
   outbound stream and waits (``CLOSE_WAIT`` at most) for the peer to close its side
   before closing the connections peers send on: a peer reads the last frames (a

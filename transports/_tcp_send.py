@@ -26,7 +26,7 @@ from ._base import FrameTooLarge, PeerUnreachable, SendQueueFull
 from ._tcp_framing import ProtocolError, header, read_frame
 from ._tcp_handshake import PeerInfo
 
-__all__ = ["IDLE_AFTER", "WRITE_HIGH_WATER", "Conn", "Outbound", "Sender"]
+__all__ = ["COALESCE_BYTES", "IDLE_AFTER", "WRITE_HIGH_WATER", "Conn", "Outbound", "Sender"]
 
 log = logging.getLogger("kerna.transports.tcp")
 
@@ -39,6 +39,11 @@ last write carried several frames or came less than this ago, keeps coalescing."
 WRITE_HIGH_WATER = 64 * 1024
 """Bytes a connection's socket buffer may hold before writing waits for it to drain
 (asyncio's own default high-water mark)."""
+COALESCE_BYTES = 256 * 1024
+"""Bytes queued for a peer in one loop pass at which they are written at once, not at
+the end of the pass: a sender that queues a lot without yielding (large frames, a
+node's batch frames) keeps the peer busy meanwhile, instead of handing it everything
+when it is done."""
 
 Connect = Callable[
     [str, str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter, PeerInfo]]
@@ -92,6 +97,7 @@ class Outbound:
         "lone_at",
         "port",
         "queue",
+        "queued_bytes",
         "ready",
         "reserved",
         "task",
@@ -104,6 +110,7 @@ class Outbound:
         self.host = host
         self.port = port
         self.queue: deque[bytes] = deque()
+        self.queued_bytes = 0  # in the queue
         self.waiters: deque[asyncio.Future[None]] = deque()
         self.reserved = 0  # room promised to woken waiters that have not appended yet
         self.ready = asyncio.Event()  # the writer has something to do
@@ -197,6 +204,7 @@ class Sender:
                 raise SendQueueFull(f"the send queue to {peer} is full ({self.send_queue} frames)")
             await self._room(out)
         out.queue.append(frame)
+        out.queued_bytes += len(frame)
         self._queued(out)
 
     def send_now(self, peer: str, frame: bytes) -> bool:
@@ -211,6 +219,7 @@ class Sender:
         ):
             return False
         out.queue.append(frame)
+        out.queued_bytes += len(frame)
         self._queued(out)
         return True
 
@@ -279,6 +288,7 @@ class Sender:
             self.errors += 1
             log.warning("dropped %s frames queued for %s: %s", len(out.queue), out.address, error)
             out.queue.clear()
+            out.queued_bytes = 0
         while out.waiters:
             waiter = out.waiters.popleft()
             if not waiter.done():
@@ -376,8 +386,17 @@ class Sender:
 
     def _queued(self, out: Outbound) -> None:
         """A frame was queued: on an idle connection (``IDLE_AFTER``) write it now,
-        else write the pass's frames in one write at its end."""
+        else write the pass's frames in one write at its end (or now, once they are
+        ``COALESCE_BYTES``)."""
         if out.flushing:
+            if out.queued_bytes >= COALESCE_BYTES:
+                conn = out.conn
+                if (  # and the socket takes them (else they wait: senders feel it)
+                    conn is not None
+                    and not out.draining
+                    and conn.writer.transport.get_write_buffer_size() <= WRITE_HIGH_WATER
+                ):
+                    self._flush(out)  # the end-of-pass flush writes what comes after
             return
         conn = out.conn
         if conn is not None and monotonic() - out.lone_at > IDLE_AFTER:
@@ -421,6 +440,7 @@ class Sender:
         """
         frames = out.queue
         out.queue = deque()
+        out.queued_bytes = 0
         chunks: list[bytes] = []
         size = 0
         for frame in frames:
