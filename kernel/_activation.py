@@ -139,6 +139,31 @@ class Activation(StateOwner):
             return None
         return self._overflow(mailbox, env, may_wait)
 
+    def put_many(self, envelopes: list[Envelope], start: int = 0) -> int:
+        """Enqueue ``envelopes[start:]`` as ``put`` would each, as far as the mailbox
+        has room (nobody waiting for it): how many it took, in order. The rest are
+        ``put`` one by one (a batch of messages from another node, ``kerna._remote``)."""
+        mailbox = self.mailbox
+        if mailbox is None:
+            mailbox = self.mailbox = deque()
+        if self.waiters:
+            return 0
+        room = self.atype.capacity - len(mailbox)
+        if room <= 0:
+            return 0
+        taken = envelopes[start : start + room]
+        timing = self.atype.timing
+        if timing is not None:
+            now = self.runtime.loop.time()
+            every = timing.every
+            for env in taken:
+                if not env.id % every:  # sampled: kerna._timing
+                    env.queued_at = now
+        mailbox.extend(taken)
+        if taken and self.task is None:
+            self.runtime.spawn(self)
+        return len(taken)
+
     def _overflow(
         self, mailbox: deque[Envelope], env: Envelope, may_wait: bool
     ) -> asyncio.Future[None] | None:

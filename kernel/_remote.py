@@ -587,7 +587,23 @@ class Remote:
         pause = None
         warm = False  # the route deliver chose takes the batch's messages (as _admit checks)
         route: Any = None
-        for env in envelopes:
+        start = 0
+        if not batch.refused:  # the common case: the first goes the whole way, the
+            if ask:  # rest into its mailbox at once, as far as it has room
+                for env in envelopes:
+                    assert isinstance(env, Envelope)
+                    env.reply = _RemoteReply(self, peer, env.id, type(env.payload), env.deadline)
+                ask = False
+            first = envelopes[0]
+            assert isinstance(first, Envelope)
+            pause = self._admit(peer, first, holder)
+            route = holder.route
+            warm = _takes(route, first, rt)
+            start = 1
+            put_many = getattr(route, "put_many", None)  # (an activation here)
+            if warm and pause is None and not self._parked and put_many is not None:
+                start += put_many(envelopes, 1)
+        for env in envelopes[start:] if start else envelopes:
             if isinstance(env, WireError):
                 self._refused(peer, env)
                 continue
@@ -606,13 +622,7 @@ class Remote:
             else:
                 waiting = self._admit(peer, env, holder)
                 route = holder.route
-                warm = (
-                    route is not None
-                    and rt.phase is RUNNING
-                    and not route.closed
-                    and route.failure is None
-                    and type(env.payload) in route.atype.handlers
-                )
+                warm = _takes(route, env, rt)
             if waiting is not None:
                 pause = waiting
         if pause is None:
@@ -847,6 +857,19 @@ class _RemoteReply(asyncio.Future[Any]):
         error = self.exception()  # retrieved here: it goes to the asker
         assert error is not None
         self._remote.send_error(self._node, self._message_id, error)
+
+
+def _takes(route: Any, env: Envelope, runtime: Runtime) -> bool:
+    """Whether ``route`` (what ``Runtime.deliver`` chose for ``env``) takes the messages
+    of ``env``'s type at once, as a warm send checks (the kernel runs, the route is open,
+    has not failed and handles the type)."""
+    return (
+        route is not None
+        and runtime.phase is RUNNING
+        and not route.closed
+        and route.failure is None
+        and type(env.payload) in route.atype.handlers
+    )
 
 
 def _turn_over(turn: asyncio.Future[None]) -> None:

@@ -201,6 +201,7 @@ class Batch(msgspec.Struct, frozen=True):
             node's clock, no reply future: the caller routes the reply), or the
             ``WireError`` that refuses that item alone (counted in ``WireCodec.errors``;
             the others are delivered).
+        refused: how many of ``envelopes`` are ``WireError``s.
     """
 
     kind: int
@@ -213,6 +214,7 @@ class Batch(msgspec.Struct, frozen=True):
     epoch: int
     seq: int
     envelopes: list[Envelope | WireError]
+    refused: int
 
 
 class Reply(msgspec.Struct, frozen=True, gc=False):
@@ -574,11 +576,15 @@ class WireCodec:
                 out = [_misaddressed(kind, key, peer, tag, item.id, reply_to) for item in items]
             else:
                 out = self._batch_slow(head, items, peer, reply_to, sender, chain, target)
-            for refused in out:
-                if type(refused) is WireError:
-                    self.errors[refused.reason] += 1
+        refused = 0
+        if typed is None:
+            for error in out:
+                if type(error) is WireError:
+                    self.errors[error.reason] += 1
+                    refused += 1
         return Batch(
-            kind, tag, target, sender, chain, headers, reply_to, head.epoch, head.seq, out
+            kind, tag, target, sender, chain, headers, reply_to, head.epoch, head.seq, out,
+            refused,
         )  # fmt: skip
 
     def _batch_decoder(self, tag: str) -> msgspec.msgpack.Decoder[Any] | None:

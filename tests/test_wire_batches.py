@@ -148,6 +148,37 @@ async def test_tells_sent_in_one_pass_arrive_in_order_and_mostly_in_batch_frames
         assert not waited
 
 
+async def _tell_in_one_pass(mailbox_size: int, timing: int) -> int:
+    """200 tells in one pass to a ``wait`` mailbox of ``mailbox_size`` on a node that
+    times one message in ``timing``: check they arrive in order; how many were timed."""
+    async with (
+        Kernel(transport="tcp://127.0.0.1:0") as a,
+        Kernel(transport="tcp://127.0.0.1:0", timing=timing) as b,
+    ):
+        b.register(Log, mailbox_size=mailbox_size, overflow="wait")
+        assert b.address is not None
+        ref = a.ref(Log, "x", node=b.address)
+        assert await ref.ask(Ping(n=-1), timeout=WAIT) == Pong(n=-1)
+        before = b.timings()["Log"].wait.count
+        for n in range(200):  # one pass: batches of up to 256
+            await ref.tell(Numbered(n=n))
+        await until(lambda: count("x") == 201)
+        assert [n for _, n, _ in Log.seen["x"][1:]] == list(range(200))
+        return b.timings()["Log"].wait.count - before
+
+
+async def test_a_batch_into_a_small_mailbox_fills_it_then_waits_in_order() -> None:
+    # A batch's messages go into the agent's mailbox at once as far as it has room
+    # (Activation.put_many); the rest wait for room, in order.
+    await _tell_in_one_pass(mailbox_size=10, timing=1)
+
+
+async def test_the_messages_of_a_batch_are_timed_like_any_other() -> None:
+    # A node that times one message in N (by message id) times the batched ones too.
+    timed = await _tell_in_one_pass(mailbox_size=1000, timing=4)
+    assert 200 // 4 - 2 <= timed <= 200 // 4 + 2
+
+
 # -- 2. interleaved routing in one pass -------------------------------------------------------
 
 
