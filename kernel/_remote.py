@@ -288,11 +288,11 @@ class Remote:
                 if (  # the batch's routing (SendBatch.takes, inline: per message)
                     type(message) is batch.type
                     and env.kind == first.kind
-                    and env.target == first.target
-                    and env.sender == first.sender
-                    and env.chain == first.chain
-                    and env.headers == first.headers
-                ):
+                    and (env.target is first.target or env.target == first.target)
+                    and (env.sender is first.sender or env.sender == first.sender)
+                    and (env.chain is first.chain or env.chain == first.chain)
+                    and (env.headers is first.headers or env.headers == first.headers)
+                ):  # (the same objects, usually: one ref's id, no sender, no chain)
                     # Encoded now, so that a failure is its sender's, as for a frame
                     # (SendBatch.add, inline: per message).
                     buffer = batch.buffer
