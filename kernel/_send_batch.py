@@ -42,11 +42,10 @@ from typing import Any
 import msgspec
 
 from ._envelope import Envelope
+from ._wire_frames import MAX_ITEMS  # (messages in one batch frame at most)
 
 __all__ = ["MAX_BYTES", "MAX_ITEMS", "EncodeInto", "SendBatch", "array_header", "item"]
 
-MAX_ITEMS = 256
-"""Messages in one batch frame at most: a receiver hands a batch over whole."""
 MAX_BYTES = 8 * 1024
 """Encoded bytes of one batch's items at most (then it is sent and another begins).
 

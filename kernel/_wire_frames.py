@@ -24,6 +24,7 @@ from typing import Annotated, Any, Generic, TypeVar
 import msgspec
 
 __all__ = [
+    "MAX_ITEMS",
     "BatchIn",
     "BatchOut",
     "DeliveryIn",
@@ -125,7 +126,13 @@ class ItemOut(msgspec.Struct, array_like=True, omit_defaults=True):
     remaining: float | None = None
 
 
-ItemsIn = Annotated[list[ItemIn], msgspec.Meta(min_length=1)]
+MAX_ITEMS = 256
+"""Messages in one batch frame at most, both ways: a sender gathers no more
+(``kerna._send_batch``), and a receiver refuses a batch of more whole, before it
+decodes an item (it hands a batch over in one callback, an object per item: a hostile
+frame of millions of tiny items must not cost that)."""
+
+ItemsIn = Annotated[list[ItemIn], msgspec.Meta(min_length=1, max_length=MAX_ITEMS)]
 """A batch's items, each message still encoded (to refuse them one by one)."""
 
 M = TypeVar("M")
@@ -146,7 +153,9 @@ def typed_items(message_type: type[M]) -> Any:
     """The type of a batch's items whose messages are ``message_type``."""
     generic: Any = TypedItem  # (subscripted with a runtime type argument)
     listed: Any = list
-    return Annotated[listed[generic[message_type]], msgspec.Meta(min_length=1)]
+    return Annotated[
+        listed[generic[message_type]], msgspec.Meta(min_length=1, max_length=MAX_ITEMS)
+    ]
 
 
 class BatchIn(msgspec.Struct, array_like=True, tag=4, frozen=True, gc=False):

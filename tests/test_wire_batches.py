@@ -456,8 +456,11 @@ async def test_a_batch_whose_kind_and_key_do_not_match_refuses_every_item(
             ASK, PING, "x", [item(1, Ping(n=1), remaining=float("nan"))],
             reply_to="tcp://127.0.0.1:1",
         ),
+        # more items than a sender ever gathers (a hostile peer's frame of millions
+        # would be decoded and delivered in one callback, each an object)
+        batch(TELL, NUMBERED, "x", [item(n + 1, Numbered(n=n)) for n in range(MAX_ITEMS + 1)]),
     ],
-    ids=["no-items", "negative-id", "nan-remaining"],
+    ids=["no-items", "negative-id", "nan-remaining", "too-many-items"],
 )  # fmt: skip
 async def test_a_malformed_batch_delivers_nothing_and_the_connection_carries_on(
     target: tuple[Kernel, Counter[str]], frame: bytes
@@ -474,6 +477,20 @@ async def test_a_malformed_batch_delivers_nothing_and_the_connection_carries_on(
         assert errors == Counter({"malformed": 1})
         dead = b.dead_letters(reason=DeadLetterReason.UNDECODABLE)
         assert [record.message for record in dead] == [None]  # the frame, refused whole
+
+
+def test_a_batch_of_more_items_than_a_sender_gathers_is_refused_before_they_are_decoded() -> None:
+    codec = WireCodec(_types())
+    fits = [item(n + 1, Numbered(n=n)) for n in range(MAX_ITEMS)]
+    decoded = codec.decode(batch(TELL, NUMBERED, "x", fits), "tcp://peer")
+    assert isinstance(decoded, Batch)
+    assert len(decoded.envelopes) == MAX_ITEMS
+    for extra in (item(0, Numbered(n=0)), item(0, NOT_A_NUMBERED)):  # typed, one by one
+        with pytest.raises(WireError) as refused:
+            codec.decode(batch(TELL, NUMBERED, "x", [*fits, extra]), "tcp://peer")
+        assert refused.value.reason == "malformed"
+        assert f"<= {MAX_ITEMS}" in str(refused.value)
+        assert refused.value.peer == "tcp://peer"
 
 
 # -- 6. a batch that cannot be queued at once, or at all -----------------------------------------
