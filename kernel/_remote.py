@@ -161,6 +161,7 @@ class Remote:
         # keeps): Runtime.deliver then skips the directory lookup for a live agent.
         self._local_routes: dict[Any, _LocalRoute] = {}
         self._compared: set[str] = set()  # peers whose schemas we compared
+        self._closing = False  # aclose began: what fails to go out, the stop failed
         self.schemas = SchemaExchange(codec.types)
         # Receive-side flow control, per peer: deliveries parked on full mailboxes, and
         # the future the transport waits on while that peer is paused.
@@ -223,6 +224,7 @@ class Remote:
         of the error. A transport that waits for its peers to read the last frames
         (tcp's ``close_wait``) waits until ``deadline`` at most.
         """
+        self._closing = True
         for future, node in self._waiting.values():
             if not future.done():  # a forwarded ask's: its asker's reply goes out too
                 future.set_exception(KernelStopped(f"kernel stopped before {node} replied"))
@@ -429,7 +431,14 @@ class Remote:
 
     def _batch_failed(self, batch: SendBatch, error: Exception) -> None:
         """Nothing of ``batch`` was sent: its asks fail with ``error``, its tells and
-        events are dead letters (their senders have returned)."""
+        events are dead letters (their senders have returned): ``KERNEL_STOPPED`` if
+        the kernel's stop failed it (its backlog closed, its transport closed), else
+        ``NOT_DELIVERED``."""
+        reason = (
+            DeadLetterReason.KERNEL_STOPPED
+            if self._closing or isinstance(error, KernelStopped)
+            else DeadLetterReason.NOT_DELIVERED
+        )
         for env in batch.envelopes:
             reply = env.reply
             if reply is not None:
@@ -443,7 +452,7 @@ class Remote:
                     KIND_NAMES[env.kind], type(env.payload).__qualname__, env.target,
                     describe(error),
                 )  # fmt: skip
-            self.runtime.undeliverable(env, env.target, DeadLetterReason.NOT_DELIVERED, error)
+            self.runtime.undeliverable(env, env.target, reason, error)
 
     async def _drain(self, node: str, backlog: Backlog) -> None:
         try:

@@ -22,7 +22,16 @@ from typing import Any, ClassVar
 import msgspec
 import pytest
 
-from kerna import Agent, DeadLetterReason, Kernel, Message, RemoteError, Request, handler
+from kerna import (
+    Agent,
+    DeadLetterReason,
+    Kernel,
+    KernelStopped,
+    Message,
+    RemoteError,
+    Request,
+    handler,
+)
 from kerna._envelope import ASK, EVENT, TELL
 from kerna._schema_exchange import WIRE_KEY, SchemaExchange
 from kerna._send_batch import MAX_ITEMS
@@ -585,6 +594,49 @@ async def test_a_batch_that_cannot_be_sent_fails_its_asks_and_dead_letters_its_t
                 else:
                     failed = await sending  # (the lost peer fails them: NodeLost)
                     assert all(isinstance(error, PeerUnreachable) for error in failed), failed
+    finally:
+        await peer.aclose()
+
+
+async def test_batched_tells_still_waiting_when_the_kernel_stops_are_dead_letters_named_so() -> (
+    None
+):
+    # As above (a peer that stops reading, sockets full, a send queue of one frame):
+    # the batch waits in the Backlog; then the sending kernel stops.
+    first = asyncio.Event()
+
+    def stop_reading(peer: str, frame: bytes) -> asyncio.Future[None]:
+        first.set()
+        return asyncio.get_running_loop().create_future()  # never: no more from peer
+
+    peer = open_transport("tcp://127.0.0.1:0", heartbeat=None)
+    peer.schema = document(reads_batches=True)
+    await peer.start(stop_reading, lambda peer, error: None)
+    options = {"heartbeat": None, "send_queue": 1}
+    try:
+        a = Kernel(transport="tcp://127.0.0.1:0", transport_options=options)
+        async with a:
+            ref = a.ref("Log", "x", node=peer.address)
+            await ref.tell(Numbered(n=-1))
+            async with asyncio.timeout(WAIT):
+                await first.wait()
+            await ref.tell(Blob(data=bytes(24 * 1024 * 1024)))
+            for _ in range(3):  # the connection's writer starts waiting for them to drain
+                await asyncio.sleep(0)
+
+            async def tells() -> None:
+                for i in range(MAX_ITEMS + 20):
+                    await ref.tell(Numbered(n=i))
+
+            sending = asyncio.ensure_future(tells())
+            await asyncio.sleep(0)  # (its first steps: the batch is in the backlog)
+        async with asyncio.timeout(WAIT):
+            with pytest.raises(KernelStopped):  # the tell that waited alone
+                await sending
+        dead = a.dead_letters()
+        assert len(dead) > 100  # the batch: the tells after the pass's first
+        reasons = {record.reason for record in dead}
+        assert reasons == {DeadLetterReason.KERNEL_STOPPED}, dead[0].error
     finally:
         await peer.aclose()
 
