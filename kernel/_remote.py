@@ -367,8 +367,8 @@ class Remote:
         or this send follows another to it with no frame received in between). A cold
         peer costs no callback per send (a sequential ask sends one message per pass,
         and its reply comes in between)."""
-        if node in self._hot:
-            return True
+        if node in self._hot:  # (and it still says so: it may have restarted older)
+            return self._batching(node)
         received = self._frames_in
         last = self._last_sent.get(node)
         self._last_sent[node] = received

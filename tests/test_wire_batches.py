@@ -368,6 +368,43 @@ async def test_a_peer_whose_schema_document_lacks_the_wire_key_gets_only_deliver
             assert kinds == {Delivery}
 
 
+async def test_a_hot_peer_that_comes_back_as_an_older_node_gets_only_delivery_frames() -> None:
+    # Batching for a peer is decided again at each pass from what it said last: a peer
+    # that restarted as an older node (its new handshake's document has no WIRE_KEY)
+    # gets no more batch frames, even while it is hot.
+    options = {"heartbeat": None}
+    async with (
+        raw_peer(document(reads_batches=True)) as peer,
+        Kernel(transport="tcp://127.0.0.1:0", transport_options=options) as a,
+    ):
+        assert a.address is not None
+        ref = a.ref("Log", "x", node=peer.address)
+        await ref.tell(Numbered(n=-1))  # the link is up
+        await peer.until(lambda: len(peer.received) == 1)
+        for n in range(50):  # one pass: the peer turns hot, the rest go in a batch
+            await ref.tell(Numbered(n=n))
+        await peer.until(lambda: batched_items(peer.received) > 0)
+        # It says it is an older node: its next handshake with this node says so.
+        peer.transport.schema = document(reads_batches=False)
+        remote = a._runtime.remote  # noqa: SLF001 - what the peer said, on this side
+        assert remote is not None
+        said = remote.transport.peer_info(peer.address)
+        await peer.transport.send(a.address, peer.codec.encode_error(1, ValueError("x")))
+        async with asyncio.timeout(WAIT):
+            while remote.transport.peer_info(peer.address) is said:  # noqa: ASYNC110
+                await asyncio.sleep(0.001)  # (no event says a handshake was received)
+        before = len(peer.received)
+        for n in range(50, 100):  # one pass again, the peer still hot
+            await ref.tell(Numbered(n=n))
+
+        def arrived() -> int:
+            frames = peer.received[before:]
+            return batched_items(frames) + sum(type(f) is Delivery for f in frames)
+
+        await peer.until(lambda: arrived() == 50)
+        assert all(type(frame) is Delivery for frame in peer.received[before:])
+
+
 # -- 5. hostile or bad batch frames from a raw peer ---------------------------------------------
 
 
