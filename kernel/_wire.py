@@ -343,20 +343,10 @@ class WireCodec:
         remaining = None
         if env.deadline is not None:
             remaining = env.deadline - (asyncio.get_running_loop().time() if now is None else now)
-        target = env.target
-        if isinstance(target, AgentId):
-            name, key = target.type, target.key
-        else:
-            name, key = target, None
-        sender = env.sender
-        chain = env.chain
-        headers = env.headers
+        name, key, sender, chain, headers = _routing(env)
         frame = DeliveryOut(
-            env.id, env.kind, tag, name, key, message,
-            None if sender is None else (sender.type, sender.key),
-            env.correlation_id, env.causation_id, remaining,
-            tuple([(a.type, a.key) for a in chain]) if chain else (),
-            None if headers is None else dict(headers),
+            env.id, env.kind, tag, name, key, message, sender, env.correlation_id,
+            env.causation_id, remaining, chain, headers,
             reply_to if env.kind == ASK else None, epoch, seq,
         )  # fmt: skip
         self._encode(frame, buffer, offset, tag)
@@ -397,19 +387,9 @@ class WireCodec:
             WireError: ``TOO_LARGE``.
         """
         tag = self.types.add(type(env.payload))
-        target = env.target
-        if isinstance(target, AgentId):
-            name, key = target.type, target.key
-        else:
-            name, key = target, None
-        sender = env.sender
-        chain = env.chain
-        headers = env.headers
+        name, key, sender, chain, headers = _routing(env)
         frame = BatchOut(
-            env.kind, tag, name, key, items,
-            None if sender is None else (sender.type, sender.key),
-            tuple([(a.type, a.key) for a in chain]) if chain else (),
-            None if headers is None else dict(headers),
+            env.kind, tag, name, key, items, sender, chain, headers,
             reply_to if env.kind == ASK else None, epoch, seq,
         )  # fmt: skip
         self._encode(frame, self._buffer, 0, tag)
@@ -754,6 +734,28 @@ class WireCodec:
                 WireErrorReason.BAD_PAYLOAD, f"{type(exc).__name__}: {exc}",
                 peer=peer, tag=tag, message_id=message_id, reply_to=reply_to,
             ) from None  # fmt: skip
+
+
+def _routing(
+    env: Envelope,
+) -> tuple[
+    str, str | None, tuple[str, str] | None, tuple[tuple[str, str], ...], dict[str, str] | None
+]:
+    """``env``'s routing as a frame carries it: the target's name and key (None: a
+    topic), the sender and the chain as pairs, a copy of the headers."""
+    target = env.target
+    if isinstance(target, AgentId):
+        name, key = target.type, target.key
+    else:
+        name, key = target, None
+    sender = env.sender
+    chain = env.chain
+    headers = env.headers
+    return (
+        name, key, None if sender is None else (sender.type, sender.key),
+        tuple([(a.type, a.key) for a in chain]) if chain else (),
+        None if headers is None else dict(headers),
+    )  # fmt: skip
 
 
 def _loop_time() -> float:

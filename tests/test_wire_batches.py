@@ -24,6 +24,7 @@ import pytest
 
 from kerna import (
     Agent,
+    AgentRef,
     DeadLetterReason,
     Kernel,
     KernelStopped,
@@ -111,6 +112,17 @@ def frames_decoded(kernel: Kernel, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         yield seen
 
 
+@asynccontextmanager
+async def two_nodes() -> AsyncIterator[tuple[Kernel, Kernel]]:
+    """Two kernels over tcp (no heartbeat: nothing but the test's traffic)."""
+    options = {"heartbeat": None}
+    async with (
+        Kernel(transport="tcp://127.0.0.1:0", transport_options=options) as a,
+        Kernel(transport="tcp://127.0.0.1:0", transport_options=options) as b,
+    ):
+        yield a, b
+
+
 def batched_items(frames: list[Any]) -> int:
     return sum(len(f.envelopes) for f in frames if isinstance(f, Batch))
 
@@ -195,10 +207,7 @@ async def test_interleaved_targets_kinds_and_headers_in_one_pass_keep_each_targe
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rng = random.Random(5)
-    async with (
-        Kernel(transport="tcp://127.0.0.1:0", transport_options={"heartbeat": None}) as a,
-        Kernel(transport="tcp://127.0.0.1:0", transport_options={"heartbeat": None}) as b,
-    ):
+    async with two_nodes() as (a, b):
         b.register(Log)
         assert b.address is not None
         refs = {key: a.ref(Log, key, node=b.address) for key in ("x", "y")}
@@ -248,10 +257,7 @@ async def test_interleaved_targets_kinds_and_headers_in_one_pass_keep_each_targe
 async def test_concurrent_asks_in_one_pass_get_their_own_replies_and_deadlines(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async with (
-        Kernel(transport="tcp://127.0.0.1:0", transport_options={"heartbeat": None}) as a,
-        Kernel(transport="tcp://127.0.0.1:0", transport_options={"heartbeat": None}) as b,
-    ):
+    async with two_nodes() as (a, b):
         b.register(Log)
         assert b.address is not None
         ref = a.ref(Log, "x", node=b.address)
@@ -577,62 +583,84 @@ class Blob(Message, tag="test.batches.Blob"):
     data: bytes
 
 
+class StalledPeer:
+    """A raw tcp peer that reads batches and stops reading after its first frame."""
+
+    def __init__(self) -> None:
+        self.first = asyncio.Event()
+        self.transport = open_transport("tcp://127.0.0.1:0", heartbeat=None)
+        self.transport.schema = document(reads_batches=True)
+
+    def on_frame(self, peer: str, frame: bytes) -> asyncio.Future[None]:
+        self.first.set()
+        return asyncio.get_running_loop().create_future()  # never: no more from peer
+
+    async def fill_the_sockets(self, ref: AgentRef) -> None:
+        """Once it has its first frame, send a message bigger than the sockets hold (a
+        paused reader's buffer stops growing): the connection's writer then waits for
+        them to drain, and frames stay queued."""
+        await ref.tell(Numbered(n=-1))
+        async with asyncio.timeout(WAIT):
+            await self.first.wait()
+        await ref.tell(Blob(data=bytes(24 * 1024 * 1024)))
+        for _ in range(3):  # the connection's writer starts waiting for them to drain
+            await asyncio.sleep(0)
+
+
+@asynccontextmanager
+async def stalled_peer() -> AsyncIterator[StalledPeer]:
+    peer = StalledPeer()
+    await peer.transport.start(peer.on_frame, lambda peer, error: None)
+    try:
+        yield peer
+    finally:
+        await peer.transport.aclose()
+
+
+def tell_in_one_pass(ref: AgentRef, n: int) -> asyncio.Future[None]:
+    async def tells() -> None:
+        for i in range(n):
+            await ref.tell(Numbered(n=i))
+
+    return asyncio.ensure_future(tells())
+
+
 @pytest.mark.parametrize("kind", ["tell", "ask"])
 async def test_a_batch_that_cannot_be_sent_fails_its_asks_and_dead_letters_its_tells(
     kind: str,
 ) -> None:
-    # A peer that stops reading after its first frame, a message big enough to fill the
-    # sockets (the connection's writer then waits for them to drain, frames stay
-    # queued), a send queue of one frame: the next pass's first message takes the
-    # queue's room, the batch behind it waits in the Backlog. Then the peer goes away.
-    first = asyncio.Event()
-
-    def stop_reading(peer: str, frame: bytes) -> asyncio.Future[None]:
-        first.set()
-        return asyncio.get_running_loop().create_future()  # never: no more from peer
-
-    peer = open_transport("tcp://127.0.0.1:0", heartbeat=None)
-    peer.schema = document(reads_batches=True)
-    await peer.start(stop_reading, lambda peer, error: None)
+    # A peer that stops reading after its first frame, the sockets full, a send queue
+    # of one frame: the next pass's first message takes the queue's room, the batch
+    # behind it waits in the Backlog. Then the peer goes away.
     options = {"heartbeat": None, "send_queue": 1, "reconnect_attempts": 0}
-    try:
-        async with Kernel(transport="tcp://127.0.0.1:0", transport_options=options) as a:
-            ref = a.ref("Log", "x", node=peer.address)
-            await ref.tell(Numbered(n=-1))
-            async with asyncio.timeout(WAIT):
-                await first.wait()
-            # more than the sockets hold (a paused reader's buffer stops growing)
-            await ref.tell(Blob(data=bytes(24 * 1024 * 1024)))
-            for _ in range(3):  # the connection's writer starts waiting for them to drain
-                await asyncio.sleep(0)
-            n = MAX_ITEMS + 20
+    async with (
+        stalled_peer() as peer,
+        Kernel(transport="tcp://127.0.0.1:0", transport_options=options) as a,
+    ):
+        ref = a.ref("Log", "x", node=peer.transport.address)
+        await peer.fill_the_sockets(ref)
+        n = MAX_ITEMS + 20
+        sending: asyncio.Future[Any]
+        if kind == "tell":
+            sending = tell_in_one_pass(ref, n)
+        else:
+            sending = asyncio.gather(
+                *(ref.ask(Ping(n=i), timeout=WAIT) for i in range(n)), return_exceptions=True
+            )
+        await asyncio.sleep(0)  # (their first steps: the batch is in the backlog)
+        await peer.transport.aclose()
+        async with asyncio.timeout(WAIT):
             if kind == "tell":
-
-                async def tells() -> None:
-                    for i in range(n):
-                        await ref.tell(Numbered(n=i))
-
-                sending = asyncio.ensure_future(tells())
+                with pytest.raises(PeerUnreachable):  # a tell that waited alone
+                    await sending
+                dead = a.dead_letters(reason=DeadLetterReason.NOT_DELIVERED)
+                # the batch: the tells after the pass's first, as many as it took
+                assert [record.message.n for record in dead] == list(range(1, len(dead) + 1))
+                assert len(dead) > 100
+                assert all("PeerUnreachable" in (r.error or "") for r in dead), dead[0]
             else:
-                sending = asyncio.gather(
-                    *(ref.ask(Ping(n=i), timeout=WAIT) for i in range(n)), return_exceptions=True
-                )
-            await asyncio.sleep(0)  # (their first steps: the batch is in the backlog)
-            await peer.aclose()
-            async with asyncio.timeout(WAIT):
-                if kind == "tell":
-                    with pytest.raises(PeerUnreachable):  # a tell that waited alone
-                        await sending
-                    dead = a.dead_letters(reason=DeadLetterReason.NOT_DELIVERED)
-                    # the batch: the tells after the pass's first, as many as it took
-                    assert [record.message.n for record in dead] == list(range(1, len(dead) + 1))
-                    assert len(dead) > 100
-                    assert all("PeerUnreachable" in (r.error or "") for r in dead), dead[0]
-                else:
-                    failed = await sending  # (the lost peer fails them: NodeLost)
-                    assert all(isinstance(error, PeerUnreachable) for error in failed), failed
-    finally:
-        await peer.aclose()
+                failed = await sending  # (the lost peer fails them: NodeLost)
+                assert all(isinstance(error, PeerUnreachable) for error in failed), failed
 
 
 async def test_batched_tells_still_waiting_when_the_kernel_stops_are_dead_letters_named_so() -> (
@@ -640,32 +668,13 @@ async def test_batched_tells_still_waiting_when_the_kernel_stops_are_dead_letter
 ):
     # As above (a peer that stops reading, sockets full, a send queue of one frame):
     # the batch waits in the Backlog; then the sending kernel stops.
-    first = asyncio.Event()
-
-    def stop_reading(peer: str, frame: bytes) -> asyncio.Future[None]:
-        first.set()
-        return asyncio.get_running_loop().create_future()  # never: no more from peer
-
-    peer = open_transport("tcp://127.0.0.1:0", heartbeat=None)
-    peer.schema = document(reads_batches=True)
-    await peer.start(stop_reading, lambda peer, error: None)
     options = {"heartbeat": None, "send_queue": 1}
-    try:
+    async with stalled_peer() as peer:
         a = Kernel(transport="tcp://127.0.0.1:0", transport_options=options)
         async with a:
-            ref = a.ref("Log", "x", node=peer.address)
-            await ref.tell(Numbered(n=-1))
-            async with asyncio.timeout(WAIT):
-                await first.wait()
-            await ref.tell(Blob(data=bytes(24 * 1024 * 1024)))
-            for _ in range(3):  # the connection's writer starts waiting for them to drain
-                await asyncio.sleep(0)
-
-            async def tells() -> None:
-                for i in range(MAX_ITEMS + 20):
-                    await ref.tell(Numbered(n=i))
-
-            sending = asyncio.ensure_future(tells())
+            ref = a.ref("Log", "x", node=peer.transport.address)
+            await peer.fill_the_sockets(ref)
+            sending = tell_in_one_pass(ref, MAX_ITEMS + 20)
             await asyncio.sleep(0)  # (its first steps: the batch is in the backlog)
         async with asyncio.timeout(WAIT):
             with pytest.raises(KernelStopped):  # the tell that waited alone
@@ -674,8 +683,6 @@ async def test_batched_tells_still_waiting_when_the_kernel_stops_are_dead_letter
         assert len(dead) > 100  # the batch: the tells after the pass's first
         reasons = {record.reason for record in dead}
         assert reasons == {DeadLetterReason.KERNEL_STOPPED}, dead[0].error
-    finally:
-        await peer.aclose()
 
 
 # -- 7. what a pass gathered goes before a reply, and before the link closes --------------------
@@ -698,10 +705,7 @@ class Relayer(Agent):
 async def test_a_reply_is_not_sent_before_the_deliveries_gathered_for_its_node(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async with (
-        Kernel(transport="tcp://127.0.0.1:0", transport_options={"heartbeat": None}) as a,
-        Kernel(transport="tcp://127.0.0.1:0", transport_options={"heartbeat": None}) as b,
-    ):
+    async with two_nodes() as (a, b):
         a.register(Log)
         b.register(Relayer)
         assert a.address is not None
@@ -720,10 +724,7 @@ async def test_a_reply_is_not_sent_before_the_deliveries_gathered_for_its_node(
 
 
 async def test_closing_the_link_sends_what_the_pass_gathered_first() -> None:
-    async with (
-        Kernel(transport="tcp://127.0.0.1:0", transport_options={"heartbeat": None}) as a,
-        Kernel(transport="tcp://127.0.0.1:0", transport_options={"heartbeat": None}) as b,
-    ):
+    async with two_nodes() as (a, b):
         b.register(Log)
         assert b.address is not None
         ref = a.ref(Log, "x", node=b.address)
