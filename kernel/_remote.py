@@ -29,7 +29,6 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from kerna.transports import Transport, open_transport
@@ -48,6 +47,7 @@ from ._failure_log import LogBudget
 from ._failures import describe
 from ._ids import AgentId
 from ._message import DeadLetterReason
+from ._remote_routes import LocalRoute, RemoteReply, RemoteRoute, takes
 from ._runtime import RUNNING
 from ._schema_exchange import SchemaExchange, reads_batches
 from ._send_backlog import Backlog
@@ -83,66 +83,6 @@ MAX_PARKED = 10_000
 (a transport that cannot pause one peer, ``Transport.pauses = False``: nats)."""
 
 
-class _LocalRoute:
-    """A route cache slot for ``Runtime.deliver`` (the role an ``AgentRef`` plays)."""
-
-    __slots__ = ("route",)
-
-    # Runtime.deliver: a message another node sent here is not placed again.
-    inbound = True
-
-    def __init__(self) -> None:
-        self.route: Any = None
-
-
-class _RemoteType:
-    """The agent type a remote route stands for: the destination checks handlers
-    itself, so every message type is handled here. ``handlers`` learns each type sent
-    (``handler_for``, asked by ``check_handled`` on a send's first, slow path), so a
-    warm send's check (``type(message) in route.atype.handlers``) is a dict lookup."""
-
-    __slots__ = ("handlers", "name")
-
-    def __init__(self) -> None:
-        self.handlers: dict[type, bool] = {}
-        self.name = "remote"
-
-    def handler_for(self, message_type: type) -> bool:
-        self.handlers[message_type] = True
-        return True
-
-
-_REMOTE_TYPE = _RemoteType()
-
-
-class RemoteRoute:
-    """Where a ref to an agent on another node sends: that node's address.
-
-    It has the shape ``Runtime.deliver`` and ``AgentRef`` read of a local activation
-    (``closed``, ``failure``, ``atype.handlers``, ``put``), so a remote send takes the
-    same path as a local one up to ``put``.
-    """
-
-    __slots__ = ("closed", "failure", "node", "put", "remote")
-
-    atype = _REMOTE_TYPE
-
-    def __init__(self, remote: Remote, node: str) -> None:
-        self.remote = remote
-        self.node = node
-        self.closed = False
-        self.failure = None
-        # put(env): encode and send ``env`` (``Remote.send`` for this node, bound here:
-        # no call of its own per message). None once the frame is queued, or an
-        # awaitable that completes when it is (the transport had to connect or wait
-        # for room); the sender must await it. Raises WireError: the message cannot
-        # be encoded (UNENCODABLE, TOO_LARGE).
-        self.put: Callable[[Envelope], Awaitable[None] | None] = partial(remote.send, node)
-
-    def __repr__(self) -> str:
-        return f"<RemoteRoute {self.node}>"
-
-
 class Remote:
     """One kernel's transport, codec and the asks it waits on from other nodes."""
 
@@ -159,7 +99,7 @@ class Remote:
         self._log_budget = LogBudget(time.monotonic)  # refused frames logged, per peer
         # Per local target of messages from other nodes, its cached route (what a ref
         # keeps): Runtime.deliver then skips the directory lookup for a live agent.
-        self._local_routes: dict[Any, _LocalRoute] = {}
+        self._local_routes: dict[Any, LocalRoute] = {}
         self._compared: set[str] = set()  # peers whose schemas we compared
         self._closing = False  # aclose began: what fails to go out, the stop failed
         self.schemas = SchemaExchange(codec.types)
@@ -568,7 +508,7 @@ class Remote:
         # address the frame names: a hostile frame must not make this node connect
         # elsewhere. (Asks forwarded through another node come with the cluster.)
         if env.kind == ASK and decoded.reply_to is not None:
-            env.reply = _RemoteReply(self, peer, env.id, type(env.payload), env.deadline)
+            env.reply = RemoteReply(self, peer, env.id, type(env.payload), env.deadline)
         target = env.target
         holder = self._local_routes.get(target)
         if holder is None:
@@ -601,13 +541,13 @@ class Remote:
             if ask:  # rest into its mailbox at once, as far as it has room
                 for env in envelopes:
                     assert isinstance(env, Envelope)
-                    env.reply = _RemoteReply(self, peer, env.id, type(env.payload), env.deadline)
+                    env.reply = RemoteReply(self, peer, env.id, type(env.payload), env.deadline)
                 ask = False
             first = envelopes[0]
             assert isinstance(first, Envelope)
             pause = self._admit(peer, first, holder)
             route = holder.route
-            warm = _takes(route, first, rt)
+            warm = takes(route, first, rt)
             start = 1
             put_many = getattr(route, "put_many", None)  # (an activation here)
             if warm and pause is None and not self._parked and put_many is not None:
@@ -617,7 +557,7 @@ class Remote:
                 self._refused(peer, env)
                 continue
             if ask:
-                env.reply = _RemoteReply(self, peer, env.id, type(env.payload), env.deadline)
+                env.reply = RemoteReply(self, peer, env.id, type(env.payload), env.deadline)
             if warm and not self._parked:  # (every item has the batch's one message type)
                 try:
                     pending = route.put(env)
@@ -631,7 +571,7 @@ class Remote:
             else:
                 waiting = self._admit(peer, env, holder)
                 route = holder.route
-                warm = _takes(route, env, rt)
+                warm = takes(route, env, rt)
             if waiting is not None:
                 pause = waiting
         if pause is None:
@@ -644,14 +584,14 @@ class Remote:
                 rt.loop.call_soon(_turn_over, pause)
         return pause
 
-    def _holder(self, target: AgentId | str) -> _LocalRoute:
+    def _holder(self, target: AgentId | str) -> LocalRoute:
         """A route cache slot for ``target`` (a new one)."""
         if len(self._local_routes) >= _LOCAL_ROUTES:
             self._local_routes.clear()
-        holder = self._local_routes[target] = _LocalRoute()
+        holder = self._local_routes[target] = LocalRoute()
         return holder
 
-    def _admit(self, peer: str, env: Envelope, holder: _LocalRoute) -> asyncio.Future[None] | None:
+    def _admit(self, peer: str, env: Envelope, holder: LocalRoute) -> asyncio.Future[None] | None:
         """Deliver ``env`` from ``peer`` here; returns the future the transport waits
         on before it hands over more from ``peer`` (flow control)."""
         rt = self.runtime
@@ -819,66 +759,6 @@ class Remote:
                 )
         if self.peer_lost is not None:
             self.peer_lost(peer)
-
-
-class _RemoteReply(asyncio.Future[Any]):
-    """The reply future of an ask from another node (what ``env.reply`` is for it).
-
-    Completing it sends the reply at once, in the worker's own step: no done callback,
-    no extra loop pass, no timer. The asker's deadline is checked when the worker asks
-    ``done()``: past it, the future reads as done (cancelled), so an expired ask is not
-    run and its reply not sent (the asker has given up; a handler that finishes late
-    is counted as a late reply, as in-process).
-    """
-
-    __slots__ = ("_deadline", "_message_id", "_node", "_remote", "_request")
-
-    def __init__(
-        self,
-        remote: Remote,
-        node: str,
-        message_id: int,
-        request: type[Any],
-        deadline: float | None,
-    ) -> None:
-        super().__init__(loop=remote.runtime.loop)
-        self._remote = remote
-        self._node = node
-        self._message_id = message_id
-        self._request = request
-        self._deadline = deadline
-
-    def done(self) -> bool:
-        if super().done():
-            return True
-        deadline = self._deadline
-        if deadline is not None and self.get_loop().time() >= deadline:
-            super().cancel()
-            return True
-        return False
-
-    def set_result(self, result: Any, /) -> None:
-        super().set_result(result)
-        self._remote.send_reply(self._node, self._message_id, self._request, result)
-
-    def set_exception(self, exception: type | BaseException, /) -> None:
-        super().set_exception(exception)
-        error = self.exception()  # retrieved here: it goes to the asker
-        assert error is not None
-        self._remote.send_error(self._node, self._message_id, error)
-
-
-def _takes(route: Any, env: Envelope, runtime: Runtime) -> bool:
-    """Whether ``route`` (what ``Runtime.deliver`` chose for ``env``) takes the messages
-    of ``env``'s type at once, as a warm send checks (the kernel runs, the route is open,
-    has not failed and handles the type)."""
-    return (
-        route is not None
-        and runtime.phase is RUNNING
-        and not route.closed
-        and route.failure is None
-        and type(env.payload) in route.atype.handlers
-    )
 
 
 def _turn_over(turn: asyncio.Future[None]) -> None:

@@ -97,7 +97,7 @@ def disown_leftovers(before: set[asyncio.Task[Any]]) -> None:
     for task in asyncio.all_tasks() - before:
         task.add_done_callback(_retrieve)
     for obj in gc.get_objects():
-        # The base class's methods: a subclass's done() may act (kerna's _RemoteReply
+        # The base class's methods: a subclass's done() may act (kerna's RemoteReply
         # cancels itself once its deadline passed).
         if isinstance(obj, asyncio.Future) and asyncio.Future.done(obj):
             _retrieve(obj)
