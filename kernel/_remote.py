@@ -255,8 +255,8 @@ class Remote:
                         del buffer[start:]
                         self.codec.encode_payload(message)  # raises the WireError that says why
                         raise
-                    if len(buffer) - start > MAX_BYTES:  # the codec refuses one over its limit
-                        try:
+                    if len(buffer) - start > self.codec.max_frame_size:
+                        try:  # the codec refuses a message over its limit
                             self.codec.encode_payload(message)
                         except WireError:
                             del buffer[start:]
@@ -528,22 +528,20 @@ class Remote:
                 seen = order.last[peer]
             seen[1] = max(seen[1], seq + len(envelopes) - 1)
         rt = self.runtime
-        ask = batch.kind == ASK and batch.reply_to is not None  # replies go to peer (above)
         target = batch.target
         holder = self._local_routes.get(target)
         if holder is None:
             holder = self._holder(target)
+        if batch.kind == ASK and batch.reply_to is not None:  # replies go to peer (above)
+            for env in envelopes:
+                if isinstance(env, Envelope):
+                    env.reply = RemoteReply(self, peer, env.id, type(env.payload), env.deadline)
         pause = None
         warm = False  # the route deliver chose takes the batch's messages (as _admit checks)
         route: Any = None
         start = 0
         if not batch.refused:  # the common case: the first goes the whole way, the
-            if ask:  # rest into its mailbox at once, as far as it has room
-                for env in envelopes:
-                    assert isinstance(env, Envelope)
-                    env.reply = RemoteReply(self, peer, env.id, type(env.payload), env.deadline)
-                ask = False
-            first = envelopes[0]
+            first = envelopes[0]  # rest into its mailbox at once, as far as it has room
             assert isinstance(first, Envelope)
             pause = self._admit(peer, first, holder)
             route = holder.route
@@ -556,8 +554,6 @@ class Remote:
             if isinstance(env, WireError):
                 self._refused(peer, env)
                 continue
-            if ask:
-                env.reply = RemoteReply(self, peer, env.id, type(env.payload), env.deadline)
             if warm and not self._parked:  # (every item has the batch's one message type)
                 try:
                     pending = route.put(env)

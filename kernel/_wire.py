@@ -570,8 +570,7 @@ class WireCodec:
     def _batch_decoder(self, tag: str) -> msgspec.msgpack.Decoder[Any] | None:
         """The decoder of a batch of ``tag``'s messages in one pass, for a registered
         type whose values cannot nest past the cap (None otherwise: one by one)."""
-        known = self._known.get(tag)
-        decoder, depth = known if known is not None else self._decoder(tag)
+        decoder, depth = self._decoder(tag)
         message_type = self.types.get(tag)
         if decoder is None or message_type is None or depth > self.max_depth:
             return None
