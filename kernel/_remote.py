@@ -17,6 +17,10 @@ A peer that is lost fails the asks waiting on it with ``NodeLost`` (a
 has been silent for the transport's heartbeat timeout (tcp: ``heartbeat *
 heartbeat_misses``), never only at the ask's own timeout.
 
+The receiving side (decoding frames, delivering them here, flow control) is
+``kerna._remote_inbound``; this module sends, keeps the asks waiting on other nodes, and
+follows peers lost and met.
+
 Delivery is at most once: nothing is sent twice, and a frame written to a connection
 that breaks may be lost. Each delivery is numbered per peer so that the receiver
 counts what was lost (``Kernel.delivery_stats``, ``kerna._delivery_order``).
@@ -33,26 +37,21 @@ from typing import TYPE_CHECKING, Any
 
 from kerna.transports import Transport, open_transport
 
-from ._delivery_order import DeliveryOrder, DeliveryStats
-from ._envelope import ASK, KIND_NAMES, TELL, Envelope
+from ._delivery_order import DeliveryStats
+from ._envelope import ASK, KIND_NAMES, Envelope
 from ._errors import (
-    ActivationFailed,
     KernelStopped,
-    MailboxFull,
     NodeLost,
-    UnhandledMessage,
-    UnknownAgent,
 )
 from ._failure_log import LogBudget
 from ._failures import describe
-from ._ids import AgentId
 from ._message import DeadLetterReason
-from ._remote_routes import LocalRoute, RemoteReply, RemoteRoute, takes
-from ._runtime import RUNNING
+from ._remote_inbound import Inbound
+from ._remote_routes import RemoteRoute
 from ._schema_exchange import SchemaExchange, reads_batches
 from ._send_backlog import Backlog
 from ._send_batch import MAX_BYTES, MAX_ITEMS, SendBatch
-from ._wire import Batch, Reply, WireCodec, WireError, WireErrorReason
+from ._wire import Reply, WireCodec, WireError, WireErrorReason
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -62,25 +61,8 @@ __all__ = ["Remote", "RemoteRoute"]
 log = logging.getLogger("kerna.remote")
 
 
-# The dead-letter reason of a message from another node refused by this kernel.
-_REASONS: dict[type[BaseException], DeadLetterReason] = {
-    UnknownAgent: DeadLetterReason.UNKNOWN_AGENT,
-    UnhandledMessage: DeadLetterReason.UNHANDLED_MESSAGE,
-    MailboxFull: DeadLetterReason.MAILBOX_FULL,
-    ActivationFailed: DeadLetterReason.ACTIVATION_FAILED,
-    KernelStopped: DeadLetterReason.KERNEL_STOPPED,
-}
-
-
-_LOCAL_ROUTES = 10_000  # cached routes of local targets, then the cache starts afresh
 _MAX_SEQ = (1 << 63) - 1  # the largest delivery number (an upper bound of its size)
 _SWEEP_AT = 1024  # asks waiting on other nodes before the first sweep of given-up ones
-PAUSE_AT = 64
-"""Deliveries from one peer parked on full ``wait`` mailboxes at which this node asks
-the transport to take no more from that peer until they are all admitted."""
-MAX_PARKED = 10_000
-"""Parked deliveries from one peer beyond which more are refused with ``MailboxFull``
-(a transport that cannot pause one peer, ``Transport.pauses = False``: nats)."""
 
 
 class Remote:
@@ -96,17 +78,9 @@ class Remote:
         self._sweep_at = _SWEEP_AT
         self._tasks: set[asyncio.Task[None]] = set()
         self._replying: set[asyncio.Task[None]] = set()  # replies waiting for a connection
-        self._log_budget = LogBudget(time.monotonic)  # refused frames logged, per peer
-        # Per local target of messages from other nodes, its cached route (what a ref
-        # keeps): Runtime.deliver then skips the directory lookup for a live agent.
-        self._local_routes: dict[Any, LocalRoute] = {}
-        self._compared: set[str] = set()  # peers whose schemas we compared
+        self._log_budget = LogBudget(time.monotonic)  # unsent batches logged, per error
         self._closing = False  # aclose began: what fails to go out, the stop failed
         self.schemas = SchemaExchange(codec.types)
-        # Receive-side flow control, per peer: deliveries parked on full mailboxes, and
-        # the future the transport waits on while that peer is paused.
-        self._parked: dict[str, int] = {}
-        self._resume: dict[str, asyncio.Future[None]] = {}
         # Told of every lost peer's address, after its waiting asks failed (the cluster
         # parks what it sends to that node: kerna._cluster_parking).
         self.peer_lost: Callable[[str], None] | None = None
@@ -115,7 +89,6 @@ class Remote:
         self.epoch = secrets.randbits(63) or 1
         self._seq: dict[str, int] = {}
         self._backlogs: dict[str, Backlog] = {}  # per peer: deliveries waiting to be queued
-        self.order = DeliveryOrder()
         # Per peer, the deliveries gathered in this loop pass (kerna._send_batch), sent
         # by the callback _pass_over at the pass's end; which peers read batches (by
         # the schema document they sent: re-read when it changes).
@@ -125,9 +98,9 @@ class Remote:
         self._hot: set[str] = set()  # peers whose sends are gathered (_hot_peer)
         # Per cold peer, how many frames this node had received when it last sent there.
         self._last_sent: dict[str, int] = {}
-        self._frames_in = 0
         self._peer_info = getattr(transport, "peer_info", None)
         self._encode_item = codec.encode_item
+        self.inbound = Inbound(self)  # what comes in from peers (kerna._remote_inbound)
 
     @classmethod
     def open(cls, runtime: Runtime, url: str, options: dict[str, Any]) -> Remote:
@@ -147,7 +120,7 @@ class Remote:
         self.codec.clock = self.runtime.loop.time
         transport = self.transport
         self.types_changed()
-        await transport.start(self._on_frame, self._on_peer_lost)
+        await transport.start(self.inbound.on_frame, self._on_peer_lost)
         # A transport may lower its limit on start (nats: the server's max_payload).
         self.codec.max_frame_size = self.transport.max_frame_size
 
@@ -178,10 +151,7 @@ class Remote:
             left = deadline - self.runtime.loop.time()
             self.transport.close_wait = max(0.0, min(self.transport.close_wait, left))
         await self.transport.aclose()
-        for resume in self._resume.values():
-            if not resume.done():
-                resume.set_result(None)
-        self._resume.clear()
+        self.inbound.release()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -309,7 +279,7 @@ class Remote:
         and its reply comes in between)."""
         if node in self._hot:  # (and it still says so: it may have restarted older)
             return self._batching(node)
-        received = self._frames_in
+        received = self.inbound.frames_in
         last = self._last_sent.get(node)
         self._last_sent[node] = received
         if last != received or not self._batching(node):
@@ -463,10 +433,9 @@ class Remote:
         none)."""
         return self.schemas.mismatches()
 
-    def _compare_schemas(self, peer: str) -> None:
-        """Compare what ``peer`` sent about its schemas (its handshake or probe) with
-        ours, once per peer (``kerna._schema_exchange``)."""
-        self._compared.add(peer)
+    def met(self, peer: str) -> None:
+        """The first frame from ``peer`` came: compare what it sent about its schemas
+        (its handshake or probe) with ours (``kerna._schema_exchange``)."""
         peer_info = getattr(self.transport, "peer_info", None)
         info = None if peer_info is None else peer_info(peer)
         if info is not None and info.schema:
@@ -478,186 +447,9 @@ class Remote:
         if hasattr(self.transport, "schema"):  # a transport that tells peers (tcp, nats)
             self.transport.schema = self.schemas.document()
 
-    def _on_frame(self, peer: str, frame: bytes) -> asyncio.Future[None] | None:
-        """A frame from ``peer``: a reply, or a delivery; returns the future the
-        transport waits on before it hands over more from ``peer`` (flow control)."""
-        self._frames_in += 1  # (_hot_peer)
-        if peer not in self._compared:
-            self._compare_schemas(peer)
-        try:
-            decoded = self.codec.decode(frame, peer)
-        except WireError as exc:
-            self._refused(peer, exc)
-            return None
-        if isinstance(decoded, Reply):
-            self._replied(decoded)
-            return None
-        if isinstance(decoded, Batch):
-            return self._on_batch(peer, decoded)
-        seq = decoded.seq
-        if seq:  # numbered: the next one from this peer, or a gap (or a bug) counted
-            seen = self.order.last.get(peer)
-            if seen is not None and seq == seen[1] + 1 and seen[0] == decoded.epoch:
-                seen[1] = seq
-            else:
-                self.order.unexpected(peer, decoded.epoch, seq)
-        # A delivery (handled here, not in a method of its own: this runs per frame).
-        # The clock is read only for a deadline (a tell has none).
-        env = decoded.envelope(0.0 if decoded.remaining is None else self.runtime.loop.time())
-        # The reply goes back to the node the ask came from (``peer``), never to an
-        # address the frame names: a hostile frame must not make this node connect
-        # elsewhere. (Asks forwarded through another node come with the cluster.)
-        if env.kind == ASK and decoded.reply_to is not None:
-            env.reply = RemoteReply(self, peer, env.id, type(env.payload), env.deadline)
-        target = env.target
-        holder = self._local_routes.get(target)
-        if holder is None:
-            holder = self._holder(target)
-        return self._admit(peer, env, holder)
-
-    def _on_batch(self, peer: str, batch: Batch) -> asyncio.Future[None] | None:
-        """A batch frame from ``peer``: each item delivered as its own delivery frame
-        would be, in order (``kerna._wire_frames``)."""
-        envelopes = batch.envelopes
-        seq = batch.seq
-        if seq:  # the items are numbered from seq on
-            order = self.order
-            seen = order.last.get(peer)
-            if seen is None or seq != seen[1] + 1 or seen[0] != batch.epoch:
-                order.unexpected(peer, batch.epoch, seq)
-                seen = order.last[peer]
-            seen[1] = max(seen[1], seq + len(envelopes) - 1)
-        rt = self.runtime
-        target = batch.target
-        holder = self._local_routes.get(target)
-        if holder is None:
-            holder = self._holder(target)
-        if batch.kind == ASK and batch.reply_to is not None:  # replies go to peer (above)
-            for env in envelopes:
-                if isinstance(env, Envelope):
-                    env.reply = RemoteReply(self, peer, env.id, type(env.payload), env.deadline)
-        pause = None
-        warm = False  # the route deliver chose takes the batch's messages (as _admit checks)
-        route: Any = None
-        start = 0
-        if not batch.refused:  # the common case: the first goes the whole way, the
-            first = envelopes[0]  # rest into its mailbox at once, as far as it has room
-            assert isinstance(first, Envelope)
-            pause = self._admit(peer, first, holder)
-            route = holder.route
-            warm = takes(route, first, rt)
-            start = 1
-            put_many = getattr(route, "put_many", None)  # (an activation here)
-            if warm and pause is None and not self._parked and put_many is not None:
-                start += put_many(envelopes, 1)
-        for env in envelopes[start:] if start else envelopes:
-            if isinstance(env, WireError):
-                self._refused(peer, env)
-                continue
-            if warm and not self._parked:  # (every item has the batch's one message type)
-                try:
-                    pending = route.put(env)
-                except Exception as exc:  # a full mailbox, a failed start
-                    self._not_delivered(env, exc)
-                    warm = False  # the next one goes the whole way (_admit)
-                    continue
-                if pending is None:
-                    continue
-                waiting = self._park(peer, env, pending, 0)
-            else:
-                waiting = self._admit(peer, env, holder)
-                route = holder.route
-                warm = takes(route, env, rt)
-            if waiting is not None:
-                pause = waiting
-        if pause is None:
-            mailbox = getattr(holder.route, "mailbox", None)
-            if mailbox is not None and len(mailbox) + MAX_ITEMS > holder.route.atype.capacity:
-                # The next batch might not fit: let the agent's worker run first (the
-                # transport reads nothing more from this peer until the next loop pass)
-                # rather than park each message on a full mailbox.
-                pause = rt.loop.create_future()
-                rt.loop.call_soon(_turn_over, pause)
-        return pause
-
-    def _holder(self, target: AgentId | str) -> LocalRoute:
-        """A route cache slot for ``target`` (a new one)."""
-        if len(self._local_routes) >= _LOCAL_ROUTES:
-            self._local_routes.clear()
-        holder = self._local_routes[target] = LocalRoute()
-        return holder
-
-    def _admit(self, peer: str, env: Envelope, holder: LocalRoute) -> asyncio.Future[None] | None:
-        """Deliver ``env`` from ``peer`` here; returns the future the transport waits
-        on before it hands over more from ``peer`` (flow control)."""
-        rt = self.runtime
-        if rt.phase is not RUNNING and not rt.accepts_inbound():
-            self._not_delivered(env, rt.refusal(f"{type(env.payload).__qualname__} from {peer}"))
-            return None
-        parked = self._parked.get(peer, 0)
-        if parked >= MAX_PARKED:  # the transport did not pause the peer: refuse more
-            self._not_delivered(env, self._flooded(env, peer, parked))
-            return None
-        route = holder.route
-        try:
-            if (  # warm: the route deliver chose last time still takes it (as a ref does)
-                route is not None
-                and not route.closed
-                and route.failure is None
-                and type(env.payload) in route.atype.handlers
-            ):
-                pending = route.put(env)
-            else:
-                pending = rt.deliver(env, holder)
-        except Exception as exc:  # unknown agent, no handler, full mailbox, failed start
-            self._not_delivered(env, exc)
-            return None
-        if pending is None:
-            return None
-        return self._park(peer, env, pending, parked)
-
-    def _park(
-        self, peer: str, env: Envelope, pending: Awaitable[None], parked: int
-    ) -> asyncio.Future[None] | None:
-        """A full ``wait`` mailbox: the envelope waits in its queue, in order; count it
-        against the peer and, past PAUSE_AT, have the transport stop reading it."""
-        self._parked[peer] = parked + 1
-        future = asyncio.ensure_future(pending)
-        future.add_done_callback(lambda done: self._admitted(peer, env, done))
-        if parked + 1 < PAUSE_AT:
-            return None
-        resume = self._resume.get(peer)
-        if resume is None:
-            resume = self._resume[peer] = self.runtime.loop.create_future()
-        return resume
-
-    def delivery_stats(self) -> DeliveryStats:
-        """What the numbers on deliveries from other nodes showed: how many were lost
-        (gaps) and how many came out of order (never, unless there is a bug)."""
-        return self.order.stats()
-
-    def _refused(self, peer: str, error: WireError) -> None:
-        """A frame that does not decode (counted per reason by the codec): its asker
-        gets the error back; a reply that does not decode fails the ask it answers;
-        anything else is a dead letter."""
-        skipped = self._log_budget.allow(peer)
-        if skipped is not None:
-            note = f" ({skipped} earlier refusals from {peer} were not logged)" if skipped else ""
-            log.warning("frame from %s refused: %s%s", peer, error, note)
-        reply_to = error.reply_to
-        if error.is_reply:
-            waiting = self._waiting.pop(error.message_id, None)
-            if waiting is not None and not waiting[0].done():
-                waiting[0].set_exception(error)
-        elif reply_to is not None and error.message_id:
-            # To the node it came from: never to an address a frame names (a hostile
-            # frame must not make this node connect elsewhere).
-            self.send_error(peer, error.message_id, error)
-        else:
-            lost = Envelope(error.message_id, TELL, f"frame from {peer}", None)
-            self.runtime.undeliverable(lost, peer, DeadLetterReason.UNDECODABLE, error)
-
-    def _replied(self, reply: Reply) -> None:
+    def replied(self, reply: Reply) -> None:
+        """A reply came (``kerna._remote_inbound``): it completes the ask it answers,
+        unless its asker gave up (a late reply, dropped)."""
         waiting = self._waiting.pop(reply.id, None)
         if waiting is None:
             return  # the asker gave up (timed out): a late reply
@@ -669,50 +461,17 @@ class Remote:
         else:
             future.set_result(reply.value)
 
-    def _admitted(self, peer: str, env: Envelope, done: asyncio.Future[None]) -> None:
-        """A parked delivery left the queue: in the mailbox, or refused meanwhile."""
-        left = self._parked.get(peer, 1) - 1
-        if left:
-            self._parked[peer] = left
-        else:
-            self._parked.pop(peer, None)
-            resume = self._resume.pop(peer, None)
-            if resume is not None and not resume.done():
-                resume.set_result(None)
-        if done.cancelled():
-            self._not_delivered(env, KernelStopped("the kernel stopped while it waited for room"))
-        elif (error := done.exception()) is not None:
-            # refused while it waited (a failed activation, a fence)
-            self._not_delivered(env, error if isinstance(error, Exception) else KernelStopped())
+    def fail_ask(self, message_id: int, error: Exception) -> None:
+        """The reply to the ask ``message_id`` came and could not be decoded: the asker
+        gets ``error``."""
+        waiting = self._waiting.pop(message_id, None)
+        if waiting is not None and not waiting[0].done():
+            waiting[0].set_exception(error)
 
-    @staticmethod
-    def _flooded(env: Envelope, peer: str, parked: int) -> MailboxFull:
-        target = env.target
-        return MailboxFull(
-            f"{peer} has {parked} messages waiting for room in full mailboxes here: "
-            f"{KIND_NAMES[env.kind]} to {target} refused",
-            target=target if isinstance(target, AgentId) else None,
-            capacity=MAX_PARKED,
-        )
-
-    def _not_delivered(self, env: Envelope, error: Exception) -> None:
-        """A message from another node refused here: its asker gets the error back;
-        a tell or an event is a dead letter, counted, with the reason."""
-        reply = env.reply
-        if reply is not None:
-            if not reply.done():
-                reply.set_exception(error)
-            return
-        reason = _REASONS.get(type(error), DeadLetterReason.NOT_DELIVERED)
-        if self._log_budget.allow(f"not delivered: {reason}") is not None:
-            log.warning(
-                "%s %s from %s not delivered: %s",
-                KIND_NAMES[env.kind],
-                type(env.payload).__qualname__,
-                env.sender or "another node",
-                describe(error),
-            )
-        self.runtime.undeliverable(env, env.target, reason, error)
+    def delivery_stats(self) -> DeliveryStats:
+        """What the numbers on deliveries from other nodes showed: how many were lost
+        (gaps) and how many came out of order (never, unless there is a bug)."""
+        return self.inbound.order.stats()
 
     def send_reply(self, node: str, message_id: int, request: type[Any], value: Any) -> None:
         """Send the reply to the ask ``message_id`` from ``node`` (an error reply if the
@@ -755,11 +514,6 @@ class Remote:
                 )
         if self.peer_lost is not None:
             self.peer_lost(peer)
-
-
-def _turn_over(turn: asyncio.Future[None]) -> None:
-    if not turn.done():
-        turn.set_result(None)
 
 
 def _log_failed_reply(task: asyncio.Task[None]) -> None:
