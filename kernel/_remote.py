@@ -99,6 +99,7 @@ class Remote:
         # Per cold peer, how many frames this node had received when it last sent there.
         self._last_sent: dict[str, int] = {}
         self._peer_info = getattr(transport, "peer_info", None)
+        self._reply_to = ""  # an ask's reply address: this transport's, from start
         self._encode_item = codec.encode_item
         self.inbound = Inbound(self)  # what comes in from peers (kerna._remote_inbound)
 
@@ -121,6 +122,7 @@ class Remote:
         transport = self.transport
         self.types_changed()
         await transport.start(self.inbound.on_frame, self._on_peer_lost)
+        self._reply_to = transport.address  # (known once it listens: a port 0 is chosen)
         # A transport may lower its limit on start (nats: the server's max_payload).
         self.codec.max_frame_size = self.transport.max_frame_size
 
@@ -185,7 +187,7 @@ class Remote:
         Raises:
             WireError: the message cannot be encoded.
         """
-        reply_to = self.address if env.kind == ASK else None
+        reply_to = self._reply_to if env.kind == ASK else None
         reply = env.reply
         if reply is not None:
             waiting = self._waiting

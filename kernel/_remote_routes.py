@@ -87,6 +87,14 @@ class RemoteRoute:
         return f"<RemoteRoute {self.node}>"
 
 
+# Future's own methods, called as functions: RemoteReply's overrides run per remote ask,
+# and a super() call builds an object each time (Python 3.11).
+_future_init = asyncio.Future.__init__
+_future_done = asyncio.Future.done
+_future_cancel = asyncio.Future.cancel
+_future_set_result = asyncio.Future.set_result
+
+
 class RemoteReply(asyncio.Future[Any]):
     """The reply future of an ask from another node (what ``env.reply`` is for it).
 
@@ -107,7 +115,7 @@ class RemoteReply(asyncio.Future[Any]):
         request: type[Any],
         deadline: float | None,
     ) -> None:
-        super().__init__(loop=remote.runtime.loop)
+        _future_init(self, loop=remote.runtime.loop)
         self._remote = remote
         self._node = node
         self._message_id = message_id
@@ -115,16 +123,16 @@ class RemoteReply(asyncio.Future[Any]):
         self._deadline = deadline
 
     def done(self) -> bool:
-        if super().done():
+        if _future_done(self):
             return True
         deadline = self._deadline
         if deadline is not None and self.get_loop().time() >= deadline:
-            super().cancel()
+            _future_cancel(self)
             return True
         return False
 
     def set_result(self, result: Any, /) -> None:
-        super().set_result(result)
+        _future_set_result(self, result)
         self._remote.send_reply(self._node, self._message_id, self._request, result)
 
     def set_exception(self, exception: type | BaseException, /) -> None:

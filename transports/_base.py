@@ -188,7 +188,7 @@ class Transport(abc.ABC):
             TypeError: not bytes-like.
             FrameTooLarge: over ``max_frame_size``.
         """
-        if not isinstance(frame, bytes | bytearray | memoryview):
+        if type(frame) is not bytes and not isinstance(frame, bytes | bytearray | memoryview):
             raise TypeError(f"a frame is bytes, got {type(frame).__qualname__}")
         if len(frame) > self.max_frame_size:
             raise FrameTooLarge(

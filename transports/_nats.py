@@ -121,6 +121,7 @@ _NAME = re.compile(r"[A-Za-z0-9_-]{1,128}\Z")
 _PREFIX = re.compile(r"[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64})*\Z")
 
 
+_NEVER = float("-inf")  # a peer's checked_at before it was first found listening
 _NO_RESPONDERS_TRIES = 4
 _NO_RESPONDERS_GAP = 0.05  # seconds
 
@@ -175,7 +176,7 @@ class _Peer:
         self.queue: collections.deque[bytes] = collections.deque()  # not yet published
         self.ready = asyncio.Event()  # frames to publish
         self.room = asyncio.Event()  # the queue shrank (or the transport closed)
-        self.checked_at = float("-inf")  # when it was last found listening
+        self.checked_at = _NEVER  # when it was last found listening
         self.probing: asyncio.Task[TransportError | None] | None = None  # first contact
         self.task: asyncio.Task[None] | None = None
         self.busy = False  # a publish waits in nats-py (it holds a place of the queue)
@@ -579,7 +580,7 @@ class NatsTransport(Transport):
         if self._nc.is_closed:
             raise NatsServerUnavailable(f"the connection to nats server {self.server} is closed")
         p = self._peers.get(peer) or self._add_peer(peer)
-        if p.checked_at == float("-inf"):
+        if p.checked_at == _NEVER:
             await self._first_contact(p)
         # Behind a sender that waits for room (as send_now, and tcp): this one waits
         # too, at least for the next room, instead of going ahead of it.
@@ -608,7 +609,7 @@ class NatsTransport(Transport):
         if self._closed or self._nc is None or self._nc.is_closed:
             return False
         p = self._peers.get(peer)
-        if p is None or p.checked_at == float("-inf") or p.waiting or self._full(p):
+        if p is None or p.checked_at == _NEVER or p.waiting or self._full(p):
             return False
         self.check_frame(frame)
         self._put(p, bytes(frame))
@@ -789,7 +790,7 @@ class NatsTransport(Transport):
     def _lose(self, p: _Peer, error: BaseException) -> None:
         """Drop ``p``'s queued frames, probe again next time, report it lost."""
         p.queue.clear()
-        p.checked_at = float("-inf")
+        p.checked_at = _NEVER
         p.room.set()
         self._report_lost(p.address, error)
 
@@ -845,7 +846,7 @@ class NatsTransport(Transport):
                 f"lost the connection to nats server {self.server} ({why})"
             )
             if (p := self._peers.get(peer)) is not None:
-                p.checked_at = float("-inf")
+                p.checked_at = _NEVER
             self._report_lost(peer, error)
 
     async def _reconnected_cb(self) -> None:
