@@ -79,10 +79,15 @@ def unique(prefix: str) -> str:
 
 @pytest.fixture
 async def nodes(nats_server: NatsServer) -> AsyncIterator[Callable[..., object]]:
-    """Starts nodes on the session's server; closes them all after the test."""
+    """Starts nodes on the session's server; closes them all after the test.
+
+    A first send waits for a presence probe's answer: within 5 s here, the bound of
+    this file's other waits, not the transport's 2 s default (a loaded machine has
+    starved one past that); the tests of the probe's own timing pass theirs."""
     started: list[Node] = []
 
     async def make(server: NatsServer = nats_server, **options: object) -> Node:
+        options.setdefault("probe_timeout", 5.0)
         transport = NatsTransport(f"{server.url}/{unique('n')}", **options)  # type: ignore[arg-type]
         node = Node(transport)
         await transport.start(node.on_frame, node.on_peer_lost)
