@@ -263,6 +263,48 @@ def test_process_helpers_pause_resume_kill_and_wait_for_exit() -> None:
         proc.wait()
 
 
+SESSION_WITH_A_SERVER = """
+import sys, time
+from pathlib import Path
+from kerna.testing import ServerProcess
+
+class Sleeper(ServerProcess):
+    name = "sleeper"
+    def argv(self):
+        return [sys.executable, "-c", "import time; time.sleep(120)"]
+    def ready(self):
+        return True
+
+server = Sleeper(Path(sys.argv[1]))
+server.start()
+print(server.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_terminated_session_kills_the_servers_it_started(tmp_path: Path) -> None:
+    # Python runs no exit hook when SIGTERM ends it (a CI timeout): kerna.testing's
+    # handler kills its servers first, then the session still ends by SIGTERM.
+    session = subprocess.Popen(
+        [sys.executable, "-c", SESSION_WITH_A_SERVER, str(tmp_path / "sleeper.log")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    server = 0
+    try:
+        assert session.stdout is not None
+        server = int(session.stdout.readline())
+        assert _state(server) not in ("", "Z")
+        session.terminate()
+        assert wait_for_exit(session, 10) == -15
+        wait_for_exit(server, 10)  # not our child: gone, or a zombie of its new parent
+    finally:
+        session.kill()
+        session.wait()
+        if server and Path(f"/proc/{server}").exists() and _state(server) != "Z":
+            kill_process(server)  # (the fix failed: leave nothing running)
+
+
 ECHO_SERVER = """
 import socket, sys
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -4,7 +4,9 @@ test sends (SIGSTOP/SIGCONT, kill -9, wait for exit).
 ``ServerProcess`` is what each real server of ``kerna.testing`` (etcd, nats-server,
 redis-server) is built on: one child process, its log file, and control methods that
 act on its PID. Every child started here is killed by an exit hook if a crashed test
-session left it running. Only the standard library is used: a benchmark or a script
+session left it running, and when this process is terminated (SIGTERM, which Python
+otherwise answers by ending without its exit hooks: a CI timeout, a ``kill``), unless
+something else handles SIGTERM here. Only the standard library is used: a benchmark or a script
 may use these without pytest.
 """
 
@@ -18,6 +20,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,6 +48,26 @@ def _kill_leftovers() -> None:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         proc.wait()
+
+
+def _kill_leftovers_on_sigterm() -> None:
+    """From the first server started (in the main thread), SIGTERM kills the servers
+    this process started before it ends the process as before; a SIGTERM handler of
+    anyone else's (asyncio's ``add_signal_handler``, an application's) is left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    # Only kill (no wait: the interrupted code may hold a Popen's wait lock); the
+    # orphans' parent reaps them. Then the default action: this process ends by SIGTERM.
+    for proc in list(_running):
+        with contextlib.suppress(OSError):
+            proc.kill()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class ServerNotInstalled(RuntimeError):
@@ -275,6 +298,7 @@ class ServerProcess:
         """
         if self.running:
             raise RuntimeError(f"{self.name} is already running")
+        _kill_leftovers_on_sigterm()
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 list(self.argv()), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
