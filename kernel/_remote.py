@@ -331,7 +331,7 @@ class Remote:
 
     def _batch_frame(self, batch: SendBatch, seq: int) -> bytes:
         first = batch.first
-        reply_to = self.address if first.kind == ASK else None
+        reply_to = self._reply_to if first.kind == ASK else None
         return self.codec.encode_batch(first, batch.items(), reply_to, epoch=self.epoch, seq=seq)
 
     def _batch_sent(self, batch: SendBatch, done: asyncio.Future[None]) -> None:
@@ -379,7 +379,7 @@ class Remote:
             await self.transport.send(node, self._batch_frame(env, seq))
             self._seq[node] = seq + len(env.envelopes) - 1
             return
-        reply_to = self.address if env.kind == ASK else None  # as in send()
+        reply_to = self._reply_to if env.kind == ASK else None  # as in send()
         frame = self.codec.encode(env, reply_to, epoch=self.epoch, seq=seq)
         try:
             await self.transport.send(node, frame)
@@ -438,7 +438,7 @@ class Remote:
     def met(self, peer: str) -> None:
         """The first frame from ``peer`` came: compare what it sent about its schemas
         (its handshake or probe) with ours (``kerna._schema_exchange``)."""
-        peer_info = getattr(self.transport, "peer_info", None)
+        peer_info = self._peer_info
         info = None if peer_info is None else peer_info(peer)
         if info is not None and info.schema:
             self.schemas.compare(peer, info.schema)

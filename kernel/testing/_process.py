@@ -6,8 +6,8 @@ redis-server) is built on: one child process, its log file, and control methods 
 act on its PID. Every child started here is killed by an exit hook if a crashed test
 session left it running, and when this process is terminated (SIGTERM, which Python
 otherwise answers by ending without its exit hooks: a CI timeout, a ``kill``), unless
-something else handles SIGTERM here. Only the standard library is used: a benchmark or a script
-may use these without pytest.
+something else handles SIGTERM here. Only the standard library is used: a benchmark
+or a script may use these without pytest.
 """
 
 from __future__ import annotations
