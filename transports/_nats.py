@@ -22,10 +22,10 @@ published in the next loop pass; until then those frames count against the queue
 does a publish that waits in nats-py (its own buffer is bounded by ``pending_size``
 bytes, and a publish over it waits for the socket): a full queue waits or fails
 (``SendQueueFull``) by the sender's choice. An error nats-py raises from a publish loses
-the peer (below) whether the sender or the peer's task published. Received frames reach
-``on_frame`` from nats-py's subscription task, a loop pass after its reader parsed them
-(nats-py offers no public way to be called from the reader; its own request/reply takes
-that pass too).
+the peer (below) whether the sender or the peer's task published. A version 2 peer's
+data frames reach ``on_frame`` from nats-py's reader as it parses them (a loop pass
+before nats-py's own subscription callbacks would see them: ``_nats_client``); probes,
+goodbyes and version 1 frames through nats-py's subscription task.
 
 What NATS can tell about peers, and what this transport reports:
 
@@ -51,9 +51,14 @@ What NATS can tell about peers, and what this transport reports:
   bounded buffer (``pending_size``), and a full one fails the peer (reported lost).
   A send to a peer not present since needs the server: it raises
   ``NatsServerUnavailable`` until nats-py has reconnected.
-- A receiver slower than its senders: nats-py holds ``receive_queue`` frames for
-  ``on_frame`` and drops the rest, reporting them without their sender; every peer
-  heard from is then reported lost (``NatsFramesDropped``), never a silent gap.
+- A receiver slower than its senders: a version 2 peer's data frames are handed to
+  ``on_frame`` as they are read, never dropped here (the kernel's own bounds apply to
+  them); a receiver whose loop is stuck lets nats-server buffer them, up to its
+  ``max_pending``, and then be disconnected (reported as above). The frames that go
+  through nats-py's subscription (version 1 frames, probes, goodbyes) wait in its queue
+  of ``receive_queue``, which drops the rest, reporting them without their sender;
+  every peer heard from is then reported lost (``NatsFramesDropped``), never a silent
+  gap.
 - A node name is one subscriber: ``start`` refuses (``ConfigError``) a name a live
   node already answers on.
 
@@ -77,9 +82,6 @@ import logging
 import re
 import secrets
 import ssl
-import sys
-import types
-from collections.abc import Coroutine, Generator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -101,6 +103,7 @@ from ._base import (
     Transport,
     TransportClosed,
 )
+from ._nats_client import ReaderClient, start_publish
 
 __all__ = ["NatsFramesDropped", "NatsServerUnavailable", "NatsTransport", "PeerNotListening"]
 
@@ -185,66 +188,6 @@ class _Peer:
         self.waiting = 0  # senders waiting for room (send_now does not overtake them)
 
 
-if sys.version_info >= (3, 12):
-
-    def _start_publish(publish: Coroutine[Any, Any, None], peer: str) -> asyncio.Task[None] | None:
-        """Run ``publish`` up to its first suspension now, as an eager task: None if it
-        finished (what it raised is raised here), else the task that goes on with it."""
-        task = asyncio.Task(publish, loop=asyncio.get_running_loop(), eager_start=True)
-        if not task.done():
-            task.set_name(f"kerna nats publish to {peer}")
-            return task
-        task.result()
-        return None
-
-else:
-
-    def _start_publish(publish: Coroutine[Any, Any, None], peer: str) -> asyncio.Task[None] | None:
-        """Run ``publish`` up to its first suspension now: None if it finished (what it
-        raised is raised here), else a task that goes on with it from there.
-
-        Python 3.11 has no eager tasks: the first step runs in the sender's task, and
-        the rest in a task that passes up to asyncio what the coroutine waits on, as an
-        eager task would (nats-py's publish uses no ``current_task`` before it waits).
-        """
-        try:
-            waits_on = publish.send(None)
-        except StopIteration:
-            return None
-        return asyncio.get_running_loop().create_task(
-            _go_on(publish, waits_on), name=f"kerna nats publish to {peer}"
-        )
-
-
-async def _go_on(coro: Coroutine[Any, Any, None], waits_on: object) -> None:
-    # Cancelled before its first step (aclose right after the send), this never runs
-    # and ``coro`` stays suspended until it is collected, which closes it.
-    await _resume(coro, waits_on)
-
-
-@types.coroutine
-def _resume(coro: Coroutine[Any, Any, None], waits_on: object) -> Generator[Any, Any, None]:
-    """Drive ``coro``, already started and waiting on ``waits_on``, to its end: each
-    future it waits on goes up to the task awaiting this, each wake-up (or exception,
-    such as a cancellation) back down to ``coro``."""
-    while True:
-        try:
-            sent = yield waits_on
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:
-            try:
-                waits_on = coro.throw(exc)
-            except StopIteration:
-                return
-        else:
-            try:
-                waits_on = coro.send(sent)
-            except StopIteration:
-                return
-
-
 class NatsTransport(Transport):
     """Frames between nodes over NATS subjects (see the module docstring).
 
@@ -270,8 +213,9 @@ class NatsTransport(Transport):
         token: an authentication token.
         creds: the path of a NATS ``.creds`` file (JWT and nkey).
         pending_size: bytes nats-py buffers (while reconnecting, or ahead of the socket).
-        receive_queue: frames nats-py holds for ``on_frame`` before it drops them
-            (every peer heard from is then reported lost with ``NatsFramesDropped``).
+        receive_queue: frames nats-py holds for its subscription task (version 1
+            frames, probes, goodbyes) before it drops them (every peer heard from is
+            then reported lost with ``NatsFramesDropped``).
         sender_header: name the sender in a ``Kerna-From`` header on every frame (as
             protocol version 1 does), not in the reply subject: for a NATS deployment
             that rewrites reply subjects (cross-account service imports do); it costs
@@ -436,7 +380,7 @@ class NatsTransport(Transport):
         if self._nc is not None:
             raise RuntimeError(f"{self!r} is already started")
         self._on_frame, self._on_peer_lost = on_frame, on_peer_lost
-        nc = self._nc = Client()
+        nc = self._nc = ReaderClient()
         try:
             await self._connect(nc)
         except (OSError, nats.errors.Error, TimeoutError) as exc:
@@ -456,6 +400,8 @@ class NatsTransport(Transport):
             await nc.subscribe(
                 self.subject, cb=self._on_msg, pending_msgs_limit=self._receive_queue
             )
+            # A version 2 peer's data frames come straight from the reader from now on.
+            nc.direct_subject, nc.on_direct = self.subject.encode(), self._on_data
             # nats-py types the timeout as int; it is a float to asyncio.
             await nc.flush(timeout=max(1, round(self._connect_timeout)))
         except BaseException:
@@ -543,13 +489,18 @@ class NatsTransport(Transport):
                 FROM_HEADER,
             )
             return
+        self._on_data(peer, msg.data)
+
+    def _on_data(self, peer: str, frame: bytes) -> None:
+        """A data frame from ``peer``: from nats-py's reader (a version 2 peer's, see
+        ``ReaderClient``) or its subscription task (the rest)."""
         self._heard.add(peer)
         self._lost.discard(peer)
         if (known := self._peers.get(peer)) is not None:
             known.checked_at = asyncio.get_running_loop().time()  # it listens: it sent
-        if len(msg.data) > self.max_frame_size:
+        if len(frame) > self.max_frame_size:
             error = FrameTooLarge(
-                f"frame of {len(msg.data)} bytes from {peer} is over the limit of "
+                f"frame of {len(frame)} bytes from {peer} is over the limit of "
                 f"{self.max_frame_size}"
             )
             log.warning("nats: %s", error)
@@ -557,7 +508,7 @@ class NatsTransport(Transport):
             return
         assert self._on_frame is not None
         try:
-            self._on_frame(peer, msg.data)
+            self._on_frame(peer, frame)
         except Exception:
             log.exception("nats: on_frame raised for a frame from %s", peer)
 
@@ -640,7 +591,7 @@ class NatsTransport(Transport):
             p.ready.set()
             return
         try:
-            rest = _start_publish(
+            rest = start_publish(
                 nc.publish(p.subject, frame, reply=p.reply, headers=p.headers), p.address
             )
         except (nats.errors.Error, OSError) as exc:  # as p's task would: p is lost

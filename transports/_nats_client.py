@@ -1,0 +1,138 @@
+"""How the nats transport drives nats-py: a client whose reader hands data frames over
+at once, and a publish started in the sender's own step.
+
+nats-py runs a subscription's callback in a task of its own, fed by a queue from the
+connection's reader: every message waits a loop pass (and a ``Msg``, a queue put and
+get, a task step) before its callback sees it. ``on_frame`` is synchronous and cheap (the
+kernel decodes and queues the frame), so ``ReaderClient`` calls it from the reader as
+the message is parsed, as the tcp transport does from its own reader: a request or a
+reply reaches the kernel a loop pass sooner on each node. Only messages with no header,
+on the one subject ``direct_subject``, whose reply subject names a kerna node, go that
+way (a version 2 peer's data frames); the rest (probes, goodbyes, version 1 frames, and
+anything malformed) go through nats-py's subscription as before, so each kind is handled
+in one place.
+
+The hook is nats-py's ``Client._process_msg``, which its parser awaits for every
+message (nats-py 2.x). Should a later nats-py stop calling it, every message takes the
+subscription's path again: slower, not wrong. ``tests/test_nats_transport.py`` fails
+if the direct path is not taken on the installed nats-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import types
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any
+
+from nats.aio.client import Client
+
+__all__ = ["ReaderClient", "start_publish"]
+
+log = logging.getLogger("kerna.transports.nats")
+
+DirectCallback = Callable[[str, bytes], None]
+"""``(sender's address, frame)``, called from the reader; never raises."""
+
+
+class ReaderClient(Client):
+    """A nats-py ``Client`` that hands the data frames on ``direct_subject`` to
+    ``on_direct`` from its reader task (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.direct_subject = b""  # set with on_direct once subscribed
+        self.on_direct: DirectCallback | None = None
+        self.direct_frames = 0  # handed over from the reader (tests read it)
+
+    async def _process_msg(
+        self,
+        sid: int,
+        subject: bytes,
+        reply: bytes,
+        data: bytes,
+        headers: bytes | None,  # nats-py says bytes; its parser passes None for none
+    ) -> None:
+        on_direct = self.on_direct
+        if (
+            headers is None
+            and on_direct is not None
+            and subject == self.direct_subject
+            and reply.startswith(b"nats://")
+        ):
+            try:
+                sender = reply.decode()
+            except UnicodeDecodeError:
+                pass  # nats-py's own path reports it, as for any other message
+            else:
+                self.stats["in_msgs"] += 1
+                self.stats["in_bytes"] += len(data)
+                self.direct_frames += 1
+                try:
+                    on_direct(sender, data)
+                except Exception:  # the reader must go on for the other frames
+                    log.exception("nats: on_frame raised for a frame from %s", sender)
+                return
+        await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
+
+
+if sys.version_info >= (3, 12):
+
+    def start_publish(publish: Coroutine[Any, Any, None], peer: str) -> asyncio.Task[None] | None:
+        """Run ``publish`` up to its first suspension now, as an eager task: None if it
+        finished (what it raised is raised here), else the task that goes on with it."""
+        task = asyncio.Task(publish, loop=asyncio.get_running_loop(), eager_start=True)
+        if not task.done():
+            task.set_name(f"kerna nats publish to {peer}")
+            return task
+        task.result()
+        return None
+
+else:
+
+    def start_publish(publish: Coroutine[Any, Any, None], peer: str) -> asyncio.Task[None] | None:
+        """Run ``publish`` up to its first suspension now: None if it finished (what it
+        raised is raised here), else a task that goes on with it from there.
+
+        Python 3.11 has no eager tasks: the first step runs in the sender's task, and
+        the rest in a task that passes up to asyncio what the coroutine waits on, as an
+        eager task would (nats-py's publish uses no ``current_task`` before it waits).
+        """
+        try:
+            waits_on = publish.send(None)
+        except StopIteration:
+            return None
+        return asyncio.get_running_loop().create_task(
+            _go_on(publish, waits_on), name=f"kerna nats publish to {peer}"
+        )
+
+
+async def _go_on(coro: Coroutine[Any, Any, None], waits_on: object) -> None:
+    # Cancelled before its first step (aclose right after the send), this never runs
+    # and ``coro`` stays suspended until it is collected, which closes it.
+    await _resume(coro, waits_on)
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, None], waits_on: object) -> Generator[Any, Any, None]:
+    """Drive ``coro``, already started and waiting on ``waits_on``, to its end: each
+    future it waits on goes up to the task awaiting this, each wake-up (or exception,
+    such as a cancellation) back down to ``coro``."""
+    while True:
+        try:
+            sent = yield waits_on
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                waits_on = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                waits_on = coro.send(sent)
+            except StopIteration:
+                return
