@@ -53,11 +53,11 @@ class ReaderClient(Client):
         subject: bytes,
         reply: bytes,
         data: bytes,
-        headers: bytes | None,  # nats-py says bytes; its parser passes None for none
+        headers: bytes,  # (its parser passes None for a message without one)
     ) -> None:
         on_direct = self.on_direct
         if (
-            headers is None
+            not headers
             and on_direct is not None
             and subject == self.direct_subject
             and reply.startswith(b"nats://")
@@ -75,7 +75,7 @@ class ReaderClient(Client):
                 except Exception:  # the reader must go on for the other frames
                     log.exception("nats: on_frame raised for a frame from %s", sender)
                 return
-        await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
+        await super()._process_msg(sid, subject, reply, data, headers)
 
 
 if sys.version_info >= (3, 12):
