@@ -163,7 +163,9 @@ async def test_a_lease_due_on_a_deleted_database_neither_blocks_reads_nor_spins(
     path = tmp_path / "state.db"
     async with await connect(url(path)) as backend:
         assert isinstance(backend, sqlite_backend.SqliteBackend)
-        lease = await backend.lease_grant(0.05)
+        # Due after the put and the unlink: 0.05 s once expired before the put on a
+        # loaded machine (LeaseLost from the put).
+        lease = await backend.lease_grant(0.5)
         await backend.put("held", b"x", lease=lease)
         os.unlink(path)
         runs: list[float] = []
