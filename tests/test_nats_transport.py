@@ -39,6 +39,7 @@ from kerna.transports._nats import (
     NatsTransport,
     PeerNotListening,
 )
+from kerna.transports._nats_client import ReaderClient
 
 from .conftest import assert_no_stray_tasks
 
@@ -515,6 +516,71 @@ async def test_a_frame_to_an_idle_present_peer_reaches_nats_py_before_send_retur
     assert _published(a) == before + 2
     await b.until(lambda: len(b.frames) == 3)
     assert [f for _, f in b.frames] == [b"first", b"sent", b"sent now"]
+
+
+def _client(node: Node) -> ReaderClient:
+    transport = node.transport
+    assert isinstance(transport, NatsTransport)
+    client = transport._nc  # noqa: SLF001 - its counters: whether the hooks into nats-py work
+    assert client is not None
+    return client
+
+
+async def test_a_lone_frame_goes_to_the_socket_at_once_the_rest_of_its_pass_together(
+    nodes: Callable,
+) -> None:
+    # The first frame of a loop pass is written to the socket by send itself
+    # (ReaderClient.publish_now), not a pass later by nats-py's flusher; the rest of
+    # the pass go through nats-py's buffer, out together in one write, behind it.
+    a, b = await nodes(ping_interval=30), await nodes()
+    await a.transport.send(b.address, b"first")  # the first contact probes b
+    await b.until(lambda: len(b.frames) == 1)
+    client = _client(a)
+    written = client.written_at_once
+    await a.transport.send(b.address, b"lone")
+    assert client.written_at_once == written + 1
+    assert client.pending_data_size == 0  # nothing of it waits in nats-py
+    assert all(a.transport.send_now(b.address, b"%d" % i) for i in range(20))
+    assert client.written_at_once == written + 1
+    assert client.pending_data_size > 0  # for nats-py's flusher
+    await b.until(lambda: len(b.frames) == 22)
+    assert a.transport.send_now(b.address, b"next pass")
+    assert client.written_at_once == written + 2
+    await b.until(lambda: len(b.frames) == 23)
+    assert [f for _, f in b.frames] == [
+        b"first",
+        b"lone",
+        *(b"%d" % i for i in range(20)),
+        b"next pass",
+    ]
+
+
+async def test_a_socket_that_takes_no_more_is_not_written_at_once(
+    fresh_nats_server: NatsServer, nodes: Callable
+) -> None:
+    # The server stops reading (SIGSTOP): once the socket's buffers are full, frames
+    # are not written at once any more but go to nats-py's bounded buffer and then the
+    # peer's queue, which fills (one frame per loop pass: each would be the pass's first).
+    # Were every first frame written at once, the transport's buffer would grow
+    # without bound and no send would ever find the queue full.
+    options = {"server": fresh_nats_server, "ping_interval": 30}
+    a = await nodes(send_queue=8, pending_size=256 * 1024, **options)
+    b = await nodes(**options)
+    await a.transport.send(b.address, b"first")
+    await b.until(lambda: len(b.frames) == 1)
+    frame = b"x" * 65536
+    fresh_nats_server.pause()
+    try:
+        sent = 0
+        with contextlib.suppress(SendQueueFull):
+            while sent < 1000:  # about 200 fill the sockets and the buffers
+                await a.transport.send(b.address, frame, wait=False)
+                sent += 1
+                await asyncio.sleep(0)  # a new loop pass
+        assert sent < 1000, "1000 frames taken by a server that reads nothing"
+        assert _client(a).written_at_once < sent
+    finally:
+        fresh_nats_server.resume()
 
 
 async def _full_queue_of_four(nodes: Callable) -> tuple[Node, Node]:

@@ -329,7 +329,7 @@ class NatsTransport(Transport):
             VERSION_HEADER: str(PROTOCOL_VERSION),
         }
         self._answer_headers = {VERSION_HEADER: str(PROTOCOL_VERSION)}
-        self._nc: Client | None = None
+        self._nc: ReaderClient | None = None
         self._closed = False
         self._started = False  # connected and subscribed
         self._on_frame: FrameCallback | None = None
@@ -576,7 +576,9 @@ class NatsTransport(Transport):
         due for its presence probe, else queue it for ``p``'s task.
 
         Published now, a lone frame reaches nats-py in this loop pass instead of the
-        next (a request or reply does not wait for a task switch). nats-py's publish is
+        next (a request or reply does not wait for a task switch); the first of a pass
+        goes to the socket itself if nothing is ahead of it there
+        (``ReaderClient.publish_now``). nats-py's publish is
         a coroutine that, unless its buffer is over ``pending_size``, returns without
         waiting; if it waits, the rest of it holds ``p``'s place: ``p``'s task finishes
         it before any frame queued after it.
@@ -590,13 +592,16 @@ class NatsTransport(Transport):
             p.queue.append(frame)
             p.ready.set()
             return
-        try:
-            rest = start_publish(
-                nc.publish(p.subject, frame, reply=p.reply, headers=p.headers), p.address
-            )
-        except (nats.errors.Error, OSError) as exc:  # as p's task would: p is lost
-            self._lose(p, self._server_error(exc))
-            return
+        if not p.taken and p.headers is None and nc.publish_now(p.subject, p.reply, frame):
+            rest = None  # written to the socket (ReaderClient)
+        else:
+            try:
+                rest = start_publish(
+                    nc.publish(p.subject, frame, reply=p.reply, headers=p.headers), p.address
+                )
+            except (nats.errors.Error, OSError) as exc:  # as p's task would: p is lost
+                self._lose(p, self._server_error(exc))
+                return
         if rest is not None:
             p.busy, p.started = True, rest
             p.ready.set()

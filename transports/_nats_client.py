@@ -1,5 +1,6 @@
 """How the nats transport drives nats-py: a client whose reader hands data frames over
-at once, and a publish started in the sender's own step.
+at once and that writes a lone frame at once, and a publish started in the sender's own
+step.
 
 nats-py runs a subscription's callback in a task of its own, fed by a queue from the
 connection's reader: every message waits a loop pass (and a ``Msg``, a queue put and
@@ -16,6 +17,17 @@ The hook is nats-py's ``Client._process_msg``, which its parser awaits for every
 message (nats-py 2.x). Should a later nats-py stop calling it, every message takes the
 subscription's path again: slower, not wrong. ``tests/test_nats_transport.py`` fails
 if the direct path is not taken on the installed nats-py.
+
+Sending, nats-py's ``publish`` appends the message to its buffer and wakes its flusher
+task, which writes the buffer a loop pass later (and costs a queue and a task step per
+pass). ``ReaderClient.publish_now`` writes a message with no header to the socket at
+once instead, as nats-py writes its own pings, when that keeps order and bounds: nothing
+of nats-py's waits to be written (it would be overtaken), the connection is up over TCP
+(a websocket transport writes only when drained), the socket takes more (its transport
+is not paused: what it holds stays within its high-water mark and one frame). The
+transport calls it for the first frame to a peer in a loop pass (the rest of a pass's
+frames go out together from the flusher, in one write, as before). A request or a reply
+so leaves a loop pass sooner on each node.
 """
 
 from __future__ import annotations
@@ -25,9 +37,11 @@ import logging
 import sys
 import types
 from collections.abc import Callable, Coroutine, Generator
-from typing import Any
+from typing import Any, Protocol, cast
 
 from nats.aio.client import Client
+from nats.aio.transport import TcpTransport
+from nats.protocol.command import pub_cmd
 
 __all__ = ["ReaderClient", "start_publish"]
 
@@ -45,7 +59,8 @@ class ReaderClient(Client):
         super().__init__()
         self.direct_subject = b""  # set with on_direct once subscribed
         self.on_direct: DirectCallback | None = None
-        self.direct_frames = 0  # handed over from the reader (tests read it)
+        self.direct_frames = 0  # handed over from the reader
+        self.written_at_once = 0  # frames publish_now wrote
 
     async def _process_msg(
         self,
@@ -76,6 +91,47 @@ class ReaderClient(Client):
                     log.exception("nats: on_frame raised for a frame from %s", sender)
                 return
         await super()._process_msg(sid, subject, reply, data, headers)
+
+    def publish_now(self, subject: str, reply: str, payload: bytes) -> bool:
+        """Write a message without header to the server's socket now, if that keeps
+        order and bounds (see the module docstring): True if written; False if it was
+        not, and the caller publishes it as usual."""
+        transport = self._transport
+        if (
+            self._pending
+            or self._status != Client.CONNECTED
+            or len(payload) > self._max_payload  # nats-py's publish raises for it
+            or not isinstance(transport, TcpTransport)
+            or not _takes_more(transport)
+        ):
+            return False
+        cast(_Socket, transport).write(pub_cmd(subject, reply, payload))  # nats-py's PUB
+        self.stats["out_msgs"] += 1
+        self.stats["out_bytes"] += len(payload)
+        self.written_at_once += 1
+        return True
+
+
+class _Socket(Protocol):
+    """What is used of nats-py's ``TcpTransport`` (its methods have no annotations)."""
+
+    def write(self, payload: bytes) -> object: ...
+
+    def drain(self) -> Coroutine[Any, Any, object]: ...
+
+
+def _takes_more(transport: TcpTransport) -> bool:
+    """Whether the socket's transport takes more now (it is not paused for its buffer
+    over the high-water mark, nor closing, nor lost): its ``drain`` returns at once."""
+    drain = cast(_Socket, transport).drain()
+    try:
+        drain.send(None)
+    except StopIteration:
+        return True
+    except Exception:  # lost or failed: nats-py's own publish path reports it
+        return False
+    drain.close()  # it would wait for room: let nats-py's flusher wait
+    return False
 
 
 if sys.version_info >= (3, 12):
