@@ -846,6 +846,32 @@ async def test_a_frame_whose_reply_subject_is_no_node_address_is_dropped_and_log
     assert "sender_header=True" in caplog.text
 
 
+async def test_a_reply_subject_that_is_not_utf8_is_dropped_and_the_node_reads_on(
+    nodes: Callable, nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Anyone who may publish to a node's subject can send one (nats-py cannot: it
+    # takes str), here over a raw protocol connection. nats-py's reader would fail to
+    # decode it and end its read loop: the node would hear nothing more.
+    a, b = await nodes(), await nodes()
+    reader, writer = await asyncio.open_connection("127.0.0.1", nats_server.port)
+    try:
+        await reader.readline()  # INFO
+        writer.write(b'CONNECT {"verbose":false}\r\n')
+        subject = _subject(b.address).encode()
+        for reply in (b"nats://\xff\xfe", b"\xff\xfe.inbox"):
+            writer.write(b"PUB %s %s 5\r\nwhose\r\n" % (subject, reply))
+        writer.write(b"PING\r\n")
+        async with asyncio.timeout(5):
+            assert await reader.readline() == b"PONG\r\n"  # the server took them
+    finally:
+        writer.close()
+    await a.transport.send(b.address, b"good")  # after them, on b's one subscription
+    await b.until(lambda: len(b.frames) == 1)
+    assert b.frames == [(a.address, b"good")]
+    assert b.lost == []
+    assert caplog.text.count("is not UTF-8") == 2
+
+
 def test_sender_header_must_be_a_bool() -> None:
     with pytest.raises(ConfigError, match="sender_header must be True or False, got 'yes'"):
         NatsTransport("nats://127.0.0.1:4222/n", sender_header="yes")  # type: ignore[arg-type]

@@ -61,6 +61,7 @@ class ReaderClient(Client):
         self.on_direct: DirectCallback | None = None
         self.direct_frames = 0  # handed over from the reader
         self.written_at_once = 0  # frames publish_now wrote
+        self.dropped_undecodable = 0  # messages whose subjects are not UTF-8
 
     async def _process_msg(
         self,
@@ -80,7 +81,7 @@ class ReaderClient(Client):
             try:
                 sender = reply.decode()
             except UnicodeDecodeError:
-                pass  # nats-py's own path reports it, as for any other message
+                pass  # dropped below, as nats-py would fail on it
             else:
                 self.stats["in_msgs"] += 1
                 self.stats["in_bytes"] += len(data)
@@ -90,7 +91,18 @@ class ReaderClient(Client):
                 except Exception:  # the reader must go on for the other frames
                     log.exception("nats: on_frame raised for a frame from %s", sender)
                 return
-        await super()._process_msg(sid, subject, reply, data, headers)
+        try:
+            await super()._process_msg(sid, subject, reply, data, headers)
+        except UnicodeDecodeError:
+            # nats-py decodes the subjects of every message in its reader, and a reply
+            # subject that is not UTF-8 (anyone who may publish to a node's subject can
+            # send one) would end its read loop: this node would hear nothing more.
+            self.dropped_undecodable += 1
+            log.warning(
+                "nats: dropped a message on %r whose reply subject %r is not UTF-8",
+                subject,
+                reply[:200],
+            )
 
     def publish_now(self, subject: str, reply: str, payload: bytes) -> bool:
         """Write a message without header to the server's socket now, if that keeps
