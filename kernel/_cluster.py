@@ -11,8 +11,9 @@ envelope is encoded once and sent). The member set and the directory of claims a
 mirrored by watches; any change closes the cached routes, so a warm remote ask costs
 one transport round trip and a stale one is decided again.
 
-A message that reaches a node whose activation finds the agent's claim held by
-another node is forwarded there once, transparently (``Cluster.moved``): an asker
+The directory's mirror is ``kerna._cluster_directory``. A message that reaches a node
+whose activation finds the agent's claim held by another node is forwarded there once,
+transparently (``Cluster.moved``): an asker
 gets its reply through the node it asked, and the senders' directory watch routes the
 next message straight to the holder. A holder that is leaving is handing the agent
 off (``kerna._cluster_leave``): the activation here then waits for its claim's release
@@ -22,8 +23,8 @@ decision for an agent moves away from a leaving node it routed it to holds the a
 messages until what it sent there has passed (``kerna._cluster_flush``).
 
 A member whose node is lost (its connection broke, a send cannot connect) keeps its
-agents until its lease expires: messages to them are parked
-(``kerna._cluster_parking``) until the node answers again or its member record is
+agents until its lease expires: messages to them are parked (``kerna._cluster_lost``,
+``kerna._cluster_parking``) until the node answers again or its member record is
 gone, and then placed again, each within its own deadline.
 """
 
@@ -31,24 +32,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from kerna.state import Replica
-from kerna.state._layout import unescape
-
 from ._cluster_config import check_cluster, default_node_id
-from ._cluster_flush import FLUSH_TIMEOUT, Flush, Flushing, passed
+from ._cluster_directory import ClaimDirectory
+from ._cluster_flush import Flush, Flushes, Flushing, passed
 from ._cluster_leave import Departure
+from ._cluster_lost import LostMembers
 from ._cluster_members import Member, Membership
-from ._cluster_parking import Parking, Probe
+from ._cluster_parking import Probe
 from ._cluster_placement import ClusterRoute, LeavingRoute, PlacementStrategy, Rendezvous
 from ._cluster_topics import ClusterTopics
-from ._errors import ConfigError, OwnedElsewhere, PeerUnreachable, StateError, UnknownAgent
+from ._errors import OwnedElsewhere, UnknownAgent
 from ._ids import AgentId
 from ._message import DeadLetterReason
 from ._persistence_claims import Claim
@@ -63,9 +62,6 @@ if TYPE_CHECKING:
 __all__ = ["Cluster", "check_cluster", "default_node_id"]
 
 log = logging.getLogger("kerna.cluster")
-
-_SENT_TO = 65_536
-"""Agents whose last remote route a node remembers at most (then it forgets them all)."""
 
 
 class Cluster:
@@ -85,29 +81,14 @@ class Cluster:
         self._persistence: Persistence | None = None
         self._remote: Remote | None = None
         self._membership: Membership | None = None
-        self._directory: Replica[Claim] | None = None
         self._since = 0.0
         self._member_waiters: list[asyncio.Future[None]] = []
-        # Claim keys whose holder is not the agent's home by hash: a change of one of
-        # those (or a new one) changes a routing decision; any other claim does not.
-        self._off_hash: set[str] | None = None
         self.forwarded = 0  # messages forwarded to the holder of their agent's claim
-        self._parked: dict[str, Parking] = {}  # lost member id -> its parked messages
-        # Per agent, the other node its messages were last routed to (cold decisions
-        # only), and the agents whose messages wait for a marker through a leaving one
-        # (``kerna._cluster_flush``).
-        self._sent_to: dict[AgentId, str] = {}
-        self._flushing: dict[AgentId, Flushing] = {}
-        # Members seen leaving, by id -> (address, when this node saw them gone from the
-        # member set, inf while they are in it): its member watch may show a node gone
-        # before its directory watch shows that node's claims released, and such a node
-        # may still forward what reaches it (``_hold``: for ``FLUSH_TIMEOUT`` after).
-        self._left: dict[str, tuple[str, float]] = {}
-        self.unordered = 0  # held messages sent on without the order guarantee
-        # Claim key -> activations here waiting for its holder to release it (or rejoin).
-        self._release_waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self._closing = False
+        self.closing = False  # close() was called
         self.leaving = False  # stopping gracefully: placement skips this node
+        self.claims = ClaimDirectory(self)  # the directory: the claims as the watch shows
+        self.lost = LostMembers(self)  # the parked messages of lost members
+        self.flushes = Flushes(self)  # the senders' side of a hand-off
         self.departure = Departure(self)
         self.topics = ClusterTopics(self)
         self._subscribers: dict[str, dict[str, list[str]]] = {}  # topic -> type -> nodes
@@ -124,15 +105,10 @@ class Cluster:
         self._persistence, self._remote = persistence, remote
         remote.codec.types.add(Probe)  # a lost node's probe decodes here
         remote.codec.types.add(Flush)  # and a sender's marker through a leaving node
-        remote.peer_lost = self._peer_lost
+        remote.peer_lost = self.lost.peer_lost
         self._since = time.time()
         prefix = persistence.layout.prefix
-        decode = msgspec.msgpack.Decoder(Claim).decode
-        directory: Replica[Claim] = Replica(
-            persistence.backend, f"{prefix}act/", decode=decode, on_change=self._claim_changed
-        )
-        await directory.__aenter__()
-        self._directory = directory
+        await self.claims.start(persistence)
         self._membership = Membership(
             persistence.backend, prefix, persistence.claims, self._describe, self._members_changed
         )
@@ -140,27 +116,21 @@ class Cluster:
             await self._membership.start(join_timeout=persistence.claims.lease_ttl + 2.0)
         except BaseException:
             self._membership = None
-            await directory.aclose()
+            await self.claims.close()
             raise
 
     async def close(self) -> None:
         """Deregister and stop the watches (the lease goes with ``Persistence.close``)."""
-        self._closing = True
-        parked, self._parked = self._parked, {}
-        for parking in parked.values():
-            parking.close()
-        flushing, self._flushing = self._flushing, {}
-        for held in flushing.values():
-            held.close()
+        self.closing = True
+        self.lost.close()
+        self.flushes.close()
         self.invalidate()
         membership, self._membership = self._membership, None
-        directory, self._directory = self._directory, None
         try:
             if membership is not None:
                 await membership.close()
         finally:
-            if directory is not None:
-                await directory.aclose()
+            await self.claims.close()
 
     def begin_leaving(self) -> None:
         """``stop`` was called: from now on this node is no home for any agent (for its
@@ -177,6 +147,19 @@ class Cluster:
     def remote(self) -> Remote | None:
         """This node's link to the others (once started)."""
         return self._remote
+
+    @property
+    def persistence(self) -> Persistence | None:
+        """This node's store: its layout, lease and claims (once started)."""
+        return self._persistence
+
+    def routes(self) -> Iterable[ClusterRoute]:
+        """The routes to other nodes cached now (until the next ``invalidate``)."""
+        return self._routes.values()
+
+    def parked(self) -> int:
+        """Messages parked now for lost members."""
+        return self.lost.count()
 
     def types_changed(self) -> None:
         """A type was registered: publish this node's record again."""
@@ -223,73 +206,13 @@ class Cluster:
 
     def _members_changed(self) -> None:
         self.invalidate()
-        membership = self._membership
-        if membership is not None:
-            left = self._left
-            now = self.runtime.loop.time()
-            present = set()
-            for seen in membership.members():
-                present.add(seen.id)
-                if seen.leaving:
-                    left[seen.id] = (seen.address, math.inf)
-                elif seen.id in left:
-                    del left[seen.id]  # back (restarted under the same id)
-            for node, (address, gone) in list(left.items()):
-                if node not in present:
-                    if gone == math.inf:
-                        left[node] = (address, now)
-                    elif now - gone > FLUSH_TIMEOUT:
-                        del left[node]
-        self._off_hash = None  # the homes by hash moved: recomputed on the next claim
+        self.flushes.members_changed()
         waiters, self._member_waiters = self._member_waiters, []
-        for key in list(self._release_waiters):  # a holder may have left
-            waiters.extend(self._release_waiters.pop(key))
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
-        membership = self._membership
-        for node, parking in list(self._parked.items()):
-            member = None if membership is None else membership.get(node)
-            if member is None or member.address != parking.address:
-                del self._parked[node]  # gone (or back under a new address): place again
-                envs = parking.release()
-                log.info("lost node %s left: %d parked messages placed again", node, len(envs))
-                for env in envs:
-                    self.redeliver(env)
-
-    def _claim_changed(self, claim_key: str, claim: Claim | None) -> None:
-        """A claim was made or released: decisions change only where the holder is
-        (or was) another node than the home by hash, which senders pick without it."""
-        for waiter in self._release_waiters.pop(claim_key, ()):
-            if not waiter.done():
-                waiter.set_result(None)
-        off = self._off_hash
-        if off is None:
-            off = self._off_hash = set()
-            directory = self._directory
-            for key, held in () if directory is None else directory.items():
-                if key != claim_key and self._off(key, held):
-                    off.add(key)
-            if claim is None:  # what it was is not known any more: it may have been off
-                self.invalidate()
-                return
-        if claim is not None and self._off(claim_key, claim):
-            off.add(claim_key)
-        elif claim_key in off:
-            off.discard(claim_key)
-        else:
-            return  # held where senders route it anyway (or never was)
-        self.invalidate()
-
-    def _off(self, claim_key: str, claim: Claim) -> bool:
-        """Whether ``claim`` is held elsewhere than its agent's home by hash."""
-        persistence = self._persistence
-        if persistence is None:
-            return True
-        type_part, _, key_part = claim_key[len(f"{persistence.layout.prefix}act/") :].partition("/")
-        target = AgentId(unescape(type_part), unescape(key_part))
-        hosts = self.hosts(target.type)
-        return not hosts or self.strategy.choose(target, hosts) != claim.node
+        self.claims.members_changed()  # a holder waited for may have left
+        self.lost.members_changed()
 
     def invalidate(self, *_: object) -> None:
         """The member set or the directory changed: every cached decision is stale."""
@@ -340,14 +263,6 @@ class Cluster:
                 return placement
         return "directory"
 
-    def _holder(self, target: AgentId) -> str | None:
-        """The node whose claim holds ``target`` (as the directory watch shows it)."""
-        directory, persistence = self._directory, self._persistence
-        if directory is None or persistence is None:
-            return None
-        claim = directory.get(persistence.layout.claim(target.type, target.key))
-        return None if claim is None else claim.node
-
     def home(self, target: AgentId) -> str:
         """The node ``target``'s messages go to now: the holder of its claim, or the
         strategy's choice among the live nodes hosting its type.
@@ -372,7 +287,7 @@ class Cluster:
         if placement == "local" and self.node_id in hosts:
             return self.node_id
         if placement == "directory":
-            holder = self._holder(target)
+            holder = self.claims.holder(target)
             if holder is not None and (holder in hosts or self._leaving_host(holder, target)):
                 return holder
         return self.strategy.choose(target, hosts)
@@ -384,54 +299,9 @@ class Cluster:
         return member is not None and member.leaving and target.type in member.types
 
     async def wait_for_claim(self, target: AgentId, error: OwnedElsewhere) -> bool:
-        """An activation of ``target`` here found its claim held (``error``); whether to
-        claim it again (True) or not (False: ``moved`` forwards its messages to a live
-        holder).
-
-        - A live holder that is not leaving: False at once (the view may lag behind a
-          leave: the holder's record is then read from the store).
-        - A leaving holder is handing the agent off, with the messages it held on their
-          way here: wait until it releases the claim, then True; these messages are
-          handled here before the ones sent meanwhile.
-        - A holder that is no member (it rejoins under a new lease and its record is on
-          its way, or its lease is ending): wait until it is a member again (False: on
-          to it) or its claim is gone (True), so the senders wait instead of failing.
-
-        At most ``3 x lease_ttl`` (at least 10 s) in all: then False. False at once too
-        when this node is leaving (it hands its messages on instead).
-        """
-        holder = error.holder
-        membership, directory, persistence = self._membership, self._directory, self._persistence
-        if holder is None or holder == self.node_id or membership is None or self.leaving:
-            return False
-        if directory is None or persistence is None:
-            return False
-        member = membership.get(holder)
-        if member is not None and not member.leaving:
-            try:
-                member = await membership.fetch(holder)
-            except (StateError, ConfigError):
-                return False
-            if member is not None and not member.leaving:
-                return False
-        key = persistence.layout.claim(target.type, target.key)
-        loop = asyncio.get_running_loop()
-        bound = max(3 * persistence.claims.lease_ttl, 10.0)
-        try:
-            async with asyncio.timeout(bound):
-                await directory.wait_for(error.revision)  # the view shows that claim
-                while (claim := directory.get(key)) is not None and claim.node == holder:
-                    member = membership.get(holder)
-                    if member is not None and not member.leaving:
-                        return False  # a member (again): on to it
-                    waiter = loop.create_future()
-                    self._release_waiters.setdefault(key, []).append(waiter)
-                    await waiter
-        except TimeoutError:
-            log.warning("%s: its claim stayed with %s for %gs", target, holder, bound)
-            return False
-        log.debug("%s: released by %s, claiming it here", target, holder)
-        return True
+        """Whether an activation of ``target`` here that found its claim held (``error``)
+        claims it again: see ``ClaimDirectory.wait_for_claim``."""
+        return await self.claims.wait_for_claim(target, error)
 
     # -- routing -------------------------------------------------------------------------
 
@@ -452,72 +322,16 @@ class Cluster:
         Raises:
             UnknownAgent: no live member hosts the type.
         """
-        flushing = self._flushing
-        if flushing and (held := flushing.get(target)) is not None:
+        flushes = self.flushes
+        held = flushes.held(target)
+        if held is not None:
             return held
         act = self.runtime.directory.get(target)
         node = self.node_id if act is not None and not act.closed else self.home(target)
-        sent_to = self._sent_to
-        sent = sent_to.get(target)
-        if sent is not None and sent != node:
-            held = self._hold(target, sent)
-            if held is not None:
-                return held
-        if node == self.node_id:
-            return None
-        if sent != node:
-            if len(sent_to) >= _SENT_TO:
-                sent_to.clear()  # bounded: a switch after this is not held (rare, logged)
-                log.info("%s forgot where it routed %d agents", self.node_id, _SENT_TO)
-            sent_to[target] = node
-        return self.route_to(node)
-
-    def _hold(self, target: AgentId, sent: str) -> Flushing | None:
-        """``target``'s messages went to ``sent`` and go elsewhere now: if ``sent`` is a
-        leaving member (it hands the agent off), or one seen leaving that has left the
-        members since (it may still be forwarding what reached it), hold them until
-        what went there passed (``Flushing``); else forget it (None: nothing to wait
-        for, or nobody to ask: a member that was not leaving, or a lost node whose
-        messages here are parked and placed again once it is gone, would only make them
-        wait for the marker's timeout)."""
-        membership, remote = self._membership, self._remote
-        member = None if membership is None else membership.get(sent)
-        address: str | None = None
-        if member is not None:
-            if member.leaving:
-                address = member.address
-        elif (left := self._left.get(sent)) is not None and (
-            self.runtime.loop.time() - left[1] <= FLUSH_TIMEOUT
-        ):
-            address = left[0]  # gone from the members just now: it may still forward
-        if address is None or sent in self._parked or remote is None or self._closing:
-            del self._sent_to[target]
-            return None
-        held = self._flushing[target] = Flushing(self, target, sent, address)
-        log.debug("%s: its messages wait for what was sent through leaving %s", target, sent)
-        return held
-
-    def flushed(self, flushing: Flushing, failed: str | None) -> None:
-        """``flushing``'s marker passed (``failed`` None) or could not: send what it
-        held on, in order, to ``target``'s home now, before any newer message."""
-        target = flushing.target
-        if self._flushing.get(target) is flushing:
-            del self._flushing[target]
-        if self._sent_to.get(target) == flushing.node:
-            del self._sent_to[target]
-        envs = [env for env in flushing.take() if env.reply is None or not env.reply.done()]
-        if failed is not None and envs:
-            self.unordered += len(envs)
-            log.info(
-                "%s: sent on %d held message(s) without waiting for those sent through"
-                " %s (%s): their order after those is not guaranteed",
-                target,
-                len(envs),
-                flushing.node,
-                failed,
-            )
-        for env in envs:
-            self.redeliver(env)
+        held = flushes.routed(target, node)
+        if held is not None:
+            return held
+        return None if node == self.node_id else self.route_to(node)
 
     def pass_marker(self, env: Envelope, inbound: bool) -> Awaitable[None] | None:
         """A ``Flush`` marker to reach ``env.target`` here (``Runtime.deliver``): answered
@@ -547,72 +361,17 @@ class Cluster:
                 raise UnknownAgent(f"node {node!r} is not a live member of {self.name!r}")
             if self.leaving:
                 route = LeavingRoute(
-                    remote, node, member.address, self._unreachable, self.departure.seen
+                    remote, node, member.address, self.lost.unreachable, self.departure.seen
                 )
             else:
-                route = ClusterRoute(remote, node, member.address, self._unreachable)
-            parking = self._parked.get(node)
+                route = ClusterRoute(remote, node, member.address, self.lost.unreachable)
+            parking = self.lost.get(node)
             if parking is not None and parking.address == member.address:
                 route.parking = parking
             self._routes[node] = route
         return route
 
-    # -- lost members --------------------------------------------------------------------
-
-    def _peer_lost(self, address: str) -> None:
-        """The transport lost ``address``: park what goes to that member from now on."""
-        for member in self.members():
-            if member.address == address and member.id != self.node_id:
-                self._park(member.id, address)
-
-    def _park(self, node: str, address: str) -> Parking | None:
-        """The parking of member ``node`` (made now if it is new); None if ``node`` at
-        ``address`` is not a member any more, or this node is closing."""
-        parking = self._parked.get(node)
-        if parking is not None:
-            return parking
-        membership, remote, persistence = self._membership, self._remote, self._persistence
-        member = None if membership is None else membership.get(node)
-        if self._closing or member is None or member.address != address:
-            return None
-        assert remote is not None
-        assert persistence is not None
-        bound = max(3 * persistence.claims.lease_ttl, 10.0)
-        parking = Parking(self.runtime, remote, node, address, bound, self._unparked)
-        self._parked[node] = parking
-        for route in self._routes.values():
-            if route.node == node:
-                route.parking = parking
-        log.info("cluster member %s (%s) is lost: its messages wait", node, address)
-        return parking
-
-    def _unparked(self, parking: Parking) -> None:
-        """The lost node answered again and took every parked message."""
-        if self._parked.get(parking.node) is parking:
-            del self._parked[parking.node]
-        for route in self._routes.values():
-            if route.parking is parking:
-                route.parking = None
-
-    def _unreachable(self, route: ClusterRoute, env: Envelope, error: PeerUnreachable) -> None:
-        """A send to ``route``'s node could not connect: park it (or, if the member is
-        gone meanwhile, place it again).
-
-        Raises:
-            PeerUnreachable: this node is closing.
-        """
-        if self._closing:
-            raise error
-        parking = self._park(route.node, route.address)
-        route.parking = parking
-        if parking is None:
-            self.redeliver(env)
-        else:
-            parking.park(env)
-
-    def parked(self) -> int:
-        """Messages parked now for lost members."""
-        return sum(len(p) for p in self._parked.values())
+    # -- forwarding ----------------------------------------------------------------------
 
     def redeliver(self, env: Envelope) -> asyncio.Future[None] | None:
         """Route ``env`` again, as a new send would be (its asker, if any, waits on).

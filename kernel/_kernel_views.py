@@ -194,8 +194,8 @@ class KernelViews:
         remote = runtime.remote
         stats = DeliveryStats() if remote is None else remote.delivery_stats()
         cluster = runtime.cluster
-        if cluster is not None and cluster.unordered:
-            stats = msgspec.structs.replace(stats, unordered=cluster.unordered)
+        if cluster is not None and cluster.flushes.unordered:
+            stats = msgspec.structs.replace(stats, unordered=cluster.flushes.unordered)
         return stats
 
     def transport_stats(self) -> dict[str, int]:
