@@ -7,20 +7,21 @@ a kernel a node of the cluster ``shop``: its keys live under
 (``kerna._cluster_members``), and ``Runtime.deliver`` asks ``Cluster.route`` where a
 target with no local activation goes (``kerna._cluster_placement``): a local
 activation (zero-copy, as without a cluster) or a ``ClusterRoute`` to its home (the
-envelope is encoded once and sent). The member set and the directory of claims are
-mirrored by watches; any change closes the cached routes, so a warm remote ask costs
-one transport round trip and a stale one is decided again.
+envelope is encoded once and sent). The member set and the directory of claims
+(``kerna._cluster_directory``) are mirrored by watches; any change closes the cached
+routes, so a warm remote ask costs one transport round trip and a stale one is decided
+again.
 
-The directory's mirror is ``kerna._cluster_directory``. A message that reaches a node
-whose activation finds the agent's claim held by another node is forwarded there once,
-transparently (``Cluster.moved``): an asker
-gets its reply through the node it asked, and the senders' directory watch routes the
-next message straight to the holder. A holder that is leaving is handing the agent
-off (``kerna._cluster_leave``): the activation here then waits for its claim's release
-and claims the agent, keeping the handed-off messages in order; one that is no member
-(rejoining under a new lease) is waited for too (``wait_for_claim``). A sender whose
-decision for an agent moves away from a leaving node it routed it to holds the agent's
-messages until what it sent there has passed (``kerna._cluster_flush``).
+A message that reaches a node whose activation finds the agent's claim held by another
+node is forwarded there once, transparently (``Cluster.moved``,
+``kerna._cluster_forward``): an asker gets its reply through the node it asked, and the
+senders' directory watch routes the next message straight to the holder. A holder
+that is leaving is handing the agent off (``kerna._cluster_leave``): the activation
+here then waits for its claim's release and claims the agent, keeping the handed-off
+messages in order; one that is no member (rejoining under a new lease) is waited for
+too (``wait_for_claim``). A sender whose decision for an agent moves away from a
+leaving node it routed it to holds the agent's messages until what it sent there has
+passed (``kerna._cluster_flush``).
 
 A member whose node is lost (its connection broke, a send cannot connect) keeps its
 agents until its lease expires: messages to them are parked (``kerna._cluster_lost``,
@@ -31,7 +32,6 @@ gone, and then placed again, each within its own deadline.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,7 @@ import msgspec
 from ._cluster_config import check_cluster, default_node_id
 from ._cluster_directory import ClaimDirectory
 from ._cluster_flush import Flush, Flushes, Flushing, passed
+from ._cluster_forward import Forwarder
 from ._cluster_leave import Departure
 from ._cluster_lost import LostMembers
 from ._cluster_members import Member, Membership
@@ -49,7 +50,6 @@ from ._cluster_placement import ClusterRoute, LeavingRoute, PlacementStrategy, R
 from ._cluster_topics import ClusterTopics
 from ._errors import OwnedElsewhere, UnknownAgent
 from ._ids import AgentId
-from ._message import DeadLetterReason
 from ._persistence_claims import Claim
 
 if TYPE_CHECKING:
@@ -60,8 +60,6 @@ if TYPE_CHECKING:
     from ._runtime import Runtime
 
 __all__ = ["Cluster", "check_cluster", "default_node_id"]
-
-log = logging.getLogger("kerna.cluster")
 
 
 class Cluster:
@@ -83,12 +81,12 @@ class Cluster:
         self._membership: Membership | None = None
         self._since = 0.0
         self._member_waiters: list[asyncio.Future[None]] = []
-        self.forwarded = 0  # messages forwarded to the holder of their agent's claim
         self.closing = False  # close() was called
         self.leaving = False  # stopping gracefully: placement skips this node
         self.claims = ClaimDirectory(self)  # the directory: the claims as the watch shows
         self.lost = LostMembers(self)  # the parked messages of lost members
         self.flushes = Flushes(self)  # the senders' side of a hand-off
+        self.forwarder = Forwarder(self)  # what this node sends on for others
         self.departure = Departure(self)
         self.topics = ClusterTopics(self)
         self._subscribers: dict[str, dict[str, list[str]]] = {}  # topic -> type -> nodes
@@ -298,6 +296,35 @@ class Cluster:
         member = None if membership is None or node == self.node_id else membership.get(node)
         return member is not None and member.leaving and target.type in member.types
 
+    async def locate(self, target: AgentId) -> str | None:
+        """The node hosting ``target`` now: this one if it is active here; the holder of
+        its claim (read from the store) for directory placement, None if unclaimed;
+        for ``hash`` and ``local`` placement, which keep no record, its home now (None
+        when no live member hosts the type).
+
+        Raises:
+            Unavailable: the store cannot be reached.
+        """
+        act = self.runtime.directory.get(target)
+        if act is not None and not act.closed:
+            return self.node_id
+        placement = self._placement(target.type)
+        if placement == "directory":
+            persistence = self._persistence
+            assert persistence is not None
+            kv = await persistence.backend.get(persistence.layout.claim(target.type, target.key))
+            if kv is None:
+                return None
+            try:
+                node: str = msgspec.msgpack.decode(kv.value, type=Claim).node
+            except msgspec.MsgspecError:
+                return None
+            return node
+        try:
+            return self.home(target)
+        except UnknownAgent:
+            return None
+
     async def wait_for_claim(self, target: AgentId, error: OwnedElsewhere) -> bool:
         """Whether an activation of ``target`` here that found its claim held (``error``)
         claims it again: see ``ClaimDirectory.wait_for_claim``."""
@@ -374,94 +401,9 @@ class Cluster:
     # -- forwarding ----------------------------------------------------------------------
 
     def redeliver(self, env: Envelope) -> asyncio.Future[None] | None:
-        """Route ``env`` again, as a new send would be (its asker, if any, waits on).
-
-        Returns:
-            The send, while it waits for its connection (or room): it is owned by the
-            link (nobody needs to await it); None once queued, or if it failed.
-        """
-        rt = self.runtime
-        try:
-            sent = rt.deliver(env, None)
-        except Exception as exc:  # nobody to place it on, it cannot be encoded
-            rt.not_handled(env, env.target, DeadLetterReason.NOT_DELIVERED, exc)
-            return None
-        return None if sent is None else self._own(sent, env)
-
-    async def locate(self, target: AgentId) -> str | None:
-        """The node hosting ``target`` now: this one if it is active here; the holder of
-        its claim (read from the store) for directory placement, None if unclaimed;
-        for ``hash`` and ``local`` placement, which keep no record, its home now (None
-        when no live member hosts the type).
-
-        Raises:
-            Unavailable: the store cannot be reached.
-        """
-        act = self.runtime.directory.get(target)
-        if act is not None and not act.closed:
-            return self.node_id
-        placement = self._placement(target.type)
-        if placement == "directory":
-            persistence = self._persistence
-            assert persistence is not None
-            kv = await persistence.backend.get(persistence.layout.claim(target.type, target.key))
-            if kv is None:
-                return None
-            try:
-                node: str = msgspec.msgpack.decode(kv.value, type=Claim).node
-            except msgspec.MsgspecError:
-                return None
-            return node
-        try:
-            return self.home(target)
-        except UnknownAgent:
-            return None
+        """Route ``env`` again, as a new send would be: ``Forwarder.redeliver``."""
+        return self.forwarder.redeliver(env)
 
     def moved(self, act: Activation, error: OwnedElsewhere) -> bool:
-        """``act`` found its agent claimed by another node: forward what it holds to
-        that node and retire it; False (nothing done) when the holder is this node
-        (a claim of an earlier lease) or not a live member (its lease is ending).
-        """
-        holder = error.holder
-        if holder is None or holder == self.node_id:
-            return False
-        try:
-            route = self.route_to(holder)
-        except UnknownAgent:
-            return False
-        rt = self.runtime
-        envs = act.take_to_move()  # parked senders' messages too: re-routed, not refused
-        rt.retire(act)
-        log.debug("%s is held by %s: %d messages forwarded", act.id, holder, len(envs))
-        for env in envs:
-            self._forward(route, env)
-        return True
-
-    def _forward(self, route: ClusterRoute, env: Envelope) -> None:
-        self.forwarded += 1
-        try:
-            sent = route.put(env)
-        except Exception as exc:  # the message cannot be encoded
-            self.runtime.not_handled(env, env.target, DeadLetterReason.NOT_DELIVERED, exc)
-            return
-        if sent is not None:  # nobody awaits a forwarded send: the link owns it
-            self._own(sent, env)
-
-    def _own(self, sent: Awaitable[None], env: Envelope) -> asyncio.Future[None]:
-        remote = self._remote
-        assert remote is not None
-        owned = remote.own(sent)
-        reply = env.reply
-        if reply is not None:
-            owned.add_done_callback(lambda done: _send_done(done, reply))
-        return owned
-
-
-def _send_done(sent: asyncio.Future[None], reply: asyncio.Future[Any]) -> None:
-    """A forwarded ask whose send failed: its asker gets the error (nobody awaits the
-    send itself)."""
-    if sent.cancelled() or reply.done():
-        return
-    error = sent.exception()
-    if error is not None:
-        reply.set_exception(error)
+        """``act`` found its agent claimed by another node: ``Forwarder.moved``."""
+        return self.forwarder.moved(act, error)
