@@ -48,7 +48,7 @@ from ._options import (
 )
 from ._persistence import Persistence
 from ._ref import AgentRef
-from ._registry import AgentType, build_state_spec
+from ._registry import AgentType, build_state_spec, type_name
 from ._remote import Remote
 from ._runtime import RUNNING, Phase, Runtime, names
 from ._sends import publish_through
@@ -500,7 +500,7 @@ class Kernel(KernelViews):
         """
         if not isinstance(key, str):
             raise TypeError(f"agent key must be a str, got {type(key).__qualname__}")
-        ref = AgentRef(self._runtime, AgentId(self._type_name(agent_type), key))
+        ref = AgentRef(self._runtime, AgentId(type_name(self._runtime.types, agent_type), key))
         if node is not None:
             if not isinstance(node, str):
                 raise TypeError(f"node must be an address (str), got {node!r}")
@@ -597,7 +597,7 @@ class Kernel(KernelViews):
             raise TypeError(f"topic must be a non-empty str, got {topic!r}")
         if key is not None and not callable(key):
             raise TypeError(f"key must be a callable event -> str, got {key!r}")
-        name = self._type_name(agent_type)
+        name = type_name(self._runtime.types, agent_type)
         if name not in self._runtime.types:
             raise UnknownAgent(
                 f"cannot subscribe {name!r} to {topic!r}: no agent type {name!r} is "
@@ -759,7 +759,7 @@ class Kernel(KernelViews):
             UnknownAgent: the type is not registered here.
             TypeError: the type is not event-sourced, or ``key`` is not a str.
         """
-        name = self._type_name(agent_type)
+        name = type_name(self._runtime.types, agent_type)
         atype = self._runtime.types.get(name)
         if atype is None:
             raise UnknownAgent(f"no agent type {name!r} is registered", agent_type=name)
@@ -793,7 +793,7 @@ class Kernel(KernelViews):
             UnknownAgent: the type is not registered here.
             TypeError: the type declares no state.
         """
-        name = self._type_name(agent_type)
+        name = type_name(self._runtime.types, agent_type)
         atype = self._runtime.types.get(name)
         if atype is None:
             raise UnknownAgent(f"no agent type {name!r} is registered", agent_type=name)

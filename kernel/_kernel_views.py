@@ -15,7 +15,7 @@ from ._agent import Agent
 from ._dead_letters import DeadLetterRecord, DeadLetterStats, ReplayResult, replay
 from ._delivery_order import DeliveryStats
 from ._message import Message
-from ._registry import TypeStats
+from ._registry import TypeStats, type_name
 from ._runtime import RUNNING, Runtime
 from ._timing import TypeTimings
 
@@ -50,16 +50,6 @@ class KernelViews:
     """What a ``Kernel`` tells about itself (see the module docstring)."""
 
     _runtime: Runtime
-
-    def _type_name(self, agent_type: type[Agent] | str) -> str:
-        if isinstance(agent_type, str):
-            return agent_type
-        if isinstance(agent_type, type):
-            for name, atype in self._runtime.types.items():
-                if atype.cls is agent_type:
-                    return name
-            return agent_type.__name__
-        raise TypeError(f"agent type must be an Agent class or a name, got {agent_type!r}")
 
     def stats(self) -> KernelStats:
         """A snapshot of per-agent-type counters, queue depths, handlers in flight and
@@ -112,7 +102,7 @@ class KernelViews:
             raise ValueError(f"limit must be an int >= 0, got {limit!r}")
         return self._runtime.dead_letter_store.select(
             reason=None if reason is None else str(reason),
-            agent_type=None if agent_type is None else self._type_name(agent_type),
+            agent_type=None if agent_type is None else type_name(self._runtime.types, agent_type),
             message_type=None if message_type is None else _tag_of(message_type),
             limit=limit,
         )
@@ -152,7 +142,7 @@ class KernelViews:
         store = rt.dead_letter_store
         records = store.select(
             reason=None if reason is None else str(reason),
-            agent_type=None if agent_type is None else self._type_name(agent_type),
+            agent_type=None if agent_type is None else type_name(self._runtime.types, agent_type),
             message_type=None if message_type is None else _tag_of(message_type),
             seqs=seqs,
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, Union
 
 import msgspec
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ._agent import Agent
     from ._persistence import StateSpec
 
-__all__ = ["AgentType", "HandlerFn", "Overflow", "TypeStats", "build_handler_table"]
+__all__ = ["AgentType", "HandlerFn", "Overflow", "TypeStats", "build_handler_table", "type_name"]
 
 Overflow = Literal["wait", "reject", "drop_oldest"]
 OVERFLOW_POLICIES: tuple[str, ...] = ("wait", "reject", "drop_oldest")
@@ -345,3 +345,20 @@ def build_state_spec(cls: type, where: str) -> StateSpec | None:
         except TypeError as exc:
             raise RegistrationError(f"{where}: {exc}") from exc
     return StateSpec(state_type, initial, sourcing)
+
+
+def type_name(registered: Mapping[str, AgentType], agent_type: type[Agent] | str) -> str:
+    """The type name ``agent_type`` stands for: a name as given; a class by the name it
+    is registered under in ``registered``, else by its class name.
+
+    Raises:
+        TypeError: ``agent_type`` is neither a class nor a name.
+    """
+    if isinstance(agent_type, str):
+        return agent_type
+    if isinstance(agent_type, type):
+        for name, atype in registered.items():
+            if atype.cls is agent_type:
+                return name
+        return agent_type.__name__
+    raise TypeError(f"agent type must be an Agent class or a name, got {agent_type!r}")
