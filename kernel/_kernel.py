@@ -2,7 +2,11 @@
 
 ``Kernel`` validates options and arguments and hands everything else to its private
 ``Runtime`` (``kerna._runtime``: the directory, the types, the delivery path) and
-``Lifecycle`` (``kerna._lifecycle``: start and the bounded, shielded stop).
+``Lifecycle`` (``kerna._lifecycle``: start and the bounded, shielded stop). Its
+middleware chain (``kerna._kernel_middleware``), its members about other nodes
+(``kerna._kernel_cluster``), topics
+(``kerna._kernel_topics``), stored state (``kerna._kernel_state``) and its read-only
+views (``kerna._kernel_views``) come from mixins.
 
 Accounting: every message sent to an agent is counted exactly once in its type's
 ``TypeStats``: ``rejected`` when the send was refused or abandoned before it entered a
@@ -19,39 +23,35 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from kerna.state import StateBackend
-from kerna.state._eventlog import EventLog
-from kerna.state._layout import Layout, unescape
-from kerna.state._replica import Replica
+from kerna.state._layout import Layout
 
-from ._activation import SPAWN_BURST, current_activation
+from ._activation import current_activation
 from ._agent import Agent
-from ._chain import check_middleware, hooks, load_plugins
+from ._chain import check_middleware, load_plugins
 from ._cluster import Cluster, check_cluster, default_node_id
-from ._cluster_members import Member
 from ._cluster_placement import PlacementStrategy, check_placement
-from ._envelope import EVENT, Envelope, outgoing
-from ._errors import ConfigError, IdleTimeout, RegistrationError, UnknownAgent, UsageError
+from ._errors import ConfigError, IdleTimeout, RegistrationError, UsageError
 from ._failure_log import check_level
 from ._ids import AgentId
+from ._kernel_cluster import KernelCluster
+from ._kernel_middleware import KernelMiddleware
+from ._kernel_state import KernelState
+from ._kernel_topics import KernelTopics
 from ._kernel_views import KernelStats, KernelViews
 from ._lifecycle import Lifecycle
 from ._log_context import install_log_context
-from ._message import Message
 from ._options import (
     WrongType,
-    check_headers,
     check_mailbox,
     check_positive,
     check_restarts,
     check_seconds,
     check_timeout,
 )
-from ._persistence import Persistence
 from ._ref import AgentRef
 from ._registry import AgentType, build_state_spec, type_name
 from ._remote import Remote
-from ._runtime import RUNNING, Phase, Runtime, names
-from ._sends import publish_through
+from ._runtime import Phase, Runtime, names
 from ._timing import TypeTiming, Watcher
 from ._topics import DEAD_LETTERS, Subscription
 
@@ -79,7 +79,7 @@ class _Default:
 _KERNEL_DEFAULT: Any = _Default("<kernel default>")
 
 
-class Kernel(KernelViews):
+class Kernel(KernelMiddleware, KernelCluster, KernelTopics, KernelState, KernelViews):
     """An in-process agent runtime.
 
     Use it as an async context manager (or ``await start()`` / ``await stop()``)::
@@ -327,45 +327,7 @@ class Kernel(KernelViews):
             self._stop_told = True
             self._tell_stopped()
 
-    def _tell_stopped(self) -> None:
-        """Call ``stopped(kernel)`` once on each middleware of the kernel's chain and of
-        the types' own chains that has it (a buffering one flushes there)."""
-        told: set[int] = set()
-        chains = [self._middleware, *(t.middleware for t in self._runtime.types.values())]
-        for m in (m for chain in chains for m in chain):
-            stopped = getattr(m, "stopped", None)
-            if callable(stopped) and id(m) not in told:
-                told.add(id(m))
-                stopped(self)
-
     # -- registration and references -------------------------------------------------
-
-    def use(self, *middleware: object) -> None:
-        """Add middleware to the end (the inner side) of the kernel's chain; it applies
-        to every agent type, registered or not yet, from their next message.
-
-        A middleware with an ``attach(kernel)`` method has it called once, here; one
-        with a ``stopped(kernel)`` method has that called once, when ``stop()`` has
-        ended (no handler runs any more: ``kerna.plugins.Tracing`` flushes its spans).
-
-        Raises:
-            TypeError: an argument is not a middleware (see ``Kernel``'s ``middleware``).
-        """
-        added = check_middleware(middleware, "Kernel.use()", kernel=True)
-        for m in added:
-            attach = getattr(m, "attach", None)
-            if callable(attach):
-                attach(self)
-        self._middleware += added
-        rt = self._runtime
-        rt.outbound = hooks(self._middleware, "send")
-        for atype in rt.types.values():
-            atype.chain(self._middleware)
-
-    @property
-    def middleware(self) -> tuple[object, ...]:
-        """The kernel's middleware chain, outermost first (agent types' own come after)."""
-        return self._middleware
 
     def register(
         self,
@@ -513,156 +475,7 @@ class Kernel(KernelViews):
             ref.route = remote.route(node)
         return ref
 
-    def members(self) -> list[Member]:
-        """The live members of this kernel's cluster, by node id (this node included
-        once started), as the watch of the member keys shows them now; empty without
-        a cluster. A member is live while its lease is: a node killed without
-        stopping is listed until its lease expires (``lease_ttl``)."""
-        cluster = self._runtime.cluster
-        return [] if cluster is None else cluster.members()
-
-    @property
-    def joined(self) -> bool:
-        """True while this node is a live member of its cluster: it holds a live lease
-        and its member record, written under that lease, is in its view of the members.
-        False without a cluster, before start, and from the loss of its lease (it
-        could not refresh it: the store may still show its old record for a while)
-        until it has registered again under a new one (``/readyz`` of ``kerna node``
-        fails meanwhile)."""
-        cluster = self._runtime.cluster
-        membership = None if cluster is None else cluster.membership
-        return membership is not None and membership.joined()
-
-    async def wait_members(
-        self, condition: Callable[[list[Member]], bool], timeout: float = 10.0
-    ) -> list[Member]:
-        """Wait until ``condition(members)`` holds for the live members (checked now and
-        at every change the watch shows); returns those members. E.g. wait for three
-        nodes: ``await kernel.wait_members(lambda ms: len(ms) == 3)``.
-
-        Raises:
-            UsageError: the kernel is not a running node of a cluster.
-            TimeoutError: the condition did not hold within ``timeout`` seconds (the
-                message lists the members then).
-            ValueError, TypeError: ``timeout`` is not a positive number.
-        """
-        check_timeout(timeout, "wait_members timeout")
-        cluster = self._runtime.cluster
-        if cluster is None or self._runtime.stopped:
-            raise UsageError("wait_members() needs a running node of a cluster")
-        return await cluster.wait_members(condition, timeout)
-
-    @property
-    def node_id(self) -> str:
-        """This kernel's node id (``Kernel(node_id=...)``, or the default)."""
-        return self._node_id
-
-    def schema_mismatches(self) -> dict[str, list[str]]:
-        """Per peer node, the message tags whose wire schemas are incompatible with this
-        node's (checked as ``kerna schema check`` does, from the schema documents nodes
-        exchange when they meet: the tcp handshake, nats probes; each is also logged
-        once). A compatible difference is not listed (it is logged at INFO). Empty
-        without a transport or when every shared tag is compatible; the node's status
-        reports it."""
-        remote = self._runtime.remote
-        return {} if remote is None else remote.schema_mismatches()
-
-    @property
-    def address(self) -> str | None:
-        """Where other nodes reach this kernel (its transport's address, once started;
-        None without a transport)."""
-        remote = self._runtime.remote
-        return None if remote is None else remote.address
-
-    # -- pub/sub ---------------------------------------------------------------------
-
-    def subscribe(
-        self,
-        topic: str,
-        agent_type: type[Agent] | str,
-        *,
-        key: Callable[[Any], str] | None = None,
-    ) -> Subscription:
-        """Deliver every event published on ``topic`` to an agent of ``agent_type``.
-
-        ``key(event)`` picks the agent key per event (default: always ``"default"``).
-        Every subscription gets the same event object. Returns a handle for
-        ``unsubscribe``.
-
-        Raises:
-            UnknownAgent: ``agent_type`` is not registered (register it first).
-            TypeError: ``topic`` is not a string or ``key`` is not callable.
-        """
-        if not isinstance(topic, str) or not topic:
-            raise TypeError(f"topic must be a non-empty str, got {topic!r}")
-        if key is not None and not callable(key):
-            raise TypeError(f"key must be a callable event -> str, got {key!r}")
-        name = type_name(self._runtime.types, agent_type)
-        if name not in self._runtime.types:
-            raise UnknownAgent(
-                f"cannot subscribe {name!r} to {topic!r}: no agent type {name!r} is "
-                "registered (register it before subscribing)",
-                agent_type=name,
-            )
-        subscription = self._runtime.topics.subscribe(topic, name, key)
-        if self._runtime.cluster is not None:
-            self._runtime.cluster.types_changed()  # other nodes learn who subscribes
-        return subscription
-
-    def unsubscribe(self, subscription: Subscription) -> None:
-        """Remove a subscription; unknown ones are ignored."""
-        self._runtime.topics.unsubscribe(subscription)
-        if self._runtime.cluster is not None:
-            self._runtime.cluster.types_changed()
-
-    async def publish(
-        self, topic: str, message: Message, *, headers: Mapping[str, str] | None = None
-    ) -> None:
-        """Publish an event to every subscription of ``topic``.
-
-        One envelope, shared by reference, reaches every subscriber. Waits for room in
-        ``wait`` mailboxes; a subscriber that cannot take the event (unknown type, no
-        handler, ``reject`` mailbox full, failed activation, key function raising)
-        gets nothing and the event becomes a dead letter for it: the other subscribers
-        still receive it. ``headers`` reach the subscribers' ``self.context.headers``.
-        A publish passes through the middleware chain's ``send`` hooks, as a tell does.
-
-        Raises:
-            TypeError: ``message`` is not a kerna.Message, ``topic`` not a non-empty
-                str, or ``headers`` not a mapping of str to str.
-            KernelStopped: the kernel is stopping.
-        """
-        rt = self._runtime
-        sender = current_activation.get()
-        if rt.phase is not RUNNING and not rt.accepts(sender):
-            raise rt.refusal(f"event on {topic!r} not published")
-        if not isinstance(message, Message):
-            raise TypeError(
-                f"events must be kerna.Message instances, got {type(message).__qualname__}"
-            )
-        if (type(topic) is not str or not topic) and not (isinstance(topic, str) and topic):
-            raise TypeError(f"topic must be a non-empty str, got {topic!r}")  # as subscribe
-        if headers is not None:
-            headers = check_headers(headers)
-        if sender is None:  # a root: no context to carry (built here: the hot path)
-            msg_id = next(rt.ids)
-            if headers is None:  # fewer arguments: measurably cheaper on W3
-                env = Envelope(msg_id, EVENT, topic, message, None, msg_id)
-            else:
-                env = Envelope(msg_id, EVENT, topic, message, None, msg_id, headers=headers)
-        else:
-            env = outgoing(
-                rt.ids, EVENT, topic, message, sender.id, sender.current, None, None, headers
-            )
-        outbound = rt.outbound if sender is None else sender.atype.outbound
-        if outbound:  # the middleware chain's send hooks (kerna._chain)
-            await publish_through(outbound, rt, env)
-            return
-        pending = rt.deliver(env)
-        if pending is not None:
-            await pending
-        elif rt.unstarted > SPAWN_BURST:
-            await asyncio.sleep(0)  # let the workers this publish woke run (see Runtime)
+    # -- tasks and timing ------------------------------------------------------------
 
     def create_task(
         self, coro: Coroutine[Any, Any, T], *, name: str | None = None
@@ -747,64 +560,3 @@ class Kernel(KernelViews):
         finally:
             if quiet.cancelled():  # timed out or the caller was cancelled
                 rt.forget_quiet(quiet)
-
-    # -- state -------------------------------------------------------------------------
-
-    def event_log(self, agent_type: type[Agent] | str, key: str) -> EventLog[Any]:
-        """The event log of the event-sourced agent ``AgentId(agent_type, key)``: its
-        audit trail (``events()``, with correlation and causation ids) and time travel
-        (``state_at(seq)``), read from the kernel's backend under its ``state_prefix``.
-
-        Raises:
-            UnknownAgent: the type is not registered here.
-            TypeError: the type is not event-sourced, or ``key`` is not a str.
-        """
-        name = type_name(self._runtime.types, agent_type)
-        atype = self._runtime.types.get(name)
-        if atype is None:
-            raise UnknownAgent(f"no agent type {name!r} is registered", agent_type=name)
-        if not isinstance(key, str):
-            raise TypeError(f"agent key must be a str, got {type(key).__qualname__}")
-        spec = atype.state_spec
-        if spec is None or spec.sourcing is None:
-            raise TypeError(f"agent type {name!r} is not event-sourced")
-        store = self._runtime.store()
-        return EventLog(store.backend, spec.sourcing, name, key, layout=store.layout)
-
-    def _store(self) -> Persistence:
-        """The kernel's link to its state backend (tests inspect claims through it)."""
-        return self._runtime.store()
-
-    @property
-    def state_backend(self) -> StateBackend:
-        """The state backend (available once started)."""
-        return self._runtime.store().backend
-
-    def replica(self, agent_type: type[Agent] | str) -> Replica[Any]:
-        """A local mirror of every stored state of ``agent_type`` (keyed by agent key),
-        kept fresh by a watch: writes from any kernel on the same backend show up.
-
-        Use it as an async context manager (``async with kernel.replica(Counter) as r``);
-        ``r.get(key)`` returns the decoded state or None. For an event-sourced type the
-        stored state is its latest snapshot, so the replica can be up to
-        ``snapshot_every`` events behind the log (``event_log`` reads the log itself).
-
-        Raises:
-            UnknownAgent: the type is not registered here.
-            TypeError: the type declares no state.
-        """
-        name = type_name(self._runtime.types, agent_type)
-        atype = self._runtime.types.get(name)
-        if atype is None:
-            raise UnknownAgent(f"no agent type {name!r} is registered", agent_type=name)
-        spec = atype.state_spec
-        if spec is None:
-            raise TypeError(f"agent type {name!r} declares no state")
-        store = self._runtime.store()
-        prefix = store.layout.states_of(name)
-        return Replica(
-            store.backend,
-            prefix,
-            decode=store.state_decoder(spec, name),
-            key_of=lambda k: unescape(k[len(prefix) :]),
-        )
