@@ -79,10 +79,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-import re
-import secrets
 import ssl
-from typing import Any
 from urllib.parse import urlsplit
 
 import nats.errors
@@ -104,6 +101,7 @@ from ._base import (
     TransportClosed,
 )
 from ._nats_client import ReaderClient, start_publish
+from ._nats_config import nats_config, node_subject, valid_node_name
 
 __all__ = ["NatsFramesDropped", "NatsServerUnavailable", "NatsTransport", "PeerNotListening"]
 
@@ -118,10 +116,6 @@ builds and parses headers for about 3 µs a message); a peer that says no versio
 probe or its probe's answer is 1, and gets (and may send) the ``Kerna-From`` header."""
 PROBE_HEADER = "Kerna-Probe"
 BYE_HEADER = "Kerna-Bye"
-DEFAULT_PORT = 4222
-# A subject token: no '.', '*', '>' or whitespace (NATS's own rules), kept short.
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}\Z")
-_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64})*\Z")
 
 
 _NEVER = float("-inf")  # a peer's checked_at before it was first found listening
@@ -135,12 +129,6 @@ class NatsServerUnavailable(PeerUnreachable):
 
 class PeerNotListening(PeerUnreachable):
     """No node listens on the peer's subject (no responders), or it did not answer."""
-
-
-def _positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(f"{name} must be a number > 0, got {value!r}")
-    return float(value)
 
 
 class NatsFramesDropped(TransportError):
@@ -252,75 +240,37 @@ class NatsTransport(Transport):
         sender_header: bool = False,
     ) -> None:
         super().__init__(url, max_frame_size=max_frame_size, send_queue=send_queue)
-        parts = urlsplit(url)
-        try:
-            port = parts.port or DEFAULT_PORT
-        except ValueError as exc:
-            raise ConfigError(f"nats URL {url!r} has a bad port: {exc}") from exc
-        if parts.scheme.lower() != "nats" or not parts.hostname:
-            raise ConfigError(f"nats URL must look like 'nats://host:port/node-name', got {url!r}")
-        if parts.query or parts.fragment:
-            raise ConfigError(f"nats URL {url!r}: pass options as arguments, not in the URL")
-        path_name = parts.path.strip("/") or None
-        if path_name is not None and name is not None and path_name != name:
-            raise ConfigError(f"nats URL {url!r} names node {path_name!r} but name={name!r}")
-        node = path_name or name or f"node-{secrets.token_hex(6)}"
-        if not _NAME.match(node):
-            raise ConfigError(
-                f"nats node name {node!r} must be 1-128 letters, digits, '-' or '_' "
-                "(it is a subject token)"
-            )
-        if not isinstance(subject_prefix, str) or not _PREFIX.match(subject_prefix):
-            raise ConfigError(
-                f"subject_prefix must be dot-separated tokens, got {subject_prefix!r}"
-            )
-        if tls is not None and not isinstance(tls, ssl.SSLContext):
-            raise ConfigError(f"tls must be an ssl.SSLContext, got {type(tls).__qualname__}")
-        if isinstance(max_outstanding_pings, bool) or not isinstance(max_outstanding_pings, int):
-            raise ConfigError(
-                f"max_outstanding_pings must be an int, got {max_outstanding_pings!r}"
-            )
-        if max_outstanding_pings < 1:
-            raise ConfigError(f"max_outstanding_pings must be >= 1, got {max_outstanding_pings}")
-        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-        self.server = f"{host}:{port}"
+        config = nats_config(
+            url,
+            name=name,
+            subject_prefix=subject_prefix,
+            ping_interval=ping_interval,
+            max_outstanding_pings=max_outstanding_pings,
+            connect_timeout=connect_timeout,
+            reconnect_time_wait=reconnect_time_wait,
+            probe_timeout=probe_timeout,
+            schema=schema,
+            tls=tls,
+            tls_hostname=tls_hostname,
+            user=user,
+            password=password,
+            token=token,
+            creds=creds,
+            pending_size=pending_size,
+            receive_queue=receive_queue,
+            sender_header=sender_header,
+        )
+        node = config.node_name
+        self.server = config.server
         self.node_name = node
-        self.subject_prefix = subject_prefix
+        self.subject_prefix = config.subject_prefix
         self.subject = self._subject(node)
-        self._ping_interval = _positive("ping_interval", ping_interval)
-        self._connect_timeout = _positive("connect_timeout", connect_timeout)
-        self._probe_timeout = _positive("probe_timeout", probe_timeout)
-        self._options: dict[str, Any] = {
-            "servers": [f"nats://{parts.netloc.rsplit('@', 1)[0]}@{self.server}"]
-            if "@" in parts.netloc
-            else [f"nats://{self.server}"],
-            "name": f"kerna {node}",
-            "ping_interval": self._ping_interval,
-            "max_outstanding_pings": max_outstanding_pings,
-            "connect_timeout": self._connect_timeout,
-            "reconnect_time_wait": _positive("reconnect_time_wait", reconnect_time_wait),
-            # The first connect fails fast: a refused one is tried twice, a wrong
-            # password or certificate once; start then lets nats-py reconnect for good.
-            "allow_reconnect": False,
-            "max_reconnect_attempts": 1,
-            "pending_size": int(_positive("pending_size", pending_size)),
-            # A publish that waits for a full socket is bounded (then reported, not hung).
-            "flush_timeout": self._connect_timeout,
-            "tls": tls,
-            "tls_hostname": tls_hostname,
-            "user": user,
-            "password": password,
-            "token": token,
-            "user_credentials": creds,
-        }
-        if isinstance(receive_queue, bool) or not isinstance(receive_queue, int):
-            raise ConfigError(f"receive_queue must be an int >= 1, got {receive_queue!r}")
-        if receive_queue < 1:
-            raise ConfigError(f"receive_queue must be an int >= 1, got {receive_queue!r}")
-        self._receive_queue = receive_queue
-        if not isinstance(sender_header, bool):
-            raise ConfigError(f"sender_header must be True or False, got {sender_header!r}")
-        self._sender_header = sender_header
+        self._ping_interval = config.ping_interval
+        self._connect_timeout = config.connect_timeout
+        self._probe_timeout = config.probe_timeout
+        self._options = config.client_options
+        self._receive_queue = config.receive_queue
+        self._sender_header = config.sender_header
         self._address = f"nats://{self.server}/{node}"
         self._from = {FROM_HEADER: self._address}
         self._probe_headers = {
@@ -338,9 +288,7 @@ class NatsTransport(Transport):
         self._heard: set[str] = set()  # peers frames came from
         self._lost: set[str] = set()  # reported lost, not heard from or found since
         self._last_error: BaseException | None = None  # nats-py's last, for messages
-        if not isinstance(schema, bytes | str):
-            raise ConfigError(f"schema must be bytes or str, got {type(schema).__qualname__}")
-        self._schema = schema.encode() if isinstance(schema, str) else schema
+        self._schema = config.schema
         self._info: dict[str, PeerInfo] = {}  # what peers sent in presence probes
 
     @property
@@ -363,7 +311,7 @@ class NatsTransport(Transport):
         return self._info.get(peer)
 
     def _subject(self, node: str) -> str:
-        return f"{self.subject_prefix}.node.{node}"
+        return node_subject(self.subject_prefix, node)
 
     async def start(self, on_frame: FrameCallback, on_peer_lost: PeerLostCallback) -> None:
         """Connect to the server and subscribe to this node's subject.
@@ -619,7 +567,7 @@ class NatsTransport(Transport):
         """The subject of a ``nats://server/node-name`` address (None if it is not one)."""
         parts = urlsplit(peer) if isinstance(peer, str) else None
         node = parts.path.strip("/") if parts is not None else ""
-        if parts is None or parts.scheme != "nats" or not _NAME.match(node):
+        if parts is None or parts.scheme != "nats" or not valid_node_name(node):
             return None
         return self._subject(node)
 
