@@ -489,15 +489,19 @@ async def test_send_now_takes_frames_for_a_peer_found_present_and_not_before(
     assert [frame for _, frame in b.frames] == [b"first"] + [b"now-%d" % i for i in range(5)]
 
 
-def _published(node: Node) -> int:
-    """How many messages ``node``'s nats-py client has taken to publish."""
+def _client(node: Node) -> ReaderClient:
+    """``node``'s nats-py client: its counters are the one view of when a frame reached
+    it, and of whether the hooks into nats-py work on the installed version."""
     transport = node.transport
     assert isinstance(transport, NatsTransport)
-    # nats-py's own counter is the one view of when a frame reached the client, so the
-    # test reads the transport's client.
-    client = transport._nc  # noqa: SLF001 - the client's public stats, see above
+    client = transport._nc  # noqa: SLF001 - the client's counters, see above
     assert client is not None
-    count: int = client.stats["out_msgs"]
+    return client
+
+
+def _published(node: Node) -> int:
+    """How many messages ``node``'s nats-py client has taken to publish."""
+    count: int = _client(node).stats["out_msgs"]
     return count
 
 
@@ -516,14 +520,6 @@ async def test_a_frame_to_an_idle_present_peer_reaches_nats_py_before_send_retur
     assert _published(a) == before + 2
     await b.until(lambda: len(b.frames) == 3)
     assert [f for _, f in b.frames] == [b"first", b"sent", b"sent now"]
-
-
-def _client(node: Node) -> ReaderClient:
-    transport = node.transport
-    assert isinstance(transport, NatsTransport)
-    client = transport._nc  # noqa: SLF001 - its counters: whether the hooks into nats-py work
-    assert client is not None
-    return client
 
 
 async def test_a_lone_frame_goes_to_the_socket_at_once_the_rest_of_its_pass_together(
