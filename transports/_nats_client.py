@@ -53,7 +53,8 @@ DirectCallback = Callable[[str, bytes], None]
 
 class ReaderClient(Client):
     """A nats-py ``Client`` that hands the data frames on ``direct_subject`` to
-    ``on_direct`` from its reader task (see the module docstring)."""
+    ``on_direct`` from its reader task, and writes a lone frame to the socket at once
+    (``publish_now``); see the module docstring."""
 
     def __init__(self) -> None:
         super().__init__()
