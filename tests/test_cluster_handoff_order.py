@@ -128,7 +128,11 @@ async def test_tells_queued_on_a_leaving_node_are_not_overtaken_by_newer_ones_at
                     await Stream.complete.wait()
                 assert Stream.seen == list(range(30)), str(Stream.seen)
                 assert await n2.ref(Stream, key).locate() == "n3"
-                # n3 kept the handed-off messages until the release: none went back
+                # n3 kept the handed-off messages until the release: none went back.
+                # Its view and the store show n1 leaving before anything is handed
+                # off, so its wait for the claim (Cluster.wait_for_claim) never gives
+                # up here; had it, n3 would send them back to n1 (Cluster.moved) and get
+                # them again, in order: activations=2, deactivations=1, restarts=0.
                 assert n3.stats().types["Stream"].activations == 1
                 assert n1.stats().types["Stream"].activations == 1
                 assert n3.delivery_stats().out_of_order == 0
