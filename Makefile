@@ -39,8 +39,9 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy examples
 
 # The servers the integration tests start themselves (kerna.testing's fixtures: etcd,
-# nats-server, redis-server): installed here when missing (as root); otherwise those
-# tests skip with the reason (or fail under KERNA_REQUIRE_SERVERS=1).
+# nats-server, redis-server) and nft for the netns partition fixture: installed here
+# when missing (as root); otherwise those tests skip with the reason (servers fail
+# under KERNA_REQUIRE_SERVERS=1).
 servers:
 	@command -v etcd >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -57,11 +58,11 @@ servers:
 	    (apt-get install -y -qq nats-server >/dev/null 2>&1 || \
 	     (apt-get update -qq && apt-get install -y -qq nats-server)) ; \
 	  else echo "nats-server is not installed and this is not root: nats tests will skip"; fi; }
-	@command -v redis-server >/dev/null 2>&1 || { \
+	@command -v nft >/dev/null 2>&1 || test -x /usr/sbin/nft || { \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    (apt-get install -y -qq redis-server >/dev/null 2>&1 || \
-	     (apt-get update -qq && apt-get install -y -qq redis-server)) ; \
-	  else echo "redis-server is not installed and this is not root: redis tests will skip"; fi; }
+	    (apt-get install -y -qq nftables >/dev/null 2>&1 || \
+	     (apt-get update -qq && apt-get install -y -qq nftables)) ; \
+	  else echo "nft is not installed and this is not root: the partition tests will skip"; fi; }
 
 pytest: $(STAMP) servers
 	$(VENV)/bin/python -m pytest -q
