@@ -71,16 +71,19 @@ configuration (e.g. ``max_payload: 8MB``; at most ``max_pending``, 64 MB by defa
 TLS and credentials pass through to nats-py: ``tls=`` an ``ssl.SSLContext``
 (``tls_hostname=``), ``user=``/``password=`` (or in the URL's userinfo), ``token=``,
 ``creds=`` a ``.creds`` file.
+
+The code, in layers: ``_nats_config`` checks the URL and options, ``_nats_peer`` keeps
+the peers and their presence (probe, loss, goodbye), ``_nats_send`` sends (each peer's
+queue and task), ``_nats_client`` is the nats-py client that reads and writes directly,
+and this module connects, receives, answers probes and closes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import ssl
-from urllib.parse import urlsplit
 
 import nats.errors
 from nats.aio.client import Client
@@ -95,40 +98,27 @@ from ._base import (
     FrameTooLarge,
     PeerInfo,
     PeerLostCallback,
-    PeerUnreachable,
-    SendQueueFull,
-    Transport,
     TransportClosed,
 )
-from ._nats_client import ReaderClient, start_publish
-from ._nats_config import nats_config, node_subject, valid_node_name
+from ._nats_client import ReaderClient
+from ._nats_config import nats_config
+from ._nats_peer import (
+    BYE_HEADER,
+    FROM_HEADER,
+    NEVER,
+    PROBE_HEADER,
+    PROTOCOL_VERSION,
+    VERSION_HEADER,
+    NatsServerUnavailable,
+    Peer,
+    PeerNotListening,
+    protocol_version,
+)
+from ._nats_send import NatsSending
 
 __all__ = ["NatsFramesDropped", "NatsServerUnavailable", "NatsTransport", "PeerNotListening"]
 
 log = logging.getLogger("kerna.transports.nats")
-
-FROM_HEADER = "Kerna-From"
-VERSION_HEADER = "Kerna-Version"
-PROTOCOL_VERSION = 2
-"""This transport's protocol version (``PeerInfo.version`` says a peer's): from 2, a data
-frame names its sender in the NATS message's reply subject, not in a header (nats-py
-builds and parses headers for about 3 µs a message); a peer that says no version in its
-probe or its probe's answer is 1, and gets (and may send) the ``Kerna-From`` header."""
-PROBE_HEADER = "Kerna-Probe"
-BYE_HEADER = "Kerna-Bye"
-
-
-_NEVER = float("-inf")  # a peer's checked_at before it was first found listening
-_NO_RESPONDERS_TRIES = 4
-_NO_RESPONDERS_GAP = 0.05  # seconds
-
-
-class NatsServerUnavailable(PeerUnreachable):
-    """The NATS server cannot be reached, or the connection to it was lost."""
-
-
-class PeerNotListening(PeerUnreachable):
-    """No node listens on the peer's subject (no responders), or it did not answer."""
 
 
 class NatsFramesDropped(TransportError):
@@ -136,47 +126,7 @@ class NatsFramesDropped(TransportError):
     ``receive_queue`` frames waited for ``on_frame``); which peer sent them is unknown."""
 
 
-class _Peer:
-    """One peer's send side: its bounded queue, the task that publishes it, and what
-    senders published themselves (``send``/``send_now`` to an idle peer)."""
-
-    __slots__ = (
-        "address",
-        "busy",
-        "checked_at",
-        "headers",
-        "probing",
-        "queue",
-        "ready",
-        "reply",
-        "room",
-        "started",
-        "subject",
-        "taken",
-        "task",
-        "waiting",
-    )
-
-    def __init__(self, address: str, subject: str, headers: dict[str, str]) -> None:
-        self.address = address
-        self.subject = subject
-        # How a frame names its sender (set by each probe, from the peer's version): a
-        # header for a version 1 peer, else the reply subject (no header).
-        self.headers: dict[str, str] | None = headers
-        self.reply = ""
-        self.queue: collections.deque[bytes] = collections.deque()  # not yet published
-        self.ready = asyncio.Event()  # frames to publish
-        self.room = asyncio.Event()  # the queue shrank (or the transport closed)
-        self.checked_at = _NEVER  # when it was last found listening
-        self.probing: asyncio.Task[TransportError | None] | None = None  # first contact
-        self.task: asyncio.Task[None] | None = None
-        self.busy = False  # a publish waits in nats-py (it holds a place of the queue)
-        self.started: asyncio.Task[None] | None = None  # the rest of a sender's publish
-        self.taken = 0  # frames senders published themselves in this loop pass
-        self.waiting = 0  # senders waiting for room (send_now does not overtake them)
-
-
-class NatsTransport(Transport):
+class NatsTransport(NatsSending):
     """Frames between nodes over NATS subjects (see the module docstring).
 
     Args:
@@ -284,7 +234,7 @@ class NatsTransport(Transport):
         self._started = False  # connected and subscribed
         self._on_frame: FrameCallback | None = None
         self._on_peer_lost: PeerLostCallback | None = None
-        self._peers: dict[str, _Peer] = {}
+        self._peers: dict[str, Peer] = {}
         self._heard: set[str] = set()  # peers frames came from
         self._lost: set[str] = set()  # reported lost, not heard from or found since
         self._last_error: BaseException | None = None  # nats-py's last, for messages
@@ -309,9 +259,6 @@ class NatsTransport(Transport):
         """What ``peer`` sent in the latest presence probe between the two (either
         way), or None."""
         return self._info.get(peer)
-
-    def _subject(self, node: str) -> str:
-        return node_subject(self.subject_prefix, node)
 
     async def start(self, on_frame: FrameCallback, on_peer_lost: PeerLostCallback) -> None:
         """Connect to the server and subscribe to this node's subject.
@@ -419,7 +366,7 @@ class NatsTransport(Transport):
         elif PROBE_HEADER in headers:
             prober = headers.get(FROM_HEADER)
             if prober:  # a peer about to send: it tells its schema, and gets ours
-                version = _version(headers)
+                version = protocol_version(headers)
                 self._info[prober] = PeerInfo(prober, version, bytes(msg.data))
             if msg.reply and self._nc is not None and not self._closed:
                 await self._nc.publish(msg.reply, self._schema, headers=self._answer_headers)
@@ -462,258 +409,6 @@ class NatsTransport(Transport):
 
     # -- sending -----------------------------------------------------------------------
 
-    async def send(self, peer: str, frame: bytes, *, wait: bool = True) -> None:
-        """Queue ``frame`` for ``peer`` (a ``nats://server/node-name`` address).
-
-        Raises:
-            SendQueueFull: the queue is full, or a sender waits for room, and
-                ``wait`` is False.
-            FrameTooLarge: over ``max_frame_size`` (the server's limit after start).
-            PeerUnreachable: ``peer`` is not a nats address with a valid node name.
-            NatsServerUnavailable: nats-py gave up on the server connection.
-            TransportClosed: closed (or closes while this waits), or not started.
-        """
-        if self._closed or self._nc is None:
-            raise TransportClosed(f"{self!r} is {'closed' if self._closed else 'not started'}")
-        self.check_frame(frame)
-        if self._nc.is_closed:
-            raise NatsServerUnavailable(f"the connection to nats server {self.server} is closed")
-        p = self._peers.get(peer) or self._add_peer(peer)
-        if p.checked_at == _NEVER:
-            await self._first_contact(p)
-        # Behind a sender that waits for room (as send_now, and tcp): this one waits
-        # too, at least for the next room, instead of going ahead of it.
-        behind = p.waiting > 0
-        while behind or self._full(p):
-            if not wait:
-                raise SendQueueFull(f"send queue to {peer} is full ({self.send_queue} frames)")
-            behind = False
-            p.room.clear()
-            p.waiting += 1
-            try:
-                await p.room.wait()
-            except BaseException:
-                p.room.set()  # given up (cancelled): the senders behind look again
-                raise
-            finally:
-                p.waiting -= 1
-            if self._closed:
-                raise TransportClosed(f"{self!r} closed while a send to {peer} waited")
-        self._put(p, bytes(frame))
-
-    def send_now(self, peer: str, frame: bytes) -> bool:
-        """See ``Transport.send_now``: a peer already found present, with room in its
-        queue and no sender waiting for room, takes ``frame`` at once (no first-contact
-        probe to wait for)."""
-        if self._closed or self._nc is None or self._nc.is_closed:
-            return False
-        p = self._peers.get(peer)
-        if p is None or p.checked_at == _NEVER or p.waiting or self._full(p):
-            return False
-        self.check_frame(frame)
-        self._put(p, bytes(frame))
-        return True
-
-    def _full(self, p: _Peer) -> bool:
-        # Frames handed to nats-py in this loop pass still count: its flusher writes
-        # them in the next, so a burst takes no more than the queue would.
-        return len(p.queue) + p.busy + p.taken >= self.send_queue
-
-    def _put(self, p: _Peer, frame: bytes) -> None:
-        """Publish ``frame`` now if ``p`` is idle (nothing queued or publishing) and not
-        due for its presence probe, else queue it for ``p``'s task.
-
-        Published now, a lone frame reaches nats-py in this loop pass instead of the
-        next (a request or reply does not wait for a task switch); the first of a pass
-        goes to the socket itself if nothing is ahead of it there
-        (``ReaderClient.publish_now``). nats-py's publish is
-        a coroutine that, unless its buffer is over ``pending_size``, returns without
-        waiting; if it waits, the rest of it holds ``p``'s place: ``p``'s task finishes
-        it before any frame queued after it.
-        """
-        nc = self._nc
-        assert nc is not None
-        loop = asyncio.get_running_loop()
-        # (Found present at the first frame of this pass: the probe is not due for
-        # the rest of the pass.)
-        if p.queue or p.busy or (not p.taken and loop.time() - p.checked_at > self._ping_interval):
-            p.queue.append(frame)
-            p.ready.set()
-            return
-        if not p.taken and p.headers is None and nc.publish_now(p.subject, p.reply, frame):
-            rest = None  # written to the socket (ReaderClient)
-        else:
-            try:
-                rest = start_publish(
-                    nc.publish(p.subject, frame, reply=p.reply, headers=p.headers), p.address
-                )
-            except (nats.errors.Error, OSError) as exc:  # as p's task would: p is lost
-                self._lose(p, self._server_error(exc))
-                return
-        if rest is not None:
-            p.busy, p.started = True, rest
-            p.ready.set()
-            return
-        if not p.taken:
-            loop.call_soon(self._next_pass, p)
-        p.taken += 1
-
-    @staticmethod
-    def _next_pass(p: _Peer) -> None:
-        p.taken = 0
-        p.room.set()
-
-    def _peer_subject(self, peer: str) -> str | None:
-        """The subject of a ``nats://server/node-name`` address (None if it is not one)."""
-        parts = urlsplit(peer) if isinstance(peer, str) else None
-        node = parts.path.strip("/") if parts is not None else ""
-        if parts is None or parts.scheme != "nats" or not valid_node_name(node):
-            return None
-        return self._subject(node)
-
-    def _add_peer(self, peer: str) -> _Peer:
-        subject = self._peer_subject(peer)
-        if subject is None:
-            raise PeerUnreachable(f"{peer!r} is not a nats node address (nats://host:port/name)")
-        p = _Peer(peer, subject, self._from)
-        p.task = asyncio.get_running_loop().create_task(
-            self._drain(p), name=f"kerna nats send to {peer}"
-        )
-        self._peers[peer] = p
-        return p
-
-    async def _first_contact(self, p: _Peer) -> None:
-        """Probe a peer not seen listening yet (or lost since); concurrent first sends
-        share one probe.
-
-        Raises:
-            PeerUnreachable: nothing listens there (not reported lost: it never was
-                reached), or the server is gone.
-        """
-        nc = self._nc
-        assert nc is not None
-        if p.probing is None:
-            p.probing = asyncio.get_running_loop().create_task(
-                self._probe(nc, p), name=f"kerna nats probe {p.address}"
-            )
-        probing = p.probing
-        try:
-            # shield: a sender that gives up does not cancel the probe the others share
-            error = await asyncio.shield(probing)
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if self._closed and probing.cancelled() and not (current and current.cancelling()):
-                # aclose cancelled the probe, not this sender's caller
-                raise TransportClosed(
-                    f"{self!r} closed while a send to {p.address} waited"
-                ) from None
-            raise
-        finally:
-            if probing.done() and p.probing is probing:
-                p.probing = None
-        if self._closed:
-            raise TransportClosed(f"{self!r} closed while a send to {p.address} waited")
-        if error is not None:
-            raise error
-        p.checked_at = asyncio.get_running_loop().time()
-        self._lost.discard(p.address)
-
-    async def _drain(self, p: _Peer) -> None:
-        loop = asyncio.get_running_loop()
-        nc = self._nc
-        assert nc is not None
-        while True:
-            await p.ready.wait()
-            p.ready.clear()
-            if (started := p.started) is not None:  # a sender's publish, waiting in nats-py
-                try:
-                    await started
-                except (nats.errors.Error, OSError) as exc:
-                    self._lose(p, self._server_error(exc))
-                    continue
-                finally:
-                    p.busy, p.started = False, None
-                    p.room.set()
-            while p.queue:
-                if loop.time() - p.checked_at > self._ping_interval:
-                    error = await self._probe(nc, p)
-                    if error is not None:
-                        self._lose(p, error)
-                        break
-                    p.checked_at = loop.time()
-                    self._lost.discard(p.address)
-                p.busy = True  # the frame keeps its place in the count while it waits
-                try:
-                    await nc.publish(p.subject, p.queue.popleft(), reply=p.reply, headers=p.headers)
-                except (nats.errors.Error, OSError) as exc:
-                    self._lose(p, self._server_error(exc))
-                    break
-                finally:
-                    p.busy = False
-                p.room.set()
-
-    async def _probe(self, nc: Client, p: _Peer) -> TransportError | None:
-        """None if ``p`` listens, else why not."""
-        if not nc.is_connected:
-            return NatsServerUnavailable(f"not connected to nats server {self.server}")
-        # "No responders" is asked again a few times, _NO_RESPONDERS_GAP apart: a node
-        # that has just subscribed may not be visible yet everywhere its server (or, in
-        # a NATS cluster, the other servers) route from.
-        for attempt in range(_NO_RESPONDERS_TRIES):
-            try:
-                answer = await nc.request(
-                    p.subject, self._schema, self._probe_timeout, headers=self._probe_headers
-                )
-            except nats.errors.NoRespondersError:
-                if attempt + 1 < _NO_RESPONDERS_TRIES:
-                    await asyncio.sleep(_NO_RESPONDERS_GAP)
-                    continue
-                return PeerNotListening(
-                    f"no kerna node listens on {p.subject!r} for {p.address} "
-                    f"(nats server {self.server}: no responders)"
-                )
-            except nats.errors.TimeoutError:
-                return PeerNotListening(
-                    f"{p.address} did not answer a presence probe on {p.subject!r} within "
-                    f"{self._probe_timeout} s (nats server {self.server})"
-                )
-            except (nats.errors.Error, OSError) as exc:
-                return self._server_error(exc)
-            version = _version(answer.headers)
-            if version >= 2 and not self._sender_header:  # it reads the reply subject
-                p.reply, p.headers = self._address, None
-            else:
-                p.reply, p.headers = "", self._from
-            self._info[p.address] = PeerInfo(p.address, version, bytes(answer.data))
-            return None
-        return None
-
-    def _server_error(self, exc: BaseException) -> NatsServerUnavailable:
-        return NatsServerUnavailable(f"nats server {self.server}: {exc!r}")
-
-    def _lose(self, p: _Peer, error: BaseException) -> None:
-        """Drop ``p``'s queued frames, probe again next time, report it lost."""
-        p.queue.clear()
-        p.checked_at = _NEVER
-        p.room.set()
-        self._report_lost(p.address, error)
-
-    def _peer_left(self, peer: str, error: TransportError) -> None:
-        if (p := self._peers.get(peer)) is not None:
-            self._lose(p, error)
-        else:
-            self._report_lost(peer, error)
-
-    def _report_lost(self, peer: str, error: BaseException | None) -> None:
-        """Tell ``on_peer_lost``, once until the peer is heard from or found again."""
-        if self._closed or self._on_peer_lost is None or peer in self._lost:
-            return
-        self._lost.add(peer)
-        try:
-            self._on_peer_lost(peer, error)
-        except Exception:
-            log.exception("nats: on_peer_lost raised for %s", peer)
-
     # -- the server connection ---------------------------------------------------------
 
     async def _error_cb(self, exc: Exception) -> None:
@@ -750,7 +445,7 @@ class NatsTransport(Transport):
                 f"lost the connection to nats server {self.server} ({why})"
             )
             if (p := self._peers.get(peer)) is not None:
-                p.checked_at = _NEVER
+                p.checked_at = NEVER
             self._report_lost(peer, error)
 
     async def _reconnected_cb(self) -> None:
@@ -785,31 +480,6 @@ class NatsTransport(Transport):
             await asyncio.wait(tasks, timeout=self._connect_timeout)
         await self._close_client()
 
-    async def _say_goodbye(self) -> None:
-        """Tell every known peer this node leaves (what a plain subject cannot show),
-        after the frames still queued for it; bounded, and skipped without a
-        connection (the peers' probes notice then)."""
-        nc = self._nc
-        if nc is None or not self._started or not nc.is_connected:
-            return
-        bye = {FROM_HEADER: self._address, BYE_HEADER: "1"}
-        try:
-            async with asyncio.timeout(self._probe_timeout):
-                for peer in {*self._peers, *self._heard}:
-                    # Its queue first, without the probe it may be due (a peer that
-                    # left misses nothing): the bye must not overtake it. A frame is
-                    # popped and handed to nats-py in one step, as p's task does.
-                    p = self._peers.get(peer)
-                    while p is not None and p.queue:
-                        await nc.publish(
-                            p.subject, p.queue.popleft(), reply=p.reply, headers=p.headers
-                        )
-                    if (subject := self._peer_subject(peer)) is not None:
-                        await nc.publish(subject, b"", headers=bye)
-                await nc.flush(timeout=max(1, round(self._probe_timeout)))
-        except (TimeoutError, nats.errors.Error, OSError) as exc:
-            log.info("nats: could not tell every peer %s leaves: %r", self._address, exc)
-
     async def _close_client(self) -> None:
         nc = self._nc
         # A connect that failed has closed its client already (and nats-py's close()
@@ -820,9 +490,3 @@ class NatsTransport(Transport):
         with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
             async with asyncio.timeout(self._connect_timeout):
                 await nc.close()
-
-
-def _version(headers: dict[str, str] | None) -> int:
-    """The protocol version a probe or its answer says (1 if it says none, or junk)."""
-    said = headers.get(VERSION_HEADER, "") if headers else ""
-    return int(said) if said.isdigit() and len(said) < 6 else 1
