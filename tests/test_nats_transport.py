@@ -868,6 +868,32 @@ async def test_a_reply_subject_that_is_not_utf8_is_dropped_and_the_node_reads_on
     assert caplog.text.count("is not UTF-8") == 2
 
 
+async def test_a_header_block_nats_py_cannot_parse_is_dropped_and_the_node_reads_on(
+    nodes: Callable, nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # nats-server passes on any header block; nats-py's _process_headers indexes past
+    # the "NATS/1.0" it expects and raises IndexError for one shorter than that, which
+    # would end its read loop: the node would hear nothing more. (b's pings 30 s apart:
+    # a stale-connection reconnect would otherwise revive its reader within the wait.)
+    a, b = await nodes(), await nodes(ping_interval=30)
+    reader, writer = await asyncio.open_connection("127.0.0.1", nats_server.port)
+    try:
+        await reader.readline()  # INFO
+        writer.write(b'CONNECT {"verbose":false,"headers":true}\r\n')
+        subject = _subject(b.address).encode()
+        writer.write(b"HPUB %s nats://x/y 4 9\r\nabcdwhose\r\n" % subject)
+        writer.write(b"PING\r\n")
+        async with asyncio.timeout(5):
+            assert await reader.readline() == b"PONG\r\n"  # the server took it
+    finally:
+        writer.close()
+    await a.transport.send(b.address, b"good")  # after it, on b's one subscription
+    await b.until(lambda: len(b.frames) == 1)
+    assert b.frames == [(a.address, b"good")]
+    assert b.lost == []
+    assert "nats-py could not process" in caplog.text
+
+
 def test_sender_header_must_be_a_bool() -> None:
     with pytest.raises(ConfigError, match="sender_header must be True or False, got 'yes'"):
         NatsTransport("nats://127.0.0.1:4222/n", sender_header="yes")  # type: ignore[arg-type]

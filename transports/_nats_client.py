@@ -62,7 +62,7 @@ class ReaderClient(Client):
         self.on_direct: DirectCallback | None = None
         self.direct_frames = 0  # handed over from the reader
         self.written_at_once = 0  # frames publish_now wrote
-        self.dropped_undecodable = 0  # messages whose subjects are not UTF-8
+        self.dropped_undecodable = 0  # messages nats-py could not read (see _process_msg)
 
     async def _process_msg(
         self,
@@ -103,6 +103,16 @@ class ReaderClient(Client):
                 "nats: dropped a message on %r whose reply subject %r is not UTF-8",
                 subject,
                 reply[:200],
+            )
+        except Exception:
+            # Whatever else nats-py raises for one message ends its read loop the same
+            # way: a header block shorter than its "NATS/1.0" (nats-server passes any
+            # on) raises IndexError in its _process_headers.
+            self.dropped_undecodable += 1
+            log.warning(
+                "nats: dropped a message on %r that nats-py could not process",
+                subject,
+                exc_info=True,
             )
 
     def publish_now(self, subject: str, reply: str, payload: bytes) -> bool:
