@@ -894,6 +894,35 @@ async def test_a_header_block_nats_py_cannot_parse_is_dropped_and_the_node_reads
     assert "nats-py could not process" in caplog.text
 
 
+async def test_a_senders_header_named_frame_is_not_overtaken_by_its_next_reply_named_one(
+    nodes: Callable, nats_server: NatsServer
+) -> None:
+    # Both forms are read, and one sender may use both in a row: a sender's frames take
+    # the header form to a peer it has heard from but not yet probed (its first probe
+    # still out) and the reply-subject form once the probe's answer says version 2.
+    # The header-named frame waits in nats-py's subscription queue for its task; the
+    # next one, read in the same chunk, must not reach on_frame ahead of it from the
+    # reader. Written here in one write over a raw protocol connection.
+    b = await nodes()
+    sender = f"{nats_server.url}/{unique('sender')}"
+    reader, writer = await asyncio.open_connection("127.0.0.1", nats_server.port)
+    try:
+        await reader.readline()  # INFO
+        writer.write(b'CONNECT {"verbose":false,"headers":true}\r\n')
+        subject = _subject(b.address).encode()
+        header = b"NATS/1.0\r\nKerna-From: %s\r\n\r\n" % sender.encode()
+        writer.write(
+            b"HPUB %s %d %d\r\n%sfirst\r\n" % (subject, len(header), len(header) + 5, header)
+            + b"PUB %s %s 6\r\nsecond\r\nPING\r\n" % (subject, sender.encode())
+        )
+        async with asyncio.timeout(5):
+            assert await reader.readline() == b"PONG\r\n"  # the server took them
+    finally:
+        writer.close()
+    await b.until(lambda: len(b.frames) == 2)
+    assert b.frames == [(sender, b"first"), (sender, b"second")]
+
+
 def test_sender_header_must_be_a_bool() -> None:
     with pytest.raises(ConfigError, match="sender_header must be True or False, got 'yes'"):
         NatsTransport("nats://127.0.0.1:4222/n", sender_header="yes")  # type: ignore[arg-type]

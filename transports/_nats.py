@@ -24,7 +24,8 @@ bytes, and a publish over it waits for the socket): a full queue waits or fails
 (``SendQueueFull``) by the sender's choice. An error nats-py raises from a publish loses
 the peer (below) whether the sender or the peer's task published. A version 2 peer's
 data frames reach ``on_frame`` from nats-py's reader as it parses them (a loop pass
-before nats-py's own subscription callbacks would see them: ``_nats_client``); probes,
+before nats-py's own subscription callbacks would see them: ``_nats_client``), unless
+something waits in that subscription's queue (they queue behind it, in order); probes,
 goodbyes and version 1 frames through nats-py's subscription task.
 
 What NATS can tell about peers, and what this transport reports:
@@ -52,13 +53,13 @@ What NATS can tell about peers, and what this transport reports:
   A send to a peer not present since needs the server: it raises
   ``NatsServerUnavailable`` until nats-py has reconnected.
 - A receiver slower than its senders: a version 2 peer's data frames are handed to
-  ``on_frame`` as they are read, never dropped here (the kernel's own bounds apply to
-  them); a receiver whose loop is stuck lets nats-server buffer them, up to its
-  ``max_pending``, and then be disconnected (reported as above). The frames that go
-  through nats-py's subscription (version 1 frames, probes, goodbyes) wait in its queue
-  of ``receive_queue``, which drops the rest, reporting them without their sender;
-  every peer heard from is then reported lost (``NatsFramesDropped``), never a silent
-  gap.
+  ``on_frame`` as they are read (the kernel's own bounds apply to them), or queue behind
+  what waits in nats-py's subscription queue (below) as its frames do; a receiver whose
+  loop is stuck lets nats-server buffer them, up to its ``max_pending``, and then be
+  disconnected (reported as above). The frames that go through nats-py's subscription
+  (version 1 frames, probes, goodbyes) wait in its queue of ``receive_queue``, which
+  drops the rest, reporting them without their sender; every peer heard from is then
+  reported lost (``NatsFramesDropped``), never a silent gap.
 - A node name is one subscriber: ``start`` refuses (``ConfigError``) a name a live
   node already answers on.
 

@@ -9,9 +9,10 @@ kernel decodes and queues the frame), so ``ReaderClient`` calls it from the read
 the message is parsed, as the tcp transport does from its own reader: a request or a
 reply reaches the kernel a loop pass sooner on each node. Only messages with no header,
 on the one subject ``direct_subject``, whose reply subject names a kerna node, go that
-way (a version 2 peer's data frames); the rest (probes, goodbyes, version 1 frames, and
-anything malformed) go through nats-py's subscription as before, so each kind is handled
-in one place.
+way (a version 2 peer's data frames), and only while nothing waits in the
+subscription's queue (they would overtake it); the rest (probes, goodbyes, version 1
+frames, and anything malformed) go through nats-py's subscription as before, so each
+kind is handled in one place.
 
 The hook is nats-py's ``Client._process_msg``, which its parser awaits for every
 message (nats-py 2.x). Should a later nats-py stop calling it, every message takes the
@@ -78,6 +79,11 @@ class ReaderClient(Client):
             and on_direct is not None
             and subject == self.direct_subject
             and reply.startswith(b"nats://")
+            # Not ahead of what waits for the subscription's task (a header-named frame
+            # its sender sent before this one): on_frame sees one subject's frames in
+            # the order they came.
+            and (sub := self._subs.get(sid)) is not None
+            and not sub.pending_msgs
         ):
             try:
                 sender = reply.decode()
