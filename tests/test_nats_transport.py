@@ -842,6 +842,19 @@ async def test_a_frame_whose_reply_subject_is_no_node_address_is_dropped_and_log
     assert "sender_header=True" in caplog.text
 
 
+async def _written_raw(server: NatsServer, protocol: bytes) -> None:
+    """Write ``protocol`` (PUB/HPUB lines, what nats-py would not send) to ``server``
+    over a raw connection, in one write, and wait until the server has taken it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        await reader.readline()  # INFO
+        writer.write(b'CONNECT {"verbose":false,"headers":true}\r\n' + protocol + b"PING\r\n")
+        async with asyncio.timeout(5):
+            assert await reader.readline() == b"PONG\r\n"  # the server took it all
+    finally:
+        writer.close()
+
+
 async def test_a_reply_subject_that_is_not_utf8_is_dropped_and_the_node_reads_on(
     nodes: Callable, nats_server: NatsServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -849,18 +862,14 @@ async def test_a_reply_subject_that_is_not_utf8_is_dropped_and_the_node_reads_on
     # takes str), here over a raw protocol connection. nats-py's reader would fail to
     # decode it and end its read loop: the node would hear nothing more.
     a, b = await nodes(), await nodes()
-    reader, writer = await asyncio.open_connection("127.0.0.1", nats_server.port)
-    try:
-        await reader.readline()  # INFO
-        writer.write(b'CONNECT {"verbose":false}\r\n')
-        subject = _subject(b.address).encode()
-        for reply in (b"nats://\xff\xfe", b"\xff\xfe.inbox"):
-            writer.write(b"PUB %s %s 5\r\nwhose\r\n" % (subject, reply))
-        writer.write(b"PING\r\n")
-        async with asyncio.timeout(5):
-            assert await reader.readline() == b"PONG\r\n"  # the server took them
-    finally:
-        writer.close()
+    subject = _subject(b.address).encode()
+    await _written_raw(
+        nats_server,
+        b"".join(
+            b"PUB %s %s 5\r\nwhose\r\n" % (subject, r)
+            for r in (b"nats://\xff\xfe", b"\xff\xfe.inbox")
+        ),
+    )
     await a.transport.send(b.address, b"good")  # after them, on b's one subscription
     await b.until(lambda: len(b.frames) == 1)
     assert b.frames == [(a.address, b"good")]
@@ -876,17 +885,8 @@ async def test_a_header_block_nats_py_cannot_parse_is_dropped_and_the_node_reads
     # would end its read loop: the node would hear nothing more. (b's pings 30 s apart:
     # a stale-connection reconnect would otherwise revive its reader within the wait.)
     a, b = await nodes(), await nodes(ping_interval=30)
-    reader, writer = await asyncio.open_connection("127.0.0.1", nats_server.port)
-    try:
-        await reader.readline()  # INFO
-        writer.write(b'CONNECT {"verbose":false,"headers":true}\r\n')
-        subject = _subject(b.address).encode()
-        writer.write(b"HPUB %s nats://x/y 4 9\r\nabcdwhose\r\n" % subject)
-        writer.write(b"PING\r\n")
-        async with asyncio.timeout(5):
-            assert await reader.readline() == b"PONG\r\n"  # the server took it
-    finally:
-        writer.close()
+    subject = _subject(b.address).encode()
+    await _written_raw(nats_server, b"HPUB %s nats://x/y 4 9\r\nabcdwhose\r\n" % subject)
     await a.transport.send(b.address, b"good")  # after it, on b's one subscription
     await b.until(lambda: len(b.frames) == 1)
     assert b.frames == [(a.address, b"good")]
@@ -905,20 +905,13 @@ async def test_a_senders_header_named_frame_is_not_overtaken_by_its_next_reply_n
     # reader. Written here in one write over a raw protocol connection.
     b = await nodes()
     sender = f"{nats_server.url}/{unique('sender')}"
-    reader, writer = await asyncio.open_connection("127.0.0.1", nats_server.port)
-    try:
-        await reader.readline()  # INFO
-        writer.write(b'CONNECT {"verbose":false,"headers":true}\r\n')
-        subject = _subject(b.address).encode()
-        header = b"NATS/1.0\r\nKerna-From: %s\r\n\r\n" % sender.encode()
-        writer.write(
-            b"HPUB %s %d %d\r\n%sfirst\r\n" % (subject, len(header), len(header) + 5, header)
-            + b"PUB %s %s 6\r\nsecond\r\nPING\r\n" % (subject, sender.encode())
-        )
-        async with asyncio.timeout(5):
-            assert await reader.readline() == b"PONG\r\n"  # the server took them
-    finally:
-        writer.close()
+    subject = _subject(b.address).encode()
+    header = b"NATS/1.0\r\nKerna-From: %s\r\n\r\n" % sender.encode()
+    await _written_raw(
+        nats_server,
+        b"HPUB %s %d %d\r\n%sfirst\r\n" % (subject, len(header), len(header) + 5, header)
+        + b"PUB %s %s 6\r\nsecond\r\n" % (subject, sender.encode()),
+    )
     await b.until(lambda: len(b.frames) == 2)
     assert b.frames == [(sender, b"first"), (sender, b"second")]
 
