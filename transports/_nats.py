@@ -111,7 +111,6 @@ from ._nats_peer import (
     PROTOCOL_VERSION,
     VERSION_HEADER,
     NatsServerUnavailable,
-    Peer,
     PeerNotListening,
     protocol_version,
 )
@@ -230,17 +229,17 @@ class NatsTransport(NatsSending):
             VERSION_HEADER: str(PROTOCOL_VERSION),
         }
         self._answer_headers = {VERSION_HEADER: str(PROTOCOL_VERSION)}
-        self._nc: ReaderClient | None = None
+        self._nc = None
         self._closed = False
         self._started = False  # connected and subscribed
         self._on_frame: FrameCallback | None = None
-        self._on_peer_lost: PeerLostCallback | None = None
-        self._peers: dict[str, Peer] = {}
-        self._heard: set[str] = set()  # peers frames came from
-        self._lost: set[str] = set()  # reported lost, not heard from or found since
+        self._on_peer_lost = None
+        self._peers = {}
+        self._heard = set()
+        self._lost = set()
         self._last_error: BaseException | None = None  # nats-py's last, for messages
         self._schema = config.schema
-        self._info: dict[str, PeerInfo] = {}  # what peers sent in presence probes
+        self._info = {}
 
     @property
     def address(self) -> str:

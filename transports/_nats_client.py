@@ -15,9 +15,11 @@ frames, and anything malformed) go through nats-py's subscription as before, so 
 kind is handled in one place.
 
 The hook is nats-py's ``Client._process_msg``, which its parser awaits for every
-message (nats-py 2.x). Should a later nats-py stop calling it, every message takes the
-subscription's path again: slower, not wrong. ``tests/test_nats_transport.py`` fails
-if the direct path is not taken on the installed nats-py.
+message (nats-py 2.x); it reads the subscription's queue through nats-py's ``_subs``
+(by sid) and ``Subscription.pending_msgs``. Should a later nats-py stop calling it,
+every message takes the subscription's path again: slower, not wrong.
+``tests/test_nats_transport.py`` fails if the direct path is not taken on the
+installed nats-py.
 
 Sending, nats-py's ``publish`` appends the message to its buffer and wakes its flusher
 task, which writes the buffer a loop pass later (and costs a queue and a task step per

@@ -50,7 +50,7 @@ def node_subject(prefix: str, node: str) -> str:
     return f"{prefix}.node.{node}"
 
 
-def positive(name: str, value: object) -> float:
+def _positive(name: str, value: object) -> float:
     """``value`` as a float.
 
     Raises:
@@ -115,9 +115,9 @@ def nats_config(
         raise ConfigError(f"max_outstanding_pings must be >= 1, got {max_outstanding_pings}")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     server = f"{host}:{port}"
-    ping = positive("ping_interval", ping_interval)
-    connect = positive("connect_timeout", connect_timeout)
-    probe = positive("probe_timeout", probe_timeout)
+    ping = _positive("ping_interval", ping_interval)
+    connect = _positive("connect_timeout", connect_timeout)
+    probe = _positive("probe_timeout", probe_timeout)
     client_options: dict[str, Any] = {
         "servers": [f"nats://{parts.netloc.rsplit('@', 1)[0]}@{server}"]
         if "@" in parts.netloc
@@ -126,12 +126,12 @@ def nats_config(
         "ping_interval": ping,
         "max_outstanding_pings": max_outstanding_pings,
         "connect_timeout": connect,
-        "reconnect_time_wait": positive("reconnect_time_wait", reconnect_time_wait),
+        "reconnect_time_wait": _positive("reconnect_time_wait", reconnect_time_wait),
         # The first connect fails fast: a refused one is tried twice, a wrong
         # password or certificate once; start then lets nats-py reconnect for good.
         "allow_reconnect": False,
         "max_reconnect_attempts": 1,
-        "pending_size": int(positive("pending_size", pending_size)),
+        "pending_size": int(_positive("pending_size", pending_size)),
         # A publish that waits for a full socket is bounded (then reported, not hung).
         "flush_timeout": connect,
         "tls": tls,
